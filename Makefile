@@ -1,0 +1,43 @@
+# The README's two commands: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST := hack/pytest
+
+.PHONY: help deps lint test test-unit test-kube demo demo-down cluster-up cluster-down clean
+
+help:
+	@echo "make demo       local control plane up, show it working (see README)"
+	@echo "make test       install what is missing, lint, run every test"
+	@echo "make lint       ruff + mypy (strict on nfs_provisioner/)"
+	@echo "make test-unit | test-kube   one marker group only"
+
+deps:
+	hack/install-deps
+
+lint: deps
+	$(VENV)/bin/ruff check nfs_provisioner tests hack/cluster
+	$(VENV)/bin/mypy
+
+test: deps lint
+	$(PYTEST) tests
+
+test-unit: deps
+	$(PYTEST) -m unit tests
+
+test-kube: deps
+	$(PYTEST) -m kube tests
+
+demo: deps
+	hack/demo
+
+demo-down:
+	hack/cluster down
+
+cluster-up: deps
+	hack/cluster up
+
+cluster-down:
+	hack/cluster down
+
+clean: cluster-down
+	rm -rf _output

@@ -1,0 +1,65 @@
+"""Shared fixtures: one real local control plane per test run (hack/cluster),
+one namespace per test."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from tests import kubecluster
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kubecluster.Cluster]:
+    """A real etcd + kube-apiserver + kube-controller-manager on loopback.
+
+    Set NFSP_TEST_CLUSTER_DIR to reuse a cluster you keep up yourself (it is
+    then neither started nor stopped here)."""
+    reuse = os.environ.get("NFSP_TEST_CLUSTER_DIR")
+    if reuse:
+        yield kubecluster.Cluster(Path(reuse))
+        return
+    c = kubecluster.Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        c.up()
+        yield c
+    finally:
+        c.down()
+
+
+@pytest.fixture(scope="session")
+def api_client(cluster: kubecluster.Cluster) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(cluster.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def core(api_client: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api_client)
+
+
+@pytest.fixture(scope="session")
+def storage(api_client: client.ApiClient) -> client.StorageV1Api:
+    return client.StorageV1Api(api_client)
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace named after the test, deleted afterwards."""
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{base}-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short random suffix for cluster-scoped names (classes, volumes)."""
+    return uuid.uuid4().hex[:8]
+
