@@ -1,0 +1,293 @@
+"""Render and validate Ganesha configuration from jinja2 templates; write files atomically.
+
+Templates ship in the package (``nfs_provisioner/ganesha_templates``, the
+top-level ``ganesha/`` directory of the source tree). An operator directory may
+override any of them by file name. Rendering uses ``StrictUndefined`` (an
+unfilled placeholder is an error), every string value goes through the ``q``
+filter (quoted, refusing characters that could break out of the string), and
+the rendered EXPORT block is parsed back and checked against the request
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.resources
+import ipaddress
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from nfs_provisioner.ganesha import errors
+from nfs_provisioner.ganesha.settings import AccessType, ServerSettings, Squash
+
+MAIN_TEMPLATE = "ganesha.conf.j2"
+EXPORT_TEMPLATE = "export.conf.j2"
+BUS_TEMPLATE = "dbus-bus.conf.j2"
+
+EXPORT_ID_MIN = 1
+EXPORT_ID_MAX = 65535
+
+# Characters that never appear in a value we write into a config file.
+_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f{};#%$]')
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+# --- validation ------------------------------------------------------------------------------------------------
+
+
+def check_name(name: str) -> str:
+    """A volume/export name: letters, digits, ``.-_``; never starting with a dot."""
+    if not isinstance(name, str) or not _NAME.match(name) or name.endswith(".tmp"):
+        raise errors.InvalidRequest(f"invalid export name {name!r}: use letters, digits, '.', '-', '_'")
+    return name
+
+
+def check_safe(value: str, *, what: str) -> str:
+    if _UNSAFE.search(value):
+        raise errors.InvalidRequest(f"{what} {value!r} contains a character not allowed in Ganesha config")
+    return value
+
+
+def check_path_inside(path: Path | str, *, root: Path, exclude: Sequence[Path] = ()) -> Path:
+    """An absolute, normalised path strictly inside ``root`` (symlinks resolved), not inside ``exclude``."""
+    p = Path(path)
+    if not p.is_absolute():
+        raise errors.InvalidRequest(f"export path {str(p)!r} is not absolute")
+    if os.path.normpath(p) != str(p) or ".." in p.parts:
+        raise errors.InvalidRequest(f"export path {str(p)!r} is not normalised")
+    check_safe(str(p), what="export path")
+    real_root = Path(os.path.realpath(root))
+    real = Path(os.path.realpath(p))
+    if real == real_root or not real.is_relative_to(real_root):
+        raise errors.InvalidRequest(f"export path {str(p)!r} is not inside the export root {str(root)!r}")
+    for ex in exclude:
+        real_ex = Path(os.path.realpath(ex))
+        if real == real_ex or real.is_relative_to(real_ex) or real_ex.is_relative_to(real):
+            raise errors.InvalidRequest(f"export path {str(p)!r} overlaps the manager's directory {str(ex)!r}")
+    if real != p:
+        raise errors.InvalidRequest(f"export path {str(p)!r} goes through a symlink (resolves to {str(real)!r})")
+    if not p.is_dir():
+        raise errors.InvalidRequest(f"export path {str(p)!r} is not an existing directory")
+    return p
+
+
+def check_clients(clients: Iterable[str]) -> tuple[str, ...]:
+    """Client list entries: ``*`` or an IPv4/IPv6 address or network (CIDR)."""
+    out: list[str] = []
+    for c in clients:
+        if c == "*":
+            out.append(c)
+            continue
+        try:
+            net = ipaddress.ip_network(c, strict=False)
+        except ValueError as e:
+            raise errors.InvalidRequest(f"invalid client {c!r}: expected '*' or an address/CIDR") from e
+        out.append(str(net))
+    if not out:
+        raise errors.InvalidRequest("an export needs at least one client entry ('*' for everyone)")
+    return tuple(out)
+
+
+def check_export_id(export_id: int) -> int:
+    if not isinstance(export_id, int) or not (EXPORT_ID_MIN <= export_id <= EXPORT_ID_MAX) or export_id == 152:
+        raise errors.InvalidRequest(f"Export_Id {export_id!r} is out of range 1..65535 or reserved (152)")
+    return export_id
+
+
+# --- the export block ------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportBlock:
+    """Everything one EXPORT block is rendered from (already validated by ``exports``)."""
+
+    export_id: int
+    path: Path
+    squash: Squash
+    access_type: AccessType
+    clients: tuple[str, ...]
+    nfsv3: bool
+
+    @property
+    def pseudo(self) -> Path:
+        """NFSv4 clients mount the same path as NFSv3 clients."""
+        return self.path
+
+    @property
+    def fsid(self) -> str:
+        """Stable Filesystem_Id ``<id>.<id>``: survives restarts, never 152.152 (the pseudo root)."""
+        return f"{self.export_id}.{self.export_id}"
+
+
+_KV = re.compile(r"^\s*([A-Za-z_]+)\s*=\s*(.*?)\s*;\s*(?:#.*)?$")
+
+
+def parse_block(text: str) -> dict[str, str]:
+    """The top-level ``key = value;`` pairs of one EXPORT block (sub-blocks skipped), for checking."""
+    depth = 0
+    found: dict[str, str] = {}
+    exports = 0
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0]  # values never contain '#' (check_safe)
+        if re.match(r"^\s*EXPORT\s*\{", line, re.IGNORECASE) and depth == 0:
+            exports += 1
+        opens, closes = line.count("{"), line.count("}")
+        if depth == 1 and opens == 0:
+            m = _KV.match(line)
+            if m:
+                found[m.group(1).lower()] = m.group(2)
+        depth += opens - closes
+        if depth < 0:
+            raise errors.TemplateError("unbalanced '}' in rendered export block")
+    if depth != 0:
+        raise errors.TemplateError("unbalanced '{' in rendered export block")
+    if exports != 1:
+        raise errors.TemplateError(f"rendered export file must hold exactly one EXPORT block, found {exports}")
+    return found
+
+
+def _verify_block(text: str, block: ExportBlock) -> None:
+    kv = parse_block(text)
+    want = {
+        "export_id": str(block.export_id),
+        "path": f'"{block.path}"',
+        "pseudo": f'"{block.pseudo}"',
+        "filesystem_id": block.fsid,
+    }
+    for key, value in want.items():
+        if kv.get(key) != value:
+            raise errors.TemplateError(
+                f"rendered export block has {key} = {kv.get(key)!r}, expected {value!r} (check the template)"
+            )
+
+
+# --- templates -------------------------------------------------------------------------------------------------
+
+
+def _quote(value: object) -> str:
+    s = str(value)
+    check_safe(s, what="value")
+    return f'"{s}"'
+
+
+class Templates:
+    """Loads templates from the operator directory first, then from the package."""
+
+    def __init__(self, *, override_dir: Path | None = None) -> None:
+        if override_dir is not None and not override_dir.is_dir():
+            raise errors.TemplateError(f"template override directory {str(override_dir)!r} does not exist")
+        self.override_dir = override_dir
+        packaged = importlib.resources.files("nfs_provisioner") / "ganesha_templates"
+
+        def load_packaged(name: str) -> str | None:
+            f = packaged / name
+            return f.read_text(encoding="utf-8") if f.is_file() else None
+
+        loaders: list[jinja2.BaseLoader] = []
+        if override_dir is not None:
+            loaders.append(jinja2.FileSystemLoader(str(override_dir)))
+        loaders.append(jinja2.FunctionLoader(load_packaged))
+        self.env = jinja2.Environment(
+            loader=jinja2.ChoiceLoader(loaders),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=True,
+        )
+        self.env.filters["q"] = _quote
+
+    def render(self, name: str, context: Mapping[str, Any]) -> str:
+        try:
+            return self.env.get_template(name).render(**context)
+        except jinja2.TemplateNotFound as e:
+            raise errors.TemplateError(f"template {name!r} not found") from e
+        except jinja2.UndefinedError as e:
+            raise errors.TemplateError(f"template {name!r} has an unfilled placeholder: {e}") from e
+        except jinja2.TemplateError as e:
+            raise errors.TemplateError(f"template {name!r} failed to render: {e}") from e
+
+    def render_export(self, block: ExportBlock) -> str:
+        check_export_id(block.export_id)
+        check_safe(str(block.path), what="export path")
+        context = {
+            "export_id": block.export_id,
+            "path": str(block.path),
+            "pseudo": str(block.pseudo),
+            "fsid": block.fsid,
+            "protocols": "3, 4" if block.nfsv3 else "4",
+            "transports": "UDP, TCP" if block.nfsv3 else "TCP",
+            "squash": block.squash.value,
+            "access_type": block.access_type.value,
+            "clients": check_clients(block.clients),
+        }
+        text = self.render(EXPORT_TEMPLATE, context)
+        _verify_block(text, block)
+        return text
+
+    def render_main(self, settings: ServerSettings, *, export_index: Path) -> str:
+        if settings.dbus_name_prefix and not _PREFIX.match(settings.dbus_name_prefix):
+            raise errors.InvalidRequest(f"invalid D-Bus name prefix {settings.dbus_name_prefix!r}")
+        if settings.bind_addr is not None:
+            try:
+                ipaddress.ip_address(settings.bind_addr)
+            except ValueError as e:
+                raise errors.InvalidRequest(f"invalid bind address {settings.bind_addr!r}") from e
+        for port in dataclasses.astuple(settings.ports):
+            if not (0 < port < 65536):
+                raise errors.InvalidRequest(f"port {port} out of range")
+        return self.render(
+            MAIN_TEMPLATE,
+            {
+                "ports": settings.ports,
+                "bind_addr": settings.bind_addr,
+                "nfsv3": settings.nfsv3,
+                "device_based_fsids": settings.device_based_fsids,
+                "dbus_name_prefix": settings.dbus_name_prefix,
+                "grace_period": settings.grace_period,
+                "lease_lifetime": min(settings.lease_lifetime, max(settings.grace_period, 1)),
+                "recovery_root": str(settings.recovery_path),
+                "export_index": str(export_index),
+            },
+        )
+
+    def render_bus(self, *, socket_path: Path) -> str:
+        s = str(socket_path)
+        if re.search(r"[<>&\"'\s]", s) or not socket_path.is_absolute():
+            raise errors.InvalidRequest(f"invalid bus socket path {s!r}")
+        return self.render(BUS_TEMPLATE, {"socket_path": s})
+
+
+def render_index(files: Iterable[Path]) -> str:
+    lines = ["# Generated by nfs-provisioner: one %include per export. Do not edit.\n"]
+    lines += [f"%include {_quote(f)}\n" for f in sorted(files)]
+    return "".join(lines)
+
+
+# --- files -----------------------------------------------------------------------------------------------------
+
+
+def atomic_write(path: Path, text: str, *, durable: bool = True, mode: int = 0o644) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same directory and a rename.
+
+    Readers see the old or the new content, never a mix; the temp file is
+    removed on any error."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,77 @@
+"""Errors of the Ganesha manager.
+
+::
+
+    GaneshaError
+    ├── InvalidRequest          bad input (path outside the root, unknown squash, ...);
+    │                           nothing was written
+    ├── TemplateError           a template is missing, has an unfilled placeholder or
+    │                           renders a broken block; nothing was written
+    ├── ExportIdsExhausted      no free Export_Id left in the configured range
+    ├── ExportConflict          the name or path is already exported differently
+    ├── ExportAddError          AddExport (or a step before it) failed; rolled back
+    ├── DBusError               a D-Bus call failed (``name`` and ``message`` of the reply)
+    │   ├── DBusRetryable       "another export admin operation is in progress"
+    │   ├── ExportAlreadyActive re-add of a live Export_Id
+    │   ├── ExportNotFound      "Export id not found"
+    │   └── DBusUnavailable     no connection, or Ganesha is not on the bus
+    └── ServerError             a process could not be started / stopped in time
+
+Retryable versus permanent is a type (``DBusRetryable``), not a flag.
+"""
+
+from __future__ import annotations
+
+
+class GaneshaError(Exception):
+    """Base class of every error raised by ``nfs_provisioner.ganesha``."""
+
+
+class InvalidRequest(GaneshaError, ValueError):
+    """The caller's input is invalid; nothing was written."""
+
+
+class TemplateError(GaneshaError):
+    """A template could not be rendered into a valid block; nothing was written."""
+
+
+class ExportIdsExhausted(GaneshaError):
+    """Every Export_Id of the configured range is in use."""
+
+
+class ExportConflict(GaneshaError):
+    """An export with this name (or path) exists with a different definition."""
+
+
+class ExportAddError(GaneshaError):
+    """Adding an export failed; every step done so far was undone."""
+
+
+class DBusError(GaneshaError):
+    """A D-Bus method call returned an error."""
+
+    def __init__(self, *, method: str, name: str, message: str) -> None:
+        super().__init__(f"{method}: {name}: {message}")
+        self.method = method
+        self.name = name
+        self.message = message
+
+
+class DBusRetryable(DBusError):
+    """Ganesha is busy with another export admin operation; try again."""
+
+
+class ExportAlreadyActive(DBusError):
+    """AddExport of an Export_Id that is already live."""
+
+
+class ExportNotFound(DBusError):
+    """The Export_Id is not known to Ganesha."""
+
+
+class DBusUnavailable(DBusError):
+    """The bus cannot be reached or Ganesha's name is not on it."""
+
+
+class ServerError(GaneshaError):
+    """A managed process failed to start, become ready, or stop."""

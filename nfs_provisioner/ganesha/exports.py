@@ -1,0 +1,367 @@
+"""Exports: one EXPORT file per volume, an index of ``%include`` lines, live AddExport/RemoveExport.
+
+Layout under ``config_dir``::
+
+    exports.conf            the index, included by ganesha.conf (generated)
+    exports.d/<name>.conf   one export: a JSON header comment + the rendered EXPORT block
+
+Add = allocate id -> write file -> rewrite index -> AddExport; any failure
+undoes the done steps in reverse. Remove = RemoveExport -> rewrite index ->
+delete file, idempotent. The header line makes ids recoverable after a restart
+whatever the (operator) template looks like; ``reconcile()`` cross-checks the
+files against what Ganesha reports. Every method is safe to call from any
+thread (one lock; an add takes about a millisecond).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from nfs_provisioner.ganesha import config, errors
+from nfs_provisioner.ganesha.dbus import GaneshaDBus
+from nfs_provisioner.ganesha.settings import RESERVED_EXPORT_IDS, AccessType, Squash
+
+log = logging.getLogger(__name__)
+
+HEADER = "# nfs-provisioner-export: "
+INDEX_NAME = "exports.conf"
+EXPORTS_DIR = "exports.d"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportRequest:
+    """What the appliance asks for: export ``path`` (a directory inside the export root) as ``name``."""
+
+    name: str
+    path: Path
+    squash: Squash = Squash.NO_ROOT_SQUASH
+    access_type: AccessType = AccessType.RW
+    clients: tuple[str, ...] | None = None
+    """Client list (``*`` or CIDRs); None = the manager's default (``--export-subnet``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+    """A live export, as stored in its file."""
+
+    name: str
+    export_id: int
+    path: Path
+    squash: Squash
+    access_type: AccessType
+    clients: tuple[str, ...]
+    config_file: Path
+
+    @property
+    def fsid(self) -> str:
+        return f"{self.export_id}.{self.export_id}"
+
+    def same_definition(self, other: Export) -> bool:
+        return (self.path, self.squash, self.access_type, self.clients) == (
+            other.path,
+            other.squash,
+            other.access_type,
+            other.clients,
+        )
+
+    def header(self) -> str:
+        data = {
+            "name": self.name,
+            "export_id": self.export_id,
+            "path": str(self.path),
+            "squash": self.squash.value,
+            "access_type": self.access_type.value,
+            "clients": list(self.clients),
+        }
+        return HEADER + json.dumps(data, sort_keys=True) + "\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconcileResult:
+    readded: tuple[int, ...]
+    """Ids of our exports Ganesha did not have, added again."""
+    failed: tuple[int, ...]
+    """Ids of our exports Ganesha refused to add again (see the log)."""
+    foreign: tuple[int, ...]
+    """Ids live in Ganesha that are not ours (kept reserved, never reused)."""
+
+
+class ExportManager:
+    """Adds and removes exports; owns ``config_dir/exports.conf`` and ``config_dir/exports.d``."""
+
+    def __init__(
+        self,
+        *,
+        export_root: Path,
+        config_dir: Path,
+        dbus: GaneshaDBus,
+        templates: config.Templates,
+        nfsv3: bool = False,
+        default_clients: tuple[str, ...] = ("*",),
+        id_range: tuple[int, int] = (config.EXPORT_ID_MIN, config.EXPORT_ID_MAX),
+        durable: bool = True,
+        on_count: Callable[[int], None] | None = None,
+    ) -> None:
+        lo, hi = id_range
+        if not (config.EXPORT_ID_MIN <= lo <= hi <= config.EXPORT_ID_MAX):
+            raise errors.InvalidRequest(f"export id range {id_range} is not within 1..65535")
+        self.export_root = export_root
+        self.config_dir = config_dir
+        self.exports_dir = config_dir / EXPORTS_DIR
+        self.index_file = config_dir / INDEX_NAME
+        self.dbus = dbus
+        self.templates = templates
+        self.nfsv3 = nfsv3
+        self.default_clients = config.check_clients(default_clients)
+        self.id_range = (lo, hi)
+        self.durable = durable
+        self.on_count = on_count
+        self._lock = threading.RLock()
+        self._by_name: dict[str, Export] = {}
+        self._by_id: dict[int, Export] = {}
+        self._by_path: dict[Path, Export] = {}
+        self._foreign: set[int] = set()
+
+    # --- queries -----------------------------------------------------------------------------------------------
+
+    def get(self, name: str) -> Export | None:
+        with self._lock:
+            return self._by_name.get(name)
+
+    def list_exports(self) -> list[Export]:
+        with self._lock:
+            return sorted(self._by_name.values(), key=lambda e: e.export_id)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_name)
+
+    # --- load / reconcile --------------------------------------------------------------------------------------
+
+    def load(self) -> list[Export]:
+        """Read every export file (no D-Bus), rebuild the index. Call before Ganesha starts."""
+        with self._lock:
+            self.exports_dir.mkdir(parents=True, exist_ok=True)
+            self._by_name.clear()
+            self._by_id.clear()
+            self._by_path.clear()
+            for f in sorted(self.exports_dir.glob("*.conf")):
+                try:
+                    export = self._read_file(f)
+                except (errors.GaneshaError, OSError, ValueError, KeyError) as e:
+                    log.error("export file %s is unreadable, left out of the index: %s", f, e)
+                    continue
+                clash = self._by_id.get(export.export_id) or self._by_path.get(export.path)
+                if clash is not None:
+                    log.error("export file %s clashes with %s (same id or path), left out", f, clash.config_file)
+                    continue
+                self._remember(export)
+            self._write_index()
+            self._count_changed()
+            log.info("loaded %d exports from %s", len(self._by_name), self.exports_dir)
+            return self.list_exports()
+
+    def reconcile(self) -> ReconcileResult:
+        """Cross-check our files against Ganesha's ShowExports; re-add what it lacks."""
+        with self._lock:
+            live = {e.export_id: e.path for e in self.dbus.show_exports()}
+            readded: list[int] = []
+            failed: list[int] = []
+            for export in self.list_exports():
+                live_path = live.get(export.export_id)
+                if live_path is None:
+                    try:
+                        self._add_live(export)
+                        readded.append(export.export_id)
+                    except errors.GaneshaError as e:
+                        log.error("export %s (id %d) could not be added again: %s", export.name, export.export_id, e)
+                        failed.append(export.export_id)
+                elif live_path != str(export.path):
+                    log.error(
+                        "Ganesha serves id %d as %s but our file %s says %s",
+                        export.export_id,
+                        live_path,
+                        export.config_file,
+                        export.path,
+                    )
+                    failed.append(export.export_id)
+            self._foreign = {i for i in live if i != 0 and i not in self._by_id}
+            if self._foreign:
+                log.warning("Ganesha serves exports we did not write (ids reserved): %s", sorted(self._foreign))
+            return ReconcileResult(readded=tuple(readded), failed=tuple(failed), foreign=tuple(sorted(self._foreign)))
+
+    # --- add / remove ------------------------------------------------------------------------------------------
+
+    def add(self, request: ExportRequest) -> Export:
+        """Export ``request.path``; idempotent for an identical request. Raises a typed error, leaving nothing."""
+        name = config.check_name(request.name)
+        squash = Squash(request.squash)
+        access = AccessType(request.access_type)
+        clients = config.check_clients(self.default_clients if request.clients is None else request.clients)
+        path = config.check_path_inside(request.path, root=self.export_root, exclude=[self.config_dir])
+        with self._lock:
+            existing = self._by_name.get(name)
+            candidate = Export(
+                name=name,
+                export_id=existing.export_id if existing else 0,
+                path=path,
+                squash=squash,
+                access_type=access,
+                clients=clients,
+                config_file=self.exports_dir / f"{name}.conf",
+            )
+            if existing is not None:
+                if existing.same_definition(candidate):
+                    return existing
+                raise errors.ExportConflict(
+                    f"export {name!r} exists with a different definition (id {existing.export_id})"
+                )
+            other = self._by_path.get(path)
+            if other is not None:
+                raise errors.ExportConflict(f"path {str(path)!r} is already exported as {other.name!r}")
+            export = dataclasses.replace(candidate, export_id=self._allocate_id())
+            text = export.header() + self.templates.render_export(self._block(export))
+            undo: list[tuple[str, Callable[[], None]]] = []
+            try:
+                if export.config_file.exists():
+                    raise errors.ExportConflict(f"{export.config_file} exists but is not a loaded export")
+                config.atomic_write(export.config_file, text, durable=self.durable)
+                undo.append(("delete export file", lambda: export.config_file.unlink(missing_ok=True)))
+                self._remember(export)
+                undo.append(("forget export", lambda: self._forget(export)))
+                self._write_index()
+                undo.append(("rewrite index", self._write_index))
+                self._add_live(export)
+            except BaseException as e:
+                self._rollback(undo, export)
+                if isinstance(e, errors.ExportConflict | errors.TemplateError | errors.InvalidRequest):
+                    raise
+                if isinstance(e, errors.GaneshaError | OSError):
+                    raise errors.ExportAddError(f"adding export {name!r} (id {export.export_id}) failed: {e}") from e
+                raise
+            self._count_changed()
+            log.info("export %s added: id %d path %s clients %s", name, export.export_id, path, ",".join(clients))
+            return export
+
+    def remove(self, name: str) -> bool:
+        """Withdraw export ``name``; True if it existed. Idempotent: a missing export is logged and skipped."""
+        config.check_name(name)
+        with self._lock:
+            export = self._by_name.get(name)
+            if export is None:
+                log.info("export %s: nothing to remove", name)
+                return False
+            try:
+                self.dbus.remove_export(export.export_id)
+            except errors.ExportNotFound:
+                log.info("export %s (id %d) was not live in Ganesha; removing its files", name, export.export_id)
+            self._forget(export)
+            try:
+                self._write_index()
+            except BaseException:
+                self._remember(export)
+                raise
+            export.config_file.unlink(missing_ok=True)
+            self._count_changed()
+            log.info("export %s removed: id %d path %s", name, export.export_id, export.path)
+            return True
+
+    # --- internals ---------------------------------------------------------------------------------------------
+
+    def _block(self, export: Export) -> config.ExportBlock:
+        return config.ExportBlock(
+            export_id=export.export_id,
+            path=export.path,
+            squash=export.squash,
+            access_type=export.access_type,
+            clients=export.clients,
+            nfsv3=self.nfsv3,
+        )
+
+    def _add_live(self, export: Export) -> None:
+        try:
+            self.dbus.add_export(config_file=export.config_file, export_id=export.export_id)
+        except errors.ExportAlreadyActive:
+            shown = self.dbus.display_export(export.export_id)
+            if shown.path != str(export.path):
+                raise errors.ExportAddError(
+                    f"Export_Id {export.export_id} is already live for {shown.path!r}, not {str(export.path)!r}"
+                ) from None
+            log.info("export %s (id %d) was already live (same path): ok", export.name, export.export_id)
+
+    def _rollback(self, undo: list[tuple[str, Callable[[], None]]], export: Export) -> None:
+        for what, step in reversed(undo):
+            try:
+                step()
+            except Exception:
+                log.exception("export %s: rollback step %r failed", export.name, what)
+
+    def _allocate_id(self) -> int:
+        lo, hi = self.id_range
+        used = self._by_id.keys() | self._foreign | RESERVED_EXPORT_IDS
+        for candidate in range(lo, hi + 1):
+            if candidate not in used:
+                return candidate
+        raise errors.ExportIdsExhausted(f"every Export_Id in {lo}..{hi} is in use ({len(self._by_id)} exports)")
+
+    def _remember(self, export: Export) -> None:
+        self._by_name[export.name] = export
+        self._by_id[export.export_id] = export
+        self._by_path[export.path] = export
+
+    def _forget(self, export: Export) -> None:
+        self._by_name.pop(export.name, None)
+        self._by_id.pop(export.export_id, None)
+        self._by_path.pop(export.path, None)
+
+    def _write_index(self) -> None:
+        files: Iterable[Path] = (e.config_file for e in self._by_name.values())
+        config.atomic_write(self.index_file, config.render_index(files), durable=self.durable)
+
+    def _count_changed(self) -> None:
+        if self.on_count is not None:
+            self.on_count(len(self._by_name))
+
+    def _read_file(self, f: Path) -> Export:
+        with f.open(encoding="utf-8") as fh:
+            first = fh.readline()
+        if not first.startswith(HEADER):
+            raise errors.InvalidRequest("missing nfs-provisioner header line")
+        data: dict[str, Any] = json.loads(first[len(HEADER) :])
+        name = config.check_name(str(data["name"]))
+        if f.name != f"{name}.conf":
+            raise errors.InvalidRequest(f"file name does not match export name {name!r}")
+        path = Path(str(data["path"]))
+        if not path.is_absolute() or not path.is_relative_to(self.export_root) or os.path.normpath(path) != str(path):
+            raise errors.InvalidRequest(f"path {str(path)!r} is not inside the export root")
+        export_id = config.check_export_id(int(data["export_id"]))
+        export = Export(
+            name=name,
+            export_id=export_id,
+            path=path,
+            squash=Squash(data["squash"]),
+            access_type=AccessType(data["access_type"]),
+            clients=config.check_clients(data["clients"]),
+            config_file=f,
+        )
+        kv = config.parse_block(f.read_text(encoding="utf-8"))
+        if kv.get("export_id") != str(export_id):
+            raise errors.InvalidRequest(
+                f"header id {export_id} differs from the block's Export_Id {kv.get('export_id')}"
+            )
+        return export
+
+
+def temp_files(directory: Path) -> list[Path]:
+    """Left-over temp files of interrupted atomic writes (for tests and cleanup)."""
+    with contextlib.suppress(FileNotFoundError):
+        return sorted(p for p in directory.iterdir() if p.name.endswith(".tmp"))
+    return []

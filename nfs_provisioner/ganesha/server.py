@@ -1,0 +1,330 @@
+"""Run NFS-Ganesha: private D-Bus daemon, rpcbind/statd for NFSv3, ganesha.nfsd; supervise; stop.
+
+Start sequence (``GaneshaServer.start``):
+
+1. directories under the export root (config, recovery) and the run directory;
+2. a private ``dbus-daemon`` (own config and socket) unless ``dbus_address`` is given;
+   wait until it answers ``ListNames`` (Ganesha never reconnects to a late bus);
+3. with NFSv3: ``rpcbind -f -w`` unless one already answers, then ``rpc.statd`` on port 662;
+4. ganesha.conf rendered, the export index rebuilt from the export files;
+5. ``ganesha.nfsd -F`` with a bounded RLIMIT_NOFILE and its log to a file; ready when its
+   name is on the bus, ShowExports answers and its log says the server is initialized;
+6. the export files are cross-checked against ShowExports; a supervisor thread restarts
+   Ganesha with backoff whenever it exits (exports come back from the files).
+
+``stop()`` asks Ganesha to shut down over D-Bus, then signals it, then stops the
+helpers, each with a bounded wait, all by PID.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from nfs_provisioner.ganesha import config, errors, processes
+from nfs_provisioner.ganesha.dbus import GaneshaDBus
+from nfs_provisioner.ganesha.exports import ExportManager
+from nfs_provisioner.ganesha.metrics import GaneshaMetrics
+from nfs_provisioner.ganesha.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+READY_MARK = "NFS SERVER INITIALIZED"
+STABLE_AFTER = 60.0  # seconds of uptime after which the restart backoff resets
+
+
+class GaneshaServer:
+    """Owns one Ganesha instance and its helpers. ``exports`` is the API the appliance uses."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        metrics: GaneshaMetrics | None = None,
+        templates: config.Templates | None = None,
+        id_range: tuple[int, int] = (config.EXPORT_ID_MIN, config.EXPORT_ID_MAX),
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.templates = templates or config.Templates(override_dir=settings.templates_override)
+        self.launcher = processes.Launcher(netns=settings.netns)
+        self.run_dir = settings.run_dir
+        self.config_dir = settings.config_path
+        self.main_config = self.config_dir / "ganesha.conf"
+        self.bus_socket = self.run_dir / "dbus.sock"
+        self.bus_address = settings.dbus_address or f"unix:path={self.bus_socket}"
+        self.dbus = GaneshaDBus(
+            address=self.bus_address,
+            bus_name=settings.bus_name,
+            observer=metrics.observe_dbus if metrics else None,
+        )
+        self.exports = ExportManager(
+            export_root=settings.export_root,
+            config_dir=self.config_dir,
+            dbus=self.dbus,
+            templates=self.templates,
+            nfsv3=settings.nfsv3,
+            default_clients=(settings.export_subnet,),
+            id_range=id_range,
+            durable=settings.durable_writes,
+            on_count=metrics.set_exports if metrics else None,
+        )
+        self.restarts = 0
+        self._bus_proc: subprocess.Popen[bytes] | None = None
+        self._rpcbind_proc: subprocess.Popen[bytes] | None = None
+        self._statd_proc: subprocess.Popen[bytes] | None = None
+        self._ganesha: subprocess.Popen[bytes] | None = None
+        self._ganesha_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self._restarted = threading.Condition()
+
+    # --- public ------------------------------------------------------------------------------------------------
+
+    @property
+    def ganesha_pid(self) -> int | None:
+        proc = self._ganesha
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def helper_pids(self) -> dict[str, int]:
+        procs = {"dbus-daemon": self._bus_proc, "rpcbind": self._rpcbind_proc, "rpc.statd": self._statd_proc}
+        return {k: p.pid for k, p in procs.items() if p is not None and p.poll() is None}
+
+    def start(self) -> None:
+        """Start everything and return once Ganesha serves; on failure stop what was started."""
+        try:
+            self._prepare_dirs()
+            if self.settings.dbus_address is None:
+                self._start_bus()
+            if self.settings.nfsv3:
+                self._start_rpc_helpers()
+            config.atomic_write(
+                self.main_config,
+                self.templates.render_main(self.settings, export_index=self.exports.index_file),
+                durable=self.settings.durable_writes,
+            )
+            self.exports.load()
+            self._start_ganesha()
+            self.exports.reconcile()
+        except BaseException:
+            self.stop()
+            raise
+        self._supervisor = threading.Thread(target=self._supervise, name="ganesha-supervisor", daemon=True)
+        self._supervisor.start()
+
+    def ready(self) -> bool:
+        """Health: the bus answers, Ganesha is on it and ShowExports works."""
+        try:
+            ok = self.ganesha_pid is not None and self.dbus.on_bus()
+            if ok:
+                self.dbus.show_exports()
+        except errors.GaneshaError:
+            ok = False
+        if self.metrics is not None:
+            self.metrics.up.set(1 if ok else 0)
+        return ok
+
+    def wait_restarted(self, *, after: int, timeout: float) -> bool:
+        """Block until ``restarts > after`` and Ganesha is ready again (for tests and the appliance)."""
+        deadline = time.monotonic() + timeout
+        with self._restarted:
+            while self.restarts <= after:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._restarted.wait(left)
+        return True
+
+    def stop(self) -> None:
+        """Admin shutdown over D-Bus, then signals; then the helpers. Bounded waits; safe to call twice."""
+        self._stopping.set()
+        timeout = self.settings.stop_timeout
+        with self._ganesha_lock:
+            proc = self._ganesha
+            if proc is not None and proc.poll() is None:
+                try:
+                    self.dbus.shutdown()
+                    proc.wait(timeout=timeout)
+                except (errors.GaneshaError, subprocess.TimeoutExpired) as e:
+                    log.warning("Ganesha did not shut down over D-Bus (%s); signalling it", e)
+            processes.stop(proc, what="ganesha.nfsd", timeout=timeout)
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(timeout=timeout)
+        if self.metrics is not None:
+            self.metrics.up.set(0)
+        self.dbus.close()
+        processes.stop(self._statd_proc, what="rpc.statd", timeout=timeout)
+        processes.stop(self._rpcbind_proc, what="rpcbind", timeout=timeout)
+        processes.stop(self._bus_proc, what="dbus-daemon", timeout=timeout)
+
+    # --- start steps -------------------------------------------------------------------------------------------
+
+    def _prepare_dirs(self) -> None:
+        s = self.settings
+        if not s.export_root.is_dir():
+            raise errors.ServerError(f"export root {s.export_root} is not a directory")
+        for d in (self.run_dir, self.config_dir, s.recovery_path, s.log_path.parent):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def _start_bus(self) -> None:
+        conf = self.run_dir / "dbus-bus.conf"
+        config.atomic_write(conf, self.templates.render_bus(socket_path=self.bus_socket), durable=False)
+        self.bus_socket.unlink(missing_ok=True)
+        self._bus_proc = self.launcher.spawn(
+            ["dbus-daemon", f"--config-file={conf}", "--nofork", "--nopidfile"],
+            log_file=self.run_dir / "dbus-daemon.log",
+        )
+        self._wait(
+            "the private D-Bus daemon",
+            self._bus_answers,
+            proc=self._bus_proc,
+            timeout=10.0,
+            log_path=self.run_dir / "dbus-daemon.log",
+        )
+
+    def _bus_answers(self) -> bool:
+        try:
+            self.dbus.list_names()
+            return True
+        except errors.GaneshaError:
+            return False
+
+    def _start_rpc_helpers(self) -> None:
+        if self.launcher.run(["rpcinfo", "-p", "127.0.0.1"]).returncode != 0:
+            self._rpcbind_proc = self.launcher.spawn(["rpcbind", "-f", "-w"], log_file=self.run_dir / "rpcbind.log")
+            self._wait(
+                "rpcbind",
+                lambda: self.launcher.run(["rpcinfo", "-p", "127.0.0.1"]).returncode == 0,
+                proc=self._rpcbind_proc,
+                timeout=10.0,
+                log_path=self.run_dir / "rpcbind.log",
+            )
+        else:
+            log.info("rpcbind already answers on 127.0.0.1; using it")
+        statd_dir = self.config_dir / "statd"
+        (statd_dir / "sm").mkdir(parents=True, exist_ok=True)
+        (statd_dir / "sm.bak").mkdir(parents=True, exist_ok=True)
+        self._statd_proc = self.launcher.spawn(
+            ["rpc.statd", "-F", "--no-notify", "-p", str(self.settings.ports.statd), "-P", str(statd_dir)],
+            log_file=self.run_dir / "statd.log",
+        )
+
+    def _start_ganesha(self) -> None:
+        s = self.settings
+        log_offset = s.log_path.stat().st_size if s.log_path.exists() else 0
+        proc = self.launcher.spawn(
+            [
+                "ganesha.nfsd",
+                "-F",
+                "-L",
+                str(s.log_path),
+                "-f",
+                str(self.main_config),
+                "-p",
+                str(self.run_dir / "ganesha.pid"),
+                "-N",
+                s.log_level,
+            ],
+            env={"DBUS_SYSTEM_BUS_ADDRESS": self.bus_address},
+            log_file=self.run_dir / "ganesha.stdout",
+            nofile=s.nofile_limit,
+        )
+        self._ganesha = proc
+        started = time.monotonic()
+
+        def serving() -> bool:
+            if READY_MARK not in self._log_since(log_offset):
+                return False
+            if not self.dbus.on_bus():
+                return False
+            self.dbus.show_exports()
+            return True
+
+        self._wait("ganesha.nfsd", serving, proc=proc, timeout=s.ready_timeout, log_path=s.log_path)
+        if self.metrics is not None:
+            self.metrics.up.set(1)
+        log.info("Ganesha ready in %.2fs: %s", time.monotonic() - started, processes.describe(proc.pid))
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self.settings.log_path.open("rb") as f:
+                f.seek(offset)
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def _wait(
+        self,
+        what: str,
+        check: Callable[[], bool],
+        *,
+        proc: subprocess.Popen[bytes] | None,
+        timeout: float,
+        log_path: Path | None = None,
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            if proc is not None and proc.poll() is not None:
+                raise errors.ServerError(
+                    f"{what} exited with code {proc.returncode} while starting; log tail:\n"
+                    + (processes.tail(log_path) if log_path else "(no log)")
+                )
+            try:
+                if check():
+                    return
+            except errors.GaneshaError as e:
+                log.debug("%s not ready yet: %s", what, e)
+            if time.monotonic() >= deadline:
+                raise errors.ServerError(f"{what} not ready after {timeout}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    # --- supervision -------------------------------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        backoff = self.settings.restart_backoff
+        while not self._stopping.is_set():
+            proc = self._ganesha
+            if proc is None:
+                return
+            started = time.monotonic()
+            code = proc.wait()
+            if self._stopping.is_set():
+                return
+            if self.metrics is not None:
+                self.metrics.up.set(0)
+            if time.monotonic() - started > STABLE_AFTER:
+                backoff = self.settings.restart_backoff
+            log.error(
+                "ganesha.nfsd (pid %d) exited with code %s; restarting in %.1fs. Log tail:\n%s",
+                proc.pid,
+                code,
+                backoff,
+                processes.tail(self.settings.log_path),
+            )
+            while not self._stopping.wait(backoff):
+                try:
+                    with self._ganesha_lock:
+                        if self._stopping.is_set():
+                            return
+                        self._start_ganesha()
+                    self.exports.reconcile()
+                    break
+                except errors.GaneshaError as e:
+                    log.error("restarting Ganesha failed: %s", e)
+                    with self._ganesha_lock:
+                        processes.stop(self._ganesha, what="ganesha.nfsd", timeout=self.settings.stop_timeout)
+                    backoff = min(backoff * 2, self.settings.restart_backoff_max)
+            else:
+                return
+            backoff = min(backoff * 2, self.settings.restart_backoff_max)
+            with self._restarted:
+                self.restarts += 1
+                if self.metrics is not None:
+                    self.metrics.restarts.inc()
+                self._restarted.notify_all()

@@ -1,0 +1,126 @@
+"""Settings of the Ganesha manager: plain dataclasses, no I/O.
+
+Every field has a default and says what it is for. The appliance maps its
+flags (``--grace-period``, ``--device-based-fsids``, ``--export-subnet``, ...)
+and environment variables onto these; tests build them on temp directories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+from pathlib import Path
+
+#: Environment variable naming a directory whose templates override the shipped ones.
+TEMPLATES_ENV = "NFS_PROVISIONER_GANESHA_TEMPLATES"
+#: Export_Id 152 is skipped: the pseudo root uses Filesystem_Id 152.152.
+RESERVED_EXPORT_IDS = frozenset({152})
+
+
+class Squash(enum.Enum):
+    """Ganesha ``Squash`` values the manager writes (the two the provisioner uses, plus the others)."""
+
+    NO_ROOT_SQUASH = "no_root_squash"
+    ROOT_ID_SQUASH = "root_id_squash"
+    ROOT_SQUASH = "root_squash"
+    ALL_SQUASH = "all_squash"
+
+
+class AccessType(enum.Enum):
+    RW = "RW"
+    RO = "RO"
+    NONE = "None"
+
+
+@dataclasses.dataclass(frozen=True)
+class Ports:
+    """Ports Ganesha and its helpers listen on (the Go appliance's fixed set)."""
+
+    nfs: int = 2049
+    mountd: int = 20048
+    nlm: int = 32803
+    rquota: int = 875
+    statd: int = 662
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """How to run one Ganesha instance."""
+
+    export_root: Path
+    """Directory holding every volume; exported paths must lie inside it."""
+    run_dir: Path
+    """Runtime directory for the bus socket, pid files (not persistent)."""
+    config_dir: Path | None = None
+    """Where ganesha.conf, the export index and one file per export live.
+    Default ``<export_root>/.ganesha`` so exports survive a restart of the pod."""
+    recovery_dir: Path | None = None
+    """NFSv4 RecoveryRoot; default ``<config_dir>/recovery`` (under the export root
+    so client state survives restarts)."""
+    log_file: Path | None = None
+    """Ganesha's log; default ``<config_dir>/ganesha.log``."""
+    template_dir: Path | None = None
+    """Directory of operator templates overriding the shipped ones (any subset).
+    Default: the ``NFS_PROVISIONER_GANESHA_TEMPLATES`` environment variable, if set."""
+    ports: Ports = Ports()
+    bind_addr: str | None = None
+    """Address Ganesha binds; None = all (the appliance). Tests use 127.0.0.1."""
+    nfsv3: bool = False
+    """Serve NFSv3 too (needs rpcbind and rpc.statd, started by the manager)."""
+    grace_period: int = 90
+    """NFSv4 grace period in seconds, 0..180; 0 means Graceless (no grace at all)."""
+    lease_lifetime: int = 60
+    """NFSv4 lease in seconds (capped at the grace period when that is smaller)."""
+    device_based_fsids: bool = True
+    """``fsid_device`` in NFS_CORE_PARAM."""
+    dbus_name_prefix: str = ""
+    """``Dbus_Name_Prefix``: the bus name becomes ``<prefix>.org.ganesha.nfsd``."""
+    dbus_address: str | None = None
+    """An existing bus to use instead of starting a private dbus-daemon."""
+    export_subnet: str = "*"
+    """Default client list of every export (``--export-subnet``), a CIDR or ``*``."""
+    nofile_limit: int = 16384
+    """RLIMIT_NOFILE for ganesha.nfsd (bounded by the hard limit); never 1M."""
+    log_level: str = "NIV_EVENT"
+    netns: Path | None = None
+    """Run every process in this network namespace (``nsenter --net=...``)."""
+    restart_backoff: float = 0.5
+    """First delay before restarting a Ganesha that exited; doubles up to ``restart_backoff_max``."""
+    restart_backoff_max: float = 30.0
+    ready_timeout: float = 20.0
+    """Seconds to wait for Ganesha to answer on the bus after a start."""
+    stop_timeout: float = 10.0
+    """Seconds to wait for each stage of a stop (admin shutdown, SIGTERM) before escalating."""
+    durable_writes: bool = True
+    """fsync config files before the rename that publishes them."""
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.grace_period <= 180):
+            raise ValueError(f"grace_period must be within 0..180, got {self.grace_period}")
+        if not (0 <= self.lease_lifetime <= 120):
+            raise ValueError(f"lease_lifetime must be within 0..120, got {self.lease_lifetime}")
+
+    @property
+    def config_path(self) -> Path:
+        return self.config_dir or self.export_root / ".ganesha"
+
+    @property
+    def recovery_path(self) -> Path:
+        return self.recovery_dir or self.config_path / "recovery"
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_file or self.config_path / "ganesha.log"
+
+    @property
+    def templates_override(self) -> Path | None:
+        if self.template_dir is not None:
+            return self.template_dir
+        env = os.environ.get(TEMPLATES_ENV)
+        return Path(env) if env else None
+
+    @property
+    def bus_name(self) -> str:
+        base = "org.ganesha.nfsd"
+        return f"{self.dbus_name_prefix}.{base}" if self.dbus_name_prefix else base
