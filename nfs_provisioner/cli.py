@@ -1,27 +1,148 @@
-"""Command line entry point of the ``nfs-provisioner`` console script.
+"""Command line of ``nfs-provisioner`` (also ``python -m nfs_provisioner``).
 
-Only ``--version`` and ``--help`` exist so far; the appliance's flags arrive
-with the appliance itself (see README "Status").
+Every flag is also an environment variable: ``--grace-period`` is
+``NFS_PROVISIONER_GRACE_PERIOD``. A flag wins over its variable, the variable
+over the default. Go-style single-dash flags (``-grace-period=0``) from the
+original project's manifests are accepted too. Boolean flags take an optional
+value: ``--run-server``, ``--run-server=false``.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import nfs_provisioner
+from nfs_provisioner import settings as settings_mod
+
+ENV_PREFIX = "NFS_PROVISIONER_"
+
+
+def parse_bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on", "t", "y"):
+        return True
+    if v in ("0", "false", "no", "off", "f", "n"):
+        return False
+    raise ValueError(f"{value!r} is not a boolean (true/false)")
+
+
+def parse_duration(value: str) -> float:
+    """Seconds from '15s', '500ms', '2m', '1h' or a plain number of seconds."""
+    v = value.strip().lower()
+    for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if v.endswith(suffix):
+            return float(v[: -len(suffix)]) * scale
+    return float(v)
+
+
+def _optional_str(value: str) -> str | None:
+    return value or None
+
+
+def _optional_path(value: str) -> Path | None:
+    return Path(value) if value else None
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+    """Flag name without dashes; the env var is ENV_PREFIX + NAME_WITH_UNDERSCORES."""
+    field: str
+    """Settings field, or 'leader_election.<field>'."""
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper().replace("-", "_")
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("provisioner", "provisioner", str, "provisioner name StorageClasses refer to (default example.com/nfs)"),
+    Flag("kubeconfig", "kubeconfig", _optional_path, "kubeconfig for running out of cluster"),
+    Flag("master", "master", _optional_str, "API server URL (overrides the kubeconfig's)"),
+    Flag("run-server", "run_server", parse_bool, "start and supervise NFS-Ganesha (default true)"),
+    Flag("use-ganesha", "use_ganesha", parse_bool, "export through Ganesha; false = kernel exportfs (default true)"),
+    Flag("grace-period", "grace_period", int, "NFSv4 grace period in seconds, 0-180 (default 90)"),
+    Flag("enable-xfs-quota", "enable_xfs_quota", parse_bool, "XFS project quota per volume (default false)"),
+    Flag("server-hostname", "server_hostname", _optional_str, "server address in PVs, out of cluster only"),
+    Flag("export-subnet", "export_subnet", str, "clients allowed: '*' or comma-separated IPs/CIDRs (default *)"),
+    Flag("max-exports", "max_exports", int, "maximum number of volumes exported, -1 = no limit (default -1)"),
+    Flag("device-based-fsids", "device_based_fsids", parse_bool, "fsids from the device (default true)"),
+    Flag("export-root", "export_root", Path, "directory holding the volumes (default /export)"),
+    Flag("nfs-bind-address", "nfs_bind_address", _optional_str, "address Ganesha listens on (default all)"),
+    Flag("nfs-port", "nfs_port", int, "NFS port (default 2049)"),
+    Flag("metrics-address", "metrics_address", str, "host:port for /metrics and health, '' = off (default :9090)"),
+    Flag("kube-api-qps", "kube_api_qps", float, "client QPS to the API server (default 200)"),
+    Flag("kube-api-burst", "kube_api_burst", int, "client burst to the API server (default 400)"),
+    Flag("threadiness", "threadiness", int, "claim/volume workers (default 8)"),
+    Flag("ganesha-templates", "ganesha_templates", _optional_path, "directory overriding the Ganesha templates"),
+    Flag("leader-elect", "leader_election.enabled", parse_bool, "run only while holding the Lease (default false)"),
+    Flag("leader-elect-lease-duration", "leader_election.lease_duration", parse_duration, "default 15s"),
+    Flag("leader-elect-renew-deadline", "leader_election.renew_deadline", parse_duration, "default 10s"),
+    Flag("leader-elect-retry-period", "leader_election.retry_period", parse_duration, "default 2s"),
+    Flag("leader-elect-namespace", "leader_election.namespace", _optional_str,
+         "namespace of the Lease (default POD_NAMESPACE, the service account's, else default)"),
+    Flag("log-level", "log_level", lambda v: v.upper(), "DEBUG, INFO, WARNING, ERROR (default INFO)"),
+    Flag("log-json", "log_json", parse_bool, "JSON log lines (default false)"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nfs-provisioner",
-        description="All-in-one NFS provisioner appliance for Kubernetes.",
+        allow_abbrev=False,
+        description="All-in-one NFS provisioner appliance for Kubernetes. Every flag is also an environment "
+        f"variable {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}GRACE_PERIOD).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {nfs_provisioner.__version__}")
+    for f in FLAGS:
+        is_bool = f.parse is parse_bool
+        parser.add_argument(
+            f"--{f.name}", f"-{f.name}", dest=f.name, metavar="BOOL" if is_bool else f.name.split("-")[-1].upper(),
+            nargs="?" if is_bool else None, const="true" if is_bool else None, default=None,
+            help=f"{f.help} [env {f.env}]",
+        )
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    parser.parse_args(argv)
-    parser.error("the appliance is not implemented yet; only --version and --help are available")
+def parse(argv: Sequence[str] | None, environ: Mapping[str, str]) -> settings_mod.Settings:
+    """Flags, then environment, then defaults; raises SettingsError for unparsable values."""
+    args = vars(build_parser().parse_args(argv))
+    top: dict[str, Any] = {}
+    le: dict[str, Any] = {}
+    for f in FLAGS:
+        raw, source = args[f.name], f"--{f.name}"
+        if raw is None and f.env in environ:
+            raw, source = environ[f.env], f.env
+        if raw is None:
+            continue
+        try:
+            value = f.parse(raw)
+        except ValueError as e:
+            raise settings_mod.SettingsError(f"{source}: invalid value {raw!r}: {e}") from e
+        if f.field.startswith("leader_election."):
+            le[f.field.split(".", 1)[1]] = value
+        else:
+            top[f.field] = value
+    s = settings_mod.Settings(**top)
+    return replace(s, leader_election=replace(s.leader_election, **le)) if le else s
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    env = os.environ if environ is None else environ
+    try:
+        s = parse(argv, env)
+        settings_mod.validate(s, in_cluster=not s.out_of_cluster and bool(env.get("KUBERNETES_SERVICE_HOST")))
+    except settings_mod.SettingsError as e:
+        print(f"nfs-provisioner: error: {e}", file=sys.stderr)
+        return 2
+    print("nfs-provisioner: error: the appliance itself is not implemented yet; the settings are valid",
+          file=sys.stderr)
+    return 1

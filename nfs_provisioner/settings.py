@@ -1,0 +1,172 @@
+"""The appliance's settings: one frozen dataclass tree, every field documented.
+
+Settings are plain data. ``nfs_provisioner.cli`` fills them from flags and
+environment variables and calls :func:`validate`, which turns an invalid
+combination into a :class:`SettingsError` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Kubernetes "qualified name": optional DNS-subdomain prefix, '/', a name of at
+# most 63 characters. Provisioner names must carry the prefix (vendor/name).
+_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class SettingsError(ValueError):
+    """An invalid flag value or combination; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class LeaderElection:
+    """Leader election on a coordination.k8s.io/v1 Lease (opt-in)."""
+
+    enabled: bool = False
+    """Run only while holding the Lease named after the provisioner ('/' -> '-')."""
+    lease_duration: float = 15.0
+    """Seconds a non-leader waits after the last renewal before taking over."""
+    renew_deadline: float = 10.0
+    """Seconds the leader keeps trying to renew before it gives up leading."""
+    retry_period: float = 2.0
+    """Seconds between attempts to acquire or renew."""
+    namespace: str | None = None
+    """Namespace of the Lease; default POD_NAMESPACE, the service-account namespace, else 'default'."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the appliance is told on its command line or in its environment."""
+
+    provisioner: str = "example.com/nfs"
+    """The provisioner name StorageClasses refer to; a qualified name such as vendor.io/nfs."""
+    kubeconfig: Path | None = None
+    """Kubeconfig for running out of cluster; in-cluster config when neither it nor master is set."""
+    master: str | None = None
+    """API server URL; overrides the kubeconfig's server."""
+    run_server: bool = True
+    """Start and supervise NFS-Ganesha in this process (false: an NFS server is already running)."""
+    use_ganesha: bool = True
+    """Export through Ganesha (true) or through the kernel server's exportfs and /etc/exports (false)."""
+    grace_period: int = 90
+    """NFSv4 grace period in seconds (0-180) after a server restart, for clients to reclaim state."""
+    enable_xfs_quota: bool = False
+    """Give every volume an XFS project quota of its requested size (export root on XFS with prjquota)."""
+    server_hostname: str | None = None
+    """Address put into PVs when running out of cluster (default: this host's address)."""
+    export_subnet: str = "*"
+    """Clients allowed to mount: '*' or a comma-separated list of addresses/CIDRs."""
+    max_exports: int = -1
+    """Maximum number of volumes exported at once (the pseudo root does not count); -1 = no limit."""
+    device_based_fsids: bool = True
+    """Derive NFS file-system ids from the device (Ganesha fsid_device); false: per-export ids only."""
+    export_root: Path = Path("/export")
+    """Directory holding one sub-directory per volume, Ganesha's config and the identity file."""
+    nfs_bind_address: str | None = None
+    """Address Ganesha listens on (default: all); tests and the demo use 127.0.0.1."""
+    nfs_port: int = 2049
+    """NFS port Ganesha listens on."""
+    metrics_address: str = ":9090"
+    """host:port of the HTTP endpoint serving /metrics, /healthz and /readyz; empty disables it."""
+    kube_api_qps: float = 200.0
+    """Client-side sustained request rate to the API server (the Go default of 5 is the bottleneck there)."""
+    kube_api_burst: int = 400
+    """Client-side burst of requests to the API server."""
+    threadiness: int = 8
+    """Number of claim and volume workers."""
+    ganesha_templates: Path | None = None
+    """Directory of operator templates overriding the shipped Ganesha templates."""
+    leader_election: LeaderElection = field(default_factory=LeaderElection)
+    log_level: str = "INFO"
+    """DEBUG, INFO, WARNING or ERROR."""
+    log_json: bool = False
+    """One JSON object per log line."""
+
+    @property
+    def out_of_cluster(self) -> bool:
+        return self.kubeconfig is not None or self.master is not None
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def is_qualified_name(value: str) -> bool:
+    """Kubernetes IsQualifiedName with a mandatory prefix (vendor/name)."""
+    prefix, sep, name = value.rpartition("/")
+    if not sep or not prefix or len(prefix) > 253:
+        return False
+    return bool(_NAME.match(name)) and all(_DNS_LABEL.match(label) for label in prefix.split("."))
+
+
+def parse_subnets(value: str) -> list[str]:
+    """'*' or comma-separated IPs/CIDRs, normalised; raises SettingsError."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise SettingsError("--export-subnet is empty; use '*' for any client")
+    if items == ["*"]:
+        return items
+    out = []
+    for item in items:
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError as e:
+            raise SettingsError(f"--export-subnet: {item!r} is not '*', an address or a CIDR") from e
+    return out
+
+
+def parse_host_port(value: str, *, flag: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"{flag}: {value!r} is not host:port (host may be empty for all addresses)")
+    return host.strip("[]"), int(port)
+
+
+def validate(s: Settings, *, in_cluster: bool) -> None:
+    """Raise SettingsError for the first invalid value or combination.
+
+    ``in_cluster``: no kubeconfig/master given and the in-cluster environment
+    (KUBERNETES_SERVICE_HOST) is present."""
+    if not is_qualified_name(s.provisioner):
+        raise SettingsError(f"--provisioner {s.provisioner!r} is not a qualified name like example.com/nfs")
+    if not 0 <= s.grace_period <= 180:
+        raise SettingsError(f"--grace-period {s.grace_period} is out of range 0-180 seconds")
+    if s.run_server and not s.use_ganesha:
+        raise SettingsError("--run-server needs --use-ganesha: only Ganesha can be run by this process")
+    if s.server_hostname and in_cluster:
+        raise SettingsError("--server-hostname is for running out of cluster; in a cluster the server address "
+                            "comes from NODE_NAME, the Service or POD_IP")
+    if not s.out_of_cluster and not in_cluster:
+        raise SettingsError("not in a cluster (KUBERNETES_SERVICE_HOST unset) and neither --kubeconfig nor "
+                            "--master given")
+    if s.max_exports == 0 or s.max_exports < -1:
+        raise SettingsError(f"--max-exports {s.max_exports} must be -1 (no limit) or a positive number")
+    if not s.export_root.is_absolute():
+        raise SettingsError(f"--export-root {s.export_root} must be an absolute path")
+    if not 0 < s.nfs_port < 65536:
+        raise SettingsError(f"--nfs-port {s.nfs_port} is not a port number")
+    if s.nfs_bind_address:
+        try:
+            ipaddress.ip_address(s.nfs_bind_address)
+        except ValueError as e:
+            raise SettingsError(f"--nfs-bind-address {s.nfs_bind_address!r} is not an IP address") from e
+    parse_subnets(s.export_subnet)
+    if s.metrics_address:
+        parse_host_port(s.metrics_address, flag="--metrics-address")
+    if s.kube_api_qps <= 0 or s.kube_api_burst < 1:
+        raise SettingsError("--kube-api-qps must be > 0 and --kube-api-burst >= 1")
+    if s.threadiness < 1:
+        raise SettingsError(f"--threadiness {s.threadiness} must be at least 1")
+    if s.log_level not in LOG_LEVELS:
+        raise SettingsError(f"--log-level {s.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    le = s.leader_election
+    if le.enabled:
+        if not le.lease_duration > le.renew_deadline > 0:
+            raise SettingsError("--leader-elect-lease-duration must be greater than --leader-elect-renew-deadline")
+        if not 0 < le.retry_period < le.renew_deadline:
+            raise SettingsError("--leader-elect-retry-period must be positive and less than the renew deadline")
+    if s.ganesha_templates is not None and not s.ganesha_templates.is_dir():
+        raise SettingsError(f"--ganesha-templates {s.ganesha_templates} is not a directory")
