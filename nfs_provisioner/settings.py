@@ -99,7 +99,7 @@ def is_qualified_name(value: str) -> bool:
     prefix, sep, name = value.rpartition("/")
     if not sep or not prefix or len(prefix) > 253:
         return False
-    return bool(_NAME.match(name)) and all(_DNS_LABEL.match(label) for label in prefix.split("."))
+    return bool(_NAME.fullmatch(name)) and all(_DNS_LABEL.fullmatch(label) for label in prefix.split("."))
 
 
 def parse_subnets(value: str) -> list[str]:

@@ -59,6 +59,7 @@ def test_go_style_single_dash_flags_are_accepted() -> None:
         (["--grace-period=soon"], OUT, "--grace-period: invalid value 'soon'"),
         (["--provisioner=nfs"], OUT, "is not a qualified name"),
         (["--provisioner=Example.com/nfs"], OUT, "is not a qualified name"),
+        (["--provisioner=example.com/nfs\n"], OUT, "is not a qualified name"),
         (["--use-ganesha=false"], OUT, "--run-server needs --use-ganesha"),
         (["--server-hostname=nfs.example"], {"KUBERNETES_SERVICE_HOST": "10.0.0.1"},
          "--server-hostname is for running out of cluster"),

@@ -1,0 +1,75 @@
+"""StorageClass parameters of the NFS appliance, parsed and validated.
+
+Known parameters (anything else is rejected, as the original appliance did):
+
+- ``gid``: ``none`` (default) or a positive integer. The volume directory gets
+  that group, mode 0071|setgid, and the PV gets ``pv.beta.kubernetes.io/gid``
+  so pods receive the group as a supplemental group.
+- ``rootSquash``: ``true``/``false`` (default false): root_id_squash instead of
+  no_root_squash on the export.
+- ``onDelete``: ``delete`` (default), ``retain`` (directory kept, export
+  removed) or ``archive`` (directory renamed aside under ``.archive/``).
+- ``mountOptions``: legacy comma-separated mount options, used when the class
+  itself has no ``mountOptions``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+OnDelete = Literal["delete", "retain", "archive"]
+KNOWN = ("gid", "rootSquash", "onDelete", "mountOptions")
+MAX_GID = 2**31 - 1
+
+
+class InvalidParameter(ValueError):
+    """A StorageClass parameter the appliance cannot honour; the message names it."""
+
+
+@dataclass(frozen=True)
+class ClassParameters:
+    gid: int | None = None
+    root_squash: bool = False
+    on_delete: OnDelete = "delete"
+    mount_options: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("true", "1", "yes"):
+        return True
+    if v in ("false", "0", "no"):
+        return False
+    raise InvalidParameter(f"invalid value {value!r} for parameter {name}: want true or false")
+
+
+def parse(parameters: Mapping[str, str] | None, *, class_mount_options: Sequence[str] | None = None) -> ClassParameters:
+    """Validate a StorageClass's ``parameters`` (and its spec ``mountOptions``)."""
+    params = dict(parameters or {})
+    for key in params:
+        if key not in KNOWN:
+            raise InvalidParameter(f"invalid parameter {key!r}: known parameters are {', '.join(KNOWN)}")
+    gid: int | None = None
+    raw_gid = params.get("gid", "none").strip()
+    if raw_gid.lower() != "none":
+        if not raw_gid.isdigit() or not 0 < int(raw_gid) <= MAX_GID:
+            raise InvalidParameter(f"invalid value {raw_gid!r} for parameter gid: want 'none' or an integer "
+                                   f"1-{MAX_GID}")
+        gid = int(raw_gid)
+    root_squash = _bool("rootSquash", params["rootSquash"]) if "rootSquash" in params else False
+    on_delete = params.get("onDelete", "delete").strip().lower()
+    if on_delete not in ("delete", "retain", "archive"):
+        raise InvalidParameter(f"invalid value {params['onDelete']!r} for parameter onDelete: want delete, retain "
+                               "or archive")
+    options: tuple[str, ...] = tuple(class_mount_options or ())
+    if "mountOptions" in params:
+        if options:
+            raise InvalidParameter("mountOptions is set both on the class and as a parameter; keep the class's")
+        options = tuple(o.strip() for o in params["mountOptions"].split(",") if o.strip())
+    for o in options:
+        if any(c.isspace() for c in o):
+            raise InvalidParameter(f"invalid mount option {o!r}: must not contain whitespace")
+    return ClassParameters(gid=gid, root_squash=root_squash, on_delete=on_delete,  # type: ignore[arg-type]
+                           mount_options=options)

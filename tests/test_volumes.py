@@ -1,0 +1,155 @@
+"""Volume assets on a real directory tree: parameters, identity, directories.
+
+Hostile names and planted symlinks must never make anything outside the
+volume's own directory change; the tests snapshot the whole tree around them."""
+
+from __future__ import annotations
+
+import os
+import stat
+import uuid
+from pathlib import Path
+
+import pytest
+
+from nfs_provisioner.volumes import directories, identity, params
+from nfs_provisioner.volumes.directories import DirectoryError, InvalidVolumeName, VolumeDirectories
+
+pytestmark = pytest.mark.unit
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            p = Path(dirpath, n)
+            st = os.lstat(p)
+            out[str(p.relative_to(root))] = (st.st_mode, st.st_size)
+    return out
+
+
+# ------------------------------------------------------------------ parameters
+
+def test_parameters_defaults_and_values() -> None:
+    assert params.parse(None) == params.ClassParameters()
+    p = params.parse({"gid": "1234", "rootSquash": "true", "onDelete": "Archive"}, class_mount_options=["vers=4.1"])
+    assert p == params.ClassParameters(gid=1234, root_squash=True, on_delete="archive", mount_options=("vers=4.1",))
+    assert params.parse({"gid": "none", "mountOptions": "vers=4.1, hard"}).mount_options == ("vers=4.1", "hard")
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"size": "1"}, "invalid parameter 'size'"),
+        ({"gid": "0"}, "invalid value '0' for parameter gid"),
+        ({"gid": "-5"}, "invalid value '-5' for parameter gid"),
+        ({"gid": "99999999999"}, "for parameter gid"),
+        ({"gid": "abc"}, "for parameter gid"),
+        ({"rootSquash": "maybe"}, "for parameter rootSquash"),
+        ({"onDelete": "shred"}, "for parameter onDelete"),
+        ({"mountOptions": "vers=4.1,a b"}, "invalid mount option 'a b'"),
+    ],
+)
+def test_bad_parameters_are_named(parameters: dict[str, str], message: str) -> None:
+    with pytest.raises(params.InvalidParameter, match=message):
+        params.parse(parameters)
+
+
+def test_mount_options_in_two_places_is_an_error() -> None:
+    with pytest.raises(params.InvalidParameter, match="both on the class and as a parameter"):
+        params.parse({"mountOptions": "hard"}, class_mount_options=["vers=4.1"])
+
+
+# ------------------------------------------------------------------ identity
+
+def test_identity_is_created_once_and_kept(tmp_path: Path) -> None:
+    first = identity.load_or_create(tmp_path)
+    assert str(uuid.UUID(first)) == first
+    assert identity.load_or_create(tmp_path) == first
+    assert (tmp_path / identity.FILENAME).read_text().strip() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == [identity.FILENAME]
+
+
+def test_corrupt_identity_is_an_error_not_a_new_identity(tmp_path: Path) -> None:
+    (tmp_path / identity.FILENAME).write_text("garbage\n")
+    with pytest.raises(identity.IdentityError, match="not a UUID"):
+        identity.load_or_create(tmp_path)
+    assert (tmp_path / identity.FILENAME).read_text() == "garbage\n"
+
+
+# ------------------------------------------------------------------ directories
+
+@pytest.mark.parametrize("name", ["", "..", ".", "../x", "a/b", "/etc", ".ganesha", "-a", "A", "a..b", "a" * 254,
+                                  "nfs-provisioner.identity", "projects", "pvc-1\n", "pvc 1"])
+def test_hostile_names_never_become_paths(tmp_path: Path, name: str) -> None:
+    dirs = VolumeDirectories(tmp_path)
+    with pytest.raises(InvalidVolumeName):
+        dirs.path_for(name)
+
+
+def test_create_sets_mode_and_group(tmp_path: Path) -> None:
+    dirs = VolumeDirectories(tmp_path)
+    p = dirs.create("pvc-1", gid=None)
+    assert p == tmp_path / "pvc-1"
+    assert stat.S_IMODE(p.stat().st_mode) == 0o2777
+    gid = os.getgid() + 4242
+    q = dirs.create("pvc-2", gid=gid)
+    assert stat.S_IMODE(q.stat().st_mode) == 0o2071
+    assert q.stat().st_gid == gid
+    assert dirs.create("pvc-1", gid=None) == p  # re-create after a crash adopts it
+
+
+def test_delete_removes_only_the_volume_tree(tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep")
+    dirs = VolumeDirectories(root)
+    vol = dirs.create("pvc-1", gid=None)
+    (vol / "sub").mkdir()
+    (vol / "sub" / "f").write_text("data")
+    (vol / "escape").symlink_to(outside)  # a symlink planted by a client inside its own volume
+    keep = dirs.create("pvc-2", gid=None)
+    (keep / "g").write_text("other volume")
+    before = snapshot(tmp_path)
+
+    assert dirs.delete("pvc-1") is True
+    assert dirs.delete("pvc-1") is False  # idempotent
+    after = snapshot(tmp_path)
+    removed = set(before) - set(after)
+    assert all(k.startswith("export/pvc-1") for k in removed)
+    assert {k: v for k, v in before.items() if not k.startswith("export/pvc-1")} == after
+    assert (outside / "precious").read_text() == "keep"
+
+
+def test_delete_refuses_a_symlink_in_place_of_the_volume(tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    root.mkdir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "f").write_text("x")
+    (root / "pvc-9").symlink_to(victim)
+    with pytest.raises(DirectoryError, match="is a symlink; refusing"):
+        VolumeDirectories(root).delete("pvc-9")
+    assert (victim / "f").read_text() == "x"
+
+
+def test_archive_moves_aside_within_the_export_root(tmp_path: Path) -> None:
+    dirs = VolumeDirectories(tmp_path)
+    vol = dirs.create("pvc-1", gid=None)
+    (vol / "f").write_text("data")
+    target = dirs.archive("pvc-1", now=0)
+    assert target == tmp_path / directories.ARCHIVE_DIR / "pvc-1-19700101T000000Z"
+    assert (target / "f").read_text() == "data"
+    assert not vol.exists()
+    dirs.create("pvc-1", gid=None)
+    assert dirs.archive("pvc-1", now=0) == tmp_path / directories.ARCHIVE_DIR / "pvc-1-19700101T000000Z.1"
+    assert dirs.archive("pvc-1") is None
+
+
+def test_space_check(tmp_path: Path) -> None:
+    dirs = VolumeDirectories(tmp_path)
+    dirs.check_space(1)
+    with pytest.raises(directories.InsufficientSpace, match=r"only \d+ bytes are free"):
+        dirs.check_space(dirs.free_bytes() + 10**15)
