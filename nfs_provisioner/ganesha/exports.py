@@ -238,7 +238,7 @@ class ExportManager:
                 self._remember(export)
                 undo.append(("forget export", lambda: self._forget(export)))
                 self._write_index()
-                undo.append(("rewrite index", self._write_index))
+                undo.append(("drop the index line", lambda: self._drop_from_index(export)))
                 self._add_live(export)
             except BaseException as e:
                 self._rollback(undo, export)
@@ -321,6 +321,10 @@ class ExportManager:
         self._by_name.pop(export.name, None)
         self._by_id.pop(export.export_id, None)
         self._by_path.pop(export.path, None)
+
+    def _drop_from_index(self, export: Export) -> None:
+        self._forget(export)
+        self._write_index()
 
     def _write_index(self) -> None:
         files: Iterable[Path] = (e.config_file for e in self._by_name.values())

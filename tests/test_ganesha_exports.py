@@ -1,0 +1,245 @@
+"""The Ganesha manager against a real ganesha.nfsd on a private bus and a real libnfs client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nfs_provisioner.ganesha import errors
+from nfs_provisioner.ganesha.exports import ExportRequest, temp_files
+from nfs_provisioner.ganesha.settings import Squash
+from tests import wait
+from tests.ganesha_env import Harness
+
+pytestmark = pytest.mark.ganesha
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path)
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+def index_lines(srv_index: Path) -> list[str]:
+    return [line for line in srv_index.read_text().splitlines() if line.startswith("%include")]
+
+
+def test_add_write_read_remove_then_client_is_refused(h: Harness) -> None:
+    srv = h.server()
+    vol = h.volume("pvc-1", content={"hello.txt": b"hello from the server\n"})
+    export = srv.exports.add(ExportRequest(name="pvc-1", path=vol))
+    assert export.export_id == 1
+    nfs = h.client()
+
+    # Read what the server side wrote, write through NFS and see it on disk.
+    assert nfs.cat(vol / "hello.txt").stdout == b"hello from the server\n"
+    payload = os.urandom(3944)  # the largest single NFSv4 WRITE libnfs 4.0 can send
+    put = nfs.put(payload, vol / "data.bin")
+    assert put.returncode == 0, put.stderr
+    assert (vol / "data.bin").read_bytes() == payload
+    assert nfs.cat(vol / "data.bin").stdout == payload
+    listing = nfs.ls(vol)
+    assert b"data.bin" in listing.stdout and b"hello.txt" in listing.stdout
+
+    shown = srv.dbus.display_export(export.export_id)
+    assert (shown.path, shown.pseudo, shown.clients) == (str(vol), str(vol), ("*",))
+    assert h.registry.get_sample_value("nfs_provisioner_ganesha_exports") == 1
+
+    assert srv.exports.remove("pvc-1") is True
+    refused = nfs.cat(vol / "hello.txt")
+    assert refused.returncode != 0 and refused.stdout == b""
+    assert nfs.ls(vol).returncode != 0
+    assert not export.config_file.exists()
+    assert index_lines(srv.exports.index_file) == []
+    assert [e.export_id for e in srv.dbus.show_exports()] == [0]
+    assert (vol / "data.bin").read_bytes() == payload, "removing an export never touches the volume"
+    assert srv.exports.remove("pvc-1") is False, "remove is idempotent"
+    assert h.registry.get_sample_value("nfs_provisioner_ganesha_exports") == 0
+    adds = h.registry.get_sample_value(
+        "nfs_provisioner_ganesha_dbus_call_duration_seconds_count", {"method": "AddExport"}
+    )
+    assert adds == 1
+
+
+def test_bad_requests_are_clear_errors_and_write_nothing(h: Harness, tmp_path: Path) -> None:
+    srv = h.server()
+    vol = h.volume("vol")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (h.export_root / "escape").symlink_to(outside)
+    bad = [
+        ExportRequest(name="a", path=outside),
+        ExportRequest(name="b", path=h.export_root / "vol" / ".." / "vol"),
+        ExportRequest(name="c", path=h.export_root / "escape"),
+        ExportRequest(name="d", path=h.export_root / "missing"),
+        ExportRequest(name="e", path=h.export_root),
+        ExportRequest(name="f", path=srv.config_dir),
+        ExportRequest(name="../g", path=vol),
+        ExportRequest(name="h", path=vol, clients=("not-a-subnet",)),
+        ExportRequest(name="i", path=Path("relative/vol")),
+    ]
+    for req in bad:
+        with pytest.raises(errors.InvalidRequest):
+            srv.exports.add(req)
+            pytest.fail(f"accepted {req}")
+    with pytest.raises(ValueError):
+        srv.exports.add(ExportRequest(name="j", path=vol, squash="everyone"))  # type: ignore[arg-type]
+    assert list(srv.exports.exports_dir.iterdir()) == []
+    assert index_lines(srv.exports.index_file) == []
+    assert [e.export_id for e in srv.dbus.show_exports()] == [0]
+    assert list(outside.iterdir()) == []
+
+    first = srv.exports.add(ExportRequest(name="vol", path=vol, squash=Squash.ROOT_ID_SQUASH))
+    assert srv.exports.add(ExportRequest(name="vol", path=vol, squash=Squash.ROOT_ID_SQUASH)) == first
+    with pytest.raises(errors.ExportConflict):
+        srv.exports.add(ExportRequest(name="vol", path=vol, squash=Squash.NO_ROOT_SQUASH))
+    with pytest.raises(errors.ExportConflict):
+        srv.exports.add(ExportRequest(name="other", path=vol))
+    assert [e.name for e in srv.exports.list_exports()] == ["vol"]
+
+
+def test_failing_add_export_is_rolled_back(h: Harness, tmp_path: Path) -> None:
+    # An operator template naming an FSAL that does not exist passes our own checks,
+    # so the failure comes from Ganesha's AddExport itself.
+    override = tmp_path / "templates"
+    override.mkdir()
+    shipped = (Path(__file__).parent.parent / "ganesha" / "export.conf.j2").read_text()
+    broken = shipped.replace("Name = VFS;", "Name = NO_SUCH_FSAL;")
+    assert broken != shipped
+    (override / "export.conf.j2").write_text(broken)
+    srv = h.server(template_dir=override)
+    vol = h.volume("vol")
+    with pytest.raises(errors.ExportAddError, match="AddExport") as info:
+        srv.exports.add(ExportRequest(name="vol", path=vol))
+    assert isinstance(info.value.__cause__, errors.DBusError)
+    assert list(srv.exports.exports_dir.iterdir()) == [], "no export file, no temp file"
+    assert index_lines(srv.exports.index_file) == []
+    assert temp_files(srv.config_dir) == []
+    assert srv.exports.get("vol") is None and len(srv.exports) == 0
+    assert [e.export_id for e in srv.dbus.show_exports()] == [0]
+
+    # With Ganesha gone, an add fails cleanly too and the id is not leaked.
+    srv.stop()
+    srv2 = h.server()
+    vol2 = h.volume("vol2")
+    ok = srv2.exports.add(ExportRequest(name="vol2", path=vol2))
+    assert ok.export_id == 1
+    srv2.stop()
+    with pytest.raises(errors.ExportAddError) as info2:
+        srv2.exports.add(ExportRequest(name="vol3", path=h.volume("vol3")))
+    assert isinstance(info2.value.__cause__, errors.DBusUnavailable)
+    assert sorted(p.name for p in srv2.exports.exports_dir.iterdir()) == ["vol2.conf"]
+    assert len(index_lines(srv2.exports.index_file)) == 1
+
+
+def test_export_ids_skip_152_and_exhaustion_is_an_immediate_error(h: Harness) -> None:
+    srv = h.server(id_range=(150, 153))
+    ids = [srv.exports.add(ExportRequest(name=f"v{i}", path=h.volume(f"v{i}"))).export_id for i in range(3)]
+    assert ids == [150, 151, 153]
+    start = time.monotonic()
+    with pytest.raises(errors.ExportIdsExhausted):
+        srv.exports.add(ExportRequest(name="v3", path=h.volume("v3")))
+    assert time.monotonic() - start < 1.0
+    assert not (srv.exports.exports_dir / "v3.conf").exists()
+    srv.exports.remove("v1")
+    assert srv.exports.add(ExportRequest(name="v3", path=h.volume("v3"))).export_id == 151, "lowest free id reused"
+    assert sorted(e.export_id for e in srv.dbus.show_exports()) == [0, 150, 151, 153]
+
+
+def test_500_exports_ids_recovered_after_manager_restart(h: Harness) -> None:
+    srv = h.server()
+    added = {}
+    for i in range(500):
+        e = srv.exports.add(ExportRequest(name=f"pvc-{i:03d}", path=h.volume(f"pvc-{i:03d}")))
+        added[e.name] = e.export_id
+    assert sorted(added.values()) == [i for i in range(1, 502) if i != 152]
+    assert len(srv.dbus.show_exports()) == 501
+    (h.export_root / "pvc-321" / "f").write_bytes(b"321")
+    srv.stop()
+
+    srv2 = h.server()
+    assert {e.name: e.export_id for e in srv2.exports.list_exports()} == added
+    live = {e.export_id: e.path for e in srv2.dbus.show_exports()}
+    assert len(live) == 501, "Ganesha loaded every export from the index at start"
+    assert live[added["pvc-321"]] == str(h.export_root / "pvc-321")
+    assert h.client().cat(h.export_root / "pvc-321" / "f").stdout == b"321"
+    # The next id is the lowest free one, not a counter.
+    srv2.exports.remove("pvc-007")
+    assert srv2.exports.add(ExportRequest(name="new", path=h.volume("new"))).export_id == added["pvc-007"]
+
+    for e in srv2.exports.list_exports():
+        srv2.exports.remove(e.name)
+    assert [e.export_id for e in srv2.dbus.show_exports()] == [0]
+    assert list(srv2.exports.exports_dir.iterdir()) == []
+    assert index_lines(srv2.exports.index_file) == []
+
+
+def test_ganesha_killed_is_restarted_with_all_exports(h: Harness) -> None:
+    srv = h.server()
+    for i in range(3):
+        vol = h.volume(f"vol{i}", content={"f": f"data {i}".encode()})
+        srv.exports.add(ExportRequest(name=f"vol{i}", path=vol))
+    old_pid = srv.ganesha_pid
+    assert old_pid is not None
+    os.kill(old_pid, signal.SIGKILL)
+    assert srv.wait_restarted(after=0, timeout=30), "supervisor restarted Ganesha"
+    assert srv.ganesha_pid not in (None, old_pid)
+    assert srv.ready()
+    nfs = h.client()
+    for i in range(3):
+        got = wait.until(lambda i=i: nfs.cat(h.export_root / f"vol{i}" / "f").stdout, timeout=10, what=f"vol{i}")
+        assert got == f"data {i}".encode()
+    assert h.registry.get_sample_value("nfs_provisioner_ganesha_restarts_total") == 1
+    assert h.registry.get_sample_value("nfs_provisioner_ganesha_up") == 1
+    # Exports keep working after the restart: add and remove still go through.
+    srv.exports.add(ExportRequest(name="late", path=h.volume("late")))
+    assert srv.exports.remove("vol0")
+    assert sorted(e.export_id for e in srv.dbus.show_exports()) == [0, 2, 3, 4]
+
+
+def test_reconcile_readds_missing_and_reserves_foreign_ids(h: Harness, tmp_path: Path) -> None:
+    srv = h.server()
+    a = srv.exports.add(ExportRequest(name="a", path=h.volume("a")))
+    # Removed behind the manager's back: reconcile adds it again from its file.
+    srv.dbus.remove_export(a.export_id)
+    # An export someone else added with id 2: never reused by the manager.
+    foreign_dir = h.volume("foreign")
+    foreign_conf = tmp_path / "foreign.conf"
+    foreign_conf.write_text(
+        f'EXPORT {{ Export_Id = 2; Path = "{foreign_dir}"; Pseudo = "{foreign_dir}"; Access_Type = RW;'
+        " FSAL { Name = VFS; } }\n"
+    )
+    srv.dbus.add_export(config_file=foreign_conf, export_id=2)
+    with pytest.raises(errors.ExportAlreadyActive):
+        srv.dbus.add_export(config_file=foreign_conf, export_id=2)
+    with pytest.raises(errors.ExportNotFound):
+        srv.dbus.remove_export(4242)
+    result = srv.exports.reconcile()
+    assert result.readded == (a.export_id,) and result.foreign == (2,) and result.failed == ()
+    assert srv.exports.add(ExportRequest(name="b", path=h.volume("b"))).export_id == 3
+    assert h.client().ls(h.export_root / "a").returncode == 0
+
+
+def test_health_heartbeat_grace_and_graceful_stop(h: Harness) -> None:
+    srv = h.server()
+    assert srv.ready()
+    assert srv.dbus.wait_heartbeat(timeout=5) is True
+    assert srv.dbus.get_grace() is False, "grace_period=0 is Graceless"
+    pids = [srv.ganesha_pid, *srv.helper_pids().values()]
+    assert None not in pids and len(pids) == 2
+    srv.stop()
+    assert srv.ganesha_pid is None and srv.helper_pids() == {}
+    for pid in pids:
+        assert pid is not None
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert "shutdown" in srv.settings.log_path.read_text().lower()
+    assert h.registry.get_sample_value("nfs_provisioner_ganesha_up") == 0
