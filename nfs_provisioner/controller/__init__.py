@@ -1,0 +1,53 @@
+"""A reusable provision controller for out-of-tree dynamic provisioners.
+
+Implement :class:`Provisioner` (``provision`` builds a PV ``dict`` for a claim
+and creates its storage asset, ``delete`` removes the asset) and run it with
+:class:`ProvisionController`. The controller watches claims, volumes and
+classes, decides what to provision and delete exactly as the Go
+sig-storage-lib-external-provisioner does, creates and deletes the PV objects,
+emits the standard events and metrics, and optionally elects a leader.
+Beyond the Go library it never leaks an asset across crashes: a finalizer on
+the claim records each provision before it starts (see ``provisioning``), and
+the PV finalizer records each delete (see ``deleting``).
+
+Layering (imports only go downwards)::
+
+    controller      ProvisionController: lifecycle, workers, wiring
+    provisioning, deleting, leadership        one operation each
+    watching, queueing, events, metrics       mechanisms
+    decisions, interface, settings, outcomes  pure data and rules
+    ..kube                                    the only package that talks to Kubernetes
+"""
+
+from nfs_provisioner.controller.controller import ProvisionController
+from nfs_provisioner.controller.interface import (
+    IgnoredError,
+    Object,
+    Provisioner,
+    ProvisioningError,
+    ProvisioningState,
+    ProvisionOptions,
+)
+from nfs_provisioner.controller.settings import (
+    ControllerSettings,
+    LeaderElectionSettings,
+    RetrySettings,
+    ServingSettings,
+)
+from nfs_provisioner.kube.client import Client, ClientSettings
+
+__all__ = [
+    "Client",
+    "ClientSettings",
+    "ControllerSettings",
+    "IgnoredError",
+    "LeaderElectionSettings",
+    "Object",
+    "ProvisionController",
+    "ProvisionOptions",
+    "Provisioner",
+    "ProvisioningError",
+    "ProvisioningState",
+    "RetrySettings",
+    "ServingSettings",
+]

@@ -1,0 +1,150 @@
+"""What a provisioner implements, and what the controller hands it.
+
+Objects are plain ``dict`` values exactly as the API server serialises them
+(``claim["spec"]["resources"]["requests"]["storage"]``), so nothing is
+converted on the hot path; :class:`ProvisionOptions` adds typed accessors for
+the fields every provisioner needs.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+Object = dict[str, Any]
+"""A Kubernetes object as a ``dict`` (``apiVersion``, ``kind``, ``metadata``, ``spec``, ...)."""
+
+
+class ProvisioningState(enum.Enum):
+    """Where an operation stands after :meth:`Provisioner.provision` raised :class:`ProvisioningError`.
+
+    The names and meanings are those of the Go library's ``ProvisioningState``."""
+
+    FINISHED = "Finished"
+    """Nothing is in progress and nothing was left behind: the error is final for this attempt
+    (the controller retries with backoff until the failure threshold)."""
+    IN_BACKGROUND = "InBackground"
+    """The operation is still running (or may have left a partial asset): the controller must call
+    ``provision`` again, even if the claim is deleted meanwhile, so it can finish or clean up."""
+    NO_CHANGE = "NoChange"
+    """The attempt changed nothing; whatever state the previous attempt left still holds."""
+    RESCHEDULE = "Reschedule"
+    """Give up on the selected node: the controller removes ``volume.kubernetes.io/selected-node``
+    so the scheduler picks again (only meaningful for WaitForFirstConsumer claims)."""
+
+
+class IgnoredError(Exception):
+    """"Not mine": raised by ``provision`` or ``delete`` when another instance owns the claim/volume.
+
+    The controller emits no event and does not retry (several instances may share one class)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ProvisioningError(Exception):
+    """A failed provision with an explicit :class:`ProvisioningState`.
+
+    Any other exception raised by ``provision`` counts as ``ProvisioningState.FINISHED``.
+    The message becomes the ``ProvisioningFailed`` event: write it for the user."""
+
+    def __init__(self, message: str, state: ProvisioningState = ProvisioningState.FINISHED) -> None:
+        super().__init__(message)
+        self.state = state
+
+
+@dataclass(frozen=True)
+class ProvisionOptions:
+    """Everything ``provision`` needs to build one PersistentVolume."""
+
+    storage_class: Object
+    """The claim's StorageClass (``parameters``, ``reclaimPolicy``, ``mountOptions``, ...)."""
+    pv_name: str
+    """The name the PV must get: ``pvc-<claim uid>`` unless the controller's ``volume_name`` hook says otherwise.
+    It is deterministic, so a repeated call for the same claim must reuse the same asset."""
+    claim: Object
+    """The PersistentVolumeClaim. It may carry a ``deletionTimestamp`` when the controller calls
+    ``provision`` again only to finish or roll back an operation started before the claim was deleted."""
+    selected_node: Object | None = None
+    """The Node named by ``volume.kubernetes.io/selected-node`` (WaitForFirstConsumer), else ``None``."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free for controller hooks; the controller itself leaves it empty."""
+
+    @property
+    def parameters(self) -> dict[str, str]:
+        """The StorageClass ``parameters`` (empty when none)."""
+        return dict(self.storage_class.get("parameters") or {})
+
+    @property
+    def reclaim_policy(self) -> str:
+        """The class's ``reclaimPolicy`` (``Delete`` when unset, as Kubernetes defaults it)."""
+        return str(self.storage_class.get("reclaimPolicy") or "Delete")
+
+    @property
+    def mount_options(self) -> list[str]:
+        return list(self.storage_class.get("mountOptions") or [])
+
+    @property
+    def access_modes(self) -> list[str]:
+        return list(self.claim.get("spec", {}).get("accessModes") or [])
+
+    @property
+    def requested_storage(self) -> str | None:
+        """``spec.resources.requests.storage`` of the claim as a quantity string (e.g. ``"1Mi"``)."""
+        req = ((self.claim.get("spec") or {}).get("resources") or {}).get("requests") or {}
+        value = req.get("storage")
+        return None if value is None else str(value)
+
+    @property
+    def volume_mode(self) -> str:
+        return str((self.claim.get("spec") or {}).get("volumeMode") or "Filesystem")
+
+    @property
+    def selected_node_name(self) -> str | None:
+        return None if self.selected_node is None else str(self.selected_node["metadata"]["name"])
+
+
+class Provisioner(abc.ABC):
+    """Implement this to get a dynamic provisioner; hand it to :class:`ProvisionController`.
+
+    Both methods run in worker threads, several at a time, and may be called
+    again for the same claim/volume (after a crash, a retry, or a background
+    operation): they must be idempotent. They may block on I/O.
+    """
+
+    @abc.abstractmethod
+    def provision(self, options: ProvisionOptions) -> Object:
+        """Create the storage asset for ``options.claim`` and return the PV describing it.
+
+        Return a PV ``dict`` (``metadata.name`` must be ``options.pv_name``; set ``spec.capacity``,
+        ``spec.accessModes``, ``spec.persistentVolumeReclaimPolicy``, the volume source and any
+        annotations ``delete`` will need). Do not create the PV object: the controller sets
+        ``spec.claimRef``, ``spec.storageClassName``, ``pv.kubernetes.io/provisioned-by`` (and its
+        finalizer when enabled), then creates it and keeps retrying until it is saved.
+        Raise :class:`IgnoredError` for "not mine", :class:`ProvisioningError` to choose a state,
+        any other exception for a final failure of this attempt."""
+
+    @abc.abstractmethod
+    def delete(self, volume: Object) -> None:
+        """Remove the storage asset behind ``volume`` (the PV object is deleted by the controller).
+
+        Must succeed when the asset is already gone. Raise :class:`IgnoredError` when it belongs to
+        another instance."""
+
+    # ---- optional hooks (the Go library's Qualifier, DeletionGuard, BlockProvisioner)
+
+    def should_provision(self, claim: Object) -> bool:
+        """Cheap pre-filter run before anything else; ``False`` skips the claim silently."""
+        return True
+
+    def should_delete(self, volume: Object) -> bool:
+        """Deletion guard; ``False`` keeps a Released volume (and its asset) untouched."""
+        return True
+
+    def supports_block(self) -> bool:
+        """Whether ``volumeMode: Block`` claims can be served; when ``False`` they get one
+        ``ProvisioningFailed`` event and no retry."""
+        return False

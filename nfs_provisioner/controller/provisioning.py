@@ -1,0 +1,329 @@
+"""Provisioning one claim: decide, record the attempt durably, call the provisioner, save the PV.
+
+The durable in-flight record is a finalizer on the claim
+(``provisioning.nfs-provisioner.io/<instance>``), added by PATCH *before*
+``Provisioner.provision`` is called and removed only once the PV object exists
+or the asset is known not to exist. Because the claim cannot disappear while
+it carries the finalizer, a restarted controller always finds every started
+provision and either finishes it (claim still wanted: provision again, which
+is idempotent on the deterministic PV name, then save) or rolls it back
+(claim deleted or no longer ours: provision again to learn the PV, then
+``Provisioner.delete`` it). A PV that cannot be saved is retried forever; the
+asset is never deleted because of a failed write.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nfs_provisioner.controller import decisions, events, outcomes
+from nfs_provisioner.controller.interface import (
+    IgnoredError,
+    Provisioner,
+    ProvisioningError,
+    ProvisioningState,
+    ProvisionOptions,
+)
+from nfs_provisioner.controller.metrics import Metrics
+from nfs_provisioner.controller.outcomes import Outcome
+from nfs_provisioner.controller.settings import ControllerSettings
+from nfs_provisioner.controller.watching import Informer
+from nfs_provisioner.kube import client as kube
+from nfs_provisioner.kube import errors
+
+log = logging.getLogger(__name__)
+
+Object = dict[str, Any]
+
+
+@dataclass
+class Attempt:
+    """What this process knows about a claim's provision beyond the finalizer."""
+
+    state: ProvisioningState | None = None
+    """State of the last failed attempt (``None``: unknown, e.g. after a restart)."""
+    volume: Object | None = None
+    """The completed PV of a successful ``provision`` not saved yet."""
+    started: float = 0.0
+
+
+class Provisioning:
+    def __init__(self, *, api: kube.Client, provisioner: Provisioner, settings: ControllerSettings,
+                 claims: Informer, volumes: Informer, classes: Informer, recorder: events.EventRecorder,
+                 metrics: Metrics, volume_name: Callable[[Object], str]) -> None:
+        self.api = api
+        self.provisioner = provisioner
+        self.settings = settings
+        self.claims = claims
+        self.volumes = volumes
+        self.classes = classes
+        self.recorder = recorder
+        self.metrics = metrics
+        self.volume_name = volume_name
+        self.names = frozenset({settings.provisioner_name, *settings.additional_provisioner_names})
+        self.finalizer = decisions.claim_finalizer(settings.instance_name)
+        self._attempts: dict[str, Attempt] = {}
+        self._saved: dict[str, float] = {}
+        self._known_classes: dict[str, Object] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ filters
+
+    def interesting(self, claim: Object) -> bool:
+        """Whether a claim event needs a sync (cheap; runs in the watch thread)."""
+        return decisions.requested_by_us(claim, self.names) or self.finalizer in decisions.finalizers(claim)
+
+    def remember_class(self, cls: Object) -> None:
+        self._known_classes[decisions.meta(cls).get("name", "")] = cls
+
+    # ------------------------------------------------------------------ sync
+
+    def sync(self, uid: str) -> Outcome:
+        claim = self.claims.get(uid)
+        if claim is None:
+            self._attempts.pop(uid, None)
+            self._saved.pop(uid, None)
+            return outcomes.DONE
+        ours = self.finalizer in decisions.finalizers(claim)
+        pv_name = self.volume_name(claim)
+        if decisions.is_deleting(claim):
+            return self._roll_back(claim, pv_name) if ours else outcomes.DONE
+        attempt = self._attempts.get(uid)
+        if attempt is not None and attempt.volume is not None:
+            return self._save(claim, attempt.volume, attempt.started)
+        if uid in self._saved or self.volumes.get(pv_name) is not None:
+            return self._release(claim) if ours else outcomes.DONE
+
+        cls_name = decisions.claim_class(claim)
+        storage_class = self.classes.get(cls_name)
+        verdict = decisions.should_provision(claim, storage_class, self.names)
+        if verdict is decisions.Verdict.PROVISION and not self.provisioner.should_provision(claim):
+            verdict = decisions.Verdict.SKIP
+        if verdict is not decisions.Verdict.PROVISION:
+            if ours:
+                return self._roll_back(claim, pv_name)
+            if verdict is decisions.Verdict.NO_CLASS:
+                self._failed(claim)
+                return outcomes.retry(f"StorageClass {cls_name!r} not found")
+            if verdict is decisions.Verdict.CLASS_NOT_OURS:
+                log.info("claim %s: class %s names provisioner %r, not us: skipped", decisions.claim_key(claim),
+                         cls_name, (storage_class or {}).get("provisioner"))
+            return outcomes.DONE
+        assert storage_class is not None
+
+        if decisions.is_block(claim) and not self.provisioner.supports_block():
+            self._failed(claim)
+            self.recorder.event(claim, events.WARNING, events.PROVISIONING_FAILED,
+                                f"{self.settings.provisioner_name} does not support block volume provisioning")
+            return outcomes.DONE
+
+        node: Object | None = None
+        node_name = decisions.selected_node(claim)
+        if node_name:
+            try:
+                node = self.api.get(kube.nodes_path(node_name))
+            except errors.NotFound:
+                self._failed(claim)
+                msg = f"selected node {node_name!r} does not exist"
+                self.recorder.event(claim, events.WARNING, events.PROVISIONING_FAILED, msg)
+                return self._reschedule(claim, msg)
+            except errors.KubeError as e:
+                self._failed(claim)
+                msg = f"failed to get target node: {e}"
+                self.recorder.event(claim, events.WARNING, events.PROVISIONING_FAILED, msg)
+                return outcomes.retry(msg)
+
+        if not ours:
+            try:
+                claim = self._patch_claim(claim, {"metadata": {"finalizers": [self.finalizer]}})
+            except errors.NotFound:
+                return outcomes.DONE
+            except errors.KubeError as e:
+                # E.g. 422 when the claim started terminating meanwhile: the next event says so.
+                return outcomes.retry_after(1.0, f"cannot record the provision of {decisions.claim_key(claim)}: {e}")
+
+        self.remember_class(storage_class)
+        options = ProvisionOptions(storage_class=storage_class, pv_name=pv_name, claim=claim, selected_node=node)
+        self.recorder.event(claim, events.NORMAL, events.PROVISIONING,
+                            f"External provisioner is provisioning volume for claim \"{decisions.claim_key(claim)}\"")
+        started = time.monotonic()
+        try:
+            volume = self.provisioner.provision(options)
+        except IgnoredError as e:
+            log.debug("claim %s ignored by the provisioner: %s", decisions.claim_key(claim), e.reason)
+            return self._release(claim)
+        except Exception as e:  # noqa: BLE001 - every provisioner failure is reported, then retried
+            return self._provision_failed(claim, e)
+        try:
+            pv = decisions.complete_volume(volume, claim=claim, pv_name=pv_name,
+                                           provisioner=str(storage_class.get("provisioner")),
+                                           add_finalizer=self.settings.add_finalizer)
+        except (ValueError, TypeError, AttributeError, KeyError) as e:
+            return self._provision_failed(claim, ProvisioningError(f"provisioner returned an unusable volume: {e}",
+                                                                   ProvisioningState.IN_BACKGROUND))
+        self._attempts[uid] = Attempt(volume=pv, started=started)
+        log.info("claim %s: volume %s provisioned, saving the PV", decisions.claim_key(claim), pv_name)
+        return self._save(claim, pv, started)
+
+    # ------------------------------------------------------------------ steps
+
+    def _provision_failed(self, claim: Object, e: Exception) -> Outcome:
+        uid = decisions.meta(claim)["uid"]
+        state = e.state if isinstance(e, ProvisioningError) else ProvisioningState.FINISHED
+        msg = str(e) or type(e).__name__
+        previous = self._attempts.get(uid)
+        if state is ProvisioningState.NO_CHANGE and previous is not None:
+            state = previous.state or ProvisioningState.IN_BACKGROUND
+        elif state is ProvisioningState.NO_CHANGE:
+            state = ProvisioningState.IN_BACKGROUND  # unknown history: assume something may exist
+        self._failed(claim)
+        self.recorder.event(claim, events.WARNING, events.PROVISIONING_FAILED, msg)
+        log.warning("claim %s: provision failed (%s): %s", decisions.claim_key(claim), state.value, msg)
+        if state is ProvisioningState.RESCHEDULE:
+            if decisions.selected_node(claim):
+                self._attempts[uid] = Attempt(state=ProvisioningState.FINISHED)
+                return self._reschedule(claim, msg)
+            state = ProvisioningState.FINISHED
+        self._attempts[uid] = Attempt(state=state)
+        if state is ProvisioningState.FINISHED:
+            return outcomes.retry(msg)
+        return outcomes.retry_forever(msg)
+
+    def _save(self, claim: Object, pv: Object, started: float) -> Outcome:
+        uid = decisions.meta(claim)["uid"]
+        name = pv["metadata"]["name"]
+        try:
+            self.api.create(kube.volumes_path(), pv)
+        except errors.AlreadyExists:
+            log.debug("PV %s already exists", name)
+        except errors.KubeError as e:
+            msg = (f"Volume {name} was provisioned but its PersistentVolume could not be saved; the volume is kept "
+                   f"and saving is retried: {e}")
+            self.recorder.event(claim, events.WARNING, events.PROVISIONING_FAILED, msg)
+            log.warning("claim %s: %s", decisions.claim_key(claim), msg)
+            return outcomes.retry_after(self.settings.retry.save_retry_delay, msg)
+        self._attempts.pop(uid, None)
+        self._saved[uid] = time.monotonic()
+        cls, source = decisions.provision_labels(claim)
+        self.metrics.provision_total.labels(cls, source).inc()
+        self.metrics.provision_duration.labels(cls, source).observe(time.monotonic() - started)
+        self.recorder.event(claim, events.NORMAL, events.PROVISIONING_SUCCEEDED,
+                            f"Successfully provisioned volume {name}")
+        return self._release(claim)
+
+    def _release(self, claim: Object) -> Outcome:
+        """Drop the in-flight finalizer: the provision is over (PV saved, ignored, or rolled back)."""
+        if self.finalizer not in decisions.finalizers(claim):
+            return outcomes.DONE
+        try:
+            self._patch_claim(claim, {"metadata": {"$deleteFromPrimitiveList/finalizers": [self.finalizer]}})
+        except errors.NotFound:
+            pass
+        except errors.KubeError as e:
+            return outcomes.retry_after(self.settings.retry.save_retry_delay,
+                                        f"cannot remove finalizer from {decisions.claim_key(claim)}: {e}")
+        return outcomes.DONE
+
+    def _reschedule(self, claim: Object, why: str) -> Outcome:
+        """Remove ``selected-node`` (and our finalizer) so the scheduler picks another node."""
+        patch: Object = {"metadata": {"annotations": {decisions.ANN_SELECTED_NODE: None}}}
+        if self.finalizer in decisions.finalizers(claim):
+            patch["metadata"]["$deleteFromPrimitiveList/finalizers"] = [self.finalizer]
+        try:
+            self._patch_claim(claim, patch)
+        except errors.NotFound:
+            return outcomes.DONE
+        except errors.KubeError as e:
+            return outcomes.retry(f"rescheduling failed: {e}; {why}")
+        log.info("claim %s rescheduled: %s", decisions.claim_key(claim), why)
+        return outcomes.DONE
+
+    def _roll_back(self, claim: Object, pv_name: str) -> Outcome:
+        """The claim carries our finalizer but is deleted or no longer wants a volume: finish or undo."""
+        uid = decisions.meta(claim)["uid"]
+        key = decisions.claim_key(claim)
+        if uid in self._saved or self._volume_exists(pv_name):
+            return self._release(claim)  # the PV exists: its normal lifecycle takes it from here
+        attempt = self._attempts.get(uid)
+        if attempt is not None and attempt.volume is not None:
+            pv = attempt.volume
+        elif attempt is not None and attempt.state is ProvisioningState.FINISHED:
+            self._attempts.pop(uid, None)
+            return self._release(claim)  # the last attempt left nothing behind
+        else:
+            cls_name = decisions.claim_class(claim)
+            storage_class = (self.classes.get(cls_name) or self._known_classes.get(cls_name)
+                             or {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                                 "metadata": {"name": cls_name}, "provisioner": self.settings.provisioner_name})
+            options = ProvisionOptions(storage_class=storage_class, pv_name=pv_name, claim=claim)
+            log.info("claim %s: provision in flight but claim deleted/unwanted: finishing it to roll it back", key)
+            try:
+                volume = self.provisioner.provision(options)
+            except IgnoredError:
+                return self._release(claim)
+            except ProvisioningError as e:
+                if e.state in (ProvisioningState.IN_BACKGROUND, ProvisioningState.NO_CHANGE):
+                    return outcomes.retry_forever(f"rolling back {pv_name}: {e}")
+                return self._release(claim)
+            except Exception:
+                log.info("claim %s: finishing failed finally; nothing to roll back", key, exc_info=True)
+                return self._release(claim)
+            try:
+                pv = decisions.complete_volume(volume, claim=claim, pv_name=pv_name,
+                                               provisioner=str(storage_class.get("provisioner")), add_finalizer=False)
+            except (ValueError, TypeError, AttributeError, KeyError) as e:
+                return outcomes.retry_forever(f"rolling back {pv_name}: provisioner returned an unusable volume: {e}")
+        try:
+            self.provisioner.delete(pv)
+        except IgnoredError:
+            pass
+        except Exception as e:  # noqa: BLE001 - reported, retried until it works (else the asset leaks)
+            msg = f"Failed to remove volume {pv_name} provisioned for a claim that is gone: {e}"
+            self.recorder.event(claim, events.WARNING, events.PROVISIONING_CLEANUP_FAILED, msg)
+            return outcomes.retry_forever(msg)
+        log.info("claim %s: rolled back volume %s", key, pv_name)
+        self._attempts.pop(uid, None)
+        return self._release(claim)
+
+    def give_up(self, uid: str) -> None:
+        """Failure threshold reached: release the claim if nothing of it is in flight."""
+        attempt = self._attempts.get(uid)
+        claim = self.claims.get(uid)
+        if claim is None or attempt is None or attempt.state is not ProvisioningState.FINISHED:
+            return
+        self._attempts.pop(uid, None)
+        self._release(claim)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _volume_exists(self, name: str) -> bool:
+        if self.volumes.get(name) is not None:
+            return True
+        try:
+            self.api.get(kube.volumes_path(name))
+        except errors.NotFound:
+            return False
+        return True
+
+    def _patch_claim(self, claim: Object, patch: Object) -> Object:
+        m = decisions.meta(claim)
+        updated = self.api.patch(kube.claims_path(m["namespace"], m["name"]), patch)
+        updated.setdefault("kind", "PersistentVolumeClaim")
+        updated.setdefault("apiVersion", "v1")
+        return updated
+
+    def _failed(self, claim: Object) -> None:
+        cls, source = decisions.provision_labels(claim)
+        self.metrics.provision_failed_total.labels(cls, source).inc()
+
+    def forget_saved(self, older_than: float) -> None:
+        """Drop memories of saved PVs older than ``older_than`` seconds (bounded memory)."""
+        cutoff = time.monotonic() - older_than
+        for uid, at in list(self._saved.items()):
+            if at < cutoff:
+                self._saved.pop(uid, None)

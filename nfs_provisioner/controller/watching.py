@@ -1,0 +1,160 @@
+"""List + watch one resource into an in-memory cache (a minimal informer).
+
+Lists (paged), then watches from the list's resourceVersion with bookmarks,
+resumes each renewed watch from the last version seen, and re-lists when the
+server answers 410 Gone (version too old). Every change is reported to
+``on_change(old, new)`` (``new`` is ``None`` for a deletion).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nfs_provisioner.kube import client as kube
+from nfs_provisioner.kube import errors
+
+log = logging.getLogger(__name__)
+
+Object = dict[str, Any]
+OnChange = Callable[[Object | None, Object | None], None]
+
+
+class Informer:
+    """Keeps ``cache`` (key → object) in sync with the API server."""
+
+    def __init__(self, api: kube.Client, *, name: str, path: str, kind: str, api_version: str,
+                 key: Callable[[Object], str], on_change: OnChange, watch_timeout: int = 300,
+                 page_size: int = 500, clock: Callable[[], float] = time.monotonic) -> None:
+        self.api = api
+        self.name = name
+        self.path = path
+        self.kind = kind
+        self.api_version = api_version
+        self.key = key
+        self.on_change = on_change
+        self.watch_timeout = watch_timeout
+        self.page_size = page_size
+        self._clock = clock
+        self.cache: dict[str, Object] = {}
+        self.synced = threading.Event()
+        self.resource_version = ""
+        self.last_ok = clock()
+        """Monotonic time of the last successful list or watch response (health)."""
+        self.relists = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"informer-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def get(self, key: str) -> Object | None:
+        return self.cache.get(key)
+
+    def items(self) -> list[Object]:
+        return list(self.cache.values())
+
+    # ------------------------------------------------------------------ loop
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                if not self.resource_version:
+                    self._list()
+                self._watch()
+                backoff = 0.5
+            except errors.Gone:
+                log.info("%s: resourceVersion %s is too old (410 Gone): re-listing", self.name, self.resource_version)
+                self.resource_version = ""
+                self.relists += 1
+            except Exception as e:  # noqa: BLE001 - a watcher must survive any failure and retry
+                if self._stop.is_set():
+                    break
+                log.warning("%s: list/watch failed, retrying in %.1fs: %s", self.name, backoff, e)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+        log.debug("%s: informer stopped", self.name)
+
+    def _normalise(self, obj: Object) -> Object:
+        obj.setdefault("kind", self.kind)
+        obj.setdefault("apiVersion", self.api_version)
+        return obj
+
+    def _list(self) -> None:
+        items: dict[str, Object] = {}
+        cont: str | None = None
+        rv = ""
+        while True:
+            page = self.api.get(self.path, limit=self.page_size, **({"continue": cont} if cont else {}))
+            for obj in page.get("items") or []:
+                obj = self._normalise(obj)
+                items[self.key(obj)] = obj
+            md = page.get("metadata") or {}
+            rv = md.get("resourceVersion") or rv
+            cont = md.get("continue")
+            if not cont:
+                break
+        old = self.cache
+        self.cache = items
+        self.resource_version = rv
+        self.last_ok = self._clock()
+        for k, obj in items.items():
+            self._notify(old.get(k), obj)
+        for k, obj in old.items():
+            if k not in items:
+                self._notify(obj, None)
+        self.synced.set()
+        log.debug("%s: listed %d objects at %s", self.name, len(items), rv)
+
+    def _watch(self) -> None:
+        for event in self.api.watch(self.path, resource_version=self.resource_version,
+                                    timeout_seconds=int(kube.jitter(self.watch_timeout))):
+            if self._stop.is_set():
+                return
+            self.last_ok = self._clock()
+            etype = event.get("type")
+            obj = event.get("object") or {}
+            if etype == "ERROR":
+                code = obj.get("code")
+                if code == 410:
+                    raise errors.Gone(410, "Expired", str(obj.get("message")), obj)
+                raise errors.from_status(int(code or 500), obj)
+            rv = (obj.get("metadata") or {}).get("resourceVersion")
+            if etype == "BOOKMARK":
+                if rv:
+                    self.resource_version = rv
+                continue
+            obj = self._normalise(obj)
+            k = self.key(obj)
+            if etype == "DELETED":
+                old = self.cache.pop(k, None)
+                self._notify(old or obj, None)
+            elif etype in ("ADDED", "MODIFIED"):
+                old = self.cache.get(k)
+                self.cache[k] = obj
+                self._notify(old, obj)
+            if rv:
+                self.resource_version = rv
+
+    def _notify(self, old: Object | None, new: Object | None) -> None:
+        try:
+            self.on_change(old, new)
+        except Exception:
+            log.exception("%s: change handler failed", self.name)

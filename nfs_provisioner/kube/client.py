@@ -1,0 +1,322 @@
+"""JSON over HTTP to the API server: one connection pool, one token bucket.
+
+``Client`` is the only object in the project that sends requests to
+Kubernetes. Credentials come from the ``kubernetes`` library's kubeconfig /
+in-cluster loaders (so exec plugins, token files and client certificates all
+work); the requests themselves go through urllib3 with plain ``dict`` bodies,
+because the generated models cost more CPU than the rest of a provision.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import urllib3
+
+from nfs_provisioner.kube import errors
+
+log = logging.getLogger(__name__)
+
+Object = dict[str, Any]
+"""A Kubernetes object as the API server serialises it (``json.loads`` of the body)."""
+
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How hard and how long to talk to the API server."""
+
+    qps: float = 500.0
+    """Sustained client-side request rate (requests/second). The Go library's default of 5 caps a
+    provisioner at ~2 claims/s; the API server protects itself with priority and fairness anyway."""
+    burst: int = 1000
+    """Requests that may be sent back to back before ``qps`` applies."""
+    timeout: float = 30.0
+    """Seconds to wait for the answer to one ordinary request."""
+    pool_size: int = 32
+    """Connections kept open to the API server (workers, watches and events share the pool)."""
+    user_agent: str = "nfs-provisioner-controller"
+    """Sent with every request; shows up in API server audit logs and metrics."""
+
+
+class TokenBucket:
+    """Thread-safe token bucket: ``acquire()`` blocks until a token is available."""
+
+    def __init__(self, qps: float, burst: int, clock: Any = time.monotonic, sleep: Any = time.sleep) -> None:
+        self.qps = qps
+        self.burst = max(1, burst)
+        self._tokens = float(self.burst)
+        self._clock = clock
+        self._sleep = sleep
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Take one token; returns the seconds spent waiting for it."""
+        if self.qps <= 0:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.qps)
+            self._last = now
+            self._tokens -= 1
+            wait = -self._tokens / self.qps if self._tokens < 0 else 0.0
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+
+@dataclass(frozen=True)
+class Credentials:
+    host: str
+    ca_file: str | None
+    cert_file: str | None
+    key_file: str | None
+    verify: bool
+    token: Any  # callable returning "Bearer ..." or None
+
+
+class Client:
+    """A small, thread-safe JSON client for the Kubernetes API."""
+
+    def __init__(self, credentials: Credentials, settings: ClientSettings | None = None) -> None:
+        self.settings = settings or ClientSettings()
+        self.host = credentials.host.rstrip("/")
+        self._credentials = credentials
+        self._bucket = TokenBucket(self.settings.qps, self.settings.burst)
+        kwargs: dict[str, Any] = {}
+        if self.host.startswith("https"):
+            kwargs["cert_reqs"] = "CERT_REQUIRED" if credentials.verify else "CERT_NONE"
+            if credentials.ca_file:
+                kwargs["ca_certs"] = credentials.ca_file
+            if credentials.cert_file:
+                kwargs["cert_file"] = credentials.cert_file
+                kwargs["key_file"] = credentials.key_file
+        self._pool = urllib3.PoolManager(num_pools=2, maxsize=self.settings.pool_size, block=False,
+                                         retries=False, **kwargs)
+        self._token: str | None = None
+        self._token_at = 0.0
+        self._token_lock = threading.Lock()
+        self._streams: set[urllib3.BaseHTTPResponse] = set()
+        self._streams_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def load(cls, kubeconfig: str | None = None, *, context: str | None = None,
+             settings: ClientSettings | None = None) -> Client:
+        """``kubeconfig`` if given; else in-cluster when running in a pod; else ``$KUBECONFIG``/``~/.kube/config``."""
+        from kubernetes import client as kclient
+        from kubernetes import config as kconfig
+
+        cfg = kclient.Configuration()
+        try:
+            if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+                kconfig.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            else:
+                kconfig.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=kubeconfig, context=context, client_configuration=cfg)
+        except Exception as e:  # the loaders raise several unrelated types
+            raise errors.KubeError(f"cannot load Kubernetes credentials: {e}") from e
+
+        def token() -> str | None:
+            if cfg.refresh_api_key_hook is not None:
+                cfg.refresh_api_key_hook(cfg)
+            value = cfg.api_key.get("authorization") if cfg.api_key else None
+            if value is None:
+                return None
+            prefix = cfg.api_key_prefix.get("authorization") if cfg.api_key_prefix else None
+            return f"{prefix} {value}" if prefix else str(value)
+
+        return cls(Credentials(host=cfg.host, ca_file=cfg.ssl_ca_cert, cert_file=cfg.cert_file,
+                               key_file=cfg.key_file, verify=bool(cfg.verify_ssl), token=token), settings)
+
+    def close(self) -> None:
+        self.close_streams()
+        self._pool.clear()
+
+    # ------------------------------------------------------------------ requests
+
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": self.settings.user_agent}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if self._credentials.token is not None:
+            with self._token_lock:
+                if time.monotonic() - self._token_at > 60 or self._token is None:
+                    self._token = self._credentials.token()
+                    self._token_at = time.monotonic()
+                if self._token:
+                    headers["Authorization"] = self._token
+        return headers
+
+    def _url(self, path: str, query: Mapping[str, Any] | None) -> str:
+        url = self.host + path
+        if query:
+            url += "?" + urlencode({k: _q(v) for k, v in query.items() if v is not None})
+        return url
+
+    def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
+                body: Any = None, content_type: str = "application/json",
+                timeout: float | None = None) -> Any:
+        """Send one request and return the decoded JSON answer (``None`` for an empty body)."""
+        self._bucket.acquire()
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        try:
+            resp = self._pool.request(method, self._url(path, query), body=data,
+                                      headers=self._headers(content_type if data is not None else None),
+                                      timeout=urllib3.Timeout(connect=10, read=timeout or self.settings.timeout),
+                                      preload_content=True)
+        except urllib3.exceptions.HTTPError as e:
+            raise errors.TransportError(f"{method} {path}: {e}") from e
+        return _decode(resp, method, path)
+
+    def get(self, path: str, **query: Any) -> Object:
+        result: Object = self.request("GET", path, query=query)
+        return result
+
+    def create(self, path: str, obj: Object) -> Object:
+        result: Object = self.request("POST", path, body=obj)
+        return result
+
+    def replace(self, path: str, obj: Object) -> Object:
+        result: Object = self.request("PUT", path, body=obj)
+        return result
+
+    def patch(self, path: str, patch: Any, *, patch_type: str = STRATEGIC_MERGE_PATCH) -> Object:
+        result: Object = self.request("PATCH", path, body=patch, content_type=patch_type)
+        return result
+
+    def delete(self, path: str, *, body: Object | None = None) -> Object | None:
+        result: Object | None = self.request("DELETE", path, body=body)
+        return result
+
+    # ------------------------------------------------------------------ watch
+
+    def watch(self, path: str, *, resource_version: str, timeout_seconds: int = 300,
+              bookmarks: bool = True, extra: Mapping[str, Any] | None = None) -> Iterator[Object]:
+        """Stream watch events (``{"type": ..., "object": {...}}``) starting after ``resource_version``.
+
+        Ends when the server closes the stream (after ``timeout_seconds``) or when
+        :meth:`close_streams` is called. A 410 answer raises :class:`errors.Gone`;
+        an ``ERROR`` event is yielded as is (its object is a ``Status``)."""
+        query: dict[str, Any] = {"watch": "true", "resourceVersion": resource_version,
+                                 "timeoutSeconds": timeout_seconds, "allowWatchBookmarks": bookmarks}
+        if extra:
+            query.update(extra)
+        self._bucket.acquire()
+        try:
+            resp = self._pool.request("GET", self._url(path, query), headers=self._headers(),
+                                      timeout=urllib3.Timeout(connect=10, read=timeout_seconds + 30),
+                                      preload_content=False)
+        except urllib3.exceptions.HTTPError as e:
+            raise errors.TransportError(f"WATCH {path}: {e}") from e
+        if resp.status >= 300:
+            resp.read()
+            _decode(resp, "WATCH", path)
+        with self._streams_lock:
+            self._streams.add(resp)
+        buf = b""
+        try:
+            for chunk in resp.stream(65536):
+                buf += chunk
+                while True:
+                    nl = buf.find(b"\n")
+                    if nl < 0:
+                        break
+                    line, buf = buf[:nl], buf[nl + 1:]
+                    if line.strip():
+                        yield json.loads(line)
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+            # Closed by close_streams() or dropped by the network: the caller resumes from its last version.
+            log.debug("watch %s ended: %s", path, e)
+        finally:
+            with self._streams_lock:
+                self._streams.discard(resp)
+            resp.release_conn()
+
+    def close_streams(self) -> None:
+        """Abort every open watch stream (used on shutdown)."""
+        with self._streams_lock:
+            streams = list(self._streams)
+        for resp in streams:
+            try:
+                resp.shutdown()
+            except Exception:
+                log.debug("closing a watch stream failed", exc_info=True)
+
+
+def _q(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+def _decode(resp: urllib3.BaseHTTPResponse, method: str, path: str) -> Any:
+    data = resp.data
+    if resp.status >= 300:
+        try:
+            body = json.loads(data) if data else {}
+        except ValueError:
+            body = {"message": data[:500].decode(errors="replace")}
+        if not isinstance(body, dict):
+            body = {"message": str(body)}
+        err = errors.from_status(resp.status, body)
+        log.debug("%s %s -> %s", method, path, err)
+        raise err
+    if not data:
+        return None
+    return json.loads(data)
+
+
+# ---------------------------------------------------------------------- paths
+
+
+def _seg(name: str) -> str:
+    return quote(name, safe="")
+
+
+def claims_path(namespace: str | None = None, name: str | None = None) -> str:
+    if namespace is None:
+        return "/api/v1/persistentvolumeclaims"
+    base = f"/api/v1/namespaces/{_seg(namespace)}/persistentvolumeclaims"
+    return f"{base}/{_seg(name)}" if name else base
+
+
+def volumes_path(name: str | None = None) -> str:
+    return f"/api/v1/persistentvolumes/{_seg(name)}" if name else "/api/v1/persistentvolumes"
+
+
+def classes_path(name: str | None = None) -> str:
+    base = "/apis/storage.k8s.io/v1/storageclasses"
+    return f"{base}/{_seg(name)}" if name else base
+
+
+def nodes_path(name: str) -> str:
+    return f"/api/v1/nodes/{_seg(name)}"
+
+
+def events_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{_seg(namespace)}/events"
+
+
+def leases_path(namespace: str, name: str | None = None) -> str:
+    base = f"/apis/coordination.k8s.io/v1/namespaces/{_seg(namespace)}/leases"
+    return f"{base}/{_seg(name)}" if name else base
+
+
+def jitter(seconds: float, factor: float = 0.2) -> float:
+    """``seconds`` spread by ±``factor`` so many watchers do not reconnect in lock step."""
+    return seconds * (1 + random.uniform(-factor, factor))
