@@ -1,0 +1,96 @@
+"""Client restriction and NFSv3 (rpcbind + statd) in a network namespace; grace and recovery across restarts."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nfs_provisioner.ganesha.exports import ExportRequest
+from nfs_provisioner.ganesha.settings import Ports
+from tests.ganesha_env import Client, Harness
+
+pytestmark = pytest.mark.ganesha
+
+ALLOWED = "10.77.0.1"
+OUTSIDE = "10.78.0.1"
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path)
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+def test_export_subnet_restricts_clients_and_nfsv3_serves_large_writes(h: Harness) -> None:
+    ns = h.make_netns(addresses=(f"{ALLOWED}/24", f"{OUTSIDE}/24"))
+    # rpcbind insists on 0.0.0.0:111, so NFSv3 runs in its own namespace on the standard ports.
+    srv = h.server(netns=ns.path, nfsv3=True, bind_addr=None, ports=Ports(), export_subnet="10.77.0.0/24")
+    assert set(srv.helper_pids()) == {"dbus-daemon", "rpcbind", "rpc.statd"}
+    vol = h.volume("restricted", content={"f": b"only for 10.77.0.0/24\n"})
+    srv.exports.add(ExportRequest(name="restricted", path=vol))
+    open_vol = h.volume("open", content={"f": b"for everyone\n"})
+    srv.exports.add(ExportRequest(name="open", path=open_vol, clients=("*",)))
+
+    for version in (3, 4):
+        inside = Client(host=ALLOWED, version=version, netns=ns.path)
+        outside = Client(host=OUTSIDE, version=version, netns=ns.path)
+        assert inside.cat(vol / "f").stdout == b"only for 10.77.0.0/24\n", f"v{version} allowed client"
+        refused = outside.cat(vol / "f")
+        assert refused.returncode != 0 and refused.stdout == b"", f"v{version} client outside the subnet"
+        assert outside.cat(open_vol / "f").stdout == b"for everyone\n", f"v{version} '*' export"
+
+    # NFSv3 writes are not limited like libnfs' NFSv4 writes: a 1 MiB file round-trips.
+    v3 = Client(host=ALLOWED, version=3, netns=ns.path)
+    data = os.urandom(1 << 20)
+    put = v3.put(data, vol / "big.bin")
+    assert put.returncode == 0, put.stderr
+    assert (vol / "big.bin").read_bytes() == data
+    assert v3.cat(vol / "big.bin").stdout == data
+    assert Client(host=OUTSIDE, version=3, netns=ns.path).put(b"x", vol / "nope").returncode != 0
+    assert not (vol / "nope").exists()
+
+    pids = [srv.ganesha_pid, *srv.helper_pids().values()]
+    srv.stop()
+    for pid in pids:
+        assert pid is not None
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_grace_period_and_recovery_directory_across_restarts(h: Harness) -> None:
+    grace = 4
+    srv = h.server(grace_period=grace)
+    assert srv.settings.recovery_path.is_relative_to(h.export_root), "client state lives under the export root"
+    assert srv.dbus.get_grace() is False, "no client to reclaim: no grace on a fresh recovery directory"
+    vol = h.volume("v", content={"f": b"data\n"})
+    srv.exports.add(ExportRequest(name="v", path=vol))
+    nfs = h.client()
+    assert nfs.put(b"before restart", vol / "a").returncode == 0
+    records = list((srv.settings.recovery_path / "v4recov").rglob("*Libnfs*"))
+    assert records, "the NFSv4 client was recorded in the recovery directory"
+    srv.stop()
+
+    srv = h.server(grace_period=grace)
+    started = time.monotonic()
+    assert srv.dbus.get_grace() is True, "a recorded client gets a grace period to reclaim"
+    during = nfs.put(b"during grace", vol / "b")
+    assert during.returncode != 0 and b"NFS4ERR_GRACE" in during.stderr
+    while srv.dbus.get_grace():
+        assert time.monotonic() - started < grace + 10, "grace never ended"
+        time.sleep(0.1)
+    assert time.monotonic() - started >= grace - 1
+    assert nfs.put(b"after grace", vol / "b").returncode == 0
+    assert nfs.cat(vol / "a").stdout == b"before restart"
+    srv.stop()
+
+    # grace_period=0 is Graceless: the same recorded clients cause no wait at all.
+    srv = h.server(grace_period=0)
+    assert srv.dbus.get_grace() is False
+    assert nfs.put(b"no grace", vol / "c").returncode == 0
