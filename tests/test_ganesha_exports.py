@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -243,3 +244,24 @@ def test_health_heartbeat_grace_and_graceful_stop(h: Harness) -> None:
             os.kill(pid, 0)
     assert "shutdown" in srv.settings.log_path.read_text().lower()
     assert h.registry.get_sample_value("nfs_provisioner_ganesha_up") == 0
+
+
+def test_update_changes_clients_of_a_live_export(h: Harness) -> None:
+    srv = h.server()
+    vol = h.volume("v", content={"f": b"x"})
+    export = srv.exports.add(ExportRequest(name="v", path=vol))
+    nfs = h.client()
+    assert nfs.cat(vol / "f").stdout == b"x"
+    restricted = srv.exports.update(ExportRequest(name="v", path=vol, clients=("10.0.0.0/8",)))
+    assert restricted.export_id == export.export_id and restricted.clients == ("10.0.0.0/8",)
+    assert srv.dbus.display_export(export.export_id).clients == ("10.0.0.0/8",)
+    assert nfs.cat(vol / "f").returncode != 0, "127.0.0.1 is outside 10.0.0.0/8"
+    srv.exports.update(ExportRequest(name="v", path=vol, clients=("127.0.0.0/8",)))
+    assert nfs.cat(vol / "f").stdout == b"x"
+    with pytest.raises(errors.ExportConflict):
+        srv.exports.update(ExportRequest(name="v", path=h.volume("w")))
+    # The update survives a restart of the manager: it lives in the export file.
+    srv.stop()
+    srv2 = h.server()
+    assert srv2.exports.get("v") == dataclasses.replace(restricted, clients=("127.0.0.0/8",))
+    assert srv2.dbus.display_export(export.export_id).clients == ("127.0.0.0/8",)

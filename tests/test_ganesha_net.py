@@ -88,6 +88,9 @@ def test_grace_period_and_recovery_directory_across_restarts(h: Harness) -> None
     assert time.monotonic() - started >= grace - 1
     assert nfs.put(b"after grace", vol / "b").returncode == 0
     assert nfs.cat(vol / "a").stdout == b"before restart"
+    # The admin grace method starts a new grace period on demand.
+    srv.dbus.grace("0")
+    assert srv.dbus.get_grace() is True
     srv.stop()
 
     # grace_period=0 is Graceless: the same recorded clients cause no wait at all.

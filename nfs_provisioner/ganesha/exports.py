@@ -251,6 +251,39 @@ class ExportManager:
             log.info("export %s added: id %d path %s clients %s", name, export.export_id, path, ",".join(clients))
             return export
 
+    def update(self, request: ExportRequest) -> Export:
+        """Change squash, access type or clients of a live export (same name, same path) via UpdateExport.
+
+        The old file is restored if Ganesha refuses the new block."""
+        name = config.check_name(request.name)
+        clients = config.check_clients(self.default_clients if request.clients is None else request.clients)
+        path = config.check_path_inside(request.path, root=self.export_root, exclude=[self.config_dir])
+        with self._lock:
+            old = self._by_name.get(name)
+            if old is None:
+                raise errors.InvalidRequest(f"export {name!r} does not exist")
+            if old.path != path:
+                raise errors.ExportConflict(f"export {name!r} serves {str(old.path)!r}; a path cannot be updated")
+            new = dataclasses.replace(
+                old, squash=Squash(request.squash), access_type=AccessType(request.access_type), clients=clients
+            )
+            if new == old:
+                return old
+            old_text = old.config_file.read_text(encoding="utf-8")
+            config.atomic_write(
+                new.config_file, new.header() + self.templates.render_export(self._block(new)), durable=self.durable
+            )
+            try:
+                self.dbus.update_export(config_file=new.config_file, export_id=new.export_id)
+            except BaseException as e:
+                config.atomic_write(old.config_file, old_text, durable=self.durable)
+                if isinstance(e, errors.GaneshaError):
+                    raise errors.ExportAddError(f"updating export {name!r} failed, old block kept: {e}") from e
+                raise
+            self._remember(new)
+            log.info("export %s updated: squash %s clients %s", name, new.squash.value, ",".join(new.clients))
+            return new
+
     def remove(self, name: str) -> bool:
         """Withdraw export ``name``; True if it existed. Idempotent: a missing export is logged and skipped."""
         config.check_name(name)
