@@ -153,3 +153,23 @@ def test_space_check(tmp_path: Path) -> None:
     dirs.check_space(1)
     with pytest.raises(directories.InsufficientSpace, match=r"only \d+ bytes are free"):
         dirs.check_space(dirs.free_bytes() + 10**15)
+
+
+# ------------------------------------------------------------------ quantities
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1Mi", 2**20), ("500M", 5 * 10**8), ("1.5Gi", 3 * 2**29), ("2e3", 2000), ("100m", 1), ("1", 1),
+    ("1E", 10**18), ("2Ei", 2 * 2**60),
+])
+def test_quantities(text: str, expected: int) -> None:
+    from nfs_provisioner.volumes.quantity import to_bytes
+
+    assert to_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "abc", "1Qi", "-1Mi", "1e400", "9Ei", "1..2", "1 Mi"])
+def test_bad_quantities(text: str) -> None:
+    from nfs_provisioner.volumes.quantity import InvalidQuantity, to_bytes
+
+    with pytest.raises(InvalidQuantity):
+        to_bytes(text)

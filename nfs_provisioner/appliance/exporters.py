@@ -1,0 +1,33 @@
+"""Exporters: how a volume directory becomes an NFS export.
+
+:class:`GaneshaExporter` adapts the Ganesha manager (one file per export +
+live AddExport/RemoveExport) to the provisioner's ``Exporter`` protocol.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nfs_provisioner.ganesha import exports
+from nfs_provisioner.ganesha.settings import Squash
+
+
+class GaneshaExporter:
+    def __init__(self, manager: exports.ExportManager) -> None:
+        self.manager = manager
+
+    def export(self, *, name: str, path: Path, root_squash: bool) -> tuple[int, str]:
+        squash = Squash.ROOT_ID_SQUASH if root_squash else Squash.NO_ROOT_SQUASH
+        export = self.manager.add(exports.ExportRequest(name=name, path=path, squash=squash))
+        text = export.config_file.read_text()
+        block = "".join(line for line in text.splitlines(keepends=True) if not line.startswith(exports.HEADER))
+        return export.export_id, block
+
+    def unexport(self, name: str) -> bool:
+        return self.manager.remove(name)
+
+    def count(self) -> int:
+        return len(self.manager.list_exports())
+
+    def has(self, name: str) -> bool:
+        return self.manager.get(name) is not None

@@ -1,0 +1,214 @@
+"""The NFS appliance's :class:`Provisioner`: a directory, an export and an
+optional XFS project quota per volume.
+
+Provision validates everything first (class parameters, selector, size, free
+space, the export limit), then creates directory -> quota -> export with an undo
+stack, so any failure leaves nothing behind. Delete works from the PV *name*
+only (validated; the directory is ``<export root>/<pv name>``) and from the
+appliance's own records (export by name, quota project by directory); the PV's
+annotations are never trusted to say *what* to delete, only to say whose it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from nfs_provisioner.controller.interface import (
+    IgnoredError,
+    Object,
+    Provisioner,
+    ProvisioningError,
+    ProvisioningState,
+    ProvisionOptions,
+)
+from nfs_provisioner.volumes import params, quantity
+from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
+
+log = logging.getLogger(__name__)
+
+# PV annotations, compatible with the Go appliance where it had them.
+ANN_IDENTITY = "Provisioner_Id"
+ANN_EXPORT_ID = "Export_Id"
+ANN_EXPORT_BLOCK = "EXPORT_block"
+ANN_PROJECT_ID = "Project_Id"
+ANN_PROJECT_BLOCK = "Project_block"
+ANN_CREATED_BY = "kubernetes.io/createdby"
+CREATED_BY = "nfs-dynamic-provisioner"
+ANN_GID = "pv.beta.kubernetes.io/gid"
+ANN_ON_DELETE = "nfs-provisioner.io/on-delete"
+
+
+class Exporter(Protocol):
+    """What the provisioner needs from an NFS server (Ganesha, or the kernel's exportfs)."""
+
+    def export(self, *, name: str, path: Path, root_squash: bool) -> tuple[int, str]:
+        """Export ``path`` as ``name`` (idempotent); returns (export id, a description of the block)."""
+
+    def unexport(self, name: str) -> bool:
+        """Withdraw export ``name``; False if there was none."""
+
+    def count(self) -> int:
+        """Volumes exported now (the pseudo root does not count)."""
+
+    def has(self, name: str) -> bool:
+        """Whether export ``name`` exists."""
+
+
+class Quotas(Protocol):
+    """What the provisioner needs from the XFS project quota manager."""
+
+    def add(self, directory: Path, limit_bytes: int) -> int:
+        """Give ``directory`` a project with a hard block limit (idempotent); returns the project id."""
+
+    def remove_directory(self, directory: Path) -> bool:
+        """Remove the project of ``directory``, if any."""
+
+
+@dataclass(frozen=True)
+class ApplianceConfig:
+    identity: str
+    """This instance's UUID (stored on every PV as ``Provisioner_Id``)."""
+    server: Callable[[], str]
+    """The NFS server address to put into PVs (resolved lazily, may depend on the cluster)."""
+    max_exports: int = -1
+    """-1 = no limit; counts volumes only."""
+
+
+class NFSProvisioner(Provisioner):
+    def __init__(
+        self,
+        *,
+        config: ApplianceConfig,
+        directories: VolumeDirectories,
+        exporter: Exporter,
+        quotas: Quotas | None = None,
+    ) -> None:
+        self.config = config
+        self.directories = directories
+        self.exporter = exporter
+        self.quotas = quotas
+        # Serialises the "limit not reached yet" check with the export that uses the slot.
+        self._slots = threading.Lock()
+
+    # ------------------------------------------------------------------ provision
+
+    def provision(self, options: ProvisionOptions) -> Object:
+        claim_spec = options.claim.get("spec") or {}
+        if claim_spec.get("selector"):
+            raise ProvisioningError("claim Selector is not supported: remove spec.selector from the claim")
+        try:
+            p = params.parse(options.parameters, class_mount_options=options.mount_options)
+        except params.InvalidParameter as e:
+            raise ProvisioningError(f"StorageClass {options.storage_class['metadata']['name']}: {e}") from e
+        requested = options.requested_storage
+        if requested is None:
+            raise ProvisioningError("claim has no spec.resources.requests.storage")
+        try:
+            size = quantity.to_bytes(requested)
+        except quantity.InvalidQuantity as e:
+            raise ProvisioningError(f"requested storage {e}") from e
+        name = options.pv_name
+        try:
+            path = self.directories.path_for(name)
+            self.directories.check_space(size)
+        except DirectoryError as e:
+            raise ProvisioningError(str(e)) from e
+
+        undo: list[tuple[str, Callable[[], object]]] = []
+        try:
+            with self._slots:
+                limit = self.config.max_exports
+                if 0 <= limit <= self.exporter.count() and not self.exporter.has(name):
+                    raise ProvisioningError(f"the maximum number of exports ({self.config.max_exports}) is reached")
+                existed = path.exists()
+                self.directories.create(name, gid=p.gid)
+                if not existed:
+                    undo.append(("remove directory", lambda: self.directories.delete(name)))
+                project_id = None
+                quotas = self.quotas
+                if quotas is not None:
+                    project_id = quotas.add(path, size)
+                    undo.append(("remove quota project", lambda: quotas.remove_directory(path)))
+                export_id, block = self.exporter.export(name=name, path=path, root_squash=p.root_squash)
+                undo.append(("remove export", lambda: self.exporter.unexport(name)))
+        except BaseException as e:
+            self._rollback(name, undo)
+            if isinstance(e, ProvisioningError):
+                raise
+            raise ProvisioningError(f"creating volume {name} failed: {e}") from e
+
+        annotations = {
+            ANN_IDENTITY: self.config.identity,
+            ANN_EXPORT_ID: str(export_id),
+            ANN_EXPORT_BLOCK: block,
+            ANN_CREATED_BY: CREATED_BY,
+            ANN_ON_DELETE: p.on_delete,
+        }
+        if project_id is not None:
+            annotations[ANN_PROJECT_ID] = str(project_id)
+            annotations[ANN_PROJECT_BLOCK] = f"{project_id}:{path}:{size}"
+        if p.gid is not None:
+            annotations[ANN_GID] = str(p.gid)
+        spec: Object = {
+            "capacity": {"storage": requested},
+            "accessModes": options.access_modes,
+            "persistentVolumeReclaimPolicy": options.reclaim_policy,
+            "nfs": {"server": self.config.server(), "path": str(path)},
+        }
+        if p.mount_options:
+            spec["mountOptions"] = list(p.mount_options)
+        return {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": spec,
+        }
+
+    @staticmethod
+    def _rollback(name: str, undo: list[tuple[str, Callable[[], object]]]) -> None:
+        """Undo in reverse; if a step fails, the next call must finish the cleanup (IN_BACKGROUND)."""
+        failed = []
+        for what, step in reversed(undo):
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 - keep undoing the other steps
+                log.error("volume %s: rollback step %r failed: %s", name, what, e)
+                failed.append(f"{what}: {e}")
+        if failed:
+            raise ProvisioningError(f"creating volume {name} failed and its rollback failed too ({'; '.join(failed)})",
+                                    ProvisioningState.IN_BACKGROUND)
+
+    # ------------------------------------------------------------------ delete
+
+    def delete(self, volume: Object) -> None:
+        meta = volume.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        ann = meta.get("annotations") or {}
+        owner = ann.get(ANN_IDENTITY)
+        if not owner:
+            raise RuntimeError(f"volume {name}: identity annotation {ANN_IDENTITY} not found; refusing to delete")
+        if owner != self.config.identity:
+            raise IgnoredError(f"identity annotation on PV {owner} does not match ours {self.config.identity}")
+        path = self.directories.path_for(name)  # raises for names that are not ours to touch
+        recorded = str(((volume.get("spec") or {}).get("nfs") or {}).get("path", ""))
+        if recorded and recorded != str(path):
+            log.warning("volume %s: spec.nfs.path %r is not %s; deleting by name only", name, recorded, path)
+        self.exporter.unexport(name)
+        if self.quotas is not None:
+            self.quotas.remove_directory(path)
+        on_delete = ann.get(ANN_ON_DELETE, "delete")
+        if on_delete == "retain":
+            log.info("volume %s: onDelete=retain, keeping %s", name, path)
+        elif on_delete == "archive":
+            target = self.directories.archive(name)
+            log.info("volume %s: onDelete=archive, moved to %s", name, target)
+        elif on_delete == "delete":
+            self.directories.delete(name)
+        else:
+            # Someone edited the annotation: losing data on a guess is worse than keeping it.
+            log.warning("volume %s: unknown %s=%r; keeping %s", name, ANN_ON_DELETE, on_delete, path)
