@@ -29,8 +29,6 @@ def h(tmp_path: Path) -> Iterator[Harness]:
         harness.close()
 
 
-def index_lines(srv_index: Path) -> list[str]:
-    return [line for line in srv_index.read_text().splitlines() if line.startswith("%include")]
 
 
 def test_add_write_read_remove_then_client_is_refused(h: Harness) -> None:
@@ -59,7 +57,7 @@ def test_add_write_read_remove_then_client_is_refused(h: Harness) -> None:
     assert refused.returncode != 0 and refused.stdout == b""
     assert nfs.ls(vol).returncode != 0
     assert not export.config_file.exists()
-    assert index_lines(srv.exports.index_file) == []
+    assert srv.exports.index_entries() == []
     assert [e.export_id for e in srv.dbus.show_exports()] == [0]
     assert (vol / "data.bin").read_bytes() == payload, "removing an export never touches the volume"
     assert srv.exports.remove("pvc-1") is False, "remove is idempotent"
@@ -94,7 +92,7 @@ def test_bad_requests_are_clear_errors_and_write_nothing(h: Harness, tmp_path: P
     with pytest.raises(ValueError):
         srv.exports.add(ExportRequest(name="j", path=vol, squash="everyone"))  # type: ignore[arg-type]
     assert list(srv.exports.exports_dir.iterdir()) == []
-    assert index_lines(srv.exports.index_file) == []
+    assert srv.exports.index_entries() == []
     assert [e.export_id for e in srv.dbus.show_exports()] == [0]
     assert list(outside.iterdir()) == []
 
@@ -122,8 +120,8 @@ def test_failing_add_export_is_rolled_back(h: Harness, tmp_path: Path) -> None:
         srv.exports.add(ExportRequest(name="vol", path=vol))
     assert isinstance(info.value.__cause__, errors.DBusError)
     assert list(srv.exports.exports_dir.iterdir()) == [], "no export file, no temp file"
-    assert index_lines(srv.exports.index_file) == []
-    assert temp_files(srv.config_dir) == []
+    assert srv.exports.index_entries() == []
+    assert temp_files(srv.config_dir) == temp_files(srv.exports.shards_dir) == []
     assert srv.exports.get("vol") is None and len(srv.exports) == 0
     assert [e.export_id for e in srv.dbus.show_exports()] == [0]
 
@@ -138,7 +136,7 @@ def test_failing_add_export_is_rolled_back(h: Harness, tmp_path: Path) -> None:
         srv2.exports.add(ExportRequest(name="vol3", path=h.volume("vol3")))
     assert isinstance(info2.value.__cause__, errors.DBusUnavailable)
     assert sorted(p.name for p in srv2.exports.exports_dir.iterdir()) == ["vol2.conf"]
-    assert len(index_lines(srv2.exports.index_file)) == 1
+    assert len(srv2.exports.index_entries()) == 1
 
 
 def test_export_ids_skip_152_and_exhaustion_is_an_immediate_error(h: Harness) -> None:
@@ -162,6 +160,7 @@ def test_500_exports_ids_recovered_after_manager_restart(h: Harness) -> None:
         e = srv.exports.add(ExportRequest(name=f"pvc-{i:03d}", path=h.volume(f"pvc-{i:03d}")))
         added[e.name] = e.export_id
     assert sorted(added.values()) == [i for i in range(1, 502) if i != 152]
+    assert len(srv.exports.index_entries()) == 500
     assert len(srv.dbus.show_exports()) == 501
     (h.export_root / "pvc-321" / "f").write_bytes(b"321")
     srv.stop()
@@ -180,7 +179,7 @@ def test_500_exports_ids_recovered_after_manager_restart(h: Harness) -> None:
         srv2.exports.remove(e.name)
     assert [e.export_id for e in srv2.dbus.show_exports()] == [0]
     assert list(srv2.exports.exports_dir.iterdir()) == []
-    assert index_lines(srv2.exports.index_file) == []
+    assert srv2.exports.index_entries() == []
 
 
 def test_ganesha_killed_is_restarted_with_all_exports(h: Harness) -> None:

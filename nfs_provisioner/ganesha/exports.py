@@ -2,11 +2,12 @@
 
 Layout under ``config_dir``::
 
-    exports.conf            the index, included by ganesha.conf (generated)
+    exports.conf            the index, included by ganesha.conf: one %include per shard (generated)
+    exports.idx/NNN.conf    shard NNN = Export_Id % 256: one %include per export (generated)
     exports.d/<name>.conf   one export: a JSON header comment + the rendered EXPORT block
 
-Add = allocate id -> write file -> rewrite index -> AddExport; any failure
-undoes the done steps in reverse. Remove = RemoveExport -> rewrite index ->
+Add = allocate id -> write file -> rewrite its index shard -> AddExport; any failure
+undoes the done steps in reverse. Remove = RemoveExport -> rewrite the shard ->
 delete file, idempotent. The header line makes ids recoverable after a restart
 whatever the (operator) template looks like; ``reconcile()`` cross-checks the
 files against what Ganesha reports. Every method is safe to call from any
@@ -21,7 +22,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 HEADER = "# nfs-provisioner-export: "
 INDEX_NAME = "exports.conf"
 EXPORTS_DIR = "exports.d"
+SHARDS_DIR = "exports.idx"
+#: The index includes this many shard files; an export lives in shard ``id % INDEX_SHARDS``, so
+#: an add or remove rewrites one small shard (a few lines) instead of an index of every export.
+INDEX_SHARDS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +122,7 @@ class ExportManager:
         self.config_dir = config_dir
         self.exports_dir = config_dir / EXPORTS_DIR
         self.index_file = config_dir / INDEX_NAME
+        self.shards_dir = config_dir / SHARDS_DIR
         self.dbus = dbus
         self.templates = templates
         self.nfsv3 = nfsv3
@@ -237,7 +243,7 @@ class ExportManager:
                 undo.append(("delete export file", lambda: export.config_file.unlink(missing_ok=True)))
                 self._remember(export)
                 undo.append(("forget export", lambda: self._forget(export)))
-                self._write_index()
+                self._write_shard(export.export_id)
                 undo.append(("drop the index line", lambda: self._drop_from_index(export)))
                 self._add_live(export)
             except BaseException as e:
@@ -298,7 +304,7 @@ class ExportManager:
                 log.info("export %s (id %d) was not live in Ganesha; removing its files", name, export.export_id)
             self._forget(export)
             try:
-                self._write_index()
+                self._write_shard(export.export_id)
             except BaseException:
                 self._remember(export)
                 raise
@@ -357,11 +363,40 @@ class ExportManager:
 
     def _drop_from_index(self, export: Export) -> None:
         self._forget(export)
-        self._write_index()
+        self._write_shard(export.export_id)
+
+    def _shard_file(self, shard: int) -> Path:
+        return self.shards_dir / f"{shard:03d}.conf"
+
+    def _write_shard(self, export_id: int, *, only_if_changed: bool = False) -> None:
+        shard = export_id % INDEX_SHARDS
+        ids = range(shard or INDEX_SHARDS, config.EXPORT_ID_MAX + 1, INDEX_SHARDS)
+        files = [self._by_id[i].config_file for i in ids if i in self._by_id]
+        self._write_if(self._shard_file(shard), config.render_index(files), only_if_changed=only_if_changed)
+
+    def _write_if(self, path: Path, text: str, *, only_if_changed: bool) -> None:
+        if only_if_changed:
+            with contextlib.suppress(OSError):
+                if path.read_text(encoding="utf-8") == text:
+                    return
+        # The index is derived data: load() rebuilds it from exports.d after a crash, so it
+        # needs atomic renames but no fsync (the export files themselves are fsynced).
+        config.atomic_write(path, text, durable=False)
 
     def _write_index(self) -> None:
-        files: Iterable[Path] = (e.config_file for e in self._by_name.values())
-        config.atomic_write(self.index_file, config.render_index(files), durable=self.durable)
+        """Every shard, then the top index that includes them all (on load; unchanged files are kept)."""
+        self.shards_dir.mkdir(parents=True, exist_ok=True)
+        for shard in range(INDEX_SHARDS):
+            self._write_shard(shard, only_if_changed=True)
+        shards = [self._shard_file(shard) for shard in range(INDEX_SHARDS)]
+        self._write_if(self.index_file, config.render_index(shards), only_if_changed=True)
+
+    def index_entries(self) -> list[Path]:
+        """The export files the index on disk includes (through its shards), as Ganesha will read them."""
+        out: list[Path] = []
+        for shard in _includes(self.index_file):
+            out += _includes(shard)
+        return sorted(out)
 
     def _count_changed(self) -> None:
         if self.on_count is not None:
@@ -395,6 +430,12 @@ class ExportManager:
                 f"header id {export_id} differs from the block's Export_Id {kv.get('export_id')}"
             )
         return export
+
+
+def _includes(index: Path) -> list[Path]:
+    prefix = "%include "
+    lines = index.read_text(encoding="utf-8").splitlines()
+    return [Path(line[len(prefix) :].strip().strip('"')) for line in lines if line.startswith(prefix)]
 
 
 def temp_files(directory: Path) -> list[Path]:
