@@ -70,6 +70,9 @@ class Provisioning:
         self._attempts: dict[str, Attempt] = {}
         self._saved: dict[str, float] = {}
         self._known_classes: dict[str, Object] = {}
+        self._settled: dict[str, str] = {}
+        """uid -> resourceVersion of claims ignored or given up at that version (our own PATCH must not
+        trigger another attempt; a change by anyone else does, as in the Go library)."""
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ filters
@@ -88,6 +91,9 @@ class Provisioning:
         if claim is None:
             self._attempts.pop(uid, None)
             self._saved.pop(uid, None)
+            self._settled.pop(uid, None)
+            return outcomes.DONE
+        if self._settled.get(uid) == decisions.meta(claim).get("resourceVersion"):
             return outcomes.DONE
         ours = self.finalizer in decisions.finalizers(claim)
         pv_name = self.volume_name(claim)
@@ -156,7 +162,7 @@ class Provisioning:
             volume = self.provisioner.provision(options)
         except IgnoredError as e:
             log.debug("claim %s ignored by the provisioner: %s", decisions.claim_key(claim), e.reason)
-            return self._release(claim)
+            return self._release(claim, settle=True)
         except Exception as e:  # noqa: BLE001 - every provisioner failure is reported, then retried
             return self._provision_failed(claim, e)
         try:
@@ -216,12 +222,19 @@ class Provisioning:
                             f"Successfully provisioned volume {name}")
         return self._release(claim)
 
-    def _release(self, claim: Object) -> Outcome:
-        """Drop the in-flight finalizer: the provision is over (PV saved, ignored, or rolled back)."""
+    def _release(self, claim: Object, *, settle: bool = False) -> Outcome:
+        """Drop the in-flight finalizer: the provision is over (PV saved, ignored, or rolled back).
+
+        ``settle``: do not look at this claim again until someone else changes it."""
+        uid = decisions.meta(claim)["uid"]
         if self.finalizer not in decisions.finalizers(claim):
+            if settle:
+                self._settled[uid] = decisions.meta(claim).get("resourceVersion", "")
             return outcomes.DONE
         try:
-            self._patch_claim(claim, {"metadata": {"$deleteFromPrimitiveList/finalizers": [self.finalizer]}})
+            updated = self._patch_claim(claim, {"metadata": {"$deleteFromPrimitiveList/finalizers": [self.finalizer]}})
+            if settle:
+                self._settled[uid] = decisions.meta(updated).get("resourceVersion", "")
         except errors.NotFound:
             pass
         except errors.KubeError as e:
@@ -297,7 +310,7 @@ class Provisioning:
         if claim is None or attempt is None or attempt.state is not ProvisioningState.FINISHED:
             return
         self._attempts.pop(uid, None)
-        self._release(claim)
+        self._release(claim, settle=True)
 
     # ------------------------------------------------------------------ helpers
 
@@ -327,3 +340,6 @@ class Provisioning:
         for uid, at in list(self._saved.items()):
             if at < cutoff:
                 self._saved.pop(uid, None)
+        for uid in list(self._settled):
+            if self.claims.get(uid) is None:
+                self._settled.pop(uid, None)
