@@ -1,0 +1,190 @@
+"""Run a command inside User-Mode Linux, for kernel features the host lacks
+(XFS project quotas; see ../shared/ENVIRONMENT.md).
+
+``linux.uml`` boots as an ordinary process with the host's ``/`` as its root
+(hostfs), so the host's binaries and this repo's ``.venv`` work inside. Disk
+images are attached as ubd devices and mounted under ``/run`` (a tmpfs inside
+UML, so nothing is created on the host). The init script runs one command,
+writes its exit code and output into the work directory on hostfs, and powers
+off; the host reads them back. A run that does not finish in time is killed by
+its process group id.
+
+    disk = uml.Disk(image=uml.make_xfs_image(tmp / "xfs.img"), mount_point="/run/xfs")
+    result = uml.run([sys.executable, "-c", "..."], workdir=tmp, disks=[disk])
+    result.check()      # AssertionError with the inner output unless exit code 0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import string
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+KERNEL_CANDIDATES = ("linux.uml", "/usr/bin/linux.uml")  # Debian: user-mode-linux
+SETUP_FAILED = 125  # exit code the init script reports when it could not set up
+
+
+class UmlUnavailable(RuntimeError):
+    """No UML kernel or mkfs.xfs on this machine."""
+
+
+@dataclass(frozen=True)
+class Disk:
+    """An image attached as the next ubd device and mounted inside UML."""
+
+    image: Path
+    mount_point: str
+    """Absolute path inside UML; should be under /run (a tmpfs there)."""
+    options: str = "prjquota"
+    fstype: str = "xfs"
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int | None
+    """The command's exit code; None if it never finished (timeout, crash)."""
+    output: str
+    """The command's stdout and stderr."""
+    console: str
+    """The UML kernel console."""
+    seconds: float
+    """Wall time of the whole boot-run-poweroff."""
+
+    def check(self) -> Result:
+        if self.returncode != 0:
+            raise AssertionError(
+                f"command inside UML exited with {self.returncode} after {self.seconds:.1f}s\n"
+                f"--- output ---\n{self.output}\n--- console (tail) ---\n{self.console[-3000:]}"
+            )
+        return self
+
+
+def kernel() -> Path:
+    for candidate in KERNEL_CANDIDATES:
+        found = shutil.which(candidate)
+        if found:
+            return Path(found)
+    raise UmlUnavailable("linux.uml not found; run hack/install-deps (Debian package user-mode-linux)")
+
+
+def make_xfs_image(path: Path, *, size_mb: int = 64) -> Path:
+    """A sparse image file with a fresh XFS (small sizes need mkfs.xfs's test override)."""
+    if not shutil.which("mkfs.xfs"):
+        raise UmlUnavailable("mkfs.xfs not found; run hack/install-deps (Debian package xfsprogs)")
+    with path.open("wb") as f:
+        f.truncate(size_mb * 1024 * 1024)
+    env = {**os.environ, "TEST_DIR": "1", "TEST_DEV": "1", "QA_CHECK_FS": "1"}
+    subprocess.run(["mkfs.xfs", "-q", str(path)], env=env, check=True, capture_output=True)
+    return path
+
+
+def _init_script(
+    command: Sequence[str], *, workdir: Path, disks: Sequence[Disk], env: Mapping[str, str], cwd: Path
+) -> str:
+    q = shlex.quote
+    out, rc = workdir / "output.txt", workdir / "returncode"
+    lines = [
+        "#!/bin/sh",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH",
+        f"fail() {{ echo \"uml init: $*\" >> {q(str(out))}; echo {SETUP_FAILED} > {q(str(rc))}; poweroff -f; }}",
+        f": > {q(str(out))}",
+        "mount -t proc proc /proc || fail mount proc",
+        "mount -t sysfs sysfs /sys || fail mount sysfs",
+        "mount -t tmpfs -o mode=0755 tmpfs /run || fail mount /run",
+        "mkdir -p /run/tmp",
+        "ip link set lo up || fail lo up",
+    ]
+    for index, disk in enumerate(disks):
+        device = f"/dev/ubd{string.ascii_lowercase[index]}"
+        mp = q(disk.mount_point)
+        lines += [
+            f"mkdir -p {mp} || fail mkdir {mp}",
+            f"mount -t {q(disk.fstype)} -o {q(disk.options)} {device} {mp} >> {q(str(out))} 2>&1"
+            f" || fail mount {device} on {mp}",
+        ]
+    inner_env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/run/tmp",
+        "TMPDIR": "/run/tmp",
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        **env,
+    }
+    assignments = " ".join(q(f"{k}={v}") for k, v in inner_env.items())
+    lines += [
+        f"cd {q(str(cwd))} || fail cd {q(str(cwd))}",
+        f"env -i {assignments} {' '.join(q(c) for c in command)} >> {q(str(out))} 2>&1",
+        f"echo $? > {q(str(rc))}",
+        "sync",
+        "poweroff -f",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run(
+    command: Sequence[str],
+    *,
+    workdir: Path,
+    disks: Sequence[Disk] = (),
+    env: Mapping[str, str] | None = None,
+    cwd: Path = REPO,
+    mem_mb: int = 256,
+    timeout: float = 180.0,
+) -> Result:
+    """Boot UML, run ``command`` (argv) in ``cwd`` with a minimal environment
+    plus ``env``, power off, and return what happened. ``workdir`` (on the
+    host) receives the init script, the output and UML's memory file."""
+    if len(disks) > 16:
+        raise ValueError("UML has 16 ubd devices")
+    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = workdir.resolve()
+    for name in ("output.txt", "returncode"):
+        (workdir / name).unlink(missing_ok=True)
+    init = workdir / "init.sh"
+    init.write_text(_init_script(command, workdir=workdir, disks=disks, env=env or {}, cwd=cwd))
+    init.chmod(0o755)
+    argv = [str(kernel()), f"mem={mem_mb}M"]
+    argv += [f"ubd{i}={d.image.resolve()}" for i, d in enumerate(disks)]
+    argv += ["root=/dev/root", "rootfstype=hostfs", "rootflags=/", "rw", f"init={init}", "con0=null,fd:1", "con=null"]
+    console_path = workdir / "console.log"
+    started = time.monotonic()
+    with console_path.open("wb") as console:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: killed by pgid, nothing else
+            env={**os.environ, "TMPDIR": str(workdir)},  # UML's memory file lives here
+        )
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
+            proc.wait()
+        finally:
+            _kill_group(proc.pid)  # UML's helper processes, if any outlived it
+    seconds = time.monotonic() - started
+    rc_path = workdir / "returncode"
+    rc_text = rc_path.read_text().strip() if rc_path.exists() else ""
+    output_path = workdir / "output.txt"
+    return Result(
+        returncode=int(rc_text) if rc_text.isdigit() else None,
+        output=output_path.read_text(errors="replace") if output_path.exists() else "",
+        console=console_path.read_text(errors="replace"),
+        seconds=seconds,
+    )
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
