@@ -78,6 +78,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("export-root", "export_root", Path, "directory holding the volumes (default /export)"),
     Flag("nfs-bind-address", "nfs_bind_address", _optional_str, "address Ganesha listens on (default all)"),
     Flag("nfs-port", "nfs_port", int, "NFS port (default 2049)"),
+    Flag("nfsv3", "nfsv3", parse_bool, "serve NFSv3 too, with rpcbind and rpc.statd (default true)"),
     Flag("metrics-address", "metrics_address", str, "host:port for /metrics and health, '' = off (default :9090)"),
     Flag("kube-api-qps", "kube_api_qps", float, "client QPS to the API server (default 200)"),
     Flag("kube-api-burst", "kube_api_burst", int, "client burst to the API server (default 400)"),
@@ -143,6 +144,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except settings_mod.SettingsError as e:
         print(f"nfs-provisioner: error: {e}", file=sys.stderr)
         return 2
-    print("nfs-provisioner: error: the appliance itself is not implemented yet; the settings are valid",
-          file=sys.stderr)
-    return 1
+    from nfs_provisioner import logs
+    from nfs_provisioner.appliance import app
+
+    logs.configure(level=s.log_level, json_lines=s.log_json)
+    try:
+        return app.run(s, env)
+    except app.STARTUP_ERRORS as e:
+        print(f"nfs-provisioner: error: {e}", file=sys.stderr)
+        return 1

@@ -70,6 +70,9 @@ class Settings:
     """Address Ganesha listens on (default: all); tests and the demo use 127.0.0.1."""
     nfs_port: int = 2049
     """NFS port Ganesha listens on."""
+    nfsv3: bool = True
+    """Serve NFSv3 as well as v4 (starts rpcbind on port 111 and rpc.statd on 662; needs its own network
+    namespace, i.e. a pod). Turn off to serve NFSv4 only, e.g. out of cluster on a shared host."""
     metrics_address: str = ":9090"
     """host:port of the HTTP endpoint serving /metrics, /healthz and /readyz; empty disables it."""
     kube_api_qps: float = 200.0

@@ -13,12 +13,14 @@ from nfs_provisioner.ganesha.settings import Squash
 
 
 class GaneshaExporter:
-    def __init__(self, manager: exports.ExportManager) -> None:
+    def __init__(self, manager: exports.ExportManager, *, clients: tuple[str, ...] | None = None) -> None:
         self.manager = manager
+        self.clients = clients
+        """Who may mount (``--export-subnet``); None = the manager's default."""
 
     def export(self, *, name: str, path: Path, root_squash: bool) -> tuple[int, str]:
         squash = Squash.ROOT_ID_SQUASH if root_squash else Squash.NO_ROOT_SQUASH
-        export = self.manager.add(exports.ExportRequest(name=name, path=path, squash=squash))
+        export = self.manager.add(exports.ExportRequest(name=name, path=path, squash=squash, clients=self.clients))
         text = export.config_file.read_text()
         block = "".join(line for line in text.splitlines(keepends=True) if not line.startswith(exports.HEADER))
         return export.export_id, block

@@ -1,0 +1,154 @@
+"""The appliance process: Ganesha + the provision controller + /metrics and health.
+
+Start order: export root and identity -> (quota checks) -> Ganesha (bus, helpers,
+ganesha.nfsd; exports come back from their files) -> API client and server
+address -> controller. Stop (SIGTERM/SIGINT) runs the other way round: the
+controller stops taking work and finishes what runs, then Ganesha is shut down.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from nfs_provisioner import settings as settings_mod
+from nfs_provisioner.appliance import address, exporters
+from nfs_provisioner.appliance import provisioner as prov
+from nfs_provisioner.controller import controller as ctl
+from nfs_provisioner.controller import metrics as ctl_metrics
+from nfs_provisioner.controller import settings as ctl_settings
+from nfs_provisioner.ganesha.errors import GaneshaError
+from nfs_provisioner.ganesha.metrics import GaneshaMetrics
+from nfs_provisioner.ganesha.server import GaneshaServer
+from nfs_provisioner.ganesha.settings import Ports, ServerSettings
+from nfs_provisioner.kube import client as kube
+from nfs_provisioner.kube.errors import KubeError
+from nfs_provisioner.volumes import identity
+from nfs_provisioner.volumes.directories import VolumeDirectories
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The appliance cannot start; the message is one line for the user."""
+
+
+STARTUP_ERRORS: tuple[type[Exception], ...] = (StartupError, GaneshaError, KubeError, address.AddressError)
+"""Failures during start-up that end the process with their message (exit 1), not a traceback."""
+
+
+@dataclass
+class Parts:
+    """What a running appliance is made of (exposed for tests and the benchmark)."""
+
+    identity: str
+    ganesha: GaneshaServer
+    provisioner: prov.NFSProvisioner
+    controller: ctl.ProvisionController
+    registry: CollectorRegistry
+    http: ctl_metrics.Server | None
+    run_dir: Path
+
+
+def controller_settings(s: settings_mod.Settings) -> ctl_settings.ControllerSettings:
+    le = s.leader_election
+    return ctl_settings.ControllerSettings(
+        provisioner_name=s.provisioner,
+        threadiness=s.threadiness,
+        client=kube.ClientSettings(qps=s.kube_api_qps, burst=s.kube_api_burst),
+        leader_election=ctl_settings.LeaderElectionSettings(
+            enabled=le.enabled, namespace=le.namespace, lease_duration=le.lease_duration,
+            renew_deadline=le.renew_deadline, retry_period=le.retry_period),
+        serving=ctl_settings.ServingSettings(address=None),  # the appliance serves its own, Ganesha included
+    )
+
+
+def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
+    """Create and start everything except the controller's workers; undone on failure."""
+    if not s.use_ganesha:
+        raise StartupError("--use-ganesha=false (kernel exportfs) is not supported by this version")
+    if s.enable_xfs_quota:
+        raise StartupError("--enable-xfs-quota is not supported by this version yet")
+    root = s.export_root
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        ident = identity.load_or_create(root)
+    except (OSError, identity.IdentityError) as e:
+        raise StartupError(f"export root {root}: {e}") from e
+    log.info("identity %s, export root %s", ident, root)
+
+    registry = CollectorRegistry()
+    run_dir = Path(tempfile.mkdtemp(prefix="nfsp-"))  # short: the bus socket path is limited to 108 bytes
+    gsettings = ServerSettings(
+        export_root=root, run_dir=run_dir, ports=replace(Ports(), nfs=s.nfs_port), bind_addr=s.nfs_bind_address,
+        nfsv3=s.nfsv3, grace_period=s.grace_period, device_based_fsids=s.device_based_fsids,
+        template_dir=s.ganesha_templates,
+        dbus_address=None if s.run_server else environ.get("DBUS_SYSTEM_BUS_ADDRESS"),
+    )
+    ganesha = GaneshaServer(gsettings, metrics=GaneshaMetrics(registry=registry))
+    started: list[object] = []
+    try:
+        if s.run_server:
+            ganesha.start()
+            started.append(ganesha)
+        else:
+            ganesha.exports.load()
+            ganesha.exports.reconcile()
+        api = kube.Client.load(str(s.kubeconfig) if s.kubeconfig else None,
+                               settings=kube.ClientSettings(qps=s.kube_api_qps, burst=s.kube_api_burst))
+        if s.master:
+            api = kube.Client(replace(api._credentials, host=s.master), api.settings)
+        server = address.resolve(environ=environ, api=api, out_of_cluster=s.out_of_cluster,
+                                 server_hostname=s.server_hostname, nfs_port=s.nfs_port)
+        log.info("NFS server address in PVs: %s", server)
+        provisioner = prov.NFSProvisioner(
+            config=prov.ApplianceConfig(identity=ident, server=lambda: server, max_exports=s.max_exports),
+            directories=VolumeDirectories(root),
+            exporter=exporters.GaneshaExporter(ganesha.exports,
+                                               clients=tuple(settings_mod.parse_subnets(s.export_subnet))),
+        )
+        controller = ctl.ProvisionController(provisioner, controller_settings(s), api=api, registry=registry)
+        http = None
+        if s.metrics_address:
+            http = ctl_metrics.Server(
+                s.metrics_address, registry,
+                healthy=lambda: _both(ganesha_health(ganesha, s.run_server), controller.healthy()),
+                ready=lambda: _both(ganesha_health(ganesha, s.run_server), controller.ready()))
+            http.start()
+            log.info("serving /metrics, /healthz, /readyz on %s", s.metrics_address)
+    except BaseException:
+        if started:
+            ganesha.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return Parts(identity=ident, ganesha=ganesha, provisioner=provisioner, controller=controller,
+                 registry=registry, http=http, run_dir=run_dir)
+
+
+def ganesha_health(ganesha: GaneshaServer, running_it: bool) -> tuple[bool, str]:
+    if not running_it:
+        return True, "ok"
+    return (True, "ok") if ganesha.ready() else (False, "NFS-Ganesha is not answering on D-Bus")
+
+
+def _both(a: tuple[bool, str], b: tuple[bool, str]) -> tuple[bool, str]:
+    return (a[0] and b[0], a[1] if not a[0] else b[1])
+
+
+def run(s: settings_mod.Settings, environ: Mapping[str, str]) -> int:
+    parts = build(s, environ)
+    try:
+        parts.controller.run()
+    finally:
+        if parts.http is not None:
+            parts.http.stop()
+        if s.run_server:
+            parts.ganesha.stop()
+        shutil.rmtree(parts.run_dir, ignore_errors=True)
+    return 0

@@ -1,0 +1,86 @@
+"""The classic nfs-provisioner flow, end to end: real control plane (the PV
+binder binds), real appliance process with its own Ganesha, real NFS client."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests import kubecluster, wait
+from tests.appliance_env import Appliance
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
+
+
+@pytest.fixture
+def appliance(cluster: kubecluster.Cluster, tmp_path: Path, unique: str) -> Iterator[Appliance]:
+    a = Appliance(kubeconfig=cluster.kubeconfig, export_root=tmp_path / "export",
+                  provisioner=f"example.com/nfs-{unique}", log_dir=tmp_path)
+    try:
+        yield a
+    finally:
+        a.close()
+
+
+def make_class(storage: client.StorageV1Api, name: str, provisioner: str, **kw: Any) -> None:
+    storage.create_storage_class(client.V1StorageClass(
+        metadata=client.V1ObjectMeta(name=name), provisioner=provisioner, mount_options=["vers=4.1"], **kw))
+
+
+def make_claim(core: client.CoreV1Api, namespace: str, cls: str, name: str = "nfs", size: str = "1Mi") -> None:
+    core.create_namespaced_persistent_volume_claim(namespace, client.V1PersistentVolumeClaim(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1PersistentVolumeClaimSpec(
+            access_modes=["ReadWriteMany"], storage_class_name=cls,
+            resources=client.V1VolumeResourceRequirements(requests={"storage": size}))))
+
+
+def test_classic_flow(appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api,
+                      namespace: str, unique: str) -> None:
+    cls = f"example-nfs-{unique}"
+    make_class(storage, cls, appliance.provisioner)
+    appliance.start()
+    make_claim(core, namespace, cls)
+
+    wait.until(lambda: core.read_namespaced_persistent_volume_claim("nfs", namespace).status.phase == "Bound",
+               timeout=60, what="claim Bound")
+    pvc = core.read_namespaced_persistent_volume_claim("nfs", namespace)
+    pv = core.read_persistent_volume(pvc.spec.volume_name)
+    path = appliance.export_root / pv.metadata.name
+    assert pv.metadata.name == f"pvc-{pvc.metadata.uid}"
+    assert pv.spec.nfs.server == "127.0.0.1"
+    assert pv.spec.nfs.path == str(path)
+    assert pv.spec.capacity == {"storage": "1Mi"}
+    assert pv.spec.access_modes == ["ReadWriteMany"]
+    assert pv.spec.persistent_volume_reclaim_policy == "Delete"
+    assert pv.spec.mount_options == ["vers=4.1"]
+    assert pv.spec.storage_class_name == cls
+    assert pv.metadata.annotations["pv.kubernetes.io/provisioned-by"] == appliance.provisioner
+    identity = (appliance.export_root / "nfs-provisioner.identity").read_text().strip()
+    assert pv.metadata.annotations["Provisioner_Id"] == identity
+    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=nfs").items
+    assert "ProvisioningSucceeded" in {e.reason for e in events}
+
+    nfs = appliance.client()
+    payload = os.urandom(3900)
+    put = nfs.put(payload, path / "SUCCESS")
+    assert put.returncode == 0, put.stderr
+    assert nfs.cat(path / "SUCCESS").stdout == payload
+
+    # Restart the appliance: the export comes back from its file, same path, data readable.
+    assert appliance.stop() == 0
+    appliance.start()
+    assert nfs.cat(path / "SUCCESS").stdout == payload
+
+    core.delete_namespaced_persistent_volume_claim("nfs", namespace)
+    wait.until(lambda: not core.list_persistent_volume(
+        field_selector=f"metadata.name={pv.metadata.name}").items, timeout=60, what="PV deleted")
+    assert not path.exists()
+    assert nfs.cat(path / "SUCCESS").returncode != 0
+    assert appliance.stop() == 0
+    storage.delete_storage_class(cls)
