@@ -41,3 +41,11 @@ cluster-down:
 
 clean: cluster-down
 	rm -rf _output
+
+# Ganesha manager: its tests alone, and its benchmark (printed; see README "Ganesha manager").
+.PHONY: test-ganesha bench-ganesha
+test-ganesha: deps
+	$(PYTEST) -m ganesha tests
+
+bench-ganesha: deps
+	$(PY) bench/ganesha_bench.py
