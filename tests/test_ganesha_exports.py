@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from nfs_provisioner.ganesha import errors
@@ -182,7 +184,8 @@ def test_500_exports_ids_recovered_after_manager_restart(h: Harness) -> None:
     assert srv2.exports.index_entries() == []
 
 
-def test_ganesha_killed_is_restarted_with_all_exports(h: Harness) -> None:
+def test_ganesha_killed_is_restarted_with_all_exports(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="nfs_provisioner.ganesha.server")
     srv = h.server()
     for i in range(3):
         vol = h.volume(f"vol{i}", content={"f": f"data {i}".encode()})
@@ -192,6 +195,8 @@ def test_ganesha_killed_is_restarted_with_all_exports(h: Harness) -> None:
     os.kill(old_pid, signal.SIGKILL)
     assert srv.wait_restarted(after=0, timeout=30), "supervisor restarted Ganesha"
     assert srv.ganesha_pid not in (None, old_pid)
+    exit_logs = [r.getMessage() for r in caplog.records if "exited with code -9" in r.getMessage()]
+    assert exit_logs and "NFS SERVER INITIALIZED" in exit_logs[0], "exit code and Ganesha's log tail are logged"
     assert srv.ready()
     nfs = h.client()
     for i in range(3):
@@ -233,6 +238,9 @@ def test_health_heartbeat_grace_and_graceful_stop(h: Harness) -> None:
     assert srv.ready()
     assert srv.dbus.wait_heartbeat(timeout=5) is True
     assert srv.dbus.get_grace() is False, "grace_period=0 is Graceless"
+    assert srv.ganesha_pid is not None
+    limits = psutil.Process(srv.ganesha_pid).rlimit(psutil.RLIMIT_NOFILE)
+    assert limits == (srv.settings.nofile_limit, srv.settings.nofile_limit) == (16384, 16384), "bounded, not 1M"
     pids = [srv.ganesha_pid, *srv.helper_pids().values()]
     assert None not in pids and len(pids) == 2
     srv.stop()
@@ -264,3 +272,20 @@ def test_update_changes_clients_of_a_live_export(h: Harness) -> None:
     srv2 = h.server()
     assert srv2.exports.get("v") == dataclasses.replace(restricted, clients=("127.0.0.0/8",))
     assert srv2.dbus.display_export(export.export_id).clients == ("127.0.0.0/8",)
+
+
+def test_sighup_reload_keeps_exports_and_adds_during_reloads_succeed(h: Harness) -> None:
+    # SIGHUP drops exports added over D-Bus that are not in the config; ours are in the index.
+    srv = h.server()
+    for i in range(3):
+        srv.exports.add(ExportRequest(name=f"v{i}", path=h.volume(f"v{i}", content={"f": b"%d" % i})))
+    pid = srv.ganesha_pid
+    assert pid is not None
+    for i in range(3, 40):
+        os.kill(pid, signal.SIGHUP)
+        srv.exports.add(ExportRequest(name=f"v{i}", path=h.volume(f"v{i}", content={"f": b"%d" % i})))
+    wait.until(lambda: len(srv.dbus.show_exports()) == 41, timeout=10, what="41 live exports after the reloads")
+    assert srv.ganesha_pid == pid and srv.restarts == 0
+    nfs = h.client()
+    for i in (0, 2, 39):
+        assert nfs.cat(h.export_root / f"v{i}" / "f").stdout == b"%d" % i

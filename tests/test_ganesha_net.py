@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from nfs_provisioner.ganesha.exports import ExportRequest
@@ -32,7 +33,10 @@ def test_export_subnet_restricts_clients_and_nfsv3_serves_large_writes(h: Harnes
     ns = h.make_netns(addresses=(f"{ALLOWED}/24", f"{OUTSIDE}/24"))
     # rpcbind insists on 0.0.0.0:111, so NFSv3 runs in its own namespace on the standard ports.
     srv = h.server(netns=ns.path, nfsv3=True, bind_addr=None, ports=Ports(), export_subnet="10.77.0.0/24")
-    assert set(srv.helper_pids()) == {"dbus-daemon", "rpcbind", "rpc.statd"}
+    helpers = srv.helper_pids()
+    assert set(helpers) == {"dbus-daemon", "rpcbind", "rpc.statd"}
+    for name in ("rpcbind", "rpc.statd"):
+        assert psutil.Process(helpers[name]).rlimit(psutil.RLIMIT_NOFILE) == (4096, 4096), f"{name}: small fd limit"
     vol = h.volume("restricted", content={"f": b"only for 10.77.0.0/24\n"})
     srv.exports.add(ExportRequest(name="restricted", path=vol))
     open_vol = h.volume("open", content={"f": b"for everyone\n"})

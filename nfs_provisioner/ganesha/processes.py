@@ -50,9 +50,10 @@ class Launcher:
             limit = nofile
 
             def preexec() -> None:
+                # Soft and hard: Ganesha raises its soft limit to the hard one by itself.
                 _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
                 cap = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
-                resource.setrlimit(resource.RLIMIT_NOFILE, (cap, hard))
+                resource.setrlimit(resource.RLIMIT_NOFILE, (cap, cap))
 
         try:
             proc = subprocess.Popen(

@@ -34,6 +34,7 @@ from nfs_provisioner.ganesha.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 READY_MARK = "NFS SERVER INITIALIZED"
+HELPER_NOFILE = 4096  # rpcbind/statd allocate per-fd tables: a huge limit makes them eat memory
 STABLE_AFTER = 60.0  # seconds of uptime after which the restart backoff resets
 
 
@@ -195,7 +196,9 @@ class GaneshaServer:
 
     def _start_rpc_helpers(self) -> None:
         if self.launcher.run(["rpcinfo", "-p", "127.0.0.1"]).returncode != 0:
-            self._rpcbind_proc = self.launcher.spawn(["rpcbind", "-f", "-w"], log_file=self.run_dir / "rpcbind.log")
+            self._rpcbind_proc = self.launcher.spawn(
+                ["rpcbind", "-f", "-w"], log_file=self.run_dir / "rpcbind.log", nofile=HELPER_NOFILE
+            )
             self._wait(
                 "rpcbind",
                 lambda: self.launcher.run(["rpcinfo", "-p", "127.0.0.1"]).returncode == 0,
@@ -211,6 +214,7 @@ class GaneshaServer:
         self._statd_proc = self.launcher.spawn(
             ["rpc.statd", "-F", "--no-notify", "-p", str(self.settings.ports.statd), "-P", str(statd_dir)],
             log_file=self.run_dir / "statd.log",
+            nofile=HELPER_NOFILE,
         )
 
     def _start_ganesha(self) -> None:
