@@ -9,6 +9,7 @@ bytes.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -169,24 +170,23 @@ class ProjectQuotas:
         (files kept open) is never handed out again until it is free."""
         _validate_id(project_id)
         with self._lock:
-            entries = self._read()
-            entry = next((e for e in entries if e.project_id == project_id), None)
+            return self._remove_locked(project_id, directory=directory)
+
+    def project_of(self, directory: Path) -> int | None:
+        """The project id recorded for ``directory`` (final symlink not followed), or None."""
+        path = _normalize(directory)
+        with self._lock:
+            return next((e.project_id for e in self._read() if e.directory == path), None)
+
+    def remove_directory(self, directory: Path) -> bool:
+        """``remove()`` by directory: idempotent, False if nothing was recorded for it."""
+        path = _normalize(directory)
+        with self._lock:
+            entry = next((e for e in self._read() if e.directory == path), None)
             if entry is None:
-                log.info("project %d is not recorded; clearing its limit only", project_id)
-                self.xfs.set_block_hard_limit(project_id, 0)
+                log.info("no project recorded for %s; nothing to remove", path)
                 return False
-            if directory is not None and Path(os.path.abspath(directory)) != entry.directory:
-                raise errors.ProjectMismatch(
-                    f"project {project_id} belongs to {entry.directory}, not {directory}; nothing removed"
-                )
-            if _tagged_with(entry.directory) == project_id:
-                self.xfs.clear_project(entry.directory, project_id)
-            else:
-                log.info("project %d: %s is gone or untagged; not clearing it", project_id, entry.directory)
-            self.xfs.set_block_hard_limit(project_id, 0)
-            self._write([e for e in entries if e.project_id != project_id])
-        log.info("project %d for %s removed", project_id, entry.directory)
-        return True
+            return self._remove_locked(entry.project_id, directory=path)
 
     def reapply(self) -> ReapplyReport:
         """On start: re-apply every recorded limit, re-tag directories that lost
@@ -234,6 +234,26 @@ class ProjectQuotas:
         )
 
     # -- internals (lock held) -------------------------------------------------
+
+    def _remove_locked(self, project_id: int, *, directory: Path | None) -> bool:
+        entries = self._read()
+        entry = next((e for e in entries if e.project_id == project_id), None)
+        if entry is None:
+            log.info("project %d is not recorded; clearing its limit only", project_id)
+            self.xfs.set_block_hard_limit(project_id, 0)
+            return False
+        if directory is not None and _normalize(directory) != entry.directory:
+            raise errors.ProjectMismatch(
+                f"project {project_id} belongs to {entry.directory}, not {directory}; nothing removed"
+            )
+        if _tagged_with(entry.directory) == project_id:
+            self.xfs.clear_project(entry.directory, project_id)
+        else:
+            log.info("project %d: %s is gone or untagged; not clearing it", project_id, entry.directory)
+        self.xfs.set_block_hard_limit(project_id, 0)
+        self._write([e for e in entries if e.project_id != project_id])
+        log.info("project %d for %s removed", project_id, entry.directory)
+        return True
 
     def _read(self) -> list[projects.ProjectEntry]:
         return projects.read_projects(self.projects_file)
@@ -318,12 +338,20 @@ def _validate_size(limit_bytes: int) -> None:
         raise errors.InvalidQuotaRequest(f"limit must be a positive number of bytes, got {limit_bytes!r}")
 
 
+def _normalize(directory: Path) -> Path:
+    """Absolute path with the parents resolved and the final component kept as is."""
+    path = Path(os.path.abspath(directory))
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
 def _tagged_with(directory: Path) -> int | None:
     """The directory's project id, or None if it is gone."""
     try:
         return fsxattr.project_id(directory)
-    except FileNotFoundError:
-        return None
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):  # gone, or replaced by a symlink
+            return None
+        raise
 
 
 def _roll_back(undo: list[tuple[str, Callable[[], None]]], cause: BaseException, *, what: str) -> None:
