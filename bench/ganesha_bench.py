@@ -71,7 +71,10 @@ def main() -> int:
     servers = [srv]
     try:
         live = 0
-        print(f"{'live exports':>12} | {'add p50':>10} {'add p99':>10} {'add max':>10} | {'remove p50':>10} {'remove p99':>10}")
+        print(
+            f"{'live exports':>12} | {'add p50':>10} {'add p99':>10} {'add max':>10} |"
+            f" {'remove p50':>10} {'remove p99':>10}"
+        )
         for level in LEVELS:
             while live < level:
                 srv.exports.add(ExportRequest(name=f"fill-{live:05d}", path=_dir(root, f"fill-{live:05d}")))
