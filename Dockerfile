@@ -1,0 +1,27 @@
+# The nfs-provisioner appliance image: NFS-Ganesha + the Python provisioner.
+# Build: podman build -t nfs-provisioner:0.1.0 .   (see README "Container image")
+FROM docker.io/library/debian:bookworm-slim AS build
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY setup.cfg pyproject.toml README.md /src/
+COPY ganesha /src/ganesha
+COPY nfs_provisioner /src/nfs_provisioner
+RUN python3 -m venv /opt/nfs-provisioner \
+ && /opt/nfs-provisioner/bin/pip install --no-cache-dir --disable-pip-version-check /src \
+ && /opt/nfs-provisioner/bin/pip uninstall -y pip setuptools >/dev/null \
+ && find /opt/nfs-provisioner -name '__pycache__' -prune -exec rm -rf {} +
+
+FROM docker.io/library/debian:bookworm-slim
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      python3 nfs-ganesha nfs-ganesha-vfs dbus rpcbind nfs-common xfsprogs \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
+COPY --from=build /opt/nfs-provisioner /opt/nfs-provisioner
+ENV PATH=/opt/nfs-provisioner/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1
+# nfs, mountd, nlockmgr, rquotad, rpcbind, statd; metrics/health
+EXPOSE 2049/tcp 2049/udp 20048/tcp 20048/udp 32803/tcp 32803/udp 875/tcp 875/udp \
+       111/tcp 111/udp 662/tcp 662/udp 9090/tcp
+VOLUME /export
+ENTRYPOINT ["nfs-provisioner"]

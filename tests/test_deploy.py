@@ -1,0 +1,104 @@
+"""deploy/kube-config against the real API server: every manifest is accepted
+(server-side dry-run, admission included), kustomize renders, and the Pod
+Security level the namespace asks for is the one the pod needs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests import kubecluster
+
+pytestmark = pytest.mark.kube
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kube-config"
+NAMESPACE = "nfs-provisioner"
+WORKLOADS = ["pod.yaml", "deployment.yaml", "statefulset.yaml", "daemonset.yaml"]
+
+
+@pytest.fixture(scope="module")
+def appliance_namespace(cluster: kubecluster.Cluster) -> Iterator[str]:
+    cluster.kubectl("apply", "-f", str(DEPLOY / "namespace.yaml"))
+    # Pod admission looks the ServiceAccount up even on a dry run: create it for real.
+    cluster.kubectl("create", "serviceaccount", "nfs-provisioner", "-n", NAMESPACE)
+    yield NAMESPACE
+    cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+
+
+def dry_run(cluster: kubecluster.Cluster, *args: str, input: str | None = None) -> str:
+    r = cluster.kubectl("apply", "--dry-run=server", "-o", "name", *args, input=input, check=False)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.mark.parametrize("manifest", ["namespace.yaml", "rbac.yaml", "class.yaml", *WORKLOADS])
+def test_manifest_passes_server_side_dry_run(cluster: kubecluster.Cluster, appliance_namespace: str,
+                                             manifest: str) -> None:
+    out = dry_run(cluster, "-f", str(DEPLOY / manifest))
+    kinds = [d["kind"] for d in yaml.safe_load_all((DEPLOY / manifest).read_text()) if d]
+    assert len(out.split()) == len(kinds)
+
+
+@pytest.mark.parametrize("manifest", ["claim.yaml", "write-pod.yaml", "read-pod.yaml"])
+def test_example_workload_passes_dry_run(cluster: kubecluster.Cluster, namespace: str, manifest: str) -> None:
+    dry_run(cluster, "-n", namespace, "-f", str(DEPLOY / manifest))
+
+
+def test_kustomization_renders_and_is_accepted(cluster: kubecluster.Cluster, appliance_namespace: str) -> None:
+    rendered = cluster.kubectl("kustomize", str(DEPLOY)).stdout
+    kinds = sorted(d["kind"] for d in yaml.safe_load_all(rendered) if d)
+    assert kinds == sorted(["Namespace", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+                            "ServiceAccount", "Service", "Deployment", "StorageClass"])
+    dry_run(cluster, "-k", str(DEPLOY))
+
+
+@pytest.mark.parametrize("manifest", WORKLOADS)
+def test_workloads_need_privileged_pod_security_and_say_why(cluster: kubecluster.Cluster, namespace: str,
+                                                            manifest: str) -> None:
+    # The same workload in a namespace enforcing "baseline" is refused for its added capability.
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=baseline")
+    cluster.kubectl("create", "serviceaccount", "nfs-provisioner", "-n", namespace)
+    text = (DEPLOY / manifest).read_text().replace(f"namespace: {NAMESPACE}", f"namespace: {namespace}")
+    r = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=text, check=False)
+    if manifest == "pod.yaml":
+        assert r.returncode != 0
+        assert "DAC_READ_SEARCH" in r.stderr
+    else:
+        # Controllers are admitted (with a warning); their pods would be refused.
+        assert "DAC_READ_SEARCH" in r.stderr, r.stderr
+    ns = yaml.safe_load((DEPLOY / "namespace.yaml").read_text())
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+def test_pods_are_not_privileged_and_add_one_capability() -> None:
+    for manifest in WORKLOADS:
+        for doc in yaml.safe_load_all((DEPLOY / manifest).read_text()):
+            if not doc or doc["kind"] == "ServiceAccount" or doc["kind"] == "Service":
+                continue
+            spec = doc["spec"] if doc["kind"] == "Pod" else doc["spec"]["template"]["spec"]
+            (c,) = spec["containers"]
+            sc = c["securityContext"]
+            assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"] == {"add": ["DAC_READ_SEARCH"]}
+            assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+            assert spec.get("hostNetwork") is not True
+            env = {e["name"] for e in c["env"]}
+            assert {"POD_IP", "POD_NAMESPACE"} <= env
+            if manifest == "daemonset.yaml":
+                assert "NODE_NAME" in env and all("hostPort" in p for p in c["ports"] if p["name"] != "metrics")
+            if manifest in ("deployment.yaml", "statefulset.yaml"):
+                assert "SERVICE_NAME" in env
+
+
+def test_service_exposes_the_six_nfs_ports_on_tcp_and_udp() -> None:
+    for manifest in ("deployment.yaml", "statefulset.yaml"):
+        (svc,) = [d for d in yaml.safe_load_all((DEPLOY / manifest).read_text()) if d and d["kind"] == "Service"]
+        assert svc["spec"].get("clusterIP") != "None"
+        got = {(p["port"], p["protocol"]) for p in svc["spec"]["ports"]}
+        assert got == {(p, proto) for p in (2049, 20048, 32803, 875, 111, 662) for proto in ("TCP", "UDP")}
+    (dep,) = [d for d in yaml.safe_load_all((DEPLOY / "deployment.yaml").read_text()) if d["kind"] == "Deployment"]
+    assert dep["spec"]["strategy"]["type"] == "Recreate" and dep["spec"]["replicas"] == 1
