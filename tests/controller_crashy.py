@@ -5,6 +5,7 @@ Environment:
   CRASHY_MARKERS   directory; ``provisioned-<pv>`` / ``deleted-<pv>`` files appear after each step
   CRASHY_HANG_PROVISION  if this file exists, ``provision`` hangs after creating the directory
   CRASHY_HANG_DELETE     if this file exists, ``delete`` hangs after removing the directory
+  CRASHY_HANG_DELETE_BEFORE  if set, ``delete`` marks ``deleting-<pv>`` and hangs before removing it instead
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class Crashy(hostpath_provisioner.HostPathProvisioner):
         return pv
 
     def delete(self, volume: Object) -> None:
+        if os.environ.get("CRASHY_HANG_DELETE_BEFORE"):
+            _mark(f"deleting-{volume['metadata']['name']}")
+            _hang("CRASHY_HANG_DELETE")
         super().delete(volume)
         _mark(f"deleted-{volume['metadata']['name']}")
         _hang("CRASHY_HANG_DELETE")

@@ -164,7 +164,6 @@ class ProvisionController:
         self.volume_queue.shut_down()
         for informer in self.informers:
             informer.stop()
-        self.api.close_streams()
         for informer in self.informers:
             informer.join(5)
         self.recorder.stop()

@@ -46,6 +46,7 @@ class Informer:
         """Monotonic time of the last successful list or watch response (health)."""
         self.relists = 0
         self._stop = threading.Event()
+        self._stream: kube.WatchStream | None = None
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -56,6 +57,9 @@ class Informer:
 
     def stop(self) -> None:
         self._stop.set()
+        stream = self._stream
+        if stream is not None:
+            stream.close()
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
@@ -124,8 +128,11 @@ class Informer:
         log.debug("%s: listed %d objects at %s", self.name, len(items), rv)
 
     def _watch(self) -> None:
-        for event in self.api.watch(self.path, resource_version=self.resource_version,
-                                    timeout_seconds=int(kube.jitter(self.watch_timeout))):
+        stream = self._stream = self.api.watch(self.path, resource_version=self.resource_version,
+                                               timeout_seconds=int(kube.jitter(self.watch_timeout)))
+        if self._stop.is_set():
+            return
+        for event in stream:
             if self._stop.is_set():
                 return
             self.last_ok = self._clock()
@@ -152,6 +159,7 @@ class Informer:
                 self._notify(old, obj)
             if rv:
                 self.resource_version = rv
+        self.last_ok = self._clock()  # the server ended the watch normally
 
     def _notify(self, old: Object | None, new: Object | None) -> None:
         try:

@@ -206,16 +206,19 @@ class Client:
     # ------------------------------------------------------------------ watch
 
     def watch(self, path: str, *, resource_version: str, timeout_seconds: int = 300,
-              bookmarks: bool = True, extra: Mapping[str, Any] | None = None) -> Iterator[Object]:
-        """Stream watch events (``{"type": ..., "object": {...}}``) starting after ``resource_version``.
+              bookmarks: bool = True, extra: Mapping[str, Any] | None = None) -> WatchStream:
+        """Watch events (``{"type": ..., "object": {...}}``) after ``resource_version``; iterate the result.
 
-        Ends when the server closes the stream (after ``timeout_seconds``) or when
-        :meth:`close_streams` is called. A 410 answer raises :class:`errors.Gone`;
+        The iteration ends when the server closes the stream (after ``timeout_seconds``) or when the
+        stream's ``close()`` (or :meth:`close_streams`) is called. A 410 answer raises :class:`errors.Gone`;
         an ``ERROR`` event is yielded as is (its object is a ``Status``)."""
         query: dict[str, Any] = {"watch": "true", "resourceVersion": resource_version,
                                  "timeoutSeconds": timeout_seconds, "allowWatchBookmarks": bookmarks}
         if extra:
             query.update(extra)
+        return WatchStream(self, path, query, timeout_seconds)
+
+    def _open_stream(self, path: str, query: Mapping[str, Any], timeout_seconds: int) -> urllib3.BaseHTTPResponse:
         self._bucket.acquire()
         try:
             resp = self._pool.request("GET", self._url(path, query), headers=self._headers(),
@@ -228,6 +231,41 @@ class Client:
             _decode(resp, "WATCH", path)
         with self._streams_lock:
             self._streams.add(resp)
+        return resp
+
+    def _closed_stream(self, resp: urllib3.BaseHTTPResponse) -> None:
+        with self._streams_lock:
+            self._streams.discard(resp)
+        resp.release_conn()
+
+    def close_streams(self) -> None:
+        """Abort every open watch stream of this client (used on shutdown)."""
+        with self._streams_lock:
+            streams = list(self._streams)
+        for resp in streams:
+            _shutdown(resp)
+
+
+class WatchStream:
+    """One watch request; iterate it for events, ``close()`` it from any thread to end it."""
+
+    def __init__(self, client: Client, path: str, query: Mapping[str, Any], timeout_seconds: int) -> None:
+        self._client = client
+        self._path = path
+        self._query = query
+        self._timeout = timeout_seconds
+        self._resp: urllib3.BaseHTTPResponse | None = None
+        self._closed = False
+
+    def close(self) -> None:
+        self._closed = True
+        if self._resp is not None:
+            _shutdown(self._resp)
+
+    def __iter__(self) -> Iterator[Object]:
+        if self._closed:
+            return
+        resp = self._resp = self._client._open_stream(self._path, self._query, self._timeout)
         buf = b""
         try:
             for chunk in resp.stream(65536):
@@ -239,23 +277,20 @@ class Client:
                     line, buf = buf[:nl], buf[nl + 1:]
                     if line.strip():
                         yield json.loads(line)
+                if self._closed:
+                    return
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
-            # Closed by close_streams() or dropped by the network: the caller resumes from its last version.
-            log.debug("watch %s ended: %s", path, e)
+            # Closed by close() or dropped by the network: the caller resumes from its last version.
+            log.debug("watch %s ended: %s", self._path, e)
         finally:
-            with self._streams_lock:
-                self._streams.discard(resp)
-            resp.release_conn()
+            self._client._closed_stream(resp)
 
-    def close_streams(self) -> None:
-        """Abort every open watch stream (used on shutdown)."""
-        with self._streams_lock:
-            streams = list(self._streams)
-        for resp in streams:
-            try:
-                resp.shutdown()
-            except Exception:
-                log.debug("closing a watch stream failed", exc_info=True)
+
+def _shutdown(resp: urllib3.BaseHTTPResponse) -> None:
+    try:
+        resp.shutdown()
+    except Exception:
+        log.debug("closing a watch stream failed", exc_info=True)
 
 
 def _q(value: Any) -> Any:
