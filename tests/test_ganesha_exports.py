@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -289,3 +293,39 @@ def test_sighup_reload_keeps_exports_and_adds_during_reloads_succeed(h: Harness)
     nfs = h.client()
     for i in (0, 2, 39):
         assert nfs.cat(h.export_root / f"v{i}" / "f").stdout == b"%d" % i
+
+
+def test_sigterm_stops_ganesha_and_helpers_gracefully(h: Harness) -> None:
+    run_dir = h.run_root / "cli"
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "nfs_provisioner.ganesha",
+            "--export-root", str(h.export_root), "--run-dir", str(run_dir),
+            "--nfs-port", str(h.port), "--bind-addr", "127.0.0.1",
+            "--dbus-name-prefix", h.prefix, "--grace-period", "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pids: dict[str, int] = {}
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else ""
+        report = json.loads(line)
+        pids = report["pids"]
+        assert report["ready"] and set(pids) == {"ganesha.nfsd", "dbus-daemon"}
+        assert h.client().ls("/").returncode == 0, "the pseudo root is served"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        for pid in pids.values():
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        log = (h.export_root / ".ganesha" / "ganesha.log").read_text()
+        assert "shutdown" in log.lower()
+    finally:
+        for pid in [proc.pid, *pids.values()]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=10)
