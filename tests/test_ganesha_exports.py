@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -329,3 +330,24 @@ def test_sigterm_stops_ganesha_and_helpers_gracefully(h: Harness) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def test_adds_and_removes_from_many_threads(h: Harness) -> None:
+    srv = h.server()
+    vols = [h.volume(f"t{i:03d}") for i in range(160)]
+
+    def work(chunk: list[Path]) -> list[int]:
+        ids = [srv.exports.add(ExportRequest(name=v.name, path=v)).export_id for v in chunk]
+        for v in chunk[::2]:
+            srv.exports.remove(v.name)
+        return ids
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(work, [vols[i::8] for i in range(8)]))
+    all_ids = [i for ids in results for i in ids]
+    assert len(all_ids) == 160 and 152 not in all_ids
+    remaining = {e.name: e.export_id for e in srv.exports.list_exports()}
+    assert len(remaining) == 80 and len(set(remaining.values())) == 80
+    live = {e.export_id: e.path for e in srv.dbus.show_exports() if e.export_id != 0}
+    assert live == {i: str(h.export_root / n) for n, i in remaining.items()}
+    assert len(srv.exports.index_entries()) == 80
