@@ -1,0 +1,65 @@
+"""Real XFS project quotas inside User-Mode Linux (the host kernel has none).
+
+One UML boot per module runs every check of tests/uml_quota_checks.py against a
+fresh prjquota XFS image (and a second XFS without quotas); each check is
+reported here as its own test, failing with the check's traceback and log."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import uml, uml_quota_checks
+
+pytestmark = pytest.mark.quota
+
+XFS_MOUNT = "/run/xfs"
+PLAIN_MOUNT = "/run/plain"
+
+
+@pytest.fixture(scope="module")
+def inner_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    work = tmp_path_factory.mktemp("uml-quota")
+    disks = [
+        uml.Disk(image=uml.make_xfs_image(work / "quota.img", size_mb=128), mount_point=XFS_MOUNT),
+        uml.Disk(image=uml.make_xfs_image(work / "plain.img"), mount_point=PLAIN_MOUNT, options="noquota"),
+    ]
+    results_file = work / "results.json"
+    result = uml.run(
+        [sys.executable, "-m", "tests.uml_quota_checks", "--xfs", XFS_MOUNT, "--plain", PLAIN_MOUNT,
+         "--results", str(results_file)],
+        workdir=work,
+        disks=disks,
+        timeout=300,
+    )
+    print(f"UML run took {result.seconds:.1f}s, exit code {result.returncode}\n{result.output}")
+    if not results_file.exists():
+        result.check()  # fails with the inner output and console
+        raise AssertionError(f"no results file although the command exited 0:\n{result.output}")
+    results: dict[str, Any] = json.loads(results_file.read_text())
+    return results
+
+
+@pytest.mark.parametrize("name", list(uml_quota_checks.CHECKS))
+def test_inside_uml(name: str, inner_results: dict[str, Any]) -> None:
+    assert name in inner_results, f"check {name} did not run"
+    r = inner_results[name]
+    if not r["ok"]:
+        pytest.fail(f"{name} failed inside UML after {r['seconds']}s:\n{r['detail']}", pytrace=False)
+
+
+def test_uml_harness_reports_inner_failures(tmp_path: Path) -> None:
+    """The harness itself: an inner failure is seen on the host with its output,
+    and a run that does not finish is killed and reported as such."""
+    failed = uml.run(["sh", "-c", "echo from-inside; exit 3"], workdir=tmp_path / "fail", timeout=60)
+    assert failed.returncode == 3 and "from-inside" in failed.output
+    with pytest.raises(AssertionError, match=r"(?s)exited with 3.*from-inside"):
+        failed.check()
+    hung = uml.run(["sleep", "600"], workdir=tmp_path / "hang", timeout=8)
+    assert hung.returncode is None and hung.seconds < 30
+    with pytest.raises(AssertionError, match="exited with None"):
+        hung.check()
