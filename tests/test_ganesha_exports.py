@@ -351,3 +351,17 @@ def test_adds_and_removes_from_many_threads(h: Harness) -> None:
     live = {e.export_id: e.path for e in srv.dbus.show_exports() if e.export_id != 0}
     assert live == {i: str(h.export_root / n) for n, i in remaining.items()}
     assert len(srv.exports.index_entries()) == 80
+
+
+def test_dbus_daemon_killed_restarts_bus_and_ganesha(h: Harness) -> None:
+    srv = h.server()
+    vol = h.volume("v", content={"f": b"still here"})
+    srv.exports.add(ExportRequest(name="v", path=vol))
+    old_bus = srv.helper_pids()["dbus-daemon"]
+    old_ganesha = srv.ganesha_pid
+    os.kill(old_bus, signal.SIGKILL)
+    assert srv.wait_restarted(after=0, timeout=30)
+    assert srv.helper_pids()["dbus-daemon"] != old_bus and srv.ganesha_pid != old_ganesha
+    assert srv.ready(), "the facade reconnected to the new bus and Ganesha is on it"
+    assert srv.exports.add(ExportRequest(name="w", path=h.volume("w"))).export_id == 2
+    assert h.client().cat(vol / "f").stdout == b"still here"

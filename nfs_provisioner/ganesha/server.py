@@ -290,6 +290,34 @@ class GaneshaServer:
 
     # --- supervision -------------------------------------------------------------------------------------------
 
+    def _wait_exit(self, proc: subprocess.Popen[bytes]) -> int | None:
+        """Wait for Ganesha to exit. If our dbus-daemon dies first, start a new bus and stop
+        Ganesha (it never reconnects to a new bus) so the caller restarts it. None = stopping."""
+        while not self._stopping.is_set():
+            try:
+                return proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+            bus = self._bus_proc
+            if bus is not None and bus.poll() is not None and not self._stopping.is_set():
+                self._ensure_bus()
+                with self._ganesha_lock:
+                    processes.stop(proc, what="ganesha.nfsd", timeout=self.settings.stop_timeout)
+        return None
+
+    def _ensure_bus(self) -> None:
+        """Start a new private bus if ours died (Ganesha exits when its bus goes away)."""
+        bus = self._bus_proc
+        if bus is None or bus.poll() is None:
+            return
+        log.error(
+            "dbus-daemon (pid %d) exited with code %s; starting a new one. Log tail:\n%s",
+            bus.pid,
+            bus.returncode,
+            processes.tail(self.run_dir / "dbus-daemon.log"),
+        )
+        self._start_bus()
+
     def _supervise(self) -> None:
         backoff = self.settings.restart_backoff
         while not self._stopping.is_set():
@@ -297,8 +325,8 @@ class GaneshaServer:
             if proc is None:
                 return
             started = time.monotonic()
-            code = proc.wait()
-            if self._stopping.is_set():
+            code = self._wait_exit(proc)
+            if code is None or self._stopping.is_set():
                 return
             if self.metrics is not None:
                 self.metrics.up.set(0)
@@ -316,6 +344,7 @@ class GaneshaServer:
                     with self._ganesha_lock:
                         if self._stopping.is_set():
                             return
+                        self._ensure_bus()
                         self._start_ganesha()
                     self.exports.reconcile()
                     break
