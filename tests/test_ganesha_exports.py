@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nfs_provisioner.ganesha import errors
+from nfs_provisioner.ganesha import config, errors
 from nfs_provisioner.ganesha.exports import ExportRequest, temp_files
 from nfs_provisioner.ganesha.settings import Squash
 from tests import wait
@@ -365,3 +365,22 @@ def test_dbus_daemon_killed_restarts_bus_and_ganesha(h: Harness) -> None:
     assert srv.ready(), "the facade reconnected to the new bus and Ganesha is on it"
     assert srv.exports.add(ExportRequest(name="w", path=h.volume("w"))).export_id == 2
     assert h.client().cat(vol / "f").stdout == b"still here"
+
+
+def test_external_bus_is_used_and_left_running(h: Harness) -> None:
+    bus_dir = h.run_root / "extbus"
+    bus_dir.mkdir()
+    (bus_dir / "bus.conf").write_text(config.Templates().render_bus(socket_path=bus_dir / "bus.sock"))
+    bus = subprocess.Popen(["dbus-daemon", f"--config-file={bus_dir / 'bus.conf'}", "--nofork", "--nopidfile"])
+    try:
+        wait.until(lambda: (bus_dir / "bus.sock").exists(), timeout=10, what="external bus socket")
+        srv = h.server(dbus_address=f"unix:path={bus_dir / 'bus.sock'}")
+        assert srv.helper_pids() == {}, "no private bus started"
+        vol = h.volume("v", content={"f": b"via external bus"})
+        srv.exports.add(ExportRequest(name="v", path=vol))
+        assert h.client().cat(vol / "f").stdout == b"via external bus"
+        srv.stop()
+        assert bus.poll() is None, "a bus we did not start is not stopped"
+    finally:
+        bus.kill()
+        bus.wait(timeout=10)

@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace-period", type=int, default=int(_env("GRACE_PERIOD", "90")))
     p.add_argument("--export-subnet", default=_env("EXPORT_SUBNET", "*"))
     p.add_argument("--dbus-name-prefix", default=_env("DBUS_NAME_PREFIX", ""))
+    p.add_argument(
+        "--dbus-address",
+        default=_env("DBUS_ADDRESS", "") or None,
+        help="use this bus (e.g. unix:path=...) instead of starting a private dbus-daemon",
+    )
     p.add_argument("--nfsv3", action="store_true", default=_env("NFSV3", "") == "true")
     p.add_argument(
         "--device-based-fsids",
@@ -83,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         grace_period=args.grace_period,
         export_subnet=args.export_subnet,
         dbus_name_prefix=args.dbus_name_prefix,
+        dbus_address=args.dbus_address,
         nfsv3=args.nfsv3,
         device_based_fsids=args.device_based_fsids,
         template_dir=args.ganesha_templates,
