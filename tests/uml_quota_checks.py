@@ -257,6 +257,29 @@ def failed_limit_step_rolls_back(ctx: Context) -> None:
 
 
 @check
+def tampered_projects_file_never_touches_outside_the_root(ctx: Context) -> None:
+    quotas = open_quotas(ctx)
+    vol = volume(ctx, "pvc-swapped")
+    pid = quotas.add(vol, MiB)
+    outside = ctx.export_root.parent / f"{ctx.export_root.name}-outside"  # same XFS, not ours
+    outside.mkdir()
+    target = ctx.export_root.parent / f"{ctx.export_root.name}-target"
+    target.mkdir()
+    quotas.xfs.clear_project(vol, pid)
+    vol.rmdir()
+    vol.symlink_to(target)  # the volume directory swapped for a symlink out of the root
+    with quotas.projects_file.open("a") as f:
+        f.write(f"{pid + 1000}:{outside}:{MiB}\n")
+    rep = quotas.reapply()
+    assert [p for p, _ in rep.failed] == [pid + 1000] and "not inside" in rep.failed[0][1], rep
+    assert [e.project_id for e in rep.missing_directories] == [pid], rep
+    assert fsxattr.project_id(outside) == 0 and fsxattr.project_id(target) == 0
+    assert quotas.remove(pid + 1000) is True and quotas.remove(pid) is True
+    assert fsxattr.project_id(outside) == 0 and fsxattr.project_id(target) == 0
+    assert quotas.recorded() == []
+
+
+@check
 def concurrent_adds_from_worker_threads(ctx: Context) -> None:
     quotas = open_quotas(ctx)
     vols = [volume(ctx, f"pvc-t{i:02}") for i in range(16)]

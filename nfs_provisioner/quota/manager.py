@@ -206,7 +206,9 @@ class ProjectQuotas:
                     mismatches.append((e.project_id, want, have))
                     log.warning("project %d (%s): kernel limit %d, file says %d", e.project_id, e.directory, have, want)
                 try:
-                    if not e.directory.is_dir():
+                    if not self._inside_root(e.directory):
+                        raise errors.InvalidQuotaRequest(f"{e.directory} is not inside {self.export_root}")
+                    if e.directory.is_symlink() or not e.directory.is_dir():
                         missing.append(e)
                         log.warning("project %d: directory %s is missing", e.project_id, e.directory)
                     elif self._ensure_tagged(e):
@@ -246,7 +248,10 @@ class ProjectQuotas:
             raise errors.ProjectMismatch(
                 f"project {project_id} belongs to {entry.directory}, not {directory}; nothing removed"
             )
-        if _tagged_with(entry.directory) == project_id:
+        if not self._inside_root(entry.directory):
+            log.warning("project %d: recorded directory %s is outside %s; not touching it",
+                        project_id, entry.directory, self.export_root)
+        elif _tagged_with(entry.directory) == project_id:
             self.xfs.clear_project(entry.directory, project_id)
         else:
             log.info("project %d: %s is gone or untagged; not clearing it", project_id, entry.directory)
@@ -304,6 +309,10 @@ class ProjectQuotas:
         if project_id > projects.MAX_PROJECT_ID:
             raise errors.ProjectIdsExhausted("every XFS project id is taken")
         return project_id
+
+    def _inside_root(self, path: Path) -> bool:
+        """``path`` (final component not followed) lies strictly inside the export root."""
+        return self.export_root in _normalize(path).parents
 
     def _validate_directory(self, directory: Path) -> Path:
         raw = Path(directory)
