@@ -4,6 +4,10 @@ FROM docker.io/library/debian:bookworm-slim AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
  && rm -rf /var/lib/apt/lists/*
+# pip honours these when given (--build-arg): a private index, or a CA bundle for
+# a TLS-intercepting proxy (mount it with --volume and point PIP_CERT at it).
+ARG PIP_INDEX_URL
+ARG PIP_CERT
 COPY setup.cfg pyproject.toml README.md /src/
 COPY ganesha /src/ganesha
 COPY nfs_provisioner /src/nfs_provisioner
