@@ -4,8 +4,10 @@ controller with fast retries, plain-dict object builders and event look-ups."""
 from __future__ import annotations
 
 import contextlib
+import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -158,3 +160,55 @@ def wait_gone(fn: Callable[[], Object | None], what: str, timeout: float = 30) -
 def delete_claim(api: kube.Client, namespace: str, name: str) -> None:
     with contextlib.suppress(errors.NotFound):
         api.delete(kube.claims_path(namespace, name))
+
+
+class PausableProxy:
+    """A TCP proxy to the API server that can stop relaying (a hung/slow API server, for one client only)."""
+
+    def __init__(self, upstream: str) -> None:
+        host, _, port = upstream.rpartition("//")[2].rpartition(":")
+        self.upstream = (host, int(port))
+        self.paused = threading.Event()
+        self._closed = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._conns: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                down, _ = self._sock.accept()
+            except OSError:
+                return
+            up = socket.create_connection(self.upstream)
+            self._conns += [down, up]
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                while self.paused.is_set() and not self._closed.is_set():
+                    time.sleep(0.05)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._sock.close()
+        for c in self._conns:
+            with contextlib.suppress(OSError):
+                c.close()

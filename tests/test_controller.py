@@ -414,3 +414,38 @@ def test_metrics_and_health_are_served(kapi: kube.Client, namespace: str, name: 
         assert 'workqueue_depth{name="claims"}' in text
         assert urllib.request.urlopen(f"{base}/healthz", timeout=5).status == 200
         assert urllib.request.urlopen(f"{base}/readyz", timeout=5).status == 200
+
+
+def test_in_background_provision_is_finished_and_rolled_back_after_the_claim_is_deleted(
+        kapi: kube.Client, namespace: str, name: str, unique: str, tmp_path: Path) -> None:
+    """InBackground: the provisioner is called again even though the claim was deleted, and the asset it
+    reports is removed (a failing removal gives ProvisioningCleanupFailed and is retried)."""
+    p = Recording(tmp_path)
+
+    def background(o: ProvisionOptions) -> None:
+        if not o.claim["metadata"].get("deletionTimestamp"):
+            raise ProvisioningError("volume is still being created", ProvisioningState.IN_BACKGROUND)
+    p.after_provision = background
+    fail_delete = ["busy"]
+
+    def flaky_delete(v: dict[str, object]) -> None:
+        if fail_delete:
+            raise RuntimeError(f"directory is {fail_delete.pop()}")
+    p.on_delete = flaky_delete
+    make_class(kapi, f"c-{unique}", name)
+    with controller(kapi, p, settings(name)):
+        claim = make_claim(kapi, namespace, "bg", f"c-{unique}")
+        pv = pv_name(claim)
+        wait.until(lambda: len(p.provisions) >= 2, timeout=30, what="provision retried while in background")
+        assert (tmp_path / pv).is_dir()
+        delete_claim(kapi, namespace, "bg")
+        wait_gone(lambda: get_claim(kapi, namespace, "bg"), "claim released after roll-back")
+        assert not (tmp_path / pv).exists()
+        assert get_volume(kapi, pv) is None
+        assert p.provisions[-1].claim["metadata"].get("deletionTimestamp")
+        assert len(p.deletes) == 2
+        wait.until(lambda: "ProvisioningCleanupFailed" in reasons(kapi, namespace, "bg", name), timeout=10,
+                   what="ProvisioningCleanupFailed event")
+        failed = [e for e in kube_events(kapi, namespace, "bg") if e["reason"] == "ProvisioningCleanupFailed"]
+        assert "directory is busy" in str(failed[0]["message"])
+        assert "ProvisioningFailed" in reasons(kapi, namespace, "bg", name)

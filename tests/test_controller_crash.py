@@ -6,6 +6,7 @@ controller process and is killed with SIGKILL at the dangerous moments."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from nfs_provisioner.kube import errors
 from tests import kubecluster, wait
 from tests.controller_helpers import (
     CRASHY_SCRIPT,
+    PausableProxy,
     Recording,
     controller,
     delete_claim,
@@ -330,3 +332,35 @@ def test_informer_relists_after_410_gone(kapi: kube.Client, namespace: str, uniq
         inf.stop()
         inf.join(5)
         assert not inf.alive()
+
+
+def test_unreachable_api_server_makes_the_leader_step_down_then_lead_again(
+        cluster: kubecluster.Cluster, kapi: kube.Client, namespace: str, name: str, unique: str,
+        tmp_path: Path) -> None:
+    """No crash loop: losing the lease stops the workers, the process stays, and it campaigns again."""
+    cls = f"c-{unique}"
+    make_class(kapi, cls, name)
+    proxy = PausableProxy(cluster.api_url)
+    api = kube.Client(dataclasses.replace(kapi.credentials, host=proxy.url), kube.ClientSettings(timeout=5))
+    le = LeaderElectionSettings(enabled=True, namespace=namespace, identity="flaky", lease_duration=3,
+                                renew_deadline=2, retry_period=0.3)
+    p = Recording(tmp_path)
+    c = ProvisionController(p, settings(name, leader_election=le), api=api, registry=CollectorRegistry())
+    c.start()
+    try:
+        wait.until(lambda: c.leading, timeout=20, what="leader")
+        assert c.elector is not None
+        proxy.paused.set()
+        wait.until(lambda: not c.leading, timeout=20, what="stepping down while the API server hangs")
+        assert c.elector is not None and c._elector_thread is not None and c._elector_thread.is_alive()
+        assert not c._workers  # work stopped cleanly
+        proxy.paused.clear()
+        wait.until(lambda: c.leading, timeout=30, what="leading again")
+        assert c.elector.transitions == 2
+        claim = make_claim(kapi, namespace, "after", cls)
+        wait_bound(kapi, namespace, "after")
+        assert [o.pv_name for o in p.provisions] == [pv_name(claim)]
+    finally:
+        proxy.paused.clear()
+        c.stop(wait=True)
+        proxy.close()

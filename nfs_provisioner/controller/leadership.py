@@ -112,14 +112,14 @@ class LeaderElector:
         path = kube.leases_path(self.namespace, self.name)
         now = _micro_now()
         try:
-            lease = self.api.get(path)
+            lease = self.api.request("GET", path, timeout=self._timeout())
         except errors.NotFound:
             body: dict[str, Any] = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": self.name, "namespace": self.namespace},
                     "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": int(s.lease_duration),
                              "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
             try:
-                self.api.create(kube.leases_path(self.namespace), body)
+                self.api.request("POST", kube.leases_path(self.namespace), body=body, timeout=self._timeout())
             except errors.KubeError as e:
                 log.debug("creating lease failed: %s", e)
                 return False
@@ -141,12 +141,16 @@ class LeaderElector:
         spec["leaseDurationSeconds"] = int(s.lease_duration)
         spec["renewTime"] = now
         try:
-            updated = self.api.replace(path, lease)
+            updated = self.api.request("PUT", path, body=lease, timeout=self._timeout())
         except errors.KubeError as e:
             log.debug("updating lease failed: %s", e)
             return False
         self._observe(updated.get("spec") or {})
         return True
+
+    def _timeout(self) -> float:
+        """Each lease request must fail fast enough for the leader to notice before its renew deadline."""
+        return max(1.0, self.settings.renew_deadline / 2)
 
     def _observe(self, spec: dict[str, Any]) -> None:
         record = (spec.get("holderIdentity"), spec.get("renewTime"), spec.get("acquireTime"))

@@ -143,6 +143,10 @@ class Client:
         return cls(Credentials(host=cfg.host, ca_file=cfg.ssl_ca_cert, cert_file=cfg.cert_file,
                                key_file=cfg.key_file, verify=bool(cfg.verify_ssl), token=token), settings)
 
+    @property
+    def credentials(self) -> Credentials:
+        return self._credentials
+
     def close(self) -> None:
         self.close_streams()
         self._pool.clear()
