@@ -96,7 +96,7 @@ def test_bad_requests_are_clear_errors_and_write_nothing(h: Harness, tmp_path: P
         with pytest.raises(errors.InvalidRequest):
             srv.exports.add(req)
             pytest.fail(f"accepted {req}")
-    with pytest.raises(ValueError):
+    with pytest.raises(errors.InvalidRequest, match="everyone"):
         srv.exports.add(ExportRequest(name="j", path=vol, squash="everyone"))  # type: ignore[arg-type]
     assert list(srv.exports.exports_dir.iterdir()) == []
     assert srv.exports.index_entries() == []
@@ -384,3 +384,22 @@ def test_external_bus_is_used_and_left_running(h: Harness) -> None:
     finally:
         bus.kill()
         bus.wait(timeout=10)
+
+
+def test_broken_or_tampered_export_files_are_left_out_on_start(h: Harness) -> None:
+    srv = h.server()
+    good = srv.exports.add(ExportRequest(name="good", path=h.volume("good", content={"f": b"ok"})))
+    srv.stop()
+    exports_dir = srv.exports.exports_dir
+    (exports_dir / "garbage.conf").write_text("EXPORT { this is not a config\n")
+    tampered = good.config_file.read_text().replace(str(h.export_root / "good"), "/etc")
+    (exports_dir / "tampered.conf").write_text(tampered.replace('"name": "good"', '"name": "tampered"'))
+
+    srv2 = h.server()
+    assert [e.name for e in srv2.exports.list_exports()] == ["good"]
+    assert srv2.exports.index_entries() == [good.config_file]
+    assert sorted(e.path for e in srv2.dbus.show_exports()) == ["/", str(h.export_root / "good")]
+    assert h.client().cat(h.export_root / "good" / "f").stdout == b"ok"
+    with pytest.raises(errors.ExportConflict):
+        srv2.exports.add(ExportRequest(name="garbage", path=h.volume("garbage")))
+    assert (exports_dir / "garbage.conf").read_text() == "EXPORT { this is not a config\n", "never overwritten"

@@ -209,8 +209,7 @@ class ExportManager:
     def add(self, request: ExportRequest) -> Export:
         """Export ``request.path``; idempotent for an identical request. Raises a typed error, leaving nothing."""
         name = config.check_name(request.name)
-        squash = Squash(request.squash)
-        access = AccessType(request.access_type)
+        squash, access = _options(request)
         clients = config.check_clients(self.default_clients if request.clients is None else request.clients)
         path = config.check_path_inside(request.path, root=self.export_root, exclude=[self.config_dir])
         with self._lock:
@@ -270,9 +269,8 @@ class ExportManager:
                 raise errors.InvalidRequest(f"export {name!r} does not exist")
             if old.path != path:
                 raise errors.ExportConflict(f"export {name!r} serves {str(old.path)!r}; a path cannot be updated")
-            new = dataclasses.replace(
-                old, squash=Squash(request.squash), access_type=AccessType(request.access_type), clients=clients
-            )
+            squash, access = _options(request)
+            new = dataclasses.replace(old, squash=squash, access_type=access, clients=clients)
             if new == old:
                 return old
             old_text = old.config_file.read_text(encoding="utf-8")
@@ -430,6 +428,13 @@ class ExportManager:
                 f"header id {export_id} differs from the block's Export_Id {kv.get('export_id')}"
             )
         return export
+
+
+def _options(request: ExportRequest) -> tuple[Squash, AccessType]:
+    try:
+        return Squash(request.squash), AccessType(request.access_type)
+    except ValueError as e:
+        raise errors.InvalidRequest(f"export {request.name!r}: {e}") from e
 
 
 def _includes(index: Path) -> list[Path]:

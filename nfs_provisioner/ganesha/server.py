@@ -39,7 +39,10 @@ STABLE_AFTER = 60.0  # seconds of uptime after which the restart backoff resets
 
 
 class GaneshaServer:
-    """Owns one Ganesha instance and its helpers. ``exports`` is the API the appliance uses."""
+    """Owns one Ganesha instance and its helpers. ``exports`` is the API the appliance uses.
+
+    One-shot: after ``stop()`` build a new ``GaneshaServer`` to start again (exports and
+    their ids come back from the files)."""
 
     def __init__(
         self,
@@ -300,7 +303,10 @@ class GaneshaServer:
                 pass
             bus = self._bus_proc
             if bus is not None and bus.poll() is not None and not self._stopping.is_set():
-                self._ensure_bus()
+                try:
+                    self._ensure_bus()
+                except errors.GaneshaError as e:
+                    log.error("starting a new dbus-daemon failed (retried with Ganesha's restart): %s", e)
                 with self._ganesha_lock:
                     processes.stop(proc, what="ganesha.nfsd", timeout=self.settings.stop_timeout)
         return None
@@ -319,6 +325,15 @@ class GaneshaServer:
         self._start_bus()
 
     def _supervise(self) -> None:
+        try:
+            self._supervise_loop()
+        except Exception:
+            log.exception("the Ganesha supervisor crashed; Ganesha is no longer restarted")
+            if self.metrics is not None:
+                self.metrics.up.set(0)
+            raise
+
+    def _supervise_loop(self) -> None:
         backoff = self.settings.restart_backoff
         while not self._stopping.is_set():
             proc = self._ganesha
