@@ -85,8 +85,8 @@ def settings(name: str, **kw: Any) -> ControllerSettings:
 
 @contextlib.contextmanager
 def controller(api: kube.Client, provisioner: Any, s: ControllerSettings,
-               registry: CollectorRegistry | None = None) -> Iterator[ProvisionController]:
-    c = ProvisionController(provisioner, s, api=api, registry=registry or CollectorRegistry())
+               registry: CollectorRegistry | None = None, **kw: Any) -> Iterator[ProvisionController]:
+    c = ProvisionController(provisioner, s, api=api, registry=registry or CollectorRegistry(), **kw)
     c.start()
     try:
         for inf in c.informers:

@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -449,3 +450,33 @@ def test_in_background_provision_is_finished_and_rolled_back_after_the_claim_is_
         failed = [e for e in kube_events(kapi, namespace, "bg") if e["reason"] == "ProvisioningCleanupFailed"]
         assert "directory is busy" in str(failed[0]["message"])
         assert "ProvisioningFailed" in reasons(kapi, namespace, "bg", name)
+
+
+def test_volume_name_hook_and_deletion_guard(kapi: kube.Client, namespace: str, name: str, unique: str,
+                                             tmp_path: Path) -> None:
+    class Guarded(Recording):
+        keep: ClassVar[set[str]] = set()
+
+        def should_delete(self, volume: dict[str, object]) -> bool:
+            return volume["metadata"]["name"] not in self.keep  # type: ignore[index]
+
+    p = Guarded(tmp_path)
+    make_class(kapi, f"c-{unique}", name)
+    with controller(kapi, p, settings(name), volume_name=lambda c: f"{unique}-{c['metadata']['name']}"):
+        make_claim(kapi, namespace, "a", f"c-{unique}")
+        make_claim(kapi, namespace, "b", f"c-{unique}")
+        assert wait_bound(kapi, namespace, "a")["spec"]["volumeName"] == f"{unique}-a"
+        assert wait_bound(kapi, namespace, "b")["spec"]["volumeName"] == f"{unique}-b"
+        assert sorted(os.listdir(tmp_path)) == [f"{unique}-a", f"{unique}-b"]
+        p.keep.add(f"{unique}-a")
+        delete_claim(kapi, namespace, "a")
+        delete_claim(kapi, namespace, "b")
+        wait_gone(lambda: get_volume(kapi, f"{unique}-b"), "unguarded PV deleted")
+        time.sleep(1)
+        kept = get_volume(kapi, f"{unique}-a")
+        assert kept is not None and kept["status"]["phase"] == "Released"  # the guard said no
+        assert os.listdir(tmp_path) == [f"{unique}-a"]
+        p.keep.clear()
+        kapi.patch(kube.volumes_path(f"{unique}-a"), {"metadata": {"labels": {"poke": "1"}}})
+        wait_gone(lambda: get_volume(kapi, f"{unique}-a"), "PV deleted once the guard allows it")
+        assert os.listdir(tmp_path) == []
