@@ -15,7 +15,8 @@ deps:
 	hack/install-deps
 
 lint: deps
-	$(VENV)/bin/ruff check nfs_provisioner tests hack/cluster
+	$(VENV)/bin/ruff check nfs_provisioner tests hack/cluster examples
+	$(VENV)/bin/mypy --strict examples/hostpath/hostpath_provisioner.py
 	$(VENV)/bin/mypy
 
 test: deps lint
@@ -31,7 +32,7 @@ demo: deps
 	hack/demo
 
 demo-down:
-	hack/cluster down
+	hack/demo-down
 
 cluster-up: deps
 	hack/cluster up
