@@ -19,7 +19,9 @@ import io
 import json
 import logging
 import os
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -282,7 +284,7 @@ def tampered_projects_file_never_touches_outside_the_root(ctx: Context) -> None:
 @check
 def concurrent_adds_from_worker_threads(ctx: Context) -> None:
     quotas = open_quotas(ctx)
-    vols = [volume(ctx, f"pvc-t{i:02}") for i in range(16)]
+    vols = [volume(ctx, f"pvc-t{i:02}") for i in range(8)]
     results: dict[Path, int] = {}
     failures: list[BaseException] = []
 
@@ -298,7 +300,7 @@ def concurrent_adds_from_worker_threads(ctx: Context) -> None:
     for t in threads:
         t.join()
     assert not failures, failures
-    assert len(set(results.values())) == 16, results
+    assert len(set(results.values())) == len(vols), results
     assert {(e.project_id, e.directory) for e in quotas.recorded()} == {(p, v) for v, p in results.items()}
     assert all(fsxattr.project_id(v) == p for v, p in results.items())
     assert all(kernel_report(quotas)[p] == MiB for p in results.values())
@@ -322,6 +324,59 @@ def metrics_show_usage_and_limit_at_scrape_time(ctx: Context) -> None:
     assert registry.get_sample_value(metrics.UP) == 1
     quotas.set_limit(pid, 5 * MiB)
     assert registry.get_sample_value(metrics.LIMIT, labels) == 5 * MiB
+
+
+GANESHA_CONF = """NFS_CORE_PARAM {{ Protocols = 3, 4; Enable_NLM = false; Enable_RQUOTA = false; }}
+NFSV4 {{ Graceless = true; RecoveryRoot = {recovery}; Only_Numeric_Owners = true; }}
+EXPORT {{
+    Export_Id = 1; Path = {path}; Pseudo = /{name}; Access_Type = RW; Squash = no_root_squash;
+    Protocols = 3, 4; FSAL {{ Name = VFS; }}
+}}
+"""
+
+
+@check
+def nfs_writes_through_ganesha_stop_at_the_limit(ctx: Context) -> None:
+    """The user's view: an NFSv3 client (libnfs nfs-cp) writing through a real
+    Ganesha into the volume is stopped at the limit, and gets more after set_limit."""
+    quotas = open_quotas(ctx)
+    vol = volume(ctx, "pvc-nfs")
+    pid = quotas.add(vol, 2 * MiB)
+    state = Path(tempfile.mkdtemp(prefix="ganesha-"))  # on UML's /run tmpfs (TMPDIR)
+    (state / "recovery").mkdir()
+    conf = state / "ganesha.conf"
+    conf.write_text(GANESHA_CONF.format(recovery=state / "recovery", path=vol, name=vol.name))
+    source = state / "three-mib"
+    source.write_bytes(b"\0" * 3 * MiB)
+    url = f"nfs://127.0.0.1{vol}"
+    # UML is its own kernel and network: rpcbind on 0.0.0.0:111 and NFS on 2049 stay inside it.
+    procs = [subprocess.Popen(["rpcbind", "-f", "-w"])]
+    try:
+        time.sleep(0.3)
+        procs.append(subprocess.Popen(
+            ["ganesha.nfsd", "-F", "-L", str(state / "ganesha.log"), "-f", str(conf),
+             "-p", str(state / "ganesha.pid"), "-N", "NIV_EVENT"]
+        ))
+        deadline = time.monotonic() + 30
+        while subprocess.run(["nfs-ls", url], capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, "Ganesha did not serve the export within 30s:\n" + (
+                (state / "ganesha.log").read_text() if (state / "ganesha.log").exists() else "(no log)")
+            time.sleep(0.2)
+        first = subprocess.run(["nfs-cp", str(source), f"{url}/a"], capture_output=True, text=True)
+        assert first.returncode != 0, "a 3 MiB NFS write into a 2 MiB volume succeeded"
+        assert (vol / "a").stat().st_size == 2 * MiB, (vol / "a").stat().st_size
+        quotas.set_limit(pid, 4 * MiB)
+        second = subprocess.run(["nfs-cp", str(source), f"{url}/b"], capture_output=True, text=True)
+        assert second.returncode != 0 and (vol / "b").stat().st_size == 2 * MiB, (vol / "b").stat().st_size
+        assert quotas.usage()[0].used_bytes == 4 * MiB
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 # -- runner -----------------------------------------------------------------------
