@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nfs_provisioner.ganesha import config, errors
+from nfs_provisioner.ganesha import config, errors, ids
 from nfs_provisioner.ganesha.dbus import GaneshaDBus
 from nfs_provisioner.ganesha.settings import RESERVED_EXPORT_IDS, AccessType, Squash
 
@@ -135,6 +135,7 @@ class ExportManager:
         self._by_id: dict[int, Export] = {}
         self._by_path: dict[Path, Export] = {}
         self._foreign: set[int] = set()
+        self._ids = ids.IdAllocator(low=lo, high=hi, reserved=RESERVED_EXPORT_IDS)
 
     # --- queries -----------------------------------------------------------------------------------------------
 
@@ -159,6 +160,7 @@ class ExportManager:
             self._by_name.clear()
             self._by_id.clear()
             self._by_path.clear()
+            self._ids.reset(self._foreign)
             for f in sorted(self.exports_dir.glob("*.conf")):
                 try:
                     export = self._read_file(f)
@@ -199,7 +201,12 @@ class ExportManager:
                         export.path,
                     )
                     failed.append(export.export_id)
-            self._foreign = {i for i in live if i != 0 and i not in self._by_id}
+            foreign = {i for i in live if i != 0 and i not in self._by_id}
+            for gone in self._foreign - foreign:
+                self._ids.release(gone)
+            for new in foreign - self._foreign:
+                self._ids.take(new)
+            self._foreign = foreign
             if self._foreign:
                 log.warning("Ganesha serves exports we did not write (ids reserved): %s", sorted(self._foreign))
             return ReconcileResult(readded=tuple(readded), failed=tuple(failed), foreign=tuple(sorted(self._foreign)))
@@ -232,10 +239,10 @@ class ExportManager:
             other = self._by_path.get(path)
             if other is not None:
                 raise errors.ExportConflict(f"path {str(path)!r} is already exported as {other.name!r}")
-            export = dataclasses.replace(candidate, export_id=self._allocate_id())
-            text = export.header() + self.templates.render_export(self._block(export))
-            undo: list[tuple[str, Callable[[], None]]] = []
+            export = dataclasses.replace(candidate, export_id=self._ids.allocate())
+            undo: list[tuple[str, Callable[[], None]]] = [("release id", lambda: self._ids.release(export.export_id))]
             try:
+                text = export.header() + self.templates.render_export(self._block(export))
                 if export.config_file.exists():
                     raise errors.ExportConflict(f"{export.config_file} exists but is not a loaded export")
                 config.atomic_write(export.config_file, text, durable=self.durable)
@@ -341,23 +348,17 @@ class ExportManager:
             except Exception:
                 log.exception("export %s: rollback step %r failed", export.name, what)
 
-    def _allocate_id(self) -> int:
-        lo, hi = self.id_range
-        used = self._by_id.keys() | self._foreign | RESERVED_EXPORT_IDS
-        for candidate in range(lo, hi + 1):
-            if candidate not in used:
-                return candidate
-        raise errors.ExportIdsExhausted(f"every Export_Id in {lo}..{hi} is in use ({len(self._by_id)} exports)")
-
     def _remember(self, export: Export) -> None:
         self._by_name[export.name] = export
         self._by_id[export.export_id] = export
         self._by_path[export.path] = export
+        self._ids.take(export.export_id)
 
     def _forget(self, export: Export) -> None:
         self._by_name.pop(export.name, None)
         self._by_id.pop(export.export_id, None)
         self._by_path.pop(export.path, None)
+        self._ids.release(export.export_id)
 
     def _drop_from_index(self, export: Export) -> None:
         self._forget(export)
