@@ -54,12 +54,21 @@ def test_inside_uml(name: str, inner_results: dict[str, Any]) -> None:
 
 def test_uml_harness_reports_inner_failures(tmp_path: Path) -> None:
     """The harness itself: an inner failure is seen on the host with its output,
-    and a run that does not finish is killed and reported as such."""
-    failed = uml.run(["sh", "-c", "echo from-inside; exit 3"], workdir=tmp_path / "fail", timeout=60)
+    the host outside the work directory is read-only inside, a disk that cannot
+    be mounted is reported as a setup failure, and a run that does not finish
+    is killed and reported as such."""
+    outside = tmp_path / "outside-the-workdir"
+    script = f"echo from-inside; touch {outside} || echo read-only-outside; exit 3"
+    failed = uml.run(["sh", "-c", script], workdir=tmp_path / "fail", timeout=60)
     assert failed.returncode == 3 and "from-inside" in failed.output
+    assert "read-only-outside" in failed.output and not outside.exists(), "the host outside the workdir was writable"
     with pytest.raises(AssertionError, match=r"(?s)exited with 3.*from-inside"):
         failed.check()
-    hung = uml.run(["sleep", "600"], workdir=tmp_path / "hang", timeout=8)
+    blank = tmp_path / "blank.img"
+    blank.write_bytes(bytes(1024 * 1024))  # no filesystem: the init script cannot mount it
+    setup = uml.run(["true"], workdir=tmp_path / "setup", disks=[uml.Disk(image=blank, mount_point="/run/x")])
+    assert setup.returncode == uml.SETUP_FAILED and "uml init: mount /dev/ubda on /run/x" in setup.output
+    hung = uml.run(["sleep", "600"], workdir=tmp_path / "hang", timeout=5)
     assert hung.returncode is None and hung.seconds < 30
     with pytest.raises(AssertionError, match="exited with None"):
         hung.check()

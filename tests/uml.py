@@ -2,9 +2,9 @@
 (XFS project quotas; see ../shared/ENVIRONMENT.md).
 
 ``linux.uml`` boots as an ordinary process with the host's ``/`` as its root
-(hostfs), so the host's binaries and this repo's ``.venv`` work inside. Disk
-images are attached as ubd devices and mounted under ``/run`` (a tmpfs inside
-UML, so nothing is created on the host). The init script runs one command,
+(hostfs, mounted read-only), so the host's binaries and this repo's ``.venv``
+work inside while only the work directory is writable. Disk images are
+attached as ubd devices and mounted under ``/run`` (a tmpfs inside UML). The init script runs one command,
 writes its exit code and output into the work directory on hostfs, and powers
 off; the host reads them back. A run that does not finish in time is killed by
 its process group id.
@@ -95,7 +95,9 @@ def _init_script(
     lines = [
         "#!/bin/sh",
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH",
-        f"fail() {{ echo \"uml init: $*\" >> {q(str(out))}; echo {SETUP_FAILED} > {q(str(rc))}; poweroff -f; }}",
+        # The host's / is read-only in here; only the work directory is writable.
+        f"mount -t hostfs -o {q(str(workdir))} hostfs {q(str(workdir))} || poweroff -f -d",
+        f"fail() {{ echo \"uml init: $*\" >> {q(str(out))}; echo {SETUP_FAILED} > {q(str(rc))}; poweroff -f -d; }}",
         f": > {q(str(out))}",
         "mount -t proc proc /proc || fail mount proc",
         "mount -t sysfs sysfs /sys || fail mount sysfs",
@@ -125,7 +127,7 @@ def _init_script(
         f"env -i {assignments} {' '.join(q(c) for c in command)} >> {q(str(out))} 2>&1",
         f"echo $? > {q(str(rc))}",
         "sync",
-        "poweroff -f",
+        "poweroff -f -d",  # -d: no wtmp record
     ]
     return "\n".join(lines) + "\n"
 
@@ -154,7 +156,8 @@ def run(
     init.chmod(0o755)
     argv = [str(kernel()), f"mem={mem_mb}M"]
     argv += [f"ubd{i}={d.image.resolve()}" for i, d in enumerate(disks)]
-    argv += ["root=/dev/root", "rootfstype=hostfs", "rootflags=/", "rw", f"init={init}", "con0=null,fd:1", "con=null"]
+    argv += ["root=/dev/root", "rootfstype=hostfs", "rootflags=/", "ro", f"init={init}"]
+    argv += [f"uml_dir={workdir}", "umid=uml", "con0=null,fd:1", "con=null"]  # pid/mconsole files in workdir
     console_path = workdir / "console.log"
     started = time.monotonic()
     with console_path.open("wb") as console:
