@@ -66,13 +66,29 @@ class Client:
 
 
 class Netns:
-    """A network namespace with lo up, carrying ``addresses`` besides 127.0.0.1."""
+    """A network namespace with lo up, carrying ``addresses`` besides 127.0.0.1, and a mount
+    namespace whose /run is a private tmpfs (rpcbind keeps /run/rpcbind.lock and
+    /run/rpcbind.sock there: two test runs must not meet each other's)."""
 
     def __init__(self, *, addresses: tuple[str, ...] = ()) -> None:
         self.name = f"nfsp-{uuid.uuid4().hex[:10]}"
         self.path = Path("/run/netns") / self.name
+        self.mount_dir = Path(tempfile.mkdtemp(prefix="nfsp-mnt-"))
+        self.mountns = self.mount_dir / "mnt"
+        self._bound = False
         subprocess.run(["ip", "netns", "add", self.name], check=True)
         try:
+            # A persistent mount namespace is a bind mount of its nsfs file, which must live
+            # on a private mount.
+            subprocess.run(["mount", "--bind", str(self.mount_dir), str(self.mount_dir)], check=True)
+            self._bound = True
+            subprocess.run(["mount", "--make-private", str(self.mount_dir)], check=True)
+            self.mountns.touch()
+            subprocess.run(
+                ["unshare", f"--mount={self.mountns}", "--propagation", "private",
+                 "mount", "-t", "tmpfs", "-o", "mode=0755", "nfsp-run", "/run"],
+                check=True,
+            )
             self.exec(["ip", "link", "set", "lo", "up"])
             # No loadable modules here (no dummy/veth): extra addresses go on lo. A
             # client connecting to one of them has it as its source address too.
@@ -87,6 +103,10 @@ class Netns:
 
     def close(self) -> None:
         subprocess.run(["ip", "netns", "del", self.name], check=False, capture_output=True)
+        subprocess.run(["umount", str(self.mountns)], check=False, capture_output=True)
+        if self._bound:
+            subprocess.run(["umount", str(self.mount_dir)], check=False, capture_output=True)
+        shutil.rmtree(self.mount_dir, ignore_errors=True)
 
 
 class Harness:

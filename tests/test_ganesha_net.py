@@ -31,8 +31,11 @@ def h(tmp_path: Path) -> Iterator[Harness]:
 
 def test_export_subnet_restricts_clients_and_nfsv3_serves_large_writes(h: Harness) -> None:
     ns = h.make_netns(addresses=(f"{ALLOWED}/24", f"{OUTSIDE}/24"))
-    # rpcbind insists on 0.0.0.0:111, so NFSv3 runs in its own namespace on the standard ports.
-    srv = h.server(netns=ns.path, nfsv3=True, bind_addr=None, ports=Ports(), export_subnet="10.77.0.0/24")
+    # rpcbind insists on 0.0.0.0:111 and /run/rpcbind.{lock,sock}, so NFSv3 runs in its own
+    # network and mount namespaces, on the standard ports.
+    srv = h.server(
+        netns=ns.path, mountns=ns.mountns, nfsv3=True, bind_addr=None, ports=Ports(), export_subnet="10.77.0.0/24"
+    )
     helpers = srv.helper_pids()
     assert set(helpers) == {"dbus-daemon", "rpcbind", "rpc.statd"}
     for name in ("rpcbind", "rpc.statd"):

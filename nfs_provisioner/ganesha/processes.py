@@ -1,7 +1,7 @@
 """Start and stop child processes (dbus-daemon, rpcbind, rpc.statd, ganesha.nfsd) by PID.
 
-``Launcher`` prefixes commands with ``nsenter --net=<netns>`` when a network
-namespace is configured (``nsenter`` execs in place, so the PID is the
+``Launcher`` prefixes commands with ``nsenter --net=<netns> --mount=<mountns>``
+when namespaces are configured (``nsenter`` execs in place, so the PID is the
 program's). ``stop()`` escalates SIGTERM -> SIGKILL with bounded waits and
 only ever signals the PID it was given.
 """
@@ -28,11 +28,12 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class Launcher:
     netns: Path | None = None
+    mountns: Path | None = None
 
     def argv(self, argv: Sequence[str]) -> list[str]:
-        if self.netns is None:
-            return list(argv)
-        return ["nsenter", f"--net={self.netns}", *argv]
+        enter = [f"--net={self.netns}"] if self.netns else []
+        enter += [f"--mount={self.mountns}"] if self.mountns else []
+        return ["nsenter", *enter, *argv] if enter else list(argv)
 
     def spawn(
         self,

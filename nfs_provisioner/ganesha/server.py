@@ -55,7 +55,7 @@ class GaneshaServer:
         self.settings = settings
         self.metrics = metrics
         self.templates = templates or config.Templates(override_dir=settings.templates_override)
-        self.launcher = processes.Launcher(netns=settings.netns)
+        self.launcher = processes.Launcher(netns=settings.netns, mountns=settings.mountns)
         self.run_dir = settings.run_dir
         self.config_dir = settings.config_path
         self.main_config = self.config_dir / "ganesha.conf"

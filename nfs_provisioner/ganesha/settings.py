@@ -85,6 +85,9 @@ class ServerSettings:
     log_level: str = "NIV_EVENT"
     netns: Path | None = None
     """Run every process in this network namespace (``nsenter --net=...``)."""
+    mountns: Path | None = None
+    """...and in this mount namespace (``nsenter --mount=...``), e.g. one with a private /run so
+    that rpcbind's and statd's lock files and sockets do not meet another instance's."""
     restart_backoff: float = 0.5
     """First delay before restarting a Ganesha that exited; doubles up to ``restart_backoff_max``."""
     restart_backoff_max: float = 30.0
