@@ -7,20 +7,49 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.ganesha_env import Client, free_port
 
 
+@dataclass
+class InCluster:
+    """Run the appliance as a pod would see it: KUBERNETES_SERVICE_HOST/PORT and the service-account
+    token + CA under /var/run/secrets/kubernetes.io/serviceaccount. Those fixed paths are provided in
+    a private mount namespace (a tmpfs over /run), so nothing on the host is touched."""
+
+    api_url: str
+    token: str
+    ca_file: Path
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        host, port = self.api_url.removeprefix("https://").rsplit(":", 1)
+        self.env = {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port, **self.env}
+        (self.workdir / "token").write_text(self.token)
+        (self.workdir / "ca.crt").write_bytes(self.ca_file.read_bytes())
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        sa = "/run/secrets/kubernetes.io/serviceaccount"
+        script = (f"mount -t tmpfs tmpfs /run && mkdir -p {sa} && cp {self.workdir}/token {self.workdir}/ca.crt {sa}/"
+                  f" && exec {shlex.join(argv)}")
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+
+
 class Appliance:
-    def __init__(self, *, kubeconfig: Path, export_root: Path, provisioner: str, log_dir: Path,
-                 extra: list[str] | None = None) -> None:
+    def __init__(self, *, kubeconfig: Path | None, export_root: Path, provisioner: str, log_dir: Path,
+                 extra: list[str] | None = None, in_cluster: InCluster | None = None) -> None:
+        """``kubeconfig=None`` with ``in_cluster``: run with in-cluster credentials (see InCluster)."""
         self.kubeconfig, self.export_root, self.provisioner = kubeconfig, export_root, provisioner
+        self.in_cluster = in_cluster
         self.log_dir = log_dir
         self.nfs_port = free_port()
         self.metrics_port = free_port()
@@ -30,11 +59,14 @@ class Appliance:
 
     @property
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "nfs_provisioner", f"--kubeconfig={self.kubeconfig}",
+        where = ([f"--kubeconfig={self.kubeconfig}", "--server-hostname=127.0.0.1"] if self.in_cluster is None
+                 else [])
+        argv = [sys.executable, "-m", "nfs_provisioner", *where,
                 f"--provisioner={self.provisioner}", f"--export-root={self.export_root}",
                 "--nfs-bind-address=127.0.0.1", f"--nfs-port={self.nfs_port}", "--nfsv3=false",
-                "--grace-period=0", "--server-hostname=127.0.0.1",
-                f"--metrics-address=127.0.0.1:{self.metrics_port}", "--log-level=DEBUG", *self.extra]
+                "--grace-period=0", f"--metrics-address=127.0.0.1:{self.metrics_port}", "--log-level=DEBUG",
+                *self.extra]
+        return argv if self.in_cluster is None else self.in_cluster.wrap(argv)
 
     @property
     def log_file(self) -> Path:
@@ -42,8 +74,10 @@ class Appliance:
 
     def start(self, *, wait_ready: bool = True) -> None:
         self.starts += 1
+        env = None if self.in_cluster is None else {**os.environ, **self.in_cluster.env}
         with self.log_file.open("wb") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env=env)
         if wait_ready:
             self.wait_ready()
 

@@ -54,9 +54,14 @@ def service_address(api: Api, *, namespace: str, service: str, pod_ip: str, nfs_
     if not cluster_ip or cluster_ip == "None":
         raise AddressError(f"Service {namespace}/{service} has no cluster IP (headless?); clients need a stable "
                            "address, use a non-headless Service")
-    ports = {(p.get("port"), p.get("protocol", "TCP")) for p in spec.get("ports") or []}
-    if (nfs_port, "TCP") not in ports:
-        raise AddressError(f"Service {namespace}/{service} does not expose the NFS port {nfs_port}/TCP")
+    # PVs carry no port: clients connect to 2049 on the Service, which must forward to our NFS port.
+    nfs = [p for p in spec.get("ports") or [] if p.get("port") == 2049 and p.get("protocol", "TCP") == "TCP"]
+    if not nfs:
+        raise AddressError(f"Service {namespace}/{service} does not expose the NFS port 2049/TCP")
+    target = nfs[0].get("targetPort", 2049)
+    if target not in (nfs_port, "nfs"):
+        log.warning("Service %s/%s forwards 2049/TCP to %s, but NFS listens on %d here", namespace, service, target,
+                    nfs_port)
     slices = api.get(f"/apis/discovery.k8s.io/v1/namespaces/{quote(namespace, safe='')}/endpointslices",
                      labelSelector=f"kubernetes.io/service-name={service}")
     for sl in slices.get("items") or []:

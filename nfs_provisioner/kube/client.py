@@ -134,11 +134,12 @@ class Client:
         def token() -> str | None:
             if cfg.refresh_api_key_hook is not None:
                 cfg.refresh_api_key_hook(cfg)
-            value = cfg.api_key.get("authorization") if cfg.api_key else None
-            if value is None:
-                return None
-            prefix = cfg.api_key_prefix.get("authorization") if cfg.api_key_prefix else None
-            return f"{prefix} {value}" if prefix else str(value)
+            # The in-cluster loader stores the token as "BearerToken", kubeconfig tokens as "authorization".
+            for key in ("BearerToken", "authorization"):
+                value = cfg.get_api_key_with_prefix(key)
+                if value:
+                    return str(value)
+            return None
 
         return cls(Credentials(host=cfg.host, ca_file=cfg.ssl_ca_cert, cert_file=cfg.cert_file,
                                key_file=cfg.key_file, verify=bool(cfg.verify_ssl), token=token), settings)

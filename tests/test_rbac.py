@@ -1,0 +1,169 @@
+"""deploy/kube-config/rbac.yaml is sufficient and minimal.
+
+The appliance runs as a pod would (in-cluster credentials: a token of the
+ServiceAccount bound by rbac.yaml, KUBERNETES_SERVICE_HOST/PORT), with leader
+election, the Service-based server address and a WaitForFirstConsumer class, so
+every rule is exercised: provision -> bind -> delete completes with no 403.
+Then each rule is removed in turn and some step is refused."""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tests import kubecluster, wait
+from tests.appliance_env import Appliance, InCluster
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kube-config"
+POD_IP = "192.0.2.10"  # TEST-NET-1: only compared against the EndpointSlice, never contacted
+RBAC = [d for d in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text()) if d]
+RULES = [(d["kind"], i) for d in RBAC if d["kind"] in ("ClusterRole", "Role") for i in range(len(d["rules"]))]
+
+
+def rbac_for(namespace: str, suffix: str, drop: tuple[str, int] | None = None) -> list[dict[str, Any]]:
+    """rbac.yaml moved into ``namespace`` with cluster-scoped names suffixed, optionally minus one rule."""
+    out = []
+    for doc in copy.deepcopy(RBAC):
+        kind = doc["kind"]
+        if kind in ("ClusterRole", "ClusterRoleBinding"):
+            doc["metadata"]["name"] += f"-{suffix}"
+        else:
+            doc["metadata"]["namespace"] = namespace
+        if kind == "ClusterRoleBinding":
+            doc["roleRef"]["name"] += f"-{suffix}"
+        for subject in doc.get("subjects", []):
+            subject["namespace"] = namespace
+        if drop and kind == drop[0]:
+            del doc["rules"][drop[1]]
+        out.append(doc)
+    return out
+
+
+class Setup:
+    def __init__(self, cluster: kubecluster.Cluster, core: client.CoreV1Api, storage: client.StorageV1Api,
+                 namespace: str, unique: str, tmp_path: Path) -> None:
+        self.cluster, self.core, self.storage, self.ns, self.unique = cluster, core, storage, namespace, unique
+        self.tmp_path = tmp_path
+        self.cls = f"rbac-{unique}"
+        self.node = f"node-{unique}"
+        self.provisioner = f"example.com/rbac-{unique}"
+        cluster.kubectl("create", "serviceaccount", "nfs-provisioner", "-n", namespace)
+        # The Service the pod is behind (no selector: its EndpointSlice is written here, as the
+        # endpoint controllers would for a running pod).
+        (svc,) = [d for d in yaml.safe_load_all((DEPLOY / "deployment.yaml").read_text()) if d["kind"] == "Service"]
+        svc["metadata"]["namespace"] = namespace
+        del svc["spec"]["selector"]
+        eps = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+               "metadata": {"name": "nfs-provisioner-1", "namespace": namespace,
+                            "labels": {"kubernetes.io/service-name": "nfs-provisioner"}},
+               "endpoints": [{"addresses": [POD_IP]}],
+               "ports": [{"name": "nfs", "port": 2049, "protocol": "TCP"}]}
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([svc, eps]))
+        core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=self.node)))
+        storage.create_storage_class(client.V1StorageClass(
+            metadata=client.V1ObjectMeta(name=self.cls), provisioner=self.provisioner,
+            volume_binding_mode="WaitForFirstConsumer"))
+
+    def apply_rbac(self, drop: tuple[str, int] | None = None) -> None:
+        self.delete_rbac()
+        self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac_for(self.ns, self.unique, drop)))
+
+    def delete_rbac(self) -> None:
+        self.cluster.kubectl("delete", "--ignore-not-found", "-f", "-",
+                             input=yaml.safe_dump_all(rbac_for(self.ns, self.unique)), check=False)
+
+    def appliance(self, run: int) -> Appliance:
+        token = self.cluster.kubectl("create", "token", "nfs-provisioner", "-n", self.ns).stdout.strip()
+        work = self.tmp_path / f"run{run}"
+        work.mkdir()
+        in_cluster = InCluster(api_url=self.cluster.api_url, token=token, ca_file=self.cluster.ca_file,
+                               workdir=work, env={"SERVICE_NAME": "nfs-provisioner", "POD_NAMESPACE": self.ns,
+                                                  "POD_IP": POD_IP})
+        return Appliance(kubeconfig=None, export_root=self.tmp_path / "export", provisioner=self.provisioner,
+                         log_dir=work, in_cluster=in_cluster,
+                         extra=["--leader-elect", "--leader-elect-retry-period=500ms"])
+
+    def claim(self, name: str) -> None:
+        self.core.create_namespaced_persistent_volume_claim(self.ns, client.V1PersistentVolumeClaim(
+            metadata=client.V1ObjectMeta(name=name, annotations={"volume.kubernetes.io/selected-node": self.node}),
+            spec=client.V1PersistentVolumeClaimSpec(
+                access_modes=["ReadWriteMany"], storage_class_name=self.cls,
+                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Mi"}))))
+
+    def phase(self, name: str) -> str:
+        return str(self.core.read_namespaced_persistent_volume_claim(name, self.ns).status.phase)
+
+    def close(self) -> None:
+        self.delete_rbac()
+        self.storage.delete_storage_class(self.cls)
+        self.core.delete_node(self.node)
+
+
+@pytest.fixture
+def setup(cluster: kubecluster.Cluster, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
+          unique: str, tmp_path: Path) -> Iterator[Setup]:
+    s = Setup(cluster, core, storage, namespace, unique, tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+FORBIDDEN = re.compile(r"forbidden|\b403\b", re.IGNORECASE)
+
+
+def test_rbac_is_sufficient_and_every_rule_is_needed(setup: Setup) -> None:
+    # Sufficient: the whole flow, zero 403s.
+    setup.apply_rbac()
+    a = setup.appliance(0)
+    try:
+        a.start()
+        setup.claim("full")
+        wait.until(lambda: setup.phase("full") == "Bound", timeout=60, what=f"claim Bound\n{a.log()}")
+        pv_name = setup.core.read_namespaced_persistent_volume_claim("full", setup.ns).spec.volume_name
+        pv = setup.core.read_persistent_volume(pv_name)
+        assert pv.spec.nfs.server == setup.core.read_namespaced_service("nfs-provisioner", setup.ns).spec.cluster_ip
+        assert setup.cluster.kubectl("get", "lease", "-n", setup.ns, "-o", "name").stdout.strip()
+        setup.core.delete_namespaced_persistent_volume_claim("full", setup.ns)
+        wait.until(lambda: not setup.core.list_persistent_volume(field_selector=f"metadata.name={pv_name}").items,
+                   timeout=60, what="PV deleted")
+        assert a.stop() == 0
+        assert not FORBIDDEN.search(a.log_file.read_text()), a.log()
+    finally:
+        a.close()
+
+    # Minimal: without any one rule, some step is refused.
+    refused = {}
+    for run, drop in enumerate(RULES, start=1):
+        setup.apply_rbac(drop)
+        a = setup.appliance(run)
+        claim = f"without-{run}"
+        try:
+            a.start(wait_ready=False)
+            setup.claim(claim)
+            deadline = time.monotonic() + 45
+            log = ""
+            while time.monotonic() < deadline:
+                log = a.log_file.read_text(errors="replace")
+                if FORBIDDEN.search(log):
+                    break
+                time.sleep(0.2)
+            rule = rbac_for(setup.ns, setup.unique)[[d["kind"] for d in RBAC].index(drop[0])]["rules"][drop[1]]
+            match = FORBIDDEN.search(log)
+            assert match, f"removing {drop[0]} rule {rule} changed nothing visible:\n{log[-3000:]}"
+            assert setup.phase(claim) != "Bound" or "events" in rule["resources"], (rule, log[-3000:])
+            refused[f"{drop[0]}:{','.join(rule['resources'])}"] = log[max(0, match.start() - 200):match.end() + 200]
+        finally:
+            a.close()
+            setup.core.delete_namespaced_persistent_volume_claim(claim, setup.ns)
+    assert len(refused) == len(RULES)
