@@ -211,3 +211,61 @@ def test_api_errors_are_typed() -> None:
     assert isinstance(e, errors.ServerError) and e.retryable and "etcd down" in str(e)
     assert not errors.from_status(422, {}).retryable
     assert kube.claims_path("a b", "c/d") == "/api/v1/namespaces/a%20b/persistentvolumeclaims/c%2Fd"
+
+
+class ScriptedApi:
+    """Answers an Informer's list/watch calls from a script (pure logic of the informer loop)."""
+
+    def __init__(self, watches: list[Any]) -> None:
+        self.lists = 0
+        self.watch_from: list[str] = []
+        self._watches = watches
+
+    def get(self, path: str, **query: Any) -> dict[str, Any]:
+        self.lists += 1
+        rv = str(100 * self.lists)
+        return {"metadata": {"resourceVersion": rv},
+                "items": [{"metadata": {"name": f"listed-{self.lists}", "resourceVersion": rv}}]}
+
+    def watch(self, path: str, *, resource_version: str, timeout_seconds: int) -> Any:
+        self.watch_from.append(resource_version)
+        step = self._watches.pop(0) if self._watches else []
+        if isinstance(step, Exception):
+            raise step
+        return ScriptedStream(step)
+
+
+class ScriptedStream(list[Any]):
+    def close(self) -> None:
+        pass
+
+
+def test_informer_relists_on_both_shapes_of_410_and_resumes_otherwise() -> None:
+    from nfs_provisioner.controller import watching
+
+    def obj(name: str, rv: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "resourceVersion": rv}}
+    api = ScriptedApi([
+        [{"type": "ADDED", "object": obj("a", "101")}, {"type": "BOOKMARK", "object": obj("", "150")}],
+        errors.Gone(410, "Expired", "too old"),  # HTTP 410 on the watch request
+        [{"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old resource version"}}],
+        [{"type": "DELETED", "object": obj("listed-3", "301")}],
+    ])
+    changes: list[tuple[str | None, str | None]] = []
+    inf = watching.Informer(api, name="t", path="/x", kind="Thing", api_version="v1",  # type: ignore[arg-type]
+                            key=lambda o: o["metadata"]["name"],
+                            on_change=lambda old, new: changes.append(
+                                (old and old["metadata"]["name"], new and new["metadata"]["name"])))
+    inf.start()
+    wait_for = time.monotonic() + 5
+    while len(api.watch_from) < 5 and time.monotonic() < wait_for:
+        time.sleep(0.01)
+    inf.stop()
+    inf.join(2)
+    # list@100, watch@100 (a, bookmark 150), watch@150 -> 410, list@200, watch@200 -> ERROR 410, list@300, ...
+    assert api.watch_from[:5] == ["100", "150", "200", "300", "301"]
+    assert api.lists == 3 and inf.relists == 2
+    assert inf.cache == {} and inf.resource_version == "301"
+    assert ("listed-1", None) in changes and ("listed-2", None) in changes  # re-list reports what vanished
+    assert (None, "a") in changes and ("listed-3", None) in changes
+    assert inf.cache.get("listed-1") is None

@@ -167,7 +167,7 @@ class ProvisionController:
         for informer in self.informers:
             informer.join(5)
         self.recorder.stop()
-        if self.server is not None:
+        if self.server is not None and self._started:
             self.server.stop()
         log.info("stopped")
 
@@ -216,7 +216,7 @@ class ProvisionController:
                     return
         while not stop.is_set():
             try:
-                key = queue.get(timeout=0.2)
+                key = queue.get(timeout=0.5)
             except ShutDown:
                 return
             if key is None:

@@ -70,9 +70,11 @@ class Provisioning:
         self._attempts: dict[str, Attempt] = {}
         self._saved: dict[str, float] = {}
         self._known_classes: dict[str, Object] = {}
-        self._settled: dict[str, str] = {}
-        """uid -> resourceVersion of claims ignored or given up at that version (our own PATCH must not
-        trigger another attempt; a change by anyone else does, as in the Go library)."""
+        self._versions: dict[str, set[str]] = {}
+        """uid -> resourceVersions of a claim this controller acted on or produced with its own PATCHes."""
+        self._settled: dict[str, set[str]] = {}
+        """uid -> those versions, for claims ignored or given up: events about our own writes (which may
+        arrive late) must not trigger another attempt; a change by anyone else does, as in the Go library."""
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ filters
@@ -92,8 +94,9 @@ class Provisioning:
             self._attempts.pop(uid, None)
             self._saved.pop(uid, None)
             self._settled.pop(uid, None)
+            self._versions.pop(uid, None)
             return outcomes.DONE
-        if self._settled.get(uid) == decisions.meta(claim).get("resourceVersion"):
+        if decisions.meta(claim).get("resourceVersion") in self._settled.get(uid, ()):
             return outcomes.DONE
         ours = self.finalizer in decisions.finalizers(claim)
         pv_name = self.volume_name(claim)
@@ -144,6 +147,7 @@ class Provisioning:
                 self.recorder.event(claim, events.WARNING, events.PROVISIONING_FAILED, msg)
                 return outcomes.retry(msg)
 
+        self._versions.setdefault(uid, set()).add(decisions.meta(claim).get("resourceVersion", ""))
         if not ours:
             try:
                 claim = self._patch_claim(claim, {"metadata": {"finalizers": [self.finalizer]}})
@@ -227,19 +231,17 @@ class Provisioning:
 
         ``settle``: do not look at this claim again until someone else changes it."""
         uid = decisions.meta(claim)["uid"]
-        if self.finalizer not in decisions.finalizers(claim):
-            if settle:
-                self._settled[uid] = decisions.meta(claim).get("resourceVersion", "")
-            return outcomes.DONE
-        try:
-            updated = self._patch_claim(claim, {"metadata": {"$deleteFromPrimitiveList/finalizers": [self.finalizer]}})
-            if settle:
-                self._settled[uid] = decisions.meta(updated).get("resourceVersion", "")
-        except errors.NotFound:
-            pass
-        except errors.KubeError as e:
-            return outcomes.retry_after(self.settings.retry.save_retry_delay,
-                                        f"cannot remove finalizer from {decisions.claim_key(claim)}: {e}")
+        if self.finalizer in decisions.finalizers(claim):
+            try:
+                self._patch_claim(claim, {"metadata": {"$deleteFromPrimitiveList/finalizers": [self.finalizer]}})
+            except errors.NotFound:
+                pass
+            except errors.KubeError as e:
+                return outcomes.retry_after(self.settings.retry.save_retry_delay,
+                                            f"cannot remove finalizer from {decisions.claim_key(claim)}: {e}")
+        versions = self._versions.pop(uid, set())
+        if settle:
+            self._settled[uid] = versions | {decisions.meta(claim).get("resourceVersion", "")}
         return outcomes.DONE
 
     def _reschedule(self, claim: Object, why: str) -> Outcome:
@@ -326,6 +328,7 @@ class Provisioning:
     def _patch_claim(self, claim: Object, patch: Object) -> Object:
         m = decisions.meta(claim)
         updated = self.api.patch(kube.claims_path(m["namespace"], m["name"]), patch)
+        self._versions.setdefault(m["uid"], set()).add(decisions.meta(updated).get("resourceVersion", ""))
         updated.setdefault("kind", "PersistentVolumeClaim")
         updated.setdefault("apiVersion", "v1")
         return updated
@@ -340,6 +343,7 @@ class Provisioning:
         for uid, at in list(self._saved.items()):
             if at < cutoff:
                 self._saved.pop(uid, None)
-        for uid in list(self._settled):
-            if self.claims.get(uid) is None:
-                self._settled.pop(uid, None)
+        for memory in (self._settled, self._versions):
+            for uid in list(memory):
+                if self.claims.get(uid) is None:
+                    memory.pop(uid, None)

@@ -45,6 +45,9 @@ class Informer:
         self.last_ok = clock()
         """Monotonic time of the last successful list or watch response (health)."""
         self.relists = 0
+        """Re-lists forced by 410 Gone."""
+        self.watches = 0
+        """Watch requests made (each renewal resumes from ``resource_version``)."""
         self._stop = threading.Event()
         self._stream: kube.WatchStream | None = None
         self._thread: threading.Thread | None = None
@@ -82,8 +85,11 @@ class Informer:
             try:
                 if not self.resource_version:
                     self._list()
+                began = self._clock()
                 self._watch()
                 backoff = 0.5
+                if self._clock() - began < 0.2:  # ended at once: do not hammer the API server
+                    self._stop.wait(0.5)
             except errors.Gone:
                 log.info("%s: resourceVersion %s is too old (410 Gone): re-listing", self.name, self.resource_version)
                 self.resource_version = ""
@@ -128,8 +134,9 @@ class Informer:
         log.debug("%s: listed %d objects at %s", self.name, len(items), rv)
 
     def _watch(self) -> None:
+        self.watches += 1
         stream = self._stream = self.api.watch(self.path, resource_version=self.resource_version,
-                                               timeout_seconds=int(kube.jitter(self.watch_timeout)))
+                                               timeout_seconds=max(1, round(kube.jitter(self.watch_timeout))))
         if self._stop.is_set():
             return
         for event in stream:
