@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -403,3 +404,39 @@ def test_broken_or_tampered_export_files_are_left_out_on_start(h: Harness) -> No
     with pytest.raises(errors.ExportConflict):
         srv2.exports.add(ExportRequest(name="garbage", path=h.volume("garbage")))
     assert (exports_dir / "garbage.conf").read_text() == "EXPORT { this is not a config\n", "never overwritten"
+
+
+def test_failed_restarts_back_off_until_ganesha_can_start(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="nfs_provisioner.ganesha.server")
+    srv = h.server(ready_timeout=3.0)
+    vol = h.volume("v", content={"f": b"back"})
+    srv.exports.add(ExportRequest(name="v", path=vol))
+    pid = srv.ganesha_pid
+    assert pid is not None
+    # Hold Ganesha's port so that its restarts fail until we let go.
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        wait.until(lambda: srv.ganesha_pid is None, timeout=10, what="Ganesha gone")
+        wait.until(lambda: _try_bind(blocker, h.port), timeout=10, what="port free to block")
+        blocker.listen()
+        wait.until(
+            lambda: sum("restarting Ganesha failed" in r.getMessage() for r in caplog.records) >= 2,
+            timeout=30,
+            what="two failed restarts",
+        )
+        assert srv.restarts == 0 and not srv.ready()
+    finally:
+        blocker.close()
+    assert srv.wait_restarted(after=0, timeout=60)
+    assert h.client().cat(vol / "f").stdout == b"back"
+    delays = [r.getMessage() for r in caplog.records if "exited with code -9" in r.getMessage()]
+    assert len(delays) == 1
+
+
+def _try_bind(sock: socket.socket, port: int) -> bool:
+    try:
+        sock.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
