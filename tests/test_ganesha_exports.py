@@ -145,6 +145,10 @@ def test_failing_add_export_is_rolled_back(h: Harness, tmp_path: Path) -> None:
     assert isinstance(info2.value.__cause__, errors.DBusUnavailable)
     assert sorted(p.name for p in srv2.exports.exports_dir.iterdir()) == ["vol2.conf"]
     assert len(srv2.exports.index_entries()) == 1
+    # A remove Ganesha cannot confirm keeps the export (file and index line) for a retry.
+    with pytest.raises(errors.DBusUnavailable):
+        srv2.exports.remove("vol2")
+    assert srv2.exports.get("vol2") == ok and len(srv2.exports.index_entries()) == 1
 
 
 def test_export_ids_skip_152_and_exhaustion_is_an_immediate_error(h: Harness) -> None:

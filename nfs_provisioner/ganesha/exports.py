@@ -296,7 +296,10 @@ class ExportManager:
             return new
 
     def remove(self, name: str) -> bool:
-        """Withdraw export ``name``; True if it existed. Idempotent: a missing export is logged and skipped."""
+        """Withdraw export ``name``; True if it existed. Idempotent: a missing export is logged and skipped.
+
+        If Ganesha cannot be reached the export is kept (file and index line) and the
+        ``DBusError`` raised, so a retry finishes the job; Ganesha not knowing the id is fine."""
         config.check_name(name)
         with self._lock:
             export = self._by_name.get(name)
