@@ -49,6 +49,8 @@ def test_packaged_templates_are_found_and_main_config_carries_the_settings(tmp_p
     assert "fsid_device = false;" in text
     assert "Dbus_Name_Prefix = inst1;" in text
     assert "Grace_Period = 42;" in text and "Graceless = false;" in text and "Lease_Lifetime = 30;" in text
+    short = config.Templates().render_main(settings(tmp_path, grace_period=5), export_index=Path("/i"))
+    assert "Lease_Lifetime = 5;" in short, "the lease fits into a short grace period"
     assert f'RecoveryRoot = "{s.export_root}/.ganesha/recovery";' in text
     assert "Filesystem_Id = 152.152;" in text and "Name = PSEUDO;" in text
     assert '%include "/x/exports.conf"' in text
@@ -57,7 +59,7 @@ def test_packaged_templates_are_found_and_main_config_carries_the_settings(tmp_p
 def test_nfsv4_only_and_grace_zero_is_graceless(tmp_path: Path) -> None:
     text = config.Templates().render_main(settings(tmp_path, grace_period=0), export_index=Path("/x/i.conf"))
     assert "Protocols = 4;" in text and "Enable_NLM = false;" in text and "MNT_Port" not in text
-    assert "Graceless = true;" in text
+    assert "Graceless = true;" in text and "Lease_Lifetime = 60;" in text
     assert "fsid_device = true;" in text
     assert "Dbus_Name_Prefix" not in text
 

@@ -251,7 +251,11 @@ class Templates:
                 "device_based_fsids": settings.device_based_fsids,
                 "dbus_name_prefix": settings.dbus_name_prefix,
                 "grace_period": settings.grace_period,
-                "lease_lifetime": min(settings.lease_lifetime, max(settings.grace_period, 1)),
+                # A grace shorter than the lease could not let clients reclaim: cap the lease
+                # (Graceless has no grace to fit into).
+                "lease_lifetime": settings.lease_lifetime
+                if settings.grace_period == 0
+                else min(settings.lease_lifetime, settings.grace_period),
                 "recovery_root": str(settings.recovery_path),
                 "export_index": str(export_index),
             },

@@ -71,7 +71,7 @@ class ServerSettings:
     grace_period: int = 90
     """NFSv4 grace period in seconds, 0..180; 0 means Graceless (no grace at all)."""
     lease_lifetime: int = 60
-    """NFSv4 lease in seconds (capped at the grace period when that is smaller)."""
+    """NFSv4 lease in seconds (capped at a non-zero grace period that is smaller)."""
     device_based_fsids: bool = True
     """``fsid_device`` in NFS_CORE_PARAM."""
     dbus_name_prefix: str = ""
