@@ -51,11 +51,12 @@ class GaneshaServer:
         metrics: GaneshaMetrics | None = None,
         templates: config.Templates | None = None,
         id_range: tuple[int, int] = (config.EXPORT_ID_MIN, config.EXPORT_ID_MAX),
+        launcher: processes.Launcher | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.templates = templates or config.Templates(override_dir=settings.templates_override)
-        self.launcher = processes.Launcher(netns=settings.netns, mountns=settings.mountns)
+        self.launcher = launcher or processes.Launcher(netns=settings.netns, mountns=settings.mountns)
         self.run_dir = settings.run_dir
         self.config_dir = settings.config_path
         self.main_config = self.config_dir / "ganesha.conf"

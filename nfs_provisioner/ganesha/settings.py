@@ -38,10 +38,15 @@ class Ports:
     """Ports Ganesha and its helpers listen on (the Go appliance's fixed set)."""
 
     nfs: int = 2049
+    """NFS_Port (NFSv3 and NFSv4)."""
     mountd: int = 20048
+    """MNT_Port (NFSv3 only)."""
     nlm: int = 32803
+    """NLM_Port, the lock manager (NFSv3 only)."""
     rquota: int = 875
+    """Rquota_Port (NFSv3 only)."""
     statd: int = 662
+    """rpc.statd's port (NFSv3 only)."""
 
 
 @dataclasses.dataclass(frozen=True)
