@@ -84,3 +84,49 @@ def test_classic_flow(appliance: Appliance, core: client.CoreV1Api, storage: cli
     assert nfs.cat(path / "SUCCESS").returncode != 0
     assert appliance.stop() == 0
     storage.delete_storage_class(cls)
+
+
+def test_expansion_is_finished_the_way_kubernetes_expects(appliance: Appliance, core: client.CoreV1Api,
+                                                          storage: client.StorageV1Api, namespace: str,
+                                                          unique: str) -> None:
+    cls = f"expand-{unique}"
+    make_class(storage, cls, appliance.provisioner, allow_volume_expansion=True)
+    appliance.start()
+    make_claim(core, namespace, cls)
+    wait.until(lambda: core.read_namespaced_persistent_volume_claim("nfs", namespace).status.phase == "Bound",
+               timeout=60, what="claim Bound")
+    pv_name = core.read_namespaced_persistent_volume_claim("nfs", namespace).spec.volume_name
+
+    core.patch_namespaced_persistent_volume_claim("nfs", namespace,
+                                                  {"spec": {"resources": {"requests": {"storage": "2Mi"}}}})
+    wait.until(lambda: (core.read_namespaced_persistent_volume_claim("nfs", namespace).status.capacity or {})
+               .get("storage") == "2Mi", timeout=60, what=f"claim capacity 2Mi\n{appliance.log()}")
+    pvc = core.read_namespaced_persistent_volume_claim("nfs", namespace)
+    assert core.read_persistent_volume(pv_name).spec.capacity == {"storage": "2Mi"}
+    assert not [c for c in pvc.status.conditions or [] if c.type in ("Resizing", "FileSystemResizePending")]
+    assert not pvc.status.allocated_resource_statuses
+    reasons = [e.reason for e in core.list_namespaced_event(namespace, field_selector="involvedObject.name=nfs").items]
+    assert "Resizing" in reasons and "VolumeResizeSuccessful" in reasons
+
+    # The PV says 5Mi (edited by hand); a claim asking for 3Mi would shrink it: refused with an event.
+    core.patch_persistent_volume(pv_name, {"spec": {"capacity": {"storage": "5Mi"}}})
+    core.patch_namespaced_persistent_volume_claim("nfs", namespace,
+                                                  {"spec": {"resources": {"requests": {"storage": "3Mi"}}}})
+
+    def shrink_refused() -> bool:
+        evs = core.list_namespaced_event(namespace, field_selector="involvedObject.name=nfs").items
+        return any(e.reason == "VolumeResizeFailed" and "shrinking is not supported" in e.message for e in evs)
+
+    wait.until(shrink_refused, timeout=30, what="VolumeResizeFailed event for a shrink")
+    assert core.read_persistent_volume(pv_name).spec.capacity == {"storage": "5Mi"}
+    assert core.read_namespaced_persistent_volume_claim("nfs", namespace).status.capacity == {"storage": "2Mi"}
+    storage.delete_storage_class(cls)
+
+
+def test_quota_on_a_filesystem_without_project_quotas_is_a_clear_error(appliance: Appliance) -> None:
+    appliance.extra.append("--enable-xfs-quota")
+    appliance.start(wait_ready=False)
+    assert appliance.proc is not None
+    assert appliance.proc.wait(30) == 1
+    last = appliance.log().strip().splitlines()[-1]
+    assert last.startswith("nfs-provisioner: error: ") and "XFS" in last, last

@@ -72,7 +72,7 @@ class Setup:
         core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=self.node)))
         storage.create_storage_class(client.V1StorageClass(
             metadata=client.V1ObjectMeta(name=self.cls), provisioner=self.provisioner,
-            volume_binding_mode="WaitForFirstConsumer"))
+            volume_binding_mode="WaitForFirstConsumer", allow_volume_expansion=True))
 
     def apply_rbac(self, drop: tuple[str, int] | None = None) -> None:
         self.delete_rbac()
@@ -102,6 +102,14 @@ class Setup:
 
     def phase(self, name: str) -> str:
         return str(self.core.read_namespaced_persistent_volume_claim(name, self.ns).status.phase)
+
+    def expand(self, name: str) -> None:
+        self.core.patch_namespaced_persistent_volume_claim(
+            name, self.ns, {"spec": {"resources": {"requests": {"storage": "2Mi"}}}})
+
+    def expanded(self, name: str) -> bool:
+        status = self.core.read_namespaced_persistent_volume_claim(name, self.ns).status
+        return (status.capacity or {}).get("storage") == "2Mi"
 
     def close(self) -> None:
         self.delete_rbac()
@@ -134,6 +142,8 @@ def test_rbac_is_sufficient_and_every_rule_is_needed(setup: Setup) -> None:
         pv = setup.core.read_persistent_volume(pv_name)
         assert pv.spec.nfs.server == setup.core.read_namespaced_service("nfs-provisioner", setup.ns).spec.cluster_ip
         assert setup.cluster.kubectl("get", "lease", "-n", setup.ns, "-o", "name").stdout.strip()
+        setup.expand("full")
+        wait.until(lambda: setup.expanded("full"), timeout=60, what=f"claim expanded\n{a.log()}")
         setup.core.delete_namespaced_persistent_volume_claim("full", setup.ns)
         wait.until(lambda: not setup.core.list_persistent_volume(field_selector=f"metadata.name={pv_name}").items,
                    timeout=60, what="PV deleted")
@@ -152,16 +162,20 @@ def test_rbac_is_sufficient_and_every_rule_is_needed(setup: Setup) -> None:
             a.start(wait_ready=False)
             setup.claim(claim)
             deadline = time.monotonic() + 45
-            log = ""
+            log, asked = "", False
             while time.monotonic() < deadline:
                 log = a.log_file.read_text(errors="replace")
                 if FORBIDDEN.search(log):
                     break
+                if not asked and setup.phase(claim) == "Bound":
+                    setup.expand(claim)  # the last step of the flow
+                    asked = True
                 time.sleep(0.2)
             rule = rbac_for(setup.ns, setup.unique)[[d["kind"] for d in RBAC].index(drop[0])]["rules"][drop[1]]
             match = FORBIDDEN.search(log)
             assert match, f"removing {drop[0]} rule {rule} changed nothing visible:\n{log[-3000:]}"
-            assert setup.phase(claim) != "Bound" or "events" in rule["resources"], (rule, log[-3000:])
+            completed = setup.phase(claim) == "Bound" and setup.expanded(claim)
+            assert not completed or "events" in rule["resources"], (rule, log[-3000:])
             refused[f"{drop[0]}:{','.join(rule['resources'])}"] = log[max(0, match.start() - 200):match.end() + 200]
         finally:
             a.close()

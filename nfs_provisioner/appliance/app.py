@@ -22,6 +22,7 @@ from nfs_provisioner.appliance import address, exporters
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.controller import controller as ctl
 from nfs_provisioner.controller import metrics as ctl_metrics
+from nfs_provisioner.controller import resizing
 from nfs_provisioner.controller import settings as ctl_settings
 from nfs_provisioner.ganesha.errors import GaneshaError
 from nfs_provisioner.ganesha.metrics import GaneshaMetrics
@@ -29,6 +30,9 @@ from nfs_provisioner.ganesha.server import GaneshaServer
 from nfs_provisioner.ganesha.settings import Ports, ServerSettings
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube.errors import KubeError
+from nfs_provisioner.quota.errors import QuotaError
+from nfs_provisioner.quota.manager import ProjectQuotas
+from nfs_provisioner.quota.metrics import ProjectQuotaCollector
 from nfs_provisioner.volumes import identity
 from nfs_provisioner.volumes.directories import VolumeDirectories
 
@@ -39,7 +43,8 @@ class StartupError(RuntimeError):
     """The appliance cannot start; the message is one line for the user."""
 
 
-STARTUP_ERRORS: tuple[type[Exception], ...] = (StartupError, GaneshaError, KubeError, address.AddressError)
+STARTUP_ERRORS: tuple[type[Exception], ...] = (StartupError, GaneshaError, KubeError, address.AddressError,
+                                                QuotaError)
 """Failures during start-up that end the process with their message (exit 1), not a traceback."""
 
 
@@ -51,6 +56,7 @@ class Parts:
     ganesha: GaneshaServer
     provisioner: prov.NFSProvisioner
     controller: ctl.ProvisionController
+    resizer: resizing.Resizer
     registry: CollectorRegistry
     http: ctl_metrics.Server | None
     run_dir: Path
@@ -73,8 +79,6 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
     """Create and start everything except the controller's workers; undone on failure."""
     if not s.use_ganesha:
         raise StartupError("--use-ganesha=false (kernel exportfs) is not supported by this version")
-    if s.enable_xfs_quota:
-        raise StartupError("--enable-xfs-quota is not supported by this version yet")
     root = s.export_root
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -84,6 +88,14 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
     log.info("identity %s, export root %s", ident, root)
 
     registry = CollectorRegistry()
+    quotas = None
+    if s.enable_xfs_quota:
+        quotas = ProjectQuotas.open(export_root=root)
+        report = quotas.reapply()
+        log.info("XFS project quotas: %d limits re-applied, %d directories re-tagged, %d directories missing, "
+                 "%d failed", len(report.applied), len(report.repaired), len(report.missing_directories),
+                 len(report.failed))
+        ProjectQuotaCollector(quotas, registry=registry)
     run_dir = Path(tempfile.mkdtemp(prefix="nfsp-"))  # short: the bus socket path is limited to 108 bytes
     gsettings = ServerSettings(
         export_root=root, run_dir=run_dir, ports=replace(Ports(), nfs=s.nfs_port), bind_addr=s.nfs_bind_address,
@@ -112,8 +124,15 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
             directories=VolumeDirectories(root),
             exporter=exporters.GaneshaExporter(ganesha.exports,
                                                clients=tuple(settings_mod.parse_subnets(s.export_subnet))),
+            quotas=quotas,
         )
-        controller = ctl.ProvisionController(provisioner, controller_settings(s), api=api, registry=registry)
+        csettings = controller_settings(s)
+        controller = ctl.ProvisionController(provisioner, csettings, api=api, registry=registry)
+        resizer = resizing.Resizer(api=api, expander=provisioner, names=(s.provisioner,), claims=controller.claims,
+                                   volumes=controller.volumes, classes=controller.classes,
+                                   recorder=controller.recorder, retry=csettings.retry,
+                                   leading=lambda: controller.leading)
+        controller.claims.on_change = resizing.chain(controller.claims.on_change, resizer.on_claim)
         http = None
         if s.metrics_address:
             http = ctl_metrics.Server(
@@ -128,7 +147,7 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return Parts(identity=ident, ganesha=ganesha, provisioner=provisioner, controller=controller,
-                 registry=registry, http=http, run_dir=run_dir)
+                 resizer=resizer, registry=registry, http=http, run_dir=run_dir)
 
 
 def ganesha_health(ganesha: GaneshaServer, running_it: bool) -> tuple[bool, str]:
@@ -143,9 +162,11 @@ def _both(a: tuple[bool, str], b: tuple[bool, str]) -> tuple[bool, str]:
 
 def run(s: settings_mod.Settings, environ: Mapping[str, str]) -> int:
     parts = build(s, environ)
+    parts.resizer.start()
     try:
         parts.controller.run()
     finally:
+        parts.resizer.stop()
         if parts.http is not None:
             parts.http.stop()
         if s.run_server:

@@ -68,6 +68,12 @@ class Quotas(Protocol):
     def remove_directory(self, directory: Path) -> bool:
         """Remove the project of ``directory``, if any."""
 
+    def project_of(self, directory: Path) -> int | None:
+        """The project id recorded for ``directory``."""
+
+    def set_limit(self, project_id: int, limit_bytes: int) -> None:
+        """Change a project's hard block limit (refuses going below its usage)."""
+
 
 @dataclass(frozen=True)
 class ApplianceConfig:
@@ -182,6 +188,24 @@ class NFSProvisioner(Provisioner):
         if failed:
             raise ProvisioningError(f"creating volume {name} failed and its rollback failed too ({'; '.join(failed)})",
                                     ProvisioningState.IN_BACKGROUND)
+
+    # ------------------------------------------------------------------ expand
+
+    def expand(self, volume: Object, new_bytes: int) -> None:
+        """Raise the volume's quota to ``new_bytes`` (without quotas there is nothing to enforce)."""
+        name = str((volume.get("metadata") or {}).get("name", ""))
+        owner = ((volume.get("metadata") or {}).get("annotations") or {}).get(ANN_IDENTITY)
+        if owner != self.config.identity:
+            raise RuntimeError(f"volume {name} belongs to provisioner instance {owner}, not {self.config.identity}")
+        path = self.directories.path_for(name)
+        if self.quotas is None:
+            log.info("volume %s: no quotas enabled; recording the new size %d only", name, new_bytes)
+            return
+        project_id = self.quotas.project_of(path)
+        if project_id is None:
+            raise RuntimeError(f"volume {name} has no quota project to raise")
+        self.quotas.set_limit(project_id, new_bytes)
+        log.info("volume %s: quota project %d raised to %d bytes", name, project_id, new_bytes)
 
     # ------------------------------------------------------------------ delete
 

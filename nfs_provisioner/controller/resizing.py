@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
@@ -185,23 +186,26 @@ class Resizer:
         return True
 
     def _conditions(self, claim: Object) -> list[Object]:
-        return [c for c in (claim.get("status") or {}).get("conditions") or [] if c.get("type") not in RESIZE_CONDITIONS]
+        conditions = (claim.get("status") or {}).get("conditions") or []
+        return [c for c in conditions if c.get("type") not in RESIZE_CONDITIONS]
 
-    def _patch_status(self, claim: Object, status: Object) -> None:
+    def _patch_status(self, claim: Object, status: Object) -> Object:
+        """Merge-patch the claim's status (guarded by its resourceVersion); returns the updated claim."""
         m = claim["metadata"]
-        self.api.patch(kube.claims_path(m["namespace"], m["name"]) + "/status",
-                       {"metadata": {"resourceVersion": m.get("resourceVersion")}, "status": status},
-                       patch_type=kube.MERGE_PATCH)
+        return self.api.patch(kube.claims_path(m["namespace"], m["name"]) + "/status",
+                              {"metadata": {"resourceVersion": m.get("resourceVersion")}, "status": status},
+                              patch_type=kube.MERGE_PATCH)
 
     def _status(self, claim: Object, requested: str, state: str, *, resizing: bool) -> None:
         conditions = self._conditions(claim)
         if resizing:
-            conditions.append({"type": "Resizing", "status": "True", "lastTransitionTime": events._now()})
-        self._patch_status(claim, {"allocatedResources": {"storage": requested},
-                                   "allocatedResourceStatuses": {"storage": state}, "conditions": conditions})
-        fresh = self.api.get(kube.claims_path(claim["metadata"]["namespace"], claim["metadata"]["name"]))
-        claim["metadata"]["resourceVersion"] = fresh["metadata"]["resourceVersion"]
-        claim["status"] = fresh.get("status") or {}
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            conditions.append({"type": "Resizing", "status": "True", "lastTransitionTime": now})
+        updated = self._patch_status(claim, {"allocatedResources": {"storage": requested},
+                                             "allocatedResourceStatuses": {"storage": state},
+                                             "conditions": conditions})
+        claim["metadata"]["resourceVersion"] = updated["metadata"]["resourceVersion"]
+        claim["status"] = updated.get("status") or {}
 
     def _finish(self, claim: Object, requested: str) -> None:
         self._patch_status(claim, {"capacity": {"storage": requested}, "conditions": self._conditions(claim),
