@@ -12,13 +12,21 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from nfs_provisioner.controller import LeaderElectionSettings, ProvisionController, decisions, watching
+from nfs_provisioner.controller import (
+    LeaderElectionSettings,
+    ProvisionController,
+    ServingSettings,
+    decisions,
+    watching,
+)
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors
 from tests import kubecluster, wait
@@ -392,6 +400,34 @@ def test_unreachable_api_server_makes_the_leader_step_down_then_lead_again(
         claim = make_claim(kapi, namespace, "after", cls)
         wait_bound(kapi, namespace, "after")
         assert [o.pv_name for o in p.provisions] == [pv_name(claim)]
+    finally:
+        proxy.paused.clear()
+        c.stop(wait=True)
+        proxy.close()
+
+
+def test_health_endpoint_reflects_watch_health(cluster: kubecluster.Cluster, kapi: kube.Client, name: str,
+                                               tmp_path: Path) -> None:
+    proxy = PausableProxy(cluster.api_url)
+    api = kube.Client(dataclasses.replace(kapi.credentials, host=proxy.url), kube.ClientSettings(timeout=5))
+    s = settings(name, watch_timeout=1, serving=ServingSettings(address="127.0.0.1:0", watch_stale_after=3))
+    c = ProvisionController(Recording(tmp_path), s, api=api, registry=CollectorRegistry())
+    c.start()
+
+    def status(path: str) -> int:
+        assert c.server is not None
+        try:
+            return int(urllib.request.urlopen(f"http://127.0.0.1:{c.server.port}{path}", timeout=5).status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+    try:
+        wait.until(lambda: status("/readyz") == 200, timeout=20, what="ready")
+        assert status("/healthz") == 200
+        proxy.paused.set()  # watches can neither renew nor receive anything
+        wait.until(lambda: status("/healthz") == 503, timeout=20, what="unhealthy while watches are stuck")
+        assert status("/readyz") == 503
+        proxy.paused.clear()
+        wait.until(lambda: status("/healthz") == 200, timeout=30, what="healthy again")
     finally:
         proxy.paused.clear()
         c.stop(wait=True)
