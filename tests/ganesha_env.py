@@ -168,8 +168,16 @@ class Harness:
         return Client(**kw)
 
     def close(self) -> None:
+        """Stop every server (by PID), then remove namespaces and temp dirs; the first error is
+        raised only after everything was attempted."""
+        failures: list[BaseException] = []
         for srv in reversed(self.servers):
-            srv.stop()
+            try:
+                srv.stop()
+            except Exception as e:  # noqa: BLE001 - keep stopping the others, re-raised below
+                failures.append(e)
         for ns in self.netns:
             ns.close()
         shutil.rmtree(self.run_root, ignore_errors=True)
+        if failures:
+            raise failures[0]

@@ -148,6 +148,7 @@ class GaneshaServer:
         """Admin shutdown over D-Bus, then signals; then the helpers. Bounded waits; safe to call twice."""
         self._stopping.set()
         timeout = self.settings.stop_timeout
+        failed: list[errors.ServerError] = []
         with self._ganesha_lock:
             proc = self._ganesha
             if proc is not None and proc.poll() is None:
@@ -156,15 +157,28 @@ class GaneshaServer:
                     proc.wait(timeout=timeout)
                 except (errors.GaneshaError, subprocess.TimeoutExpired) as e:
                     log.warning("Ganesha did not shut down over D-Bus (%s); signalling it", e)
-            processes.stop(proc, what="ganesha.nfsd", timeout=timeout)
+            try:
+                processes.stop(proc, what="ganesha.nfsd", timeout=timeout)
+            except errors.ServerError as e:
+                log.error("%s", e)
+                failed.append(e)
         if self._supervisor is not None and self._supervisor is not threading.current_thread():
             self._supervisor.join(timeout=timeout)
         if self.metrics is not None:
             self.metrics.up.set(0)
         self.dbus.close()
-        processes.stop(self._statd_proc, what="rpc.statd", timeout=timeout)
-        processes.stop(self._rpcbind_proc, what="rpcbind", timeout=timeout)
-        processes.stop(self._bus_proc, what="dbus-daemon", timeout=timeout)
+        for helper, what in (
+            (self._statd_proc, "rpc.statd"),
+            (self._rpcbind_proc, "rpcbind"),
+            (self._bus_proc, "dbus-daemon"),
+        ):
+            try:
+                processes.stop(helper, what=what, timeout=timeout)
+            except errors.ServerError as e:  # keep stopping the others
+                log.error("%s", e)
+                failed.append(e)
+        if failed:
+            raise failed[0]
 
     # --- start steps -------------------------------------------------------------------------------------------
 
