@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from nfs_provisioner.ganesha import config, errors
-from nfs_provisioner.ganesha.exports import ExportRequest, temp_files
+from nfs_provisioner.ganesha.exports import ExportManager, ExportRequest, temp_files
 from nfs_provisioner.ganesha.settings import Squash
 from tests import wait
 from tests.ganesha_env import Harness
@@ -444,3 +444,26 @@ def _try_bind(sock: socket.socket, port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_already_active_is_success_only_for_the_same_path(h: Harness, tmp_path: Path) -> None:
+    srv = h.server()
+    shared = h.volume("shared", content={"f": b"shared"})
+    srv.exports.add(ExportRequest(name="shared", path=shared))  # id 1, live
+    srv.exports.add(ExportRequest(name="other", path=h.volume("other")))  # id 2, live
+    # A second manager over its own config dir talks to the same Ganesha, unaware of those ids.
+    second = ExportManager(
+        export_root=h.export_root,
+        config_dir=tmp_path / "second",
+        dbus=srv.dbus,
+        templates=config.Templates(),
+    )
+    second.load()
+    same = second.add(ExportRequest(name="shared", path=shared))
+    assert same.export_id == 1, "AddExport said 'already active'; DisplayExport showed the same path: success"
+    with pytest.raises(errors.ExportAddError, match="already live"):
+        second.add(ExportRequest(name="mine", path=h.volume("mine")))  # gets id 2, live for another path
+    assert second.get("mine") is None
+    assert second.index_entries() == [same.config_file]
+    assert sorted(p.name for p in second.exports_dir.iterdir()) == ["shared.conf"]
+    assert srv.dbus.display_export(2).path == str(h.export_root / "other"), "the live export was not touched"
