@@ -467,3 +467,19 @@ def test_already_active_is_success_only_for_the_same_path(h: Harness, tmp_path: 
     assert second.index_entries() == [same.config_file]
     assert sorted(p.name for p in second.exports_dir.iterdir()) == ["shared.conf"]
     assert srv.dbus.display_export(2).path == str(h.export_root / "other"), "the live export was not touched"
+
+
+def test_squash_options_decide_who_owns_files_written_by_root(h: Harness) -> None:
+    srv = h.server()
+    squashed = h.volume("squashed")
+    trusted = h.volume("trusted")
+    for d in (squashed, trusted):
+        d.chmod(0o777)
+    srv.exports.add(ExportRequest(name="squashed", path=squashed, squash=Squash.ROOT_ID_SQUASH))
+    srv.exports.add(ExportRequest(name="trusted", path=trusted, squash=Squash.NO_ROOT_SQUASH))
+    nfs = h.client()  # the libnfs client sends AUTH_SYS uid 0 (we run as root)
+    assert nfs.put(b"as root", squashed / "f").returncode == 0
+    assert nfs.put(b"as root", trusted / "f").returncode == 0
+    assert (trusted / "f").stat().st_uid == 0
+    assert (squashed / "f").stat().st_uid != 0, "root_id_squash maps root to the anonymous user"
+    assert (squashed / "f").read_bytes() == b"as root"
