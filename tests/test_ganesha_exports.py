@@ -21,7 +21,7 @@ import pytest
 
 from nfs_provisioner.ganesha import config, errors
 from nfs_provisioner.ganesha.exports import ExportManager, ExportRequest, temp_files
-from nfs_provisioner.ganesha.settings import Squash
+from nfs_provisioner.ganesha.settings import AccessType, Squash
 from tests import wait
 from tests.ganesha_env import Harness
 
@@ -483,3 +483,14 @@ def test_squash_options_decide_who_owns_files_written_by_root(h: Harness) -> Non
     assert (trusted / "f").stat().st_uid == 0
     assert (squashed / "f").stat().st_uid != 0, "root_id_squash maps root to the anonymous user"
     assert (squashed / "f").read_bytes() == b"as root"
+
+
+def test_read_only_access_type_refuses_writes(h: Harness) -> None:
+    srv = h.server()
+    vol = h.volume("ro", content={"f": b"read me"})
+    vol.chmod(0o777)
+    srv.exports.add(ExportRequest(name="ro", path=vol, access_type=AccessType.RO))
+    nfs = h.client()
+    assert nfs.cat(vol / "f").stdout == b"read me"
+    assert nfs.put(b"nope", vol / "new").returncode != 0
+    assert not (vol / "new").exists()
