@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from nfs_provisioner.ganesha import config, errors
 from nfs_provisioner.ganesha.exports import ExportManager, ExportRequest, temp_files
 from nfs_provisioner.ganesha.settings import AccessType, Squash
 from tests import wait
-from tests.ganesha_env import Harness
+from tests.ganesha_env import Harness, free_port
 
 pytestmark = pytest.mark.ganesha
 
@@ -303,12 +304,13 @@ def test_sighup_reload_keeps_exports_and_adds_during_reloads_succeed(h: Harness)
 
 def test_sigterm_stops_ganesha_and_helpers_gracefully(h: Harness) -> None:
     run_dir = h.run_root / "cli"
+    metrics_port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "nfs_provisioner.ganesha",
             "--export-root", str(h.export_root), "--run-dir", str(run_dir),
             "--nfs-port", str(h.port), "--bind-addr", "127.0.0.1",
-            "--dbus-name-prefix", h.prefix, "--grace-period", "0",
+            "--dbus-name-prefix", h.prefix, "--grace-period", "0", "--metrics-port", str(metrics_port),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -323,6 +325,11 @@ def test_sigterm_stops_ganesha_and_helpers_gracefully(h: Harness) -> None:
         pids = report["pids"]
         assert report["ready"] and set(pids) == {"ganesha.nfsd", "dbus-daemon"}
         assert h.client().ls("/").returncode == 0, "the pseudo root is served"
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            scraped = r.read().decode()
+        assert "nfs_provisioner_ganesha_up 1.0" in scraped
+        assert "nfs_provisioner_ganesha_exports 0.0" in scraped
+        assert 'nfs_provisioner_ganesha_dbus_call_duration_seconds_count{method="ShowExports"}' in scraped
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         for pid in pids.values():
