@@ -468,12 +468,14 @@ def test_already_active_is_success_only_for_the_same_path(h: Harness, tmp_path: 
     second.load()
     same = second.add(ExportRequest(name="shared", path=shared))
     assert same.export_id == 1, "AddExport said 'already active'; DisplayExport showed the same path: success"
-    with pytest.raises(errors.ExportAddError, match="already live"):
+    with pytest.raises(errors.ExportIdTaken, match="already live"):
         second.add(ExportRequest(name="mine", path=h.volume("mine")))  # gets id 2, live for another path
     assert second.get("mine") is None
     assert second.index_entries() == [same.config_file]
     assert sorted(p.name for p in second.exports_dir.iterdir()) == ["shared.conf"]
     assert srv.dbus.display_export(2).path == str(h.export_root / "other"), "the live export was not touched"
+    # The taken id is now reserved: a retry gets the next free one.
+    assert second.add(ExportRequest(name="mine", path=h.volume("mine"))).export_id == 3
 
 
 def test_squash_options_decide_who_owns_files_written_by_root(h: Harness) -> None:

@@ -10,6 +10,7 @@
     ├── ExportIdsExhausted      no free Export_Id left in the configured range
     ├── ExportConflict          the name or path is already exported differently
     ├── ExportAddError          AddExport (or a step before it) failed; rolled back
+    │   └── ExportIdTaken       the id is live in Ganesha for another path (now reserved)
     ├── DBusError               a D-Bus call failed (``name`` and ``message`` of the reply)
     │   ├── DBusRetryable       "another export admin operation is in progress"
     │   ├── ExportAlreadyActive re-add of a live Export_Id
@@ -45,6 +46,12 @@ class ExportConflict(GaneshaError):
 
 class ExportAddError(GaneshaError):
     """Adding an export failed; every step done so far was undone."""
+
+
+class ExportIdTaken(ExportAddError):
+    """Ganesha already serves this Export_Id for another path (an export we did not write).
+
+    The id is reserved from then on, so a retry of the add gets another one."""
 
 
 class DBusError(GaneshaError):

@@ -254,7 +254,12 @@ class ExportManager:
                 self._add_live(export)
             except BaseException as e:
                 self._rollback(undo, export)
+                if isinstance(e, errors.ExportIdTaken):
+                    self._foreign.add(export.export_id)
+                    self._ids.take(export.export_id)
                 if isinstance(e, errors.ExportConflict | errors.TemplateError | errors.InvalidRequest):
+                    raise
+                if isinstance(e, errors.ExportIdTaken):
                     raise
                 if isinstance(e, errors.GaneshaError | OSError):
                     raise errors.ExportAddError(f"adding export {name!r} (id {export.export_id}) failed: {e}") from e
@@ -339,7 +344,7 @@ class ExportManager:
         except errors.ExportAlreadyActive:
             shown = self.dbus.display_export(export.export_id)
             if shown.path != str(export.path):
-                raise errors.ExportAddError(
+                raise errors.ExportIdTaken(
                     f"Export_Id {export.export_id} is already live for {shown.path!r}, not {str(export.path)!r}"
                 ) from None
             log.info("export %s (id %d) was already live (same path): ok", export.name, export.export_id)
