@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kubeconfig", help="kubeconfig to use out of cluster (default: in-cluster credentials)")
     p.add_argument("--provisioner-name", default="example.com/hostpath")
     p.add_argument("--pv-dir", default="/tmp/hostpath-provisioner")
-    p.add_argument("--threadiness", type=int, default=4)
+    p.add_argument("--threadiness", type=int, default=ControllerSettings.threadiness)
     p.add_argument("--qps", type=float, default=ClientSettings.qps)
     p.add_argument("--burst", type=int, default=ClientSettings.burst)
     p.add_argument("--resync-period", type=float, default=15.0, help="seconds (the guide uses 15 s)")
