@@ -250,6 +250,10 @@ def test_health_heartbeat_grace_and_graceful_stop(h: Harness) -> None:
     assert srv.dbus.wait_heartbeat(timeout=5) is True
     assert srv.dbus.get_grace() is False, "grace_period=0 is Graceless"
     assert srv.ganesha_pid is not None
+    fds = h.registry.get_sample_value("nfs_provisioner_ganesha_open_fds")
+    assert fds is not None and 5 < fds < 1000
+    rss = h.registry.get_sample_value("nfs_provisioner_ganesha_resident_memory_bytes")
+    assert rss is not None and rss > 1_000_000
     limits = psutil.Process(srv.ganesha_pid).rlimit(psutil.RLIMIT_NOFILE)
     assert limits == (srv.settings.nofile_limit, srv.settings.nofile_limit) == (16384, 16384), "bounded, not 1M"
     pids = [srv.ganesha_pid, *srv.helper_pids().values()]
@@ -262,6 +266,7 @@ def test_health_heartbeat_grace_and_graceful_stop(h: Harness) -> None:
             os.kill(pid, 0)
     assert "shutdown" in srv.settings.log_path.read_text().lower()
     assert h.registry.get_sample_value("nfs_provisioner_ganesha_up") == 0
+    assert h.registry.get_sample_value("nfs_provisioner_ganesha_open_fds") is None, "no process, no sample"
 
 
 def test_update_changes_clients_of_a_live_export(h: Harness) -> None:

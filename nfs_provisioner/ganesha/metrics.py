@@ -7,17 +7,49 @@ Names (namespace ``nfs_provisioner`` by default):
 - ``nfs_provisioner_ganesha_exports``                          exports managed (pseudo root not counted)
 - ``nfs_provisioner_ganesha_dbus_call_duration_seconds{method}`` D-Bus call latency histogram
 - ``nfs_provisioner_ganesha_dbus_call_errors_total{method,error}`` D-Bus calls answered with an error
+- ``nfs_provisioner_ganesha_open_fds``, ``..._resident_memory_bytes``, ``..._threads``: the live
+  ganesha.nfsd process, read with psutil at scrape time (absent while Ganesha is down)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
+import psutil
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+class ProcessCollector(Collector):
+    """Open fds, RSS and threads of the process ``pid()`` names, computed at scrape time."""
+
+    def __init__(self, pid: Callable[[], int | None], *, namespace: str) -> None:
+        self.pid = pid
+        self.prefix = f"{namespace}_ganesha" if namespace else "ganesha"
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        pid = self.pid()
+        if pid is None:
+            return
+        try:
+            p = psutil.Process(pid)
+            with p.oneshot():
+                fds, rss, threads = p.num_fds(), p.memory_info().rss, p.num_threads()
+        except psutil.Error:
+            return
+        yield GaugeMetricFamily(f"{self.prefix}_open_fds", "Open file descriptors of ganesha.nfsd", value=fds)
+        yield GaugeMetricFamily(f"{self.prefix}_resident_memory_bytes", "RSS of ganesha.nfsd", value=rss)
+        yield GaugeMetricFamily(f"{self.prefix}_threads", "Threads of ganesha.nfsd", value=threads)
+
+
 class GaneshaMetrics:
     def __init__(self, *, registry: CollectorRegistry = REGISTRY, namespace: str = "nfs_provisioner") -> None:
+        self.registry = registry
+        self.namespace = namespace
+        self._process: ProcessCollector | None = None
         self.up = Gauge("ganesha_up", "1 while NFS-Ganesha answers on D-Bus", namespace=namespace, registry=registry)
         self.restarts = Counter(
             "ganesha_restarts",
@@ -51,3 +83,11 @@ class GaneshaMetrics:
 
     def set_exports(self, count: int) -> None:
         self.exports.set(count)
+
+    def watch_process(self, pid: Callable[[], int | None]) -> None:
+        """Export fds/RSS/threads of the process ``pid()`` returns (registered once)."""
+        if self._process is None:
+            self._process = ProcessCollector(pid, namespace=self.namespace)
+            self.registry.register(self._process)
+        else:
+            self._process.pid = pid

@@ -79,6 +79,8 @@ class GaneshaServer:
             on_count=metrics.set_exports if metrics else None,
         )
         self.restarts = 0
+        if metrics is not None:
+            metrics.watch_process(lambda: self.ganesha_pid)
         self._bus_proc: subprocess.Popen[bytes] | None = None
         self._rpcbind_proc: subprocess.Popen[bytes] | None = None
         self._statd_proc: subprocess.Popen[bytes] | None = None
