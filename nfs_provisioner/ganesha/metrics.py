@@ -30,6 +30,11 @@ class ProcessCollector(Collector):
         self.pid = pid
         self.prefix = f"{namespace}_ganesha" if namespace else "ganesha"
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """Names only, so registering never reads the process."""
+        for suffix in ("open_fds", "resident_memory_bytes", "threads"):
+            yield GaugeMetricFamily(f"{self.prefix}_{suffix}", "")
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         pid = self.pid()
         if pid is None:

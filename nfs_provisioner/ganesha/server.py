@@ -79,8 +79,6 @@ class GaneshaServer:
             on_count=metrics.set_exports if metrics else None,
         )
         self.restarts = 0
-        if metrics is not None:
-            metrics.watch_process(lambda: self.ganesha_pid)
         self._bus_proc: subprocess.Popen[bytes] | None = None
         self._rpcbind_proc: subprocess.Popen[bytes] | None = None
         self._statd_proc: subprocess.Popen[bytes] | None = None
@@ -89,6 +87,8 @@ class GaneshaServer:
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._restarted = threading.Condition()
+        if metrics is not None:
+            metrics.watch_process(lambda: self.ganesha_pid)
 
     # --- public ------------------------------------------------------------------------------------------------
 
