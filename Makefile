@@ -3,11 +3,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST := hack/pytest
 
-.PHONY: help deps lint test test-unit test-kube demo demo-down cluster-up cluster-down clean
+.PHONY: bench help deps lint test test-unit test-kube demo demo-down cluster-up cluster-down clean
 
 help:
 	@echo "make demo       local control plane up, show it working (see README)"
 	@echo "make test       install what is missing, lint, run every test"
+	@echo "make bench      provisioning + Ganesha benchmarks (prints a table, writes bench/results.json)"
 	@echo "make lint       ruff + mypy (strict on nfs_provisioner/)"
 	@echo "make test-unit | test-kube   one marker group only"
 
@@ -49,4 +50,9 @@ test-ganesha: deps
 	$(PYTEST) -m ganesha tests
 
 bench-ganesha: deps
+	$(PY) bench/ganesha_bench.py
+
+# Benchmarks print their figures (bench/results.json); they are not part of make test.
+bench: deps
+	$(PY) -m bench.provision_bench
 	$(PY) bench/ganesha_bench.py
