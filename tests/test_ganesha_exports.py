@@ -424,7 +424,7 @@ def test_broken_or_tampered_export_files_are_left_out_on_start(h: Harness) -> No
 
 def test_failed_restarts_back_off_until_ganesha_can_start(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="nfs_provisioner.ganesha.server")
-    srv = h.server(ready_timeout=3.0)
+    srv = h.server(ready_timeout=10.0)
     vol = h.volume("v", content={"f": b"back"})
     srv.exports.add(ExportRequest(name="v", path=vol))
     pid = srv.ganesha_pid
