@@ -508,3 +508,19 @@ def test_read_only_access_type_refuses_writes(h: Harness) -> None:
     assert nfs.cat(vol / "f").stdout == b"read me"
     assert nfs.put(b"nope", vol / "new").returncode != 0
     assert not (vol / "new").exists()
+
+
+def test_export_whose_directory_vanished_is_reported_and_still_removable(h: Harness) -> None:
+    srv = h.server()
+    keep = srv.exports.add(ExportRequest(name="keep", path=h.volume("keep", content={"f": b"k"})))
+    gone = srv.exports.add(ExportRequest(name="gone", path=h.volume("gone")))
+    srv.stop()
+    (h.export_root / "gone").rmdir()
+
+    srv2 = h.server()  # Ganesha skips the broken export; the manager reports it
+    live = {e.export_id for e in srv2.dbus.show_exports()}
+    assert keep.export_id in live and gone.export_id not in live
+    assert srv2.exports.reconcile().failed == (gone.export_id,)
+    assert h.client().cat(h.export_root / "keep" / "f").stdout == b"k"
+    assert srv2.exports.remove("gone") is True
+    assert not gone.config_file.exists() and srv2.exports.index_entries() == [keep.config_file]
