@@ -62,10 +62,12 @@ class Parts:
     run_dir: Path
 
 
-def controller_settings(s: settings_mod.Settings) -> ctl_settings.ControllerSettings:
+def controller_settings(s: settings_mod.Settings, *, identity: str) -> ctl_settings.ControllerSettings:
     le = s.leader_election
     return ctl_settings.ControllerSettings(
         provisioner_name=s.provisioner,
+        # Appliances sharing a class each keep their own in-flight finalizer on claims.
+        instance_name=identity,
         threadiness=s.threadiness,
         client=kube.ClientSettings(qps=s.kube_api_qps, burst=s.kube_api_burst),
         leader_election=ctl_settings.LeaderElectionSettings(
@@ -126,7 +128,7 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
                                                clients=tuple(settings_mod.parse_subnets(s.export_subnet))),
             quotas=quotas,
         )
-        csettings = controller_settings(s)
+        csettings = controller_settings(s, identity=ident)
         controller = ctl.ProvisionController(provisioner, csettings, api=api, registry=registry)
         resizer = resizing.Resizer(api=api, expander=provisioner, names=(s.provisioner,), claims=controller.claims,
                                    volumes=controller.volumes, classes=controller.classes,
