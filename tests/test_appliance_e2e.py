@@ -130,3 +130,70 @@ def test_quota_on_a_filesystem_without_project_quotas_is_a_clear_error(appliance
     assert appliance.proc.wait(30) == 1
     last = appliance.log().strip().splitlines()[-1]
     assert last.startswith("nfs-provisioner: error: ") and "XFS" in last, last
+
+
+def test_two_appliances_on_one_class_each_delete_only_their_own(
+        cluster: kubecluster.Cluster, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
+        unique: str, tmp_path: Path) -> None:
+    provisioner = f"example.com/pool-{unique}"
+    pool = [Appliance(kubeconfig=cluster.kubeconfig, export_root=tmp_path / f"export-{i}", provisioner=provisioner,
+                      log_dir=tmp_path) for i in range(2)]
+    cls = f"pool-{unique}"
+    make_class(storage, cls, provisioner)
+    try:
+        for a in pool:
+            a.start()
+        names = [f"c{i}" for i in range(12)]
+        for n in names:
+            make_claim(core, namespace, cls, name=n)
+        wait.until(lambda: all(core.read_namespaced_persistent_volume_claim(n, namespace).status.phase == "Bound"
+                               for n in names), timeout=90, what="12 claims Bound")
+        identities = [(a.export_root / "nfs-provisioner.identity").read_text().strip() for a in pool]
+        assert identities[0] != identities[1]
+        pvs = [core.read_persistent_volume(core.read_namespaced_persistent_volume_claim(n, namespace).spec.volume_name)
+               for n in names]
+
+        def volume_dirs(a: Appliance) -> set[str]:
+            return {p.name for p in a.export_root.iterdir() if p.name.startswith("pvc-")}
+
+        # Each volume lives on exactly the appliance named on its PV; nothing surplus anywhere.
+        def settled() -> bool:
+            return all(volume_dirs(a) == {pv.metadata.name for pv in pvs
+                                          if pv.metadata.annotations["Provisioner_Id"] == identities[i]}
+                       for i, a in enumerate(pool))
+        wait.until(settled, timeout=30, what="no surplus volume on either appliance")
+        for pv in pvs:
+            owner = identities.index(pv.metadata.annotations["Provisioner_Id"])
+            assert pv.spec.nfs.path == str(pool[owner].export_root / pv.metadata.name)
+
+        for n in names:
+            core.delete_namespaced_persistent_volume_claim(n, namespace)
+        wait.until(lambda: not [p for p in core.list_persistent_volume().items if p.spec.storage_class_name == cls],
+                   timeout=90, what="all PVs deleted")
+        assert volume_dirs(pool[0]) == set() and volume_dirs(pool[1]) == set()
+    finally:
+        for a in pool:
+            a.close()
+        storage.delete_storage_class(cls)
+
+
+@pytest.mark.parametrize("when", ["Ganesha ready", "serving /metrics"])
+def test_sigterm_while_starting_leaves_no_process_behind(appliance: Appliance, when: str) -> None:
+    import re
+    import signal
+    import time
+
+    import psutil
+
+    appliance.start(wait_ready=False)
+    assert appliance.proc is not None
+    deadline = time.monotonic() + 30
+    while when not in appliance.log_file.read_text(errors="replace"):
+        assert time.monotonic() < deadline and appliance.proc.poll() is None, appliance.log()
+        time.sleep(0.005)
+    appliance.proc.send_signal(signal.SIGTERM)
+    assert appliance.proc.wait(60) in (0, 128 + signal.SIGTERM)
+    started = [int(pid) for pid in re.findall(r"started .* \(pid (\d+)\)", appliance.log())]
+    assert started, appliance.log()
+    alive = [p for p in started if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], appliance.log()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -109,8 +110,8 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
     started: list[object] = []
     try:
         if s.run_server:
+            started.append(ganesha)  # first: a stop() of a half-started server is safe
             ganesha.start()
-            started.append(ganesha)
         else:
             ganesha.exports.load()
             ganesha.exports.reconcile()
@@ -162,16 +163,26 @@ def _both(a: tuple[bool, str], b: tuple[bool, str]) -> tuple[bool, str]:
     return (a[0] and b[0], a[1] if not a[0] else b[1])
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run(s: settings_mod.Settings, environ: Mapping[str, str]) -> int:
-    parts = build(s, environ)
-    parts.resizer.start()
+    # Until the controller installs its graceful handler, SIGTERM/SIGINT unwind through build()'s
+    # cleanup (so a pod killed while starting leaves no Ganesha or bus behind).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _terminate)
+    parts: Parts | None = None
     try:
+        parts = build(s, environ)
+        parts.resizer.start()
         parts.controller.run()
     finally:
-        parts.resizer.stop()
-        if parts.http is not None:
-            parts.http.stop()
-        if s.run_server:
-            parts.ganesha.stop()
-        shutil.rmtree(parts.run_dir, ignore_errors=True)
+        if parts is not None:
+            parts.resizer.stop()
+            if parts.http is not None:
+                parts.http.stop()
+            if s.run_server:
+                parts.ganesha.stop()
+            shutil.rmtree(parts.run_dir, ignore_errors=True)
     return 0

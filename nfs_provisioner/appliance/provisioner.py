@@ -189,6 +189,10 @@ class NFSProvisioner(Provisioner):
             raise ProvisioningError(f"creating volume {name} failed and its rollback failed too ({'; '.join(failed)})",
                                     ProvisioningState.IN_BACKGROUND)
 
+    def owns(self, volume: Object) -> bool | None:
+        owner = ((volume.get("metadata") or {}).get("annotations") or {}).get(ANN_IDENTITY)
+        return None if owner is None else owner == self.config.identity
+
     # ------------------------------------------------------------------ expand
 
     def expand(self, volume: Object, new_bytes: int) -> None:

@@ -195,3 +195,4 @@ def provision_labels(claim: Object) -> tuple[str, str]:
 def lease_name(provisioner: str) -> str:
     """The Lease name for leader election: the provisioner name with ``/`` replaced by ``-``."""
     return provisioner.replace("/", "-")
+

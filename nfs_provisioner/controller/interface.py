@@ -144,6 +144,15 @@ class Provisioner(abc.ABC):
         """Deletion guard; ``False`` keeps a Released volume (and its asset) untouched."""
         return True
 
+    def owns(self, volume: Object) -> bool | None:
+        """Whether ``volume`` was made by this instance (``None``: cannot tell, the default).
+
+        Instances that share a class (a pool) may both provision one claim; the one whose PV save
+        finds the PV already there asks this. ``False`` makes the controller delete this instance's
+        now unused asset (the PV it built, not the saved one); ``True``/``None`` count the saved PV
+        as its own (e.g. saved before a crash)."""
+        return None
+
     def supports_block(self) -> bool:
         """Whether ``volumeMode: Block`` claims can be served; when ``False`` they get one
         ``ProvisioningFailed`` event and no retry."""

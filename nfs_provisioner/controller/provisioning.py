@@ -210,6 +210,12 @@ class Provisioning:
         try:
             self.api.create(kube.volumes_path(), pv)
         except errors.AlreadyExists:
+            try:
+                existing = self.volumes.get(name) or self.api.get(kube.volumes_path(name))
+            except errors.KubeError as e:
+                return outcomes.retry_after(self.settings.retry.save_retry_delay, f"cannot read PV {name}: {e}")
+            if self.provisioner.owns(existing) is False:
+                return self._surplus(claim, pv)
             log.debug("PV %s already exists", name)
         except errors.KubeError as e:
             msg = (f"Volume {name} was provisioned but its PersistentVolume could not be saved; the volume is kept "
@@ -225,6 +231,20 @@ class Provisioning:
         self.recorder.event(claim, events.NORMAL, events.PROVISIONING_SUCCEEDED,
                             f"Successfully provisioned volume {name}")
         return self._release(claim)
+
+    def _surplus(self, claim: Object, pv: Object) -> Outcome:
+        """Another instance saved this claim's PV first (instances sharing a class): our asset is
+        surplus. Delete it, then drop our in-flight record; until then the record keeps it findable."""
+        key, name = decisions.claim_key(claim), pv["metadata"]["name"]
+        log.info("claim %s: PV %s was saved by another instance; removing this instance's unused volume", key, name)
+        try:
+            self.provisioner.delete(pv)
+        except Exception as e:  # noqa: BLE001 - any failure: keep the record and retry
+            msg = f"cannot remove the unused volume {name} made by this instance: {e}"
+            self.recorder.event(claim, events.WARNING, events.PROVISIONING_CLEANUP_FAILED, msg)
+            return outcomes.retry(msg)
+        self._attempts.pop(decisions.meta(claim)["uid"], None)
+        return self._release(claim, settle=True)
 
     def _release(self, claim: Object, *, settle: bool = False) -> Outcome:
         """Drop the in-flight finalizer: the provision is over (PV saved, ignored, or rolled back).
