@@ -22,6 +22,7 @@ from nfs_provisioner.controller import (
     ProvisionController,
     ProvisionOptions,
     RetrySettings,
+    decisions,
 )
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors
@@ -212,3 +213,33 @@ class PausableProxy:
         for c in self._conns:
             with contextlib.suppress(OSError):
                 c.close()
+
+
+def purge(api: kube.Client, provisioner: str) -> None:
+    """Leave the shared cluster clean after a test: drop our finalizers from claims and volumes of
+    ``provisioner`` and delete its volumes (a stopped controller no longer does it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def claim_cleanup(c: Object) -> None:
+        fins = [f for f in decisions.finalizers(c) if f.startswith(decisions.CLAIM_FINALIZER_PREFIX)]
+        if fins and decisions.claim_provisioner(c) == provisioner:
+            with contextlib.suppress(errors.NotFound):
+                api.patch(kube.claims_path(c["metadata"]["namespace"], c["metadata"]["name"]),
+                          {"metadata": {"$deleteFromPrimitiveList/finalizers": fins}})
+
+    def volume_cleanup(v: Object) -> None:
+        if decisions.annotations_of(v).get(decisions.ANN_PROVISIONED_BY) != provisioner:
+            return
+        with contextlib.suppress(errors.NotFound):
+            if decisions.PV_FINALIZER in decisions.finalizers(v):
+                api.patch(kube.volumes_path(v["metadata"]["name"]),
+                          {"metadata": {"$deleteFromPrimitiveList/finalizers": [decisions.PV_FINALIZER]}})
+            api.delete(kube.volumes_path(v["metadata"]["name"]))
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(claim_cleanup, api.get(kube.claims_path())["items"]))
+        list(pool.map(volume_cleanup, api.get(kube.volumes_path())["items"]))
+    for cls in api.get(kube.classes_path())["items"]:
+        if cls.get("provisioner") == provisioner:
+            with contextlib.suppress(errors.NotFound):
+                api.delete(kube.classes_path(cls["metadata"]["name"]))

@@ -34,6 +34,7 @@ from tests.controller_helpers import (
     get_volume,
     make_claim,
     make_class,
+    purge,
     pv_name,
     reasons,
     settings,
@@ -52,8 +53,11 @@ def kapi(cluster: kubecluster.Cluster) -> Iterator[kube.Client]:
 
 
 @pytest.fixture
-def name(unique: str) -> str:
-    return f"example.com/t-{unique}"
+def name(kapi: kube.Client, unique: str) -> Iterator[str]:
+    """This test's provisioner name; what it leaves behind in the shared cluster is purged afterwards."""
+    provisioner = f"example.com/t-{unique}"
+    yield provisioner
+    purge(kapi, provisioner)
 
 
 def test_guide_flow_end_to_end_with_the_hostpath_example(
@@ -101,7 +105,7 @@ def test_guide_flow_end_to_end_with_the_hostpath_example(
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
-        cluster.kubectl("delete", "storageclass", cls, check=False)
+        purge(kapi, provisioner)
     assert proc.returncode == 0, out
 
 

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from nfs_provisioner.controller import ClientSettings, ProvisionController, decisions
 from nfs_provisioner.kube import client as kube
 from tests import kubecluster, wait
-from tests.controller_helpers import REPO, Recording, make_claim, make_class, settings
+from tests.controller_helpers import REPO, Recording, make_claim, make_class, purge, settings
 
 pytestmark = pytest.mark.kube
 
@@ -57,6 +57,7 @@ def test_hostpath_provisions_200_claims_fast(cluster: kubecluster.Cluster, kapi:
         elapsed = time.monotonic() - started
     finally:
         c.stop(wait=True)
+        purge(kapi, name)
     rate = CLAIMS / elapsed
     assert len(list((tmp_path / "pv").iterdir())) == CLAIMS
 

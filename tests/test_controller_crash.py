@@ -40,6 +40,7 @@ from tests.controller_helpers import (
     get_volume,
     make_claim,
     make_class,
+    purge,
     pv_name,
     settings,
     wait_bound,
@@ -57,8 +58,11 @@ def kapi(cluster: kubecluster.Cluster) -> Iterator[kube.Client]:
 
 
 @pytest.fixture
-def name(unique: str) -> str:
-    return f"example.com/crash-{unique}"
+def name(kapi: kube.Client, unique: str) -> Iterator[str]:
+    """This test's provisioner name; what it leaves behind in the shared cluster is purged afterwards."""
+    provisioner = f"example.com/crash-{unique}"
+    yield provisioner
+    purge(kapi, provisioner)
 
 
 class Proc:
