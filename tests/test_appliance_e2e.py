@@ -197,3 +197,40 @@ def test_sigterm_while_starting_leaves_no_process_behind(appliance: Appliance, w
     assert started, appliance.log()
     alive = [p for p in started if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert alive == [], appliance.log()
+
+
+REJECTIONS = [
+    ({"parameters": {"size": "1"}}, {}, "invalid parameter 'size'"),
+    ({"parameters": {"gid": "root"}}, {}, "invalid value 'root' for parameter gid"),
+    ({"parameters": {"onDelete": "shred"}}, {}, "parameter onDelete"),
+    ({}, {"selector": {"matchLabels": {"a": "b"}}}, "claim Selector is not supported"),
+    ({}, {"resources": {"requests": {"storage": "900Ei"}}}, "bytes are free on the export root"),
+]
+
+
+@pytest.mark.parametrize(("class_extra", "claim_spec", "message"), REJECTIONS)
+def test_rejections_reach_the_user_as_events_and_leave_nothing(
+        appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str, unique: str,
+        class_extra: dict[str, Any], claim_spec: dict[str, Any], message: str) -> None:
+    cls = f"reject-{unique}"
+    storage.create_storage_class({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                                  "metadata": {"name": cls}, "provisioner": appliance.provisioner, **class_extra})
+    appliance.start()
+    before = sorted(p.name for p in appliance.export_root.iterdir())
+    spec = {"storageClassName": cls, "accessModes": ["ReadWriteMany"],
+            "resources": {"requests": {"storage": "1Mi"}}, **claim_spec}
+    core.create_namespaced_persistent_volume_claim(namespace, {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                                               "metadata": {"name": "bad"}, "spec": spec})
+
+    def failed_event() -> str | None:
+        for e in core.list_namespaced_event(namespace, field_selector="involvedObject.name=bad").items:
+            if e.reason == "ProvisioningFailed" and e.type == "Warning" and message in e.message:
+                return str(e.message)
+        return None
+
+    text = wait.until(failed_event, timeout=30, what=f"ProvisioningFailed event with {message!r}")
+    assert len(text.splitlines()) == 1
+    assert core.read_namespaced_persistent_volume_claim("bad", namespace).status.phase == "Pending"
+    assert sorted(p.name for p in appliance.export_root.iterdir()) == before
+    assert not [p for p in core.list_persistent_volume().items if p.spec.storage_class_name == cls]
+    storage.delete_storage_class(cls)

@@ -1,0 +1,33 @@
+"""Server address precedence (pure logic; the Service path is proven against the
+real API server in tests/test_rbac.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from nfs_provisioner.appliance import address
+
+pytestmark = pytest.mark.unit
+
+
+def test_out_of_cluster_uses_server_hostname_or_the_host() -> None:
+    assert address.resolve(environ={"NODE_NAME": "n"}, api=None, out_of_cluster=True,
+                           server_hostname="nfs.example") == "nfs.example"
+    host = address.resolve(environ={}, api=None, out_of_cluster=True, server_hostname=None)
+    assert host and host.count(".") == 3
+
+
+def test_node_name_wins_then_pod_ip() -> None:
+    env = {"NODE_NAME": "node-1", "POD_IP": "10.1.2.3"}
+    assert address.resolve(environ=env, api=None, out_of_cluster=False, server_hostname=None) == "node-1"
+    assert address.resolve(environ={"POD_IP": "10.1.2.3"}, api=None, out_of_cluster=False,
+                           server_hostname=None) == "10.1.2.3"
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({}, "no server address"),
+    ({"SERVICE_NAME": "svc", "POD_IP": "10.1.2.3"}, "POD_NAMESPACE or POD_IP is not"),
+])
+def test_missing_environment_is_a_clear_error(env: dict[str, str], message: str) -> None:
+    with pytest.raises(address.AddressError, match=message):
+        address.resolve(environ=env, api=None, out_of_cluster=False, server_hostname=None)
