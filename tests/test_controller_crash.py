@@ -436,3 +436,26 @@ def test_health_endpoint_reflects_watch_health(cluster: kubecluster.Cluster, kap
         proxy.paused.clear()
         c.stop(wait=True)
         proxy.close()
+
+
+def test_sigterm_hands_back_a_running_provision_to_the_next_run(
+        cluster: kubecluster.Cluster, kapi: kube.Client, namespace: str, name: str, unique: str,
+        tmp_path: Path, procs: list[Proc]) -> None:
+    make_class(kapi, f"c-{unique}", name)
+    (tmp_path / "hang-provision").touch()
+    procs.append(Proc(cluster, tmp_path, name, extra=("--shutdown-grace", "1")))
+    claim = make_claim(kapi, namespace, "c", f"c-{unique}")
+    pv = pv_name(claim)
+    wait.until(lambda: (procs[0].markers / f"provisioned-{pv}").exists(), timeout=30, what="provision running")
+    began = time.monotonic()
+    assert procs[0].terminate(timeout=15) == 0, procs[0].output()
+    assert time.monotonic() - began < 10
+    assert "abandoning running operations" in procs[0].output()
+    assert FIN in decisions.finalizers(get_claim(kapi, namespace, "c") or {})  # handed back, durably
+    assert get_volume(kapi, pv) is None
+
+    (tmp_path / "hang-provision").unlink()
+    procs.append(Proc(cluster, tmp_path, name))
+    assert wait_bound(kapi, namespace, "c")["spec"]["volumeName"] == pv
+    assert ours(kapi, name) == [pv]
+    assert procs[1].terminate() == 0

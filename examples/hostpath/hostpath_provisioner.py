@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--renew-deadline", type=float, default=10.0)
     p.add_argument("--retry-period", type=float, default=2.0)
     p.add_argument("--identity", default=None, help="leader-election identity (default hostname_uuid)")
+    p.add_argument("--shutdown-grace", type=float, default=ControllerSettings.shutdown_grace,
+                   help="seconds SIGTERM waits for running operations before handing them back")
     p.add_argument("--metrics-address", default=None, help="host:port for /metrics and /healthz")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -117,6 +119,7 @@ def main(argv: Sequence[str] | None = None,
         threadiness=args.threadiness,
         resync_period=args.resync_period,
         instance_name=node,
+        shutdown_grace=args.shutdown_grace,
         client=ClientSettings(qps=args.qps, burst=args.burst),
         retry=RetrySettings(exponential_backoff=args.exponential_backoff, base_delay=args.retry_delay,
                             fixed_delay=args.retry_delay, failed_provision_threshold=args.failed_retry_threshold,
