@@ -1,0 +1,116 @@
+"""Faults under the running appliance, with real processes and real signals."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import os
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from kubernetes import client
+
+from tests import kubecluster, wait
+from tests.appliance_env import Appliance
+from tests.test_appliance_e2e import make_class
+
+pytestmark = [pytest.mark.fault, pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
+
+
+@pytest.fixture
+def appliance(cluster: kubecluster.Cluster, tmp_path: Path, unique: str) -> Iterator[Appliance]:
+    a = Appliance(kubeconfig=cluster.kubeconfig, export_root=tmp_path / "export",
+                  provisioner=f"example.com/fault-{unique}", log_dir=tmp_path, extra=["--threadiness=16"])
+    try:
+        yield a
+    finally:
+        a.close()
+
+
+def claims(core: client.CoreV1Api, namespace: str, cls: str, n: int) -> list[str]:
+    names = [f"c{i}" for i in range(n)]
+    body = {"storageClassName": cls, "accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Mi"}}}
+
+    def create(name: str) -> None:
+        core.create_namespaced_persistent_volume_claim(namespace, {
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name}, "spec": body})
+    with cf.ThreadPoolExecutor(16) as pool:
+        list(pool.map(create, names))
+    return names
+
+
+def bound(core: client.CoreV1Api, namespace: str) -> dict[str, str]:
+    return {c.metadata.name: c.spec.volume_name for c in core.list_namespaced_persistent_volume_claim(namespace).items
+            if c.status.phase == "Bound"}
+
+
+def ganesha_pid(a: Appliance) -> int:
+    pids = re.findall(r"started ganesha\.nfsd .* \(pid (\d+)\)", a.log_file.read_text(errors="replace"))
+    assert pids, a.log()
+    return int(pids[-1])
+
+
+def test_sigkill_ganesha_under_the_appliance(appliance: Appliance, core: client.CoreV1Api,
+                                             storage: client.StorageV1Api, namespace: str, unique: str) -> None:
+    cls = f"fault-{unique}"
+    make_class(storage, cls, appliance.provisioner)
+    appliance.start()
+    names = claims(core, namespace, cls, 5)
+    wait.until(lambda: len(bound(core, namespace)) == 5, timeout=60, what="5 claims Bound")
+    nfs = appliance.client()
+    payloads = {}
+    for _name, pv in bound(core, namespace).items():
+        payloads[pv] = os.urandom(2000)
+        assert nfs.put(payloads[pv], appliance.export_root / pv / "data").returncode == 0
+
+    victim = ganesha_pid(appliance)
+    os.kill(victim, signal.SIGKILL)
+    wait.until(lambda: ganesha_pid(appliance) != victim, timeout=60, what="Ganesha restarted")
+    wait.until(lambda: appliance.get("/readyz")[0] == 200, timeout=60, what="ready again")
+    for pv, data in payloads.items():
+        assert nfs.cat(appliance.export_root / pv / "data").stdout == data
+    _, metrics = appliance.get("/metrics")
+    assert re.search(r"^nfs_provisioner_ganesha_restarts_total 1\.0$", metrics, re.M), metrics[:2000]
+    assert re.search(r"^nfs_provisioner_ganesha_exports 5\.0$", metrics, re.M)
+    assert len(names) == 5
+    storage.delete_storage_class(cls)
+
+
+def test_sigkill_the_appliance_mid_burst_loses_and_duplicates_nothing(
+        appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
+        unique: str) -> None:
+    n = 200
+    cls = f"burst-{unique}"
+    make_class(storage, cls, appliance.provisioner)
+    appliance.start()
+    names = claims(core, namespace, cls, n)
+    wait.until(lambda: len(bound(core, namespace)) >= 20, timeout=60, what="the burst under way")
+    assert appliance.proc is not None
+    children = [p.pid for p in psutil.Process(appliance.proc.pid).children(recursive=True)]
+    os.kill(appliance.proc.pid, signal.SIGKILL)
+    appliance.proc.wait()
+    for pid in children:  # what a pod's death takes with it: its Ganesha and bus
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    partial = len(bound(core, namespace))
+    assert partial < n, "the burst finished before the kill; nothing was tested"
+
+    appliance.start()
+    wait.until(lambda: len(bound(core, namespace)) == n, timeout=180, what=f"{n} claims Bound after the restart")
+    pvs = [p for p in core.list_persistent_volume().items if p.spec.storage_class_name == cls]
+    assert len(pvs) == n and len({p.spec.claim_ref.uid for p in pvs}) == n
+    volume_names = {p.metadata.name for p in pvs}
+    wait.until(lambda: {d.name for d in appliance.export_root.iterdir() if d.name.startswith("pvc-")}
+               == volume_names, timeout=30, what="exactly one directory per PV")
+    exports = {f.stem for f in (appliance.export_root / ".ganesha" / "exports.d").glob("*.conf")}
+    assert exports == volume_names
+    _, metrics = appliance.get("/metrics")
+    assert re.search(rf"^nfs_provisioner_ganesha_exports {n}\.0$", metrics, re.M)
+    for c in core.list_namespaced_persistent_volume_claim(namespace).items:
+        assert not [f for f in c.metadata.finalizers or [] if f.startswith("provisioning.nfs-provisioner.io/")]
+    assert len(names) == n and partial >= 20
+    storage.delete_storage_class(cls)
