@@ -104,8 +104,11 @@ class Client:
             if credentials.cert_file:
                 kwargs["cert_file"] = credentials.cert_file
                 kwargs["key_file"] = credentials.key_file
+        # Only connection failures are retried here (nothing was sent, so safe for every method);
+        # anything later is the caller's decision.
+        retries = urllib3.Retry(total=2, connect=2, read=0, redirect=0, status=0, other=0)
         self._pool = urllib3.PoolManager(num_pools=2, maxsize=self.settings.pool_size, block=False,
-                                         retries=False, **kwargs)
+                                         retries=retries, **kwargs)
         self._token: str | None = None
         self._token_at = 0.0
         self._token_lock = threading.Lock()
