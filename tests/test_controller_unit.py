@@ -269,3 +269,31 @@ def test_informer_relists_on_both_shapes_of_410_and_resumes_otherwise() -> None:
     assert ("listed-1", None) in changes and ("listed-2", None) in changes  # re-list reports what vanished
     assert (None, "a") in changes and ("listed-3", None) in changes
     assert inf.cache.get("listed-1") is None
+
+
+def test_retry_policy_thresholds_zero_forever_and_give_up() -> None:
+    from nfs_provisioner.controller import outcomes
+    from nfs_provisioner.controller.controller import ProvisionController
+
+    def run(threshold: int, outcome: outcomes.Outcome, failures: int) -> tuple[int, list[str], WorkQueue]:
+        q = WorkQueue("t", RateLimiter(RetrySettings(base_delay=1000, overall_qps=0)))
+        given_up: list[str] = []
+        requeued = 0
+        for _ in range(failures):
+            before = q.delayed()
+            ProvisionController._handle(q, "k", outcome, threshold, given_up.append)
+            requeued += q.delayed() - before
+        return requeued, given_up, q
+
+    fail = outcomes.retry("boom")
+    assert run(0, fail, 50)[:2] == (50, [])  # 0 = retry forever
+    requeued, given_up, q = run(2, fail, 3)
+    assert (requeued, given_up) == (2, ["k"])  # first attempt + 2 retries, then give up
+    assert q.num_requeues("k") == 2  # not forgotten: a later change retries once more, as in Go
+    assert run(2, outcomes.retry_forever("asset exists"), 10)[:2] == (10, [])
+    requeued, given_up, q = run(2, outcomes.retry_after(1000, "save"), 5)
+    assert (requeued, given_up, q.num_requeues("k")) == (5, [], 0)  # not a provisioner failure
+    q = WorkQueue("t", RateLimiter(RetrySettings(overall_qps=0)))
+    q.limiter.when("k")
+    ProvisionController._handle(q, "k", outcomes.DONE, 2, None)
+    assert q.num_requeues("k") == 0
