@@ -114,3 +114,77 @@ def test_sigkill_the_appliance_mid_burst_loses_and_duplicates_nothing(
         assert not [f for f in c.metadata.finalizers or [] if f.startswith("provisioning.nfs-provisioner.io/")]
     assert len(names) == n and partial >= 20
     storage.delete_storage_class(cls)
+
+
+def test_claims_deleted_while_being_provisioned_leave_nothing(
+        appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
+        unique: str) -> None:
+    n = 60
+    cls = f"churn-{unique}"
+    make_class(storage, cls, appliance.provisioner)
+    appliance.start()
+    names = claims(core, namespace, cls, n)
+    with cf.ThreadPoolExecutor(16) as pool:  # delete them at once, most before or during their provision
+        list(pool.map(lambda name: core.delete_namespaced_persistent_volume_claim(name, namespace), names))
+    wait.until(lambda: not core.list_namespaced_persistent_volume_claim(namespace).items, timeout=120,
+               what="every claim gone (no in-flight finalizer left behind)")
+    wait.until(lambda: not [p for p in core.list_persistent_volume().items if p.spec.storage_class_name == cls],
+               timeout=120, what="every PV deleted")
+    wait.until(lambda: not [d for d in appliance.export_root.iterdir() if d.name.startswith("pvc-")], timeout=60,
+               what="no volume directory left")
+    assert list((appliance.export_root / ".ganesha" / "exports.d").glob("*.conf")) == []
+    _, metrics = appliance.get("/metrics")
+    assert re.search(r"^nfs_provisioner_ganesha_exports 0\.0$", metrics, re.M)
+    storage.delete_storage_class(cls)
+
+
+def test_leader_election_one_provisions_and_the_other_takes_over(
+        cluster: kubecluster.Cluster, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
+        unique: str, tmp_path: Path) -> None:
+    provisioner = f"example.com/ha-{unique}"
+    le = ["--leader-elect", "--leader-elect-lease-duration=3s", "--leader-elect-renew-deadline=2s",
+          "--leader-elect-retry-period=500ms", f"--leader-elect-namespace={namespace}"]
+    pair = [Appliance(kubeconfig=cluster.kubeconfig, export_root=tmp_path / f"export-{i}", provisioner=provisioner,
+                      log_dir=tmp_path / f"log-{i}", extra=le) for i in range(2)]
+    cls = f"ha-{unique}"
+    make_class(storage, cls, provisioner)
+    try:
+        for a in pair:
+            a.log_dir.mkdir()
+            a.start()
+        wait.until(lambda: any("became leader" in a.log() for a in pair), timeout=30, what="a leader")
+        leader = next(a for a in pair if "became leader" in a.log())
+        standby = next(a for a in pair if a is not leader)
+        claims(core, namespace, cls, 100)
+        wait.until(lambda: len(bound(core, namespace)) >= 10, timeout=60, what="the burst under way")
+        assert leader.proc is not None
+        children = [p.pid for p in psutil.Process(leader.proc.pid).children(recursive=True)]
+        os.kill(leader.proc.pid, signal.SIGKILL)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait.until(lambda: "became leader" in standby.log(), timeout=30, what="the standby took over")
+        wait.until(lambda: len(bound(core, namespace)) == 100, timeout=180, what="all 100 Bound")
+        pvs = [p for p in core.list_persistent_volume().items if p.spec.storage_class_name == cls]
+        assert len(pvs) == 100 and len({p.spec.claim_ref.uid for p in pvs}) == 100
+        names = {p.metadata.name for p in pvs}
+
+        def dirs(a: Appliance) -> set[str]:
+            return {d.name for d in a.export_root.iterdir() if d.name.startswith("pvc-")}
+
+        assert dirs(standby) <= names
+        # What the killed leader had in flight is recorded by its finalizer on those claims; when it runs
+        # (and leads) again it removes its unused volumes and releases the claims.
+        assert standby.stop() == 0  # releases the Lease
+        leader.start()
+        wait.until(lambda: "became leader" in leader.log(), timeout=30, what="the old leader leads again")
+        wait.until(lambda: not dirs(leader) & dirs(standby) and dirs(leader) | dirs(standby) == names,
+                   timeout=60, what="one directory per PV, on the appliance named on it")
+        wait.until(lambda: not [c for c in core.list_namespaced_persistent_volume_claim(namespace).items
+                                if any(f.startswith("provisioning.nfs-provisioner.io/")
+                                       for f in c.metadata.finalizers or [])],
+                   timeout=60, what="no in-flight finalizer left")
+    finally:
+        for a in pair:
+            a.close()
+        storage.delete_storage_class(cls)

@@ -105,7 +105,12 @@ class Provisioning:
         attempt = self._attempts.get(uid)
         if attempt is not None and attempt.volume is not None:
             return self._save(claim, attempt.volume, attempt.started)
-        if uid in self._saved or self.volumes.get(pv_name) is not None:
+        existing = self.volumes.get(pv_name)
+        if uid in self._saved or existing is not None:
+            if ours and existing is not None and self.provisioner.owns(existing) is False:
+                # We were provisioning when another instance saved the PV (e.g. we lost the lease and
+                # crashed): whatever we made is surplus.
+                return self._undo(claim, pv_name)
             return self._release(claim) if ours else outcomes.DONE
 
         cls_name = decisions.claim_class(claim)
@@ -281,9 +286,14 @@ class Provisioning:
     def _roll_back(self, claim: Object, pv_name: str) -> Outcome:
         """The claim carries our finalizer but is deleted or no longer wants a volume: finish or undo."""
         uid = decisions.meta(claim)["uid"]
-        key = decisions.claim_key(claim)
         if uid in self._saved or self._volume_exists(pv_name):
             return self._release(claim)  # the PV exists: its normal lifecycle takes it from here
+        return self._undo(claim, pv_name)
+
+    def _undo(self, claim: Object, pv_name: str) -> Outcome:
+        """Remove this instance's asset for the claim (learned by provisioning again), then release the claim."""
+        uid = decisions.meta(claim)["uid"]
+        key = decisions.claim_key(claim)
         attempt = self._attempts.get(uid)
         if attempt is not None and attempt.volume is not None:
             pv = attempt.volume
