@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -188,3 +189,38 @@ def test_leader_election_one_provisions_and_the_other_takes_over(
         for a in pair:
             a.close()
         storage.delete_storage_class(cls)
+
+
+def test_api_server_restart_during_a_burst(tmp_path: Path, unique: str) -> None:
+    from kubernetes import config
+
+    own = kubecluster.Cluster(tmp_path / "cluster")  # its API server goes down: not the shared one
+    a = None
+    try:
+        own.up()
+        api = config.new_client_from_config(config_file=str(own.kubeconfig))
+        core, storage = client.CoreV1Api(api), client.StorageV1Api(api)
+        a = Appliance(kubeconfig=own.kubeconfig, export_root=tmp_path / "export",
+                      provisioner=f"example.com/restart-{unique}", log_dir=tmp_path)
+        cls = f"restart-{unique}"
+        make_class(storage, cls, a.provisioner)
+        a.start()
+        claims(core, "default", cls, 100)
+        wait.until(lambda: len(bound(core, "default")) >= 10, timeout=60, what="the burst under way")
+        apiserver = own.pids()["kube-apiserver"]
+        os.kill(apiserver, signal.SIGKILL)
+        assert len([d for d in a.export_root.iterdir() if d.name.startswith("pvc-")]) < 100, "burst already over"
+        wait.until(lambda: not psutil.pid_exists(apiserver) or psutil.Process(apiserver).status() == "zombie",
+                   timeout=10, what="kube-apiserver gone")
+        time.sleep(3)  # the appliance sees the server gone: watches and writes fail
+        own.up()  # restarts the missing API server on its port
+        wait.until(lambda: len(bound(core, "default")) == 100, timeout=180, what="all 100 Bound after the restart")
+        pvs = [p for p in core.list_persistent_volume().items if p.spec.storage_class_name == cls]
+        assert len(pvs) == 100 and len({p.spec.claim_ref.uid for p in pvs}) == 100
+        wait.until(lambda: {d.name for d in a.export_root.iterdir() if d.name.startswith("pvc-")}
+                   == {p.metadata.name for p in pvs}, timeout=30, what="one directory per PV")
+        assert a.proc is not None and a.proc.poll() is None, "the appliance must recover by itself"
+    finally:
+        if a is not None:
+            a.close()
+        own.down()
