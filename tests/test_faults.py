@@ -224,3 +224,62 @@ def test_api_server_restart_during_a_burst(tmp_path: Path, unique: str) -> None:
         if a is not None:
             a.close()
         own.down()
+
+
+@pytest.fixture
+def small_export_root(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MiB ext4 on a loop device, unmounted (by the test) afterwards."""
+    import subprocess
+
+    image, mnt = tmp_path / "small.img", tmp_path / "small"
+    mnt.mkdir()
+    with image.open("wb") as f:
+        f.truncate(64 * 2**20)
+    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    try:
+        yield mnt / "export"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_export_root_full(cluster: kubecluster.Cluster, core: client.CoreV1Api, storage: client.StorageV1Api,
+                          namespace: str, unique: str, tmp_path: Path, small_export_root: Path) -> None:
+    a = Appliance(kubeconfig=cluster.kubeconfig, export_root=small_export_root,
+                  provisioner=f"example.com/full-{unique}", log_dir=tmp_path)
+    cls = f"full-{unique}"
+    make_class(storage, cls, a.provisioner)
+    try:
+        a.start()
+        claims(core, namespace, cls, 1)
+        wait.until(lambda: len(bound(core, namespace)) == 1, timeout=60, what="the first claim Bound")
+        pv = bound(core, namespace)["c0"]
+        nfs = a.client()
+        data = os.urandom(3000)
+        assert nfs.put(data, small_export_root / pv / "before").returncode == 0
+        # Fill the filesystem from inside the existing volume, as a greedy client would.
+        with (small_export_root / pv / "filler").open("wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 2**20)
+        before = sorted(str(p.relative_to(small_export_root)) for p in small_export_root.rglob("*")
+                        if "filler" not in p.name and p.name != "ganesha.log")
+        core.create_namespaced_persistent_volume_claim(namespace, {
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "more"},
+            "spec": {"storageClassName": cls, "accessModes": ["ReadWriteMany"],
+                     "resources": {"requests": {"storage": "1Mi"}}}})
+
+        def event() -> str | None:
+            for e in core.list_namespaced_event(namespace, field_selector="involvedObject.name=more").items:
+                if e.reason == "ProvisioningFailed" and "bytes are free on the export root" in e.message:
+                    return str(e.message)
+            return None
+        wait.until(event, timeout=30, what="ProvisioningFailed: not enough space")
+        after = sorted(str(p.relative_to(small_export_root)) for p in small_export_root.rglob("*")
+                       if "filler" not in p.name and p.name != "ganesha.log")
+        assert after == before, "a half-made volume was left behind"
+        assert core.read_namespaced_persistent_volume_claim("more", namespace).status.phase == "Pending"
+        assert nfs.cat(small_export_root / pv / "before").stdout == data  # the existing volume is still served
+        assert a.get("/healthz")[0] == 200
+    finally:
+        a.close()
+        storage.delete_storage_class(cls)
