@@ -11,6 +11,7 @@ annotations are never trusted to say *what* to delete, only to say whose it is.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -127,7 +128,8 @@ class NFSProvisioner(Provisioner):
 
         undo: list[tuple[str, Callable[[], object]]] = []
         try:
-            with self._slots:
+            # Only a limit needs provisions in series (check, then use the slot); without one they run in parallel.
+            with self._slots if self.config.max_exports >= 0 else contextlib.nullcontext():
                 limit = self.config.max_exports
                 if 0 <= limit <= self.exporter.count() and not self.exporter.has(name):
                     raise ProvisioningError(f"the maximum number of exports ({self.config.max_exports}) is reached")
