@@ -118,7 +118,9 @@ def main(argv: Sequence[str] | None = None,
         provisioner_name=args.provisioner_name,
         threadiness=args.threadiness,
         resync_period=args.resync_period,
-        instance_name=node,
+        # Standalone instances on several nodes answer each other with IgnoredError: one in-flight record
+        # per node. A leader-elected group acts as one instance and shares the default record.
+        instance_name=ControllerSettings.instance_name if args.leader_elect else node,
         shutdown_grace=args.shutdown_grace,
         client=ClientSettings(qps=args.qps, burst=args.burst),
         retry=RetrySettings(exponential_backoff=args.exponential_backoff, base_delay=args.retry_delay,
