@@ -75,11 +75,11 @@ class Settings:
     namespace, i.e. a pod). Turn off to serve NFSv4 only, e.g. out of cluster on a shared host."""
     metrics_address: str = ":9090"
     """host:port of the HTTP endpoint serving /metrics, /healthz and /readyz; empty disables it."""
-    kube_api_qps: float = 200.0
+    kube_api_qps: float = 1000.0
     """Client-side sustained request rate to the API server (the Go default of 5 is the bottleneck there)."""
-    kube_api_burst: int = 400
+    kube_api_burst: int = 2000
     """Client-side burst of requests to the API server."""
-    threadiness: int = 8
+    threadiness: int = 16
     """Number of claim and volume workers."""
     ganesha_templates: Path | None = None
     """Directory of operator templates overriding the shipped Ganesha templates."""
