@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,10 +47,14 @@ class InCluster:
 
 class Appliance:
     def __init__(self, *, kubeconfig: Path | None, export_root: Path, provisioner: str, log_dir: Path,
-                 extra: list[str] | None = None, in_cluster: InCluster | None = None) -> None:
+                 extra: list[str] | None = None, in_cluster: InCluster | None = None,
+                 wrapper: Callable[[list[str]], list[str]] | None = None, env: dict[str, str] | None = None) -> None:
         """``kubeconfig=None`` with ``in_cluster``: run with in-cluster credentials (see InCluster)."""
         self.kubeconfig, self.export_root, self.provisioner = kubeconfig, export_root, provisioner
         self.in_cluster = in_cluster
+        self.wrapper = wrapper
+        """Turns the appliance's argv into the command actually run (e.g. inside a mount namespace)."""
+        self.env = env or {}
         self.log_dir = log_dir
         self.nfs_port = free_port()
         self.metrics_port = free_port()
@@ -66,7 +71,8 @@ class Appliance:
                 "--nfs-bind-address=127.0.0.1", f"--nfs-port={self.nfs_port}", "--nfsv3=false",
                 "--grace-period=0", f"--metrics-address=127.0.0.1:{self.metrics_port}", "--log-level=DEBUG",
                 *self.extra]
-        return argv if self.in_cluster is None else self.in_cluster.wrap(argv)
+        argv = argv if self.in_cluster is None else self.in_cluster.wrap(argv)
+        return argv if self.wrapper is None else self.wrapper(argv)
 
     @property
     def log_file(self) -> Path:
@@ -74,7 +80,7 @@ class Appliance:
 
     def start(self, *, wait_ready: bool = True) -> None:
         self.starts += 1
-        env = None if self.in_cluster is None else {**os.environ, **self.in_cluster.env}
+        env = {**os.environ, **(self.in_cluster.env if self.in_cluster else {}), **self.env}
         with self.log_file.open("wb") as out:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                          env=env)

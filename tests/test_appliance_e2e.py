@@ -32,6 +32,7 @@ def make_class(storage: client.StorageV1Api, name: str, provisioner: str, **kw: 
         metadata=client.V1ObjectMeta(name=name), provisioner=provisioner, mount_options=["vers=4.1"], **kw))
 
 
+
 def make_claim(core: client.CoreV1Api, namespace: str, cls: str, name: str = "nfs", size: str = "1Mi") -> None:
     core.create_namespaced_persistent_volume_claim(namespace, client.V1PersistentVolumeClaim(
         metadata=client.V1ObjectMeta(name=name),
@@ -100,7 +101,7 @@ def test_expansion_is_finished_the_way_kubernetes_expects(appliance: Appliance, 
     core.patch_namespaced_persistent_volume_claim("nfs", namespace,
                                                   {"spec": {"resources": {"requests": {"storage": "2Mi"}}}})
     wait.until(lambda: (core.read_namespaced_persistent_volume_claim("nfs", namespace).status.capacity or {})
-               .get("storage") == "2Mi", timeout=60, what=f"claim capacity 2Mi\n{appliance.log()}")
+               .get("storage") == "2Mi", timeout=60, what=lambda: f"claim capacity 2Mi\n{appliance.log()}")
     pvc = core.read_namespaced_persistent_volume_claim("nfs", namespace)
     assert core.read_persistent_volume(pv_name).spec.capacity == {"storage": "2Mi"}
     assert not [c for c in pvc.status.conditions or [] if c.type in ("Resizing", "FileSystemResizePending")]

@@ -137,13 +137,13 @@ def test_rbac_is_sufficient_and_every_rule_is_needed(setup: Setup) -> None:
     try:
         a.start()
         setup.claim("full")
-        wait.until(lambda: setup.phase("full") == "Bound", timeout=60, what=f"claim Bound\n{a.log()}")
+        wait.until(lambda: setup.phase("full") == "Bound", timeout=60, what=lambda: f"claim Bound\n{a.log()}")
         pv_name = setup.core.read_namespaced_persistent_volume_claim("full", setup.ns).spec.volume_name
         pv = setup.core.read_persistent_volume(pv_name)
         assert pv.spec.nfs.server == setup.core.read_namespaced_service("nfs-provisioner", setup.ns).spec.cluster_ip
         assert setup.cluster.kubectl("get", "lease", "-n", setup.ns, "-o", "name").stdout.strip()
         setup.expand("full")
-        wait.until(lambda: setup.expanded("full"), timeout=60, what=f"claim expanded\n{a.log()}")
+        wait.until(lambda: setup.expanded("full"), timeout=60, what=lambda: f"claim expanded\n{a.log()}")
         setup.core.delete_namespaced_persistent_volume_claim("full", setup.ns)
         wait.until(lambda: not setup.core.list_persistent_volume(field_selector=f"metadata.name={pv_name}").items,
                    timeout=60, what="PV deleted")

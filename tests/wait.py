@@ -9,7 +9,8 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def until(fn: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.1) -> T:
+def until(fn: Callable[[], T | None], *, timeout: float, what: str | Callable[[], str], interval: float = 0.1) -> T:
+    """``what`` may be a callable, evaluated only on failure (e.g. to attach a log as it is then)."""
     deadline = time.monotonic() + timeout
     last: object = None
     while True:
@@ -20,5 +21,6 @@ def until(fn: Callable[[], T | None], *, timeout: float, what: str, interval: fl
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout}s waiting for {described} (last: {last!r})")
         time.sleep(interval)

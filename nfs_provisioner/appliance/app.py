@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from nfs_provisioner import settings as settings_mod
 from nfs_provisioner.appliance import address, exporters
 from nfs_provisioner.appliance import provisioner as prov
+from nfs_provisioner.appliance.kernel_exports import KernelExporter
 from nfs_provisioner.controller import controller as ctl
 from nfs_provisioner.controller import metrics as ctl_metrics
 from nfs_provisioner.controller import resizing
@@ -54,7 +55,7 @@ class Parts:
     """What a running appliance is made of (exposed for tests and the benchmark)."""
 
     identity: str
-    ganesha: GaneshaServer
+    ganesha: GaneshaServer | None
     provisioner: prov.NFSProvisioner
     controller: ctl.ProvisionController
     resizer: resizing.Resizer
@@ -80,8 +81,6 @@ def controller_settings(s: settings_mod.Settings, *, identity: str) -> ctl_setti
 
 def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
     """Create and start everything except the controller's workers; undone on failure."""
-    if not s.use_ganesha:
-        raise StartupError("--use-ganesha=false (kernel exportfs) is not supported by this version")
     root = s.export_root
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -100,19 +99,27 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
                  len(report.failed))
         ProjectQuotaCollector(quotas, registry=registry)
     run_dir = Path(tempfile.mkdtemp(prefix="nfsp-"))  # short: the bus socket path is limited to 108 bytes
-    gsettings = ServerSettings(
-        export_root=root, run_dir=run_dir, ports=replace(Ports(), nfs=s.nfs_port), bind_addr=s.nfs_bind_address,
-        nfsv3=s.nfsv3, grace_period=s.grace_period, device_based_fsids=s.device_based_fsids,
-        template_dir=s.ganesha_templates,
-        dbus_address=None if s.run_server else environ.get("DBUS_SYSTEM_BUS_ADDRESS"),
-    )
-    ganesha = GaneshaServer(gsettings, metrics=GaneshaMetrics(registry=registry))
+    clients = tuple(settings_mod.parse_subnets(s.export_subnet))
+    ganesha: GaneshaServer | None = None
+    exporter: prov.Exporter
+    if s.use_ganesha:
+        gsettings = ServerSettings(
+            export_root=root, run_dir=run_dir, ports=replace(Ports(), nfs=s.nfs_port), bind_addr=s.nfs_bind_address,
+            nfsv3=s.nfsv3, grace_period=s.grace_period, device_based_fsids=s.device_based_fsids,
+            template_dir=s.ganesha_templates,
+            dbus_address=None if s.run_server else environ.get("DBUS_SYSTEM_BUS_ADDRESS"),
+        )
+        ganesha = GaneshaServer(gsettings, metrics=GaneshaMetrics(registry=registry))
+        exporter = exporters.GaneshaExporter(ganesha.exports, clients=clients)
+    else:
+        exporter = KernelExporter(clients=clients)
+        log.info("exporting through the kernel NFS server (/etc/exports, exportfs -r)")
     started: list[object] = []
     try:
-        if s.run_server:
+        if ganesha is not None and s.run_server:
             started.append(ganesha)  # first: a stop() of a half-started server is safe
             ganesha.start()
-        else:
+        elif ganesha is not None:
             ganesha.exports.load()
             ganesha.exports.reconcile()
         api = kube.Client.load(str(s.kubeconfig) if s.kubeconfig else None,
@@ -125,8 +132,7 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
         provisioner = prov.NFSProvisioner(
             config=prov.ApplianceConfig(identity=ident, server=lambda: server, max_exports=s.max_exports),
             directories=VolumeDirectories(root),
-            exporter=exporters.GaneshaExporter(ganesha.exports,
-                                               clients=tuple(settings_mod.parse_subnets(s.export_subnet))),
+            exporter=exporter,
             quotas=quotas,
         )
         csettings = controller_settings(s, identity=ident)
@@ -145,7 +151,7 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
             http.start()
             log.info("serving /metrics, /healthz, /readyz on %s", s.metrics_address)
     except BaseException:
-        if started:
+        if ganesha is not None and started:
             ganesha.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
@@ -153,8 +159,8 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
                  resizer=resizer, registry=registry, http=http, run_dir=run_dir)
 
 
-def ganesha_health(ganesha: GaneshaServer, running_it: bool) -> tuple[bool, str]:
-    if not running_it:
+def ganesha_health(ganesha: GaneshaServer | None, running_it: bool) -> tuple[bool, str]:
+    if ganesha is None or not running_it:
         return True, "ok"
     return (True, "ok") if ganesha.ready() else (False, "NFS-Ganesha is not answering on D-Bus")
 
@@ -182,7 +188,7 @@ def run(s: settings_mod.Settings, environ: Mapping[str, str]) -> int:
             parts.resizer.stop()
             if parts.http is not None:
                 parts.http.stop()
-            if s.run_server:
+            if parts.ganesha is not None and s.run_server:
                 parts.ganesha.stop()
             shutil.rmtree(parts.run_dir, ignore_errors=True)
     return 0

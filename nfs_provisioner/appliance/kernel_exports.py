@@ -1,0 +1,122 @@
+"""``--use-ganesha=false``: volumes exported by the kernel's NFS server.
+
+One line per volume in ``/etc/exports``, marked with a trailing
+``# nfs-provisioner:<pv name>`` comment (lines without it are the operator's and
+are kept verbatim), then ``exportfs -r`` to re-sync the kernel's export table.
+The file is rewritten atomically; if ``exportfs`` refuses the new file, the old
+one is put back (and re-synced) and the error is raised. ``fsid`` is the lowest
+id >= 1 not used by any line in the file, so handles stay valid across
+restarts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+MARK = "# nfs-provisioner:"
+_FSID = re.compile(r"fsid=(\d+)")
+Runner = Callable[[Sequence[str]], subprocess.CompletedProcess[str]]
+
+
+class KernelExportError(RuntimeError):
+    pass
+
+
+def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=60, check=False)
+
+
+@dataclass(frozen=True)
+class Line:
+    name: str
+    fsid: int
+    path: str
+    text: str
+
+
+class KernelExporter:
+    def __init__(self, *, clients: Sequence[str] = ("*",), exports_file: Path = Path("/etc/exports"),
+                 exportfs: str = "exportfs", runner: Runner = _run) -> None:
+        self.clients = tuple(clients)
+        self.exports_file = exports_file
+        self.exportfs = exportfs
+        self.runner = runner
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ reading
+
+    def _read(self) -> tuple[list[str], dict[str, Line]]:
+        try:
+            lines = self.exports_file.read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+        ours: dict[str, Line] = {}
+        for text in lines:
+            body, sep, name = text.partition(MARK)
+            if sep and name.strip():
+                fsid = _FSID.search(body)
+                ours[name.strip()] = Line(name=name.strip(), fsid=int(fsid.group(1)) if fsid else 0,
+                                          path=body.split()[0] if body.split() else "", text=text)
+        return lines, ours
+
+    def count(self) -> int:
+        return len(self._read()[1])
+
+    def has(self, name: str) -> bool:
+        return name in self._read()[1]
+
+    # ------------------------------------------------------------------ changing
+
+    def export(self, *, name: str, path: Path, root_squash: bool) -> tuple[int, str]:
+        if any(c.isspace() for c in str(path)) or "#" in str(path):
+            raise KernelExportError(f"path {str(path)!r} cannot be written to {self.exports_file}")
+        with self._lock:
+            lines, ours = self._read()
+            if name in ours:
+                if ours[name].path != str(path):
+                    raise KernelExportError(f"{name} is exported from {ours[name].path}, not {path}")
+                return ours[name].fsid, ours[name].text
+            used = {int(m) for text in lines for m in _FSID.findall(text.split("#", 1)[0])}
+            fsid = next(i for i in range(1, len(used) + 2) if i not in used)
+            opts = f"rw,sync,no_subtree_check,{'root_squash' if root_squash else 'no_root_squash'},fsid={fsid}"
+            text = f"{path} " + " ".join(f"{c}({opts})" for c in self.clients) + f"  {MARK}{name}"
+            self._apply(lines, [*lines, text])
+            return fsid, text
+
+    def unexport(self, name: str) -> bool:
+        with self._lock:
+            lines, ours = self._read()
+            if name not in ours:
+                return False
+            self._apply(lines, [t for t in lines if t != ours[name].text])
+            return True
+
+    def _apply(self, old: list[str], new: list[str]) -> None:
+        self._write(new)
+        r = self.runner([self.exportfs, "-r"])
+        if r.returncode != 0:
+            self._write(old)
+            self.runner([self.exportfs, "-r"])
+            raise KernelExportError(f"exportfs -r refused the new {self.exports_file}: "
+                                    f"{(r.stderr or r.stdout).strip()}")
+
+    def _write(self, lines: list[str]) -> None:
+        directory = self.exports_file.parent
+        fd, tmp = tempfile.mkstemp(prefix=".exports.", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write("".join(t + "\n" for t in lines))
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.exports_file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -1,0 +1,116 @@
+"""--use-ganesha=false: volumes exported through /etc/exports and the real
+exportfs (from Debian's nfs-kernel-server, unpacked by hack/install-deps).
+
+This kernel has no NFS server, so what can be proven here is everything up to
+the kernel: the appliance writes /etc/exports, and exportfs accepts it and
+writes its export table (/var/lib/nfs/etab). Both paths are private to the test:
+the appliance runs in its own mount namespace over a copy of /etc."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from nfs_provisioner.appliance.kernel_exports import MARK, KernelExporter, KernelExportError
+from tests import kubecluster, wait
+from tests.appliance_env import Appliance
+from tests.test_appliance_e2e import make_claim, make_class
+
+CACHE = Path(os.environ.get("NFSP_CACHE_DIR", Path.home() / ".cache" / "nfs-provisioner"))
+SBIN = CACHE / "nfs-kernel-server" / "root" / "usr" / "sbin"
+OPERATOR_DIR = Path("/usr/share")  # exportfs stats every exported path; any existing directory will do
+OPERATOR_LINE = f"{OPERATOR_DIR} 10.9.0.0/16(ro,sync,no_subtree_check,fsid=1)"
+
+
+class Namespace:
+    """A private view of /etc (a copy) and /var/lib/nfs for the appliance and exportfs."""
+
+    def __init__(self, tmp: Path) -> None:
+        if not (SBIN / "exportfs").exists():
+            raise AssertionError(f"{SBIN / 'exportfs'} missing: run hack/install-deps")
+        self.etc, self.varlib = tmp / "etc", tmp / "varlib"
+        shutil.copytree("/etc", self.etc, symlinks=True)  # symlinks stay symlinks into the host's tree
+        (self.etc / "exports").write_text(OPERATOR_LINE + "\n")
+        self.varlib.mkdir()
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        script = f"mount --bind {self.varlib} /var/lib/nfs && mount --bind {self.etc} /etc && exec {shlex.join(argv)}"
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+
+    @property
+    def exports(self) -> str:
+        return (self.etc / "exports").read_text()
+
+    @property
+    def etab(self) -> str:
+        etab = self.varlib / "etab"
+        return etab.read_text() if etab.exists() else ""
+
+
+@pytest.fixture
+def kernel_appliance(cluster: kubecluster.Cluster, tmp_path: Path,
+                     unique: str) -> Iterator[tuple[Appliance, Namespace]]:
+    ns = Namespace(tmp_path)
+    a = Appliance(kubeconfig=cluster.kubeconfig, export_root=tmp_path / "export", log_dir=tmp_path,
+                  provisioner=f"example.com/kernel-{unique}", extra=["--use-ganesha=false", "--run-server=false"],
+                  wrapper=ns.wrap, env={"PATH": f"{SBIN}:{os.environ['PATH']}"})
+    try:
+        yield a, ns
+    finally:
+        a.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.kube
+def test_kernel_exports_flow(kernel_appliance: tuple[Appliance, Namespace], core: client.CoreV1Api,
+                             storage: client.StorageV1Api, namespace: str, unique: str) -> None:
+    a, ns = kernel_appliance
+    cls = f"kernel-{unique}"
+    make_class(storage, cls, a.provisioner, parameters={"rootSquash": "true"})
+    a.start()
+    make_claim(core, namespace, cls)
+    wait.until(lambda: core.read_namespaced_persistent_volume_claim("nfs", namespace).status.phase == "Bound",
+               timeout=60, what="claim Bound")
+    pv = core.read_persistent_volume(core.read_namespaced_persistent_volume_claim("nfs", namespace).spec.volume_name)
+    path = a.export_root / pv.metadata.name
+    lines = ns.exports.splitlines()
+    assert lines[0] == OPERATOR_LINE  # the operator's line is kept verbatim
+    assert lines[1] == f"{path} *(rw,sync,no_subtree_check,root_squash,fsid=2)  {MARK}{pv.metadata.name}"
+    assert pv.metadata.annotations["Export_Id"] == "2"
+    etab = ns.etab
+    assert f"{path}\t*(" in etab and "fsid=2" in etab and "root_squash" in etab, etab  # exportfs accepted it
+    assert f"{OPERATOR_DIR}\t10.9.0.0/16(ro," in etab
+
+    core.delete_namespaced_persistent_volume_claim("nfs", namespace)
+    wait.until(lambda: not core.list_persistent_volume(field_selector=f"metadata.name={pv.metadata.name}").items,
+               timeout=60, what="PV deleted")
+    assert ns.exports.splitlines() == [OPERATOR_LINE]
+    assert str(path) not in ns.etab and not path.exists()
+    storage.delete_storage_class(cls)
+
+
+@pytest.mark.unit
+def test_a_refused_exports_file_is_put_back(tmp_path: Path) -> None:
+    exports = tmp_path / "exports"
+    exports.write_text(OPERATOR_LINE + "\n")
+    (tmp_path / "v").mkdir()
+    refusing = KernelExporter(exports_file=exports, exportfs=shutil.which("false") or "/bin/false")
+    with pytest.raises(KernelExportError, match="exportfs -r refused"):
+        refusing.export(name="pvc-1", path=tmp_path / "v", root_squash=False)
+    assert exports.read_text() == OPERATOR_LINE + "\n"
+    accepting = KernelExporter(exports_file=exports, exportfs=shutil.which("true") or "/bin/true",
+                               clients=("10.0.0.0/8", "192.168.1.0/24"))
+    assert accepting.export(name="pvc-1", path=tmp_path / "v", root_squash=False)[0] == 2
+    assert accepting.export(name="pvc-1", path=tmp_path / "v", root_squash=False)[0] == 2  # idempotent
+    assert accepting.count() == 1 and accepting.has("pvc-1")
+    assert "10.0.0.0/8(rw,sync,no_subtree_check,no_root_squash,fsid=2) 192.168.1.0/24(" in exports.read_text()
+    with pytest.raises(KernelExportError, match="cannot be written"):
+        accepting.export(name="pvc-2", path=tmp_path / "a b", root_squash=False)
+    assert accepting.unexport("pvc-1") is True and accepting.unexport("pvc-1") is False
+    assert exports.read_text() == OPERATOR_LINE + "\n"
