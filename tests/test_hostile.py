@@ -148,7 +148,8 @@ def test_hostile_input_gets_events_and_touches_nothing_else(
     for obj, message in expectations.items():
         wait.until(lambda o=obj, m=message: any(e.reason == "ProvisioningFailed" and m in e.message
                                                 for e in events_for(o, namespace)),
-                   timeout=60, what=lambda o=obj, m=message: f"ProvisioningFailed for {o} with {m!r}\n{appliance.log()}")
+                   timeout=60,
+                   what=lambda o=obj, m=message: f"ProvisioningFailed for {o} with {m!r}\n{appliance.log()}")
         assert core.read_namespaced_persistent_volume_claim(obj, namespace).status.phase == "Pending"
     for pv_name, _, _, message in tampered:
         if message == "ok":  # our identity, a fine name: its own (missing) directory is all it may remove
