@@ -235,3 +235,19 @@ def test_rejections_reach_the_user_as_events_and_leave_nothing(
     assert sorted(p.name for p in appliance.export_root.iterdir()) == before
     assert not [p for p in core.list_persistent_volume().items if p.spec.storage_class_name == cls]
     storage.delete_storage_class(cls)
+
+
+def test_master_overrides_the_kubeconfig_server(cluster: kubecluster.Cluster, tmp_path: Path, unique: str) -> None:
+    import yaml
+
+    cfg = yaml.safe_load(cluster.kubeconfig.read_text())
+    cfg["clusters"][0]["cluster"]["server"] = "https://127.0.0.1:1"  # nothing listens there
+    wrong = tmp_path / "wrong-server.kubeconfig"
+    wrong.write_text(yaml.safe_dump(cfg))
+    a = Appliance(kubeconfig=wrong, export_root=tmp_path / "export", provisioner=f"example.com/m-{unique}",
+                  log_dir=tmp_path, extra=[f"--master={cluster.api_url}"])
+    try:
+        a.start()  # ready means its caches were filled from the API server --master names
+        assert a.get("/readyz")[0] == 200
+    finally:
+        a.close()

@@ -125,7 +125,7 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
         api = kube.Client.load(str(s.kubeconfig) if s.kubeconfig else None,
                                settings=kube.ClientSettings(qps=s.kube_api_qps, burst=s.kube_api_burst))
         if s.master:
-            api = kube.Client(replace(api._credentials, host=s.master), api.settings)
+            api = api.with_host(s.master)
         server = address.resolve(environ=environ, api=api, out_of_cluster=s.out_of_cluster,
                                  server_hostname=s.server_hostname, nfs_port=s.nfs_port)
         log.info("NFS server address in PVs: %s", server)

@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -151,6 +151,10 @@ class Client:
     @property
     def credentials(self) -> Credentials:
         return self._credentials
+
+    def with_host(self, host: str) -> Client:
+        """The same credentials and settings against another server URL (``--master``)."""
+        return Client(replace(self._credentials, host=host), self.settings)
 
     def close(self) -> None:
         self.close_streams()
