@@ -184,7 +184,15 @@ def main() -> int:
             assert fourth.returncode != 0 and used <= 4 * MiB, (fourth.returncode, used)
             pv_cap = flow.kubectl("get", "pv", vol["pv"], "-o", "jsonpath={.spec.capacity.storage}")
             assert pv_cap == "4Mi", pv_cap
-            return {"used": used}
+            with urllib.request.urlopen("http://127.0.0.1:9090/metrics", timeout=5) as r:
+                metrics = r.read().decode()
+            limit = [ln for ln in metrics.splitlines()
+                     if ln.startswith("nfs_provisioner_volume_quota_limit_bytes{") and vol["pv"] in ln]
+            used_m = [ln for ln in metrics.splitlines()
+                      if ln.startswith("nfs_provisioner_volume_quota_used_bytes{") and vol["pv"] in ln]
+            assert limit and float(limit[0].rsplit(" ", 1)[1]) == 4 * MiB, limit
+            assert used_m and 2 * MiB < float(used_m[0].rsplit(" ", 1)[1]) <= 4 * MiB, used_m
+            return {"used": used, "metrics": limit + used_m}
         flow.step("expansion_to_4Mi_allows_4MiB", expand)
 
         def delete() -> str:
