@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -121,6 +122,17 @@ class Appliance:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
             raise AssertionError(f"appliance ignored signal {sig} for {timeout}s:\n{self.log()}") from None
+
+    def leftovers(self) -> list[int]:
+        """PIDs the appliance logged as started (Ganesha, its bus, helpers) that still run."""
+        import psutil
+
+        pids = []
+        for i in range(1, self.starts + 1):
+            log = self.log_dir / f"appliance-{i}.log"
+            text = log.read_text(errors="replace") if log.exists() else ""
+            pids += [int(p) for p in re.findall(r"started \S+ .*\(pid (\d+)\)", text)]
+        return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
 
     def client(self) -> Client:
         return Client(port=self.nfs_port)

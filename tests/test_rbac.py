@@ -180,4 +180,6 @@ def test_rbac_is_sufficient_and_every_rule_is_needed(setup: Setup) -> None:
         finally:
             a.close()
             setup.core.delete_namespaced_persistent_volume_claim(claim, setup.ns)
+        # Stopped while it was failing (often mid start-up or mid clean-up): nothing left running.
+        assert a.leftovers() == [], f"processes left behind after {drop}:\n{a.log()}"
     assert len(refused) == len(RULES)

@@ -12,6 +12,7 @@ import logging
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -151,6 +152,7 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
             http.start()
             log.info("serving /metrics, /healthz, /readyz on %s", s.metrics_address)
     except BaseException:
+        _shield_cleanup()
         if ganesha is not None and started:
             ganesha.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -173,6 +175,13 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _shield_cleanup() -> None:
+    """Once stopping, a second SIGTERM/SIGINT must not abort the cleanup halfway (leaving a bus behind)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def run(s: settings_mod.Settings, environ: Mapping[str, str]) -> int:
     # Until the controller installs its graceful handler, SIGTERM/SIGINT unwind through build()'s
     # cleanup (so a pod killed while starting leaves no Ganesha or bus behind).
@@ -184,6 +193,7 @@ def run(s: settings_mod.Settings, environ: Mapping[str, str]) -> int:
         parts.resizer.start()
         parts.controller.run()
     finally:
+        _shield_cleanup()
         if parts is not None:
             parts.resizer.stop()
             if parts.http is not None:
