@@ -13,7 +13,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -195,10 +195,15 @@ def run(s: settings_mod.Settings, environ: Mapping[str, str]) -> int:
     finally:
         _shield_cleanup()
         if parts is not None:
-            parts.resizer.stop()
+            steps: list[tuple[str, Callable[[], object]]] = [("resizer", parts.resizer.stop)]
             if parts.http is not None:
-                parts.http.stop()
+                steps.append(("metrics endpoint", parts.http.stop))
             if parts.ganesha is not None and s.run_server:
-                parts.ganesha.stop()
+                steps.append(("Ganesha", parts.ganesha.stop))
+            for what, step in steps:  # every step runs, whatever the one before did
+                try:
+                    step()
+                except Exception:
+                    log.exception("stopping the %s failed", what)
             shutil.rmtree(parts.run_dir, ignore_errors=True)
     return 0

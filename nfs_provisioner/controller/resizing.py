@@ -109,7 +109,7 @@ class Resizer:
 
     def stop(self) -> None:
         self.queue.shut_down()
-        if self._thread is not None:
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(10)
 
     def _enqueue_all(self) -> None:
