@@ -123,6 +123,18 @@ class Appliance:
             self.proc.wait()
             raise AssertionError(f"appliance ignored signal {sig} for {timeout}s:\n{self.log()}") from None
 
+    def kill(self) -> None:
+        """SIGKILL the appliance and everything it started, as a pod's death would."""
+        import psutil
+
+        assert self.proc is not None
+        children = [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
     def leftovers(self) -> list[int]:
         """PIDs the appliance logged as started (Ganesha, its bus, helpers) that still run."""
         import psutil

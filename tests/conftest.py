@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
+from nfs_provisioner.kube import client as kube
 from tests import kubecluster
+from tests.appliance_env import Appliance
+from tests.ganesha_env import Harness
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +66,32 @@ def unique() -> str:
     """A short random suffix for cluster-scoped names (classes, volumes)."""
     return uuid.uuid4().hex[:8]
 
+
+
+@pytest.fixture(scope="session")
+def kapi(cluster: kubecluster.Cluster) -> Iterator[kube.Client]:
+    """The project's own API client (plain dicts), for tests of the controller library."""
+    api = kube.Client.load(str(cluster.kubeconfig))
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    """Real Ganesha servers on private buses and free loopback ports, stopped by PID afterwards."""
+    harness = Harness(tmp_path)
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+@pytest.fixture
+def appliance(cluster: kubecluster.Cluster, tmp_path: Path, unique: str) -> Iterator[Appliance]:
+    """The real appliance process (not started yet) against the test run's control plane."""
+    a = Appliance(kubeconfig=cluster.kubeconfig, export_root=tmp_path / "export",
+                  provisioner=f"example.com/nfs-{unique}", log_dir=tmp_path)
+    try:
+        yield a
+    finally:
+        a.close()

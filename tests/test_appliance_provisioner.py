@@ -9,8 +9,6 @@ from __future__ import annotations
 import copy
 import os
 import stat
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +19,7 @@ from nfs_provisioner.controller.interface import IgnoredError, ProvisioningError
 from nfs_provisioner.ganesha.server import GaneshaServer
 from nfs_provisioner.volumes.directories import InvalidVolumeName, VolumeDirectories
 from tests.ganesha_env import Harness
-from tests.test_volumes import snapshot
+from tests.treesnap import snapshot
 
 pytestmark = pytest.mark.ganesha
 
@@ -38,15 +36,6 @@ class Appliance:
             directories=VolumeDirectories(self.root),
             exporter=GaneshaExporter(self.server.exports),
         )
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.close()
 
 
 def options(name: str = "pvc-1", *, params: dict[str, str] | None = None, size: str = "1Mi",

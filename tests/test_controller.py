@@ -45,13 +45,6 @@ from tests.controller_helpers import (
 pytestmark = pytest.mark.kube
 
 
-@pytest.fixture(scope="session")
-def kapi(cluster: kubecluster.Cluster) -> Iterator[kube.Client]:
-    api = kube.Client.load(str(cluster.kubeconfig))
-    yield api
-    api.close()
-
-
 @pytest.fixture
 def name(kapi: kube.Client, unique: str) -> Iterator[str]:
     """This test's provisioner name; what it leaves behind in the shared cluster is purged afterwards."""

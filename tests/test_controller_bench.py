@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -21,13 +20,6 @@ pytestmark = pytest.mark.kube
 
 CLAIMS = 200
 THREADS = 16
-
-
-@pytest.fixture(scope="module")
-def kapi(cluster: kubecluster.Cluster) -> Iterator[kube.Client]:
-    api = kube.Client.load(str(cluster.kubeconfig))
-    yield api
-    api.close()
 
 
 def test_hostpath_provisions_200_claims_fast(cluster: kubecluster.Cluster, kapi: kube.Client, namespace: str,

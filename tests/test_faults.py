@@ -22,16 +22,6 @@ from tests.test_appliance_e2e import make_class
 pytestmark = [pytest.mark.fault, pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
 
 
-@pytest.fixture
-def appliance(cluster: kubecluster.Cluster, tmp_path: Path, unique: str) -> Iterator[Appliance]:
-    a = Appliance(kubeconfig=cluster.kubeconfig, export_root=tmp_path / "export",
-                  provisioner=f"example.com/fault-{unique}", log_dir=tmp_path, extra=["--threadiness=16"])
-    try:
-        yield a
-    finally:
-        a.close()
-
-
 def claims(core: client.CoreV1Api, namespace: str, cls: str, n: int) -> list[str]:
     names = [f"c{i}" for i in range(n)]
     body = {"storageClassName": cls, "accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Mi"}}}
@@ -90,13 +80,7 @@ def test_sigkill_the_appliance_mid_burst_loses_and_duplicates_nothing(
     appliance.start()
     names = claims(core, namespace, cls, n)
     wait.until(lambda: len(bound(core, namespace)) >= 20, timeout=60, what="the burst under way")
-    assert appliance.proc is not None
-    children = [p.pid for p in psutil.Process(appliance.proc.pid).children(recursive=True)]
-    os.kill(appliance.proc.pid, signal.SIGKILL)
-    appliance.proc.wait()
-    for pid in children:  # what a pod's death takes with it: its Ganesha and bus
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    appliance.kill()
     partial = len(bound(core, namespace))
     assert partial < n, "the burst finished before the kill; nothing was tested"
 
@@ -158,12 +142,7 @@ def test_leader_election_one_provisions_and_the_other_takes_over(
         standby = next(a for a in pair if a is not leader)
         claims(core, namespace, cls, 100)
         wait.until(lambda: len(bound(core, namespace)) >= 10, timeout=60, what="the burst under way")
-        assert leader.proc is not None
-        children = [p.pid for p in psutil.Process(leader.proc.pid).children(recursive=True)]
-        os.kill(leader.proc.pid, signal.SIGKILL)
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        leader.kill()
         wait.until(lambda: "became leader" in standby.log(), timeout=30, what="the standby took over")
         wait.until(lambda: len(bound(core, namespace)) == 100, timeout=180, what="all 100 Bound")
         pvs = [p for p in core.list_persistent_volume().items if p.spec.storage_class_name == cls]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,6 @@ pytestmark = pytest.mark.ganesha
 
 ALLOWED = "10.77.0.1"
 OUTSIDE = "10.78.0.1"
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.close()
 
 
 def test_export_subnet_restricts_clients_and_nfsv3_serves_large_writes(h: Harness) -> None:

@@ -5,44 +5,23 @@ snapshotted before and after (only volumes the test itself deletes may go)."""
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from tests import kubecluster, wait
+from tests import treesnap, wait
 from tests.appliance_env import Appliance
 
 pytestmark = [pytest.mark.fault, pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
 
-VOLATILE = ("ganesha.log",)
+VOLATILE = ("ganesha.log", "recovery")  # Ganesha's own log and NFSv4 client records change by themselves
 
 
-def snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in dirnames + filenames:
-            p = Path(dirpath, n)
-            if n in VOLATILE or "recovery" in p.parts:
-                continue
-            st = os.lstat(p)
-            content = p.read_bytes() if p.is_file() and not p.is_symlink() else b""
-            out[str(p.relative_to(root))] = (st.st_mode, st.st_size, content)
-    return out
-
-
-@pytest.fixture
-def appliance(cluster: kubecluster.Cluster, tmp_path: Path, unique: str) -> Iterator[Appliance]:
-    a = Appliance(kubeconfig=cluster.kubeconfig, export_root=tmp_path / "export",
-                  provisioner=f"example.com/hostile-{unique}", log_dir=tmp_path)
-    try:
-        yield a
-    finally:
-        a.close()
+def snapshot(root: Path) -> dict[str, treesnap.Entry]:
+    return treesnap.snapshot(root, contents=True, ignore=VOLATILE)
 
 
 def remove_pv(core: client.CoreV1Api, name: str) -> None:

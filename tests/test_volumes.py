@@ -14,18 +14,9 @@ import pytest
 
 from nfs_provisioner.volumes import directories, identity, params
 from nfs_provisioner.volumes.directories import DirectoryError, InvalidVolumeName, VolumeDirectories
+from tests.treesnap import snapshot
 
 pytestmark = pytest.mark.unit
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in dirnames + filenames:
-            p = Path(dirpath, n)
-            st = os.lstat(p)
-            out[str(p.relative_to(root))] = (st.st_mode, st.st_size)
-    return out
 
 
 # ------------------------------------------------------------------ parameters

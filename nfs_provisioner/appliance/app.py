@@ -115,10 +115,8 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
     else:
         exporter = KernelExporter(clients=clients)
         log.info("exporting through the kernel NFS server (/etc/exports, exportfs -r)")
-    started: list[object] = []
     try:
         if ganesha is not None and s.run_server:
-            started.append(ganesha)  # first: a stop() of a half-started server is safe
             ganesha.start()
         elif ganesha is not None:
             ganesha.exports.load()
@@ -153,8 +151,8 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
             log.info("serving /metrics, /healthz, /readyz on %s", s.metrics_address)
     except BaseException:
         _shield_cleanup()
-        if ganesha is not None and started:
-            ganesha.stop()
+        if ganesha is not None and s.run_server:
+            ganesha.stop()  # safe on a server that never or only half started
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return Parts(identity=ident, ganesha=ganesha, provisioner=provisioner, controller=controller,
