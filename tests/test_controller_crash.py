@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -110,55 +111,79 @@ def ours(api: kube.Client, provisioner: str) -> list[str]:
 
 
 FIN = decisions.claim_finalizer("node-crash")
+RECORDS = ["finalizer", "journal"]
+"""Where the in-flight record is kept: the claim finalizer (default) or ``--in-flight-journal``."""
 
 
+def record_args(record: str, tmp: Path) -> tuple[str, ...]:
+    return ("--in-flight-journal", str(tmp / "journal")) if record == "journal" else ()
+
+
+def recorded(record: str, tmp: Path, kapi: kube.Client, namespace: str, claim: dict[str, Any]) -> bool:
+    if record == "journal":
+        return (tmp / "journal" / f"{claim['metadata']['uid']}.json").is_file()
+    return FIN in decisions.finalizers(get_claim(kapi, namespace, claim["metadata"]["name"]) or {})
+
+
+@pytest.mark.parametrize("record", RECORDS)
 def test_killed_between_provision_and_pv_save_finishes_after_restart(
         cluster: kubecluster.Cluster, kapi: kube.Client, namespace: str, name: str, unique: str,
-        tmp_path: Path, procs: list[Proc]) -> None:
+        tmp_path: Path, procs: list[Proc], record: str) -> None:
     make_class(kapi, f"c-{unique}", name)
     (tmp_path / "hang-provision").touch()
-    procs.append(Proc(cluster, tmp_path, name))
+    extra = record_args(record, tmp_path)
+    procs.append(Proc(cluster, tmp_path, name, extra=extra))
     claim = make_claim(kapi, namespace, "c", f"c-{unique}")
     pv = pv_name(claim)
     wait.until(lambda: (procs[0].markers / f"provisioned-{pv}").exists(), timeout=30, what="asset created")
-    assert FIN in decisions.finalizers(get_claim(kapi, namespace, "c") or {})
+    assert recorded(record, tmp_path, kapi, namespace, claim)
+    if record == "journal":  # the journal replaces the finalizer: the claim is not written to
+        assert FIN not in decisions.finalizers(get_claim(kapi, namespace, "c") or {})
     procs[0].kill()
     assert get_volume(kapi, pv) is None and (tmp_path / "pv" / pv).is_dir()
 
     (tmp_path / "hang-provision").unlink()
-    procs.append(Proc(cluster, tmp_path, name))
+    procs.append(Proc(cluster, tmp_path, name, extra=extra))
     bound = wait_bound(kapi, namespace, "c")
     assert bound["spec"]["volumeName"] == pv
     assert ours(kapi, name) == [pv]  # exactly one PV: no duplicate
     assert os.listdir(tmp_path / "pv") == [pv]
-    wait.until(lambda: FIN not in decisions.finalizers(get_claim(kapi, namespace, "c") or {}), timeout=10,
-               what="in-flight finalizer removed")
+    wait.until(lambda: not recorded(record, tmp_path, kapi, namespace, claim), timeout=10,
+               what="in-flight record dropped")
     delete_claim(kapi, namespace, "c")
     wait_gone(lambda: get_volume(kapi, pv), "PV deleted")
     assert os.listdir(tmp_path / "pv") == []
     assert procs[1].terminate() == 0
 
 
+@pytest.mark.parametrize("record", RECORDS)
 def test_claim_deleted_while_controller_dead_mid_provision_leaves_no_orphan(
         cluster: kubecluster.Cluster, kapi: kube.Client, namespace: str, name: str, unique: str,
-        tmp_path: Path, procs: list[Proc]) -> None:
+        tmp_path: Path, procs: list[Proc], record: str) -> None:
     make_class(kapi, f"c-{unique}", name)
     (tmp_path / "hang-provision").touch()
-    procs.append(Proc(cluster, tmp_path, name))
+    extra = record_args(record, tmp_path)
+    procs.append(Proc(cluster, tmp_path, name, extra=extra))
     claim = make_claim(kapi, namespace, "c", f"c-{unique}")
     pv = pv_name(claim)
     wait.until(lambda: (procs[0].markers / f"provisioned-{pv}").exists(), timeout=30, what="asset created")
     procs[0].kill()
     delete_claim(kapi, namespace, "c")
-    time.sleep(1)
-    left = get_claim(kapi, namespace, "c")
-    assert left is not None and left["metadata"].get("deletionTimestamp"), "the finalizer keeps the claim"
+    if record == "journal":  # nothing holds the claim: it goes at once, its last state is in the journal
+        wait_gone(lambda: get_claim(kapi, namespace, "c"), "claim deleted")
+        assert recorded(record, tmp_path, kapi, namespace, claim)
+    else:
+        time.sleep(1)
+        left = get_claim(kapi, namespace, "c")
+        assert left is not None and left["metadata"].get("deletionTimestamp"), "the finalizer keeps the claim"
     assert (tmp_path / "pv" / pv).is_dir()
 
     (tmp_path / "hang-provision").unlink()
-    procs.append(Proc(cluster, tmp_path, name))
+    procs.append(Proc(cluster, tmp_path, name, extra=extra))
     wait_gone(lambda: get_claim(kapi, namespace, "c"), "claim gone after roll-back")
-    assert os.listdir(tmp_path / "pv") == []  # no orphan asset
+    wait.until(lambda: os.listdir(tmp_path / "pv") == [], timeout=30, what="the orphan asset removed")
+    wait.until(lambda: not recorded(record, tmp_path, kapi, namespace, claim), timeout=10,
+               what="in-flight record dropped")
     assert ours(kapi, name) == []  # and no PV
     assert procs[1].terminate() == 0
 

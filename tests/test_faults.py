@@ -240,9 +240,13 @@ def test_export_root_full(cluster: kubecluster.Cluster, core: client.CoreV1Api, 
         with (small_export_root / pv / "filler").open("wb") as f, contextlib.suppress(OSError):
             while True:
                 f.write(b"\0" * 2**20)
-        before = sorted(str(p.relative_to(small_export_root)) for p in small_export_root.rglob("*")
-                        if "filler" not in p.name and p.name != "ganesha.log")
-        core.create_namespaced_persistent_volume_claim(namespace, {
+        def tree() -> list[str]:
+            """Everything but the filler, Ganesha's log and the in-flight records (checked below)."""
+            return sorted(str(p.relative_to(small_export_root)) for p in small_export_root.rglob("*")
+                          if "filler" not in p.name and p.name != "ganesha.log" and p.parent != journal)
+        journal = small_export_root / ".provisioning"
+        before = tree()
+        more = core.create_namespaced_persistent_volume_claim(namespace, {
             "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "more"},
             "spec": {"storageClassName": cls, "accessModes": ["ReadWriteMany"],
                      "resources": {"requests": {"storage": "1Mi"}}}})
@@ -253,12 +257,14 @@ def test_export_root_full(cluster: kubecluster.Cluster, core: client.CoreV1Api, 
                     return str(e.message)
             return None
         wait.until(event, timeout=30, what="ProvisioningFailed: not enough space")
-        after = sorted(str(p.relative_to(small_export_root)) for p in small_export_root.rglob("*")
-                       if "filler" not in p.name and p.name != "ganesha.log")
-        assert after == before, "a half-made volume was left behind"
+        assert tree() == before, "a half-made volume was left behind"
         assert core.read_namespaced_persistent_volume_claim("more", namespace).status.phase == "Pending"
         assert nfs.cat(small_export_root / pv / "before").stdout == data  # the existing volume is still served
         assert a.get("/healthz")[0] == 200
+        # A failed attempt leaves nothing, so no in-flight record stays between the retries either.
+        assert [p.name for p in journal.iterdir()] in ([], [f"{more.metadata.uid}.json"])
+        core.delete_namespaced_persistent_volume_claim("more", namespace)
+        wait.until(lambda: not list(journal.iterdir()), timeout=30, what="the in-flight record dropped")
     finally:
         a.close()
         storage.delete_storage_class(cls)

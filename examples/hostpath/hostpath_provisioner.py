@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shutdown-grace", type=float, default=ControllerSettings.shutdown_grace,
                    help="seconds SIGTERM waits for running operations before handing them back")
     p.add_argument("--metrics-address", default=None, help="host:port for /metrics and /healthz")
+    p.add_argument("--in-flight-journal", type=Path, default=None,
+                   help="directory for in-flight records instead of a finalizer on each claim (keep it on the "
+                        "same disk as --pv-dir)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -122,6 +125,7 @@ def main(argv: Sequence[str] | None = None,
         # per node. A leader-elected group acts as one instance and shares the default record.
         instance_name=ControllerSettings.instance_name if args.leader_elect else node,
         shutdown_grace=args.shutdown_grace,
+        in_flight_journal=args.in_flight_journal,
         client=ClientSettings(qps=args.qps, burst=args.burst),
         retry=RetrySettings(exponential_backoff=args.exponential_backoff, base_delay=args.retry_delay,
                             fixed_delay=args.retry_delay, failed_provision_threshold=args.failed_retry_threshold,

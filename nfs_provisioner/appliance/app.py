@@ -41,6 +41,9 @@ from nfs_provisioner.volumes.directories import VolumeDirectories
 
 log = logging.getLogger(__name__)
 
+IN_FLIGHT_DIR = ".provisioning"
+"""Under the export root: one record per provision in flight (see ``nfs_provisioner.controller.inflight``)."""
+
 
 class StartupError(RuntimeError):
     """The appliance cannot start; the message is one line for the user."""
@@ -69,8 +72,10 @@ def controller_settings(s: settings_mod.Settings, *, identity: str) -> ctl_setti
     le = s.leader_election
     return ctl_settings.ControllerSettings(
         provisioner_name=s.provisioner,
-        # Appliances sharing a class each keep their own in-flight finalizer on claims.
+        # Provisions in flight are journaled beside the volumes (no claim writes); appliances sharing a class
+        # each have their own root, and name their own legacy finalizer.
         instance_name=identity,
+        in_flight_journal=s.export_root / IN_FLIGHT_DIR,
         threadiness=s.threadiness,
         client=kube.ClientSettings(qps=s.kube_api_qps, burst=s.kube_api_burst),
         leader_election=ctl_settings.LeaderElectionSettings(

@@ -6,15 +6,16 @@ and creates its storage asset, ``delete`` removes the asset) and run it with
 classes, decides what to provision and delete exactly as the Go
 sig-storage-lib-external-provisioner does, creates and deletes the PV objects,
 emits the standard events and metrics, and optionally elects a leader.
-Beyond the Go library it never leaks an asset across crashes: a finalizer on
-the claim records each provision before it starts (see ``provisioning``), and
-the PV finalizer records each delete (see ``deleting``).
+Beyond the Go library it never leaks an asset across crashes: each provision
+is recorded before it starts, by a finalizer on the claim or in a local
+journal (see ``inflight``), and the PV finalizer records each delete (see
+``deleting``).
 
 Layering (imports only go downwards)::
 
     controller      ProvisionController: lifecycle, workers, wiring
     provisioning, deleting, leadership        one operation each
-    watching, queueing, events, metrics       mechanisms
+    inflight, watching, queueing, events, metrics  mechanisms
     decisions, interface, settings, outcomes  pure data and rules
     ..kube                                    the only package that talks to Kubernetes
 """

@@ -4,8 +4,8 @@ Lifecycle: ``start()`` begins watching (and campaigning for the Lease when
 leader election is on); workers run only while this instance may work.
 ``stop()`` (also on SIGTERM inside ``run()``) stops taking work, lets running
 operations finish for ``shutdown_grace`` seconds, releases the Lease and
-closes the watches. Whatever is abandoned is still recorded by its in-flight
-finalizer, so the next run (or the next leader) finishes it.
+closes the watches. Whatever is abandoned is still recorded in flight (claim
+finalizer or local journal), so the next run (or the next leader) finishes it.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ class ProvisionController:
             t.join(max(0.0, deadline - time.monotonic()))
         stuck = [t.name for t in workers if t.is_alive()]
         if stuck:
-            log.warning("abandoning running operations in %s; their in-flight finalizers keep them for the next run",
+            log.warning("abandoning running operations in %s; their in-flight records keep them for the next run",
                         ", ".join(stuck))
 
     def _work(self, queue: WorkQueue, sync: Callable[[str], outcomes.Outcome], threshold: int,
@@ -256,6 +256,8 @@ class ProvisionController:
         for claim in self.claims.items():
             if self.provisioning.interesting(claim):
                 self.claim_queue.add(str(claim["metadata"]["uid"]))
+        for uid in self.provisioning.inflight.pending():  # includes records of claims deleted meanwhile
+            self.claim_queue.add(uid)
         for volume in self.volumes.items():
             if self.deleting.interesting(volume):
                 self.volume_queue.add(str(volume["metadata"]["name"]))

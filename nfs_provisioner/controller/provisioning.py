@@ -1,12 +1,11 @@
 """Provisioning one claim: decide, record the attempt durably, call the provisioner, save the PV.
 
-The durable in-flight record is a finalizer on the claim
-(``provisioning.nfs-provisioner.io/<instance>``), added by PATCH *before*
-``Provisioner.provision`` is called and removed only once the PV object exists
-or the asset is known not to exist. Because the claim cannot disappear while
-it carries the finalizer, a restarted controller always finds every started
-provision and either finishes it (claim still wanted: provision again, which
-is idempotent on the deterministic PV name, then save) or rolls it back
+The attempt is recorded (:mod:`nfs_provisioner.controller.inflight`: a
+finalizer on the claim, or a local journal) *before* ``Provisioner.provision``
+is called and the record is dropped only once the PV object exists or the
+asset is known not to exist. A restarted controller therefore finds every
+started provision and either finishes it (claim still wanted: provision again,
+which is idempotent on the deterministic PV name, then save) or rolls it back
 (claim deleted or no longer ours: provision again to learn the PV, then
 ``Provisioner.delete`` it). A PV that cannot be saved is retried forever; the
 asset is never deleted because of a failed write.
@@ -21,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nfs_provisioner.controller import decisions, events, outcomes
+from nfs_provisioner.controller import decisions, events, inflight, outcomes
 from nfs_provisioner.controller.interface import (
     IgnoredError,
     Provisioner,
@@ -66,7 +65,10 @@ class Provisioning:
         self.metrics = metrics
         self.volume_name = volume_name
         self.names = frozenset({settings.provisioner_name, *settings.additional_provisioner_names})
-        self.finalizer = decisions.claim_finalizer(settings.instance_name)
+        finalizer = inflight.ClaimFinalizer(decisions.claim_finalizer(settings.instance_name), self._patch_claim)
+        self.inflight: inflight.InFlight = (
+            finalizer if settings.in_flight_journal is None
+            else inflight.LocalJournal(settings.in_flight_journal, legacy=finalizer))
         self._attempts: dict[str, Attempt] = {}
         self._saved: dict[str, float] = {}
         self._known_classes: dict[str, Object] = {}
@@ -81,7 +83,7 @@ class Provisioning:
 
     def interesting(self, claim: Object) -> bool:
         """Whether a claim event needs a sync (cheap; runs in the watch thread)."""
-        return decisions.requested_by_us(claim, self.names) or self.finalizer in decisions.finalizers(claim)
+        return decisions.requested_by_us(claim, self.names) or self.inflight.holds(claim)
 
     def remember_class(self, cls: Object) -> None:
         self._known_classes[decisions.meta(cls).get("name", "")] = cls
@@ -91,6 +93,9 @@ class Provisioning:
     def sync(self, uid: str) -> Outcome:
         claim = self.claims.get(uid)
         if claim is None:
+            gone = self.inflight.last_known(uid)
+            if gone is not None:  # deleted while its provision was in flight (journal records only)
+                return self._undo(gone, self.volume_name(gone))
             self._attempts.pop(uid, None)
             self._saved.pop(uid, None)
             self._settled.pop(uid, None)
@@ -98,7 +103,7 @@ class Provisioning:
             return outcomes.DONE
         if decisions.meta(claim).get("resourceVersion") in self._settled.get(uid, ()):
             return outcomes.DONE
-        ours = self.finalizer in decisions.finalizers(claim)
+        ours = self.inflight.holds(claim)
         pv_name = self.volume_name(claim)
         if decisions.is_deleting(claim):
             return self._roll_back(claim, pv_name) if ours else outcomes.DONE
@@ -155,10 +160,10 @@ class Provisioning:
         self._versions.setdefault(uid, set()).add(decisions.meta(claim).get("resourceVersion", ""))
         if not ours:
             try:
-                claim = self._patch_claim(claim, {"metadata": {"finalizers": [self.finalizer]}})
+                claim = self.inflight.begin(claim)
             except errors.NotFound:
                 return outcomes.DONE
-            except errors.KubeError as e:
+            except (errors.KubeError, OSError) as e:
                 # E.g. 422 when the claim started terminating meanwhile: the next event says so.
                 return outcomes.retry_after(1.0, f"cannot record the provision of {decisions.claim_key(claim)}: {e}")
 
@@ -206,6 +211,9 @@ class Provisioning:
             state = ProvisioningState.FINISHED
         self._attempts[uid] = Attempt(state=state)
         if state is ProvisioningState.FINISHED:
+            # Nothing is left behind, so nothing needs recording until the next attempt (a claim that keeps
+            # failing neither carries a finalizer nor leaves a journal record meanwhile).
+            self._release(claim)
             return outcomes.retry(msg)
         return outcomes.retry_forever(msg)
 
@@ -252,36 +260,30 @@ class Provisioning:
         return self._release(claim, settle=True)
 
     def _release(self, claim: Object, *, settle: bool = False) -> Outcome:
-        """Drop the in-flight finalizer: the provision is over (PV saved, ignored, or rolled back).
+        """Drop the in-flight record: the provision is over (PV saved, ignored, or rolled back).
 
         ``settle``: do not look at this claim again until someone else changes it."""
         uid = decisions.meta(claim)["uid"]
-        if self.finalizer in decisions.finalizers(claim):
-            try:
-                self._patch_claim(claim, {"metadata": {"$deleteFromPrimitiveList/finalizers": [self.finalizer]}})
-            except errors.NotFound:
-                pass
-            except errors.KubeError as e:
-                return outcomes.retry_after(self.settings.retry.save_retry_delay,
-                                            f"cannot remove finalizer from {decisions.claim_key(claim)}: {e}")
+        try:
+            self.inflight.end(claim)
+        except (errors.KubeError, OSError) as e:
+            return outcomes.retry_after(self.settings.retry.save_retry_delay,
+                                        f"cannot drop the in-flight record of {decisions.claim_key(claim)}: {e}")
         versions = self._versions.pop(uid, set())
         if settle:
             self._settled[uid] = versions | {decisions.meta(claim).get("resourceVersion", "")}
         return outcomes.DONE
 
     def _reschedule(self, claim: Object, why: str) -> Outcome:
-        """Remove ``selected-node`` (and our finalizer) so the scheduler picks another node."""
-        patch: Object = {"metadata": {"annotations": {decisions.ANN_SELECTED_NODE: None}}}
-        if self.finalizer in decisions.finalizers(claim):
-            patch["metadata"]["$deleteFromPrimitiveList/finalizers"] = [self.finalizer]
+        """Remove ``selected-node`` (and our in-flight record) so the scheduler picks another node."""
         try:
-            self._patch_claim(claim, patch)
+            claim = self._patch_claim(claim, {"metadata": {"annotations": {decisions.ANN_SELECTED_NODE: None}}})
         except errors.NotFound:
             return outcomes.DONE
         except errors.KubeError as e:
             return outcomes.retry(f"rescheduling failed: {e}; {why}")
         log.info("claim %s rescheduled: %s", decisions.claim_key(claim), why)
-        return outcomes.DONE
+        return self._release(claim)
 
     def _roll_back(self, claim: Object, pv_name: str) -> Outcome:
         """The claim carries our finalizer but is deleted or no longer wants a volume: finish or undo."""

@@ -1,8 +1,8 @@
 """Typed facade over Ganesha's D-Bus API: one Python method per Ganesha method used.
 
-The only module that builds D-Bus messages. ``JeepneyTransport`` keeps one
-connection open (pure Python, no ``dbus-send``), serialises calls with a lock
-so several threads may share it, and reconnects once if the socket breaks. A
+The only module that builds D-Bus messages. ``JeepneyTransport`` keeps a few
+connections open (pure Python, no ``dbus-send``), lends one to each call so
+several threads may share them, and reconnects once if a socket breaks. A
 different transport only needs ``call()`` and ``close()``. Every call reports
 its latency and error name to an optional observer (the metrics).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
+import queue
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,52 +49,74 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
-class JeepneyTransport:
-    """One blocking jeepney connection, shared by threads under a lock."""
+class _Connection:
+    """One bus connection, opened on first use and again after it broke."""
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self._conn: DBusConnection | None = None
-        self._lock = threading.Lock()
+        self.conn: DBusConnection | None = None
 
-    def _connect(self) -> DBusConnection:
-        if self._conn is None:
+    def open(self) -> DBusConnection:
+        if self.conn is None:
             try:
-                self._conn = open_dbus_connection(bus=self.address)
+                self.conn = open_dbus_connection(bus=self.address)
             except (OSError, ValueError) as e:
                 raise errors.DBusUnavailable(method="connect", name=type(e).__name__, message=str(e)) from e
-        return self._conn
+        return self.conn
+
+    def drop(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except OSError:
+                log.debug("closing a broken D-Bus connection failed", exc_info=True)
+            self.conn = None
+
+
+class JeepneyTransport:
+    """A few blocking jeepney connections shared by threads: each call borrows an idle one, so calls
+    from several threads overlap (Ganesha still runs them one at a time, but the bus hops, the
+    (de)serialisation and the waits for a CPU do not queue behind each other)."""
+
+    def __init__(self, address: str, *, connections: int = 4) -> None:
+        if connections < 1:
+            raise ValueError("connections must be >= 1")
+        self.address = address
+        self._all = [_Connection(address) for _ in range(connections)]
+        self._idle: queue.LifoQueue[_Connection] = queue.LifoQueue()
+        for c in self._all:
+            self._idle.put(c)
 
     def call(self, message: Message, *, timeout: float) -> Message:
-        with self._lock:
+        c = self._idle.get()
+        try:
             for attempt in (1, 2):
-                conn = self._connect()
+                conn = c.open()
                 try:
                     reply: Message = conn.send_and_get_reply(message, timeout=timeout)
                     return reply
                 except TimeoutError as e:
+                    c.drop()  # a late reply must not be read as the answer to the next call
                     raise errors.DBusUnavailable(
                         method=str(message.header.fields.get(HeaderFields.member)),
                         name="Timeout",
                         message=f"no reply within {timeout}s",
                     ) from e
                 except OSError as e:  # the bus went away: reconnect once
-                    self._drop()
+                    c.drop()
                     if attempt == 2:
                         raise errors.DBusUnavailable(method="call", name=type(e).__name__, message=str(e)) from e
             raise AssertionError("unreachable")
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except OSError:
-                log.debug("closing a broken D-Bus connection failed", exc_info=True)
-            self._conn = None
+        finally:
+            self._idle.put(c)
 
     def close(self) -> None:
-        with self._lock:
-            self._drop()
+        """Close every connection (waits for calls in progress to return theirs)."""
+        taken = [self._idle.get() for _ in self._all]
+        for c in taken:
+            c.drop()
+        for c in taken:
+            self._idle.put(c)
 
 
 @dataclasses.dataclass(frozen=True)

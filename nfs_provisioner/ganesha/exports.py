@@ -6,12 +6,13 @@ Layout under ``config_dir``::
     exports.idx/NNN.conf    shard NNN = Export_Id % 256: one %include per export (generated)
     exports.d/<name>.conf   one export: a JSON header comment + the rendered EXPORT block
 
-Add = allocate id -> write file -> rewrite its index shard -> AddExport; any failure
-undoes the done steps in reverse. Remove = RemoveExport -> rewrite the shard ->
+Add = reserve name/path/id -> write file -> AddExport -> rewrite its index shard; any
+failure undoes the done steps. A crash before the shard is rewritten leaves a file the
+index lacks: ``load()`` rebuilds the index from ``exports.d``. Remove = RemoveExport -> rewrite the shard ->
 delete file, idempotent. The header line makes ids recoverable after a restart
 whatever the (operator) template looks like; ``reconcile()`` cross-checks the
 files against what Ganesha reports. Every method is safe to call from any
-thread (one lock; an add takes about a millisecond).
+thread (one lock, held for microseconds; an add takes about a millisecond).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,8 @@ class ExportManager:
         self._by_id: dict[int, Export] = {}
         self._by_path: dict[Path, Export] = {}
         self._foreign: set[int] = set()
+        self._pending: dict[str, threading.Event] = {}
+        """Names whose add is between reservation and its index line (file and AddExport outside the lock)."""
         self._ids = ids.IdAllocator(low=lo, high=hi, reserved=RESERVED_EXPORT_IDS)
 
     # --- queries -----------------------------------------------------------------------------------------------
@@ -184,6 +187,8 @@ class ExportManager:
             readded: list[int] = []
             failed: list[int] = []
             for export in self.list_exports():
+                if export.name in self._pending:
+                    continue  # its own add makes it live (or undoes it)
                 live_path = live.get(export.export_id)
                 if live_path is None:
                     try:
@@ -214,12 +219,15 @@ class ExportManager:
     # --- add / remove ------------------------------------------------------------------------------------------
 
     def add(self, request: ExportRequest) -> Export:
-        """Export ``request.path``; idempotent for an identical request. Raises a typed error, leaving nothing."""
+        """Export ``request.path``; idempotent for an identical request. Raises a typed error, leaving nothing.
+
+        The lock is held only to check and reserve the name, path and id, and to write the index shard:
+        rendering, the (fsynced) file write and AddExport run outside it, so concurrent adds overlap."""
         name = config.check_name(request.name)
         squash, access = _options(request)
         clients = config.check_clients(self.default_clients if request.clients is None else request.clients)
         path = config.check_path_inside(request.path, root=self.export_root, exclude=[self.config_dir])
-        with self._lock:
+        with self._settled(name):
             existing = self._by_name.get(name)
             candidate = Export(
                 name=name,
@@ -240,33 +248,61 @@ class ExportManager:
             if other is not None:
                 raise errors.ExportConflict(f"path {str(path)!r} is already exported as {other.name!r}")
             export = dataclasses.replace(candidate, export_id=self._ids.allocate())
-            undo: list[tuple[str, Callable[[], None]]] = [("release id", lambda: self._ids.release(export.export_id))]
-            try:
-                text = export.header() + self.templates.render_export(self._block(export))
-                if export.config_file.exists():
-                    raise errors.ExportConflict(f"{export.config_file} exists but is not a loaded export")
-                config.atomic_write(export.config_file, text, durable=self.durable)
-                undo.append(("delete export file", lambda: export.config_file.unlink(missing_ok=True)))
-                self._remember(export)
-                undo.append(("forget export", lambda: self._forget(export)))
+            self._remember(export)  # reserved: name, path and id are taken, the shard leaves it out for now
+            self._pending[name] = threading.Event()
+        written = live = False
+        try:
+            text = export.header() + self.templates.render_export(self._block(export))
+            if export.config_file.exists():
+                raise errors.ExportConflict(f"{export.config_file} exists but is not a loaded export")
+            config.atomic_write(export.config_file, text, durable=self.durable)
+            written = True
+            self._add_live(export)
+            live = True
+            with self._lock:
+                self._pending.pop(name).set()
                 self._write_shard(export.export_id)
-                undo.append(("drop the index line", lambda: self._drop_from_index(export)))
-                self._add_live(export)
-            except BaseException as e:
-                self._rollback(undo, export)
+        except BaseException as e:
+            if live:
+                try:
+                    self.dbus.remove_export(export.export_id)
+                except errors.GaneshaError as undo_error:
+                    log.error("export %s: withdrawing it after a failed add failed: %s", name, undo_error)
+            with self._lock:
+                self._forget(export)
+                if written:
+                    with contextlib.suppress(OSError):
+                        export.config_file.unlink(missing_ok=True)
+                event = self._pending.pop(name, None)
+                if event is not None:
+                    event.set()
+                else:  # the shard was being rewritten with it: rewrite it without
+                    with contextlib.suppress(OSError):
+                        self._write_shard(export.export_id)
                 if isinstance(e, errors.ExportIdTaken):
                     self._foreign.add(export.export_id)
                     self._ids.take(export.export_id)
-                if isinstance(e, errors.ExportConflict | errors.TemplateError | errors.InvalidRequest):
-                    raise
-                if isinstance(e, errors.ExportIdTaken):
-                    raise
-                if isinstance(e, errors.GaneshaError | OSError):
-                    raise errors.ExportAddError(f"adding export {name!r} (id {export.export_id}) failed: {e}") from e
+            if isinstance(e, errors.ExportConflict | errors.TemplateError | errors.InvalidRequest):
                 raise
-            self._count_changed()
-            log.info("export %s added: id %d path %s clients %s", name, export.export_id, path, ",".join(clients))
-            return export
+            if isinstance(e, errors.ExportIdTaken):
+                raise
+            if isinstance(e, errors.GaneshaError | OSError):
+                raise errors.ExportAddError(f"adding export {name!r} (id {export.export_id}) failed: {e}") from e
+            raise
+        self._count_changed()
+        log.info("export %s added: id %d path %s clients %s", name, export.export_id, path, ",".join(clients))
+        return export
+
+    @contextlib.contextmanager
+    def _settled(self, name: str) -> Iterator[None]:
+        """Hold the lock once no add of ``name`` is half done (another thread's add of it finishes first)."""
+        while True:
+            with self._lock:
+                pending = self._pending.get(name)
+                if pending is None:
+                    yield
+                    return
+            pending.wait()
 
     def update(self, request: ExportRequest) -> Export:
         """Change squash, access type or clients of a live export (same name, same path) via UpdateExport.
@@ -275,7 +311,7 @@ class ExportManager:
         name = config.check_name(request.name)
         clients = config.check_clients(self.default_clients if request.clients is None else request.clients)
         path = config.check_path_inside(request.path, root=self.export_root, exclude=[self.config_dir])
-        with self._lock:
+        with self._settled(name):
             old = self._by_name.get(name)
             if old is None:
                 raise errors.InvalidRequest(f"export {name!r} does not exist")
@@ -306,7 +342,7 @@ class ExportManager:
         If Ganesha cannot be reached the export is kept (file and index line) and the
         ``DBusError`` raised, so a retry finishes the job; Ganesha not knowing the id is fine."""
         config.check_name(name)
-        with self._lock:
+        with self._settled(name):
             export = self._by_name.get(name)
             if export is None:
                 log.info("export %s: nothing to remove", name)
@@ -378,7 +414,8 @@ class ExportManager:
     def _write_shard(self, export_id: int, *, only_if_changed: bool = False) -> None:
         shard = export_id % INDEX_SHARDS
         ids = range(shard or INDEX_SHARDS, config.EXPORT_ID_MAX + 1, INDEX_SHARDS)
-        files = [self._by_id[i].config_file for i in ids if i in self._by_id]
+        files = [e.config_file for e in (self._by_id.get(i) for i in ids)
+                 if e is not None and e.name not in self._pending]
         self._write_if(self._shard_file(shard), config.render_index(files), only_if_changed=only_if_changed)
 
     def _write_if(self, path: Path, text: str, *, only_if_changed: bool) -> None:

@@ -1,0 +1,154 @@
+"""The durable record of provisions that started and have not finished.
+
+A provision is recorded *before* ``Provisioner.provision`` is called and the
+record is dropped only once the PV object exists or the asset is known not to
+exist, so a controller killed in between finds the work again. Two kinds:
+
+``ClaimFinalizer`` (the default) keeps the record on the claim itself as the
+finalizer ``provisioning.nfs-provisioner.io/<instance>``: it needs nothing but
+the API server, and the claim cannot disappear while it is recorded. It costs
+two PATCHes of the claim per provision.
+
+``LocalJournal`` keeps it as one small file per claim in a directory that
+lives as long as the assets do (the appliance keeps it in its export root). It
+costs no API write, so a provision needs only the PV create; a claim deleted
+mid-provision disappears at once, and its last known state, kept in the file,
+is what the roll-back works from. Claims that still carry a finalizer from a
+run with ``ClaimFinalizer`` are honoured and released.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nfs_provisioner.controller import decisions
+from nfs_provisioner.kube import errors
+
+log = logging.getLogger(__name__)
+
+Object = dict[str, Any]
+PatchClaim = Callable[[Object, Object], Object]
+"""Sends a PATCH for a claim and returns the updated claim."""
+
+
+class InFlight(abc.ABC):
+    """Where provisions in flight are recorded."""
+
+    @abc.abstractmethod
+    def holds(self, claim: Object) -> bool:
+        """Whether a provision of ``claim`` is recorded (cheap: called for every claim event)."""
+
+    @abc.abstractmethod
+    def begin(self, claim: Object) -> Object:
+        """Record the provision of ``claim`` durably; returns the claim (updated when it was written to).
+        Raises :class:`nfs_provisioner.kube.errors.KubeError` or ``OSError`` when it cannot."""
+
+    @abc.abstractmethod
+    def end(self, claim: Object) -> None:
+        """Drop the record (a no-op when there is none)."""
+
+    def pending(self) -> list[str]:
+        """UIDs of every recorded claim, to look at again when work starts (the finalizer kind finds them
+        among the cached claims instead)."""
+        return []
+
+    def last_known(self, uid: str) -> Object | None:
+        """The claim as recorded, for a record whose claim no longer exists (``None``: no such record)."""
+        return None
+
+
+class ClaimFinalizer(InFlight):
+    def __init__(self, finalizer: str, patch: PatchClaim) -> None:
+        self.finalizer = finalizer
+        self._patch = patch
+
+    def holds(self, claim: Object) -> bool:
+        return self.finalizer in decisions.finalizers(claim)
+
+    def begin(self, claim: Object) -> Object:
+        if self.holds(claim):
+            return claim
+        return self._patch(claim, {"metadata": {"finalizers": [self.finalizer]}})
+
+    def end(self, claim: Object) -> None:
+        if self.holds(claim):
+            with contextlib.suppress(errors.NotFound):
+                self._patch(claim, {"metadata": {"$deleteFromPrimitiveList/finalizers": [self.finalizer]}})
+
+
+class LocalJournal(InFlight):
+    """``<directory>/<claim uid>.json`` per provision in flight, holding the claim as it was then.
+
+    Written to a temporary name, synced and renamed, so a record is either whole or absent (like the
+    Ganesha export files; the directory entry is not synced separately)."""
+
+    SUFFIX = ".json"
+
+    def __init__(self, directory: Path, legacy: ClaimFinalizer) -> None:
+        self.directory = directory
+        self.legacy = legacy
+        directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._uids = {p.name[:-len(self.SUFFIX)] for p in directory.iterdir()
+                      if p.name.endswith(self.SUFFIX) and not p.name.startswith(".")}
+        for stale in directory.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+
+    def _path(self, uid: str) -> Path:
+        if not uid or "/" in uid or uid.startswith("."):
+            raise ValueError(f"claim uid {uid!r} cannot name a journal record")
+        return self.directory / f"{uid}{self.SUFFIX}"
+
+    def holds(self, claim: Object) -> bool:
+        return decisions.meta(claim).get("uid") in self._uids or self.legacy.holds(claim)
+
+    def begin(self, claim: Object) -> Object:
+        uid = str(decisions.meta(claim).get("uid", ""))
+        if uid in self._uids:
+            return claim
+        path = self._path(uid)
+        m = decisions.meta(claim)
+        record = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "spec": claim.get("spec") or {},
+                  "metadata": {k: m[k] for k in ("name", "namespace", "uid", "annotations", "labels") if k in m}}
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(record, separators=(",", ":")).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        with self._lock:
+            self._uids.add(uid)
+        return claim
+
+    def end(self, claim: Object) -> None:
+        uid = str(decisions.meta(claim).get("uid", ""))
+        self.legacy.end(claim)
+        if uid in self._uids:
+            self._path(uid).unlink(missing_ok=True)
+            with self._lock:
+                self._uids.discard(uid)
+
+    def pending(self) -> list[str]:
+        with self._lock:
+            return sorted(self._uids)
+
+    def last_known(self, uid: str) -> Object | None:
+        if uid not in self._uids:
+            return None
+        try:
+            record = json.loads(self._path(uid).read_text())
+        except (OSError, ValueError) as e:
+            log.error("in-flight record %s is unreadable (%s); the provision it records cannot be rolled back "
+                      "automatically", self._path(uid), e)
+            return None
+        return record if isinstance(record, dict) else None
