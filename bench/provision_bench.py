@@ -3,11 +3,17 @@
 
 For N claims created at once (N = 100, 1000 by default), each repeated R times:
 created+exported throughput (claim created -> PV exists; the export is made
-before the PV is saved), Bound throughput, per-claim latency p50/p99, deletion
-throughput; in the same API server, the ceiling: a tight client loop creating
-the same number of PV objects and events. Then, with 1000 volumes present, a
-cold restart (process start -> /readyz, all exports served, queues drained, no
-provision calls) and the appliance's memory (RSS of its process tree).
+before the PV is saved), Bound throughput, the rate at which the binder
+(kube-controller-manager) hands claims over (storage-provisioner annotation,
+which a provisioner must wait for), per-claim latency p50/p99 from creation and
+from handover, deletion throughput. In the same API server, two ceilings: a
+tight client loop creating as many PV objects and events as the appliance
+writes per claim (the raw API rate), and a "null provisioner" answering the
+same burst of claims with PV + events at handover and no storage work (the
+most any provisioner gets through this pipeline on this machine). Then, with
+1000 volumes present, a cold restart (process start -> /readyz, all exports
+served, queues drained, no provision calls) and the appliance's memory (RSS
+of its process tree).
 
     .venv/bin/python -m bench.provision_bench [--sizes 100,1000] [--repeats 3]
 """
@@ -36,7 +42,9 @@ from tests import kubecluster
 from tests.appliance_env import Appliance
 
 REPO = Path(__file__).resolve().parent.parent
-WORKERS = 32  # client threads creating claims (and, for the ceiling, PVs and events)
+ANN_STORAGE_PROVISIONER = "volume.kubernetes.io/storage-provisioner"
+WORKERS = 32  # client threads creating claims (and, for the ceilings, PVs and events)
+NULL_PROVISIONER, NULL_CLASS = "bench.example.com/null", "bench-null-class"
 
 
 def pct(values: list[float], p: float) -> float:
@@ -67,6 +75,8 @@ class Watcher:
         self.pv_seen: dict[str, float] = {}
         self.pv_gone: dict[str, float] = {}
         self.bound: dict[str, float] = {}
+        self.annotated: dict[str, float] = {}
+        """claim uid -> when kube-controller-manager handed it to a provisioner (storage-provisioner annotation)."""
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(kube.volumes_path(), self._pv), daemon=True),
                          threading.Thread(target=self._run, args=(kube.claims_path(namespace), self._claim),
@@ -89,8 +99,13 @@ class Watcher:
             self.pv_seen.setdefault(name, now)
 
     def _claim(self, kind: str, obj: dict[str, Any]) -> None:
-        if kind != "DELETED" and (obj.get("status") or {}).get("phase") == "Bound":
-            self.bound.setdefault(obj["metadata"]["uid"], time.monotonic())
+        if kind == "DELETED":
+            return
+        now = time.monotonic()
+        if ANN_STORAGE_PROVISIONER in (obj["metadata"].get("annotations") or {}):
+            self.annotated.setdefault(obj["metadata"]["uid"], now)
+        if (obj.get("status") or {}).get("phase") == "Bound":
+            self.bound.setdefault(obj["metadata"]["uid"], now)
 
     def _run(self, path: str, handle: Callable[[str, dict[str, Any]], None]) -> None:
         rv = self.api.get(path, limit=1)["metadata"]["resourceVersion"]
@@ -123,7 +138,7 @@ def claim_body(name: str, cls: str) -> dict[str, Any]:
                      "resources": {"requests": {"storage": "1Mi"}}}}
 
 
-def provision_run(api: kube.Client, pool: cf.ThreadPoolExecutor, *, n: int, cls: str,
+def provision_run(api: kube.Client, pool: cf.ThreadPoolExecutor, *, n: int, cls: str, provisioner: str,
                   keep: bool = False) -> tuple[dict[str, float], str]:
     ns = f"bench-{uuid.uuid4().hex[:8]}"
     api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
@@ -144,9 +159,15 @@ def provision_run(api: kube.Client, pool: cf.ThreadPoolExecutor, *, n: int, cls:
     t_pv = max(w.pv_seen[name] for name in names)
     wait_for(lambda: all(uid in w.bound for uid in created), 600, f"{n} claims Bound")
     t_bound = max(w.bound[uid] for uid in created)
+    events = [e for e in api.get(kube.events_path(ns))["items"]
+              if (e.get("source") or {}).get("component") == provisioner]
     lat = [w.pv_seen[name] - created[uid] for name, uid in names.items()]
+    own = [w.pv_seen[name] - w.annotated[uid] for name, uid in names.items()]
+    t_annotated = max(w.annotated[uid] for uid in created)
     out = {"created_per_s": n / (t_pv - t0), "bound_per_s": n / (t_bound - t0),
-           "create_claims_s": t_created_all - t0, "p50_s": pct(lat, 50), "p99_s": pct(lat, 99)}
+           "annotated_per_s": n / (t_annotated - t0),
+           "create_claims_s": t_created_all - t0, "p50_s": pct(lat, 50), "p99_s": pct(lat, 99),
+           "own_p50_s": pct(own, 50), "own_p99_s": pct(own, 99), "events_per_claim": len(events) / n}
     if keep:
         w.stop()
         return out, ns
@@ -159,8 +180,69 @@ def provision_run(api: kube.Client, pool: cf.ThreadPoolExecutor, *, n: int, cls:
     return out, ns
 
 
-def ceiling_run(api: kube.Client, pool: cf.ThreadPoolExecutor, *, n: int) -> float:
-    """PV objects (plus one event each) created by a tight client loop: what the API server allows."""
+class NullProvisioner(Watcher):
+    """Answers each claim handed to ``provisioner`` at once from a thread pool: its PV (claimRef set)
+    and ``events`` events, no storage work. The same burst through this loop measures what any
+    provisioner could reach in this pipeline (claim creation, the binder, one API server, 2 cores)."""
+
+    def __init__(self, api: kube.Client, namespace: str, *, provisioner: str, cls: str, events: int,
+                 pool: cf.ThreadPoolExecutor) -> None:
+        super().__init__(api, namespace)
+        self.provisioner, self.cls, self.events, self.pool = provisioner, cls, events, pool
+        self._taken: set[str] = set()
+
+    def _claim(self, kind: str, obj: dict[str, Any]) -> None:
+        super()._claim(kind, obj)
+        m = obj["metadata"]
+        if (kind != "DELETED" and (m.get("annotations") or {}).get(ANN_STORAGE_PROVISIONER) == self.provisioner
+                and not obj["spec"].get("volumeName") and m["uid"] not in self._taken):
+            self._taken.add(m["uid"])
+            self.pool.submit(self._provision, m["namespace"], m["name"], m["uid"])
+
+    def _provision(self, ns: str, name: str, uid: str) -> None:
+        pv = f"pvc-{uid}"
+        self.api.create(kube.volumes_path(), {
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": pv, "annotations": {"pv.kubernetes.io/provisioned-by": self.provisioner}},
+            "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteMany"],
+                     "persistentVolumeReclaimPolicy": "Retain", "storageClassName": self.cls,
+                     "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns,
+                                  "name": name, "uid": uid},
+                     "nfs": {"server": "127.0.0.1", "path": f"/export/{pv}"}}})
+        for e in range(self.events):
+            self.api.create(kube.events_path(ns), {
+                "apiVersion": "v1", "kind": "Event", "metadata": {"name": f"{name}.{uid[:8]}{e}", "namespace": ns},
+                "involvedObject": {"kind": "PersistentVolumeClaim", "name": name, "namespace": ns, "uid": uid,
+                                   "apiVersion": "v1"},
+                "reason": "ProvisioningSucceeded", "message": f"Successfully provisioned volume {pv}",
+                "type": "Normal", "source": {"component": self.provisioner}})
+
+
+def pipeline_run(api: kube.Client, pool: cf.ThreadPoolExecutor, *, n: int, cls: str, provisioner: str,
+                 events: int) -> float:
+    """Claims created per second through the whole pipeline with :class:`NullProvisioner` answering."""
+    ns = f"bench-null-{uuid.uuid4().hex[:8]}"
+    api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    with cf.ThreadPoolExecutor(WORKERS) as answers:
+        w = NullProvisioner(api, ns, provisioner=provisioner, cls=cls, events=events, pool=answers)
+        w.start()
+        time.sleep(0.3)
+        uids: list[str] = []
+        t0 = time.monotonic()
+        uids = list(pool.map(lambda i: str(api.create(kube.claims_path(ns), claim_body(f"c{i}", cls))
+                                           ["metadata"]["uid"]), range(n)))
+        wait_for(lambda: all(f"pvc-{uid}" in w.pv_seen for uid in uids), 600, f"{n} null PVs")
+        rate = n / (max(w.pv_seen[f"pvc-{uid}"] for uid in uids) - t0)
+        w.stop()
+    list(pool.map(lambda i: api.delete(kube.claims_path(ns, f"c{i}")), range(n)))
+    list(pool.map(lambda uid: api.delete(kube.volumes_path(f"pvc-{uid}")), uids))
+    api.delete(f"/api/v1/namespaces/{ns}")
+    return rate
+
+
+def ceiling_run(api: kube.Client, pool: cf.ThreadPoolExecutor, *, n: int, events: int) -> float:
+    """PV objects (plus ``events`` events each, as many as the appliance posts per claim) created by a
+    tight client loop: what the API server allows."""
     tag = uuid.uuid4().hex[:8]
     ns = "default"
 
@@ -173,11 +255,12 @@ def ceiling_run(api: kube.Client, pool: cf.ThreadPoolExecutor, *, n: int) -> flo
             "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteMany"],
                      "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "bench-ceiling",
                      "nfs": {"server": "127.0.0.1", "path": f"/export/{name}"}}})
-        api.create(kube.events_path(ns), {
-            "apiVersion": "v1", "kind": "Event", "metadata": {"name": f"{name}.{tag}", "namespace": ns},
-            "involvedObject": {"kind": "PersistentVolume", "name": name, "apiVersion": "v1"},
-            "reason": "ProvisioningSucceeded", "message": f"Successfully provisioned volume {name}",
-            "type": "Normal", "source": {"component": "bench/ceiling"}})
+        for e in range(events):
+            api.create(kube.events_path(ns), {
+                "apiVersion": "v1", "kind": "Event", "metadata": {"name": f"{name}.{tag}{e}", "namespace": ns},
+                "involvedObject": {"kind": "PersistentVolume", "name": name, "apiVersion": "v1"},
+                "reason": "ProvisioningSucceeded", "message": f"Successfully provisioned volume {name}",
+                "type": "Normal", "source": {"component": "bench/ceiling"}})
 
     t0 = time.monotonic()
     list(pool.map(one, range(n)))
@@ -206,8 +289,9 @@ def main() -> int:
                                                                                      pool_size=WORKERS + 4))
         provisioner = "bench.example.com/nfs"
         cls = "bench-nfs"
-        api.create(kube.classes_path(), {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-                                         "metadata": {"name": cls}, "provisioner": provisioner})
+        for name, prov in ((cls, provisioner), (NULL_CLASS, NULL_PROVISIONER)):
+            api.create(kube.classes_path(), {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                                             "metadata": {"name": name}, "provisioner": prov})
         appliance = Appliance(kubeconfig=cluster.kubeconfig, export_root=work / "export", provisioner=provisioner,
                               log_dir=work, extra=["--log-level=INFO", *args.appliance_args.split()])
         appliance.start()
@@ -218,12 +302,14 @@ def main() -> int:
             for n in sizes:
                 runs, ceilings = [], []
                 for r in range(args.repeats):
-                    out, _ = provision_run(api, pool, n=n, cls=cls)
-                    ceilings.append(ceiling_run(api, pool, n=n))
+                    out, _ = provision_run(api, pool, n=n, cls=cls, provisioner=provisioner)
+                    events = max(1, round(out["events_per_claim"]))
+                    ceilings.append(ceiling_run(api, pool, n=n, events=events))
                     out["fraction_of_ceiling"] = out["created_per_s"] / ceilings[-1]
                     runs.append(out)
                     print(f"N={n} run {r + 1}: {out['created_per_s']:.0f} PVC/s created+exported, "
-                          f"{out['bound_per_s']:.0f} Bound/s, p99 {out['p99_s'] * 1000:.0f} ms, "
+                          f"{out['bound_per_s']:.0f} Bound/s, handed over {out['annotated_per_s']:.0f}/s, "
+                          f"p99 {out['p99_s'] * 1000:.0f} ms (from handover {out['own_p99_s'] * 1000:.0f} ms), "
                           f"ceiling {ceilings[-1]:.0f}/s, delete {out['deleted_per_s']:.0f}/s", file=sys.stderr)
                 keys = runs[0].keys()
                 results["sizes"][str(n)] = {k: summary([x[k] for x in runs]) for k in keys}
@@ -231,7 +317,7 @@ def main() -> int:
 
             # 1000 volumes present: memory, then a cold restart.
             big = max(1000, max(sizes))
-            _, ns = provision_run(api, pool, n=big, cls=cls, keep=True)
+            _, ns = provision_run(api, pool, n=big, cls=cls, provisioner=provisioner, keep=True)
             results["volumes_present"] = big
             results["rss_at_volumes_mb"] = tree_rss(appliance.proc.pid) / 2**20
             restarts = []
@@ -264,6 +350,22 @@ def main() -> int:
             wait_for(lambda: not [p for p in api.get(kube.volumes_path())["items"]
                                   if p["spec"].get("storageClassName") == cls], 600, "cleanup")
             results["cleanup_s"] = time.monotonic() - t1
+
+            # The pipeline without the appliance (stopped, so its caches and CPU take no part): the same
+            # bursts answered by the null provisioner.
+            assert appliance.stop() == 0
+            for n in sizes:
+                events = max(1, round(results["sizes"][str(n)]["events_per_claim"]["median"]))
+                rates = []
+                for _ in range(args.repeats):
+                    rates.append(pipeline_run(api, pool, n=n, cls=NULL_CLASS, provisioner=NULL_PROVISIONER,
+                                              events=events))
+                    print(f"N={n} null provisioner: {rates[-1]:.0f} PVC/s", file=sys.stderr)
+                row = results["sizes"][str(n)]
+                row["pipeline_per_s"] = summary(rates)
+                created = row["created_per_s"]["median"]
+                row["fraction_of_pipeline"] = {"median": created / statistics.median(rates),
+                                               "min": created / max(rates), "max": created / min(rates)}
     finally:
         if appliance is not None:
             appliance.close()
@@ -283,10 +385,16 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"N={n}")
         print(f"  created+exported  {fmt(s['created_per_s'], unit=' PVC/s')}")
         print(f"  Bound             {fmt(s['bound_per_s'], unit=' PVC/s')}")
-        print(f"  ceiling (raw API) {fmt(s['ceiling_per_s'], unit=' PV+event/s')}")
+        print(f"  handed over by the binder {fmt(s['annotated_per_s'], unit=' PVC/s')}")
+        print(f"  ceiling (raw API) {fmt(s['ceiling_per_s'], unit=' PV+events/s')}"
+              f"  ({s['events_per_claim']['median']:.0f} events per PV, as the appliance posts)")
         print(f"  fraction          {fmt(s['fraction_of_ceiling'], 100, ' %')}")
-        print(f"  latency p50       {fmt(s['p50_s'], 1000, ' ms')}")
+        print(f"  null provisioner  {fmt(s['pipeline_per_s'], unit=' PVC/s')}  (same bursts, appliance stopped)")
+        print(f"  appliance/null    {fmt(s['fraction_of_pipeline'], 100, ' %')}  (median created+exported / each)")
+        print(f"  latency p50       {fmt(s['p50_s'], 1000, ' ms')}  (claim created -> PV created)")
         print(f"  latency p99       {fmt(s['p99_s'], 1000, ' ms')}")
+        print(f"  from handover p50 {fmt(s['own_p50_s'], 1000, ' ms')}  (binder's annotation -> PV created)")
+        print(f"  from handover p99 {fmt(s['own_p99_s'], 1000, ' ms')}")
         print(f"  deletion          {fmt(s['deleted_per_s'], unit=' PV/s')}")
     print(f"cold restart with {r['volumes_present']} volumes  {fmt(r['cold_restart_s'], unit=' s')}"
           f"  spurious provisions {r['restart_spurious_provisions']}")
