@@ -23,13 +23,13 @@ import abc
 import contextlib
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from nfs_provisioner.controller import decisions
+from nfs_provisioner.fileio import atomic_write
 from nfs_provisioner.kube import errors
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class LocalJournal(InFlight):
         self._lock = threading.Lock()
         self._uids = {p.name[:-len(self.SUFFIX)] for p in directory.iterdir()
                       if p.name.endswith(self.SUFFIX) and not p.name.startswith(".")}
-        for stale in directory.glob(".*.tmp"):
+        for stale in directory.glob(".*.tmp"):  # an atomic_write cut short by a crash
             stale.unlink(missing_ok=True)
 
     def _path(self, uid: str) -> Path:
@@ -118,14 +118,7 @@ class LocalJournal(InFlight):
         m = decisions.meta(claim)
         record = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "spec": claim.get("spec") or {},
                   "metadata": {k: m[k] for k in ("name", "namespace", "uid", "annotations", "labels") if k in m}}
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(record, separators=(",", ":")).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(record, separators=(",", ":")), mode=0o600)
         with self._lock:
             self._uids.add(uid)
         return claim

@@ -42,7 +42,7 @@ Object = dict[str, Any]
 
 @dataclass
 class Attempt:
-    """What this process knows about a claim's provision beyond the finalizer."""
+    """What this process knows about a claim's provision beyond its in-flight record."""
 
     state: ProvisioningState | None = None
     """State of the last failed attempt (``None``: unknown, e.g. after a restart)."""
@@ -286,7 +286,7 @@ class Provisioning:
         return self._release(claim)
 
     def _roll_back(self, claim: Object, pv_name: str) -> Outcome:
-        """The claim carries our finalizer but is deleted or no longer wants a volume: finish or undo."""
+        """The claim's provision is recorded but it is deleted or no longer wants a volume: finish or undo."""
         uid = decisions.meta(claim)["uid"]
         if uid in self._saved or self._volume_exists(pv_name):
             return self._release(claim)  # the PV exists: its normal lifecycle takes it from here

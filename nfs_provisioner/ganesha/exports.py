@@ -385,13 +385,6 @@ class ExportManager:
                 ) from None
             log.info("export %s (id %d) was already live (same path): ok", export.name, export.export_id)
 
-    def _rollback(self, undo: list[tuple[str, Callable[[], None]]], export: Export) -> None:
-        for what, step in reversed(undo):
-            try:
-                step()
-            except Exception:
-                log.exception("export %s: rollback step %r failed", export.name, what)
-
     def _remember(self, export: Export) -> None:
         self._by_name[export.name] = export
         self._by_id[export.export_id] = export
@@ -403,10 +396,6 @@ class ExportManager:
         self._by_id.pop(export.export_id, None)
         self._by_path.pop(export.path, None)
         self._ids.release(export.export_id)
-
-    def _drop_from_index(self, export: Export) -> None:
-        self._forget(export)
-        self._write_shard(export.export_id)
 
     def _shard_file(self, shard: int) -> Path:
         return self.shards_dir / f"{shard:03d}.conf"
