@@ -138,10 +138,38 @@ def claim_body(name: str, cls: str) -> dict[str, Any]:
                      "resources": {"requests": {"storage": "1Mi"}}}}
 
 
+def new_namespace(api: kube.Client, prefix: str) -> str:
+    ns = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    return ns
+
+
+def pv_body(name: str, *, cls: str, reclaim: str, annotations: dict[str, str],
+            claim_ref: dict[str, str] | None = None) -> dict[str, Any]:
+    """A 1Mi NFS PV like the appliance's (bound to ``claim_ref`` when given)."""
+    spec: dict[str, Any] = {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteMany"],
+                            "persistentVolumeReclaimPolicy": reclaim, "storageClassName": cls,
+                            "nfs": {"server": "127.0.0.1", "path": f"/export/{name}"}}
+    if claim_ref is not None:
+        spec["claimRef"] = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", **claim_ref}
+    return {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name, "annotations": annotations},
+            "spec": spec}
+
+
+def post_events(api: kube.Client, ns: str, involved: dict[str, str], *, count: int, pv: str, component: str,
+                tag: str) -> None:
+    """``count`` ProvisioningSucceeded events about ``involved``, as a provisioner posts them."""
+    for e in range(count):
+        api.create(kube.events_path(ns), {
+            "apiVersion": "v1", "kind": "Event", "metadata": {"name": f"{involved['name']}.{tag}{e}", "namespace": ns},
+            "involvedObject": {"apiVersion": "v1", **involved},
+            "reason": "ProvisioningSucceeded", "message": f"Successfully provisioned volume {pv}",
+            "type": "Normal", "source": {"component": component}})
+
+
 def provision_run(api: kube.Client, pool: cf.ThreadPoolExecutor, *, n: int, cls: str, provisioner: str,
                   keep: bool = False) -> tuple[dict[str, float], str]:
-    ns = f"bench-{uuid.uuid4().hex[:8]}"
-    api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    ns = new_namespace(api, "bench")
     w = Watcher(api, ns)
     w.start()
     time.sleep(0.3)  # watches established
@@ -201,33 +229,21 @@ class NullProvisioner(Watcher):
 
     def _provision(self, ns: str, name: str, uid: str) -> None:
         pv = f"pvc-{uid}"
-        self.api.create(kube.volumes_path(), {
-            "apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": pv, "annotations": {"pv.kubernetes.io/provisioned-by": self.provisioner}},
-            "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteMany"],
-                     "persistentVolumeReclaimPolicy": "Retain", "storageClassName": self.cls,
-                     "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns,
-                                  "name": name, "uid": uid},
-                     "nfs": {"server": "127.0.0.1", "path": f"/export/{pv}"}}})
-        for e in range(self.events):
-            self.api.create(kube.events_path(ns), {
-                "apiVersion": "v1", "kind": "Event", "metadata": {"name": f"{name}.{uid[:8]}{e}", "namespace": ns},
-                "involvedObject": {"kind": "PersistentVolumeClaim", "name": name, "namespace": ns, "uid": uid,
-                                   "apiVersion": "v1"},
-                "reason": "ProvisioningSucceeded", "message": f"Successfully provisioned volume {pv}",
-                "type": "Normal", "source": {"component": self.provisioner}})
+        self.api.create(kube.volumes_path(), pv_body(
+            pv, cls=self.cls, reclaim="Retain", annotations={"pv.kubernetes.io/provisioned-by": self.provisioner},
+            claim_ref={"namespace": ns, "name": name, "uid": uid}))
+        post_events(self.api, ns, {"kind": "PersistentVolumeClaim", "name": name, "namespace": ns, "uid": uid},
+                    count=self.events, pv=pv, component=self.provisioner, tag=uid[:8])
 
 
 def pipeline_run(api: kube.Client, pool: cf.ThreadPoolExecutor, *, n: int, cls: str, provisioner: str,
                  events: int) -> float:
     """Claims created per second through the whole pipeline with :class:`NullProvisioner` answering."""
-    ns = f"bench-null-{uuid.uuid4().hex[:8]}"
-    api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    ns = new_namespace(api, "bench-null")
     with cf.ThreadPoolExecutor(WORKERS) as answers:
         w = NullProvisioner(api, ns, provisioner=provisioner, cls=cls, events=events, pool=answers)
         w.start()
         time.sleep(0.3)
-        uids: list[str] = []
         t0 = time.monotonic()
         uids = list(pool.map(lambda i: str(api.create(kube.claims_path(ns), claim_body(f"c{i}", cls))
                                            ["metadata"]["uid"]), range(n)))
@@ -248,19 +264,12 @@ def ceiling_run(api: kube.Client, pool: cf.ThreadPoolExecutor, *, n: int, events
 
     def one(i: int) -> None:
         name = f"ceiling-{tag}-{i}"
-        api.create(kube.volumes_path(), {
-            "apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": name, "annotations": {"pv.kubernetes.io/provisioned-by": "bench/ceiling",
-                                                       "Provisioner_Id": tag, "Export_Id": str(i)}},
-            "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteMany"],
-                     "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "bench-ceiling",
-                     "nfs": {"server": "127.0.0.1", "path": f"/export/{name}"}}})
-        for e in range(events):
-            api.create(kube.events_path(ns), {
-                "apiVersion": "v1", "kind": "Event", "metadata": {"name": f"{name}.{tag}{e}", "namespace": ns},
-                "involvedObject": {"kind": "PersistentVolume", "name": name, "apiVersion": "v1"},
-                "reason": "ProvisioningSucceeded", "message": f"Successfully provisioned volume {name}",
-                "type": "Normal", "source": {"component": "bench/ceiling"}})
+        api.create(kube.volumes_path(), pv_body(
+            name, cls="bench-ceiling", reclaim="Delete",
+            annotations={"pv.kubernetes.io/provisioned-by": "bench/ceiling", "Provisioner_Id": tag,
+                         "Export_Id": str(i)}))
+        post_events(api, ns, {"kind": "PersistentVolume", "name": name}, count=events, pv=name,
+                    component="bench/ceiling", tag=tag)
 
     t0 = time.monotonic()
     list(pool.map(one, range(n)))
@@ -385,7 +394,7 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"N={n}")
         print(f"  created+exported  {fmt(s['created_per_s'], unit=' PVC/s')}")
         print(f"  Bound             {fmt(s['bound_per_s'], unit=' PVC/s')}")
-        print(f"  handed over by the binder {fmt(s['annotated_per_s'], unit=' PVC/s')}")
+        print(f"  binder handover   {fmt(s['annotated_per_s'], unit=' PVC/s')}")
         print(f"  ceiling (raw API) {fmt(s['ceiling_per_s'], unit=' PV+events/s')}"
               f"  ({s['events_per_claim']['median']:.0f} events per PV, as the appliance posts)")
         print(f"  fraction          {fmt(s['fraction_of_ceiling'], 100, ' %')}")
