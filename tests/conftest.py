@@ -13,9 +13,25 @@ import pytest
 from kubernetes import client, config
 
 from nfs_provisioner.kube import client as kube
-from tests import kubecluster
+from tests import kubecluster, uml
 from tests.appliance_env import Appliance
 from tests.ganesha_env import Harness
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``uml`` needs a UML kernel that boots here: checked with one
+    boot per run; if it does not boot, the test fails with that one line."""
+    if item.get_closest_marker("uml"):
+        problem = uml.boot_problem()
+        if problem:
+            pytest.fail(problem, pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if uml.BOOT_SECONDS is not None and uml.boot_problem() is None:  # the check ran and passed
+        terminalreporter.write_line(f"UML boot check: {uml.kernel()} ({uml.kernel_release(uml.kernel())}) "
+                                    f"booted, ran a command and powered off in {uml.BOOT_SECONDS:.2f}s")
 
 
 @pytest.fixture(scope="session")

@@ -5,21 +5,18 @@ boot; each step of tests/uml_appliance_quota.py is reported as its own test."""
 from __future__ import annotations
 
 import json
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests import uml
 
-pytestmark = [pytest.mark.quota, pytest.mark.e2e]
+pytestmark = [pytest.mark.quota, pytest.mark.e2e, pytest.mark.uml]
 
 STEPS = ("start", "claim_2Mi_bound_with_a_project", "writes_stop_at_2MiB", "expansion_to_4Mi_allows_4MiB",
          "delete_removes_the_project")
 XFS_MOUNT = "/run/xfs"
-CACHE = Path(os.environ.get("NFSP_CACHE_DIR", Path.home() / ".cache" / "nfs-provisioner"))
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +26,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = work / "results.json"
     result = uml.run([sys.executable, "-m", "tests.uml_appliance_quota", "--xfs", XFS_MOUNT, "--work", str(work),
                       "--results", str(out)], workdir=work, disks=[disk], mem_mb=2048, timeout=600,
-                     env={"NFSP_CACHE_DIR": str(CACHE)})  # the control-plane binaries, built on the host
+                     env={"NFSP_CACHE_DIR": str(uml.CACHE)})  # the control-plane binaries, built on the host
     print(f"UML run took {result.seconds:.1f}s, exit code {result.returncode}\n{result.output[-5000:]}")
     if not out.exists():
         result.check()

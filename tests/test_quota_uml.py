@@ -15,7 +15,7 @@ import pytest
 
 from tests import uml, uml_quota_checks
 
-pytestmark = pytest.mark.quota
+pytestmark = [pytest.mark.quota, pytest.mark.uml]
 
 XFS_MOUNT = "/run/xfs"
 PLAIN_MOUNT = "/run/plain"

@@ -12,23 +12,35 @@ its process group id.
     disk = uml.Disk(image=uml.make_xfs_image(tmp / "xfs.img"), mount_point="/run/xfs")
     result = uml.run([sys.executable, "-c", "..."], workdir=tmp, disks=[disk])
     result.check()      # AssertionError with the inner output unless exit code 0
+
+The kernel is the one ``hack/install-deps`` unpacks (``$NFSP_CACHE_DIR/uml/current``:
+sid's, because older UML kernels panic on hosts with a large XSAVE area such as
+AMX), or ``$NFSP_UML_KERNEL``, or ``linux.uml`` on PATH. Its modules load inside
+with ``run(..., modules=["nfsv4"])`` (modprobe resolves their dependencies).
+Tests marked ``uml`` first ask ``boot_problem()`` (one boot per test run): a
+kernel that cannot boot here fails each of them with one line saying why.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import shlex
 import shutil
 import signal
 import string
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("NFSP_CACHE_DIR", Path.home() / ".cache" / "nfs-provisioner"))
+CACHED_KERNEL = CACHE / "uml" / "current" / "linux.uml"  # hack/install-deps (fetch_uml)
 KERNEL_CANDIDATES = ("linux.uml", "/usr/bin/linux.uml")  # Debian: user-mode-linux
 SETUP_FAILED = 125  # exit code the init script reports when it could not set up
 
@@ -69,11 +81,35 @@ class Result:
 
 
 def kernel() -> Path:
+    explicit = os.environ.get("NFSP_UML_KERNEL")
+    if explicit:
+        if not Path(explicit).is_file():
+            raise UmlUnavailable(f"NFSP_UML_KERNEL={explicit} does not exist")
+        return Path(explicit)
+    if CACHED_KERNEL.is_file():
+        return CACHED_KERNEL.resolve()
     for candidate in KERNEL_CANDIDATES:
         found = shutil.which(candidate)
         if found:
             return Path(found)
-    raise UmlUnavailable("linux.uml not found; run hack/install-deps (Debian package user-mode-linux)")
+    raise UmlUnavailable(f"no UML kernel: {CACHED_KERNEL} is missing; run hack/install-deps")
+
+
+def modules_root(kernel_path: Path) -> Path:
+    """The ``modprobe -d`` root of the kernel's modules (``lib/modules/<release>`` under it)."""
+    root = kernel_path.parent / "modroot"
+    if not (root / "lib" / "modules").is_dir():
+        raise UmlUnavailable(f"no modules beside {kernel_path} ({root}); run hack/install-deps")
+    return root
+
+
+def kernel_release(kernel_path: Path) -> str:
+    """``linux.uml --version`` (the kernel release, e.g. 7.2.7), or why it cannot tell."""
+    try:
+        out = subprocess.run([str(kernel_path), "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"does not start: {e}"
+    return out.stdout.strip() or f"--version exited {out.returncode}: {out.stderr.strip()[:200]}"
 
 
 def make_xfs_image(path: Path, *, size_mb: int = 64) -> Path:
@@ -88,7 +124,8 @@ def make_xfs_image(path: Path, *, size_mb: int = 64) -> Path:
 
 
 def _init_script(
-    command: Sequence[str], *, workdir: Path, disks: Sequence[Disk], env: Mapping[str, str], cwd: Path
+    command: Sequence[str], *, workdir: Path, disks: Sequence[Disk], env: Mapping[str, str], cwd: Path,
+    modules: Sequence[str], modroot: Path | None,
 ) -> str:
     q = shlex.quote
     out, rc = workdir / "output.txt", workdir / "returncode"
@@ -105,6 +142,9 @@ def _init_script(
         "mkdir -p /run/tmp",
         "ip link set lo up || fail lo up",
     ]
+    if modules:
+        names = " ".join(q(m) for m in modules)
+        lines.append(f"modprobe -d {q(str(modroot))} -a {names} >> {q(str(out))} 2>&1 || fail modprobe {names}")
     for index, disk in enumerate(disks):
         device = f"/dev/ubd{string.ascii_lowercase[index]}"
         mp = q(disk.mount_point)
@@ -141,20 +181,26 @@ def run(
     cwd: Path = REPO,
     mem_mb: int = 256,
     timeout: float = 180.0,
+    modules: Sequence[str] = (),
+    linux: Path | None = None,
 ) -> Result:
-    """Boot UML, run ``command`` (argv) in ``cwd`` with a minimal environment
-    plus ``env``, power off, and return what happened. ``workdir`` (on the
-    host) receives the init script, the output and UML's memory file."""
+    """Boot UML, load ``modules`` (names, with their dependencies), run ``command``
+    (argv) in ``cwd`` with a minimal environment plus ``env``, power off, and
+    return what happened. ``workdir`` (on the host) receives the init script,
+    the output and UML's memory file. ``linux`` overrides ``kernel()``."""
     if len(disks) > 16:
         raise ValueError("UML has 16 ubd devices")
     workdir.mkdir(parents=True, exist_ok=True)
     workdir = workdir.resolve()
     for name in ("output.txt", "returncode"):
         (workdir / name).unlink(missing_ok=True)
+    linux = linux or kernel()
+    modroot = modules_root(linux) if modules else None
     init = workdir / "init.sh"
-    init.write_text(_init_script(command, workdir=workdir, disks=disks, env=env or {}, cwd=cwd))
+    init.write_text(_init_script(command, workdir=workdir, disks=disks, env=env or {}, cwd=cwd,
+                                 modules=modules, modroot=modroot))
     init.chmod(0o755)
-    argv = [str(kernel()), f"mem={mem_mb}M"]
+    argv = [str(linux), f"mem={mem_mb}M"]
     argv += [f"ubd{i}={d.image.resolve()}" for i, d in enumerate(disks)]
     argv += ["root=/dev/root", "rootfstype=hostfs", "rootflags=/", "ro", f"init={init}"]
     argv += [f"uml_dir={workdir}", "umid=uml", "con0=null,fd:1", "con=null"]  # pid/mconsole files in workdir
@@ -191,3 +237,55 @@ def run(
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+# The console lines that say nothing about why a boot failed: register and stack
+# dumps, blank lines, the halt itself.
+_NOISE = re.compile(
+    r"^\s*$|^\s*(\[<|\?|Call Trace|Stack:|CPU: |Hardware name|Modules linked|RIP|RSP|R[A-Z0-9]{1,3}[: ]|"
+    r"[0-9a-f]{8,}|---\[ end|Powering off|reboot: |System halted)"
+)
+
+
+def console_reason(console: str) -> str:
+    """The console's last meaningful line; for a panic, the line before it and the panic."""
+    lines = [line.strip() for line in console.splitlines() if not _NOISE.match(line)]
+    for i, line in enumerate(lines):
+        if line.startswith("Kernel panic"):
+            before = lines[i - 1] if i > 0 and not lines[i - 1].startswith("Run ") else ""
+            return f"{before}; {line}" if before else line
+    return lines[-1] if lines else "no console output"
+
+
+def diagnose_boot(kernel_path: Path, *, workdir: Path, timeout: float = 60.0) -> tuple[str | None, float]:
+    """Boot ``kernel_path`` once with a trivial command: (None, seconds) if it ran,
+    else (one line naming the kernel and the console's reason, seconds)."""
+    name = f"UML kernel {kernel_path} ({kernel_release(kernel_path)})"
+    try:
+        result = run(["true"], workdir=workdir, timeout=timeout, linux=kernel_path)
+    except OSError as e:
+        return f"{name} cannot be started: {e}", 0.0
+    if result.returncode == 0:
+        return None, result.seconds
+    setup = [line for line in result.output.splitlines() if line.startswith("uml init:")]
+    if setup:
+        return f"{name} booted but its init failed: {setup[-1]}", result.seconds
+    what = "does not boot here" if result.returncode is None else f"ran `true` but reported exit {result.returncode}"
+    return f"{name} {what} ({result.seconds:.1f}s): {console_reason(result.console)}", result.seconds
+
+
+@functools.cache
+def boot_problem() -> str | None:
+    """Once per process: None if this run's kernel boots here, else one line saying why not."""
+    global BOOT_SECONDS
+    try:
+        linux = kernel()
+    except UmlUnavailable as e:
+        return str(e)
+    with tempfile.TemporaryDirectory(prefix="uml-boot-check-") as d:
+        problem, BOOT_SECONDS = diagnose_boot(linux, workdir=Path(d))
+    return problem
+
+
+BOOT_SECONDS: float | None = None
+"""How long boot_problem()'s boot-run-poweroff took, once it has run."""
