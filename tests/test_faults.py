@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import json
 import os
 import re
 import signal
@@ -106,6 +107,51 @@ def test_sigkill_the_appliance_mid_burst_loses_and_duplicates_nothing(
     assert len(names) == n and partial >= 20
     wait.until(lambda: not list((appliance.export_root / ".provisioning").iterdir()), timeout=30,
                what="no in-flight record left")
+    storage.delete_storage_class(cls)
+
+
+def test_stale_in_flight_records_never_delete_a_volume_whose_pv_exists(
+        appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
+        unique: str) -> None:
+    """SIGKILL mid-burst with reclaimPolicy Retain leaves in-flight records of volumes whose PV was
+    already saved; their claims are deleted while the appliance is down. The restart must roll back
+    only what has no PV: every volume with a PV keeps its directory and the user's files (its reclaim
+    policy decides), and nothing else is left."""
+    n = 100
+    cls = f"retain-{unique}"
+    make_class(storage, cls, appliance.provisioner, reclaim_policy="Retain")
+    appliance.start()
+    claims(core, namespace, cls, n)
+    wait.until(lambda: volumes_made(appliance) >= 30, timeout=60, what="the burst under way")
+    appliance.kill()
+    journal = appliance.export_root / ".provisioning"
+    pvs = [p for p in core.list_persistent_volume().items if p.spec.storage_class_name == cls]
+    assert pvs, "no PV was saved before the kill; nothing was tested"
+    for pv in pvs:
+        (appliance.export_root / pv.metadata.name / "user-data").write_text(f"data of {pv.metadata.name}\n")
+        ref = pv.spec.claim_ref
+        record = journal / f"{ref.uid}.json"
+        if not record.exists():  # the window between the PV save and the record's removal, made certain
+            record.write_text(json.dumps({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": ref.name, "namespace": ref.namespace, "uid": ref.uid},
+                "spec": {"storageClassName": cls, "accessModes": ["ReadWriteMany"],
+                         "resources": {"requests": {"storage": "1Mi"}}}}))
+    for name in [c.metadata.name for c in core.list_namespaced_persistent_volume_claim(namespace).items]:
+        core.delete_namespaced_persistent_volume_claim(name, namespace)
+    wait.until(lambda: not core.list_namespaced_persistent_volume_claim(namespace).items, timeout=60,
+               what="every claim gone while the appliance is down")
+
+    appliance.start()
+    wait.until(lambda: not list(journal.iterdir()), timeout=60, what="every in-flight record handled")
+    kept = {p.metadata.name for p in core.list_persistent_volume().items if p.spec.storage_class_name == cls}
+    assert kept == {p.metadata.name for p in pvs}, "a PV appeared or vanished"
+    for name in kept:
+        assert (appliance.export_root / name / "user-data").read_text() == f"data of {name}\n"
+    assert {d.name for d in appliance.export_root.iterdir() if d.name.startswith("pvc-")} == kept, \
+        "a volume without a PV was not rolled back"
+    for pv in kept:
+        core.delete_persistent_volume(pv)
     storage.delete_storage_class(cls)
 
 

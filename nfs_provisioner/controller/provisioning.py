@@ -95,7 +95,8 @@ class Provisioning:
         if claim is None:
             gone = self.inflight.last_known(uid)
             if gone is not None:  # deleted while its provision was in flight (journal records only)
-                return self._undo(gone, self.volume_name(gone))
+                # As for any rollback: if the PV exists, its reclaim policy decides, never the record.
+                return self._roll_back(gone, self.volume_name(gone))
             self._attempts.pop(uid, None)
             self._saved.pop(uid, None)
             self._settled.pop(uid, None)
@@ -286,7 +287,10 @@ class Provisioning:
         return self._release(claim)
 
     def _roll_back(self, claim: Object, pv_name: str) -> Outcome:
-        """The claim's provision is recorded but it is deleted or no longer wants a volume: finish or undo."""
+        """The claim's provision is recorded but it is deleted or no longer wants a volume: finish or undo.
+
+        The only way into ``_undo`` for a claim whose PV might exist: a record never deletes an asset whose
+        PV exists (the PV's reclaim policy decides); an API error while checking retries, deleting nothing."""
         uid = decisions.meta(claim)["uid"]
         if uid in self._saved or self._volume_exists(pv_name):
             return self._release(claim)  # the PV exists: its normal lifecycle takes it from here
