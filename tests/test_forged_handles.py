@@ -1,0 +1,274 @@
+"""Forged NFS file handles (issue 12, section 1), sent by the suite's raw client (tests/nfsraw.py).
+
+A client of volume A takes A's handle and rewrites the export id in it (bytes 2-3) to another export's, or
+keeps the handle of a volume that was deleted or archived, then walks with LOOKUPP / LOOKUP ".." and tries
+READ, CREATE (v4) and READDIRPLUS, MKDIR (v3). What holds with Ganesha 4.3 (docs/security.md):
+
+- on a dedicated export-root filesystem mounted where the directory above has no file handles (as in the
+  appliance's container: the root is overlayfs), nothing outside the export root's filesystem is read or
+  created, and a deleted volume's handle is stale;
+- between volumes of one filesystem nothing holds: those tests are strict xfails that say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nfs_provisioner.ganesha.exports import ExportRequest
+from nfs_provisioner.ganesha.server import GaneshaServer
+from nfs_provisioner.ganesha.settings import Ports
+from nfs_provisioner.volumes import containment
+from nfs_provisioner.volumes.directories import VolumeDirectories
+from tests import nfsraw
+from tests.appliance_env import Appliance
+from tests.ganesha_env import Harness, Netns
+
+pytestmark = pytest.mark.ganesha
+
+CANARY = b"canary: outside the export root's filesystem\n"
+SECRET_B = b"volume B's data\n"
+ARCHIVED = b"data of an archived volume\n"
+UP = 3
+"""LOOKUPPs tried above a volume: its export root, the directory above the export root, the test's tmp dir."""
+
+
+@dataclasses.dataclass
+class Layout:
+    """An export root that is an ext4 filesystem of its own, mounted on an overlayfs (like a container's
+    root); a canary on the overlay right above the export root and one in the test's tmp dir."""
+
+    export_root: Path
+    above: Path
+    mounts: list[Path]
+
+    def outside_entries(self, tmp_path: Path) -> set[str]:
+        return {str(p) for p in self.above.rglob("*") if not p.is_relative_to(self.export_root)} | {
+            p.name for p in tmp_path.iterdir()}
+
+
+def _sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+@pytest.fixture
+def contained(tmp_path: Path) -> Iterator[tuple[Harness, Layout]]:
+    for d in ("lower", "upper", "work", "above"):
+        (tmp_path / d).mkdir()
+    mounts: list[Path] = []
+    h = Harness(tmp_path)
+    try:
+        above = tmp_path / "above"
+        _sh("mount", "-t", "overlay", "overlay", "-o",
+            f"lowerdir={tmp_path}/lower,upperdir={tmp_path}/upper,workdir={tmp_path}/work", str(above))
+        mounts.append(above)
+        root = above / "export"
+        root.mkdir()
+        image = tmp_path / "export-root.img"
+        _sh("truncate", "-s", "64M", str(image))
+        _sh("mkfs.ext4", "-q", str(image))
+        _sh("mount", "-o", "loop", str(image), str(root))
+        mounts.insert(0, root)
+        (above / "canary").write_bytes(CANARY)
+        (tmp_path / "canary").write_bytes(CANARY)
+        h.export_root = root
+        yield h, Layout(export_root=root, above=above, mounts=mounts)
+    finally:
+        h.close()  # Ganesha holds descriptors on the export root until it stops
+        for m in mounts:
+            subprocess.run(["umount", str(m)], check=False, capture_output=True)
+
+
+@dataclasses.dataclass
+class Volumes:
+    """Volume A (the attacker's), B (another live one), a deleted and an archived one; their kept handles."""
+
+    a_id: int
+    b_id: int
+    kept: dict[str, bytes]
+    """'a', 'deleted', 'archived' -> a handle the client obtained while the volume was served."""
+
+
+def _volumes(srv: GaneshaServer, h: Harness, get_fh: object) -> Volumes:
+    dirs = VolumeDirectories(h.export_root)
+    ids, kept = {}, {}
+    for name, content in (("vol-a", {"a.txt": b"A's own\n"}), ("vol-b", {"b.txt": SECRET_B}),
+                          ("vol-deleted", {"d.txt": b"deleted\n"}), ("vol-archived", {"c.txt": ARCHIVED})):
+        d = h.volume(name, content=content)
+        ids[name] = srv.exports.add(ExportRequest(name=name, path=d)).export_id
+        kept[name] = get_fh(d)  # type: ignore[operator]
+    for name in ("vol-deleted", "vol-archived"):
+        srv.exports.remove(name)
+    assert dirs.delete("vol-deleted")
+    assert dirs.archive("vol-archived") is not None
+    return Volumes(a_id=ids["vol-a"], b_id=ids["vol-b"],
+                   kept={"a": kept["vol-a"], "deleted": kept["vol-deleted"], "archived": kept["vol-archived"]})
+
+
+def _v4_fh(c: nfsraw.Nfs4, path: Path) -> bytes:
+    return c.path_fh(*path.parts[1:])
+
+
+# --- NFSv4 -----------------------------------------------------------------------------------------------------------
+
+
+def _v4_attempts(c: nfsraw.Nfs4, fh: bytes, tag: str) -> tuple[list[bytes], list[str]]:
+    """From ``fh`` and up to UP parents: READ every name a test planted outside, and CREATE a directory."""
+    read, created = [], []
+    for k in range(UP + 1):
+        ups = [c.lookupp() for _ in range(k)]
+        for name in ("canary", "b.txt", "c.txt"):
+            r = c.compound([c.putfh(fh), *ups, c.lookup(name), c.read()])
+            if r.status == nfsraw.NFS4_OK:
+                read.append(r.last(nfsraw.OP_READ).data)
+        r = c.compound([c.putfh(fh), *ups, c.mkdir(f"forged-{tag}-{k}")])
+        if r.status == nfsraw.NFS4_OK:
+            created.append(f"{tag} up {k}")
+    return read, created
+
+
+def test_forged_v4_handles_stay_on_the_export_roots_filesystem(
+        contained: tuple[Harness, Layout], tmp_path: Path) -> None:
+    h, layout = contained
+    srv = h.server()
+    with nfsraw.Nfs4(host="127.0.0.1", port=h.port) as c:
+        vols = _volumes(srv, h, lambda p: _v4_fh(c, p))
+        before = layout.outside_entries(tmp_path)
+
+        stale = c.compound([c.putfh(vols.kept["deleted"]), c.getattr()])
+        assert stale.status_name == "NFS4ERR_STALE", "a deleted volume's handle is stale"
+        for target in (vols.a_id, vols.b_id):
+            forged = c.compound([c.putfh(nfsraw.with_export_id(vols.kept["deleted"], target)), c.getattr()])
+            assert forged.status_name == "NFS4ERR_STALE", f"deleted volume's handle as export {target}"
+
+        for kept in ("a", "archived"):
+            for target in (vols.a_id, vols.b_id):
+                fh = nfsraw.with_export_id(vols.kept[kept], target)
+                read, _created = _v4_attempts(c, fh, f"{kept}-as-{target}")
+                assert CANARY not in read, f"{kept}'s handle as export {target} read a file outside the export root"
+
+    assert (layout.above / "canary").read_bytes() == CANARY
+    assert layout.outside_entries(tmp_path) == before, "nothing was created outside the export root's filesystem"
+
+
+# --- NFSv3 -----------------------------------------------------------------------------------------------------------
+
+
+def _v3_server(h: Harness) -> tuple[GaneshaServer, Netns]:
+    ns = h.make_netns()
+    # rpcbind insists on 0.0.0.0:111: NFSv3 runs in its own network and mount namespaces, on the standard ports.
+    srv = h.server(netns=ns.path, mountns=ns.mountns, nfsv3=True, bind_addr=None, ports=Ports())
+    return srv, ns
+
+
+def _v3_attempts(c: nfsraw.Nfs3, fh: bytes, tag: str) -> tuple[list[bytes], list[str], set[str]]:
+    """LOOKUP '..' up to UP times; at each level READDIRPLUS, READ every entry and planted name, MKDIR."""
+    read, created, listed = [], [], set()
+    level = fh
+    for k in range(UP + 1):
+        if k:
+            up = c.lookup(level, "..")
+            if up.status != nfsraw.NFS3_OK:
+                break
+            level = up.fh
+        listing = c.readdirplus(level)
+        listed |= set(listing.names)
+        handles = [h for h in listing.names.values() if h]
+        for name in ("canary", "b.txt", "c.txt"):
+            found = c.lookup(level, name)
+            if found.status == nfsraw.NFS3_OK:
+                handles.append(found.fh)
+        for child in handles:
+            r = c.read(child)
+            if r.status == nfsraw.NFS3_OK:
+                read.append(r.data)
+        if c.mkdir(level, f"forged-{tag}-{k}").status == nfsraw.NFS3_OK:
+            created.append(f"{tag} up {k}")
+    return read, created, listed
+
+
+def test_forged_v3_handles_stay_on_the_export_roots_filesystem(
+        contained: tuple[Harness, Layout], tmp_path: Path) -> None:
+    h, layout = contained
+    srv, ns = _v3_server(h)
+    ports = Ports()
+    with nfsraw.Mount3(host="127.0.0.1", port=ports.mountd, netns=ns.path) as m, \
+            nfsraw.Nfs3(host="127.0.0.1", port=ports.nfs, netns=ns.path) as c:
+        def mnt(p: Path) -> bytes:
+            r = m.mnt(str(p))
+            assert r.status == 0, f"MNT {p}: status {r.status}"
+            return r.fh
+
+        vols = _volumes(srv, h, mnt)
+        before = layout.outside_entries(tmp_path)
+        assert c.read(vols.kept["deleted"]).status != nfsraw.NFS3_OK
+        assert c.readdirplus(vols.kept["deleted"]).status != nfsraw.NFS3_OK, "a deleted volume's handle is stale"
+        for kept in ("a", "archived"):
+            for target in (vols.a_id, vols.b_id):
+                fh = nfsraw.with_export_id(vols.kept[kept], target)
+                read, _created, listed = _v3_attempts(c, fh, f"{kept}-as-{target}")
+                assert CANARY not in read, f"{kept}'s handle as export {target} read a file outside the export root"
+                assert "canary" not in listed, f"{kept}'s handle as export {target} listed the directory above"
+
+    assert (layout.above / "canary").read_bytes() == CANARY
+    assert layout.outside_entries(tmp_path) == before, "nothing was created outside the export root's filesystem"
+
+
+# --- what does not hold: volumes of one filesystem -------------------------------------------------------------------
+
+OPEN = ("open with Ganesha 4.3: all volumes are directories of one filesystem, a handle names an inode of it and "
+        "Ganesha has no subtree check (docs/security.md)")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=OPEN)
+def test_a_forged_v4_handle_reads_nothing_of_another_live_volume(contained: tuple[Harness, Layout]) -> None:
+    h, _ = contained
+    srv = h.server()
+    with nfsraw.Nfs4(host="127.0.0.1", port=h.port) as c:
+        vols = _volumes(srv, h, lambda p: _v4_fh(c, p))
+        r = c.compound([c.putfh(nfsraw.with_export_id(vols.kept["a"], vols.b_id)), c.lookupp(),
+                        c.lookup("vol-b"), c.lookup("b.txt"), c.read()])
+        assert r.last(r.ops[-1].op).data != SECRET_B
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=OPEN)
+def test_a_handle_kept_from_an_archived_volume_reads_nothing(contained: tuple[Harness, Layout]) -> None:
+    h, _ = contained
+    srv = h.server()
+    with nfsraw.Nfs4(host="127.0.0.1", port=h.port) as c:
+        vols = _volumes(srv, h, lambda p: _v4_fh(c, p))
+        r = c.compound([c.putfh(nfsraw.with_export_id(vols.kept["archived"], vols.a_id)),
+                        c.lookup("c.txt"), c.read()])
+        assert r.last(r.ops[-1].op).data != ARCHIVED
+
+
+# --- the start-up warning --------------------------------------------------------------------------------------------
+
+
+def test_an_export_root_that_is_a_mere_directory_is_named_in_a_start_up_warning(appliance: Appliance) -> None:
+    appliance.start()
+    lines = [line for line in appliance.log().splitlines() if "forges NFS file handles" in line]
+    assert len(lines) == 1, appliance.log()
+    assert "WARNING" in lines[0] and f"export root {appliance.export_root.resolve()} is not a filesystem of its own" \
+        in lines[0]
+
+
+def test_the_containment_check_tells_the_three_layouts_apart(contained: tuple[Harness, Layout],
+                                                             tmp_path: Path) -> None:
+    _, layout = contained
+    assert containment.problems(layout.export_root) == [], "own filesystem, overlay above: contained"
+    assert "is not a filesystem of its own" in containment.problems(tmp_path)[0]
+    host_mount = tmp_path / "on-host"
+    host_mount.mkdir()
+    _sh("mount", "-o", "loop", str(tmp_path / "export-root.img"), str(host_mount))
+    try:
+        (found,) = containment.problems(host_mount)
+        assert f"the directory above it ({tmp_path}," in found and "walk up (LOOKUPP)" in found
+    finally:
+        _sh("umount", str(host_mount))
+    assert os.path.ismount(layout.export_root)
