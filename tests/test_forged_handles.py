@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 
 from nfs_provisioner.ganesha.exports import ExportRequest
 from nfs_provisioner.ganesha.server import GaneshaServer
-from nfs_provisioner.ganesha.settings import Ports
+from nfs_provisioner.ganesha.settings import Ports, Squash
 from nfs_provisioner.volumes import containment
 from nfs_provisioner.volumes.directories import VolumeDirectories
 from tests import nfsraw
@@ -219,6 +220,37 @@ def test_forged_v3_handles_stay_on_the_export_roots_filesystem(
     assert layout.outside_entries(tmp_path) == before, "nothing was created outside the export root's filesystem"
 
 
+# --- root-squashed clients and the appliance's own directories ------------------------------------------------------
+
+
+def test_root_squashed_forgers_cannot_enter_the_appliances_state_or_an_archived_volume(
+        contained: tuple[Harness, Layout]) -> None:
+    """When every export squashes root, a forged handle reaches the export root as the anonymous user:
+    the appliance's own directories and archived volumes are root's only (0700)."""
+    h, _ = contained
+    srv = h.server()
+    dirs = VolumeDirectories(h.export_root)
+    ids = {}
+    with nfsraw.Nfs4(host="127.0.0.1", port=h.port) as c:
+        for name in ("vol-a", "vol-b", "vol-archived"):
+            d = h.volume(name, content={"f.txt": f"{name}\n".encode()})
+            ids[name] = srv.exports.add(ExportRequest(name=name, path=d, squash=Squash.ROOT_ID_SQUASH)).export_id
+        archived_fh = _v4_fh(c, h.export_root / "vol-archived")
+        srv.exports.remove("vol-archived")
+        assert dirs.archive("vol-archived") is not None
+        forged_root = [c.putfh(nfsraw.with_export_id(_v4_fh(c, h.export_root / "vol-a"), ids["vol-b"])), c.lookupp()]
+
+        assert c.compound([*forged_root, c.lookup("vol-b"), c.lookup("f.txt"), c.read()]).status == nfsraw.NFS4_OK, \
+            "the export root itself is reachable (one filesystem, see the xfails below)"
+        for own in (".ganesha", ".archive"):
+            r = c.compound([*forged_root, c.lookup(own), c.lookup("exports.d" if own == ".ganesha" else "x")])
+            assert r.status_name == "NFS4ERR_ACCESS", f"{own}: {r.status_name}"
+        kept = c.compound([c.putfh(nfsraw.with_export_id(archived_fh, ids["vol-b"])), c.lookup("f.txt"), c.read()])
+        assert kept.status_name == "NFS4ERR_ACCESS", "an archived volume's kept handle enters it no more"
+    for own in (srv.settings.config_path, srv.settings.recovery_path):
+        assert stat.S_IMODE(own.stat().st_mode) == 0o700, own
+
+
 # --- what does not hold: volumes of one filesystem -------------------------------------------------------------------
 
 OPEN = ("open with Ganesha 4.3: all volumes are directories of one filesystem, a handle names an inode of it and "
@@ -256,6 +288,8 @@ def test_an_export_root_that_is_a_mere_directory_is_named_in_a_start_up_warning(
     assert len(lines) == 1, appliance.log()
     assert "WARNING" in lines[0] and f"export root {appliance.export_root.resolve()} is not a filesystem of its own" \
         in lines[0]
+    for own in (".ganesha", ".provisioning"):
+        assert stat.S_IMODE((appliance.export_root / own).stat().st_mode) == 0o700, own
 
 
 def test_the_containment_check_tells_the_three_layouts_apart(contained: tuple[Harness, Layout],
