@@ -12,6 +12,7 @@ READ, CREATE (v4) and READDIRPLUS, MKDIR (v3). What holds with Ganesha 4.3 (docs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import stat
@@ -41,12 +42,14 @@ UP = 3
 
 @dataclasses.dataclass
 class Layout:
-    """An export root that is an ext4 filesystem of its own, mounted on an overlayfs (like a container's
-    root); a canary on the overlay right above the export root and one in the test's tmp dir."""
+    """Where the export root lives (``kind``): ``container`` = an ext4 of its own mounted on an overlayfs
+    (a container's root), ``host-mount`` = an ext4 of its own mounted on a host directory, ``directory`` =
+    a plain directory of the host's filesystem. A canary lies right above the export root and one in the
+    test's tmp dir."""
 
+    kind: str
     export_root: Path
     above: Path
-    mounts: list[Path]
 
     def outside_entries(self, tmp_path: Path) -> set[str]:
         return {str(p) for p in self.above.rglob("*") if not p.is_relative_to(self.export_root)} | {
@@ -57,32 +60,54 @@ def _sh(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True)
 
 
-@pytest.fixture
-def contained(tmp_path: Path) -> Iterator[tuple[Harness, Layout]]:
-    for d in ("lower", "upper", "work", "above"):
-        (tmp_path / d).mkdir()
+@contextlib.contextmanager
+def _layout(tmp_path: Path, kind: str) -> Iterator[tuple[Harness, Layout]]:
+    above, root = tmp_path / "above", tmp_path / "above" / "export"
+    above.mkdir()
     mounts: list[Path] = []
     h = Harness(tmp_path)
     try:
-        above = tmp_path / "above"
-        _sh("mount", "-t", "overlay", "overlay", "-o",
-            f"lowerdir={tmp_path}/lower,upperdir={tmp_path}/upper,workdir={tmp_path}/work", str(above))
-        mounts.append(above)
-        root = above / "export"
+        if kind == "container":
+            for d in ("lower", "upper", "work"):
+                (tmp_path / d).mkdir()
+            _sh("mount", "-t", "overlay", "overlay", "-o",
+                f"lowerdir={tmp_path}/lower,upperdir={tmp_path}/upper,workdir={tmp_path}/work", str(above))
+            mounts.append(above)
         root.mkdir()
-        image = tmp_path / "export-root.img"
-        _sh("truncate", "-s", "64M", str(image))
-        _sh("mkfs.ext4", "-q", str(image))
-        _sh("mount", "-o", "loop", str(image), str(root))
-        mounts.insert(0, root)
+        if kind in ("container", "host-mount"):
+            image = tmp_path / "export-root.img"
+            _sh("truncate", "-s", "64M", str(image))
+            _sh("mkfs.ext4", "-q", str(image))
+            _sh("mount", "-o", "loop", str(image), str(root))
+            mounts.insert(0, root)
         (above / "canary").write_bytes(CANARY)
         (tmp_path / "canary").write_bytes(CANARY)
         h.export_root = root
-        yield h, Layout(export_root=root, above=above, mounts=mounts)
+        yield h, Layout(kind=kind, export_root=root, above=above)
     finally:
         h.close()  # Ganesha holds descriptors on the export root until it stops
         for m in mounts:
             subprocess.run(["umount", str(m)], check=False, capture_output=True)
+
+
+@pytest.fixture
+def contained(tmp_path: Path) -> Iterator[tuple[Harness, Layout]]:
+    with _layout(tmp_path, "container") as hl:
+        yield hl
+
+
+ESCAPES = {
+    "host-mount": "open: Ganesha 4.3 follows LOOKUPP across the export root's mount and claims the filesystem above",
+    "directory": "open: the export root's filesystem is the host's, and a handle opens any file of it",
+}
+LAYOUTS = ["container", *(pytest.param(k, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=r))
+                          for k, r in ESCAPES.items())]
+
+
+@pytest.fixture(params=LAYOUTS)
+def layout(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Harness, Layout]]:
+    with _layout(tmp_path, request.param) as hl:
+        yield hl
 
 
 @dataclasses.dataclass
@@ -134,12 +159,12 @@ def _v4_attempts(c: nfsraw.Nfs4, fh: bytes, tag: str) -> tuple[list[bytes], list
 
 
 def test_forged_v4_handles_stay_on_the_export_roots_filesystem(
-        contained: tuple[Harness, Layout], tmp_path: Path) -> None:
-    h, layout = contained
+        layout: tuple[Harness, Layout], tmp_path: Path) -> None:
+    h, where = layout
     srv = h.server()
     with nfsraw.Nfs4(host="127.0.0.1", port=h.port) as c:
         vols = _volumes(srv, h, lambda p: _v4_fh(c, p))
-        before = layout.outside_entries(tmp_path)
+        before = where.outside_entries(tmp_path)
 
         stale = c.compound([c.putfh(vols.kept["deleted"]), c.getattr()])
         assert stale.status_name == "NFS4ERR_STALE", "a deleted volume's handle is stale"
@@ -153,8 +178,8 @@ def test_forged_v4_handles_stay_on_the_export_roots_filesystem(
                 read, _created = _v4_attempts(c, fh, f"{kept}-as-{target}")
                 assert CANARY not in read, f"{kept}'s handle as export {target} read a file outside the export root"
 
-    assert (layout.above / "canary").read_bytes() == CANARY
-    assert layout.outside_entries(tmp_path) == before, "nothing was created outside the export root's filesystem"
+    assert (where.above / "canary").read_bytes() == CANARY
+    assert where.outside_entries(tmp_path) == before, "nothing was created outside the export root's filesystem"
 
 
 # --- NFSv3 -----------------------------------------------------------------------------------------------------------
@@ -194,8 +219,8 @@ def _v3_attempts(c: nfsraw.Nfs3, fh: bytes, tag: str) -> tuple[list[bytes], list
 
 
 def test_forged_v3_handles_stay_on_the_export_roots_filesystem(
-        contained: tuple[Harness, Layout], tmp_path: Path) -> None:
-    h, layout = contained
+        layout: tuple[Harness, Layout], tmp_path: Path) -> None:
+    h, where = layout
     srv, ns = _v3_server(h)
     ports = Ports()
     with nfsraw.Mount3(host="127.0.0.1", port=ports.mountd, netns=ns.path) as m, \
@@ -206,7 +231,7 @@ def test_forged_v3_handles_stay_on_the_export_roots_filesystem(
             return r.fh
 
         vols = _volumes(srv, h, mnt)
-        before = layout.outside_entries(tmp_path)
+        before = where.outside_entries(tmp_path)
         assert c.read(vols.kept["deleted"]).status != nfsraw.NFS3_OK
         assert c.readdirplus(vols.kept["deleted"]).status != nfsraw.NFS3_OK, "a deleted volume's handle is stale"
         for kept in ("a", "archived"):
@@ -216,8 +241,8 @@ def test_forged_v3_handles_stay_on_the_export_roots_filesystem(
                 assert CANARY not in read, f"{kept}'s handle as export {target} read a file outside the export root"
                 assert "canary" not in listed, f"{kept}'s handle as export {target} listed the directory above"
 
-    assert (layout.above / "canary").read_bytes() == CANARY
-    assert layout.outside_entries(tmp_path) == before, "nothing was created outside the export root's filesystem"
+    assert (where.above / "canary").read_bytes() == CANARY
+    assert where.outside_entries(tmp_path) == before, "nothing was created outside the export root's filesystem"
 
 
 # --- root-squashed clients and the appliance's own directories ------------------------------------------------------
@@ -279,6 +304,42 @@ def test_a_handle_kept_from_an_archived_volume_reads_nothing(contained: tuple[Ha
         assert r.last(r.ops[-1].op).data != ARCHIVED
 
 
+# --- the option that would hold: a filesystem per volume -----------------------------------------------------------
+
+
+def test_with_a_filesystem_per_volume_relabelled_handles_are_stale(tmp_path: Path) -> None:
+    """Not what the appliance does (one filesystem for all volumes): the measurement behind docs/security.md's
+    'a filesystem per volume holds'. Ganesha checks that a handle's filesystem is one the named export claims."""
+    h = Harness(tmp_path)
+    mounts: list[Path] = []
+    try:
+        for name in ("vol-a", "vol-b"):
+            image = tmp_path / f"{name}.img"
+            _sh("truncate", "-s", "32M", str(image))
+            _sh("mkfs.ext4", "-q", str(image))
+            d = h.volume(name)
+            _sh("mount", "-o", "loop", str(image), str(d))
+            mounts.append(d)
+            (d / "sub").mkdir()
+        (h.export_root / "canary").write_bytes(CANARY)
+        srv = h.server()
+        ids = {n: srv.exports.add(ExportRequest(name=n, path=h.export_root / n)).export_id for n in ("vol-a", "vol-b")}
+        with nfsraw.Nfs4(host="127.0.0.1", port=h.port) as c:
+            a, a_sub, b = (_v4_fh(c, h.export_root / p) for p in ("vol-a", "vol-a/sub", "vol-b"))
+            for fh in (a, a_sub):
+                r = c.compound([c.putfh(nfsraw.with_export_id(fh, ids["vol-b"])), c.getattr()])
+                assert r.status_name == "NFS4ERR_STALE", "A's handle named as export B"
+            b_fsid = b[5:15]
+            r = c.compound([c.putfh(a[:5] + b_fsid + a[15:]), c.getattr()])
+            assert r.status_name == "NFS4ERR_STALE", "A's export id with B's filesystem id"
+            r = c.compound([c.putfh(a_sub), c.lookupp(), c.lookupp(), c.lookup("canary")])
+            assert r.status_name == "NFS4ERR_NOENT", "LOOKUPP at A's root goes to the pseudo filesystem"
+    finally:
+        h.close()
+        for m in mounts:
+            subprocess.run(["umount", str(m)], check=False, capture_output=True)
+
+
 # --- the start-up warning --------------------------------------------------------------------------------------------
 
 
@@ -294,8 +355,8 @@ def test_an_export_root_that_is_a_mere_directory_is_named_in_a_start_up_warning(
 
 def test_the_containment_check_tells_the_three_layouts_apart(contained: tuple[Harness, Layout],
                                                              tmp_path: Path) -> None:
-    _, layout = contained
-    assert containment.problems(layout.export_root) == [], "own filesystem, overlay above: contained"
+    _, where = contained
+    assert containment.problems(where.export_root) == [], "own filesystem, overlay above: contained"
     assert "is not a filesystem of its own" in containment.problems(tmp_path)[0]
     host_mount = tmp_path / "on-host"
     host_mount.mkdir()
@@ -305,4 +366,4 @@ def test_the_containment_check_tells_the_three_layouts_apart(contained: tuple[Ha
         assert f"the directory above it ({tmp_path}," in found and "walk up (LOOKUPP)" in found
     finally:
         _sh("umount", str(host_mount))
-    assert os.path.ismount(layout.export_root)
+    assert os.path.ismount(where.export_root)
