@@ -21,7 +21,7 @@ import socket
 import struct
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 NFS_PROGRAM, MOUNT_PROGRAM = 100003, 100005
 AUTH_SYS = 1
@@ -45,7 +45,10 @@ NFS4ERR_NAMES = {
 # NFSv3 procedures (RFC 1813) and MOUNT v3.
 V3_LOOKUP, V3_READ, V3_MKDIR, V3_READDIRPLUS = 3, 6, 9, 17
 MNT_MNT = 1
-NFS3_OK = 0
+NFS3_OK, NFS3ERR_STALE = 0, 70
+
+
+_Client = TypeVar("_Client", bound="RpcClient")
 
 
 class RpcError(RuntimeError):
@@ -156,7 +159,7 @@ class RpcClient:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> Any:
+    def __enter__(self: _Client) -> _Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
