@@ -26,3 +26,17 @@ def atomic_write(path: Path, text: str, *, durable: bool = True, mode: int = 0o6
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def private_dir(path: Path, *, mode: int = 0o700) -> None:
+    """Create directory ``path`` (and its parents) if missing and give it ``mode``; a symlink at ``path`` is
+    refused (OSError ELOOP), never followed.
+
+    For the appliance's own directories under the export root: a client that forges NFS file handles
+    reaches the export root, and with a squashed root it cannot walk into a 0700 directory of root's."""
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)

@@ -36,7 +36,7 @@ from nfs_provisioner.kube.errors import KubeError
 from nfs_provisioner.quota.errors import QuotaError
 from nfs_provisioner.quota.manager import ProjectQuotas
 from nfs_provisioner.quota.metrics import ProjectQuotaCollector
-from nfs_provisioner.volumes import identity
+from nfs_provisioner.volumes import containment, identity
 from nfs_provisioner.volumes.directories import VolumeDirectories
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
     except (OSError, identity.IdentityError) as e:
         raise StartupError(f"export root {root}: {e}") from e
     log.info("identity %s, export root %s", ident, root)
+    containment.warn(root)
 
     registry = CollectorRegistry()
     quotas = None

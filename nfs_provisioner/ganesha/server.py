@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from nfs_provisioner import fileio
 from nfs_provisioner.ganesha import config, errors, processes
 from nfs_provisioner.ganesha.dbus import GaneshaDBus
 from nfs_provisioner.ganesha.exports import ExportManager
@@ -189,7 +190,10 @@ class GaneshaServer:
         if not s.export_root.is_dir():
             raise errors.ServerError(f"export root {s.export_root} is not a directory")
         for d in (self.run_dir, self.config_dir, s.recovery_path, s.log_path.parent):
-            d.mkdir(parents=True, exist_ok=True)
+            if d.is_relative_to(s.export_root):
+                fileio.private_dir(d)  # NFS clients reach the export root (docs/security.md)
+            else:
+                d.mkdir(parents=True, exist_ok=True)
 
     def _start_bus(self) -> None:
         conf = self.run_dir / "dbus-bus.conf"

@@ -109,6 +109,8 @@ class VolumeDirectories:
             target = archive / f"{name}-{stamp}.{n}"
             n += 1
         os.rename(path, target)
+        # Root's only: a root-squashed client keeping a handle of the volume cannot list or enter it any more.
+        os.chmod(target, 0o700)
         return target
 
     @staticmethod
