@@ -2,10 +2,11 @@
 optional XFS project quota per volume.
 
 Provision validates everything first (class parameters, selector, size, free
-space, the export limit), then creates directory -> quota -> export with an undo
-stack, so any failure leaves nothing behind. Delete works from the PV *name*
+space, the export limit), then creates record -> directory -> quota -> export with
+an undo stack, so any failure leaves nothing behind. Delete works from the PV *name*
 only (validated; the directory is ``<export root>/<pv name>``) and from the
-appliance's own records (export by name, quota project by directory); the PV's
+appliance's own records (the volume record must match the PV's name, claim uid,
+identity and path; export by name, quota project by directory); the PV's
 annotations are never trusted to say *what* to delete, only to say whose it is.
 """
 
