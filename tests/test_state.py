@@ -162,9 +162,9 @@ def test_a_tampered_export_file_is_served_as_its_header_says(
     conf.write_text(text.replace(f'Path = "{path}";', 'Path = "/etc";'))
 
     appliance.start()
-    assert f"export file {conf} differed from its own header (block Path \"/etc\"" in appliance.log()
     assert nfs.cat(path / "passwd").returncode != 0  # /etc is not served under the volume's name
     assert nfs.cat(path / "SUCCESS").stdout == b"mine"
+    assert f"export file {conf} differed from its own header (block Path \"/etc\"" in appliance.log()
     assert f'Path = "{path}";' in conf.read_text()
     core.delete_namespaced_persistent_volume_claim("nfs", namespace)
     storage.delete_storage_class(cls)
@@ -183,9 +183,12 @@ def test_a_symlinked_state_directory_stops_the_start_and_its_target_is_untouched
     (appliance.export_root / own).symlink_to(target)
 
     appliance.start(wait_ready=False)
+    assert appliance.proc is not None
+    wait.until(lambda: appliance.proc.poll() is not None or appliance.get("/readyz")[0] == 200, timeout=60,
+               what="the appliance to exit or be ready")
+    assert treesnap.snapshot(target, contents=True) == before
     last = exited_with_one_line(appliance)
     assert f"{appliance.export_root / own} is a symlink" in last and "refusing to follow it" in last
-    assert treesnap.snapshot(target, contents=True) == before
 
 
 def test_a_second_appliance_on_the_same_root_exits_naming_the_first(
