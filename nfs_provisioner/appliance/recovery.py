@@ -73,8 +73,9 @@ class Recovery:
                 self._adopt(pv, name, report)
                 self._rebuild(pv, name, report)
             except (RecordError, DirectoryError, OSError) as e:
-                report.problems.append(f"{name}: {e}")
                 log.error("volume %s: cannot check its state: %s", name, e)
+                if _phase(pv) == "Bound":  # a claim uses it; a stray (e.g. hand-made, Released) PV must not
+                    report.problems.append(f"{name}: {e}")
         self._warn_elsewhere(pvs, report)
         log.info("state check: %d PVs of this identity, %d adopted, %d exports rebuilt, %d not servable",
                  len(mine), len(report.adopted), len(report.rebuilt), len(report.problems))
@@ -126,7 +127,7 @@ class Recovery:
         if why is None and not _real_dir(path):
             why = f"its directory {path} is missing"
         if why is not None:
-            phase = str((pv.get("status") or {}).get("phase") or "")
+            phase = _phase(pv)
             log.error("volume %s (%s): not exported and not rebuilt: %s", name, phase or "no phase", why)
             if phase == "Bound":  # a claim uses it: fail readiness (a stray Released PV must not do that)
                 report.problems.append(f"{name}: {why}")
@@ -155,6 +156,10 @@ class Recovery:
 
 def _ann(pv: Object) -> dict[str, str]:
     return dict((pv.get("metadata") or {}).get("annotations") or {})
+
+
+def _phase(pv: Object) -> str:
+    return str((pv.get("status") or {}).get("phase") or "")
 
 
 def _nfs_path(pv: Object) -> str:
