@@ -107,6 +107,11 @@ def test_hand_made_pvs_never_delete_directories_that_are_not_their_volumes(
         assert treesnap.snapshot(root, contents=True, ignore=VOLATILE) == before
         assert (root / "victimdir" / "precious").read_text() == "never a volume"
         assert (root / retained.metadata.name / "precious").read_text() == "retained data"
+        # Stray Released PVs are logged at the next start, not adopted, and do not hold readiness hostage.
+        assert appliance.stop() == 0
+        appliance.start()
+        assert "volume victimdir: no record of this appliance and not adopted (no export of it exists)" \
+            in appliance.log()
 
         # A real volume is still deleted, directory and all.
         core.delete_namespaced_persistent_volume_claim("normal", namespace)
