@@ -1,8 +1,10 @@
 """The appliance process: Ganesha + the provision controller + /metrics and health.
 
-Start order: export root and identity -> (quota checks) -> Ganesha (bus, helpers,
+Start order: export root -> its lock and the no-symlink check of the appliance's own state (see
+``appliance.state``) -> identity -> (quota checks) -> Ganesha (bus, helpers,
 ganesha.nfsd; exports come back from their files) -> API client and server
-address -> controller. Stop (SIGTERM/SIGINT) runs the other way round: the
+address -> the state check against the PVs (``appliance.recovery``: adopt,
+rebuild, warn) -> controller. Stop (SIGTERM/SIGINT) runs the other way round: the
 controller stops taking work and finishes what runs, then Ganesha is shut down.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from nfs_provisioner import settings as settings_mod
-from nfs_provisioner.appliance import address, exporters
+from nfs_provisioner.appliance import address, exporters, recovery, state
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.appliance.kernel_exports import KernelExporter
 from nfs_provisioner.controller import controller as ctl
@@ -37,7 +39,8 @@ from nfs_provisioner.quota.errors import QuotaError
 from nfs_provisioner.quota.manager import ProjectQuotas
 from nfs_provisioner.quota.metrics import ProjectQuotaCollector
 from nfs_provisioner.volumes import containment, identity
-from nfs_provisioner.volumes.directories import VolumeDirectories
+from nfs_provisioner.volumes.directories import ARCHIVE_DIR, RESERVED, VolumeDirectories
+from nfs_provisioner.volumes.records import RECORDS_DIR, RecordError, VolumeRecords
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +53,11 @@ class StartupError(RuntimeError):
 
 
 STARTUP_ERRORS: tuple[type[Exception], ...] = (StartupError, GaneshaError, KubeError, address.AddressError,
-                                                QuotaError)
+                                                QuotaError, state.StateError, RecordError)
 """Failures during start-up that end the process with their message (exit 1), not a traceback."""
+
+CONFIG_DIR = ".ganesha"
+"""Ganesha's config, export files and recovery data under the export root (``ServerSettings.config_path``)."""
 
 
 @dataclass
@@ -66,6 +72,8 @@ class Parts:
     registry: CollectorRegistry
     http: ctl_metrics.Server | None
     run_dir: Path
+    lock: state.RootLock
+    recovered: recovery.Report
 
 
 def controller_settings(s: settings_mod.Settings, *, identity: str) -> ctl_settings.ControllerSettings:
@@ -90,6 +98,22 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
     root = s.export_root
     try:
         root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StartupError(f"export root {root}: {e}") from e
+    # Before anything under the root is read or written: one appliance per root, no symlinked own state.
+    lock = state.RootLock.acquire(root, environ=environ)
+    try:
+        return _build(s, environ, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.RootLock) -> Parts:
+    root = s.export_root
+    state.refuse_symlinks(root, names=(CONFIG_DIR, IN_FLIGHT_DIR, RECORDS_DIR, ARCHIVE_DIR, *sorted(RESERVED)),
+                          walk=(CONFIG_DIR, IN_FLIGHT_DIR, RECORDS_DIR))
+    try:
         ident = identity.load_or_create(root)
     except (OSError, identity.IdentityError) as e:
         raise StartupError(f"export root {root}: {e}") from e
@@ -134,9 +158,16 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
         server = address.resolve(environ=environ, api=api, out_of_cluster=s.out_of_cluster,
                                  server_hostname=s.server_hostname, nfs_port=s.nfs_port)
         log.info("NFS server address in PVs: %s", server)
+        directories = VolumeDirectories(root)
+        records = VolumeRecords(root / RECORDS_DIR)
+        records.ensure_dir()
+        recovered = recovery.Recovery(api=api, names=frozenset({s.provisioner}), identity=ident,
+                                      directories=directories, records=records, exporter=exporter,
+                                      server=lambda: server).run()
         provisioner = prov.NFSProvisioner(
             config=prov.ApplianceConfig(identity=ident, server=lambda: server, max_exports=s.max_exports),
-            directories=VolumeDirectories(root),
+            directories=directories,
+            records=records,
             exporter=exporter,
             quotas=quotas,
         )
@@ -152,7 +183,8 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
             http = ctl_metrics.Server(
                 s.metrics_address, registry,
                 healthy=lambda: _both(ganesha_health(ganesha, s.run_server), controller.healthy()),
-                ready=lambda: _both(ganesha_health(ganesha, s.run_server), controller.ready()))
+                ready=lambda: _both(_both(ganesha_health(ganesha, s.run_server), recovered.health()),
+                                    controller.ready()))
             http.start()
             log.info("serving /metrics, /healthz, /readyz on %s", s.metrics_address)
     except BaseException:
@@ -162,7 +194,7 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return Parts(identity=ident, ganesha=ganesha, provisioner=provisioner, controller=controller,
-                 resizer=resizer, registry=registry, http=http, run_dir=run_dir)
+                 resizer=resizer, registry=registry, http=http, run_dir=run_dir, lock=lock, recovered=recovered)
 
 
 def ganesha_health(ganesha: GaneshaServer | None, running_it: bool) -> tuple[bool, str]:
@@ -210,4 +242,5 @@ def run(s: settings_mod.Settings, environ: Mapping[str, str]) -> int:
                 except Exception:
                     log.exception("stopping the %s failed", what)
             shutil.rmtree(parts.run_dir, ignore_errors=True)
+            parts.lock.release()
     return 0

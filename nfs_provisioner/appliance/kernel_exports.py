@@ -74,7 +74,16 @@ class KernelExporter:
 
     # ------------------------------------------------------------------ changing
 
-    def export(self, *, name: str, path: Path, root_squash: bool) -> tuple[int, str]:
+    def root_squash(self, name: str) -> bool | None:
+        line = self._read()[1].get(name)
+        return None if line is None else "no_root_squash" not in line.text
+
+    def path_of(self, name: str) -> Path | None:
+        line = self._read()[1].get(name)
+        return None if line is None else Path(line.path)
+
+    def export(self, *, name: str, path: Path, root_squash: bool, export_id: int | None = None) -> tuple[int, str]:
+        """``export_id`` is ignored: the fsid is the lowest free one."""
         if any(c.isspace() for c in str(path)) or "#" in str(path):
             raise KernelExportError(f"path {str(path)!r} cannot be written to {self.exports_file}")
         with self._lock:

@@ -52,6 +52,8 @@ class ExportRequest:
     access_type: AccessType = AccessType.RW
     clients: tuple[str, ...] | None = None
     """Client list (``*`` or CIDRs); None = the manager's default (``--export-subnet``)."""
+    export_id: int | None = None
+    """The id to use if it is free (rebuilding a lost export keeps clients' handles valid); else the lowest free."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +176,11 @@ class ExportManager:
                 if clash is not None:
                     log.error("export file %s clashes with %s (same id or path), left out", f, clash.config_file)
                     continue
+                try:
+                    self._rerender(export)
+                except (errors.GaneshaError, OSError) as e:
+                    log.error("export file %s could not be re-rendered from its header, left out: %s", f, e)
+                    continue
                 self._remember(export)
             self._write_index()
             self._count_changed()
@@ -247,7 +254,13 @@ class ExportManager:
             other = self._by_path.get(path)
             if other is not None:
                 raise errors.ExportConflict(f"path {str(path)!r} is already exported as {other.name!r}")
-            export = dataclasses.replace(candidate, export_id=self._ids.allocate())
+            wanted = request.export_id
+            if (wanted is not None and self.id_range[0] <= wanted <= self.id_range[1] and wanted not in self._ids
+                    and wanted not in RESERVED_EXPORT_IDS and wanted not in self._foreign):
+                self._ids.take(wanted)
+            else:
+                wanted = self._ids.allocate()
+            export = dataclasses.replace(candidate, export_id=wanted)
             self._remember(export)  # reserved: name, path and id are taken, the shard leaves it out for now
             self._pending[name] = threading.Event()
         written = live = False
@@ -435,6 +448,21 @@ class ExportManager:
         if self.on_count is not None:
             self.on_count(len(self._by_name))
 
+    def _rerender(self, export: Export) -> None:
+        """Serve only what the header (the manager's own record) says: a block that differs from the header's
+        rendering (edited by hand or by an attacker, e.g. ``Path = "/etc"``) is replaced, with one log line."""
+        text = export.header() + self.templates.render_export(self._block(export))
+        old = export.config_file.read_text(encoding="utf-8")
+        if old == text:
+            return
+        try:
+            found = config.parse_block(old).get("path", "(none)")
+        except errors.TemplateError as e:
+            found = f"(unparsable: {e})"
+        config.atomic_write(export.config_file, text, durable=self.durable)
+        log.warning("export file %s differed from its own header (block Path %s, header path %s); rewritten from "
+                    "the header", export.config_file, found, export.path)
+
     def _read_file(self, f: Path) -> Export:
         with f.open(encoding="utf-8") as fh:
             first = fh.readline()
@@ -445,7 +473,8 @@ class ExportManager:
         if f.name != f"{name}.conf":
             raise errors.InvalidRequest(f"file name does not match export name {name!r}")
         path = Path(str(data["path"]))
-        if not path.is_absolute() or not path.is_relative_to(self.export_root) or os.path.normpath(path) != str(path):
+        if (not path.is_absolute() or not path.is_relative_to(self.export_root) or path == self.export_root
+                or os.path.normpath(path) != str(path) or path.is_relative_to(self.config_dir)):
             raise errors.InvalidRequest(f"path {str(path)!r} is not inside the export root")
         export_id = config.check_export_id(int(data["export_id"]))
         export = Export(
@@ -457,12 +486,7 @@ class ExportManager:
             clients=config.check_clients(data["clients"]),
             config_file=f,
         )
-        kv = config.parse_block(f.read_text(encoding="utf-8"))
-        if kv.get("export_id") != str(export_id):
-            raise errors.InvalidRequest(
-                f"header id {export_id} differs from the block's Export_Id {kv.get('export_id')}"
-            )
-        return export
+        return export  # the block below the header is not trusted: load() renders it again from the header
 
 
 def _options(request: ExportRequest) -> tuple[Squash, AccessType]:

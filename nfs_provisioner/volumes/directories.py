@@ -82,6 +82,10 @@ class VolumeDirectories:
             raise DirectoryError(f"cannot set owner/mode of {path}: {e.strerror}") from e
         return path
 
+    def exists(self, name: str) -> bool:
+        """Whether anything (even a symlink) is at the volume's path."""
+        return self._exists(self.path_for(name))
+
     def delete(self, name: str) -> bool:
         """Remove the volume's directory tree; False if it was already gone."""
         path = self.path_for(name)
