@@ -78,8 +78,10 @@ def check_path_inside(path: Path | str, *, root: Path, exclude: Sequence[Path] =
     return p
 
 
-def check_clients(clients: Iterable[str]) -> tuple[str, ...]:
-    """Client list entries: ``*`` or an IPv4/IPv6 address or network (CIDR)."""
+def check_clients(clients: Iterable[str], *, allow_empty: bool = False) -> tuple[str, ...]:
+    """Client list entries: ``*`` or an IPv4/IPv6 address or network (CIDR).
+
+    ``allow_empty``: an empty list is valid and means nobody (the export gets no CLIENT block)."""
     out: list[str] = []
     for c in clients:
         if c == "*":
@@ -90,7 +92,7 @@ def check_clients(clients: Iterable[str]) -> tuple[str, ...]:
         except ValueError as e:
             raise errors.InvalidRequest(f"invalid client {c!r}: expected '*' or an address/CIDR") from e
         out.append(str(net))
-    if not out:
+    if not out and not allow_empty:
         raise errors.InvalidRequest("an export needs at least one client entry ('*' for everyone)")
     return tuple(out)
 
@@ -126,6 +128,7 @@ class ExportBlock:
         return f"{self.export_id}.{self.export_id}"
 
 
+_CLIENTS = re.compile(r"^\s*Clients\s*=", re.IGNORECASE | re.MULTILINE)
 _KV = re.compile(r"^\s*([A-Za-z_]+)\s*=\s*(.*?)\s*;\s*(?:#.*)?$")
 
 
@@ -166,6 +169,9 @@ def _verify_block(text: str, block: ExportBlock) -> None:
             raise errors.TemplateError(
                 f"rendered export block has {key} = {kv.get(key)!r}, expected {value!r} (check the template)"
             )
+    if not block.clients and _CLIENTS.search(text):
+        raise errors.TemplateError("the export template writes a CLIENT block for an empty client list (nobody "
+                                   "may mount); wrap the block in {% if clients %} ... {% endif %}")
 
 
 # --- templates -------------------------------------------------------------------------------------------------
@@ -224,7 +230,7 @@ class Templates:
             "transports": "UDP, TCP" if block.nfsv3 else "TCP",
             "squash": block.squash.value,
             "access_type": block.access_type.value,
-            "clients": check_clients(block.clients),
+            "clients": check_clients(block.clients, allow_empty=True),
         }
         text = self.render(EXPORT_TEMPLATE, context)
         _verify_block(text, block)

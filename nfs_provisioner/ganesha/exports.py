@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from nfs_provisioner import fileio
 from nfs_provisioner.ganesha import config, errors, ids
 from nfs_provisioner.ganesha.dbus import GaneshaDBus
 from nfs_provisioner.ganesha.settings import RESERVED_EXPORT_IDS, AccessType, Squash
@@ -91,6 +92,14 @@ class Export:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClientsResult:
+    changed: tuple[str, ...]
+    """Exports whose client list was rewritten (files, and live with ``live=True``)."""
+    failed: tuple[str, ...]
+    """Exports Ganesha refused to update live (see the log); their files have the new list."""
+
+
+@dataclasses.dataclass(frozen=True)
 class ReconcileResult:
     readded: tuple[int, ...]
     """Ids of our exports Ganesha did not have, added again."""
@@ -127,7 +136,9 @@ class ExportManager:
         self.dbus = dbus
         self.templates = templates
         self.nfsv3 = nfsv3
-        self.default_clients = config.check_clients(default_clients)
+        self.default_clients = config.check_clients(default_clients, allow_empty=True)
+        """Clients of every export added without its own list; :meth:`set_clients` changes it (and them)."""
+        self._clients_lock = threading.Lock()
         self.id_range = (lo, hi)
         self.durable = durable
         self.on_count = on_count
@@ -225,9 +236,11 @@ class ExportManager:
         rendering, the (fsynced) file write and AddExport run outside it, so concurrent adds overlap."""
         name = config.check_name(request.name)
         squash, access = _options(request)
-        clients = config.check_clients(self.default_clients if request.clients is None else request.clients)
+        if request.clients is not None:
+            config.check_clients(request.clients)
         path = config.check_path_inside(request.path, root=self.export_root, exclude=[self.config_dir])
         with self._settled(name):
+            clients = self._clients_for(request)  # read under the lock: set_clients() sees this add as pending
             existing = self._by_name.get(name)
             candidate = Export(
                 name=name,
@@ -309,9 +322,11 @@ class ExportManager:
 
         The old file is restored if Ganesha refuses the new block."""
         name = config.check_name(request.name)
-        clients = config.check_clients(self.default_clients if request.clients is None else request.clients)
+        if request.clients is not None:
+            config.check_clients(request.clients)
         path = config.check_path_inside(request.path, root=self.export_root, exclude=[self.config_dir])
         with self._settled(name):
+            clients = self._clients_for(request)
             old = self._by_name.get(name)
             if old is None:
                 raise errors.InvalidRequest(f"export {name!r} does not exist")
@@ -335,6 +350,50 @@ class ExportManager:
             self._remember(new)
             log.info("export %s updated: squash %s clients %s", name, new.squash.value, ",".join(new.clients))
             return new
+
+    def set_clients(self, clients: tuple[str, ...], *, live: bool = True) -> ClientsResult:
+        """Make ``clients`` the default list and the list of every export, in one batch.
+
+        The changed export files are written together (durable, see ``fileio.atomic_write_many``), then,
+        with ``live``, Ganesha re-reads each with UpdateExport. ``live=False`` (before Ganesha starts) only
+        rewrites the files, so Ganesha never serves an old list. An empty tuple means nobody may mount.
+        Adds in progress finish first; adds that start later use the new list. Calls are serialised."""
+        new = config.check_clients(clients, allow_empty=True)
+        with self._clients_lock:
+            with self._lock:
+                self.default_clients = new
+                pending = list(self._pending.values())
+            for event in pending:  # they read the old default: let them finish, then they are updated too
+                event.wait()
+            with self._lock:
+                changed = [dataclasses.replace(e, clients=new) for e in self._by_name.values()
+                           if e.clients != new and e.name not in self._pending]
+                texts = [(e.config_file, e.header() + self.templates.render_export(self._block(e)))
+                         for e in changed]
+                fileio.atomic_write_many(texts, durable=self.durable)
+                for e in changed:
+                    self._remember(e)
+            failed: list[str] = []
+            if live:
+                for e in changed:
+                    try:
+                        self.dbus.update_export(config_file=e.config_file, export_id=e.export_id)
+                    except errors.ExportNotFound:
+                        log.info("export %s (id %d) is not live; its file has the new clients", e.name, e.export_id)
+                    except errors.GaneshaError as err:
+                        if self.get(e.name) is None:
+                            continue  # removed meanwhile
+                        log.error("export %s (id %d): Ganesha refused the new client list: %s", e.name,
+                                  e.export_id, err)
+                        failed.append(e.name)
+            log.info("client list of %d exports set to %s%s", len(changed), ",".join(new) or "nobody",
+                     "" if live else " (files only, before Ganesha serves them)")
+            return ClientsResult(changed=tuple(e.name for e in changed), failed=tuple(failed))
+
+    def _clients_for(self, request: ExportRequest) -> tuple[str, ...]:
+        if request.clients is None:
+            return self.default_clients
+        return config.check_clients(request.clients)
 
     def remove(self, name: str) -> bool:
         """Withdraw export ``name``; True if it existed. Idempotent: a missing export is logged and skipped.
@@ -454,7 +513,7 @@ class ExportManager:
             path=path,
             squash=Squash(data["squash"]),
             access_type=AccessType(data["access_type"]),
-            clients=config.check_clients(data["clients"]),
+            clients=config.check_clients(data["clients"], allow_empty=True),
             config_file=f,
         )
         kv = config.parse_block(f.read_text(encoding="utf-8"))
