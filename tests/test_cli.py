@@ -27,7 +27,7 @@ def test_defaults_match_the_original_appliance() -> None:
     s = cli.parse([], {})
     assert s == Settings()
     assert (s.provisioner, s.run_server, s.use_ganesha, s.grace_period) == ("example.com/nfs", True, True, 90)
-    assert (s.enable_xfs_quota, s.export_subnet, s.max_exports, s.device_based_fsids) == (False, "*", -1, True)
+    assert (s.enable_xfs_quota, s.export_subnet, s.max_exports, s.device_based_fsids) == (False, None, -1, True)
     assert s.leader_election.enabled is False
     assert s.export_root == Path("/export")
 
@@ -66,7 +66,7 @@ def test_go_style_single_dash_flags_are_accepted() -> None:
         ([], {}, "neither --kubeconfig nor --master"),
         (["--max-exports=0"], OUT, "--max-exports 0 must be -1"),
         (["--export-root=relative"], OUT, "must be an absolute path"),
-        (["--export-subnet=10.0.0.0/33"], OUT, "is not '*', an address or a CIDR"),
+        (["--export-subnet=10.0.0.0/33"], OUT, "is not 'nodes', '*', an address or a CIDR"),
         (["--nfs-port=70000"], OUT, "is not a port number"),
         (["--nfs-bind-address=localhost"], OUT, "is not an IP address"),
         (["--metrics-address=9090"], OUT, "is not host:port"),

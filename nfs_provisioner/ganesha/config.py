@@ -128,7 +128,7 @@ class ExportBlock:
         return f"{self.export_id}.{self.export_id}"
 
 
-_CLIENTS = re.compile(r"^\s*Clients\s*=", re.IGNORECASE | re.MULTILINE)
+_CLIENTS = re.compile(r"\bClients\s*=", re.IGNORECASE)
 _KV = re.compile(r"^\s*([A-Za-z_]+)\s*=\s*(.*?)\s*;\s*(?:#.*)?$")
 
 
@@ -169,7 +169,7 @@ def _verify_block(text: str, block: ExportBlock) -> None:
             raise errors.TemplateError(
                 f"rendered export block has {key} = {kv.get(key)!r}, expected {value!r} (check the template)"
             )
-    if not block.clients and _CLIENTS.search(text):
+    if not block.clients and any(_CLIENTS.search(line.split("#", 1)[0]) for line in text.splitlines()):
         raise errors.TemplateError("the export template writes a CLIENT block for an empty client list (nobody "
                                    "may mount); wrap the block in {% if clients %} ... {% endif %}")
 
