@@ -140,9 +140,12 @@ def parse_subnets(value: str) -> list[str]:
             out.append(NODES)
             continue
         try:
-            out.append(str(ipaddress.ip_network(item, strict=False)))
+            net = ipaddress.ip_network(item, strict=False)
         except ValueError as e:
             raise SettingsError(f"--export-subnet: {item!r} is not 'nodes', '*', an address or a CIDR") from e
+        if net.version == 6 and 64 < net.prefixlen < 128:
+            raise SettingsError(f"--export-subnet: {item!r}: Ganesha cannot parse IPv6 networks longer than /64")
+        out.append(str(net))
     return list(dict.fromkeys(out))
 
 

@@ -12,7 +12,7 @@ client list is exactly:
   these two, so no pod is let in with them;
 - the fixed entries of ``--export-subnet`` (e.g. loopback, out of cluster).
 
-Addresses are collapsed into CIDRs (adjacent nodes share one entry). Bursts of Node events are debounced:
+IPv4 addresses are collapsed into CIDRs (adjacent nodes share one entry). Bursts of Node events are debounced:
 the list is recomputed once the events have been quiet for ``debounce`` seconds (at most ``max_delay``
 after the first), and handed to ``apply`` only when it differs from the last one applied.
 """
@@ -69,7 +69,8 @@ def client_list(nodes: Iterable[Object], fixed: Iterable[str] = ()) -> tuple[str
     for node in nodes:
         nets += [ipaddress.ip_network(a) for a in node_addresses(node)]
     v4 = ipaddress.collapse_addresses(n for n in nets if isinstance(n, ipaddress.IPv4Network))
-    v6 = ipaddress.collapse_addresses(n for n in nets if isinstance(n, ipaddress.IPv6Network))
+    # IPv6 is not collapsed: Ganesha 4.3 cannot parse IPv6 networks longer than /64 (see ganesha.config).
+    v6 = sorted({n for n in nets if isinstance(n, ipaddress.IPv6Network)})
     return tuple(str(n) for n in [*v4, *v6])
 
 

@@ -97,6 +97,23 @@ def check_clients(clients: Iterable[str], *, allow_empty: bool = False) -> tuple
     return tuple(out)
 
 
+def ganesha_client(entry: str) -> str:
+    """One client list entry as Ganesha 4.3's config parser takes it (measured): a host without a prefix.
+
+    It silently drops the *whole* list ("No clients specified", nobody gets in, UpdateExport still says
+    ok) for an IPv6 entry with a prefix longer than /64 -- ``::1/128``, ``fd00::4/128``, ``fd00::/127`` --
+    while ``::1``, ``fd00::4`` and ``fd00::/64`` work. So hosts are written bare and such networks refused."""
+    if entry == "*":
+        return entry
+    net = ipaddress.ip_network(entry, strict=False)
+    if net.num_addresses == 1:
+        return str(net.network_address)
+    if net.version == 6 and net.prefixlen > 64:
+        raise errors.InvalidRequest(f"client {entry!r}: Ganesha cannot parse IPv6 networks longer than /64; "
+                                    "list the addresses or use a /64")
+    return str(net)
+
+
 def check_export_id(export_id: int) -> int:
     if not isinstance(export_id, int) or not (EXPORT_ID_MIN <= export_id <= EXPORT_ID_MAX) or export_id == 152:
         raise errors.InvalidRequest(f"Export_Id {export_id!r} is out of range 1..65535 or reserved (152)")
@@ -230,7 +247,7 @@ class Templates:
             "transports": "UDP, TCP" if block.nfsv3 else "TCP",
             "squash": block.squash.value,
             "access_type": block.access_type.value,
-            "clients": check_clients(block.clients, allow_empty=True),
+            "clients": [ganesha_client(c) for c in check_clients(block.clients, allow_empty=True)],
         }
         text = self.render(EXPORT_TEMPLATE, context)
         _verify_block(text, block)
