@@ -16,8 +16,10 @@ import pytest
 from kubernetes import client
 
 from nfs_provisioner.appliance import nodes
+from nfs_provisioner.ganesha.exports import ExportRequest
 from tests import wait
 from tests.appliance_env import Appliance
+from tests.ganesha_env import Client, Harness
 from tests.test_appliance_e2e import make_claim, make_class
 
 CONTENT = b"for the nodes only\n"
@@ -124,6 +126,17 @@ def test_only_nodes_may_mount_and_node_changes_reach_live_exports(
     assert "who may mount: the cluster's nodes (--export-subnet)" in log
     assert "NFS clients changed" in log
 
+    # A burst of 20 nodes joining is applied in a few batches (debounced), not 40 times (create + status).
+    before = log.count("NFS clients changed")
+    t0 = time.monotonic()
+    for i in range(20):
+        cluster_nodes.add(f"burst{i}", f"10.99.0.{i + 1}")
+    wait.until(lambda: "10.99.0.16/30" in export_clients(appliance, vol) and "10.99.0.20/32" in export_clients(
+        appliance, vol), timeout=30, what=lambda: f"20 node addresses\n{export_clients(appliance, vol)}")
+    applies = appliance.log_file.read_text().count("NFS clients changed") - before
+    print(f"20 nodes in {time.monotonic() - t0:.2f}s, {applies} client list updates")
+    assert 1 <= applies <= 4, applies
+
 
 @pytest.mark.e2e
 @pytest.mark.kube
@@ -157,6 +170,28 @@ def test_explicit_subnet_ignores_nodes_and_a_narrower_one_narrows_existing_expor
     assert readable(appliance, vol)
     assert "who may mount: the cluster's nodes, 127.0.0.0/8, ::1/128 (default out of cluster" in \
         appliance.log_file.read_text()
+
+
+@pytest.mark.ganesha
+def test_a_node_and_its_pod_cidr_gateway_may_mount_a_pod_may_not(h: Harness) -> None:
+    # One network namespace stands for a node: its InternalIP, its bridge's gateway (.1 of its pod CIDR,
+    # the source kube-proxy's masquerade gives a kubelet mounting a ClusterIP served on this node) and a
+    # pod's address in the same pod CIDR. The client list is computed from a Node object as the appliance
+    # does; Ganesha's own access check decides.
+    node = {"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "10.77.0.1"},
+                                     {"type": "Hostname", "address": "n1"}]}}
+    clients = nodes.client_list([node])
+    assert clients == ("10.77.0.1/32", "10.244.1.0/31")
+    # /32 each: a client connecting to one of them then has that address as its source (with a shared /24
+    # the kernel would pick the primary, 10.244.1.1, for all).
+    ns = h.make_netns(addresses=("10.77.0.1/32", "10.244.1.1/32", "10.244.1.5/32"))
+    srv = h.server(netns=ns.path, mountns=ns.mountns, bind_addr=None, clients=clients)
+    vol = h.volume("v", content={"f": CONTENT})
+    srv.exports.add(ExportRequest(name="v", path=vol))
+    for source, allowed in (("10.77.0.1", True), ("10.244.1.1", True), ("10.244.1.5", False)):
+        r = Client(host=source, port=srv.settings.ports.nfs, netns=ns.path).cat(vol / "f")
+        assert (r.returncode == 0 and r.stdout == CONTENT) is allowed, (source, r)
 
 
 @pytest.mark.unit

@@ -12,6 +12,7 @@ before anything is written.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import ipaddress
 import os
@@ -112,6 +113,12 @@ def ganesha_client(entry: str) -> str:
         raise errors.InvalidRequest(f"client {entry!r}: Ganesha cannot parse IPv6 networks longer than /64; "
                                     "list the addresses or use a /64")
     return str(net)
+
+
+@functools.lru_cache(maxsize=16)
+def _ganesha_clients(clients: tuple[str, ...]) -> tuple[str, ...]:
+    """The list as written (cached: a client list change renders every export with the same list)."""
+    return tuple(ganesha_client(c) for c in check_clients(clients, allow_empty=True))
 
 
 def check_export_id(export_id: int) -> int:
@@ -247,7 +254,7 @@ class Templates:
             "transports": "UDP, TCP" if block.nfsv3 else "TCP",
             "squash": block.squash.value,
             "access_type": block.access_type.value,
-            "clients": [ganesha_client(c) for c in check_clients(block.clients, allow_empty=True)],
+            "clients": _ganesha_clients(block.clients),
         }
         text = self.render(EXPORT_TEMPLATE, context)
         _verify_block(text, block)
