@@ -27,8 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nfs_provisioner import fileio
-from nfs_provisioner.ganesha import config, errors, ids
+from nfs_provisioner.ganesha import clientlists, config, errors, ids
 from nfs_provisioner.ganesha.dbus import GaneshaDBus
 from nfs_provisioner.ganesha.settings import RESERVED_EXPORT_IDS, AccessType, Squash
 
@@ -92,14 +91,6 @@ class Export:
 
 
 @dataclasses.dataclass(frozen=True)
-class ClientsResult:
-    changed: tuple[str, ...]
-    """Exports whose client list was rewritten (files, and live with ``live=True``)."""
-    failed: tuple[str, ...]
-    """Exports Ganesha refused to update live (see the log); their files have the new list."""
-
-
-@dataclasses.dataclass(frozen=True)
 class ReconcileResult:
     readded: tuple[int, ...]
     """Ids of our exports Ganesha did not have, added again."""
@@ -109,7 +100,7 @@ class ReconcileResult:
     """Ids live in Ganesha that are not ours (kept reserved, never reused)."""
 
 
-class ExportManager:
+class ExportManager(clientlists.ClientLists):
     """Adds and removes exports; owns ``config_dir/exports.conf`` and ``config_dir/exports.d``."""
 
     def __init__(
@@ -350,45 +341,6 @@ class ExportManager:
             self._remember(new)
             log.info("export %s updated: squash %s clients %s", name, new.squash.value, ",".join(new.clients))
             return new
-
-    def set_clients(self, clients: tuple[str, ...], *, live: bool = True) -> ClientsResult:
-        """Make ``clients`` the default list and the list of every export, in one batch.
-
-        The changed export files are written together (durable, see ``fileio.atomic_write_many``), then,
-        with ``live``, Ganesha re-reads each with UpdateExport. ``live=False`` (before Ganesha starts) only
-        rewrites the files, so Ganesha never serves an old list. An empty tuple means nobody may mount.
-        Adds in progress finish first; adds that start later use the new list. Calls are serialised."""
-        new = config.check_clients(clients, allow_empty=True)
-        with self._clients_lock:
-            with self._lock:
-                self.default_clients = new
-                pending = list(self._pending.values())
-            for event in pending:  # they read the old default: let them finish, then they are updated too
-                event.wait()
-            with self._lock:
-                changed = [dataclasses.replace(e, clients=new) for e in self._by_name.values()
-                           if e.clients != new and e.name not in self._pending]
-                texts = [(e.config_file, e.header() + self.templates.render_export(self._block(e)))
-                         for e in changed]
-                fileio.atomic_write_many(texts, durable=self.durable)
-                for e in changed:
-                    self._remember(e)
-            failed: list[str] = []
-            if live:
-                for e in changed:
-                    try:
-                        self.dbus.update_export(config_file=e.config_file, export_id=e.export_id)
-                    except errors.ExportNotFound:
-                        log.info("export %s (id %d) is not live; its file has the new clients", e.name, e.export_id)
-                    except errors.GaneshaError as err:
-                        if self.get(e.name) is None:
-                            continue  # removed meanwhile
-                        log.error("export %s (id %d): Ganesha refused the new client list: %s", e.name,
-                                  e.export_id, err)
-                        failed.append(e.name)
-            log.info("client list of %d exports set to %s%s", len(changed), ",".join(new) or "nobody",
-                     "" if live else " (files only, before Ganesha serves them)")
-            return ClientsResult(changed=tuple(e.name for e in changed), failed=tuple(failed))
 
     def _clients_for(self, request: ExportRequest) -> tuple[str, ...]:
         if request.clients is None:
