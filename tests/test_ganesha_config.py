@@ -95,7 +95,7 @@ def test_export_block_renders_client_restriction_and_stable_fsid(tmp_path: Path)
 def test_export_block_for_nfsv3(tmp_path: Path) -> None:
     text = config.Templates().render_export(block(Path("/export/v"), nfsv3=True, clients=("*", "10.0.0.1")))
     assert "Protocols = 3, 4;" in text and "Transports = UDP, TCP;" in text
-    assert "Clients = *, 10.0.0.1/32;" in text
+    assert "Clients = *, 10.0.0.1;" in text  # hosts bare: Ganesha 4.3 voids a list with ::1/128
 
 
 def test_an_empty_client_list_renders_no_client_block_so_nobody_may_mount(tmp_path: Path) -> None:
