@@ -108,7 +108,9 @@ def is_qualified_name(value: str) -> bool:
 
 
 NODES = "nodes"
-"""The ``--export-subnet`` entry standing for every address of every Node (see ``appliance.nodes``)."""
+"""The ``--export-subnet`` entry standing for every Node's addresses and pod-CIDR gateways (``appliance.nodes``)."""
+NODE_IPS = "node-ips"
+"""The same without the pod-CIDR gateways (overlays whose IPAM ignores ``spec.podCIDRs``, e.g. Calico)."""
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 """Added to the node addresses by default out of cluster, where the clients are local (``make demo``)."""
 
@@ -118,12 +120,15 @@ class ClientPolicy:
     """Who may mount: the Nodes' addresses (from a watch) and/or a fixed list."""
 
     nodes: bool
-    """Follow the Nodes' InternalIP/ExternalIP addresses (and pod-CIDR gateways), as they change."""
+    """Follow the Nodes' InternalIP/ExternalIP addresses, as they change."""
     fixed: tuple[str, ...]
     """``('*',)`` or normalised CIDRs, always allowed."""
+    pod_gateways: bool = True
+    """With ``nodes``: also the first two addresses of each Node's pod CIDRs (``.0``, ``.1``)."""
 
     def describe(self) -> str:
-        parts = (["the cluster's nodes"] if self.nodes else []) + list(self.fixed)
+        nodes = "the cluster's nodes" if self.pod_gateways else "the cluster's node addresses (no pod-CIDR gateways)"
+        parts = ([nodes] if self.nodes else []) + list(self.fixed)
         return ", ".join(parts)
 
 
@@ -136,13 +141,14 @@ def parse_subnets(value: str) -> list[str]:
         return items
     out = []
     for item in items:
-        if item.lower() == NODES:
-            out.append(NODES)
+        if item.lower() in (NODES, NODE_IPS):
+            out.append(item.lower())
             continue
         try:
             net = ipaddress.ip_network(item, strict=False)
         except ValueError as e:
-            raise SettingsError(f"--export-subnet: {item!r} is not 'nodes', '*', an address or a CIDR") from e
+            raise SettingsError(f"--export-subnet: {item!r} is not 'nodes', 'node-ips', '*', an address or a "
+                                "CIDR") from e
         if net.version == 6 and 64 < net.prefixlen < 128:
             raise SettingsError(f"--export-subnet: {item!r}: Ganesha cannot parse IPv6 networks longer than /64")
         out.append(str(net))
@@ -154,7 +160,8 @@ def client_policy(s: Settings) -> ClientPolicy:
     if s.export_subnet is None:
         return ClientPolicy(nodes=True, fixed=LOOPBACK if s.out_of_cluster else ())
     items = parse_subnets(s.export_subnet)
-    return ClientPolicy(nodes=NODES in items, fixed=tuple(i for i in items if i != NODES))
+    return ClientPolicy(nodes=NODES in items or NODE_IPS in items, pod_gateways=NODES in items or NODE_IPS not in items,
+                        fixed=tuple(i for i in items if i not in (NODES, NODE_IPS)))
 
 
 def parse_host_port(value: str, *, flag: str) -> tuple[str, int]:

@@ -212,4 +212,5 @@ def test_the_client_list_is_the_nodes_addresses_and_pod_cidr_gateways() -> None:
         "10.0.0.4/31", "10.244.1.0/31", "127.0.0.0/8", "203.0.113.9/32", "fd00::4/128", "fd00:10:244:1::/128",
         "fd00:10:244:1::1/128")
     assert nodes.client_list([a], ("*",)) == ("*",)
+    assert nodes.client_list([a], pod_gateways=False) == ("10.0.0.4/32", "203.0.113.9/32", "fd00::4/128")
     assert nodes.client_list([node(("Hostname", "x"))]) == (), "no node address: nobody, never everyone"

@@ -185,7 +185,7 @@ def who_may_mount(s: settings_mod.Settings, api: kube.Client) -> tuple[nodes.Nod
     if not policy.nodes:
         log.info("NFS clients: %s (fixed, Node changes are not followed)", ",".join(policy.fixed))
         return None, policy.fixed
-    watcher = nodes.NodeClients(api, fixed=policy.fixed)
+    watcher = nodes.NodeClients(api, fixed=policy.fixed, pod_gateways=policy.pod_gateways)
     return watcher, watcher.start()
 
 

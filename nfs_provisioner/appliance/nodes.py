@@ -12,6 +12,9 @@ client list is exactly:
   these two, so no pod is let in with them;
 - the fixed entries of ``--export-subnet`` (e.g. loopback, out of cluster).
 
+``node-ips`` instead of ``nodes`` leaves out the pod-CIDR addresses: with an IPAM that ignores
+``spec.podCIDRs`` (Calico, Cilium's cluster-pool) a pod could hold one of them.
+
 IPv4 addresses are collapsed into CIDRs (adjacent nodes share one entry). Bursts of Node events are debounced:
 the list is recomputed once the events have been quiet for ``debounce`` seconds (at most ``max_delay``
 after the first), and handed to ``apply`` only when it differs from the last one applied.
@@ -40,7 +43,7 @@ class NodesError(RuntimeError):
     """The Nodes could not be listed at start (the message is one line for the user)."""
 
 
-def node_addresses(node: Object) -> set[str]:
+def node_addresses(node: Object, *, pod_gateways: bool = True) -> set[str]:
     """The addresses a kubelet's mounts can come from (see the module docstring), as host networks."""
     out: set[str] = set()
     for a in (node.get("status") or {}).get("addresses") or []:
@@ -50,7 +53,8 @@ def node_addresses(node: Object) -> set[str]:
             except ValueError:
                 log.debug("node %s: address %r is not an IP", (node.get("metadata") or {}).get("name"), a)
     spec = node.get("spec") or {}
-    for cidr in spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []):
+    cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+    for cidr in cidrs if pod_gateways else ():
         try:
             net = ipaddress.ip_network(str(cidr), strict=False)
         except ValueError:
@@ -60,14 +64,14 @@ def node_addresses(node: Object) -> set[str]:
     return out
 
 
-def client_list(nodes: Iterable[Object], fixed: Iterable[str] = ()) -> tuple[str, ...]:
+def client_list(nodes: Iterable[Object], fixed: Iterable[str] = (), *, pod_gateways: bool = True) -> tuple[str, ...]:
     """``fixed`` plus every node's addresses, collapsed into as few CIDRs as possible, sorted."""
     fixed = tuple(fixed)
     if "*" in fixed:
         return ("*",)
     nets = [ipaddress.ip_network(n) for n in fixed]
     for node in nodes:
-        nets += [ipaddress.ip_network(a) for a in node_addresses(node)]
+        nets += [ipaddress.ip_network(a) for a in node_addresses(node, pod_gateways=pod_gateways)]
     v4 = ipaddress.collapse_addresses(n for n in nets if isinstance(n, ipaddress.IPv4Network))
     # IPv6 is not collapsed: Ganesha 4.3 cannot parse IPv6 networks longer than /64 (see ganesha.config).
     v6 = sorted({n for n in nets if isinstance(n, ipaddress.IPv6Network)})
@@ -77,9 +81,10 @@ def client_list(nodes: Iterable[Object], fixed: Iterable[str] = ()) -> tuple[str
 class NodeClients:
     """Watches Nodes and keeps ``apply``'s client list equal to :func:`client_list` of them."""
 
-    def __init__(self, api: kube.Client, *, fixed: tuple[str, ...] = (), debounce: float = 1.0,
-                 max_delay: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, api: kube.Client, *, fixed: tuple[str, ...] = (), pod_gateways: bool = True,
+                 debounce: float = 1.0, max_delay: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.fixed = fixed
+        self.pod_gateways = pod_gateways
         self.debounce = debounce
         self.max_delay = max_delay
         self._clock = clock
@@ -121,7 +126,7 @@ class NodeClients:
             self._thread.join(10)
 
     def current(self) -> tuple[str, ...]:
-        return client_list(self.informer.items(), self.fixed)
+        return client_list(self.informer.items(), self.fixed, pod_gateways=self.pod_gateways)
 
     def _changed(self, old: Object | None, new: Object | None) -> None:
         if old is not None and new is not None and node_addresses(old) == node_addresses(new):
