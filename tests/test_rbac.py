@@ -199,12 +199,14 @@ def test_rbac_is_sufficient_and_every_rule_is_needed(setup: Setup) -> None:
         assert a.leftovers() == [], f"processes left behind after {drop}:\n{a.log()}"
     assert len(refused) == len(RULES)
 
-    # get alone on nodes is not enough: the client list needs list + watch.
+    # get alone on nodes is not enough: the client list needs list + watch; exit 1 with one line, at once.
     setup.apply_rbac(verbs={"nodes": ["get"]})
     a = setup.appliance(len(RULES) + 1)
     try:
         a.start(wait_ready=False)
-        wait.until(lambda: re.search(r"nodes.*forbidden|forbidden.*nodes", a.log_file.read_text(), re.I),
-                   timeout=30, what=lambda: f"listing nodes forbidden\n{a.log()}")
+        assert a.proc is not None and a.proc.wait(30) == 1, a.log()
+        (line,) = [x for x in a.log_file.read_text().splitlines() if x.startswith("nfs-provisioner: error:")]
+        assert "cannot list Nodes" in line and "get/list/watch on nodes" in line and FORBIDDEN.search(line), line
+        assert a.leftovers() == [], "nothing was started before the client list was known"
     finally:
         a.close()

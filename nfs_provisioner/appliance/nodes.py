@@ -31,6 +31,7 @@ from typing import Any
 
 from nfs_provisioner.controller import watching
 from nfs_provisioner.kube import client as kube
+from nfs_provisioner.kube import errors as kube_errors
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +104,13 @@ class NodeClients:
     def start(self, *, timeout: float = 30.0) -> tuple[str, ...]:
         """Start the watch and return the current list once the Nodes are listed; raises NodesError."""
         self.informer.start()
-        if not self.informer.synced.wait(timeout):
-            self.informer.stop()
-            raise NodesError(f"cannot list Nodes within {timeout:.0f}s (the client list follows them: RBAC needs "
-                             "get/list/watch on nodes, or give --export-subnet); see the log")
+        deadline = self._clock() + timeout
+        while not self.informer.synced.wait(0.1):
+            error = self.informer.last_error
+            if isinstance(error, kube_errors.Forbidden) or self._clock() > deadline:
+                self.informer.stop()
+                raise NodesError(f"cannot list Nodes (the client list follows them: RBAC needs get/list/watch on "
+                                 f"nodes, or give --export-subnet): {error or f'no answer within {timeout:.0f}s'}")
         self.applied = self.current()
         self._report(self.applied, previous=None)
         return self.applied
