@@ -22,7 +22,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from nfs_provisioner import settings as settings_mod
-from nfs_provisioner.appliance import address, exporters, recovery, state
+from nfs_provisioner.appliance import address, exporters, nodes, recovery, state
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.appliance.kernel_exports import KernelExporter
 from nfs_provisioner.controller import controller as ctl
@@ -53,7 +53,7 @@ class StartupError(RuntimeError):
 
 
 STARTUP_ERRORS: tuple[type[Exception], ...] = (StartupError, GaneshaError, KubeError, address.AddressError,
-                                                QuotaError, state.StateError, RecordError)
+                                                QuotaError, state.StateError, RecordError, nodes.NodesError)
 """Failures during start-up that end the process with their message (exit 1), not a traceback."""
 
 CONFIG_DIR = ".ganesha"
@@ -74,6 +74,8 @@ class Parts:
     run_dir: Path
     lock: state.RootLock
     recovered: recovery.Report
+    nodes: nodes.NodeClients | None = None
+    """Follows the Nodes' addresses into every export's client list (None: a fixed ``--export-subnet``)."""
 
 
 def controller_settings(s: settings_mod.Settings, *, identity: str) -> ctl_settings.ControllerSettings:
@@ -130,31 +132,39 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
                  len(report.failed))
         ProjectQuotaCollector(quotas, registry=registry)
     run_dir = Path(tempfile.mkdtemp(prefix="nfsp-"))  # short: the bus socket path is limited to 108 bytes
-    clients = tuple(settings_mod.parse_subnets(s.export_subnet))
     ganesha: GaneshaServer | None = None
-    exporter: prov.Exporter
-    if s.use_ganesha:
-        gsettings = ServerSettings(
-            export_root=root, run_dir=run_dir, ports=replace(Ports(), nfs=s.nfs_port), bind_addr=s.nfs_bind_address,
-            nfsv3=s.nfsv3, grace_period=s.grace_period, device_based_fsids=s.device_based_fsids,
-            template_dir=s.ganesha_templates,
-            dbus_address=None if s.run_server else environ.get("DBUS_SYSTEM_BUS_ADDRESS"),
-        )
-        ganesha = GaneshaServer(gsettings, metrics=GaneshaMetrics(registry=registry))
-        exporter = exporters.GaneshaExporter(ganesha.exports, clients=clients)
-    else:
-        exporter = KernelExporter(clients=clients)
-        log.info("exporting through the kernel NFS server (/etc/exports, exportfs -r)")
+    node_clients: nodes.NodeClients | None = None
     try:
+        api = kube.Client.load(str(s.kubeconfig) if s.kubeconfig else None,
+                               settings=kube.ClientSettings(qps=s.kube_api_qps, burst=s.kube_api_burst))
+        if s.master:
+            api = api.with_host(s.master)
+        # Who may mount is known before Ganesha serves anything: export files written with another list
+        # (e.g. a wider --export-subnet before a restart) are rewritten first.
+        node_clients, clients = who_may_mount(s, api)
+        exporter: prov.Exporter
+        if s.use_ganesha:
+            gsettings = ServerSettings(
+                export_root=root, run_dir=run_dir, ports=replace(Ports(), nfs=s.nfs_port),
+                bind_addr=s.nfs_bind_address, nfsv3=s.nfsv3, grace_period=s.grace_period,
+                device_based_fsids=s.device_based_fsids, template_dir=s.ganesha_templates, clients=clients,
+                dbus_address=None if s.run_server else environ.get("DBUS_SYSTEM_BUS_ADDRESS"),
+            )
+            ganesha = GaneshaServer(gsettings, metrics=GaneshaMetrics(registry=registry))
+            exporter = exporters.GaneshaExporter(ganesha.exports)
+        else:
+            exporter = KernelExporter(clients=clients)
+            log.info("exporting through the kernel NFS server (/etc/exports, exportfs -r)")
         if ganesha is not None and s.run_server:
             ganesha.start()
         elif ganesha is not None:
             ganesha.exports.load()
             ganesha.exports.reconcile()
-        api = kube.Client.load(str(s.kubeconfig) if s.kubeconfig else None,
-                               settings=kube.ClientSettings(qps=s.kube_api_qps, burst=s.kube_api_burst))
-        if s.master:
-            api = api.with_host(s.master)
+            ganesha.exports.set_clients(clients)  # a Ganesha run elsewhere already serves the files
+        else:
+            exporter.set_clients(clients)
+        if node_clients is not None:
+            node_clients.follow(exporter.set_clients)
         server = address.resolve(environ=environ, api=api, out_of_cluster=s.out_of_cluster,
                                  server_hostname=s.server_hostname, nfs_port=s.nfs_port)
         log.info("NFS server address in PVs: %s", server)
@@ -189,12 +199,28 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
             log.info("serving /metrics, /healthz, /readyz on %s", s.metrics_address)
     except BaseException:
         _shield_cleanup()
+        if node_clients is not None:
+            node_clients.stop()
         if ganesha is not None and s.run_server:
             ganesha.stop()  # safe on a server that never or only half started
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return Parts(identity=ident, ganesha=ganesha, provisioner=provisioner, controller=controller,
-                 resizer=resizer, registry=registry, http=http, run_dir=run_dir, lock=lock, recovered=recovered)
+                 resizer=resizer, registry=registry, http=http, run_dir=run_dir, lock=lock, recovered=recovered,
+                 nodes=node_clients)
+
+
+def who_may_mount(s: settings_mod.Settings, api: kube.Client) -> tuple[nodes.NodeClients | None, tuple[str, ...]]:
+    """The client list to start with, and the Node watch that keeps it current (None: a fixed list)."""
+    policy = settings_mod.client_policy(s)
+    source = "--export-subnet" if s.export_subnet is not None else (
+        "default out of cluster: the nodes and loopback" if s.out_of_cluster else "default: the nodes")
+    log.info("who may mount: %s (%s)", policy.describe(), source)
+    if not policy.nodes:
+        log.info("NFS clients: %s (fixed, Node changes are not followed)", ",".join(policy.fixed))
+        return None, policy.fixed
+    watcher = nodes.NodeClients(api, fixed=policy.fixed, pod_gateways=policy.pod_gateways)
+    return watcher, watcher.start()
 
 
 def ganesha_health(ganesha: GaneshaServer | None, running_it: bool) -> tuple[bool, str]:
@@ -232,6 +258,8 @@ def run(s: settings_mod.Settings, environ: Mapping[str, str]) -> int:
         _shield_cleanup()
         if parts is not None:
             steps: list[tuple[str, Callable[[], object]]] = [("resizer", parts.resizer.stop)]
+            if parts.nodes is not None:
+                steps.append(("Node watch", parts.nodes.stop))
             if parts.http is not None:
                 steps.append(("metrics endpoint", parts.http.stop))
             if parts.ganesha is not None and s.run_server:

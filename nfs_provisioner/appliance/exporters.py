@@ -13,15 +13,18 @@ from nfs_provisioner.ganesha.settings import Squash
 
 
 class GaneshaExporter:
-    def __init__(self, manager: exports.ExportManager, *, clients: tuple[str, ...] | None = None) -> None:
+    """Every export gets the manager's client list (``default_clients``), which :meth:`set_clients` changes."""
+
+    def __init__(self, manager: exports.ExportManager) -> None:
         self.manager = manager
-        self.clients = clients
-        """Who may mount (``--export-subnet``); None = the manager's default."""
+
+    def set_clients(self, clients: tuple[str, ...]) -> None:
+        """Who may mount, from now on and for every live export (an empty tuple: nobody)."""
+        self.manager.set_clients(clients)
 
     def export(self, *, name: str, path: Path, root_squash: bool, export_id: int | None = None) -> tuple[int, str]:
         squash = Squash.ROOT_ID_SQUASH if root_squash else Squash.NO_ROOT_SQUASH
-        export = self.manager.add(exports.ExportRequest(name=name, path=path, squash=squash, clients=self.clients,
-                                                        export_id=export_id))
+        export = self.manager.add(exports.ExportRequest(name=name, path=path, squash=squash, export_id=export_id))
         text = export.config_file.read_text()
         block = "".join(line for line in text.splitlines(keepends=True) if not line.startswith(exports.HEADER))
         return export.export_id, block

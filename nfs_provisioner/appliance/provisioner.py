@@ -57,6 +57,9 @@ class Exporter(Protocol):
     def unexport(self, name: str) -> bool:
         """Withdraw export ``name``; False if there was none."""
 
+    def set_clients(self, clients: tuple[str, ...]) -> None:
+        """Who may mount every export, from now on (``nfs_provisioner.appliance.nodes``); empty = nobody."""
+
     def count(self) -> int:
         """Volumes exported now (the pseudo root does not count)."""
 

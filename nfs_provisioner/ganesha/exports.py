@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nfs_provisioner.ganesha import config, errors, ids
+from nfs_provisioner.ganesha import clientlists, config, errors, ids
 from nfs_provisioner.ganesha.dbus import GaneshaDBus
 from nfs_provisioner.ganesha.settings import RESERVED_EXPORT_IDS, AccessType, Squash
 
@@ -102,7 +102,7 @@ class ReconcileResult:
     """Ids live in Ganesha that are not ours (kept reserved, never reused)."""
 
 
-class ExportManager:
+class ExportManager(clientlists.ClientLists):
     """Adds and removes exports; owns ``config_dir/exports.conf`` and ``config_dir/exports.d``."""
 
     def __init__(
@@ -129,7 +129,9 @@ class ExportManager:
         self.dbus = dbus
         self.templates = templates
         self.nfsv3 = nfsv3
-        self.default_clients = config.check_clients(default_clients)
+        self.default_clients = config.check_clients(default_clients, allow_empty=True)
+        """Clients of every export added without its own list; :meth:`set_clients` changes it (and them)."""
+        self._clients_lock = threading.Lock()
         self.id_range = (lo, hi)
         self.durable = durable
         self.on_count = on_count
@@ -232,9 +234,11 @@ class ExportManager:
         rendering, the (fsynced) file write and AddExport run outside it, so concurrent adds overlap."""
         name = config.check_name(request.name)
         squash, access = _options(request)
-        clients = config.check_clients(self.default_clients if request.clients is None else request.clients)
+        if request.clients is not None:
+            config.check_clients(request.clients)
         path = config.check_path_inside(request.path, root=self.export_root, exclude=[self.config_dir])
         with self._settled(name):
+            clients = self._clients_for(request)  # read under the lock: set_clients() sees this add as pending
             existing = self._by_name.get(name)
             candidate = Export(
                 name=name,
@@ -322,9 +326,11 @@ class ExportManager:
 
         The old file is restored if Ganesha refuses the new block."""
         name = config.check_name(request.name)
-        clients = config.check_clients(self.default_clients if request.clients is None else request.clients)
+        if request.clients is not None:
+            config.check_clients(request.clients)
         path = config.check_path_inside(request.path, root=self.export_root, exclude=[self.config_dir])
         with self._settled(name):
+            clients = self._clients_for(request)
             old = self._by_name.get(name)
             if old is None:
                 raise errors.InvalidRequest(f"export {name!r} does not exist")
@@ -348,6 +354,11 @@ class ExportManager:
             self._remember(new)
             log.info("export %s updated: squash %s clients %s", name, new.squash.value, ",".join(new.clients))
             return new
+
+    def _clients_for(self, request: ExportRequest) -> tuple[str, ...]:
+        if request.clients is None:
+            return self.default_clients
+        return config.check_clients(request.clients)
 
     def remove(self, name: str) -> bool:
         """Withdraw export ``name``; True if it existed. Idempotent: a missing export is logged and skipped.
@@ -483,7 +494,7 @@ class ExportManager:
             path=path,
             squash=Squash(data["squash"]),
             access_type=AccessType(data["access_type"]),
-            clients=config.check_clients(data["clients"]),
+            clients=config.check_clients(data["clients"], allow_empty=True),
             config_file=f,
         )
         return export  # the block below the header is not trusted: load() renders it again from the header

@@ -74,7 +74,8 @@ class GaneshaServer:
             dbus=self.dbus,
             templates=self.templates,
             nfsv3=settings.nfsv3,
-            default_clients=(settings.export_subnet,),
+            default_clients=settings.clients if settings.clients is not None else tuple(
+                c.strip() for c in settings.export_subnet.split(",") if c.strip()),
             id_range=id_range,
             durable=settings.durable_writes,
             on_count=metrics.set_exports if metrics else None,
@@ -116,6 +117,8 @@ class GaneshaServer:
                 durable=self.settings.durable_writes,
             )
             self.exports.load()
+            if self.settings.clients is not None:
+                self.exports.set_clients(self.settings.clients, live=False)
             self._start_ganesha()
             self.exports.reconcile()
         except BaseException:
