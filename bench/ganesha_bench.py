@@ -2,8 +2,8 @@
 
 Measures export add and remove latency (p50/p99) with 0, 500 and 1000 live
 exports, and a cold start of the manager + Ganesha with 1000 exports in its
-configuration. Targets (issue 4): add p99 < 5 ms, flat in export count; cold
-start < 2 s.
+configuration, and Ganesha's resident memory idle and with 1000 exports.
+Targets (issue 4): add p99 < 5 ms, flat in export count; cold start < 2 s.
 
     .venv/bin/python bench/ganesha_bench.py [--samples 200] [--no-durable]
 """
@@ -19,6 +19,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+import psutil
 
 from nfs_provisioner.ganesha.exports import ExportRequest
 from nfs_provisioner.ganesha.server import GaneshaServer
@@ -36,6 +38,12 @@ def free_port() -> int:
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def rss_mb(srv: GaneshaServer) -> float:
+    pid = srv.ganesha_pid
+    assert pid is not None, "Ganesha is not running"
+    return float(psutil.Process(pid).memory_info().rss) / 1e6
 
 
 def ms(v: float) -> str:
@@ -72,6 +80,8 @@ def main() -> int:
     srv.start()
     servers = [srv]
     try:
+        version = srv.ganesha_version if hasattr(srv, "ganesha_version") else "installed"
+        print(f"Ganesha: {version}; RSS idle (no exports): {rss_mb(srv):.1f} MB")
         live = 0
         print(
             f"{'live exports':>12} | {'add p50':>10} {'add p99':>10} {'add max':>10} |"
@@ -98,9 +108,12 @@ def main() -> int:
                 f" {ms(pct(dbus_add, 50)):>19} {ms(pct(dbus_add, 99)):>10}"
             )
         assert len(srv.exports) == LEVELS[-1]
+        print(f"Ganesha RSS with {LEVELS[-1]} live exports (after {len(LEVELS) * args.samples} add+remove pairs):"
+              f" {rss_mb(srv):.1f} MB")
         srv.stop()
 
         cold: list[float] = []
+        cold_rss: list[float] = []
         for run in range(3):
             t = time.perf_counter()
             srv = GaneshaServer(settings(f"cold{run}"))
@@ -109,10 +122,12 @@ def main() -> int:
             cold.append(time.perf_counter() - t)
             n = len(srv.dbus.show_exports()) - 1
             assert n == LEVELS[-1], n
+            cold_rss.append(rss_mb(srv))
             srv.stop()
         print(
             f"cold start with {LEVELS[-1]} exports (bus + config + ganesha.nfsd ready + reconcile):"
-            f" median {statistics.median(cold):.3f} s, runs {', '.join(f'{c:.3f}' for c in cold)} s"
+            f" median {statistics.median(cold):.3f} s, runs {', '.join(f'{c:.3f}' for c in cold)} s;"
+            f" Ganesha RSS after it {statistics.median(cold_rss):.1f} MB"
         )
     finally:
         for s in servers:

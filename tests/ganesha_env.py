@@ -1,5 +1,13 @@
-"""Test helpers for the Ganesha manager: servers on private buses and free ports,
-the libnfs client binaries, and throw-away network namespaces.
+"""Test helpers for the Ganesha manager: which Ganesha the tests run, servers on
+private buses and free ports, the libnfs client binaries, and throw-away network
+namespaces.
+
+The tests run the Ganesha the image ships (Debian trixie's 6.5): on a bookworm
+host that is the tree ``hack/install-deps`` unpacks under
+``$NFSP_CACHE_DIR/ganesha/current/root``, named to every server, appliance and
+UML boot the tests start by ``NFS_PROVISIONER_GANESHA_ROOT`` (``select_ganesha``,
+called once per run from conftest). ``host_ganesha()`` is the host's installed one
+(bookworm's 4.3), which the start-up check must refuse.
 
 Everything a helper starts is remembered and stopped by PID in ``close()``,
 which the tests' fixtures call even when a test fails.
@@ -7,21 +15,52 @@ which the tests' fixtures call even when a test fails.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from nfs_provisioner.ganesha import binary
 from nfs_provisioner.ganesha.metrics import GaneshaMetrics
 from nfs_provisioner.ganesha.server import GaneshaServer
-from nfs_provisioner.ganesha.settings import Ports, ServerSettings
+from nfs_provisioner.ganesha.settings import GANESHA_ROOT_ENV, Ports, ServerSettings
 
 NFS_TIMEOUT = 30.0  # seconds for one libnfs client command
+CACHE = Path(os.environ.get("NFSP_CACHE_DIR", Path.home() / ".cache" / "nfs-provisioner"))
+UNPACKED_GANESHA = CACHE / "ganesha" / "current" / "root"
+
+
+def select_ganesha() -> Path | None:
+    """Make every Ganesha the tests start the unpacked one (unless NFS_PROVISIONER_GANESHA_ROOT
+    already names one); None when there is none (a host with a new enough Ganesha installed)."""
+    if GANESHA_ROOT_ENV not in os.environ and (UNPACKED_GANESHA / binary.TREE_BINARY).is_file():
+        os.environ[GANESHA_ROOT_ENV] = str(UNPACKED_GANESHA)
+    root = os.environ.get(GANESHA_ROOT_ENV)
+    return Path(root) if root else None
+
+
+def ganesha() -> binary.Ganesha:
+    """The Ganesha the tests run (for tests that start ganesha.nfsd by hand)."""
+    return binary.locate(select_ganesha())
+
+
+def host_ganesha_version() -> tuple[int, int, int] | None:
+    """The version of the host's installed ganesha.nfsd, or None if there is none."""
+    if shutil.which("ganesha.nfsd") is None:
+        return None
+
+    def run(argv: Sequence[str]) -> tuple[int, str]:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, check=False)
+        return done.returncode, done.stdout + done.stderr
+
+    return binary.version(binary.Ganesha(), run=run)
 
 
 def free_port() -> int:
