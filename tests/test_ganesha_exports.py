@@ -320,12 +320,19 @@ def test_sighup_racing_adds_loses_no_export(h: Harness) -> None:
             assert not (srv.config_dir / "exports.d" / f"{name}.conf").exists(), "a failed add leaves no file"
             wait.until(srv.ready, timeout=30, what="Ganesha serving again")
             srv.exports.add(request)
-    wait.until(srv.ready, timeout=30, what="Ganesha serving after the reloads")
-    served = {e.path for e in srv.dbus.show_exports()}
-    assert {str(h.export_root / f"v{i}") for i in range(30)} <= served, (failures, srv.restarts)
+    wanted = {str(h.export_root / f"v{i}") for i in range(30)}
+
+    def all_served() -> bool:  # the last reload may still crash a Ganesha busy re-adding exports
+        try:
+            return wanted <= {e.path for e in srv.dbus.show_exports()}
+        except errors.GaneshaError:
+            return False
+
+    wait.until(all_served, timeout=30, what=lambda: f"all 30 exports served ({failures} adds failed)")
     nfs = h.client()
-    for name in ("v0", "v29"):
-        assert nfs.cat(h.export_root / name / "f").stdout == name.encode()
+    for name in ("v0", "v29"):  # right after a restart a read may need a retry (as after SIGKILL)
+        got = wait.until(lambda name=name: nfs.cat(h.export_root / name / "f").stdout, timeout=10, what=name)
+        assert got == name.encode()
 
 
 def _log_since(path: Path, offset: int) -> str:
