@@ -220,3 +220,23 @@ class Harness:
         shutil.rmtree(self.run_root, ignore_errors=True)
         if failures:
             raise failures[0]
+
+
+# What Ganesha 6.5 logs at WARN or above for any configuration, ours included: the defaults
+# it deprecates itself, the RADOS URL library Debian does not ship, PR_SET_IO_FLUSHER refused
+# (allowed on purpose), and no rpcbind to register with when serving NFSv4 only.
+UNAVOIDABLE_COMPLAINTS = (
+    "Missing RADOS URLs backend library",
+    "domainname in NFSv4 config section will soon be deprecated",
+    "Use idmapped_user_time_validity under DIRECTORY_SERVICES",
+    "Use idmapped_group_time_validity under DIRECTORY_SERVICES",
+    "Failed to set PR_SET_IO_FLUSHER due to EPERM, ignoring",
+    "Cannot register NFS V4 on TCP",
+)
+_SEVERE = (":WARN :", ":MAJ :", ":CRIT :", ":FATAL :")
+
+
+def config_complaints(log_text: str) -> list[str]:
+    """Ganesha's log lines at WARN or above, less ``UNAVOIDABLE_COMPLAINTS``."""
+    return [line for line in log_text.splitlines()
+            if any(s in line for s in _SEVERE) and not any(u in line for u in UNAVOIDABLE_COMPLAINTS)]

@@ -1,0 +1,88 @@
+"""Which Ganesha runs: the version check (older than 6.2 is refused with one line), an
+unpacked tree started through its own loader, and a rendered config 6.5 does not complain about."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nfs_provisioner.ganesha import binary, errors
+from nfs_provisioner.ganesha.exports import ExportRequest
+from nfs_provisioner.ganesha.settings import GANESHA_ROOT_ENV
+from tests import ganesha_env
+from tests.ganesha_env import Harness, free_port
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("text", "version"), [
+    ("NFS-Ganesha Release = V6.5\n", (6, 5, 0)),
+    ("NFS-Ganesha Release = V4.3\n", (4, 3, 0)),
+    ("noise\nNFS-Ganesha Release = V9.14.2 extra", (9, 14, 2)),
+])
+def test_version_is_read_from_the_release_line(text: str, version: tuple[int, int, int]) -> None:
+    assert binary.parse_version(text) == version
+
+
+@pytest.mark.unit
+def test_older_than_6_2_is_refused_with_one_line() -> None:
+    binary.check_version((6, 5, 0))
+    binary.check_version((6, 2, 0))
+    with pytest.raises(errors.ServerError) as e:
+        binary.check_version((6, 1, 0))
+    assert "NFS-Ganesha 6.1 is too old" in str(e.value) and "#1188" in str(e.value)
+    assert "\n" not in str(e.value)
+    with pytest.raises(errors.ServerError, match="cannot tell the NFS-Ganesha version"):
+        binary.parse_version("ganesha.nfsd: unknown option -- v")
+
+
+@pytest.mark.unit
+def test_an_incomplete_tree_is_refused_naming_what_is_missing(tmp_path: Path) -> None:
+    assert binary.locate(None) == binary.Ganesha(command=("ganesha.nfsd",), plugins_dir=None)
+    (tmp_path / binary.TREE_LIB).mkdir(parents=True)
+    (tmp_path / binary.TREE_LIB / binary.LOADER).write_bytes(b"")
+    with pytest.raises(errors.ServerError, match=r"ganesha.nfsd \(.*usr/bin/ganesha.nfsd\) is missing"):
+        binary.locate(tmp_path)
+
+
+@pytest.mark.ganesha
+def test_tests_run_the_ganesha_the_image_ships_and_it_accepts_every_rendered_option(h: Harness) -> None:
+    srv = h.server()
+    assert srv.ganesha_version is not None and srv.ganesha_version >= (6, 5, 0), srv.ganesha_version
+    root = ganesha_env.select_ganesha()
+    if root is not None:  # unpacked: the process runs the tree's loader and binary, and its FSAL directory
+        assert srv.ganesha_pid is not None
+        with open(f"/proc/{srv.ganesha_pid}/cmdline", "rb") as f:
+            cmdline = f.read().split(b"\0")
+        assert cmdline[0].decode() == str(root / binary.TREE_LIB / binary.LOADER)
+        assert f'Plugins_Dir = "{root / binary.TREE_PLUGINS}";' in srv.main_config.read_text()
+    srv.exports.add(ExportRequest(name="v", path=h.volume("v", content={"f": b"hello"})))
+    assert h.client().cat(h.export_root / "v" / "f").stdout == b"hello"
+    assert ganesha_env.config_complaints(srv.settings.log_path.read_text()) == []
+
+
+@pytest.mark.ganesha
+def test_the_appliance_refuses_the_hosts_older_ganesha_with_one_line(tmp_path: Path) -> None:
+    installed = ganesha_env.host_ganesha_version()
+    if installed is None or installed[:2] >= binary.MIN_VERSION:
+        pytest.skip(f"no Ganesha older than 6.2 installed here (installed: {installed})")
+    kubeconfig = tmp_path / "kubeconfig"  # never read: Ganesha is checked first
+    kubeconfig.write_text("")
+    (tmp_path / "export").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != GANESHA_ROOT_ENV}
+    done = subprocess.run(
+        [sys.executable, "-m", "nfs_provisioner", f"--kubeconfig={kubeconfig}", f"--export-root={tmp_path / 'export'}",
+         "--nfs-bind-address=127.0.0.1", f"--nfs-port={free_port()}", "--nfsv3=false",
+         "--server-hostname=127.0.0.1", "--metrics-address="],
+        env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    errors_said = [line for line in done.stderr.splitlines() if line.startswith("nfs-provisioner: error:")]
+    version = ".".join(map(str, installed[:2]))
+    assert errors_said == [f"nfs-provisioner: error: NFS-Ganesha {version} is too old: nfs-provisioner needs 6.2 "
+                           "or newer (older releases break NFSv4.2 READ_PLUS for Linux >= 6.6 clients, "
+                           "nfs-ganesha #1188); use the image, Debian trixie's nfs-ganesha, or an unpacked one "
+                           f"named by {GANESHA_ROOT_ENV}"], done.stderr
+    assert not (tmp_path / "export" / ".ganesha" / "ganesha.conf").exists(), "refused before anything was written"
