@@ -5,12 +5,17 @@ exports, and a cold start of the manager + Ganesha with 1000 exports in its
 configuration, and Ganesha's resident memory idle and with 1000 exports.
 Targets (issue 4): add p99 < 5 ms, flat in export count; cold start < 2 s.
 
-    .venv/bin/python bench/ganesha_bench.py [--samples 200] [--no-durable]
+    .venv/bin/python bench/ganesha_bench.py [--samples 200] [--no-durable] [--ganesha-root DIR | --installed]
+
+It runs the Ganesha the tests run: NFS_PROVISIONER_GANESHA_ROOT, else the tree
+hack/install-deps unpacked (Debian trixie's 6.5 on a bookworm host), else the
+installed ganesha.nfsd.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import statistics
@@ -24,7 +29,10 @@ import psutil
 
 from nfs_provisioner.ganesha.exports import ExportRequest
 from nfs_provisioner.ganesha.server import GaneshaServer
-from nfs_provisioner.ganesha.settings import Ports, ServerSettings
+from nfs_provisioner.ganesha.settings import GANESHA_ROOT_ENV, Ports, ServerSettings
+
+CACHE = Path(os.environ.get("NFSP_CACHE_DIR", Path.home() / ".cache" / "nfs-provisioner"))
+UNPACKED = CACHE / "ganesha" / "current" / "root"
 
 LEVELS = (0, 500, 1000)
 
@@ -54,6 +62,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=200, help="add+remove pairs measured at each level")
     ap.add_argument("--no-durable", action="store_true", help="skip fsync of config files")
+    default_root = os.environ.get(GANESHA_ROOT_ENV) or (str(UNPACKED) if UNPACKED.is_dir() else None)
+    ap.add_argument("--ganesha-root", type=Path, default=default_root, help="an unpacked Ganesha to run")
     args = ap.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="nfsp-bench-"))
@@ -71,6 +81,7 @@ def main() -> int:
             dbus_name_prefix=prefix,
             grace_period=0,
             durable_writes=not args.no_durable,
+            ganesha_root=args.ganesha_root,
         )
 
     print(f"Ganesha manager benchmark: {args.samples} add+remove pairs per level, durable={not args.no_durable}")
@@ -80,8 +91,8 @@ def main() -> int:
     srv.start()
     servers = [srv]
     try:
-        version = srv.ganesha_version if hasattr(srv, "ganesha_version") else "installed"
-        print(f"Ganesha: {version}; RSS idle (no exports): {rss_mb(srv):.1f} MB")
+        version = ".".join(map(str, srv.ganesha_version or ()))
+        print(f"Ganesha {version} ({args.ganesha_root or 'installed'}); RSS idle (no exports): {rss_mb(srv):.1f} MB")
         live = 0
         print(
             f"{'live exports':>12} | {'add p50':>10} {'add p99':>10} {'add max':>10} |"

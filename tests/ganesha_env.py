@@ -40,7 +40,7 @@ UNPACKED_GANESHA = CACHE / "ganesha" / "current" / "root"
 def select_ganesha() -> Path | None:
     """Make every Ganesha the tests start the unpacked one (unless NFS_PROVISIONER_GANESHA_ROOT
     already names one); None when there is none (a host with a new enough Ganesha installed)."""
-    if GANESHA_ROOT_ENV not in os.environ and (UNPACKED_GANESHA / binary.TREE_BINARY).is_file():
+    if not os.environ.get(GANESHA_ROOT_ENV) and (UNPACKED_GANESHA / binary.TREE_BINARY).is_file():
         os.environ[GANESHA_ROOT_ENV] = str(UNPACKED_GANESHA)
     root = os.environ.get(GANESHA_ROOT_ENV)
     return Path(root) if root else None
