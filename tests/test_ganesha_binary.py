@@ -13,8 +13,11 @@ import pytest
 from nfs_provisioner.ganesha import binary, errors
 from nfs_provisioner.ganesha.exports import ExportRequest
 from nfs_provisioner.ganesha.settings import GANESHA_ROOT_ENV
-from tests import ganesha_env
+from tests import ganesha_env, nfs42_client
 from tests.ganesha_env import Harness, free_port
+
+MiB = 1 << 20
+NFS4ERR_NOTSUPP = 10004
 
 
 @pytest.mark.unit
@@ -86,3 +89,30 @@ def test_the_appliance_refuses_the_hosts_older_ganesha_with_one_line(tmp_path: P
                            "nfs-ganesha #1188); use the image, Debian trixie's nfs-ganesha, or an unpacked one "
                            f"named by {GANESHA_ROOT_ENV}"], done.stderr
     assert not (tmp_path / "export" / ".ganesha" / "ganesha.conf").exists(), "refused before anything was written"
+
+
+@pytest.mark.ganesha
+def test_read_plus_never_returns_wrong_data(h: Harness) -> None:
+    """The reason for 6.x (nfs-ganesha #1188): READ_PLUS of a sparse file. Measured: 4.3 answers a
+    READ_PLUS at 3 MiB with one 0-byte DATA segment at offset 0 (the file does not read back);
+    6.5 answers NFS4ERR_NOTSUPP, so Linux clients fall back to READ. Either an honest refusal or
+    the right bytes, never wrong ones."""
+    srv = h.server()
+    vol = h.volume("sparse")
+    path = vol / "sparse.bin"
+    with path.open("wb") as f:  # data at 0, just past 3 MiB and at the end; holes between
+        for offset in (0, 3 * MiB + 123, 8 * MiB - 4096):
+            f.seek(offset)
+            f.write(os.urandom(4096))
+        f.truncate(8 * MiB)
+    srv.exports.add(ExportRequest(name="sparse", path=vol))
+    nfs = nfs42_client.Client(host="127.0.0.1", port=h.port)
+    try:
+        try:
+            got = nfs.read_file(str(path), size=8 * MiB)
+        except nfs42_client.NfsError as e:
+            assert (e.op, e.status) == (nfs42_client.OP_READ_PLUS, NFS4ERR_NOTSUPP), e
+            return
+        assert got == path.read_bytes(), "READ_PLUS returned wrong data"
+    finally:
+        nfs.close()
