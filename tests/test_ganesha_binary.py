@@ -68,27 +68,27 @@ def test_tests_run_the_ganesha_the_image_ships_and_it_accepts_every_rendered_opt
 
 
 @pytest.mark.ganesha
-def test_the_appliance_refuses_the_hosts_older_ganesha_with_one_line(tmp_path: Path) -> None:
+def test_the_hosts_older_ganesha_is_refused_at_start_with_one_line(h: Harness) -> None:
+    """The manager as a user runs it (``python -m nfs_provisioner.ganesha``, what the appliance
+    starts too) on a host whose installed Ganesha is bookworm's 4.3: exit 1, one error line,
+    nothing started and no config written."""
     installed = ganesha_env.host_ganesha_version()
     if installed is None or installed[:2] >= binary.MIN_VERSION:
         pytest.skip(f"no Ganesha older than 6.2 installed here (installed: {installed})")
-    kubeconfig = tmp_path / "kubeconfig"  # never read: Ganesha is checked first
-    kubeconfig.write_text("")
-    (tmp_path / "export").mkdir()
     env = {k: v for k, v in os.environ.items() if k != GANESHA_ROOT_ENV}
     done = subprocess.run(
-        [sys.executable, "-m", "nfs_provisioner", f"--kubeconfig={kubeconfig}", f"--export-root={tmp_path / 'export'}",
-         "--nfs-bind-address=127.0.0.1", f"--nfs-port={free_port()}", "--nfsv3=false",
-         "--server-hostname=127.0.0.1", "--metrics-address="],
+        [sys.executable, "-m", "nfs_provisioner.ganesha", f"--export-root={h.export_root}",
+         f"--run-dir={h.run_root / 'old'}", f"--nfs-port={free_port()}", "--bind-addr=127.0.0.1",
+         f"--dbus-name-prefix={h.prefix}", "--grace-period=0"],
         env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1, done.stderr
-    errors_said = [line for line in done.stderr.splitlines() if line.startswith("nfs-provisioner: error:")]
+    said = [line.split(": ", 1)[1] for line in done.stderr.splitlines() if " ERROR " in line]
     version = ".".join(map(str, installed[:2]))
-    assert errors_said == [f"nfs-provisioner: error: NFS-Ganesha {version} is too old: nfs-provisioner needs 6.2 "
-                           "or newer (older releases break NFSv4.2 READ_PLUS for Linux >= 6.6 clients, "
-                           "nfs-ganesha #1188); use the image, Debian trixie's nfs-ganesha, or an unpacked one "
-                           f"named by {GANESHA_ROOT_ENV}"], done.stderr
-    assert not (tmp_path / "export" / ".ganesha" / "ganesha.conf").exists(), "refused before anything was written"
+    assert said == [f"NFS-Ganesha {version} is too old: nfs-provisioner needs 6.2 or newer (older releases break "
+                    "NFSv4.2 READ_PLUS for Linux >= 6.6 clients, nfs-ganesha #1188); use the image, Debian "
+                    f"trixie's nfs-ganesha, or an unpacked one named by {GANESHA_ROOT_ENV}"], done.stderr
+    assert "started" not in done.stderr, "nothing was started"
+    assert not (h.export_root / ".ganesha" / "ganesha.conf").exists(), "refused before anything was written"
 
 
 @pytest.mark.ganesha
