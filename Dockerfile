@@ -1,6 +1,7 @@
-# The nfs-provisioner appliance image: NFS-Ganesha + the Python provisioner.
-# Build: podman build -t nfs-provisioner:0.1.0 .   (see README "Container image")
-FROM docker.io/library/debian:bookworm-slim AS build
+# The nfs-provisioner appliance image: NFS-Ganesha 6.5 (Debian trixie) + the Python provisioner.
+# Build: podman build -t nfs-provisioner:0.1.0 .   (see README "Deploying"; hack/base-image makes
+# the base image locally under the FROM name below)
+FROM docker.io/library/debian:trixie-slim AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
  && rm -rf /var/lib/apt/lists/*
@@ -16,11 +17,14 @@ RUN python3 -m venv /opt/nfs-provisioner \
  && /opt/nfs-provisioner/bin/pip uninstall -y pip setuptools >/dev/null \
  && find /opt/nfs-provisioner -name '__pycache__' -prune -exec rm -rf {} +
 
-FROM docker.io/library/debian:bookworm-slim
+FROM docker.io/library/debian:trixie-slim
+# netbase: /etc/services, without which rpcbind cannot start. /etc/mtab: Ganesha's AddExport
+# reads it; podman provides one, a kubelet does not.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 nfs-ganesha nfs-ganesha-vfs dbus rpcbind nfs-common xfsprogs \
- && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
+      python3 nfs-ganesha nfs-ganesha-vfs dbus rpcbind nfs-common xfsprogs netbase \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
+ && ln -sfn /proc/self/mounts /etc/mtab
 COPY --from=build /opt/nfs-provisioner /opt/nfs-provisioner
 ENV PATH=/opt/nfs-provisioner/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1

@@ -38,7 +38,7 @@ from typing import Any
 import psutil
 
 from nfs_provisioner.kube import client as kube
-from tests import kubecluster
+from tests import ganesha_env, kubecluster
 from tests.appliance_env import Appliance
 
 REPO = Path(__file__).resolve().parent.parent
@@ -286,9 +286,11 @@ def main() -> int:
     parser.add_argument("--appliance-args", default="", help="extra flags for the appliance, space separated")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    ganesha_root = ganesha_env.select_ganesha()  # the Ganesha the tests and the image run (6.5)
+    results_ganesha = str(ganesha_root) if ganesha_root else "installed"
     work = Path(tempfile.mkdtemp(prefix="nfsp-bench-"))
     cluster = kubecluster.Cluster(work / "cluster")
-    results: dict[str, Any] = {"sizes": {}, "repeats": args.repeats}
+    results: dict[str, Any] = {"sizes": {}, "repeats": args.repeats, "ganesha": results_ganesha}
     appliance = None
     try:
         t = time.monotonic()

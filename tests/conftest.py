@@ -13,9 +13,14 @@ import pytest
 from kubernetes import client, config
 
 from nfs_provisioner.kube import client as kube
-from tests import kubecluster, uml
+from tests import ganesha_env, kubecluster, uml
 from tests.appliance_env import Appliance
 from tests.ganesha_env import Harness
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every Ganesha the tests start (servers, appliances, UML boots) is the one the image ships."""
+    ganesha_env.select_ganesha()
 
 
 @pytest.hookimpl(tryfirst=True)

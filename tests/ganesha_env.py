@@ -1,5 +1,13 @@
-"""Test helpers for the Ganesha manager: servers on private buses and free ports,
-the libnfs client binaries, and throw-away network namespaces.
+"""Test helpers for the Ganesha manager: which Ganesha the tests run, servers on
+private buses and free ports, the libnfs client binaries, and throw-away network
+namespaces.
+
+The tests run the Ganesha the image ships (Debian trixie's 6.5): on a bookworm
+host that is the tree ``hack/install-deps`` unpacks under
+``$NFSP_CACHE_DIR/ganesha/current/root``, named to every server, appliance and
+UML boot the tests start by ``NFS_PROVISIONER_GANESHA_ROOT`` (``select_ganesha``,
+called once per run from conftest). ``host_ganesha()`` is the host's installed one
+(bookworm's 4.3), which the start-up check must refuse.
 
 Everything a helper starts is remembered and stopped by PID in ``close()``,
 which the tests' fixtures call even when a test fails.
@@ -7,21 +15,52 @@ which the tests' fixtures call even when a test fails.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from nfs_provisioner.ganesha import binary
 from nfs_provisioner.ganesha.metrics import GaneshaMetrics
 from nfs_provisioner.ganesha.server import GaneshaServer
-from nfs_provisioner.ganesha.settings import Ports, ServerSettings
+from nfs_provisioner.ganesha.settings import GANESHA_ROOT_ENV, Ports, ServerSettings
 
 NFS_TIMEOUT = 30.0  # seconds for one libnfs client command
+CACHE = Path(os.environ.get("NFSP_CACHE_DIR", Path.home() / ".cache" / "nfs-provisioner"))
+UNPACKED_GANESHA = CACHE / "ganesha" / "current" / "root"
+
+
+def select_ganesha() -> Path | None:
+    """Make every Ganesha the tests start the unpacked one (unless NFS_PROVISIONER_GANESHA_ROOT
+    already names one); None when there is none (a host with a new enough Ganesha installed)."""
+    if not os.environ.get(GANESHA_ROOT_ENV) and (UNPACKED_GANESHA / binary.TREE_BINARY).is_file():
+        os.environ[GANESHA_ROOT_ENV] = str(UNPACKED_GANESHA)
+    root = os.environ.get(GANESHA_ROOT_ENV)
+    return Path(root) if root else None
+
+
+def ganesha() -> binary.Ganesha:
+    """The Ganesha the tests run (for tests that start ganesha.nfsd by hand)."""
+    return binary.locate(select_ganesha())
+
+
+def host_ganesha_version() -> tuple[int, int, int] | None:
+    """The version of the host's installed ganesha.nfsd, or None if there is none."""
+    if shutil.which("ganesha.nfsd") is None:
+        return None
+
+    def run(argv: Sequence[str]) -> tuple[int, str]:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, check=False)
+        return done.returncode, done.stdout + done.stderr
+
+    return binary.version(binary.Ganesha(), run=run)
 
 
 def free_port() -> int:
@@ -181,3 +220,23 @@ class Harness:
         shutil.rmtree(self.run_root, ignore_errors=True)
         if failures:
             raise failures[0]
+
+
+# What Ganesha 6.5 logs at WARN or above for any configuration, ours included: the defaults
+# it deprecates itself, the RADOS URL library Debian does not ship, PR_SET_IO_FLUSHER refused
+# (allowed on purpose), and no rpcbind to register with when serving NFSv4 only.
+UNAVOIDABLE_COMPLAINTS = (
+    "Missing RADOS URLs backend library",
+    "domainname in NFSv4 config section will soon be deprecated",
+    "Use idmapped_user_time_validity under DIRECTORY_SERVICES",
+    "Use idmapped_group_time_validity under DIRECTORY_SERVICES",
+    "Failed to set PR_SET_IO_FLUSHER due to EPERM, ignoring",
+    "Cannot register NFS V4 on TCP",
+)
+_SEVERE = (":WARN :", ":MAJ :", ":CRIT :", ":FATAL :")
+
+
+def config_complaints(log_text: str) -> list[str]:
+    """Ganesha's log lines at WARN or above, less ``UNAVOIDABLE_COMPLAINTS``."""
+    return [line for line in log_text.splitlines()
+            if any(s in line for s in _SEVERE) and not any(u in line for u in UNAVOIDABLE_COMPLAINTS)]

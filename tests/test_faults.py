@@ -41,7 +41,9 @@ def bound(core: client.CoreV1Api, namespace: str) -> dict[str, str]:
 
 
 def ganesha_pid(a: Appliance) -> int:
-    pids = re.findall(r"started ganesha\.nfsd .* \(pid (\d+)\)", a.log_file.read_text(errors="replace"))
+    # "started [<loader> --library-path <libs> ]<...>ganesha.nfsd -F ... (pid N)"
+    pids = re.findall(r"started \S*?(?: --library-path \S+ \S+)?ganesha\.nfsd -F .* \(pid (\d+)\)",
+                      a.log_file.read_text(errors="replace"))
     assert pids, a.log()
     return int(pids[-1])
 

@@ -11,6 +11,7 @@ import pytest
 
 from nfs_provisioner.ganesha.exports import ExportRequest
 from nfs_provisioner.ganesha.settings import Ports
+from tests import ganesha_env
 from tests.ganesha_env import Client, Harness
 
 pytestmark = pytest.mark.ganesha
@@ -54,6 +55,8 @@ def test_export_subnet_restricts_clients_and_nfsv3_serves_large_writes(h: Harnes
     assert v3.cat(vol / "big.bin").stdout == data
     assert Client(host=OUTSIDE, version=3, netns=ns.path).put(b"x", vol / "nope").returncode != 0
     assert not (vol / "nope").exists()
+    # Every option the NFSv3 config renders is one Ganesha knows (and it registered with rpcbind).
+    assert ganesha_env.config_complaints(srv.settings.log_path.read_text()) == []
 
     pids = [srv.ganesha_pid, *srv.helper_pids().values()]
     srv.stop()

@@ -159,6 +159,9 @@ def _init_script(
         "TMPDIR": "/run/tmp",
         "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",
+        # The Ganesha the tests run (tests/ganesha_env.py): the host's / is UML's root, so an
+        # unpacked tree in the host's cache is there too.
+        **{k: v for k, v in os.environ.items() if k == "NFS_PROVISIONER_GANESHA_ROOT"},
         **env,
     }
     assignments = " ".join(q(f"{k}={v}") for k, v in inner_env.items())

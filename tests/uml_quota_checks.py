@@ -32,6 +32,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from nfs_provisioner.quota import commands, errors, fsxattr, manager, metrics, projects
+from tests import ganesha_env
 
 MiB = 1024 * 1024
 CHUNK = 64 * 1024
@@ -326,7 +327,8 @@ def metrics_show_usage_and_limit_at_scrape_time(ctx: Context) -> None:
     assert registry.get_sample_value(metrics.LIMIT, labels) == 5 * MiB
 
 
-GANESHA_CONF = """NFS_CORE_PARAM {{ Protocols = 3, 4; Enable_NLM = false; Enable_RQUOTA = false; }}
+GANESHA_CONF = """NFS_CORE_PARAM {{ Protocols = 3, 4; Enable_NLM = false; Enable_RQUOTA = false;
+    allow_set_io_flusher_fail = true; {plugins} }}
 NFSV4 {{ Graceless = true; RecoveryRoot = {recovery}; Only_Numeric_Owners = true; }}
 EXPORT {{
     Export_Id = 1; Path = {path}; Pseudo = /{name}; Access_Type = RW; Squash = no_root_squash;
@@ -345,7 +347,9 @@ def nfs_writes_through_ganesha_stop_at_the_limit(ctx: Context) -> None:
     state = Path(tempfile.mkdtemp(prefix="ganesha-"))  # on UML's /run tmpfs (TMPDIR)
     (state / "recovery").mkdir()
     conf = state / "ganesha.conf"
-    conf.write_text(GANESHA_CONF.format(recovery=state / "recovery", path=vol, name=vol.name))
+    ganesha = ganesha_env.ganesha()  # the one the image ships (an unpacked tree on a bookworm host)
+    plugins = f'Plugins_Dir = "{ganesha.plugins_dir}";' if ganesha.plugins_dir else ""
+    conf.write_text(GANESHA_CONF.format(recovery=state / "recovery", path=vol, name=vol.name, plugins=plugins))
     source = state / "three-mib"
     source.write_bytes(b"\0" * 3 * MiB)
     url = f"nfs://127.0.0.1{vol}"
@@ -354,7 +358,7 @@ def nfs_writes_through_ganesha_stop_at_the_limit(ctx: Context) -> None:
     try:
         time.sleep(0.3)
         procs.append(subprocess.Popen(
-            ["ganesha.nfsd", "-F", "-L", str(state / "ganesha.log"), "-f", str(conf),
+            [*ganesha.command, "-F", "-L", str(state / "ganesha.log"), "-f", str(conf),
              "-p", str(state / "ganesha.pid"), "-N", "NIV_EVENT"]
         ))
         deadline = time.monotonic() + 30
@@ -362,6 +366,8 @@ def nfs_writes_through_ganesha_stop_at_the_limit(ctx: Context) -> None:
             assert time.monotonic() < deadline, "Ganesha did not serve the export within 30s:\n" + (
                 (state / "ganesha.log").read_text() if (state / "ganesha.log").exists() else "(no log)")
             time.sleep(0.2)
+        started = (state / "ganesha.log").read_text()
+        assert "Starting: Ganesha Version 6." in started, "the Ganesha the image ships (6.x) serves here"
         first = subprocess.run(["nfs-cp", str(source), f"{url}/a"], capture_output=True, text=True)
         assert first.returncode != 0, "a 3 MiB NFS write into a 2 MiB volume succeeded"
         assert (vol / "a").stat().st_size == 2 * MiB, (vol / "a").stat().st_size

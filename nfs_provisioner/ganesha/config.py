@@ -260,7 +260,8 @@ class Templates:
         _verify_block(text, block)
         return text
 
-    def render_main(self, settings: ServerSettings, *, export_index: Path) -> str:
+    def render_main(self, settings: ServerSettings, *, export_index: Path, plugins_dir: Path | None = None) -> str:
+        """The main config; ``plugins_dir`` is the FSAL directory of an unpacked Ganesha (``binary``)."""
         if settings.dbus_name_prefix and not _PREFIX.match(settings.dbus_name_prefix):
             raise errors.InvalidRequest(f"invalid D-Bus name prefix {settings.dbus_name_prefix!r}")
         if settings.bind_addr is not None:
@@ -287,6 +288,7 @@ class Templates:
                 else min(settings.lease_lifetime, settings.grace_period),
                 "recovery_root": str(settings.recovery_path),
                 "export_index": str(export_index),
+                "plugins_dir": str(plugins_dir) if plugins_dir is not None else None,
             },
         )
 

@@ -2,6 +2,8 @@
 
 Start sequence (``GaneshaServer.start``):
 
+0. which Ganesha (installed, or an unpacked tree: ``binary``) and its version; older than
+   ``binary.MIN_VERSION`` is refused with one line;
 1. directories under the export root (config, recovery) and the run directory;
 2. a private ``dbus-daemon`` (own config and socket) unless ``dbus_address`` is given;
    wait until it answers ``ListNames`` (Ganesha never reconnects to a late bus);
@@ -22,11 +24,11 @@ import logging
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nfs_provisioner import fileio
-from nfs_provisioner.ganesha import config, errors, processes
+from nfs_provisioner.ganesha import binary, config, errors, processes
 from nfs_provisioner.ganesha.dbus import GaneshaDBus
 from nfs_provisioner.ganesha.exports import ExportManager
 from nfs_provisioner.ganesha.metrics import GaneshaMetrics
@@ -81,6 +83,9 @@ class GaneshaServer:
             on_count=metrics.set_exports if metrics else None,
         )
         self.restarts = 0
+        self.ganesha_version: tuple[int, int, int] | None = None
+        """Set by ``start()`` from ``ganesha.nfsd -v``."""
+        self._binary = binary.Ganesha()
         self._bus_proc: subprocess.Popen[bytes] | None = None
         self._rpcbind_proc: subprocess.Popen[bytes] | None = None
         self._statd_proc: subprocess.Popen[bytes] | None = None
@@ -106,6 +111,7 @@ class GaneshaServer:
     def start(self) -> None:
         """Start everything and return once Ganesha serves; on failure stop what was started."""
         try:
+            self._find_ganesha()
             self._prepare_dirs()
             if self.settings.dbus_address is None:
                 self._start_bus()
@@ -113,7 +119,9 @@ class GaneshaServer:
                 self._start_rpc_helpers()
             config.atomic_write(
                 self.main_config,
-                self.templates.render_main(self.settings, export_index=self.exports.index_file),
+                self.templates.render_main(
+                    self.settings, export_index=self.exports.index_file, plugins_dir=self._binary.plugins_dir
+                ),
                 durable=self.settings.durable_writes,
             )
             self.exports.load()
@@ -188,6 +196,17 @@ class GaneshaServer:
 
     # --- start steps -------------------------------------------------------------------------------------------
 
+    def _find_ganesha(self) -> None:
+        self._binary = binary.locate(self.settings.ganesha_tree)
+
+        def run(argv: Sequence[str]) -> tuple[int, str]:
+            done = self.launcher.run(argv)
+            return done.returncode, done.stdout + done.stderr
+
+        self.ganesha_version = binary.version(self._binary, run=run)
+        binary.check_version(self.ganesha_version)
+        log.info("NFS-Ganesha %s: %s", ".".join(map(str, self.ganesha_version)), " ".join(self._binary.command))
+
     def _prepare_dirs(self) -> None:
         s = self.settings
         if not s.export_root.is_dir():
@@ -249,7 +268,7 @@ class GaneshaServer:
         log_offset = s.log_path.stat().st_size if s.log_path.exists() else 0
         proc = self.launcher.spawn(
             [
-                "ganesha.nfsd",
+                *self._binary.command,
                 "-F",
                 "-L",
                 str(s.log_path),

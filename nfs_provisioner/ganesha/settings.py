@@ -14,6 +14,8 @@ from pathlib import Path
 
 #: Environment variable naming a directory whose templates override the shipped ones.
 TEMPLATES_ENV = "NFS_PROVISIONER_GANESHA_TEMPLATES"
+#: Environment variable naming an unpacked NFS-Ganesha tree to run instead of the installed one.
+GANESHA_ROOT_ENV = "NFS_PROVISIONER_GANESHA_ROOT"
 #: Export_Id 152 is skipped: the pseudo root uses Filesystem_Id 152.152.
 RESERVED_EXPORT_IDS = frozenset({152})
 
@@ -68,6 +70,11 @@ class ServerSettings:
     template_dir: Path | None = None
     """Directory of operator templates overriding the shipped ones (any subset).
     Default: the ``NFS_PROVISIONER_GANESHA_TEMPLATES`` environment variable, if set."""
+    ganesha_root: Path | None = None
+    """An unpacked NFS-Ganesha (``dpkg -x`` of nfs-ganesha, nfs-ganesha-vfs and their libraries,
+    e.g. Debian trixie's 6.5 on a bookworm host) to run through its own loader, with
+    ``Plugins_Dir`` at its FSALs. Default: the ``NFS_PROVISIONER_GANESHA_ROOT`` environment
+    variable, if set; else the installed ``ganesha.nfsd`` on PATH (the image)."""
     ports: Ports = Ports()
     bind_addr: str | None = None
     """Address Ganesha binds; None = all (the appliance). Tests use 127.0.0.1."""
@@ -130,6 +137,13 @@ class ServerSettings:
         if self.template_dir is not None:
             return self.template_dir
         env = os.environ.get(TEMPLATES_ENV)
+        return Path(env) if env else None
+
+    @property
+    def ganesha_tree(self) -> Path | None:
+        if self.ganesha_root is not None:
+            return self.ganesha_root
+        env = os.environ.get(GANESHA_ROOT_ENV)
         return Path(env) if env else None
 
     @property
