@@ -1,4 +1,4 @@
-# The nfs-provisioner appliance image: NFS-Ganesha 6.5 (Debian trixie) + the Python provisioner.
+# The nfs-provisioner appliance image: NFS-Ganesha 9.x (Debian trixie-backports) + the Python provisioner.
 # Build: podman build -t nfs-provisioner:0.1.0 .   (see README "Deploying"; hack/base-image makes
 # the base image locally under the FROM name below)
 FROM docker.io/library/debian:trixie-slim AS build
@@ -19,10 +19,18 @@ RUN python3 -m venv /opt/nfs-provisioner \
 
 FROM docker.io/library/debian:trixie-slim
 # netbase: /etc/services, without which rpcbind cannot start. /etc/mtab: Ganesha's AddExport
-# reads it; podman provides one, a kubelet does not.
-RUN apt-get update \
+# reads it; podman provides one, a kubelet does not. Ganesha from trixie-backports (9.x): trixie's
+# 6.5 breaks NFSv4.1+ directory access for Linux >= 6.19 clients (nfs-ganesha #1385). The
+# backports line uses the mirror the image's own sources name.
+RUN set -e; \
+    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true); \
+    [ -n "$uri" ] || uri=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list); \
+    echo "deb $uri trixie-backports main" > /etc/apt/sources.list.d/backports.list; \
+    apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 nfs-ganesha nfs-ganesha-vfs dbus rpcbind nfs-common xfsprogs netbase \
+      python3 dbus rpcbind nfs-common xfsprogs netbase \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends -t trixie-backports \
+      nfs-ganesha nfs-ganesha-vfs \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
  && ln -sfn /proc/self/mounts /etc/mtab
 COPY --from=build /opt/nfs-provisioner /opt/nfs-provisioner

@@ -27,11 +27,11 @@ def test_kernel_client_reads_and_writes_through_ganesha(tmp_path: Path) -> None:
     result.check()
     seen = json.loads(result.output.strip().splitlines()[-1])
     print(f"inside UML ({result.seconds:.1f}s): {seen}")
-    assert seen["ganesha"].startswith("6."), seen
+    assert tuple(int(x) for x in seen["ganesha"].split(".")[:2]) >= (9, 14), seen  # the image's (trixie-backports)
     if seen["read_plus_built"]:
         assert seen["read_plus_calls"] > 0, seen
     else:
         assert seen["read_plus_calls"] == 0 and seen["read_calls"] > 0, seen
-    # nfs-ganesha #1385 (GET_DIR_DELEGATION answered with OP_ILLEGAL) shows as failed listings on
-    # 6.19+ clients; the UML kernel is one. Reported above, not asserted: it is sporadic upstream.
-    assert seen["listings"] == 5
+    # nfs-ganesha #1385 (GET_DIR_DELEGATION answered with OP_ILLEGAL, 6.5) showed as failed listings on
+    # 6.19+ clients; the UML kernel is one. 9.14 answers NFS4ERR_NOTSUPP: no listing may fail.
+    assert seen["listings"] == 5 and not seen["listings_failed"], seen
