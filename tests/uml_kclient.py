@@ -1,0 +1,318 @@
+"""Inside User-Mode Linux: the appliance's volumes mounted by the Linux kernel NFS client.
+
+Run by tests/test_kclient.py as ``python -m tests.uml_kclient`` inside UML with
+the kernel's own nfs, nfsv3 and nfsv4 modules loaded: the control plane, the
+appliance (XFS with prjquota as its export root) and the kernel client all run
+in one boot, and every volume is mounted the way the kubelet's nfs volume plugin
+mounts it: ``mount -t nfs -o <pv.spec.mountOptions> <server>:<path> <dir>``.
+Each step records what it measured (errno names, seconds) for the host-side test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests import uml_appliance
+from tests.uml_appliance import REPO, MiB
+
+# The defaults a user runs with (no quotas), NFSv3 on, no grace period; the quota step restarts with quotas on.
+FLAGS = ("--nfsv3=true", "--grace-period=0")
+STEPS = ("start", "classic_flow_as_the_kubelet_mounts_it", "gid_and_root_squash_as_pods_see_them",
+         "restarts_keep_handles_valid", "restarts_keep_handles_valid_without_device_fsids",
+         "delete_and_archive_while_mounted", "quota_writes_and_df_through_the_mount")
+USER, OTHER, GROUP = 1000, 1001, 4321
+# A process whose cwd is inside the mount: per line on stdin, create a file there and list it.
+CWD_WORKER = """
+import os, sys
+for line in sys.stdin:
+    try:
+        open("cwd-" + line.strip(), "w").write("x")
+        print("ok", len(os.listdir(".")), flush=True)
+    except OSError as e:
+        print("error", e.errno, flush=True)
+"""
+
+
+def err_name(e: OSError) -> str:
+    return errno.errorcode.get(e.errno or 0, str(e.errno))
+
+
+class Flow(uml_appliance.Flow):
+    mounts = Path("/run/mnt")
+
+    def volume(self, claim: str, namespace: str = "default") -> dict[str, Any]:
+        def bound() -> bool:
+            return self.kubectl("get", "pvc", claim, "-n", namespace, "-o", "jsonpath={.status.phase}") == "Bound"
+        self.until(bound, f"claim {claim} Bound")
+        pv_name = self.kubectl("get", "pvc", claim, "-n", namespace, "-o", "jsonpath={.spec.volumeName}")
+        pv: dict[str, Any] = json.loads(self.kubectl("get", "pv", pv_name, "-o", "json"))
+        return pv
+
+    @contextmanager
+    def mounted(self, pv: dict[str, Any], options: list[str] | None = None) -> Iterator[Path]:
+        """Mount as the kubelet does (PV's mountOptions unless ``options``), unmount afterwards."""
+        nfs = pv["spec"]["nfs"]
+        opts = pv["spec"].get("mountOptions", []) if options is None else options
+        target = self.mounts / f"{pv['metadata']['name']}-{len(list(self.mounts.glob('*')))}"
+        target.mkdir(parents=True)
+        argv = ["mount", "-t", "nfs", *(["-o", ",".join(opts)] if opts else []), f"{nfs['server']}:{nfs['path']}",
+                str(target)]
+        self.sh(*argv, timeout=60)
+        try:
+            yield target
+        finally:
+            r = self.sh("umount", str(target), check=False, timeout=60)
+            if r.returncode != 0:
+                self.sh("umount", "-l", str(target), check=False)
+
+    def as_user(self, uid: int, groups: list[int], *argv: str) -> subprocess.CompletedProcess[str]:
+        g = ",".join(map(str, groups)) if groups else "-"
+        prefix = ["setpriv", f"--reuid={uid}", f"--regid={groups[0] if groups else uid}"]
+        prefix += [f"--groups={g}"] if groups else ["--clear-groups"]
+        return self.sh(*prefix, *argv, check=False)
+
+    def class_and_claim(self, name: str, *, params: dict[str, str] | None = None, size: str = "1Mi",
+                        expand: bool = False, reclaim: str = "Delete") -> dict[str, Any]:
+        doc = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name},
+               "provisioner": "example.com/nfs", "mountOptions": ["vers=4.1"], "reclaimPolicy": reclaim,
+               "allowVolumeExpansion": expand, "parameters": params or {}}
+        claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                 "metadata": {"name": name, "namespace": "default"},
+                 "spec": {"storageClassName": name, "accessModes": ["ReadWriteMany"],
+                          "resources": {"requests": {"storage": size}}}}
+        self.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": [doc, claim]}))
+        return self.volume(name)
+
+    # ------------------------------------------------------------------ steps
+
+    def classic(self) -> dict[str, Any]:
+        kube_config = REPO / "deploy" / "kube-config"
+        self.kubectl("apply", "-f", str(kube_config / "class.yaml"), "-f", str(kube_config / "claim.yaml"),
+                     "-n", "default")
+        pv = self.volume("nfs")
+        server_dir = Path(pv["spec"]["nfs"]["path"])
+        seen: dict[str, Any] = {"mountOptions": pv["spec"].get("mountOptions")}
+        for label, options in (("pv", None), ("vers=3", ["vers=3"]), ("vers=4.2", ["vers=4.2"])):
+            started = time.monotonic()
+            with self.mounted(pv, options) as mnt:
+                mount_s = time.monotonic() - started
+                data = os.urandom(MiB + 12345)
+                name = f"big-{label}"
+                with open(mnt / name, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                assert (mnt / name).read_bytes() == data, "read back through the mount differs"
+                assert (server_dir / name).read_bytes() == data, "the server's file differs from what was written"
+                made = self.as_user(USER, [], "sh", "-c", f"echo u > {mnt}/by-user-{label}")
+                assert made.returncode == 0, made.stderr
+                ls = self.sh("ls", "-ln", str(mnt)).stdout
+                owners = {line.split()[-1]: (line.split()[2], line.split()[3]) for line in ls.splitlines()[1:]}
+                assert owners[name] == ("0", "0"), ls
+                assert owners[f"by-user-{label}"][0] == str(USER), ls
+                self.sh("sync")
+                proc_mounts = [m for m in Path("/proc/mounts").read_text().splitlines() if str(mnt) in m]
+                seen[label] = {"mount_seconds": round(mount_s, 2), "mount": proc_mounts[0].split()[2:4],
+                               "md5": hashlib.md5(data).hexdigest()}
+        return seen
+
+    def gid_and_squash(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        pv = self.class_and_claim("gid-nfs", params={"gid": str(GROUP)})
+        with self.mounted(pv) as mnt:
+            member = self.as_user(USER, [USER, GROUP], "touch", f"{mnt}/member")
+            stranger = self.as_user(OTHER, [OTHER], "touch", f"{mnt}/stranger")
+            assert member.returncode == 0, f"a member of gid {GROUP} could not create a file: {member.stderr}"
+            assert stranger.returncode != 0, "a process without the class's gid created a file"
+            out["gid"] = {"member": "created", "stranger": stranger.stderr.strip()}
+        squashed = self.class_and_claim("squash-nfs", params={"rootSquash": "true"})
+        plain = self.volume("nfs")
+        for label, pv, squash in (("rootSquash", squashed, True), ("no rootSquash", plain, False)):
+            with self.mounted(pv) as mnt:
+                Path(mnt / "root-made").write_text("r")
+                owner = os.stat(mnt / "root-made").st_uid
+                secret = mnt / f"secret-{USER}"
+                made = self.as_user(USER, [], "sh", "-c", f"umask 077; echo s > {secret}")
+                assert made.returncode == 0, made.stderr
+                try:
+                    secret.read_text()
+                    root_reads = "read"
+                except OSError as e:
+                    root_reads = err_name(e)
+                if squash:
+                    assert owner != 0, f"root's file belongs to uid 0 on a rootSquash volume ({label})"
+                    assert root_reads != "read", "root read another user's 0600 file on a rootSquash volume"
+                else:
+                    assert owner == 0, owner
+                    assert root_reads == "read", root_reads
+                out[label] = {"root_file_uid": owner, "root_reads_0600_of_other": root_reads}
+        return out
+
+    def quota(self) -> dict[str, Any]:
+        """With --enable-xfs-quota: writes through the kernel mount stop at the claim's size, and expansion
+        makes room. ``df`` is recorded as the client sees it (Ganesha's VFS FSAL answers statfs for the
+        export's whole filesystem, not for the directory's project)."""
+        self.stop_appliance()
+        self.start_appliance(extra=["--enable-xfs-quota"])
+        pv = self.class_and_claim("quota-kc", size="2Mi", expand=True)
+        out: dict[str, Any] = {}
+        with self.mounted(pv) as mnt:
+            df, fs = os.statvfs(mnt), os.statvfs(self.xfs)
+            out["df_on_mount_bytes"] = df.f_blocks * df.f_frsize
+            out["df_of_export_filesystem_bytes"] = fs.f_blocks * fs.f_frsize
+            server_dir = os.statvfs(pv["spec"]["nfs"]["path"])
+            out["df_in_volume_on_server_bytes"] = server_dir.f_blocks * server_dir.f_frsize
+            assert out["df_in_volume_on_server_bytes"] == 2 * MiB, out
+            assert out["df_on_mount_bytes"] == out["df_of_export_filesystem_bytes"], out
+            out["write_error"], out["written"] = self.fill(mnt / "fill-1")
+            assert out["write_error"] in ("ENOSPC", "EDQUOT") and out["written"] <= 2 * MiB, out
+            self.kubectl("patch", "pvc", "quota-kc", "-p", '{"spec":{"resources":{"requests":{"storage":"4Mi"}}}}')
+            self.until(lambda: self.kubectl("get", "pvc", "quota-kc", "-o", "jsonpath={.status.capacity.storage}")
+                       == "4Mi", "claim capacity 4Mi")
+            more_error, more = self.fill(mnt / "fill-2")
+            out["after_expansion"] = {"written": more, "error": more_error}
+            assert more >= MiB and out["written"] + more <= 4 * MiB, out
+        return out
+
+    @staticmethod
+    def fill(path: Path) -> tuple[str, int]:
+        """Write and fsync 64 KiB chunks until an error (the quota): the error's name and the bytes that
+        were durably written (the kernel client reports a full quota at fsync, not at write)."""
+        written = 0
+        chunk = os.urandom(64 * 1024)
+        try:
+            with open(path, "wb") as f:
+                for _ in range(1024):
+                    f.write(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+                    written += len(chunk)
+        except OSError as e:
+            return err_name(e), written
+        return "none", written
+
+    def restarts(self, *, extra: list[str]) -> dict[str, Any]:
+        """A file open for writing and a process whose cwd is in the mount survive appliance restarts."""
+        if extra:  # a configuration of its own: restart with it, then make a fresh volume under it
+            self.stop_appliance()
+            self.start_appliance(extra=extra)
+        name = f"restart{len(extra)}"
+        pv = self.class_and_claim(name)
+        out: dict[str, Any] = {}
+        with self.mounted(pv) as mnt:
+            writer = open(mnt / "kept-open", "w+b")  # noqa: SIM115 - held across the restarts
+            worker = subprocess.Popen([sys.executable, "-c", CWD_WORKER], cwd=mnt, stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+            try:
+                for how in (signal.SIGTERM, signal.SIGKILL):
+                    label = signal.Signals(how).name
+                    writer.write(f"before {label}\n".encode())
+                    writer.flush()
+                    os.fsync(writer.fileno())
+                    self.stop_appliance(how)
+                    down = time.monotonic()
+                    self.start_appliance(extra=extra)
+                    writer.write(f"after {label}\n".encode())
+                    try:
+                        writer.flush()
+                        os.fsync(writer.fileno())
+                        writer.seek(0)
+                        content = writer.read().decode()
+                        fd_result = "ok" if f"after {label}" in content else f"lost data: {content!r}"
+                    except OSError as e:
+                        fd_result = err_name(e)
+                    outage = round(time.monotonic() - down, 2)
+                    assert worker.stdin is not None and worker.stdout is not None
+                    worker.stdin.write(f"{label}\n")
+                    worker.stdin.flush()
+                    cwd_result = worker.stdout.readline().strip()
+                    out[label] = {"open_fd": fd_result, "cwd": cwd_result, "seconds_down_to_first_io": outage}
+                assert all(v["open_fd"] == "ok" and v["cwd"].startswith("ok") for v in out.values()), out
+            finally:
+                writer.close()
+                if worker.stdin is not None:
+                    worker.stdin.close()
+                worker.wait(30)
+        return out
+
+    def delete_while_mounted(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        victim = self.class_and_claim("gone-nfs")
+        other = self.volume("nfs")
+        archived = self.class_and_claim("archive-nfs", params={"onDelete": "archive"})
+        with self.mounted(victim) as mnt, self.mounted(other) as other_mnt, self.mounted(archived) as arch_mnt:
+            (mnt / "mine").write_text("victim data")
+            (other_mnt / "theirs").write_text("other data")
+            (arch_mnt / "kept").write_text("archived data")
+            for claim, path, file in (("gone-nfs", mnt, "mine"), ("archive-nfs", arch_mnt, "kept")):
+                pv_name = self.kubectl("get", "pvc", claim, "-o", "jsonpath={.spec.volumeName}")
+                self.kubectl("delete", "pvc", claim, "--wait=false")
+                self.until(lambda n=pv_name: self.sh("kubectl", "get", "pv", n, check=False).returncode != 0,
+                           f"PV {pv_name} deleted")
+                results = {}
+                for op, fn in (("listdir", lambda p=path: os.listdir(p)),
+                               ("read", lambda p=path, f=file: (p / f).read_text()),
+                               ("create", lambda p=path: (p / "new").write_text("x"))):
+                    try:
+                        value = fn()
+                        results[op] = f"succeeded: {value!r}"[:120]
+                    except OSError as e:
+                        results[op] = err_name(e)
+                out[claim] = results
+                assert "other data" not in json.dumps(results) and "theirs" not in json.dumps(results), results
+                assert not any(r.startswith("succeeded") for r in results.values()), results
+            archive = self.export / ".archive"
+            kept = [p for p in archive.glob("*/kept")] if archive.exists() else []
+            assert kept and kept[0].read_text() == "archived data", "archived data is not on the server"
+            assert (other_mnt / "theirs").read_text() == "other data", "the other volume was disturbed"
+            out["archive_on_server"] = str(kept[0].parent.name)
+        return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--xfs", type=Path, required=True)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--results", type=Path, required=True)
+    args = parser.parse_args()
+    flow = Flow(xfs=args.xfs, work=args.work, flags=FLAGS)
+    flow.mounts.mkdir(parents=True, exist_ok=True)
+    steps: dict[str, Callable[[], Any]] = {
+        "start": flow.start,
+        "classic_flow_as_the_kubelet_mounts_it": flow.classic,
+        "gid_and_root_squash_as_pods_see_them": flow.gid_and_squash,
+        "restarts_keep_handles_valid": lambda: flow.restarts(extra=[]),
+        "restarts_keep_handles_valid_without_device_fsids": lambda: flow.restarts(
+            extra=["--device-based-fsids=false"]),
+        "delete_and_archive_while_mounted": flow.delete_while_mounted,
+        "quota_writes_and_df_through_the_mount": flow.quota,
+    }
+    assert tuple(steps) == STEPS
+    try:
+        for name, fn in steps.items():
+            try:
+                flow.step(name, fn)
+            except BaseException:  # noqa: BLE001 - recorded; later steps still run unless the start failed
+                traceback.print_exc()
+                if name == "start":
+                    break
+    finally:
+        flow.stop()
+    return flow.write_results(args.results)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
