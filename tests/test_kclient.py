@@ -24,7 +24,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = work / "results.json"
     result = uml.run([sys.executable, "-m", "tests.uml_kclient", "--xfs", XFS_MOUNT, "--work", str(work),
                       "--results", str(out)], workdir=work, disks=[disk], mem_mb=2048, timeout=900,
-                     modules=["nfsv4", "nfsv3"], env={"NFSP_CACHE_DIR": str(uml.CACHE)})
+                     modules=["nfsv4", "nfsv3", "nfsd"], env={"NFSP_CACHE_DIR": str(uml.CACHE)})
     print(f"UML run took {result.seconds:.1f}s, exit code {result.returncode}\n{result.output[-5000:]}")
     if not out.exists():
         result.check()

@@ -15,6 +15,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +33,11 @@ from tests.uml_appliance import REPO, MiB
 FLAGS = ("--nfsv3=true", "--grace-period=0")
 STEPS = ("start", "classic_flow_as_the_kubelet_mounts_it", "gid_and_root_squash_as_pods_see_them",
          "restarts_keep_handles_valid", "restarts_keep_handles_valid_without_device_fsids",
-         "delete_and_archive_while_mounted", "grace_and_lock_reclaim", "quota_writes_and_df_through_the_mount")
+         "delete_and_archive_while_mounted", "grace_and_lock_reclaim", "quota_writes_and_df_through_the_mount",
+         "kernel_server_mode")
+NFS_KERNEL_SERVER = Path(os.environ.get("NFSP_CACHE_DIR", Path.home() / ".cache" / "nfs-provisioner")) / \
+    "nfs-kernel-server" / "root" / "usr" / "sbin"
+"""exportfs, rpc.nfsd and rpc.mountd, unpacked by hack/install-deps."""
 GRACE = 20
 """Seconds of grace in the grace step (the default is 90; 20 shows the same behaviour in less time)."""
 USER, OTHER, GROUP = 1000, 1001, 4321
@@ -70,6 +75,7 @@ def err_name(e: OSError) -> str:
 
 class Flow(uml_appliance.Flow):
     mounts = Path("/run/mnt")
+    daemons: list[subprocess.Popen[bytes]]
 
     def volume(self, claim: str, namespace: str = "default") -> dict[str, Any]:
         def bound() -> bool:
@@ -349,6 +355,47 @@ class Flow(uml_appliance.Flow):
         self.start_appliance()
         return out
 
+    def kernel_server(self) -> dict[str, Any]:
+        """--use-ganesha=false --run-server=false: the kernel's nfsd (the kernel's own module) serves a new
+        volume from the appliance's /etc/exports line, and a kernel client mounts it with vers=3 (NFSv4
+        needs every directory up to / in the pseudo root, and UML's / is hostfs, which nfsd cannot export).
+        Runs last: it gives this boot a writable /etc and /var/lib/nfs."""
+        self.stop_appliance()
+        run = Path("/run/kernel-server")
+        for target in (Path("/etc"), Path("/var/lib/nfs")):
+            copy = run / target.name
+            shutil.copytree(target, copy, symlinks=True, ignore_dangling_symlinks=True, dirs_exist_ok=True)
+            self.sh("mount", "--bind", str(copy), str(target))
+        Path("/etc/exports").write_text("")
+        self.sh("mount", "-t", "nfsd", "nfsd", "/proc/fs/nfsd")
+        self.daemons = [subprocess.Popen(["rpcbind", "-f", "-w"])]
+        time.sleep(0.5)
+        self.sh(str(NFS_KERNEL_SERVER / "exportfs"), "-ra")
+        self.daemons.append(subprocess.Popen([str(NFS_KERNEL_SERVER / "rpc.mountd"), "-F", "--no-udp"],
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.sh(str(NFS_KERNEL_SERVER / "rpc.nfsd"), "4")
+        os.environ["PATH"] = f"{NFS_KERNEL_SERVER}:{os.environ['PATH']}"  # the appliance's exportfs
+        try:
+            self.start_appliance(extra=["--use-ganesha=false", "--run-server=false"])
+            pv = self.class_and_claim("kernel-nfs")
+            line = [ln for ln in Path("/etc/exports").read_text().splitlines() if pv["metadata"]["name"] in ln]
+            assert line, Path("/etc/exports").read_text()
+            out: dict[str, Any] = {"exports_line": line[0]}
+            with self.mounted(pv, ["vers=3"]) as mnt:
+                data = os.urandom(MiB)
+                (mnt / "through-nfsd").write_bytes(data)
+                self.sh("sync")
+                assert (Path(pv["spec"]["nfs"]["path"]) / "through-nfsd").read_bytes() == data
+                assert (mnt / "through-nfsd").read_bytes() == data
+                out["proc_mounts"] = [m for m in Path("/proc/mounts").read_text().splitlines() if str(mnt) in m]
+            return out
+        finally:
+            self.stop_appliance()
+            self.sh(str(NFS_KERNEL_SERVER / "rpc.nfsd"), "0", check=False)
+            for d in self.daemons:
+                d.terminate()
+                d.wait(10)
+
     @staticmethod
     def server_locks(path: Path) -> list[str]:
         """The POSIX/OFD locks the (shared) kernel holds on ``path``'s inode: Ganesha's, for its clients."""
@@ -375,6 +422,7 @@ def main() -> int:
         "delete_and_archive_while_mounted": flow.delete_while_mounted,
         "grace_and_lock_reclaim": flow.grace,
         "quota_writes_and_df_through_the_mount": flow.quota,
+        "kernel_server_mode": flow.kernel_server,
     }
     assert tuple(steps) == STEPS
     try:
