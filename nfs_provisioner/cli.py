@@ -72,7 +72,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("grace-period", "grace_period", int, "NFSv4 grace period in seconds, 0-180 (default 90)"),
     Flag("enable-xfs-quota", "enable_xfs_quota", parse_bool, "XFS project quota per volume (default false)"),
     Flag("server-hostname", "server_hostname", _optional_str, "server address in PVs, out of cluster only"),
-    Flag("export-subnet", "export_subnet", str, "clients allowed: '*' or comma-separated IPs/CIDRs (default *)"),
+    Flag("export-subnet", "export_subnet", str,
+         "clients allowed: nodes, node-ips (no pod-CIDR gateways), '*' or comma-separated IPs/CIDRs, which "
+         "may include nodes/node-ips (default nodes; out of cluster nodes + loopback)"),
     Flag("max-exports", "max_exports", int, "maximum number of volumes exported, -1 = no limit (default -1)"),
     Flag("device-based-fsids", "device_based_fsids", parse_bool, "fsids from the device (default true)"),
     Flag("export-root", "export_root", Path, "directory holding the volumes (default /export)"),

@@ -58,8 +58,10 @@ class Settings:
     """Give every volume an XFS project quota of its requested size (export root on XFS with prjquota)."""
     server_hostname: str | None = None
     """Address put into PVs when running out of cluster (default: this host's address)."""
-    export_subnet: str = "*"
-    """Clients allowed to mount: '*' or a comma-separated list of addresses/CIDRs."""
+    export_subnet: str | None = None
+    """Clients allowed to mount: ``nodes`` (the cluster's Node addresses, kept current from a watch), ``*``, or
+    a comma-separated list of addresses/CIDRs, which may include ``nodes``. None (not given): ``nodes`` in a
+    cluster, ``nodes`` plus loopback out of cluster (see :func:`client_policy`)."""
     max_exports: int = -1
     """Maximum number of volumes exported at once (the pseudo root does not count); -1 = no limit."""
     device_based_fsids: bool = True
@@ -105,20 +107,61 @@ def is_qualified_name(value: str) -> bool:
     return bool(_NAME.fullmatch(name)) and all(_DNS_LABEL.fullmatch(label) for label in prefix.split("."))
 
 
+NODES = "nodes"
+"""The ``--export-subnet`` entry standing for every Node's addresses and pod-CIDR gateways (``appliance.nodes``)."""
+NODE_IPS = "node-ips"
+"""The same without the pod-CIDR gateways (overlays whose IPAM ignores ``spec.podCIDRs``, e.g. Calico)."""
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+"""Added to the node addresses by default out of cluster, where the clients are local (``make demo``)."""
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    """Who may mount: the Nodes' addresses (from a watch) and/or a fixed list."""
+
+    nodes: bool
+    """Follow the Nodes' InternalIP/ExternalIP addresses, as they change."""
+    fixed: tuple[str, ...]
+    """``('*',)`` or normalised CIDRs, always allowed."""
+    pod_gateways: bool = True
+    """With ``nodes``: also the first two addresses of each Node's pod CIDRs (``.0``, ``.1``)."""
+
+    def describe(self) -> str:
+        nodes = "the cluster's nodes" if self.pod_gateways else "the cluster's node addresses (no pod-CIDR gateways)"
+        parts = ([nodes] if self.nodes else []) + list(self.fixed)
+        return ", ".join(parts)
+
+
 def parse_subnets(value: str) -> list[str]:
-    """'*' or comma-separated IPs/CIDRs, normalised; raises SettingsError."""
+    """'*', or comma-separated IPs/CIDRs and ``nodes``, normalised; raises SettingsError."""
     items = [v.strip() for v in value.split(",") if v.strip()]
     if not items:
-        raise SettingsError("--export-subnet is empty; use '*' for any client")
+        raise SettingsError("--export-subnet is empty; use 'nodes', '*' or addresses/CIDRs")
     if items == ["*"]:
         return items
     out = []
     for item in items:
+        if item.lower() in (NODES, NODE_IPS):
+            out.append(item.lower())
+            continue
         try:
-            out.append(str(ipaddress.ip_network(item, strict=False)))
+            net = ipaddress.ip_network(item, strict=False)
         except ValueError as e:
-            raise SettingsError(f"--export-subnet: {item!r} is not '*', an address or a CIDR") from e
-    return out
+            raise SettingsError(f"--export-subnet: {item!r} is not 'nodes', 'node-ips', '*', an address or a "
+                                "CIDR") from e
+        if net.version == 6 and 64 < net.prefixlen < 128:
+            raise SettingsError(f"--export-subnet: {item!r}: Ganesha cannot parse IPv6 networks longer than /64")
+        out.append(str(net))
+    return list(dict.fromkeys(out))
+
+
+def client_policy(s: Settings) -> ClientPolicy:
+    """The effective client policy: the flag's, or the default (nodes; out of cluster also loopback)."""
+    if s.export_subnet is None:
+        return ClientPolicy(nodes=True, fixed=LOOPBACK if s.out_of_cluster else ())
+    items = parse_subnets(s.export_subnet)
+    return ClientPolicy(nodes=NODES in items or NODE_IPS in items, pod_gateways=NODES in items or NODE_IPS not in items,
+                        fixed=tuple(i for i in items if i not in (NODES, NODE_IPS)))
 
 
 def parse_host_port(value: str, *, flag: str) -> tuple[str, int]:
@@ -156,7 +199,8 @@ def validate(s: Settings, *, in_cluster: bool) -> None:
             ipaddress.ip_address(s.nfs_bind_address)
         except ValueError as e:
             raise SettingsError(f"--nfs-bind-address {s.nfs_bind_address!r} is not an IP address") from e
-    parse_subnets(s.export_subnet)
+    if s.export_subnet is not None:
+        parse_subnets(s.export_subnet)
     if s.metrics_address:
         parse_host_port(s.metrics_address, flag="--metrics-address")
     if s.kube_api_qps <= 0 or s.kube_api_burst < 1:

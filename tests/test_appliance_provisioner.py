@@ -18,6 +18,7 @@ from nfs_provisioner.appliance.exporters import GaneshaExporter
 from nfs_provisioner.controller.interface import IgnoredError, ProvisioningError, ProvisioningState, ProvisionOptions
 from nfs_provisioner.ganesha.server import GaneshaServer
 from nfs_provisioner.volumes.directories import InvalidVolumeName, VolumeDirectories
+from nfs_provisioner.volumes.records import RECORDS_DIR, VolumeRecords
 from tests.ganesha_env import Harness
 from tests.treesnap import snapshot
 
@@ -34,6 +35,7 @@ class Appliance:
         self.p = prov.NFSProvisioner(
             config=prov.ApplianceConfig(identity=identity, server=lambda: "127.0.0.1", max_exports=max_exports),
             directories=VolumeDirectories(self.root),
+            records=VolumeRecords(self.root / RECORDS_DIR),
             exporter=GaneshaExporter(self.server.exports),
         )
 
@@ -49,6 +51,13 @@ def options(name: str = "pvc-1", *, params: dict[str, str] | None = None, size: 
     spec.update(claim_spec or {})
     claim = {"metadata": {"name": "claim", "namespace": "ns", "uid": name[4:]}, "spec": spec}
     return ProvisionOptions(storage_class=sc, pv_name=name, claim=claim)
+
+
+def claimed(pv: dict[str, Any]) -> dict[str, Any]:
+    """The PV as the controller saves it: bound to the claim it was made for (uid = name after ``pvc-``)."""
+    pv = copy.deepcopy(pv)
+    pv["spec"]["claimRef"] = {"namespace": "ns", "name": "claim", "uid": pv["metadata"]["name"][4:]}
+    return pv
 
 
 def test_provision_serves_data_over_nfs_and_delete_cleans_up(h: Harness) -> None:
@@ -76,11 +85,11 @@ def test_provision_serves_data_over_nfs_and_delete_cleans_up(h: Harness) -> None
     # A repeated call (retry after a crash) returns the same volume, creates nothing new.
     assert a.p.provision(options(mount_options=["vers=4.1"], reclaim="Retain")) == pv
 
-    a.p.delete(pv)
+    a.p.delete(claimed(pv))
     assert not path.exists()
     assert nfs.cat(path / "SUCCESS").returncode != 0
     assert a.server.exports.list_exports() == []
-    a.p.delete(pv)  # idempotent
+    a.p.delete(claimed(pv))  # idempotent
 
 
 def test_gid_parameter_sets_group_mode_and_annotation(h: Harness) -> None:
@@ -98,7 +107,7 @@ def test_on_delete_retain_and_archive_keep_the_data(h: Harness, on_delete: str, 
     a = Appliance(h)
     pv = a.p.provision(options(params={"onDelete": on_delete}))
     (a.root / "pvc-1" / "f").write_text("data")
-    a.p.delete(pv)
+    a.p.delete(claimed(pv))
     assert a.server.exports.list_exports() == []
     found = list(a.root.glob(f"{kept}/**/f")) if kept == ".archive" else [a.root / "pvc-1" / "f"]
     assert len(found) == 1 and found[0].read_text() == "data"
@@ -134,7 +143,7 @@ def test_max_exports_counts_volumes_only(h: Harness) -> None:
         a.p.provision(options("pvc-3"))
     assert not (a.root / "pvc-3").exists()
     a.p.provision(options("pvc-2"))  # a retry of an exported volume is not a new export
-    a.p.delete(pv2)
+    a.p.delete(claimed(pv2))
     a.p.provision(options("pvc-3"))
 
 
@@ -152,7 +161,7 @@ def test_tampered_volumes_never_touch_anything_else(h: Harness) -> None:
     a = Appliance(h)
     victim = a.p.provision(options("pvc-victim"))
     (a.root / "pvc-victim" / "precious").write_text("keep")
-    mine = a.p.provision(options("pvc-mine"))
+    mine = claimed(a.p.provision(options("pvc-mine")))
     victim_id = victim["metadata"]["annotations"][prov.ANN_EXPORT_ID]
 
     def tampered(**changes: Any) -> dict[str, Any]:
@@ -192,7 +201,7 @@ def test_unknown_on_delete_annotation_keeps_the_data(h: Harness) -> None:
     pv = a.p.provision(options())
     (a.root / "pvc-1" / "f").write_text("data")
     pv["metadata"]["annotations"][prov.ANN_ON_DELETE] = "rm -rf /"
-    a.p.delete(pv)
+    a.p.delete(claimed(pv))
     assert (a.root / "pvc-1" / "f").read_text() == "data"
     assert a.server.exports.list_exports() == []
 
@@ -210,3 +219,36 @@ def test_rollback_failure_asks_to_be_called_again(h: Harness, monkeypatch: pytes
         a.p.provision(options("pvc-1"))
     assert err.value.state is ProvisioningState.IN_BACKGROUND
     assert "rollback failed too (remove directory: device busy)" in str(err.value)
+
+
+def test_delete_removes_only_what_this_appliance_made_for_that_pv(h: Harness) -> None:
+    a = Appliance(h)
+    victim = claimed(a.p.provision(options("pvc-victim")))
+    (a.root / "pvc-victim" / "precious").write_text("keep")
+    (a.root / "victimdir").mkdir()
+    (a.root / "victimdir" / "precious").write_text("keep")
+    kept = claimed(a.p.provision(options("pvc-kept", params={"onDelete": "retain"})))
+    (a.root / "pvc-kept" / "precious").write_text("keep")
+    a.p.delete(kept)  # retained: the directory stays, and is no longer a volume
+    before = snapshot(a.root)
+
+    def forged(name: str, uid: str) -> dict[str, Any]:
+        pv = copy.deepcopy(victim)
+        pv["metadata"]["name"] = name
+        pv["spec"]["claimRef"]["uid"] = uid
+        return pv
+
+    with pytest.raises(RuntimeError, match=r"no record of creating volume victimdir .*refusing to delete"):
+        a.p.delete(forged("victimdir", "no-such-claim"))
+    with pytest.raises(RuntimeError, match=r"no record of creating volume pvc-kept"):
+        a.p.delete(forged("pvc-kept", "kept"))
+    with pytest.raises(RuntimeError, match=r"made for claim ns/claim \(uid victim\).*uid other"):
+        a.p.delete(forged("pvc-victim", "other"))
+    assert snapshot(a.root) == before
+    assert [e.name for e in a.server.exports.list_exports()] == ["pvc-victim"]
+
+    a.p.delete(forged("pvc-gone", "gone"))  # nothing there, nothing recorded: nothing to do, nothing touched
+    assert snapshot(a.root) == before
+    a.p.delete(victim)
+    assert not (a.root / "pvc-victim").exists()
+    assert not (a.root / RECORDS_DIR / "pvc-victim.json").exists()

@@ -27,7 +27,7 @@ def test_defaults_match_the_original_appliance() -> None:
     s = cli.parse([], {})
     assert s == Settings()
     assert (s.provisioner, s.run_server, s.use_ganesha, s.grace_period) == ("example.com/nfs", True, True, 90)
-    assert (s.enable_xfs_quota, s.export_subnet, s.max_exports, s.device_based_fsids) == (False, "*", -1, True)
+    assert (s.enable_xfs_quota, s.export_subnet, s.max_exports, s.device_based_fsids) == (False, None, -1, True)
     assert s.leader_election.enabled is False
     assert s.export_root == Path("/export")
 
@@ -66,7 +66,7 @@ def test_go_style_single_dash_flags_are_accepted() -> None:
         ([], {}, "neither --kubeconfig nor --master"),
         (["--max-exports=0"], OUT, "--max-exports 0 must be -1"),
         (["--export-root=relative"], OUT, "must be an absolute path"),
-        (["--export-subnet=10.0.0.0/33"], OUT, "is not '*', an address or a CIDR"),
+        (["--export-subnet=10.0.0.0/33"], OUT, "is not 'nodes', 'node-ips', '*', an address or a CIDR"),
         (["--nfs-port=70000"], OUT, "is not a port number"),
         (["--nfs-bind-address=localhost"], OUT, "is not an IP address"),
         (["--metrics-address=9090"], OUT, "is not host:port"),
@@ -97,3 +97,21 @@ def test_subnets_are_normalised() -> None:
 
     assert parse_subnets("*") == ["*"]
     assert parse_subnets("10.1.2.3/8, 192.168.0.7") == ["10.0.0.0/8", "192.168.0.7/32"]
+
+
+def test_who_may_mount_defaults_to_the_nodes_and_out_of_cluster_adds_loopback() -> None:
+    from nfs_provisioner.settings import ClientPolicy, client_policy
+
+    assert client_policy(cli.parse([], {})) == ClientPolicy(nodes=True, fixed=())
+    assert client_policy(cli.parse(["--kubeconfig=/k"], {})) == ClientPolicy(nodes=True,
+                                                                             fixed=("127.0.0.0/8", "::1/128"))
+    assert client_policy(cli.parse(["--kubeconfig=/k", "--export-subnet=nodes"], {})) == ClientPolicy(
+        nodes=True, fixed=())
+    assert client_policy(cli.parse(["--export-subnet=Nodes, 10.1.2.3/8"], {})) == ClientPolicy(
+        nodes=True, fixed=("10.0.0.0/8",))
+    assert client_policy(cli.parse(["--export-subnet=node-ips"], {})) == ClientPolicy(
+        nodes=True, fixed=(), pod_gateways=False)
+    assert client_policy(cli.parse(["--kubeconfig=/k"], {"NFS_PROVISIONER_EXPORT_SUBNET": "*"})) == ClientPolicy(
+        nodes=False, fixed=("*",))
+    with pytest.raises(SettingsError, match="IPv6 networks longer than /64"):
+        validate(cli.parse(["--kubeconfig=/k", "--export-subnet=fd00::/120"], {}), in_cluster=False)

@@ -514,3 +514,26 @@ def test_export_whose_directory_vanished_is_reported_and_still_removable(h: Harn
     assert h.client().cat(h.export_root / "keep" / "f").stdout == b"k"
     assert srv2.exports.remove("gone") is True
     assert not gone.config_file.exists() and srv2.exports.index_entries() == [keep.config_file]
+
+
+def test_ipv6_hosts_do_not_void_the_client_list(h: Harness) -> None:
+    # Ganesha 4.3 drops a whole Clients list (nobody gets in, UpdateExport still succeeds) when an IPv6
+    # entry carries a prefix longer than /64 (::1/128): hosts are written without a prefix.
+    srv = h.server()
+    vol = h.volume("v6", content={"f": b"x"})
+    export = srv.exports.add(ExportRequest(name="v6", path=vol, clients=("127.0.0.0/8", "::1/128", "fd00::4/128")))
+    assert "Clients = 127.0.0.0/8, ::1, fd00::4;" in export.config_file.read_text()
+    assert srv.dbus.display_export(export.export_id).clients == ("127.0.0.0/8", "::1/128", "fd00::4/128")
+    assert h.client().cat(vol / "f").stdout == b"x"
+    with pytest.raises(errors.InvalidRequest, match="longer than /64"):
+        srv.exports.update(ExportRequest(name="v6", path=vol, clients=("127.0.0.0/8", "fd00::/127")))
+    assert h.client().cat(vol / "f").stdout == b"x", "the refused update left the export as it was"
+    # Bulk: the manager's client list changes for every export at once, live.
+    srv.exports.set_clients(("10.0.0.0/8",))
+    assert srv.dbus.display_export(export.export_id).clients == ("10.0.0.0/8",)
+    assert h.client().cat(vol / "f").returncode != 0
+    srv.exports.set_clients(())
+    assert srv.dbus.display_export(export.export_id).clients == ()
+    assert "CLIENT {" not in export.config_file.read_text()
+    srv.exports.set_clients(("127.0.0.1/32",))
+    assert h.client().cat(vol / "f").stdout == b"x"

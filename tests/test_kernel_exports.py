@@ -81,11 +81,27 @@ def test_kernel_exports_flow(kernel_appliance: tuple[Appliance, Namespace], core
     path = a.export_root / pv.metadata.name
     lines = ns.exports.splitlines()
     assert lines[0] == OPERATOR_LINE  # the operator's line is kept verbatim
-    assert lines[1] == f"{path} *(rw,sync,no_subtree_check,root_squash,fsid=2)  {MARK}{pv.metadata.name}"
+    opts = "(rw,sync,no_subtree_check,root_squash,fsid=2)"
+    # Out of cluster the default clients are the Nodes' addresses plus loopback.
+    assert lines[1].startswith(f"{path} 127.0.0.0/8{opts} ") and lines[1].endswith(f"  {MARK}{pv.metadata.name}")
+    assert f" ::1/128{opts}" in lines[1]
     assert pv.metadata.annotations["Export_Id"] == "2"
     etab = ns.etab
-    assert f"{path}\t*(" in etab and "fsid=2" in etab and "root_squash" in etab, etab  # exportfs accepted it
+    assert f"{path}\t127.0.0.0/8(" in etab and "fsid=2" in etab and "root_squash" in etab, etab  # exportfs took it
     assert f"{OPERATOR_DIR}\t10.9.0.0/16(ro," in etab
+
+    # A Node appears: its address is added to the volume's line (and exportfs re-run); it goes: removed.
+    node = f"kernel-node-{unique}"
+    core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=node)))
+    try:
+        core.patch_node_status(node, {"status": {"addresses": [{"type": "InternalIP", "address": "10.9.8.7"}]}})
+        wait.until(lambda: f" 10.9.8.7/32{opts}" in ns.exports.splitlines()[1] and f"{path}\t10.9.8.7/32(" in ns.etab,
+                   timeout=30, what=lambda: f"the node's address in /etc/exports and etab\n{ns.exports}\n{a.log()}")
+    finally:
+        core.delete_node(node)
+    wait.until(lambda: "10.9.8.7" not in ns.exports and "10.9.8.7" not in ns.etab, timeout=30,
+               what=lambda: f"the node's address gone\n{ns.exports}")
+    assert ns.exports.splitlines()[0] == OPERATOR_LINE
 
     core.delete_namespaced_persistent_volume_claim("nfs", namespace)
     wait.until(lambda: not core.list_persistent_volume(field_selector=f"metadata.name={pv.metadata.name}").items,
@@ -114,3 +130,25 @@ def test_a_refused_exports_file_is_put_back(tmp_path: Path) -> None:
         accepting.export(name="pvc-2", path=tmp_path / "a b", root_squash=False)
     assert accepting.unexport("pvc-1") is True and accepting.unexport("pvc-1") is False
     assert exports.read_text() == OPERATOR_LINE + "\n"
+
+
+@pytest.mark.unit
+def test_kernel_lines_follow_the_client_list_and_nobody_means_no_export(tmp_path: Path) -> None:
+    exports = tmp_path / "exports"
+    exports.write_text(OPERATOR_LINE + "\n")
+    (tmp_path / "v").mkdir()
+    (tmp_path / "w").mkdir()
+    k = KernelExporter(exports_file=exports, exportfs=shutil.which("true") or "/bin/true", clients=("10.0.0.1/32",))
+    k.export(name="pvc-1", path=tmp_path / "v", root_squash=True)
+    k.set_clients(())  # no node has an address: nobody, and never a line without clients (= everyone)
+    line = exports.read_text().splitlines()[1]
+    assert line.startswith("#nobody ") and "fsid=2" in line and line.endswith(f"{MARK}pvc-1"), line
+    assert k.has("pvc-1") and k.export(name="pvc-1", path=tmp_path / "v", root_squash=True)[0] == 2
+    assert k.export(name="pvc-2", path=tmp_path / "w", root_squash=False)[0] == 3, "fsid 2 is still taken"
+    k.set_clients(("10.0.0.2/32", "10.1.0.0/16"))
+    lines = exports.read_text().splitlines()
+    assert lines == [OPERATOR_LINE,
+                     f"{tmp_path / 'v'} 10.0.0.2/32(rw,sync,no_subtree_check,root_squash,fsid=2) "
+                     f"10.1.0.0/16(rw,sync,no_subtree_check,root_squash,fsid=2)  {MARK}pvc-1",
+                     f"{tmp_path / 'w'} 10.0.0.2/32(rw,sync,no_subtree_check,no_root_squash,fsid=3) "
+                     f"10.1.0.0/16(rw,sync,no_subtree_check,no_root_squash,fsid=3)  {MARK}pvc-2"]

@@ -26,12 +26,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kube-config"
 POD_IP = "192.0.2.10"  # TEST-NET-1: only compared against the EndpointSlice, never contacted
+NODE_IP = "192.0.2.77"  # TEST-NET-1: only written into the export's client list, never contacted
 RBAC = [d for d in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text()) if d]
 RULES = [(d["kind"], i) for d in RBAC if d["kind"] in ("ClusterRole", "Role") for i in range(len(d["rules"]))]
 
 
-def rbac_for(namespace: str, suffix: str, drop: tuple[str, int] | None = None) -> list[dict[str, Any]]:
-    """rbac.yaml moved into ``namespace`` with cluster-scoped names suffixed, optionally minus one rule."""
+def rbac_for(namespace: str, suffix: str, drop: tuple[str, int] | None = None,
+             verbs: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """rbac.yaml moved into ``namespace`` with cluster-scoped names suffixed, optionally minus one rule,
+    optionally with other ``verbs`` for the rules of some resources."""
     out = []
     for doc in copy.deepcopy(RBAC):
         kind = doc["kind"]
@@ -45,6 +48,10 @@ def rbac_for(namespace: str, suffix: str, drop: tuple[str, int] | None = None) -
             subject["namespace"] = namespace
         if drop and kind == drop[0]:
             del doc["rules"][drop[1]]
+        for rule in doc.get("rules", []):
+            for resource, allowed in (verbs or {}).items():
+                if resource in rule["resources"]:
+                    rule["verbs"] = allowed
         out.append(doc)
     return out
 
@@ -74,9 +81,10 @@ class Setup:
             metadata=client.V1ObjectMeta(name=self.cls), provisioner=self.provisioner,
             volume_binding_mode="WaitForFirstConsumer", allow_volume_expansion=True))
 
-    def apply_rbac(self, drop: tuple[str, int] | None = None) -> None:
+    def apply_rbac(self, drop: tuple[str, int] | None = None, verbs: dict[str, list[str]] | None = None) -> None:
         self.delete_rbac()
-        self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac_for(self.ns, self.unique, drop)))
+        self.cluster.kubectl("apply", "-f", "-",
+                             input=yaml.safe_dump_all(rbac_for(self.ns, self.unique, drop, verbs)))
 
     def delete_rbac(self) -> None:
         self.cluster.kubectl("delete", "--ignore-not-found", "-f", "-",
@@ -142,6 +150,13 @@ def test_rbac_is_sufficient_and_every_rule_is_needed(setup: Setup) -> None:
         pv = setup.core.read_persistent_volume(pv_name)
         assert pv.spec.nfs.server == setup.core.read_namespaced_service("nfs-provisioner", setup.ns).spec.cluster_ip
         assert setup.cluster.kubectl("get", "lease", "-n", setup.ns, "-o", "name").stdout.strip()
+        # In a cluster the client list follows the Nodes (list + watch): an address appears in the export.
+        assert "who may mount: the cluster's nodes (default: the nodes)" in a.log_file.read_text()
+        setup.core.patch_node_status(setup.node, {"status": {"addresses": [
+            {"type": "InternalIP", "address": NODE_IP}]}})
+        conf = a.export_root / ".ganesha" / "exports.d" / f"{pv_name}.conf"
+        wait.until(lambda: f"{NODE_IP}/32" in conf.read_text().splitlines()[0], timeout=30,
+                   what=lambda: f"the node's address in the export\n{a.log()}")
         setup.expand("full")
         wait.until(lambda: setup.expanded("full"), timeout=60, what=lambda: f"claim expanded\n{a.log()}")
         setup.core.delete_namespaced_persistent_volume_claim("full", setup.ns)
@@ -183,3 +198,15 @@ def test_rbac_is_sufficient_and_every_rule_is_needed(setup: Setup) -> None:
         # Stopped while it was failing (often mid start-up or mid clean-up): nothing left running.
         assert a.leftovers() == [], f"processes left behind after {drop}:\n{a.log()}"
     assert len(refused) == len(RULES)
+
+    # get alone on nodes is not enough: the client list needs list + watch; exit 1 with one line, at once.
+    setup.apply_rbac(verbs={"nodes": ["get"]})
+    a = setup.appliance(len(RULES) + 1)
+    try:
+        a.start(wait_ready=False)
+        assert a.proc is not None and a.proc.wait(30) == 1, a.log()
+        (line,) = [x for x in a.log_file.read_text().splitlines() if x.startswith("nfs-provisioner: error:")]
+        assert "cannot list Nodes" in line and "get/list/watch on nodes" in line and FORBIDDEN.search(line), line
+        assert a.leftovers() == [], "nothing was started before the client list was known"
+    finally:
+        a.close()

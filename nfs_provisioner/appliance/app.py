@@ -1,8 +1,10 @@
 """The appliance process: Ganesha + the provision controller + /metrics and health.
 
-Start order: export root and identity -> (quota checks) -> Ganesha (bus, helpers,
+Start order: export root -> its lock and the no-symlink check of the appliance's own state (see
+``appliance.state``) -> identity -> (quota checks) -> Ganesha (bus, helpers,
 ganesha.nfsd; exports come back from their files) -> API client and server
-address -> controller. Stop (SIGTERM/SIGINT) runs the other way round: the
+address -> the state check against the PVs (``appliance.recovery``: adopt,
+rebuild, warn) -> controller. Stop (SIGTERM/SIGINT) runs the other way round: the
 controller stops taking work and finishes what runs, then Ganesha is shut down.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from nfs_provisioner import settings as settings_mod
-from nfs_provisioner.appliance import address, exporters
+from nfs_provisioner.appliance import address, exporters, nodes, recovery, state
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.appliance.kernel_exports import KernelExporter
 from nfs_provisioner.controller import controller as ctl
@@ -36,8 +38,9 @@ from nfs_provisioner.kube.errors import KubeError
 from nfs_provisioner.quota.errors import QuotaError
 from nfs_provisioner.quota.manager import ProjectQuotas
 from nfs_provisioner.quota.metrics import ProjectQuotaCollector
-from nfs_provisioner.volumes import identity
-from nfs_provisioner.volumes.directories import VolumeDirectories
+from nfs_provisioner.volumes import containment, identity
+from nfs_provisioner.volumes.directories import ARCHIVE_DIR, RESERVED, VolumeDirectories
+from nfs_provisioner.volumes.records import RECORDS_DIR, RecordError, VolumeRecords
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +53,11 @@ class StartupError(RuntimeError):
 
 
 STARTUP_ERRORS: tuple[type[Exception], ...] = (StartupError, GaneshaError, KubeError, address.AddressError,
-                                                QuotaError)
+                                                QuotaError, state.StateError, RecordError, nodes.NodesError)
 """Failures during start-up that end the process with their message (exit 1), not a traceback."""
+
+CONFIG_DIR = ".ganesha"
+"""Ganesha's config, export files and recovery data under the export root (``ServerSettings.config_path``)."""
 
 
 @dataclass
@@ -66,6 +72,10 @@ class Parts:
     registry: CollectorRegistry
     http: ctl_metrics.Server | None
     run_dir: Path
+    lock: state.RootLock
+    recovered: recovery.Report
+    nodes: nodes.NodeClients | None = None
+    """Follows the Nodes' addresses into every export's client list (None: a fixed ``--export-subnet``)."""
 
 
 def controller_settings(s: settings_mod.Settings, *, identity: str) -> ctl_settings.ControllerSettings:
@@ -90,10 +100,27 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
     root = s.export_root
     try:
         root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StartupError(f"export root {root}: {e}") from e
+    # Before anything under the root is read or written: one appliance per root, no symlinked own state.
+    lock = state.RootLock.acquire(root, environ=environ)
+    try:
+        return _build(s, environ, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.RootLock) -> Parts:
+    root = s.export_root
+    state.refuse_symlinks(root, names=(CONFIG_DIR, IN_FLIGHT_DIR, RECORDS_DIR, ARCHIVE_DIR, *sorted(RESERVED)),
+                          walk=(CONFIG_DIR, IN_FLIGHT_DIR, RECORDS_DIR))
+    try:
         ident = identity.load_or_create(root)
     except (OSError, identity.IdentityError) as e:
         raise StartupError(f"export root {root}: {e}") from e
     log.info("identity %s, export root %s", ident, root)
+    containment.warn(root)
 
     registry = CollectorRegistry()
     quotas = None
@@ -105,37 +132,52 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
                  len(report.failed))
         ProjectQuotaCollector(quotas, registry=registry)
     run_dir = Path(tempfile.mkdtemp(prefix="nfsp-"))  # short: the bus socket path is limited to 108 bytes
-    clients = tuple(settings_mod.parse_subnets(s.export_subnet))
     ganesha: GaneshaServer | None = None
-    exporter: prov.Exporter
-    if s.use_ganesha:
-        gsettings = ServerSettings(
-            export_root=root, run_dir=run_dir, ports=replace(Ports(), nfs=s.nfs_port), bind_addr=s.nfs_bind_address,
-            nfsv3=s.nfsv3, grace_period=s.grace_period, device_based_fsids=s.device_based_fsids,
-            template_dir=s.ganesha_templates,
-            dbus_address=None if s.run_server else environ.get("DBUS_SYSTEM_BUS_ADDRESS"),
-        )
-        ganesha = GaneshaServer(gsettings, metrics=GaneshaMetrics(registry=registry))
-        exporter = exporters.GaneshaExporter(ganesha.exports, clients=clients)
-    else:
-        exporter = KernelExporter(clients=clients)
-        log.info("exporting through the kernel NFS server (/etc/exports, exportfs -r)")
+    node_clients: nodes.NodeClients | None = None
     try:
+        api = kube.Client.load(str(s.kubeconfig) if s.kubeconfig else None,
+                               settings=kube.ClientSettings(qps=s.kube_api_qps, burst=s.kube_api_burst))
+        if s.master:
+            api = api.with_host(s.master)
+        # Who may mount is known before Ganesha serves anything: export files written with another list
+        # (e.g. a wider --export-subnet before a restart) are rewritten first.
+        node_clients, clients = who_may_mount(s, api)
+        exporter: prov.Exporter
+        if s.use_ganesha:
+            gsettings = ServerSettings(
+                export_root=root, run_dir=run_dir, ports=replace(Ports(), nfs=s.nfs_port),
+                bind_addr=s.nfs_bind_address, nfsv3=s.nfsv3, grace_period=s.grace_period,
+                device_based_fsids=s.device_based_fsids, template_dir=s.ganesha_templates, clients=clients,
+                dbus_address=None if s.run_server else environ.get("DBUS_SYSTEM_BUS_ADDRESS"),
+            )
+            ganesha = GaneshaServer(gsettings, metrics=GaneshaMetrics(registry=registry))
+            exporter = exporters.GaneshaExporter(ganesha.exports)
+        else:
+            exporter = KernelExporter(clients=clients)
+            log.info("exporting through the kernel NFS server (/etc/exports, exportfs -r)")
         if ganesha is not None and s.run_server:
             ganesha.start()
         elif ganesha is not None:
             ganesha.exports.load()
             ganesha.exports.reconcile()
-        api = kube.Client.load(str(s.kubeconfig) if s.kubeconfig else None,
-                               settings=kube.ClientSettings(qps=s.kube_api_qps, burst=s.kube_api_burst))
-        if s.master:
-            api = api.with_host(s.master)
+            ganesha.exports.set_clients(clients)  # a Ganesha run elsewhere already serves the files
+        else:
+            exporter.set_clients(clients)
+        if node_clients is not None:
+            node_clients.follow(exporter.set_clients)
         server = address.resolve(environ=environ, api=api, out_of_cluster=s.out_of_cluster,
                                  server_hostname=s.server_hostname, nfs_port=s.nfs_port)
         log.info("NFS server address in PVs: %s", server)
+        directories = VolumeDirectories(root)
+        records = VolumeRecords(root / RECORDS_DIR)
+        records.ensure_dir()
+        recovered = recovery.Recovery(api=api, names=frozenset({s.provisioner}), identity=ident,
+                                      directories=directories, records=records, exporter=exporter,
+                                      server=lambda: server).run()
         provisioner = prov.NFSProvisioner(
             config=prov.ApplianceConfig(identity=ident, server=lambda: server, max_exports=s.max_exports),
-            directories=VolumeDirectories(root),
+            directories=directories,
+            records=records,
             exporter=exporter,
             quotas=quotas,
         )
@@ -151,17 +193,34 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
             http = ctl_metrics.Server(
                 s.metrics_address, registry,
                 healthy=lambda: _both(ganesha_health(ganesha, s.run_server), controller.healthy()),
-                ready=lambda: _both(ganesha_health(ganesha, s.run_server), controller.ready()))
+                ready=lambda: _both(_both(ganesha_health(ganesha, s.run_server), recovered.health()),
+                                    controller.ready()))
             http.start()
             log.info("serving /metrics, /healthz, /readyz on %s", s.metrics_address)
     except BaseException:
         _shield_cleanup()
+        if node_clients is not None:
+            node_clients.stop()
         if ganesha is not None and s.run_server:
             ganesha.stop()  # safe on a server that never or only half started
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return Parts(identity=ident, ganesha=ganesha, provisioner=provisioner, controller=controller,
-                 resizer=resizer, registry=registry, http=http, run_dir=run_dir)
+                 resizer=resizer, registry=registry, http=http, run_dir=run_dir, lock=lock, recovered=recovered,
+                 nodes=node_clients)
+
+
+def who_may_mount(s: settings_mod.Settings, api: kube.Client) -> tuple[nodes.NodeClients | None, tuple[str, ...]]:
+    """The client list to start with, and the Node watch that keeps it current (None: a fixed list)."""
+    policy = settings_mod.client_policy(s)
+    source = "--export-subnet" if s.export_subnet is not None else (
+        "default out of cluster: the nodes and loopback" if s.out_of_cluster else "default: the nodes")
+    log.info("who may mount: %s (%s)", policy.describe(), source)
+    if not policy.nodes:
+        log.info("NFS clients: %s (fixed, Node changes are not followed)", ",".join(policy.fixed))
+        return None, policy.fixed
+    watcher = nodes.NodeClients(api, fixed=policy.fixed, pod_gateways=policy.pod_gateways)
+    return watcher, watcher.start()
 
 
 def ganesha_health(ganesha: GaneshaServer | None, running_it: bool) -> tuple[bool, str]:
@@ -199,6 +258,8 @@ def run(s: settings_mod.Settings, environ: Mapping[str, str]) -> int:
         _shield_cleanup()
         if parts is not None:
             steps: list[tuple[str, Callable[[], object]]] = [("resizer", parts.resizer.stop)]
+            if parts.nodes is not None:
+                steps.append(("Node watch", parts.nodes.stop))
             if parts.http is not None:
                 steps.append(("metrics endpoint", parts.http.stop))
             if parts.ganesha is not None and s.run_server:
@@ -209,4 +270,5 @@ def run(s: settings_mod.Settings, environ: Mapping[str, str]) -> int:
                 except Exception:
                     log.exception("stopping the %s failed", what)
             shutil.rmtree(parts.run_dir, ignore_errors=True)
+            parts.lock.release()
     return 0

@@ -13,14 +13,18 @@ from nfs_provisioner.ganesha.settings import Squash
 
 
 class GaneshaExporter:
-    def __init__(self, manager: exports.ExportManager, *, clients: tuple[str, ...] | None = None) -> None:
-        self.manager = manager
-        self.clients = clients
-        """Who may mount (``--export-subnet``); None = the manager's default."""
+    """Every export gets the manager's client list (``default_clients``), which :meth:`set_clients` changes."""
 
-    def export(self, *, name: str, path: Path, root_squash: bool) -> tuple[int, str]:
+    def __init__(self, manager: exports.ExportManager) -> None:
+        self.manager = manager
+
+    def set_clients(self, clients: tuple[str, ...]) -> None:
+        """Who may mount, from now on and for every live export (an empty tuple: nobody)."""
+        self.manager.set_clients(clients)
+
+    def export(self, *, name: str, path: Path, root_squash: bool, export_id: int | None = None) -> tuple[int, str]:
         squash = Squash.ROOT_ID_SQUASH if root_squash else Squash.NO_ROOT_SQUASH
-        export = self.manager.add(exports.ExportRequest(name=name, path=path, squash=squash, clients=self.clients))
+        export = self.manager.add(exports.ExportRequest(name=name, path=path, squash=squash, export_id=export_id))
         text = export.config_file.read_text()
         block = "".join(line for line in text.splitlines(keepends=True) if not line.startswith(exports.HEADER))
         return export.export_id, block
@@ -33,3 +37,11 @@ class GaneshaExporter:
 
     def has(self, name: str) -> bool:
         return self.manager.get(name) is not None
+
+    def root_squash(self, name: str) -> bool | None:
+        export = self.manager.get(name)
+        return None if export is None else export.squash is not Squash.NO_ROOT_SQUASH
+
+    def path_of(self, name: str) -> Path | None:
+        export = self.manager.get(name)
+        return None if export is None else export.path

@@ -6,7 +6,9 @@ are kept verbatim), then ``exportfs -r`` to re-sync the kernel's export table.
 The file is rewritten atomically; if ``exportfs`` refuses the new file, the old
 one is put back (and re-synced) and the error is raised. ``fsid`` is the lowest
 id >= 1 not used by any line in the file, so handles stay valid across
-restarts.
+restarts. :meth:`KernelExporter.set_clients` rewrites every marked line for a new client list; with
+no clients at all a volume's line is kept commented out (``#nobody ...``: a line without clients would
+export to everyone).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MARK = "# nfs-provisioner:"
+DISABLED = "#nobody "
+"""Prefix of a marked line while no client may mount (the line keeps its path and fsid)."""
 _FSID = re.compile(r"fsid=(\d+)")
 Runner = Callable[[Sequence[str]], subprocess.CompletedProcess[str]]
 
@@ -62,8 +66,9 @@ class KernelExporter:
             body, sep, name = text.partition(MARK)
             if sep and name.strip():
                 fsid = _FSID.search(body)
+                fields = body.removeprefix(DISABLED).split()
                 ours[name.strip()] = Line(name=name.strip(), fsid=int(fsid.group(1)) if fsid else 0,
-                                          path=body.split()[0] if body.split() else "", text=text)
+                                          path=fields[0] if fields else "", text=text)
         return lines, ours
 
     def count(self) -> int:
@@ -74,7 +79,16 @@ class KernelExporter:
 
     # ------------------------------------------------------------------ changing
 
-    def export(self, *, name: str, path: Path, root_squash: bool) -> tuple[int, str]:
+    def root_squash(self, name: str) -> bool | None:
+        line = self._read()[1].get(name)
+        return None if line is None else "no_root_squash" not in line.text
+
+    def path_of(self, name: str) -> Path | None:
+        line = self._read()[1].get(name)
+        return None if line is None else Path(line.path)
+
+    def export(self, *, name: str, path: Path, root_squash: bool, export_id: int | None = None) -> tuple[int, str]:
+        """``export_id`` is ignored: the fsid is the lowest free one."""
         if any(c.isspace() for c in str(path)) or "#" in str(path):
             raise KernelExportError(f"path {str(path)!r} cannot be written to {self.exports_file}")
         with self._lock:
@@ -84,11 +98,29 @@ class KernelExporter:
                     raise KernelExportError(f"{name} is exported from {ours[name].path}, not {path}")
                 return ours[name].fsid, ours[name].text
             used = {int(m) for text in lines for m in _FSID.findall(text.split("#", 1)[0])}
+            used |= {line.fsid for line in ours.values()}
             fsid = next(i for i in range(1, len(used) + 2) if i not in used)
-            opts = f"rw,sync,no_subtree_check,{'root_squash' if root_squash else 'no_root_squash'},fsid={fsid}"
-            text = f"{path} " + " ".join(f"{c}({opts})" for c in self.clients) + f"  {MARK}{name}"
+            text = self._line(name=name, path=str(path), fsid=fsid, root_squash=root_squash)
             self._apply(lines, [*lines, text])
             return fsid, text
+
+    def set_clients(self, clients: Sequence[str]) -> None:
+        """Export every marked line to ``clients`` from now on (one rewrite, one ``exportfs -r``)."""
+        with self._lock:
+            self.clients = tuple(clients)
+            lines, ours = self._read()
+            by_text = {line.text: line for line in ours.values()}
+            new = [t if t not in by_text else self._line(
+                name=by_text[t].name, path=by_text[t].path, fsid=by_text[t].fsid,
+                root_squash="no_root_squash" not in t.partition(MARK)[0]) for t in lines]
+            if new != lines:
+                self._apply(lines, new)
+
+    def _line(self, *, name: str, path: str, fsid: int, root_squash: bool) -> str:
+        opts = f"rw,sync,no_subtree_check,{'root_squash' if root_squash else 'no_root_squash'},fsid={fsid}"
+        if not self.clients:
+            return f"{DISABLED}{path} (no client may mount) {opts}  {MARK}{name}"
+        return f"{path} " + " ".join(f"{c}({opts})" for c in self.clients) + f"  {MARK}{name}"
 
     def unexport(self, name: str) -> bool:
         with self._lock:

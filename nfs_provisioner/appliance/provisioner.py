@@ -2,10 +2,11 @@
 optional XFS project quota per volume.
 
 Provision validates everything first (class parameters, selector, size, free
-space, the export limit), then creates directory -> quota -> export with an undo
-stack, so any failure leaves nothing behind. Delete works from the PV *name*
+space, the export limit), then creates record -> directory -> quota -> export with
+an undo stack, so any failure leaves nothing behind. Delete works from the PV *name*
 only (validated; the directory is ``<export root>/<pv name>``) and from the
-appliance's own records (export by name, quota project by directory); the PV's
+appliance's own records (the volume record must match the PV's name, claim uid,
+identity and path; export by name, quota project by directory); the PV's
 annotations are never trusted to say *what* to delete, only to say whose it is.
 """
 
@@ -29,6 +30,7 @@ from nfs_provisioner.controller.interface import (
 )
 from nfs_provisioner.volumes import params, quantity
 from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
+from nfs_provisioner.volumes.records import VolumeRecords, new_record
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +49,28 @@ ANN_ON_DELETE = "nfs-provisioner.io/on-delete"
 class Exporter(Protocol):
     """What the provisioner needs from an NFS server (Ganesha, or the kernel's exportfs)."""
 
-    def export(self, *, name: str, path: Path, root_squash: bool) -> tuple[int, str]:
-        """Export ``path`` as ``name`` (idempotent); returns (export id, a description of the block)."""
+    def export(self, *, name: str, path: Path, root_squash: bool, export_id: int | None = None) -> tuple[int, str]:
+        """Export ``path`` as ``name`` (idempotent); returns (export id, a description of the block).
+
+        ``export_id``: the id to reuse if it is free (rebuilding a lost export), where ids are chosen."""
 
     def unexport(self, name: str) -> bool:
         """Withdraw export ``name``; False if there was none."""
+
+    def set_clients(self, clients: tuple[str, ...]) -> None:
+        """Who may mount every export, from now on (``nfs_provisioner.appliance.nodes``); empty = nobody."""
 
     def count(self) -> int:
         """Volumes exported now (the pseudo root does not count)."""
 
     def has(self, name: str) -> bool:
         """Whether export ``name`` exists."""
+
+    def root_squash(self, name: str) -> bool | None:
+        """Whether export ``name`` squashes root (None: no such export)."""
+
+    def path_of(self, name: str) -> Path | None:
+        """The directory export ``name`` serves (None: no such export)."""
 
 
 class Quotas(Protocol):
@@ -92,11 +105,13 @@ class NFSProvisioner(Provisioner):
         *,
         config: ApplianceConfig,
         directories: VolumeDirectories,
+        records: VolumeRecords,
         exporter: Exporter,
         quotas: Quotas | None = None,
     ) -> None:
         self.config = config
         self.directories = directories
+        self.records = records
         self.exporter = exporter
         self.quotas = quotas
         # Serialises the "limit not reached yet" check with the export that uses the slot.
@@ -133,6 +148,17 @@ class NFSProvisioner(Provisioner):
                 limit = self.config.max_exports
                 if 0 <= limit <= self.exporter.count() and not self.exporter.has(name):
                     raise ProvisioningError(f"the maximum number of exports ({self.config.max_exports}) is reached")
+                claim_uid = str((options.claim.get("metadata") or {}).get("uid", ""))
+                recorded = self.records.read(name)
+                if recorded is not None and recorded.claim_uid != claim_uid:
+                    raise ProvisioningError(f"{path} is the volume of claim {recorded.claim_namespace}/"
+                                            f"{recorded.claim_name} (uid {recorded.claim_uid}); not reusing it")
+                if recorded is None:
+                    # Written before the directory exists and removed after it is gone: a directory that is
+                    # a volume always has its record (the proof that delete may remove it).
+                    self.records.write(new_record(pv_name=name, claim=options.claim, identity=self.config.identity,
+                                                  path=path, root_squash=p.root_squash))
+                    undo.append(("remove volume record", lambda: self.records.remove(name)))
                 existed = path.exists()
                 self.directories.create(name, gid=p.gid)
                 if not existed:
@@ -216,6 +242,8 @@ class NFSProvisioner(Provisioner):
     # ------------------------------------------------------------------ delete
 
     def delete(self, volume: Object) -> None:
+        """Remove only what this appliance made for *this* PV: its record must match the PV (name, claim uid,
+        identity, path); anything else raises (a ``VolumeFailedDelete`` event) and touches nothing."""
         meta = volume.get("metadata") or {}
         name = str(meta.get("name", ""))
         ann = meta.get("annotations") or {}
@@ -225,6 +253,18 @@ class NFSProvisioner(Provisioner):
         if owner != self.config.identity:
             raise IgnoredError(f"identity annotation on PV {owner} does not match ours {self.config.identity}")
         path = self.directories.path_for(name)  # raises for names that are not ours to touch
+        claim_uid = str(((volume.get("spec") or {}).get("claimRef") or {}).get("uid") or "")
+        record = self.records.read(name)
+        if record is None:
+            if not self.directories.exists(name) and not self.exporter.has(name):
+                log.info("volume %s: no record, no directory, no export: nothing to delete", name)
+                return  # e.g. a crash after the record was removed, before the PV was
+            raise RuntimeError(f"this appliance has no record of creating volume {name} (claim uid "
+                               f"{claim_uid or '(none)'}); refusing to delete {path}")
+        why = record.mismatch(pv_name=name, claim_uid=claim_uid, identity=owner, path=str(path))
+        if why is not None:
+            raise RuntimeError(f"PV {name} does not match the volume this appliance made at {path} ({why}); "
+                               "refusing to delete it")
         recorded = str(((volume.get("spec") or {}).get("nfs") or {}).get("path", ""))
         if recorded and recorded != str(path):
             log.warning("volume %s: spec.nfs.path %r is not %s; deleting by name only", name, recorded, path)
@@ -233,7 +273,7 @@ class NFSProvisioner(Provisioner):
             self.quotas.remove_directory(path)
         on_delete = ann.get(ANN_ON_DELETE, "delete")
         if on_delete == "retain":
-            log.info("volume %s: onDelete=retain, keeping %s", name, path)
+            log.info("volume %s: onDelete=retain, keeping %s (no longer a volume: its record is removed)", name, path)
         elif on_delete == "archive":
             target = self.directories.archive(name)
             log.info("volume %s: onDelete=archive, moved to %s", name, target)
@@ -242,3 +282,4 @@ class NFSProvisioner(Provisioner):
         else:
             # Someone edited the annotation: losing data on a guess is worse than keeping it.
             log.warning("volume %s: unknown %s=%r; keeping %s", name, ANN_ON_DELETE, on_delete, path)
+        self.records.remove(name)  # last: until the directory is gone (or kept aside), it proves it is a volume

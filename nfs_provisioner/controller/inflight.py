@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nfs_provisioner.controller import decisions
-from nfs_provisioner.fileio import atomic_write
+from nfs_provisioner.fileio import atomic_write, private_dir
 from nfs_provisioner.kube import errors
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class LocalJournal(InFlight):
     def __init__(self, directory: Path, legacy: ClaimFinalizer) -> None:
         self.directory = directory
         self.legacy = legacy
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)  # under the export root, which NFS clients reach (docs/security.md)
         self._lock = threading.Lock()
         self._uids = {p.name[:-len(self.SUFFIX)] for p in directory.iterdir()
                       if p.name.endswith(self.SUFFIX) and not p.name.startswith(".")}

@@ -45,6 +45,8 @@ class Informer:
         self.last_ok = clock()
         """Monotonic time of the last successful list or watch response (health)."""
         self.relists = 0
+        self.last_error: Exception | None = None
+        """The last list/watch failure (None once a list or watch succeeds again)."""
         """Re-lists forced by 410 Gone."""
         self.watches = 0
         """Watch requests made (each renewal resumes from ``resource_version``)."""
@@ -88,6 +90,7 @@ class Informer:
                 began = self._clock()
                 self._watch()
                 backoff = 0.5
+                self.last_error = None
                 if self._clock() - began < 0.2:  # ended at once: do not hammer the API server
                     self._stop.wait(0.5)
             except errors.Gone:
@@ -97,6 +100,7 @@ class Informer:
             except Exception as e:  # noqa: BLE001 - a watcher must survive any failure and retry
                 if self._stop.is_set():
                     break
+                self.last_error = e
                 log.warning("%s: list/watch failed, retrying in %.1fs: %s", self.name, backoff, e)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)

@@ -12,6 +12,7 @@ before anything is written.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import ipaddress
 import os
@@ -78,8 +79,10 @@ def check_path_inside(path: Path | str, *, root: Path, exclude: Sequence[Path] =
     return p
 
 
-def check_clients(clients: Iterable[str]) -> tuple[str, ...]:
-    """Client list entries: ``*`` or an IPv4/IPv6 address or network (CIDR)."""
+def check_clients(clients: Iterable[str], *, allow_empty: bool = False) -> tuple[str, ...]:
+    """Client list entries: ``*`` or an IPv4/IPv6 address or network (CIDR).
+
+    ``allow_empty``: an empty list is valid and means nobody (the export gets no CLIENT block)."""
     out: list[str] = []
     for c in clients:
         if c == "*":
@@ -90,9 +93,32 @@ def check_clients(clients: Iterable[str]) -> tuple[str, ...]:
         except ValueError as e:
             raise errors.InvalidRequest(f"invalid client {c!r}: expected '*' or an address/CIDR") from e
         out.append(str(net))
-    if not out:
+    if not out and not allow_empty:
         raise errors.InvalidRequest("an export needs at least one client entry ('*' for everyone)")
     return tuple(out)
+
+
+def ganesha_client(entry: str) -> str:
+    """One client list entry as Ganesha 4.3's config parser takes it (measured): a host without a prefix.
+
+    It silently drops the *whole* list ("No clients specified", nobody gets in, UpdateExport still says
+    ok) for an IPv6 entry with a prefix longer than /64 -- ``::1/128``, ``fd00::4/128``, ``fd00::/127`` --
+    while ``::1``, ``fd00::4`` and ``fd00::/64`` work. So hosts are written bare and such networks refused."""
+    if entry == "*":
+        return entry
+    net = ipaddress.ip_network(entry, strict=False)
+    if net.num_addresses == 1:
+        return str(net.network_address)
+    if net.version == 6 and net.prefixlen > 64:
+        raise errors.InvalidRequest(f"client {entry!r}: Ganesha cannot parse IPv6 networks longer than /64; "
+                                    "list the addresses or use a /64")
+    return str(net)
+
+
+@functools.lru_cache(maxsize=16)
+def _ganesha_clients(clients: tuple[str, ...]) -> tuple[str, ...]:
+    """The list as written (cached: a client list change renders every export with the same list)."""
+    return tuple(ganesha_client(c) for c in check_clients(clients, allow_empty=True))
 
 
 def check_export_id(export_id: int) -> int:
@@ -126,6 +152,7 @@ class ExportBlock:
         return f"{self.export_id}.{self.export_id}"
 
 
+_CLIENTS = re.compile(r"\bClients\s*=", re.IGNORECASE)
 _KV = re.compile(r"^\s*([A-Za-z_]+)\s*=\s*(.*?)\s*;\s*(?:#.*)?$")
 
 
@@ -166,6 +193,9 @@ def _verify_block(text: str, block: ExportBlock) -> None:
             raise errors.TemplateError(
                 f"rendered export block has {key} = {kv.get(key)!r}, expected {value!r} (check the template)"
             )
+    if not block.clients and any(_CLIENTS.search(line.split("#", 1)[0]) for line in text.splitlines()):
+        raise errors.TemplateError("the export template writes a CLIENT block for an empty client list (nobody "
+                                   "may mount); wrap the block in {% if clients %} ... {% endif %}")
 
 
 # --- templates -------------------------------------------------------------------------------------------------
@@ -224,7 +254,7 @@ class Templates:
             "transports": "UDP, TCP" if block.nfsv3 else "TCP",
             "squash": block.squash.value,
             "access_type": block.access_type.value,
-            "clients": check_clients(block.clients),
+            "clients": _ganesha_clients(block.clients),
         }
         text = self.render(EXPORT_TEMPLATE, context)
         _verify_block(text, block)

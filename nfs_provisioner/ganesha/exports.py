@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nfs_provisioner.ganesha import config, errors, ids
+from nfs_provisioner.ganesha import clientlists, config, errors, ids
 from nfs_provisioner.ganesha.dbus import GaneshaDBus
 from nfs_provisioner.ganesha.settings import RESERVED_EXPORT_IDS, AccessType, Squash
 
@@ -52,6 +52,8 @@ class ExportRequest:
     access_type: AccessType = AccessType.RW
     clients: tuple[str, ...] | None = None
     """Client list (``*`` or CIDRs); None = the manager's default (``--export-subnet``)."""
+    export_id: int | None = None
+    """The id to use if it is free (rebuilding a lost export keeps clients' handles valid); else the lowest free."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +102,7 @@ class ReconcileResult:
     """Ids live in Ganesha that are not ours (kept reserved, never reused)."""
 
 
-class ExportManager:
+class ExportManager(clientlists.ClientLists):
     """Adds and removes exports; owns ``config_dir/exports.conf`` and ``config_dir/exports.d``."""
 
     def __init__(
@@ -127,7 +129,9 @@ class ExportManager:
         self.dbus = dbus
         self.templates = templates
         self.nfsv3 = nfsv3
-        self.default_clients = config.check_clients(default_clients)
+        self.default_clients = config.check_clients(default_clients, allow_empty=True)
+        """Clients of every export added without its own list; :meth:`set_clients` changes it (and them)."""
+        self._clients_lock = threading.Lock()
         self.id_range = (lo, hi)
         self.durable = durable
         self.on_count = on_count
@@ -173,6 +177,11 @@ class ExportManager:
                 clash = self._by_id.get(export.export_id) or self._by_path.get(export.path)
                 if clash is not None:
                     log.error("export file %s clashes with %s (same id or path), left out", f, clash.config_file)
+                    continue
+                try:
+                    self._rerender(export)
+                except (errors.GaneshaError, OSError) as e:
+                    log.error("export file %s could not be re-rendered from its header, left out: %s", f, e)
                     continue
                 self._remember(export)
             self._write_index()
@@ -225,9 +234,11 @@ class ExportManager:
         rendering, the (fsynced) file write and AddExport run outside it, so concurrent adds overlap."""
         name = config.check_name(request.name)
         squash, access = _options(request)
-        clients = config.check_clients(self.default_clients if request.clients is None else request.clients)
+        if request.clients is not None:
+            config.check_clients(request.clients)
         path = config.check_path_inside(request.path, root=self.export_root, exclude=[self.config_dir])
         with self._settled(name):
+            clients = self._clients_for(request)  # read under the lock: set_clients() sees this add as pending
             existing = self._by_name.get(name)
             candidate = Export(
                 name=name,
@@ -247,7 +258,13 @@ class ExportManager:
             other = self._by_path.get(path)
             if other is not None:
                 raise errors.ExportConflict(f"path {str(path)!r} is already exported as {other.name!r}")
-            export = dataclasses.replace(candidate, export_id=self._ids.allocate())
+            wanted = request.export_id
+            if (wanted is not None and self.id_range[0] <= wanted <= self.id_range[1] and wanted not in self._ids
+                    and wanted not in RESERVED_EXPORT_IDS and wanted not in self._foreign):
+                self._ids.take(wanted)
+            else:
+                wanted = self._ids.allocate()
+            export = dataclasses.replace(candidate, export_id=wanted)
             self._remember(export)  # reserved: name, path and id are taken, the shard leaves it out for now
             self._pending[name] = threading.Event()
         written = live = False
@@ -309,9 +326,11 @@ class ExportManager:
 
         The old file is restored if Ganesha refuses the new block."""
         name = config.check_name(request.name)
-        clients = config.check_clients(self.default_clients if request.clients is None else request.clients)
+        if request.clients is not None:
+            config.check_clients(request.clients)
         path = config.check_path_inside(request.path, root=self.export_root, exclude=[self.config_dir])
         with self._settled(name):
+            clients = self._clients_for(request)
             old = self._by_name.get(name)
             if old is None:
                 raise errors.InvalidRequest(f"export {name!r} does not exist")
@@ -335,6 +354,11 @@ class ExportManager:
             self._remember(new)
             log.info("export %s updated: squash %s clients %s", name, new.squash.value, ",".join(new.clients))
             return new
+
+    def _clients_for(self, request: ExportRequest) -> tuple[str, ...]:
+        if request.clients is None:
+            return self.default_clients
+        return config.check_clients(request.clients)
 
     def remove(self, name: str) -> bool:
         """Withdraw export ``name``; True if it existed. Idempotent: a missing export is logged and skipped.
@@ -435,6 +459,21 @@ class ExportManager:
         if self.on_count is not None:
             self.on_count(len(self._by_name))
 
+    def _rerender(self, export: Export) -> None:
+        """Serve only what the header (the manager's own record) says: a block that differs from the header's
+        rendering (edited by hand or by an attacker, e.g. ``Path = "/etc"``) is replaced, with one log line."""
+        text = export.header() + self.templates.render_export(self._block(export))
+        old = export.config_file.read_text(encoding="utf-8")
+        if old == text:
+            return
+        try:
+            found = config.parse_block(old).get("path", "(none)")
+        except errors.TemplateError as e:
+            found = f"(unparsable: {e})"
+        config.atomic_write(export.config_file, text, durable=self.durable)
+        log.warning("export file %s differed from its own header (block Path %s, header path %s); rewritten from "
+                    "the header", export.config_file, found, export.path)
+
     def _read_file(self, f: Path) -> Export:
         with f.open(encoding="utf-8") as fh:
             first = fh.readline()
@@ -445,7 +484,8 @@ class ExportManager:
         if f.name != f"{name}.conf":
             raise errors.InvalidRequest(f"file name does not match export name {name!r}")
         path = Path(str(data["path"]))
-        if not path.is_absolute() or not path.is_relative_to(self.export_root) or os.path.normpath(path) != str(path):
+        if (not path.is_absolute() or not path.is_relative_to(self.export_root) or path == self.export_root
+                or os.path.normpath(path) != str(path) or path.is_relative_to(self.config_dir)):
             raise errors.InvalidRequest(f"path {str(path)!r} is not inside the export root")
         export_id = config.check_export_id(int(data["export_id"]))
         export = Export(
@@ -454,15 +494,10 @@ class ExportManager:
             path=path,
             squash=Squash(data["squash"]),
             access_type=AccessType(data["access_type"]),
-            clients=config.check_clients(data["clients"]),
+            clients=config.check_clients(data["clients"], allow_empty=True),
             config_file=f,
         )
-        kv = config.parse_block(f.read_text(encoding="utf-8"))
-        if kv.get("export_id") != str(export_id):
-            raise errors.InvalidRequest(
-                f"header id {export_id} differs from the block's Export_Id {kv.get('export_id')}"
-            )
-        return export
+        return export  # the block below the header is not trusted: load() renders it again from the header
 
 
 def _options(request: ExportRequest) -> tuple[Squash, AccessType]:

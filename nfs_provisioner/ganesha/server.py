@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from nfs_provisioner import fileio
 from nfs_provisioner.ganesha import config, errors, processes
 from nfs_provisioner.ganesha.dbus import GaneshaDBus
 from nfs_provisioner.ganesha.exports import ExportManager
@@ -73,7 +74,8 @@ class GaneshaServer:
             dbus=self.dbus,
             templates=self.templates,
             nfsv3=settings.nfsv3,
-            default_clients=(settings.export_subnet,),
+            default_clients=settings.clients if settings.clients is not None else tuple(
+                c.strip() for c in settings.export_subnet.split(",") if c.strip()),
             id_range=id_range,
             durable=settings.durable_writes,
             on_count=metrics.set_exports if metrics else None,
@@ -115,6 +117,8 @@ class GaneshaServer:
                 durable=self.settings.durable_writes,
             )
             self.exports.load()
+            if self.settings.clients is not None:
+                self.exports.set_clients(self.settings.clients, live=False)
             self._start_ganesha()
             self.exports.reconcile()
         except BaseException:
@@ -189,7 +193,10 @@ class GaneshaServer:
         if not s.export_root.is_dir():
             raise errors.ServerError(f"export root {s.export_root} is not a directory")
         for d in (self.run_dir, self.config_dir, s.recovery_path, s.log_path.parent):
-            d.mkdir(parents=True, exist_ok=True)
+            if d.is_relative_to(s.export_root):
+                fileio.private_dir(d)  # NFS clients reach the export root (docs/security.md)
+            else:
+                d.mkdir(parents=True, exist_ok=True)
 
     def _start_bus(self) -> None:
         conf = self.run_dir / "dbus-bus.conf"

@@ -84,7 +84,11 @@ class ServerSettings:
     dbus_address: str | None = None
     """An existing bus to use instead of starting a private dbus-daemon."""
     export_subnet: str = "*"
-    """Default client list of every export (``--export-subnet``), a CIDR or ``*``."""
+    """Default client list of new exports (``--export-subnet``): ``*`` or comma-separated addresses/CIDRs."""
+    clients: tuple[str, ...] | None = None
+    """If set, the client list of *every* export (overrides ``export_subnet``; empty = nobody): export files
+    written with another list are rewritten before Ganesha starts, so it never serves them. The appliance
+    sets it and changes it later with ``ExportManager.set_clients``."""
     nofile_limit: int = 16384
     """RLIMIT_NOFILE for ganesha.nfsd (bounded by the hard limit); never 1M."""
     log_level: str = "NIV_EVENT"

@@ -82,6 +82,10 @@ class VolumeDirectories:
             raise DirectoryError(f"cannot set owner/mode of {path}: {e.strerror}") from e
         return path
 
+    def exists(self, name: str) -> bool:
+        """Whether anything (even a symlink) is at the volume's path."""
+        return self._exists(self.path_for(name))
+
     def delete(self, name: str) -> bool:
         """Remove the volume's directory tree; False if it was already gone."""
         path = self.path_for(name)
@@ -109,6 +113,8 @@ class VolumeDirectories:
             target = archive / f"{name}-{stamp}.{n}"
             n += 1
         os.rename(path, target)
+        # Root's only: a root-squashed client keeping a handle of the volume cannot list or enter it any more.
+        os.chmod(target, 0o700)
         return target
 
     @staticmethod

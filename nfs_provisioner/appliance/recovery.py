@@ -1,0 +1,180 @@
+"""Start-up check of the appliance's state against what is authoritative, before the controller runs.
+
+Authoritative are: the PVs this identity owns (``Provisioner_Id`` + ``provisioned-by``), their directories,
+and the appliance's per-volume records (``nfs_provisioner.volumes.records``). From them, once per start:
+
+1. **Adopt** volumes made before records existed: a PV of this identity without a record is adopted only
+   when its export exists, serves ``<export root>/<pv name>`` (= ``spec.nfs.path``), its directory is a real
+   directory and it has a ``claimRef`` uid; one log line per adopted volume. Anything else stays
+   unrecorded (and so cannot be deleted by a PV).
+2. **Rebuild** lost exports (e.g. ``.ganesha`` removed): a PV of this identity whose record matches it
+   (name, claim uid, path) and whose directory exists gets its export again, with the PV's ``Export_Id``
+   when that id is free, so clients' handles stay valid. PVs that cannot be rebuilt are *problems*:
+   ``/readyz`` fails naming them.
+3. **Warn** about PVs of this provisioner name, on this server address, whose path lies under another
+   export root (a changed ``--export-root``): they are no longer served from here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nfs_provisioner.appliance import provisioner as prov
+from nfs_provisioner.kube import client as kube
+from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
+from nfs_provisioner.volumes.records import RecordError, VolumeRecords, new_record
+
+log = logging.getLogger(__name__)
+
+ANN_PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
+ANN_BETA_PROVISIONED_BY = "volume.beta.kubernetes.io/provisioned-by"
+Object = dict[str, Any]
+
+
+@dataclass
+class Report:
+    adopted: list[str] = field(default_factory=list)
+    rebuilt: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    """One line per volume this appliance should serve but cannot (each makes /readyz fail)."""
+    elsewhere: list[str] = field(default_factory=list)
+
+    def health(self) -> tuple[bool, str]:
+        if not self.problems:
+            return True, "ok"
+        return False, (f"{len(self.problems)} volume(s) of this appliance are not exported and could not be "
+                       f"rebuilt, e.g. {self.problems[0]}")
+
+
+@dataclass(frozen=True)
+class Recovery:
+    api: kube.Client
+    names: frozenset[str]
+    """Provisioner names (``--provisioner``)."""
+    identity: str
+    directories: VolumeDirectories
+    records: VolumeRecords
+    exporter: prov.Exporter
+    server: Callable[[], str]
+
+    def run(self) -> Report:
+        report = Report()
+        pvs: list[Object] = list(self.api.get(kube.volumes_path()).get("items") or [])
+        mine = [pv for pv in pvs if self._provisioned_here(pv) and _ann(pv).get(prov.ANN_IDENTITY) == self.identity]
+        for pv in mine:
+            name = str(pv["metadata"]["name"])
+            try:
+                self._adopt(pv, name, report)
+                self._rebuild(pv, name, report)
+            except (RecordError, DirectoryError, OSError) as e:
+                log.error("volume %s: cannot check its state: %s", name, e)
+                if _phase(pv) == "Bound":  # a claim uses it; a stray (e.g. hand-made, Released) PV must not
+                    report.problems.append(f"{name}: {e}")
+        self._warn_elsewhere(pvs, report)
+        log.info("state check: %d PVs of this identity, %d adopted, %d exports rebuilt, %d not servable",
+                 len(mine), len(report.adopted), len(report.rebuilt), len(report.problems))
+        return report
+
+    def _provisioned_here(self, pv: Object) -> bool:
+        ann = _ann(pv)
+        return (ann.get(ANN_PROVISIONED_BY) or ann.get(ANN_BETA_PROVISIONED_BY)) in self.names
+
+    def _adopt(self, pv: Object, name: str, report: Report) -> None:
+        if self.records.read(name) is not None:
+            return
+        path = self.directories.path_for(name)
+        claim_ref = (pv.get("spec") or {}).get("claimRef") or {}
+        served = self.exporter.path_of(name)
+        why = None
+        if not claim_ref.get("uid"):
+            why = "it has no claimRef uid"
+        elif _nfs_path(pv) != str(path):
+            why = f"its spec.nfs.path {_nfs_path(pv)!r} is not {path}"
+        elif served != path:
+            why = "no export of it exists" if served is None else f"its export serves {served}, not {path}"
+        elif not _real_dir(path):
+            why = f"{path} is not a directory"
+        if why is not None:
+            log.warning("volume %s: no record of this appliance and not adopted (%s); it will not be deleted "
+                        "through its PV", name, why)
+            return
+        claim = {"metadata": {"uid": claim_ref.get("uid"), "namespace": claim_ref.get("namespace", ""),
+                              "name": claim_ref.get("name", "")}}
+        squash = self.exporter.root_squash(name)
+        self.records.write(new_record(pv_name=name, claim=claim, identity=self.identity, path=path,
+                                      root_squash=bool(squash), adopted=True))
+        report.adopted.append(name)
+        log.info("volume %s: adopted (made before volume records): claim %s/%s uid %s, path %s, from its export "
+                 "and PV", name, claim_ref.get("namespace", ""), claim_ref.get("name", ""), claim_ref.get("uid"),
+                 path)
+
+    def _rebuild(self, pv: Object, name: str, report: Report) -> None:
+        if self.exporter.has(name):
+            return
+        path = self.directories.path_for(name)
+        record = self.records.read(name)
+        claim_uid = str(((pv.get("spec") or {}).get("claimRef") or {}).get("uid") or "")
+        if record is None:
+            why: str | None = "it has no export and no record of this appliance"
+        else:
+            why = record.mismatch(pv_name=name, claim_uid=claim_uid, identity=self.identity, path=str(path))
+        if why is None and not _real_dir(path):
+            why = f"its directory {path} is missing"
+        if why is not None:
+            phase = _phase(pv)
+            log.error("volume %s (%s): not exported and not rebuilt: %s", name, phase or "no phase", why)
+            if phase == "Bound":  # a claim uses it: fail readiness (a stray Released PV must not do that)
+                report.problems.append(f"{name}: {why}")
+            return
+        assert record is not None
+        wanted = _int(_ann(pv).get(prov.ANN_EXPORT_ID))
+        export_id, _ = self.exporter.export(name=name, path=path, root_squash=record.root_squash, export_id=wanted)
+        report.rebuilt.append(name)
+        log.warning("volume %s: its export was missing; rebuilt from its record and PV (id %d%s)", name, export_id,
+                    "" if wanted in (None, export_id) else f", not {wanted}: that id is taken; clients must remount")
+
+    def _warn_elsewhere(self, pvs: list[Object], report: Report) -> None:
+        root = self.directories.export_root
+        server = self.server()
+        for pv in pvs:
+            path = _nfs_path(pv)
+            if (self._provisioned_here(pv) and path and ((pv.get("spec") or {}).get("nfs") or {}).get("server")
+                    == server and Path(path).parent != root):
+                report.elsewhere.append(f"{pv['metadata']['name']} at {path}")
+        if report.elsewhere:
+            log.warning("%d PV(s) of provisioner %s on server %s lie under another export root than %s (e.g. %s): "
+                        "this appliance does not serve or delete them; start it with their --export-root to serve "
+                        "them again", len(report.elsewhere), ",".join(sorted(self.names)), server, root,
+                        report.elsewhere[0])
+
+
+def _ann(pv: Object) -> dict[str, str]:
+    return dict((pv.get("metadata") or {}).get("annotations") or {})
+
+
+def _phase(pv: Object) -> str:
+    return str((pv.get("status") or {}).get("phase") or "")
+
+
+def _nfs_path(pv: Object) -> str:
+    return str(((pv.get("spec") or {}).get("nfs") or {}).get("path") or "")
+
+
+def _real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,138 @@
+"""The appliance's own record of each volume: ``<export root>/.volumes/<pv name>.json``.
+
+A record says which claim (uid, namespace/name) a volume directory was made
+for, by which identity, at which path, when, and how it is exported. It is
+written (fsynced) *before* the directory is created and removed only *after*
+the directory is gone (deleted or archived) or has stopped being a volume
+(retained), so at every crash point between those steps a directory that is a
+volume has a record. Deleting requires the PV to match the record (name,
+``spec.claimRef.uid``, identity): annotations and names on a PV are only what
+someone wrote, the record is what this appliance did.
+
+Records are read without following symlinks (``O_NOFOLLOW``) and written
+through a temp file and a rename in the same directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import json
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nfs_provisioner import fileio
+from nfs_provisioner.volumes.directories import validate_name
+
+log = logging.getLogger(__name__)
+
+RECORDS_DIR = ".volumes"
+"""Under the export root: one record per volume."""
+SUFFIX = ".json"
+
+
+class RecordError(RuntimeError):
+    """A record could not be read or written; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class VolumeRecord:
+    pv_name: str
+    claim_uid: str
+    claim_namespace: str
+    claim_name: str
+    identity: str
+    path: str
+    root_squash: bool
+    created: float
+    """Unix time the record was written."""
+    adopted: bool = False
+    """True when written at start for a volume made before records existed (see ``appliance.recovery``)."""
+
+    def mismatch(self, *, pv_name: str, claim_uid: str, identity: str, path: str) -> str | None:
+        """Why a PV with these fields is not the volume recorded here (None: it is)."""
+        if pv_name != self.pv_name:
+            return f"the record is for PV {self.pv_name!r}"
+        if identity != self.identity:
+            return f"the record names identity {self.identity}, the PV {identity or '(none)'}"
+        if claim_uid != self.claim_uid:
+            return (f"the volume was made for claim {self.claim_namespace}/{self.claim_name} (uid {self.claim_uid}), "
+                    f"the PV's claimRef has uid {claim_uid or '(none)'}")
+        if path != self.path:
+            return f"the record's path is {self.path}, not {path}"
+        return None
+
+
+class VolumeRecords:
+    """The records directory; every method is safe from any thread (one file per volume, atomic renames)."""
+
+    def __init__(self, directory: Path, *, durable: bool = True) -> None:
+        self.directory = directory
+        self.durable = durable
+
+    def _file(self, pv_name: str) -> Path:
+        return self.directory / f"{validate_name(pv_name)}{SUFFIX}"
+
+    def ensure_dir(self) -> None:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self.directory, 0o700)
+        if not stat.S_ISDIR(os.lstat(self.directory).st_mode):
+            raise RecordError(f"{self.directory} is not a directory; refusing to keep volume records in it")
+
+    def write(self, record: VolumeRecord) -> None:
+        self.ensure_dir()
+        text = json.dumps(dataclasses.asdict(record), sort_keys=True) + "\n"
+        try:
+            fileio.atomic_write(self._file(record.pv_name), text, durable=self.durable, mode=0o600)
+        except OSError as e:
+            raise RecordError(f"cannot write the record of volume {record.pv_name}: {e}") from e
+
+    def read(self, pv_name: str) -> VolumeRecord | None:
+        """The record of ``pv_name``; None if there is none. Raises RecordError for a damaged one."""
+        path = self._file(pv_name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise RecordError(f"{path} is a symlink; refusing to read it") from e
+            raise RecordError(f"cannot read {path}: {e.strerror}") from e
+        try:
+            with os.fdopen(fd, encoding="utf-8") as f:
+                data: dict[str, Any] = json.loads(f.read())
+            record = VolumeRecord(**data)
+        except (ValueError, TypeError) as e:
+            raise RecordError(f"{path} is not a volume record: {e}") from e
+        if record.pv_name != pv_name:
+            raise RecordError(f"{path} holds the record of {record.pv_name!r}")
+        return record
+
+    def remove(self, pv_name: str) -> bool:
+        try:
+            os.unlink(self._file(pv_name))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def names(self) -> list[str]:
+        try:
+            entries = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        return sorted(e[: -len(SUFFIX)] for e in entries if e.endswith(SUFFIX) and not e.startswith("."))
+
+
+def new_record(*, pv_name: str, claim: dict[str, Any], identity: str, path: Path, root_squash: bool,
+               adopted: bool = False, now: float | None = None) -> VolumeRecord:
+    meta = claim.get("metadata") or {}
+    return VolumeRecord(pv_name=pv_name, claim_uid=str(meta.get("uid", "")),
+                        claim_namespace=str(meta.get("namespace", "")), claim_name=str(meta.get("name", "")),
+                        identity=identity, path=str(path), root_squash=root_squash,
+                        created=time.time() if now is None else now, adopted=adopted)
