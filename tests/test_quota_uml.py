@@ -57,11 +57,13 @@ def test_uml_harness_reports_inner_failures(tmp_path: Path) -> None:
     the host outside the work directory is read-only inside, a disk that cannot
     be mounted is reported as a setup failure, and a run that does not finish
     is killed and reported as such."""
-    outside = tmp_path / "outside-the-workdir"
-    script = f"echo from-inside; touch {outside} || echo read-only-outside; exit 3"
+    outside = tmp_path / "outside-the-workdir"  # under /tmp: a tmpfs of UML's own in there
+    in_repo = uml.REPO / f".uml-write-probe-{tmp_path.name}"
+    script = f"echo from-inside; touch {outside}; touch {in_repo} || echo read-only-outside; exit 3"
     failed = uml.run(["sh", "-c", script], workdir=tmp_path / "fail", timeout=60)
     assert failed.returncode == 3 and "from-inside" in failed.output
-    assert "read-only-outside" in failed.output and not outside.exists(), "the host outside the workdir was writable"
+    assert "read-only-outside" in failed.output, "the host's / was writable inside UML"
+    assert not outside.exists() and not in_repo.exists(), "a write inside UML reached the host outside the workdir"
     with pytest.raises(AssertionError, match=r"(?s)exited with 3.*from-inside"):
         failed.check()
     blank = tmp_path / "blank.img"

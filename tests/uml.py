@@ -132,7 +132,10 @@ def _init_script(
     lines = [
         "#!/bin/sh",
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH",
-        # The host's / is read-only in here; only the work directory is writable.
+        # The host's / is read-only in here; only the work directory is writable. /tmp is a fresh tmpfs
+        # (as in a pod: Ganesha's lock probe writes there), with the work directory shown at its place.
+        "mount -t tmpfs -o mode=1777 tmpfs /tmp || poweroff -f -d",
+        f"mkdir -p {q(str(workdir))} || poweroff -f -d",
         f"mount -t hostfs -o {q(str(workdir))} hostfs {q(str(workdir))} || poweroff -f -d",
         f"fail() {{ echo \"uml init: $*\" >> {q(str(out))}; echo {SETUP_FAILED} > {q(str(rc))}; poweroff -f -d; }}",
         f": > {q(str(out))}",

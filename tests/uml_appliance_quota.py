@@ -13,95 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import traceback
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-MiB = 1024 * 1024
+from tests import uml_appliance
+from tests.uml_appliance import MiB
+
+QUOTA_FLAGS = ("--enable-xfs-quota", "--nfsv3=true", "--grace-period=0")
 
 
-class Flow:
-    def __init__(self, *, xfs: Path, work: Path) -> None:
-        self.xfs, self.work = xfs, work
-        # On UML's tmpfs: etcd's bbolt needs mmap and locks that hostfs does not give.
-        self.state = Path(os.environ.get("TMPDIR", "/run/tmp")) / "cluster"
-        self.kubeconfig = self.state / "kubeconfig"
-        self.export = xfs / "export"
-        self.log = work / "appliance.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.results: dict[str, Any] = {}
-
-    def sh(self, *argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                           env={**os.environ, "KUBECONFIG": str(self.kubeconfig)})
-        if check and r.returncode != 0:
-            raise AssertionError(f"{' '.join(argv)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-        return r
-
-    def kubectl(self, *args: str, stdin: str | None = None) -> str:
-        r = subprocess.run(["kubectl", *args], input=stdin, capture_output=True, text=True, timeout=60,
-                           env={**os.environ, "KUBECONFIG": str(self.kubeconfig)})
-        if r.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{r.stderr}")
-        return r.stdout
-
-    def until(self, fn: Callable[[], bool], what: str, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if fn():
-                    return
-            except AssertionError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"timed out waiting for {what}; appliance log tail:\n{self.tail()}")
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else "(no log)"
-
-    def step(self, name: str, fn: Callable[[], Any]) -> Any:
-        started = time.monotonic()
-        try:
-            value = fn()
-        except BaseException:
-            self.results[name] = {"ok": False, "seconds": round(time.monotonic() - started, 1),
-                                  "detail": traceback.format_exc()}
-            raise
-        self.results[name] = {"ok": True, "seconds": round(time.monotonic() - started, 1), "detail": value}
-        return value
-
-    # ------------------------------------------------------------------ steps
-
-    def start(self) -> str:
-        self.sh(str(REPO / "hack" / "cluster"), "up", "--state-dir", str(self.state), timeout=300)
-        self.export.mkdir(parents=True, exist_ok=True)
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "nfs_provisioner", f"--kubeconfig={self.kubeconfig}",
-                 "--provisioner=example.com/nfs", f"--export-root={self.export}", "--enable-xfs-quota",
-                 "--nfsv3=true", "--grace-period=0", "--server-hostname=127.0.0.1",
-                 "--metrics-address=127.0.0.1:9090", "--log-level=DEBUG"],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise SystemExit(f"appliance exited {self.proc.returncode}:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen("http://127.0.0.1:9090/readyz", timeout=2) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-        self.until(ready, "the appliance to be ready", timeout=120)
-        return "control plane and appliance up"
-
+class Flow(uml_appliance.Flow):
     def claim(self) -> dict[str, str]:
         self.kubectl("apply", "-f", "-", stdin="""
 apiVersion: storage.k8s.io/v1
@@ -138,16 +63,6 @@ spec:
     def report(self, project: str) -> str:
         return self.sh("xfs_quota", "-x", "-D", "/dev/null", "-c", "report -p -b -n", str(self.xfs)).stdout
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.sh(str(REPO / "hack" / "cluster"), "down", "--state-dir", str(self.state), check=False)
-        for log in (self.state / "logs").glob("*.log"):
-            (self.work / f"cluster-{log.name}").write_bytes(log.read_bytes()[-200_000:])
 
 
 def main() -> int:
@@ -156,7 +71,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--results", type=Path, required=True)
     args = parser.parse_args()
-    flow = Flow(xfs=args.xfs, work=args.work)
+    flow = Flow(xfs=args.xfs, work=args.work, flags=QUOTA_FLAGS)
     try:
         flow.step("start", flow.start)
         vol = flow.step("claim_2Mi_bound_with_a_project", flow.claim)
@@ -210,8 +125,7 @@ def main() -> int:
         traceback.print_exc()
     finally:
         flow.stop()
-        args.results.write_text(json.dumps(flow.results, indent=2, default=str))
-    return 0 if flow.results and all(r["ok"] for r in flow.results.values()) else 1
+    return flow.write_results(args.results)
 
 
 if __name__ == "__main__":

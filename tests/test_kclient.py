@@ -1,0 +1,43 @@
+"""The appliance's volumes as pods see them: the Linux kernel NFS client, inside
+User-Mode Linux (the host has none). Control plane, appliance and the kernel
+client share one UML boot (tests/uml_kclient.py); each step is its own test."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import pytest
+
+from tests import uml, uml_kclient
+
+pytestmark = [pytest.mark.kclient, pytest.mark.uml, pytest.mark.e2e]
+
+XFS_MOUNT = "/run/xfs"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    work = tmp_path_factory.mktemp("uml-kclient")
+    disk = uml.Disk(image=uml.make_xfs_image(work / "export.img", size_mb=300), mount_point=XFS_MOUNT)
+    out = work / "results.json"
+    result = uml.run([sys.executable, "-m", "tests.uml_kclient", "--xfs", XFS_MOUNT, "--work", str(work),
+                      "--results", str(out)], workdir=work, disks=[disk], mem_mb=2048, timeout=900,
+                     modules=["nfsv4", "nfsv3", "nfsd"], env={"NFSP_CACHE_DIR": str(uml.CACHE)})
+    print(f"UML run took {result.seconds:.1f}s, exit code {result.returncode}\n{result.output[-5000:]}")
+    if not out.exists():
+        result.check()
+        raise AssertionError(f"no results although the run exited 0:\n{result.output[-5000:]}")
+    data: dict[str, Any] = json.loads(out.read_text())
+    data["_output"] = result.output[-5000:]
+    return data
+
+
+@pytest.mark.parametrize("step", uml_kclient.STEPS)
+def test_step(step: str, results: dict[str, Any]) -> None:
+    assert step in results, f"step {step} did not run:\n{results['_output']}"
+    r = results[step]
+    if not r["ok"]:
+        pytest.fail(f"{step} failed inside UML after {r['seconds']}s:\n{r['detail']}", pytrace=False)
+    print(json.dumps(r["detail"], indent=2))

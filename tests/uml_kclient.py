@@ -1,0 +1,442 @@
+"""Inside User-Mode Linux: the appliance's volumes mounted by the Linux kernel NFS client.
+
+Run by tests/test_kclient.py as ``python -m tests.uml_kclient`` inside UML with
+the kernel's own nfs, nfsv3 and nfsv4 modules loaded: the control plane, the
+appliance (XFS with prjquota as its export root) and the kernel client all run
+in one boot, and every volume is mounted the way the kubelet's nfs volume plugin
+mounts it: ``mount -t nfs -o <pv.spec.mountOptions> <server>:<path> <dir>``.
+Each step records what it measured (errno names, seconds) for the host-side test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests import uml_appliance
+from tests.uml_appliance import REPO, MiB
+
+# The defaults a user runs with (no quotas), NFSv3 on, no grace period; the quota step restarts with quotas on.
+FLAGS = ("--nfsv3=true", "--grace-period=0")
+STEPS = ("start", "classic_flow_as_the_kubelet_mounts_it", "gid_and_root_squash_as_pods_see_them",
+         "restarts_keep_handles_valid", "restarts_keep_handles_valid_without_device_fsids",
+         "delete_and_archive_while_mounted", "grace_and_lock_reclaim", "quota_writes_and_df_through_the_mount",
+         "kernel_server_mode")
+NFS_KERNEL_SERVER = Path(os.environ.get("NFSP_CACHE_DIR", Path.home() / ".cache" / "nfs-provisioner")) / \
+    "nfs-kernel-server" / "root" / "usr" / "sbin"
+"""exportfs, rpc.nfsd and rpc.mountd, unpacked by hack/install-deps."""
+GRACE = 20
+"""Seconds of grace in the grace step (the default is 90; 20 shows the same behaviour in less time)."""
+USER, OTHER, GROUP = 1000, 1001, 4321
+# A process whose cwd is inside the mount: per line on stdin, create a file there and list it.
+# Holds an fcntl write lock on argv[1] and, per line on stdin, appends a line and reports how long it took.
+LOCK_HOLDER = """
+import fcntl, os, sys, time
+f = open(sys.argv[1], "a+")
+fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("locked", flush=True)
+for line in sys.stdin:
+    t = time.monotonic()
+    try:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+        print("ok", round(time.monotonic() - t, 2), flush=True)
+    except OSError as e:
+        print("error", e.errno, round(time.monotonic() - t, 2), flush=True)
+"""
+CWD_WORKER = """
+import os, sys
+for line in sys.stdin:
+    try:
+        open("cwd-" + line.strip(), "w").write("x")
+        print("ok", len(os.listdir(".")), flush=True)
+    except OSError as e:
+        print("error", e.errno, flush=True)
+"""
+
+
+def err_name(e: OSError) -> str:
+    return errno.errorcode.get(e.errno or 0, str(e.errno))
+
+
+class Flow(uml_appliance.Flow):
+    mounts = Path("/run/mnt")
+    daemons: list[subprocess.Popen[bytes]]
+
+    def volume(self, claim: str, namespace: str = "default") -> dict[str, Any]:
+        def bound() -> bool:
+            return self.kubectl("get", "pvc", claim, "-n", namespace, "-o", "jsonpath={.status.phase}") == "Bound"
+        self.until(bound, f"claim {claim} Bound")
+        pv_name = self.kubectl("get", "pvc", claim, "-n", namespace, "-o", "jsonpath={.spec.volumeName}")
+        pv: dict[str, Any] = json.loads(self.kubectl("get", "pv", pv_name, "-o", "json"))
+        return pv
+
+    @contextmanager
+    def mounted(self, pv: dict[str, Any], options: list[str] | None = None) -> Iterator[Path]:
+        """Mount as the kubelet does (PV's mountOptions unless ``options``), unmount afterwards."""
+        nfs = pv["spec"]["nfs"]
+        opts = pv["spec"].get("mountOptions", []) if options is None else options
+        target = self.mounts / f"{pv['metadata']['name']}-{len(list(self.mounts.glob('*')))}"
+        target.mkdir(parents=True)
+        argv = ["mount", "-t", "nfs", *(["-o", ",".join(opts)] if opts else []), f"{nfs['server']}:{nfs['path']}",
+                str(target)]
+        self.sh(*argv, timeout=60)
+        try:
+            yield target
+        finally:
+            r = self.sh("umount", str(target), check=False, timeout=60)
+            if r.returncode != 0:
+                self.sh("umount", "-l", str(target), check=False)
+
+    def as_user(self, uid: int, groups: list[int], *argv: str) -> subprocess.CompletedProcess[str]:
+        g = ",".join(map(str, groups)) if groups else "-"
+        prefix = ["setpriv", f"--reuid={uid}", f"--regid={groups[0] if groups else uid}"]
+        prefix += [f"--groups={g}"] if groups else ["--clear-groups"]
+        return self.sh(*prefix, *argv, check=False)
+
+    def class_and_claim(self, name: str, *, params: dict[str, str] | None = None, size: str = "1Mi",
+                        expand: bool = False, reclaim: str = "Delete") -> dict[str, Any]:
+        doc = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name},
+               "provisioner": "example.com/nfs", "mountOptions": ["vers=4.1"], "reclaimPolicy": reclaim,
+               "allowVolumeExpansion": expand, "parameters": params or {}}
+        claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                 "metadata": {"name": name, "namespace": "default"},
+                 "spec": {"storageClassName": name, "accessModes": ["ReadWriteMany"],
+                          "resources": {"requests": {"storage": size}}}}
+        self.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": [doc, claim]}))
+        return self.volume(name)
+
+    # ------------------------------------------------------------------ steps
+
+    def classic(self) -> dict[str, Any]:
+        kube_config = REPO / "deploy" / "kube-config"
+        self.kubectl("apply", "-f", str(kube_config / "class.yaml"), "-f", str(kube_config / "claim.yaml"),
+                     "-n", "default")
+        pv = self.volume("nfs")
+        server_dir = Path(pv["spec"]["nfs"]["path"])
+        seen: dict[str, Any] = {"mountOptions": pv["spec"].get("mountOptions")}
+        for label, options in (("pv", None), ("vers=3", ["vers=3"]), ("vers=4.2", ["vers=4.2"])):
+            started = time.monotonic()
+            with self.mounted(pv, options) as mnt:
+                mount_s = time.monotonic() - started
+                data = os.urandom(MiB + 12345)
+                name = f"big-{label}"
+                with open(mnt / name, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                assert (mnt / name).read_bytes() == data, "read back through the mount differs"
+                assert (server_dir / name).read_bytes() == data, "the server's file differs from what was written"
+                made = self.as_user(USER, [], "sh", "-c", f"echo u > {mnt}/by-user-{label}")
+                assert made.returncode == 0, made.stderr
+                ls = self.sh("ls", "-ln", str(mnt)).stdout
+                owners = {line.split()[-1]: (line.split()[2], line.split()[3]) for line in ls.splitlines()[1:]}
+                assert owners[name] == ("0", "0"), ls
+                assert owners[f"by-user-{label}"][0] == str(USER), ls
+                self.sh("sync")
+                proc_mounts = [m for m in Path("/proc/mounts").read_text().splitlines() if str(mnt) in m]
+                seen[label] = {"mount_seconds": round(mount_s, 2), "mount": proc_mounts[0].split()[2:4],
+                               "md5": hashlib.md5(data).hexdigest()}
+        return seen
+
+    def gid_and_squash(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        pv = self.class_and_claim("gid-nfs", params={"gid": str(GROUP)})
+        with self.mounted(pv) as mnt:
+            member = self.as_user(USER, [USER, GROUP], "touch", f"{mnt}/member")
+            stranger = self.as_user(OTHER, [OTHER], "touch", f"{mnt}/stranger")
+            assert member.returncode == 0, f"a member of gid {GROUP} could not create a file: {member.stderr}"
+            assert stranger.returncode != 0, "a process without the class's gid created a file"
+            out["gid"] = {"member": "created", "stranger": stranger.stderr.strip()}
+        squashed = self.class_and_claim("squash-nfs", params={"rootSquash": "true"})
+        plain = self.volume("nfs")
+        for label, pv, squash in (("rootSquash", squashed, True), ("no rootSquash", plain, False)):
+            with self.mounted(pv) as mnt:
+                Path(mnt / "root-made").write_text("r")
+                owner = os.stat(mnt / "root-made").st_uid
+                secret = mnt / f"secret-{USER}"
+                made = self.as_user(USER, [], "sh", "-c", f"umask 077; echo s > {secret}")
+                assert made.returncode == 0, made.stderr
+                try:
+                    secret.read_text()
+                    root_reads = "read"
+                except OSError as e:
+                    root_reads = err_name(e)
+                if squash:
+                    assert owner != 0, f"root's file belongs to uid 0 on a rootSquash volume ({label})"
+                    assert root_reads != "read", "root read another user's 0600 file on a rootSquash volume"
+                else:
+                    assert owner == 0, owner
+                    assert root_reads == "read", root_reads
+                out[label] = {"root_file_uid": owner, "root_reads_0600_of_other": root_reads}
+        return out
+
+    def quota(self) -> dict[str, Any]:
+        """With --enable-xfs-quota: writes through the kernel mount stop at the claim's size, and expansion
+        makes room. ``df`` is recorded as the client sees it (Ganesha's VFS FSAL answers statfs for the
+        export's whole filesystem, not for the directory's project)."""
+        self.stop_appliance()
+        self.start_appliance(extra=["--enable-xfs-quota"])
+        pv = self.class_and_claim("quota-kc", size="2Mi", expand=True)
+        out: dict[str, Any] = {}
+        with self.mounted(pv) as mnt:
+            df, fs = os.statvfs(mnt), os.statvfs(self.xfs)
+            out["df_on_mount_bytes"] = df.f_blocks * df.f_frsize
+            out["df_of_export_filesystem_bytes"] = fs.f_blocks * fs.f_frsize
+            server_dir = os.statvfs(pv["spec"]["nfs"]["path"])
+            out["df_in_volume_on_server_bytes"] = server_dir.f_blocks * server_dir.f_frsize
+            assert out["df_in_volume_on_server_bytes"] == 2 * MiB, out
+            assert out["df_on_mount_bytes"] == out["df_of_export_filesystem_bytes"], out
+            out["write_error"], out["written"] = self.fill(mnt / "fill-1")
+            assert out["write_error"] in ("ENOSPC", "EDQUOT") and out["written"] <= 2 * MiB, out
+            self.kubectl("patch", "pvc", "quota-kc", "-p", '{"spec":{"resources":{"requests":{"storage":"4Mi"}}}}')
+            self.until(lambda: self.kubectl("get", "pvc", "quota-kc", "-o", "jsonpath={.status.capacity.storage}")
+                       == "4Mi", "claim capacity 4Mi")
+            more_error, more = self.fill(mnt / "fill-2")
+            out["after_expansion"] = {"written": more, "error": more_error}
+            assert more >= MiB and out["written"] + more <= 4 * MiB, out
+        return out
+
+    @staticmethod
+    def fill(path: Path) -> tuple[str, int]:
+        """Write and fsync 64 KiB chunks until an error (the quota): the error's name and the bytes that
+        were durably written (the kernel client reports a full quota at fsync, not at write)."""
+        written = 0
+        chunk = os.urandom(64 * 1024)
+        try:
+            with open(path, "wb") as f:
+                for _ in range(1024):
+                    f.write(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+                    written += len(chunk)
+        except OSError as e:
+            return err_name(e), written
+        return "none", written
+
+    def restarts(self, *, extra: list[str]) -> dict[str, Any]:
+        """A file open for writing and a process whose cwd is in the mount survive appliance restarts."""
+        if extra:  # a configuration of its own: restart with it, then make a fresh volume under it
+            self.stop_appliance()
+            self.start_appliance(extra=extra)
+        name = f"restart{len(extra)}"
+        pv = self.class_and_claim(name)
+        out: dict[str, Any] = {}
+        with self.mounted(pv) as mnt:
+            writer = open(mnt / "kept-open", "w+b")  # noqa: SIM115 - held across the restarts
+            worker = subprocess.Popen([sys.executable, "-c", CWD_WORKER], cwd=mnt, stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+            try:
+                for how in (signal.SIGTERM, signal.SIGKILL):
+                    label = signal.Signals(how).name
+                    writer.write(f"before {label}\n".encode())
+                    writer.flush()
+                    os.fsync(writer.fileno())
+                    self.stop_appliance(how)
+                    down = time.monotonic()
+                    self.start_appliance(extra=extra)
+                    writer.write(f"after {label}\n".encode())
+                    try:
+                        writer.flush()
+                        os.fsync(writer.fileno())
+                        writer.seek(0)
+                        content = writer.read().decode()
+                        fd_result = "ok" if f"after {label}" in content else f"lost data: {content!r}"
+                    except OSError as e:
+                        fd_result = err_name(e)
+                    outage = round(time.monotonic() - down, 2)
+                    assert worker.stdin is not None and worker.stdout is not None
+                    worker.stdin.write(f"{label}\n")
+                    worker.stdin.flush()
+                    cwd_result = worker.stdout.readline().strip()
+                    out[label] = {"open_fd": fd_result, "cwd": cwd_result, "seconds_down_to_first_io": outage}
+                assert all(v["open_fd"] == "ok" and v["cwd"].startswith("ok") for v in out.values()), out
+            finally:
+                writer.close()
+                if worker.stdin is not None:
+                    worker.stdin.close()
+                worker.wait(30)
+        return out
+
+    def delete_while_mounted(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        victim = self.class_and_claim("gone-nfs")
+        other = self.volume("nfs")
+        archived = self.class_and_claim("archive-nfs", params={"onDelete": "archive"})
+        with self.mounted(victim) as mnt, self.mounted(other) as other_mnt, self.mounted(archived) as arch_mnt:
+            (mnt / "mine").write_text("victim data")
+            (other_mnt / "theirs").write_text("other data")
+            (arch_mnt / "kept").write_text("archived data")
+            for claim, path, file in (("gone-nfs", mnt, "mine"), ("archive-nfs", arch_mnt, "kept")):
+                pv_name = self.kubectl("get", "pvc", claim, "-o", "jsonpath={.spec.volumeName}")
+                self.kubectl("delete", "pvc", claim, "--wait=false")
+                self.until(lambda n=pv_name: self.sh("kubectl", "get", "pv", n, check=False).returncode != 0,
+                           f"PV {pv_name} deleted")
+                results = {}
+                for op, fn in (("listdir", lambda p=path: os.listdir(p)),
+                               ("read", lambda p=path, f=file: (p / f).read_text()),
+                               ("create", lambda p=path: (p / "new").write_text("x"))):
+                    try:
+                        value = fn()
+                        results[op] = f"succeeded: {value!r}"[:120]
+                    except OSError as e:
+                        results[op] = err_name(e)
+                out[claim] = results
+                assert "other data" not in json.dumps(results) and "theirs" not in json.dumps(results), results
+                assert not any(r.startswith("succeeded") for r in results.values()), results
+            archive = self.export / ".archive"
+            kept = [p for p in archive.glob("*/kept")] if archive.exists() else []
+            assert kept and kept[0].read_text() == "archived data", "archived data is not on the server"
+            assert (other_mnt / "theirs").read_text() == "other data", "the other volume was disturbed"
+            out["archive_on_server"] = str(kept[0].parent.name)
+        return out
+
+
+    def grace(self) -> dict[str, Any]:
+        """A client holding an fcntl lock across a restart reclaims it during the grace period; another
+        client (libnfs, a different NFSv4 client id) cannot open until grace ends. Without grace the others
+        go on at once and the lock is lost: its holder's next write fails with EIO (the kernel client marks
+        the state lost rather than risk a conflicting write). Measured: the seconds from the restart until
+        the lock holder's next write returns."""
+        out: dict[str, Any] = {}
+        pv = self.volume("nfs")
+        server_file = Path(pv["spec"]["nfs"]["path"]) / "locked"
+        for grace in (GRACE, 0):
+            self.stop_appliance()
+            self.start_appliance(extra=[f"--grace-period={grace}"])
+            with self.mounted(pv) as mnt:
+                holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(mnt / "locked")],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                assert holder.stdin is not None and holder.stdout is not None
+                try:
+                    assert holder.stdout.readline().strip() == "locked"
+                    before = self.server_locks(server_file)
+                    assert before, "the lock is not held on the server"
+                    self.stop_appliance()
+                    restarted = time.monotonic()
+                    self.start_appliance(extra=[f"--grace-period={grace}"])
+                    other = self.sh("nfs-cat", f"nfs://127.0.0.1{pv['spec']['nfs']['path']}/locked?version=4",
+                                    check=False, timeout=60)
+                    holder.stdin.write("after restart\n")
+                    holder.stdin.flush()
+                    answer = holder.stdout.readline().split()
+                    resumed = round(time.monotonic() - restarted, 2)
+                    out[f"grace={grace}"] = {
+                        "holder_write": answer, "seconds_from_restart_to_holder_write": resumed,
+                        "other_client_open_at_once": "ok" if other.returncode == 0 else other.stderr.strip()[-160:],
+                        "lock_on_server_after": bool(self.server_locks(server_file)),
+                    }
+                    if grace:  # reclaimed: the holder goes on, others wait for the end of grace
+                        assert answer and answer[0] == "ok", out
+                        assert out[f"grace={grace}"]["lock_on_server_after"], "the lock was not reclaimed"
+                        assert other.returncode != 0, f"another client opened during the {grace}s grace period"
+                    else:  # graceless: others go on at once, the lock is lost and its holder gets EIO
+                        assert answer[:2] == ["error", str(errno.EIO)], out
+                        assert not out[f"grace={grace}"]["lock_on_server_after"], out
+                        assert other.returncode == 0, other.stderr
+                finally:
+                    holder.stdin.close()
+                    holder.wait(30)
+        self.stop_appliance()
+        self.start_appliance()
+        return out
+
+    def kernel_server(self) -> dict[str, Any]:
+        """--use-ganesha=false --run-server=false: the kernel's nfsd (the kernel's own module) serves a new
+        volume from the appliance's /etc/exports line, and a kernel client mounts it with vers=3 (NFSv4
+        needs every directory up to / in the pseudo root, and UML's / is hostfs, which nfsd cannot export).
+        Runs last: it gives this boot a writable /etc and /var/lib/nfs."""
+        self.stop_appliance()
+        run = Path("/run/kernel-server")
+        for target in (Path("/etc"), Path("/var/lib/nfs")):
+            copy = run / target.name
+            shutil.copytree(target, copy, symlinks=True, ignore_dangling_symlinks=True, dirs_exist_ok=True)
+            self.sh("mount", "--bind", str(copy), str(target))
+        Path("/etc/exports").write_text("")
+        self.sh("mount", "-t", "nfsd", "nfsd", "/proc/fs/nfsd")
+        self.daemons = [subprocess.Popen(["rpcbind", "-f", "-w"])]
+        time.sleep(0.5)
+        self.sh(str(NFS_KERNEL_SERVER / "exportfs"), "-ra")
+        self.daemons.append(subprocess.Popen([str(NFS_KERNEL_SERVER / "rpc.mountd"), "-F", "--no-udp"],
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.sh(str(NFS_KERNEL_SERVER / "rpc.nfsd"), "4")
+        os.environ["PATH"] = f"{NFS_KERNEL_SERVER}:{os.environ['PATH']}"  # the appliance's exportfs
+        try:
+            self.start_appliance(extra=["--use-ganesha=false", "--run-server=false"])
+            pv = self.class_and_claim("kernel-nfs")
+            line = [ln for ln in Path("/etc/exports").read_text().splitlines() if pv["metadata"]["name"] in ln]
+            assert line, Path("/etc/exports").read_text()
+            out: dict[str, Any] = {"exports_line": line[0]}
+            with self.mounted(pv, ["vers=3"]) as mnt:
+                data = os.urandom(MiB)
+                (mnt / "through-nfsd").write_bytes(data)
+                self.sh("sync")
+                assert (Path(pv["spec"]["nfs"]["path"]) / "through-nfsd").read_bytes() == data
+                assert (mnt / "through-nfsd").read_bytes() == data
+                out["proc_mounts"] = [m for m in Path("/proc/mounts").read_text().splitlines() if str(mnt) in m]
+            return out
+        finally:
+            self.stop_appliance()
+            self.sh(str(NFS_KERNEL_SERVER / "rpc.nfsd"), "0", check=False)
+            for d in self.daemons:
+                d.terminate()
+                d.wait(10)
+
+    @staticmethod
+    def server_locks(path: Path) -> list[str]:
+        """The POSIX/OFD locks the (shared) kernel holds on ``path``'s inode: Ganesha's, for its clients."""
+        st = os.stat(path)
+        tag = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        return [line for line in Path("/proc/locks").read_text().splitlines() if tag in line]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--xfs", type=Path, required=True)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--results", type=Path, required=True)
+    args = parser.parse_args()
+    flow = Flow(xfs=args.xfs, work=args.work, flags=FLAGS)
+    flow.mounts.mkdir(parents=True, exist_ok=True)
+    steps: dict[str, Callable[[], Any]] = {
+        "start": flow.start,
+        "classic_flow_as_the_kubelet_mounts_it": flow.classic,
+        "gid_and_root_squash_as_pods_see_them": flow.gid_and_squash,
+        "restarts_keep_handles_valid": lambda: flow.restarts(extra=[]),
+        "restarts_keep_handles_valid_without_device_fsids": lambda: flow.restarts(
+            extra=["--device-based-fsids=false"]),
+        "delete_and_archive_while_mounted": flow.delete_while_mounted,
+        "grace_and_lock_reclaim": flow.grace,
+        "quota_writes_and_df_through_the_mount": flow.quota,
+        "kernel_server_mode": flow.kernel_server,
+    }
+    assert tuple(steps) == STEPS
+    try:
+        for name, fn in steps.items():
+            try:
+                flow.step(name, fn)
+            except BaseException:  # noqa: BLE001 - recorded; later steps still run unless the start failed
+                traceback.print_exc()
+                if name == "start":
+                    break
+    finally:
+        flow.stop()
+    return flow.write_results(args.results)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
