@@ -97,7 +97,8 @@ def contained(tmp_path: Path) -> Iterator[tuple[Harness, Layout]]:
 
 
 ESCAPES = {
-    "host-mount": "open: Ganesha (4.3, 9.14) follows LOOKUPP across the export root's mount and claims the filesystem above",
+    "host-mount": "open: Ganesha (4.3, 9.14) follows LOOKUPP across the export root's mount and claims the "
+                  "filesystem above",
     "directory": "open: the export root's filesystem is the host's, and a handle opens any file of it",
 }
 LAYOUTS = ["container", *(pytest.param(k, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=r))
@@ -280,8 +281,8 @@ def test_root_squashed_forgers_cannot_enter_the_appliances_state_or_an_archived_
 
 # --- what does not hold: volumes of one filesystem -------------------------------------------------------------------
 
-OPEN = ("open with Ganesha 4.3 and 9.14: all volumes are directories of one filesystem, a handle names an inode of it and "
-        "Ganesha has no subtree check (docs/security.md)")
+OPEN = ("open with Ganesha 4.3 and 9.14: all volumes are directories of one filesystem, a handle names an inode of "
+        "it and Ganesha has no subtree check (docs/security.md)")
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=OPEN)

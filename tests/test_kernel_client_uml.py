@@ -14,7 +14,7 @@ import pytest
 
 from tests import uml
 
-pytestmark = [pytest.mark.uml, pytest.mark.ganesha]
+pytestmark = [pytest.mark.uml, pytest.mark.ganesha, pytest.mark.kclient]
 
 EXPORT_MOUNT = "/run/export"
 
