@@ -127,7 +127,17 @@ def test_stale_in_flight_records_never_delete_a_volume_whose_pv_exists(
     wait.until(lambda: volumes_made(appliance) >= 30, timeout=60, what="the burst under way")
     appliance.kill()
     journal = appliance.export_root / ".provisioning"
-    pvs = [p for p in core.list_persistent_volume().items if p.spec.storage_class_name == cls]
+
+    def saved() -> list[client.V1PersistentVolume]:
+        return [p for p in core.list_persistent_volume().items if p.spec.storage_class_name == cls]
+    # A PV create the appliance sent just before its death may still land: wait until the set is settled.
+    seen: list[set[str]] = []
+
+    def settled() -> bool:  # the same set for 1.5 s
+        seen.append({p.metadata.name for p in saved()})
+        return len(seen) > 3 and seen[-1] == seen[-4]
+    wait.until(settled, timeout=30, interval=0.5, what="the PVs saved before the kill settled")
+    pvs = saved()
     assert pvs, "no PV was saved before the kill; nothing was tested"
     for pv in pvs:
         (appliance.export_root / pv.metadata.name / "user-data").write_text(f"data of {pv.metadata.name}\n")

@@ -7,7 +7,7 @@ Start sequence (``GaneshaServer.start``):
 1. directories under the export root (config, recovery) and the run directory;
 2. a private ``dbus-daemon`` (own config and socket) unless ``dbus_address`` is given;
    wait until it answers ``ListNames`` (Ganesha never reconnects to a late bus);
-3. with NFSv3: ``rpcbind -f -w`` unless one already answers, then ``rpc.statd`` on port 662;
+3. with NFSv3: ``rpcbind -f -w`` unless one already answers, then ``rpc.statd`` on port 662 (outgoing 2020);
 4. ganesha.conf rendered, the export index rebuilt from the export files;
 5. ``ganesha.nfsd -F`` with a bounded RLIMIT_NOFILE and its log to a file; ready when its
    name is on the bus, ShowExports answers and its log says the server is initialized;
@@ -258,7 +258,8 @@ class GaneshaServer:
         (statd_dir / "sm").mkdir(parents=True, exist_ok=True)
         (statd_dir / "sm.bak").mkdir(parents=True, exist_ok=True)
         self._statd_proc = self.launcher.spawn(
-            ["rpc.statd", "-F", "--no-notify", "-p", str(self.settings.ports.statd), "-P", str(statd_dir)],
+            ["rpc.statd", "-F", "--no-notify", "-p", str(self.settings.ports.statd),
+             "-o", str(self.settings.ports.statd_outgoing), "-P", str(statd_dir)],
             log_file=self.run_dir / "statd.log",
             nofile=HELPER_NOFILE,
         )

@@ -49,6 +49,9 @@ class Ports:
     """Rquota_Port (NFSv3 only)."""
     statd: int = 662
     """rpc.statd's port (NFSv3 only)."""
+    statd_outgoing: int = 2020
+    """rpc.statd's source port for its notifications (NFSv3 only). Fixed: a random reserved port could be
+    rquota's 875 (or another of these) and make Ganesha fail to bind it at start."""
 
 
 @dataclasses.dataclass(frozen=True)
