@@ -12,7 +12,9 @@ import pytest
 
 from tests import uml, uml_kclient
 
-pytestmark = [pytest.mark.kclient, pytest.mark.uml, pytest.mark.e2e]
+# One UML boot runs every step (control plane, appliance restarts, grace): ~5 min with Ganesha 4.3, ~11 min
+# with 9.14 on 2 cores (UML makes its syscalls dear), so the module's first test may wait that long.
+pytestmark = [pytest.mark.kclient, pytest.mark.uml, pytest.mark.e2e, pytest.mark.timeout(1500)]
 
 XFS_MOUNT = "/run/xfs"
 
@@ -23,7 +25,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     disk = uml.Disk(image=uml.make_xfs_image(work / "export.img", size_mb=300), mount_point=XFS_MOUNT)
     out = work / "results.json"
     result = uml.run([sys.executable, "-m", "tests.uml_kclient", "--xfs", XFS_MOUNT, "--work", str(work),
-                      "--results", str(out)], workdir=work, disks=[disk], mem_mb=2048, timeout=900,
+                      "--results", str(out)], workdir=work, disks=[disk], mem_mb=2048, timeout=1400,
                      modules=["nfsv4", "nfsv3", "nfsd"], env={"NFSP_CACHE_DIR": str(uml.CACHE)})
     print(f"UML run took {result.seconds:.1f}s, exit code {result.returncode}\n{result.output[-5000:]}")
     if not out.exists():
