@@ -57,12 +57,12 @@ def test_uml_harness_reports_inner_failures(tmp_path: Path) -> None:
     the host outside the work directory is read-only inside, a disk that cannot
     be mounted is reported as a setup failure, and a run that does not finish
     is killed and reported as such."""
-    outside = tmp_path / "outside-the-workdir"  # under /tmp: a tmpfs of UML's own in there
+    outside = tmp_path / "outside-the-workdir"  # under /tmp: UML's own tmpfs there, never the host's
     in_repo = uml.REPO / f".uml-write-probe-{tmp_path.name}"
-    script = f"echo from-inside; touch {outside}; touch {in_repo} || echo read-only-outside; exit 3"
+    script = f"echo from-inside; touch {outside}; touch {in_repo} || echo read-only-repo; exit 3"
     failed = uml.run(["sh", "-c", script], workdir=tmp_path / "fail", timeout=60)
     assert failed.returncode == 3 and "from-inside" in failed.output
-    assert "read-only-outside" in failed.output, "the host's / was writable inside UML"
+    assert "read-only-repo" in failed.output, f"the host's / was writable inside UML: {failed.output}"
     assert not outside.exists() and not in_repo.exists(), "a write inside UML reached the host outside the workdir"
     with pytest.raises(AssertionError, match=r"(?s)exited with 3.*from-inside"):
         failed.check()

@@ -32,6 +32,7 @@ import shutil
 import signal
 import string
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -123,6 +124,17 @@ def make_xfs_image(path: Path, *, size_mb: int = 64) -> Path:
     return path
 
 
+def _under_tmp(paths: Sequence[Path]) -> list[Path]:
+    """The paths under /tmp that must stay visible, without those already inside another of them."""
+    inside = sorted({p.resolve() for p in paths if p.resolve().is_relative_to("/tmp") and p.resolve() != Path("/tmp")},
+                    key=lambda p: len(p.parts))
+    kept: list[Path] = []
+    for path in inside:
+        if not any(path.is_relative_to(k) for k in kept):
+            kept.append(path)
+    return kept
+
+
 def _init_script(
     command: Sequence[str], *, workdir: Path, disks: Sequence[Disk], env: Mapping[str, str], cwd: Path,
     modules: Sequence[str], modroot: Path | None,
@@ -132,16 +144,20 @@ def _init_script(
     lines = [
         "#!/bin/sh",
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH",
-        # The host's / is read-only in here; only the work directory is writable. /tmp is a fresh tmpfs
-        # (as in a pod: Ganesha's lock probe writes there), with the work directory shown at its place.
-        "mount -t tmpfs -o mode=1777 tmpfs /tmp || poweroff -f -d",
-        f"mkdir -p {q(str(workdir))} || poweroff -f -d",
+        # The host's / is read-only in here; only the work directory is writable.
         f"mount -t hostfs -o {q(str(workdir))} hostfs {q(str(workdir))} || poweroff -f -d",
+        "mount -t tmpfs -o mode=0755 tmpfs /run || poweroff -f -d",
+        # /tmp is a fresh tmpfs, as in a pod (Ganesha's OFD-lock probe writes there; without it Ganesha
+        # takes no lock on the server's file). What the run needs from the host's /tmp (the work directory,
+        # the repository, the interpreter's prefix) is bound back at its place.
+        "mkdir -p /run/host-tmp && mount --rbind /tmp /run/host-tmp || poweroff -f -d",
+        "mount -t tmpfs -o mode=1777 tmpfs /tmp || poweroff -f -d",
+        *(f"mkdir -p {q(str(path))} && mount --rbind {q(str(Path('/run/host-tmp') / path.relative_to('/tmp')))}"
+          f" {q(str(path))} || poweroff -f -d" for path in _under_tmp((workdir, cwd, Path(sys.prefix)))),
         f"fail() {{ echo \"uml init: $*\" >> {q(str(out))}; echo {SETUP_FAILED} > {q(str(rc))}; poweroff -f -d; }}",
         f": > {q(str(out))}",
         "mount -t proc proc /proc || fail mount proc",
         "mount -t sysfs sysfs /sys || fail mount sysfs",
-        "mount -t tmpfs -o mode=0755 tmpfs /run || fail mount /run",
         "mkdir -p /run/tmp",
         "ip link set lo up || fail lo up",
     ]
