@@ -99,3 +99,36 @@ def test_grace_period_and_recovery_directory_across_restarts(h: Harness) -> None
     srv = h.server(grace_period=0)
     assert srv.dbus.get_grace() is False
     assert nfs.put(b"no grace", vol / "c").returncode == 0
+
+
+def test_statd_is_started_again_when_its_random_reserved_port_is_one_ganesha_needs(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """rpc.statd binds a socket on a random reserved port of 127.0.0.1 besides -p/-o; on 875 Ganesha
+    could not bind rquota and exited (seen once in CI). The real statd's sockets are read from /proc;
+    the first start is made to look like it took rquota's port, and the server starts statd again."""
+    from nfs_provisioner.ganesha import processes
+
+    real = processes.bound_ports
+    seen: list[tuple[int, set[int]]] = []
+
+    def first_clashes(pid: int) -> set[int]:
+        ports = real(pid)
+        seen.append((pid, ports))
+        return ports | {875} if len(seen) == 1 else ports
+
+    monkeypatch.setattr(processes, "bound_ports", first_clashes)
+    ns = h.make_netns(addresses=(f"{ALLOWED}/24",))
+    caplog.set_level("INFO", logger="nfs_provisioner.ganesha.server")
+    srv = h.server(netns=ns.path, mountns=ns.mountns, nfsv3=True, bind_addr=None, ports=Ports())
+    assert len(seen) == 2, seen
+    (first, first_ports), (second, second_ports) = seen
+    # The real statd holds its listener (662) and one more reserved port besides it.
+    for ports in (first_ports, second_ports):
+        assert 662 in ports and any(512 <= p < 1024 and p != 662 for p in ports), ports
+    assert first != second and not Path(f"/proc/{first}").exists(), "the first statd was not stopped"
+    assert srv.helper_pids()["rpc.statd"] == second
+    assert "rpc.statd took port 875, which Ganesha needs; starting it again (1/5)" in caplog.text
+    vol = h.volume("v", content={"f": b"served\n"})
+    srv.exports.add(ExportRequest(name="v", path=vol, clients=("*",)))
+    assert Client(host=ALLOWED, version=3, netns=ns.path).cat(vol / "f").stdout == b"served\n"

@@ -105,7 +105,7 @@ def test_uml_tests_fail_with_one_line_each_when_the_kernel_panics(tmp_path: Path
     wrapper.chmod(0o755)
     env = {**os.environ, "NFSP_UML_KERNEL": str(wrapper)}
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rE",
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rN",
          "tests/test_uml.py::test_kernel_boots_and_loads_its_modules",
          "tests/test_uml.py::test_a_missing_module_is_a_setup_failure"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

@@ -90,7 +90,7 @@ class Flow:
         self.start_appliance()
         return "control plane and appliance up"
 
-    def start_appliance(self, *, extra: Sequence[str] = ()) -> None:
+    def start_appliance(self, *, extra: Sequence[str] = (), wait: bool = True) -> None:
         self.export.mkdir(parents=True, exist_ok=True)
         self.starts += 1
         with self.log.open("ab") as out:
@@ -101,7 +101,10 @@ class Flow:
                  "--provisioner=example.com/nfs", f"--export-root={self.export}", "--server-hostname=127.0.0.1",
                  "--metrics-address=127.0.0.1:9090", "--log-level=DEBUG", *self.flags, *extra],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        if wait:
+            self.wait_ready()
 
+    def wait_ready(self) -> None:
         def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:

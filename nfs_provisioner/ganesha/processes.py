@@ -123,3 +123,28 @@ def tail(path: Path, *, lines: int = 20, max_bytes: int = 16384) -> str:
     except OSError as e:
         return f"(cannot read {path}: {e})"
     return "\n".join(data.splitlines()[-lines:])
+
+
+def bound_ports(pid: int) -> set[int]:
+    """Local TCP/UDP ports (IPv4 and IPv6) of the sockets process ``pid`` holds, read from
+    ``/proc/<pid>/net`` (its own network namespace) and its descriptors. Empty if it is gone."""
+    inodes: set[str] = set()
+    try:
+        for fd in os.scandir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd.path)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    except OSError:
+        return set()
+    ports: set[int] = set()
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports

@@ -7,7 +7,8 @@ Start sequence (``GaneshaServer.start``):
 1. directories under the export root (config, recovery) and the run directory;
 2. a private ``dbus-daemon`` (own config and socket) unless ``dbus_address`` is given;
    wait until it answers ``ListNames`` (Ganesha never reconnects to a late bus);
-3. with NFSv3: ``rpcbind -f -w`` unless one already answers, then ``rpc.statd`` on port 662 (outgoing 2020);
+3. with NFSv3: ``rpcbind -f -w`` unless one already answers, then ``rpc.statd`` on port 662 (outgoing 2020),
+   started again while its random reserved socket sits on a port Ganesha needs;
 4. ganesha.conf rendered, the export index rebuilt from the export files;
 5. ``ganesha.nfsd -F`` with a bounded RLIMIT_NOFILE and its log to a file; ready when its
    name is on the bus, ShowExports answers and its log says the server is initialized;
@@ -37,6 +38,7 @@ from nfs_provisioner.ganesha.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 READY_MARK = "NFS SERVER INITIALIZED"
+STATD_ATTEMPTS = 5
 HELPER_NOFILE = 4096  # rpcbind/statd allocate per-fd tables: a huge limit makes them eat memory
 STABLE_AFTER = 60.0  # seconds of uptime after which the restart backoff resets
 
@@ -254,15 +256,37 @@ class GaneshaServer:
             )
         else:
             log.info("rpcbind already answers on 127.0.0.1; using it")
+        p = self.settings.ports
         statd_dir = self.config_dir / "statd"
         (statd_dir / "sm").mkdir(parents=True, exist_ok=True)
         (statd_dir / "sm.bak").mkdir(parents=True, exist_ok=True)
-        self._statd_proc = self.launcher.spawn(
-            ["rpc.statd", "-F", "--no-notify", "-p", str(self.settings.ports.statd),
-             "-o", str(self.settings.ports.statd_outgoing), "-P", str(statd_dir)],
-            log_file=self.run_dir / "statd.log",
-            nofile=HELPER_NOFILE,
-        )
+        # statd binds one more UDP socket, on a random reserved port of 127.0.0.1 (its socket to the
+        # kernel's lockd, whatever -o says). That can be rquota's 875, and Ganesha then exits at once
+        # ("Cannot bind RQUOTA udp6 socket ... Address already in use"): start it again until it is not.
+        ganesha_ports = {p.nfs, p.mountd, p.nlm, p.rquota}
+        for attempt in range(1, STATD_ATTEMPTS + 1):
+            proc = self.launcher.spawn(
+                ["rpc.statd", "-F", "--no-notify", "-p", str(p.statd), "-o", str(p.statd_outgoing),
+                 "-P", str(statd_dir)],
+                log_file=self.run_dir / "statd.log",
+                nofile=HELPER_NOFILE,
+            )
+            self._statd_proc = proc
+            # Registered with rpcbind means past statd_get_socket(): every socket it will hold is bound.
+            self._wait(
+                "rpc.statd",
+                lambda: " 100024 " in self.launcher.run(["rpcinfo", "-p", "127.0.0.1"]).stdout,
+                proc=proc,
+                timeout=10.0,
+                log_path=self.run_dir / "statd.log",
+            )
+            clash = processes.bound_ports(proc.pid) & ganesha_ports
+            if not clash:
+                return
+            log.info("rpc.statd took port %s, which Ganesha needs; starting it again (%d/%d)",
+                     ",".join(map(str, sorted(clash))), attempt, STATD_ATTEMPTS)
+            processes.stop(proc, what="rpc.statd", timeout=self.settings.stop_timeout)
+        raise errors.ServerError(f"rpc.statd took a port Ganesha needs in {STATD_ATTEMPTS} starts in a row")
 
     def _start_ganesha(self) -> None:
         s = self.settings

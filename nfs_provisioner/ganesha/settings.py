@@ -50,8 +50,8 @@ class Ports:
     statd: int = 662
     """rpc.statd's port (NFSv3 only)."""
     statd_outgoing: int = 2020
-    """rpc.statd's source port for its notifications (NFSv3 only). Fixed: a random reserved port could be
-    rquota's 875 (or another of these) and make Ganesha fail to bind it at start."""
+    """rpc.statd's source port for its notifications (NFSv3 only). Its socket to lockd still takes a random
+    reserved port of 127.0.0.1; the server starts statd again when that lands on one of Ganesha's."""
 
 
 @dataclasses.dataclass(frozen=True)
