@@ -4,6 +4,7 @@ container's own Ganesha."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import urllib.request
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from nfs_provisioner.volumes import containment
 from tests import kubecluster, wait
 from tests.container_env import LIMITS, RUN_FLAGS, Podman
 from tests.ganesha_env import Client, free_port
@@ -112,3 +114,24 @@ def test_container_provisions_and_serves_over_nfs(container: dict[str, object], 
     core.delete_namespaced_persistent_volume_claim("nfs", namespace)
     wait.until(lambda: not (export / pv.metadata.name).exists(), timeout=60, what="volume directory removed")
     storage.delete_storage_class(cls)
+
+
+def test_a_seccomp_profile_that_forbids_file_handles_stops_the_start_with_one_line(
+        image: tuple[Podman, str], cluster: kubecluster.Cluster, tmp_path: Path) -> None:
+    """containerd 1.6's RuntimeDefault answers name_to_handle_at with EPERM, and then every export failed later
+    with a Ganesha log line only. A profile doing the same: the appliance exits 1 at once, saying so."""
+    podman, tag = image
+    profile = tmp_path / "seccomp.json"
+    profile.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["name_to_handle_at"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}))
+    (tmp_path / "export").mkdir()
+    r = podman("run", "--rm", *RUN_FLAGS, *LIMITS, "--network=host", "--cap-add", "DAC_READ_SEARCH",
+               "--security-opt", f"seccomp={profile}", "-v", f"{tmp_path / 'export'}:/export",
+               "-v", f"{cluster.kubeconfig}:/kubeconfig:ro", tag, "--kubeconfig=/kubeconfig",
+               "--provisioner=example.com/nfs-seccomp", f"--nfs-port={free_port()}", "--nfsv3=false",
+               "--server-hostname=127.0.0.1", "--metrics-address=", check=False, timeout=120)
+    assert r.returncode == 1, r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]
+    assert errors == ["nfs-provisioner: error: name_to_handle_at(2) on export root /export failed (EPERM): "
+                      f"{containment.RUNTIME_HINT}"], r.stderr
+    assert "Traceback" not in r.stderr and not list((tmp_path / "export").glob("pvc-*"))

@@ -76,7 +76,7 @@ def test_workloads_need_privileged_pod_security_and_say_why(cluster: kubecluster
 def test_pods_are_not_privileged_and_add_one_capability() -> None:
     for manifest in WORKLOADS:
         for doc in yaml.safe_load_all((DEPLOY / manifest).read_text()):
-            if not doc or doc["kind"] == "ServiceAccount" or doc["kind"] == "Service":
+            if not doc or doc["kind"] not in ("Pod", "Deployment", "StatefulSet", "DaemonSet"):
                 continue
             spec = doc["spec"] if doc["kind"] == "Pod" else doc["spec"]["template"]["spec"]
             (c,) = spec["containers"]
@@ -102,3 +102,13 @@ def test_service_exposes_the_six_nfs_ports_on_tcp_and_udp() -> None:
         assert got == {(p, proto) for p in (2049, 20048, 32803, 875, 111, 662) for proto in ("TCP", "UDP")}
     (dep,) = [d for d in yaml.safe_load_all((DEPLOY / "deployment.yaml").read_text()) if d["kind"] == "Deployment"]
     assert dep["spec"]["strategy"]["type"] == "Recreate" and dep["spec"]["replicas"] == 1
+
+
+def test_pod_yaml_is_self_contained_and_its_namespace_and_rbac_are_the_shared_ones() -> None:
+    """`kubectl create -f pod.yaml` alone is the quick start: it carries the Namespace and the RBAC,
+    document for document the same as namespace.yaml and rbac.yaml."""
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "pod.yaml").read_text()) if d]
+    assert [d["kind"] for d in docs] == ["Namespace", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+                                         "ServiceAccount", "Pod"]
+    shared = [d for f in ("namespace.yaml", "rbac.yaml") for d in yaml.safe_load_all((DEPLOY / f).read_text()) if d]
+    assert docs[:5] == shared

@@ -121,6 +121,8 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
         raise StartupError(f"export root {root}: {e}") from e
     log.info("identity %s, export root %s", ident, root)
     containment.warn(root)
+    if s.use_ganesha and s.run_server and (problem := containment.handle_problem(root)):
+        raise StartupError(problem)
 
     registry = CollectorRegistry()
     quotas = None

@@ -74,15 +74,74 @@ def mount_of(path: Path, *, mountinfo: Path = MOUNTINFO) -> Mount:
     return best
 
 
-def serves_handles(path: Path) -> bool:
-    """Whether the kernel makes a file handle for ``path`` (what Ganesha needs to serve a filesystem)."""
+def _name_to_handle(path: Path) -> ctypes.Array[ctypes.c_char]:
+    """``name_to_handle_at(2)`` of ``path``: the ``struct file_handle`` bytes, or OSError with its errno."""
     libc = ctypes.CDLL(None, use_errno=True)
     buf = ctypes.create_string_buffer(8 + MAX_HANDLE_SZ)
     ctypes.c_uint.from_buffer(buf).value = MAX_HANDLE_SZ
     mount_id = ctypes.c_int()
     at_fdcwd = -100
-    rc = libc.name_to_handle_at(at_fdcwd, os.fsencode(path), buf, ctypes.byref(mount_id), 0)
-    return bool(rc == 0)
+    if libc.name_to_handle_at(at_fdcwd, os.fsencode(path), buf, ctypes.byref(mount_id), 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return buf
+
+
+def serves_handles(path: Path) -> bool:
+    """Whether the kernel makes a file handle for ``path`` (what Ganesha needs to serve a filesystem)."""
+    try:
+        _name_to_handle(path)
+    except OSError:
+        return False
+    return True
+
+
+CAP_DAC_READ_SEARCH = 2
+RUNTIME_HINT = ("the container runtime's seccomp profile forbids it (containerd before 2.0 does under "
+                "RuntimeDefault); use containerd >= 2.0 or CRI-O, or a profile that allows name_to_handle_at and "
+                "open_by_handle_at (docs/appliance.md, Container runtime)")
+
+
+def _has_capability(cap: int, *, status: Path = Path("/proc/self/status")) -> bool:
+    for line in status.read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> cap & 1)
+    return False
+
+
+def handle_problem(export_root: Path) -> str | None:
+    """Why Ganesha's VFS backend could not serve ``export_root`` (one line), or None: it needs
+    ``name_to_handle_at(2)`` (a file handle for every file it serves) and ``open_by_handle_at(2)`` (which needs
+    CAP_DAC_READ_SEARCH). Found out at start-up, before any export would fail with a Ganesha log line only."""
+    what = f"name_to_handle_at(2) on export root {export_root}"
+    try:
+        handle = _name_to_handle(export_root)
+    except OSError as e:
+        if e.errno in (errno.EPERM, errno.EACCES, errno.ENOSYS):
+            return f"{what} failed ({errno.errorcode[e.errno]}): {RUNTIME_HINT}"
+        if e.errno == errno.EOPNOTSUPP:
+            fs = mount_of(export_root).fstype
+            return (f"{what} failed (EOPNOTSUPP): its filesystem ({fs}) makes no file handles, so NFS-Ganesha "
+                    "cannot export it; put the export root on a filesystem that does (ext4, xfs, btrfs, ...)")
+        return f"{what} failed: {e}"
+    libc = ctypes.CDLL(None, use_errno=True)
+    mount_fd = os.open(export_root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = libc.open_by_handle_at(mount_fd, handle, os.O_RDONLY | os.O_DIRECTORY)
+        err = ctypes.get_errno()
+    finally:
+        os.close(mount_fd)
+    if fd >= 0:
+        os.close(fd)
+        return None
+    what = f"open_by_handle_at(2) on export root {export_root}"
+    if err == errno.EPERM and not _has_capability(CAP_DAC_READ_SEARCH):
+        return (f"{what} failed (EPERM): the process lacks CAP_DAC_READ_SEARCH, which NFS-Ganesha needs to open "
+                "files by handle; add it (securityContext.capabilities.add: [DAC_READ_SEARCH], podman/docker "
+                "--cap-add DAC_READ_SEARCH)")
+    if err in (errno.EPERM, errno.EACCES, errno.ENOSYS):
+        return f"{what} failed ({errno.errorcode[err]}): {RUNTIME_HINT}"
+    return f"{what} failed: {os.strerror(err)}"
 
 
 def problems(export_root: Path, *, mountinfo: Path = MOUNTINFO) -> list[str]:
