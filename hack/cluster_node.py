@@ -499,19 +499,21 @@ def _pids_in_kubepods() -> set[int]:
 
 
 def _shim_pids(node: Node) -> set[int]:
-    """containerd-shim-runc-v2 processes of this node (they outlive containerd): their shim.pid files,
-    checked against /proc/PID/exe."""
-    shim = (containerd_dir_of(node) / "containerd-shim-runc-v2").resolve()
+    """containerd-shim-runc-v2 processes of this node (they outlive containerd): our shim binary,
+    working directory in this node's task state."""
+    shim = (containerd_dir_of() / "containerd-shim-runc-v2").resolve()
+    tasks = str((node.ctd / "state").resolve()) + "/"
     out = set()
-    for f in (node.ctd / "state").glob("io.containerd.runtime.v2.task/*/*/shim.pid"):
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(f.read_text())
-            if Path(os.readlink(f"/proc/{pid}/exe")).resolve() == shim:
-                out.add(pid)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if Path(os.readlink(proc / "exe")) == shim and os.readlink(proc / "cwd").startswith(tasks):
+                out.add(int(proc.name))
     return out
 
 
-def containerd_dir_of(node: Node) -> Path:
+def containerd_dir_of() -> Path:
     cache = Path(os.environ.get("NFSP_CACHE_DIR", Path.home() / ".cache" / "nfs-provisioner"))
     return containerd_dir(cache)
 
