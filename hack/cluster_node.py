@@ -68,9 +68,12 @@ class Node:
         self.sock = self.ctd / "containerd.sock"
         self.record = self.root / "record.json"  # sysctls and host paths found at `up`
 
-    def info(self) -> dict[str, Any]:
+    def info(self, *, pause_image: str, pause_tar: Path, ctr: Path) -> dict[str, Any]:
+        """What tests/kubenode.py reads (STATE/node/node.json)."""
         return {"name": NODE_NAME, "netns": str(self.netns), "ip": NODE_IP, "pod_cidr": POD_CIDR,
-                "containerd_socket": str(self.sock), "kubeconfig": str(self.state.kubeconfig)}
+                "containerd_socket": str(self.sock), "ctr": str(ctr), "pause_image": pause_image,
+                "pause_tar": str(pause_tar),
+                "kubeconfig": str(self.state.kubeconfig)}
 
 
 # --------------------------------------------------------------------------- pause image
@@ -482,7 +485,9 @@ def up(cl: ModuleType, state: Any) -> None:
         if isinstance(e, cl.ClusterError):
             raise
         raise cl.ClusterError(f"node: {e}") from e
-    (node.root / "node.json").write_text(json.dumps(node.info(), indent=2))
+    (node.root / "node.json").write_text(json.dumps(node.info(pause_image=pause_ref, pause_tar=pause_tar,
+                                                              ctr=ctd_bin / "ctr"),
+                                                    indent=2))
     cl.log(f"node {NODE_NAME} Ready in {time.monotonic() - started:.1f}s (netns {node.netns}, "
            f"node IP {NODE_IP}, pods {POD_CIDR}, containerd {node.sock})")
 
