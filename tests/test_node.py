@@ -11,7 +11,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,7 +126,8 @@ def test_an_image_imported_from_podman_runs(kube_node: Node, core: client.CoreV1
                                              tmp_path: Path) -> None:
     """Node.import_image: podman save | ctr import, then a pod of it (here the pause image, loaded into
     a private podman store under another name)."""
-    store = ["--root", str(tmp_path / "podman" / "root"), "--runroot", str(tmp_path / "podman" / "run")]
+    run = Path(tempfile.mkdtemp(prefix="nfsp-podman-"))  # podman refuses a runroot of more than 50 chars
+    store = ["--root", str(tmp_path / "podman"), "--runroot", str(run)]
     tar = Path(json.loads((kube_node.state_dir / "node" / "node.json").read_text())["pause_tar"])
     ref = "localhost/nfsp-imported:test"
     subprocess.run(["podman", *store, "load", "-i", str(tar)], check=True, capture_output=True, timeout=120)
@@ -136,6 +139,7 @@ def test_an_image_imported_from_podman_runs(kube_node: Node, core: client.CoreV1
     pod = _ready_pod(core, namespace, "imported")
     assert kube_node.http_get(f"http://{pod.status.pod_ip}:8080/").strip() == "imported"
     subprocess.run(["podman", *store, "rmi", "-a", "-f"], capture_output=True)
+    shutil.rmtree(run, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
