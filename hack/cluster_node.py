@@ -444,6 +444,9 @@ def up(cl: ModuleType, state: Any) -> None:
             Path(other.read_text().strip(), "node", "record.json").exists():
         raise cl.ClusterError(f"another local node runs from {other.read_text().strip()} "
                               "(kubelets share /var/lib/kubelet and the kubepods cgroups); take it down first")
+    if not node.record.exists() and list(Path("/sys/fs/cgroup").glob("*/kubepods*")):
+        raise cl.ClusterError("kubepods cgroups exist already (another kubelet on this host?); "
+                              "this node would share them and its `down` would kill their pods")
     cl.build(node=True)
     pause_ref, pause_tar = pause_image(cl)
     node.root.mkdir(parents=True, exist_ok=True)
@@ -564,6 +567,8 @@ def down(cl: ModuleType, state: Any, *, quiet: bool = False) -> None:
     node = Node(state)
     if not node.root.exists():
         return
+    # Only a node that `up` recorded (and so found no kubepods cgroups) kills what is in them.
+    ours = node.record.exists()
     if state.running_pid("kube-apiserver") and state.running_pid("kubelet"):
         with contextlib.suppress(Exception):
             _api(cl, state, "DELETE", f"/api/v1/nodes/{NODE_NAME}")
@@ -572,7 +577,7 @@ def down(cl: ModuleType, state: Any, *, quiet: bool = False) -> None:
         cl.stop_pid(state, name)
         if pid and not quiet:
             cl.log(f"stopped {name} (pid {pid})")
-    pods = _pids_in_kubepods()
+    pods = _pids_in_kubepods() if ours else set()
     _kill_all(pods)
     _kill_all(_shim_pids(node))
     for name in ("containerd", "nfsp-relay", "kube-scheduler"):
@@ -581,7 +586,8 @@ def down(cl: ModuleType, state: Any, *, quiet: bool = False) -> None:
         if pid and not quiet:
             cl.log(f"stopped {name} (pid {pid})")
     _unmount_under([node.kubelet_root, node.ctd, node.root])
-    _rm_cgroups()
+    if ours:
+        _rm_cgroups()
     if node.netns.exists():
         subprocess.run(["ip", "netns", "del", node.netns_name], capture_output=True)
     _restore_sysctls(node, cl)
