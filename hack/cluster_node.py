@@ -32,6 +32,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from types import ModuleType
@@ -447,6 +448,7 @@ def up(cl: ModuleType, state: Any) -> None:
     if not node.record.exists() and list(Path("/sys/fs/cgroup").glob("*/kubepods*")):
         raise cl.ClusterError("kubepods cgroups exist already (another kubelet on this host?); "
                               "this node would share them and its `down` would kill their pods")
+    already = all(state.running_pid(n) for n in ("kube-scheduler", *NODE_PROCS))
     cl.build(node=True)
     pause_ref, pause_tar = pause_image(cl)
     node.root.mkdir(parents=True, exist_ok=True)
@@ -491,7 +493,8 @@ def up(cl: ModuleType, state: Any) -> None:
     (node.root / "node.json").write_text(json.dumps(node.info(pause_image=pause_ref, pause_tar=pause_tar,
                                                               ctr=ctd_bin / "ctr"),
                                                     indent=2))
-    cl.log(f"node {NODE_NAME} Ready in {time.monotonic() - started:.1f}s (netns {node.netns}, "
+    verb = "up (already)" if already else "Ready"
+    cl.log(f"node {NODE_NAME} {verb} in {time.monotonic() - started:.1f}s (netns {node.netns}, "
            f"node IP {NODE_IP}, pods {POD_CIDR}, containerd {node.sock})")
 
 
