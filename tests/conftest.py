@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client, config
 
 from nfs_provisioner.kube import client as kube
-from tests import ganesha_env, kubecluster, uml
+from tests import ganesha_env, kubecluster, kubenode, uml
 from tests.appliance_env import Appliance
 from tests.ganesha_env import Harness
 
@@ -55,6 +55,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kubecluster.Cl
         yield c
     finally:
         c.down()
+
+
+@pytest.fixture(scope="session")
+def kube_node(cluster: kubecluster.Cluster) -> Iterator[kubenode.Node]:
+    """A kubelet node (containerd 2.x, kube-proxy, kube-scheduler) on the session's control plane, in a
+    network namespace of its own (hack/cluster up --node), taken down at session end. A node already
+    running on a reused cluster (NFSP_TEST_CLUSTER_DIR) is used and left running."""
+    if cluster.node_running():
+        yield kubenode.Node.load(cluster)
+        return
+    try:
+        cluster.up_node()
+        yield kubenode.Node.load(cluster)
+    finally:
+        cluster.down_node()
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,18 @@ class Cluster:
     def down(self) -> None:
         self.hack("down", check=False)
 
+    def up_node(self) -> None:
+        """kube-scheduler and a kubelet node (containerd, kube-proxy) in a network namespace of its own;
+        tests/kubenode.Node.load(cluster) is then its handle."""
+        self.hack("up", "--node")
+
+    def down_node(self) -> None:
+        self.hack("down", "--node")
+
+    def node_running(self) -> bool:
+        r = self.hack("status", check=False)
+        return (self.state_dir / "node" / "node.json").exists() and r.returncode == 0
+
     def pids(self) -> dict[str, int]:
         out = {}
         for f in (self.state_dir / "pids").glob("*.pid"):

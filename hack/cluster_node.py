@@ -1,0 +1,623 @@
+"""A kubelet node for hack/cluster's control plane (`hack/cluster up --node`).
+
+Contract: everything the node does happens inside one network namespace made here
+(`ip netns add nfsp-<hash>`): the node address (10.200.0.1 on a veth pair whose both
+ends stay inside), the pods' CNI bridge, kube-proxy's iptables rules, the kubelet's and
+containerd's sockets. Nothing is added to the host's network or firewall. The API
+server (on the host's 127.0.0.1) is reached through a relay whose listening sockets
+were opened inside the namespace: 0.0.0.0:<apiserver port> (the node's kubeconfigs
+say https://127.0.0.1:<port>; the `kubernetes` EndpointSlice written here says
+10.200.0.1:<port>) and 10.0.0.1:443 (the `kubernetes` Service IP, on the namespace's
+lo). Teardown is by recorded PID; host sysctls the kubelet rewrites are recorded
+first and restored; mounts, kubepods cgroups and the host paths kubelet, containerd
+and libcni create are removed only if this node created them.
+
+Used by hack/cluster only (it passes itself as `cl`); standard library only.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+NODE_NAME = "nfsp-node"
+NODE_CIDR = "10.200.0.0/24"
+NODE_IP = "10.200.0.1"
+POD_CIDR = "10.244.0.0/24"
+# Host-wide sysctls the kubelet sets (setupKernelTunables): recorded at `up`, restored at `down`.
+SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+           "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")
+# Host paths the kubelet, containerd (its shim sockets) and libcni (its result cache) write
+# regardless of their configured directories: removed at `down` if `up` found them absent.
+HOST_PATHS = ("/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/run/containerd", "/var/lib/cni")
+NODE_PROCS = ("nfsp-relay", "containerd", "kubelet", "kube-proxy")  # started in this order
+PAUSE_SRC = Path(__file__).resolve().parent / "pause" / "main.go"
+
+
+def containerd_dir(cache: Path) -> Path:
+    return cache / "containerd" / "current" / "root" / "usr" / "bin"
+
+
+class Node:
+    """Paths and names of the node of one cluster state dir."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self.root = state.root / "node"
+        self.netns_name = "nfsp-" + hashlib.sha256(str(state.root).encode()).hexdigest()[:8]
+        self.netns = Path("/run/netns") / self.netns_name
+        self.kubelet_root = self.root / "kubelet"
+        self.ctd = self.root / "containerd"
+        self.sock = self.ctd / "containerd.sock"
+        self.record = self.root / "record.json"  # sysctls and host paths found at `up`
+
+    def info(self, *, pause_image: str, pause_tar: Path, ctr: Path) -> dict[str, Any]:
+        """What tests/kubenode.py reads (STATE/node/node.json)."""
+        return {"name": NODE_NAME, "netns": str(self.netns), "ip": NODE_IP, "pod_cidr": POD_CIDR,
+                "containerd_socket": str(self.sock), "ctr": str(ctr), "pause_image": pause_image,
+                "pause_tar": str(pause_tar),
+                "kubeconfig": str(self.state.kubeconfig)}
+
+
+# --------------------------------------------------------------------------- pause image
+
+def pause_image(cl: ModuleType) -> tuple[str, Path]:
+    """(ref, docker-archive tar) of the pause image, built once per source version."""
+    src = PAUSE_SRC.read_bytes()
+    tag = hashlib.sha256(src).hexdigest()[:12]
+    ref = f"localhost/nfsp-pause:{tag}"
+    d = cl.CACHE / "pause" / tag
+    tar = d / "image.tar"
+    if tar.exists():
+        return ref, tar
+    d.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="pausebuild-") as tmp:
+        work = Path(tmp)
+        (work / "go.mod").write_text("module pause\n\ngo 1.25\n")
+        (work / "main.go").write_bytes(src)
+        cl._run_go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(work / "pause"), "."], work,
+                   d / "build.log")
+        binary = (work / "pause").read_bytes()
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        info = tarfile.TarInfo("pause")
+        info.size, info.mode, info.mtime = len(binary), 0o755, 0
+        t.addfile(info, io.BytesIO(binary))
+    layer_bytes = layer.getvalue()
+    layer_id = hashlib.sha256(layer_bytes).hexdigest()
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux", "created": "1970-01-01T00:00:00Z",
+        "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_id}"]},
+        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "hack/cluster_node.py pause_image"}],
+    }, sort_keys=True).encode()
+    config_id = hashlib.sha256(config).hexdigest()
+    manifest = json.dumps([{"Config": f"{config_id}.json", "RepoTags": [ref],
+                            "Layers": [f"{layer_id}/layer.tar"]}]).encode()
+    tmp_tar = tar.with_suffix(".tmp")
+    with tarfile.open(tmp_tar, "w", format=tarfile.USTAR_FORMAT) as t:
+        for name, data in ((f"{layer_id}/layer.tar", layer_bytes), (f"{config_id}.json", config),
+                           ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            t.addfile(info, io.BytesIO(data))
+    tmp_tar.rename(tar)
+    cl.log(f"built the pause image {ref} in {time.monotonic() - started:.1f}s")
+    return ref, tar
+
+
+# --------------------------------------------------------------------------- host state
+
+def _read_sysctls() -> dict[str, str]:
+    return {k: Path("/proc/sys", k).read_text().strip() for k in SYSCTLS if Path("/proc/sys", k).exists()}
+
+
+def _restore_sysctls(node: Node, cl: ModuleType) -> None:
+    try:
+        rec = json.loads(node.record.read_text())
+    except FileNotFoundError:
+        return
+    for k, v in rec.get("sysctls", {}).items():
+        p = Path("/proc/sys", k)
+        if p.read_text().strip() != v:
+            p.write_text(v + "\n")
+            cl.log(f"restored {k.replace('/', '.')} = {v}")
+
+
+def _record(node: Node) -> None:
+    """Record host state once per node life (a second `up` of a running node keeps the first)."""
+    if node.record.exists():
+        return
+    rec = {"sysctls": _read_sysctls(), "absent": [p for p in HOST_PATHS if not os.path.lexists(p)]}
+    node.record.write_text(json.dumps(rec, indent=2))
+
+
+# --------------------------------------------------------------------------- network
+
+def _ip(*args: str) -> None:
+    r = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+
+
+def make_netns(node: Node) -> None:
+    if node.netns.exists():
+        return
+    _ip("netns", "add", node.netns_name)
+    n = node.netns_name
+    # Both ends created inside the namespace (`ip -n`): the node address never exists on the host.
+    _ip("-n", n, "link", "set", "lo", "up")
+    _ip("-n", n, "addr", "add", "10.0.0.1/32", "dev", "lo")
+    _ip("-n", n, "link", "add", "nfsp0", "type", "veth", "peer", "name", "nfsp1")
+    _ip("-n", n, "addr", "add", f"{NODE_IP}/24", "dev", "nfsp0")
+    _ip("-n", n, "link", "set", "nfsp0", "up")
+    _ip("-n", n, "link", "set", "nfsp1", "up")
+    # Locally sent packets to a ClusterIP need a route before kube-proxy's OUTPUT DNAT sees them.
+    _ip("-n", n, "route", "add", "10.0.0.0/24", "dev", "nfsp0", "src", NODE_IP)
+
+
+def write_cni(node: Node) -> Path:
+    conf = node.root / "cni" / "net.d"
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / "10-nfsp.conflist").write_text(json.dumps({
+        "cniVersion": "1.0.0", "name": "nfsp", "plugins": [
+            {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False, "hairpinMode": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR}]],
+                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(node.root / "cni" / "ipam")}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ]}, indent=2))
+    return conf
+
+
+# --------------------------------------------------------------------------- relay
+
+def relay_main(netns: str, api_port: int) -> None:
+    """`hack/cluster relay NETNS PORT`: listen inside NETNS, forward to the host's 127.0.0.1:PORT."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(15, b"nfsp-relay", 0, 0, 0)  # PR_SET_NAME: /proc/PID/comm, checked by running_pid
+    listeners = []
+
+    def setns(fd: int) -> None:  # os.setns is Python >= 3.12
+        if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), f"setns: {os.strerror(ctypes.get_errno())}")
+
+    with open("/proc/self/ns/net") as host, open(netns) as ns:
+        setns(ns.fileno())
+        try:
+            for addr in (("0.0.0.0", api_port), ("10.0.0.1", 443)):
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(addr)
+                s.listen(128)
+                listeners.append(s)
+        finally:
+            setns(host.fileno())  # sockets keep the namespace they were made in
+
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                b.shutdown(socket.SHUT_WR)
+
+    def serve(lst: socket.socket) -> None:
+        while True:
+            conn, _ = lst.accept()
+            try:
+                up = socket.create_connection(("127.0.0.1", api_port), timeout=5)
+                up.settimeout(None)
+            except OSError:
+                conn.close()
+                continue
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    for lst in listeners:
+        threading.Thread(target=serve, args=(lst,), daemon=True).start()
+    print(f"relay: {netns} 0.0.0.0:{api_port} and 10.0.0.1:443 -> host 127.0.0.1:{api_port}", flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+
+
+# --------------------------------------------------------------------------- API
+
+def _api(cl: ModuleType, state: Any, method: str, path: str, body: dict[str, Any] | None = None) -> int:
+    port = state.ports()["apiserver"]
+    ctx = ssl.create_default_context(cafile=str(state.pki / "ca.crt"))
+    ctx.load_cert_chain(str(state.pki / "admin.crt"), str(state.pki / "admin.key"))
+    req = urllib.request.Request(f"https://127.0.0.1:{port}{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def _apply(cl: ModuleType, state: Any, collection: str, name: str, body: dict[str, Any]) -> None:
+    code = _api(cl, state, "POST", collection, body)
+    if code == 409:
+        code = _api(cl, state, "PUT", f"{collection}/{name}", body)
+    if code >= 300:
+        raise cl.ClusterError(f"could not write {collection}/{name} (HTTP {code})")
+
+
+def api_objects(cl: ModuleType, state: Any) -> None:
+    """RBAC for the node (the apiserver runs RBAC only, without the Node authorizer) and the
+    `kubernetes` Service's endpoint (the apiserver's own reconciler is off; it would write 127.0.0.1)."""
+    _apply(cl, state, "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", "nfsp:nodes", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "nfsp:nodes"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}]})
+    _apply(cl, state, "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices", "kubernetes", {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "kubernetes",
+                                "endpointslice.kubernetes.io/managed-by": "hack-cluster"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [NODE_IP], "conditions": {"ready": True}}],
+        "ports": [{"name": "https", "port": state.ports()["apiserver"], "protocol": "TCP"}]})
+
+
+# --------------------------------------------------------------------------- configs
+
+def write_configs(cl: ModuleType, state: Any, node: Node, pause_ref: str) -> None:
+    pki, root = state.pki, node.root
+    api = f"https://127.0.0.1:{state.ports()['apiserver']}"
+    for user, subject in (("scheduler", "/CN=system:kube-scheduler"),
+                          ("node", f"/O=system:nodes/CN=system:node:{NODE_NAME}"),
+                          ("kube-proxy", "/CN=system:kube-proxy")):
+        if not (pki / f"{user}.crt").exists():
+            cl._cert(pki, user, subject, server=False)
+        cl.write_kubeconfig(root / f"{user}.kubeconfig", server=api, pki=pki, user=user)
+    cni = write_cni(node)
+    (node.ctd).mkdir(parents=True, exist_ok=True)
+    (node.ctd / "config.toml").write_text(f"""\
+version = 3
+root = "{node.ctd / 'root'}"
+state = "{node.ctd / 'state'}"
+disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.blockfile", "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = "{node.sock}"
+
+[ttrpc]
+  address = "{node.ctd / 'containerd.sock.ttrpc'}"
+
+[plugins.'io.containerd.internal.v1.opt']
+  path = "{node.ctd / 'opt'}"
+
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = "{pause_ref}"
+
+[plugins.'io.containerd.cri.v1.runtime']
+  # root here lacks CAP_SYS_RESOURCE: without this every sandbox fails to start
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  enable_cdi = false
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd]
+  default_runtime_name = "runc"
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+  SystemdCgroup = false
+  BinaryName = "{shutil.which('runc') or '/usr/sbin/runc'}"
+  Root = "{node.ctd / 'runc'}"
+
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = ["/usr/lib/cni"]
+  conf_dir = "{cni}"
+  max_conf_num = 1
+
+[plugins.'io.containerd.grpc.v1.cri']
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+""")
+    (root / "kubelet.yaml").write_text(json.dumps({
+        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+        # cgroup v1 and no systemd on this kind of host; 1.35 refuses cgroup v1 by default
+        "failCgroupV1": False, "cgroupDriver": "cgroupfs", "failSwapOn": False,
+        "makeIPTablesUtilChains": False, "readOnlyPort": 0,
+        "address": NODE_IP, "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
+        "authentication": {"x509": {"clientCAFile": str(pki / "ca.crt")},
+                           "webhook": {"enabled": False}, "anonymous": {"enabled": False}},
+        "authorization": {"mode": "AlwaysAllow"},
+        "containerRuntimeEndpoint": f"unix://{node.sock}",
+        "podLogsDir": str(root / "pod-logs"),
+        "podCIDR": POD_CIDR, "clusterDomain": "cluster.local",
+        "oomScoreAdj": 0,
+        # a test machine's disk may be fuller than the defaults allow; never evict here
+        "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%",
+                         "nodefs.inodesFree": "1%"},
+        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+        "nodeStatusUpdateFrequency": "2s", "syncFrequency": "10s",
+    }, indent=2))
+    (root / "kube-proxy.yaml").write_text(json.dumps({
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+        "mode": "iptables", "hostnameOverride": NODE_NAME, "bindAddress": NODE_IP,
+        "clientConnection": {"kubeconfig": str(root / "kube-proxy.kubeconfig")},
+        "clusterCIDR": POD_CIDR, "detectLocalMode": "ClusterCIDR", "nodePortAddresses": ["primary"],
+        "healthzBindAddress": "127.0.0.1:10256", "metricsBindAddress": "127.0.0.1:10249",
+        # 0 = leave alone: these are host-global (/sys/module/nf_conntrack, nf_conntrack_max)
+        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s",
+                      "udpTimeout": "0s", "udpStreamTimeout": "0s"},
+        # masqueradeAll: pod -> Service -> pod on the same bridge works without br_netfilter
+        "iptables": {"masqueradeAll": True, "localhostNodePorts": False, "syncPeriod": "30s",
+                     "minSyncPeriod": "0s"},
+        "oomScoreAdj": 0,
+    }, indent=2))
+
+
+# --------------------------------------------------------------------------- start
+
+def _in_ns(node: Node, argv: list[str]) -> list[str]:
+    return ["nsenter", f"--net={node.netns}", "--", *argv]
+
+
+def _ns_ok(node: Node, argv: list[str]) -> bool:
+    return subprocess.run(_in_ns(node, argv), capture_output=True, timeout=10).returncode == 0
+
+
+def _kubectl_json(state: Any, *args: str) -> Any:
+    r = subprocess.run(["kubectl", f"--kubeconfig={state.kubeconfig}", *args, "-o", "json"],
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr)
+    return json.loads(r.stdout)
+
+
+def _node_ready(state: Any) -> bool:
+    n = _kubectl_json(state, "get", "node", NODE_NAME)
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
+
+
+def import_image(node: Node, cl: ModuleType, tar: Path) -> None:
+    ctr = containerd_dir(cl.CACHE) / "ctr"
+    with tar.open("rb") as f:
+        r = subprocess.run([str(ctr), "--address", str(node.sock), "-n", "k8s.io", "images", "import", "-"],
+                           stdin=f, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise cl.ClusterError(f"ctr images import {tar} failed: {r.stderr.strip()}")
+
+
+def start_scheduler(cl: ModuleType, state: Any) -> None:
+    name = "kube-scheduler"
+    if state.running_pid(name):
+        return
+    ports = state.ports()
+    if "scheduler" not in ports:
+        ports["scheduler"] = cl.free_port()
+        state.ports_file.write_text(json.dumps(ports))
+    kcfg = state.root / "node" / "scheduler.kubeconfig"
+    proc = cl._spawn(state, name, [
+        str(cl.kube_bin_dir() / name), f"--kubeconfig={kcfg}", f"--authentication-kubeconfig={kcfg}",
+        f"--authorization-kubeconfig={kcfg}", "--bind-address=127.0.0.1", f"--secure-port={ports['scheduler']}",
+        "--leader-elect=false", "--v=1"])
+    url = f"https://127.0.0.1:{ports['scheduler']}/healthz"
+    cl._wait(state, name, proc, lambda: cl._https_ok(url, state, client_cert=False), 60)
+
+
+def up(cl: ModuleType, state: Any) -> None:
+    """Scheduler + node on a running control plane."""
+    started = time.monotonic()
+    node = Node(state)
+    ctd_bin = containerd_dir(cl.CACHE)
+    if not (ctd_bin / "containerd").exists():
+        raise cl.ClusterError(f"containerd 2.x is not in {ctd_bin} (hack/install-deps fetches it)")
+    for tool in ("nsenter", "ip", "iptables", "runc"):
+        if not shutil.which(tool):
+            raise cl.ClusterError(f"{tool} is not installed (hack/install-deps installs it)")
+    if not Path("/usr/lib/cni/bridge").exists():
+        raise cl.ClusterError("no CNI plugins in /usr/lib/cni (Debian containernetworking-plugins)")
+    if len(str(node.sock)) > 100:
+        raise cl.ClusterError(f"containerd's socket path {node.sock} is too long for a unix socket")
+    other = Path("/run/nfsp-node")
+    if other.exists() and other.read_text().strip() != str(state.root) and \
+            Path(other.read_text().strip(), "node", "record.json").exists():
+        raise cl.ClusterError(f"another local node runs from {other.read_text().strip()} "
+                              "(kubelets share /var/lib/kubelet and the kubepods cgroups); take it down first")
+    if not node.record.exists() and list(Path("/sys/fs/cgroup").glob("*/kubepods*")):
+        raise cl.ClusterError("kubepods cgroups exist already (another kubelet on this host?); "
+                              "this node would share them and its `down` would kill their pods")
+    already = all(state.running_pid(n) for n in ("kube-scheduler", *NODE_PROCS))
+    cl.build(node=True)
+    pause_ref, pause_tar = pause_image(cl)
+    node.root.mkdir(parents=True, exist_ok=True)
+    _record(node)
+    other.write_text(f"{state.root}\n")
+    try:
+        write_configs(cl, state, node, pause_ref)
+        api_objects(cl, state)
+        start_scheduler(cl, state)
+        make_netns(node)
+        port = state.ports()["apiserver"]
+        if not state.running_pid("nfsp-relay"):
+            proc = cl._spawn(state, "nfsp-relay", [sys.executable, str(Path(cl.__file__).resolve()), "relay",
+                                                   "--netns", str(node.netns), "--port", str(port),
+                                                   "--state-dir", str(state.root)])
+            cl._wait(state, "nfsp-relay", proc,
+                     lambda: "relay:" in state.logfile("nfsp-relay").read_text(), 10)
+        if not state.running_pid("containerd"):
+            proc = cl._spawn(state, "containerd", _in_ns(node, [
+                str(ctd_bin / "containerd"), "--config", str(node.ctd / "config.toml")]))
+            cl._wait(state, "containerd", proc, lambda: node.sock.exists() and _ns_ok(
+                node, [str(ctd_bin / "ctr"), "--address", str(node.sock), "version"]), 30)
+            import_image(node, cl, pause_tar)
+        if not state.running_pid("kubelet"):
+            proc = cl._spawn(state, "kubelet", _in_ns(node, [
+                str(cl.kube_bin_dir() / "kubelet"), f"--config={node.root / 'kubelet.yaml'}",
+                f"--kubeconfig={node.root / 'node.kubeconfig'}", f"--root-dir={node.kubelet_root}",
+                f"--cert-dir={node.root / 'kubelet-pki'}", f"--node-ip={NODE_IP}",
+                f"--hostname-override={NODE_NAME}", "--v=1"]))
+            cl._wait(state, "kubelet", proc, lambda: _node_ready(state), 120)
+        if not state.running_pid("kube-proxy"):
+            proc = cl._spawn(state, "kube-proxy", _in_ns(node, [
+                str(cl.kube_bin_dir() / "kube-proxy"), f"--config={node.root / 'kube-proxy.yaml'}", "--v=1"]))
+            cl._wait(state, "kube-proxy", proc, lambda: _ns_ok(
+                node, ["python3", "-c", "import urllib.request as u; "
+                       "u.urlopen('http://127.0.0.1:10256/healthz', timeout=2)"]), 60)
+    except (cl.ClusterError, RuntimeError, OSError) as e:
+        down(cl, state, quiet=True)
+        if isinstance(e, cl.ClusterError):
+            raise
+        raise cl.ClusterError(f"node: {e}") from e
+    (node.root / "node.json").write_text(json.dumps(node.info(pause_image=pause_ref, pause_tar=pause_tar,
+                                                              ctr=ctd_bin / "ctr"),
+                                                    indent=2))
+    verb = "up (already)" if already else "Ready"
+    cl.log(f"node {NODE_NAME} {verb} in {time.monotonic() - started:.1f}s (netns {node.netns}, "
+           f"node IP {NODE_IP}, pods {POD_CIDR}, containerd {node.sock})")
+
+
+# --------------------------------------------------------------------------- down
+
+def _pids_in_kubepods() -> set[int]:
+    pids: set[int] = set()
+    for top in Path("/sys/fs/cgroup").glob("*/kubepods*"):
+        for procs in top.rglob("cgroup.procs"):
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(x) for x in procs.read_text().split())
+    return pids
+
+
+def _shim_pids(node: Node) -> set[int]:
+    """containerd-shim-runc-v2 processes of this node (they outlive containerd): our shim binary,
+    working directory in this node's task state."""
+    shim = (containerd_dir_of() / "containerd-shim-runc-v2").resolve()
+    tasks = str((node.ctd / "state").resolve()) + "/"
+    out = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if Path(os.readlink(proc / "exe")) == shim and os.readlink(proc / "cwd").startswith(tasks):
+                out.add(int(proc.name))
+    return out
+
+
+def containerd_dir_of() -> Path:
+    cache = Path(os.environ.get("NFSP_CACHE_DIR", Path.home() / ".cache" / "nfs-provisioner"))
+    return containerd_dir(cache)
+
+
+def _kill_all(pids: set[int], timeout: float = 10.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and _alive(p) for p in pids):
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _unmount_under(paths: list[Path]) -> None:
+    prefixes = [str(p.resolve()) for p in paths if p.exists()]
+    mounts = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mp = line.split()[4].replace("\\040", " ")
+        if any(mp == pre or mp.startswith(pre + "/") for pre in prefixes):
+            mounts.append(mp)
+    for mp in sorted(set(mounts), key=len, reverse=True):
+        if subprocess.run(["umount", mp], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", mp], capture_output=True)
+
+
+def _rm_cgroups() -> None:
+    for top in Path("/sys/fs/cgroup").glob("*/kubepods*"):
+        dirs = sorted((d for d in top.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True)
+        for d in [*dirs, top]:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def down(cl: ModuleType, state: Any, *, quiet: bool = False) -> None:
+    node = Node(state)
+    if not node.root.exists():
+        return
+    # Only a node that `up` recorded (and so found no kubepods cgroups) kills what is in them.
+    ours = node.record.exists()
+    if state.running_pid("kube-apiserver") and state.running_pid("kubelet"):
+        with contextlib.suppress(Exception):
+            _api(cl, state, "DELETE", f"/api/v1/nodes/{NODE_NAME}")
+    for name in ("kube-proxy", "kubelet"):
+        pid = state.running_pid(name)
+        cl.stop_pid(state, name)
+        if pid and not quiet:
+            cl.log(f"stopped {name} (pid {pid})")
+    pods = _pids_in_kubepods() if ours else set()
+    _kill_all(pods)
+    _kill_all(_shim_pids(node))
+    for name in ("containerd", "nfsp-relay", "kube-scheduler"):
+        pid = state.running_pid(name)
+        cl.stop_pid(state, name)
+        if pid and not quiet:
+            cl.log(f"stopped {name} (pid {pid})")
+    _unmount_under([node.kubelet_root, node.ctd, node.root])
+    if ours:
+        _rm_cgroups()
+    if node.netns.exists():
+        subprocess.run(["ip", "netns", "del", node.netns_name], capture_output=True)
+    _restore_sysctls(node, cl)
+    with contextlib.suppress(FileNotFoundError):
+        rec = json.loads(node.record.read_text())
+        for p in rec.get("absent", []):
+            if os.path.lexists(p):
+                shutil.rmtree(p, ignore_errors=True)
+                if not quiet:
+                    cl.log(f"removed {p}")
+        node.record.unlink()
+    marker = Path("/run/nfsp-node")
+    with contextlib.suppress(FileNotFoundError):
+        if marker.read_text().strip() == str(state.root):
+            marker.unlink()
+    (node.root / "node.json").unlink(missing_ok=True)
+    if pods and not quiet:
+        cl.log(f"killed {len(pods)} pod process(es)")
+
+
+def status(state: Any) -> bool:
+    node = Node(state)
+    ok = True
+    for name in ("kube-scheduler", *NODE_PROCS):
+        pid = state.running_pid(name)
+        ok &= pid is not None
+        print(f"{name:26} {'pid ' + str(pid) if pid else 'not running'}")
+    print(f"node                       {NODE_NAME} {NODE_IP} netns {node.netns} "
+          f"({'present' if node.netns.exists() else 'absent'})")
+    return ok
