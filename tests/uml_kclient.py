@@ -436,6 +436,10 @@ def main() -> int:
     args = parser.parse_args()
     flow = Flow(xfs=args.xfs, work=args.work, flags=FLAGS)
     flow.mounts.mkdir(parents=True, exist_ok=True)
+    # Client and server share this boot's one network namespace (on a node they do not: the appliance has
+    # the pod's). The kernel client binds a reserved source port (665-1023) and keeps it across reconnects;
+    # one on 875 keeps Ganesha from binding rquota when it restarts. Keep the client's ports above it.
+    Path("/proc/sys/sunrpc/min_resvport").write_text("876\n")
     steps: dict[str, Callable[[], Any]] = {
         "start": flow.start,
         "classic_flow_as_the_kubelet_mounts_it": flow.classic,

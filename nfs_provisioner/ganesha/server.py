@@ -9,8 +9,9 @@ Start sequence (``GaneshaServer.start``):
    wait until it answers ``ListNames`` (Ganesha never reconnects to a late bus);
 3. with NFSv3: ``rpcbind -f -w`` unless one already answers, then ``rpc.statd`` on port 662 (outgoing 2020),
    started again while its random reserved socket sits on a port Ganesha needs;
-4. ganesha.conf rendered, the export index rebuilt from the export files;
-5. ``ganesha.nfsd -F`` with a bounded RLIMIT_NOFILE and its log to a file; ready when its
+4. the export index rebuilt from the export files;
+5. ganesha.conf rendered for this start (graceless when there is no client state to reclaim), then
+   ``ganesha.nfsd -F`` with a bounded RLIMIT_NOFILE and its log to a file; ready when its
    name is on the bus, ShowExports answers and its log says the server is initialized;
 6. the export files are cross-checked against ShowExports; a supervisor thread restarts
    Ganesha with backoff whenever it exits (exports come back from the files).
@@ -21,7 +22,9 @@ helpers, each with a bounded wait, all by PID.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 import subprocess
 import threading
 import time
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 
 READY_MARK = "NFS SERVER INITIALIZED"
 STATD_ATTEMPTS = 5
+BIND_ATTEMPTS = 5
+NODE_DIR = re.compile(r"node\d+")
 HELPER_NOFILE = 4096  # rpcbind/statd allocate per-fd tables: a huge limit makes them eat memory
 STABLE_AFTER = 60.0  # seconds of uptime after which the restart backoff resets
 
@@ -119,17 +124,10 @@ class GaneshaServer:
                 self._start_bus()
             if self.settings.nfsv3:
                 self._start_rpc_helpers()
-            config.atomic_write(
-                self.main_config,
-                self.templates.render_main(
-                    self.settings, export_index=self.exports.index_file, plugins_dir=self._binary.plugins_dir
-                ),
-                durable=self.settings.durable_writes,
-            )
             self.exports.load()
             if self.settings.clients is not None:
                 self.exports.set_clients(self.settings.clients, live=False)
-            self._start_ganesha()
+            self._start_ganesha_binding()
             self.exports.reconcile()
         except BaseException:
             self.stop()
@@ -288,8 +286,64 @@ class GaneshaServer:
             processes.stop(proc, what="rpc.statd", timeout=self.settings.stop_timeout)
         raise errors.ServerError(f"rpc.statd took a port Ganesha needs in {STATD_ATTEMPTS} starts in a row")
 
+    def reclaimable_state(self) -> tuple[int, int]:
+        """(NFSv4 client records in the recovery directory, NLM hosts statd monitors): the state a grace
+        period would let clients of the previous run reclaim."""
+        def entries(d: Path) -> list[Path]:
+            try:
+                return list(d.iterdir())
+            except OSError:
+                return []
+
+        v4 = 0
+        for top in ("v4recov", "v4old"):  # the fs backend's records: one directory per client (per node<N>)
+            for e in entries(self.settings.recovery_path / top):
+                v4 += len(entries(e)) if e.is_dir() and NODE_DIR.fullmatch(e.name) else 1
+        nlm = 0
+        if self.settings.nfsv3:
+            nlm = sum(len(entries(self.config_dir / "statd" / sub)) for sub in ("sm", "sm.bak"))
+        return v4, nlm
+
+    def _write_main_config(self) -> None:
+        """ganesha.conf for this start. With NFSv3 Ganesha never ends the grace period early (NLM clients
+        cannot say they are done), so a start with nothing to reclaim would refuse every new OPEN and lock
+        for the whole period: then this start is graceless. Any recorded client restores the period."""
+        s = self.settings
+        grace = s.grace_period
+        if grace:
+            v4, nlm = self.reclaimable_state()
+            if v4 == 0 and nlm == 0:
+                log.info("no client state to reclaim (no NFSv4 client records, no NLM hosts): this start has no "
+                         "grace period")
+                grace = 0
+            else:
+                log.info("client state to reclaim (%d NFSv4 client records, %d NLM hosts): grace period %ds",
+                         v4, nlm, grace)
+        config.atomic_write(
+            self.main_config,
+            self.templates.render_main(dataclasses.replace(s, grace_period=grace),
+                                       export_index=self.exports.index_file, plugins_dir=self._binary.plugins_dir),
+            durable=s.durable_writes,
+        )
+
+    def _start_ganesha_binding(self) -> None:
+        """Start Ganesha; again when it exits at once because one of its fixed ports is busy for a moment (a
+        helper's outgoing RPC, e.g. to rpcbind, takes a random reserved port such as rquota's 875)."""
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            try:
+                self._start_ganesha()
+                return
+            except errors.ServerError as e:
+                busy = [line for line in str(e).splitlines() if "Address already in use" in line]
+                if not busy or attempt == BIND_ATTEMPTS:
+                    raise
+                log.warning("ganesha.nfsd could not bind a port (%s); starting it again in 1s (%d/%d)",
+                            busy[0].split(":")[-1].strip(), attempt, BIND_ATTEMPTS)
+                time.sleep(1.0)
+
     def _start_ganesha(self) -> None:
         s = self.settings
+        self._write_main_config()
         log_offset = s.log_path.stat().st_size if s.log_path.exists() else 0
         proc = self.launcher.spawn(
             [
