@@ -30,7 +30,7 @@ test-kube: deps
 	$(PYTEST) -m kube tests
 
 demo: deps
-	hack/demo
+	hack/demo $(ARGS)
 
 demo-down:
 	hack/demo-down

@@ -270,7 +270,13 @@ def test_deployment_with_its_service_names_the_cluster_ip(cluster: kubecluster.C
     # SERVICE_NAME mode: the PV names the ClusterIP (the EndpointSlice controller pointed it at the pod).
     assert pv.spec.nfs.server == svc.spec.cluster_ip != pod.status.pod_ip
     assert (tmp_path / "root" / pv.metadata.name).is_dir()
-    # Through the Service: kube-proxy's rules in the node's namespace lead the ClusterIP to the pod.
+    # Through the Service: kube-proxy's rules in the node's namespace lead the ClusterIP to the pod (once
+    # it has synced the new Service's endpoints).
+    bound = time.monotonic()
+    via_service = Client(host=svc.spec.cluster_ip, version=4, netns=node.netns)
+    wait.until(lambda: via_service.ls(pv.spec.nfs.path).returncode == 0, timeout=30, interval=0.2,
+               what=lambda: f"the volume through the Service: {via_service.ls(pv.spec.nfs.path)}")
+    figure("deployment: claim Bound to the volume served through the ClusterIP (s)", time.monotonic() - bound)
     nfs_roundtrip(node, svc.spec.cluster_ip, pv.spec.nfs.path, version=4)
     nfs_roundtrip(node, svc.spec.cluster_ip, pv.spec.nfs.path, version=3, name="v3")
     assert (tmp_path / "root" / pv.metadata.name / "roundtrip").exists()
@@ -322,9 +328,11 @@ def test_statefulset_keeps_identity_and_data_across_pod_deletion(
         assert second.metadata.name == "nfs-provisioner-0" and second.metadata.uid != first.metadata.uid
         assert (disk / "nfs-provisioner.identity").read_text() == identity
         nfs = Client(host=svc.spec.cluster_ip, version=4, netns=node.netns)
-        # The Bound claim keeps working: the file written before is read through the same PV after.
-        got = wait.until(lambda: nfs.cat(f"{pv.spec.nfs.path}/before").stdout or None, timeout=60,
-                         what="the file written before the pod's deletion, read after")
+        # The Bound claim keeps working: the file written before is read through the same PV after, once
+        # the grace period for the clients recorded before the restart (90 s as shipped) is over.
+        got = wait.until(lambda: nfs.cat(f"{pv.spec.nfs.path}/before").stdout or None, timeout=150,
+                         what="the file written before the pod's deletion, read after", interval=0.5)
+        figure("statefulset: pod deleted to the file read again through the PV (s)", time.monotonic() - deleted)
         assert got == data
         nfs_roundtrip(node, svc.spec.cluster_ip, pv.spec.nfs.path, name="after")
 
@@ -396,7 +404,7 @@ def test_two_replicas_elect_one_leader_and_the_other_takes_over(
     assert leader.startswith(f"{leader_pod}_"), (leader, leader_pod)  # <hostname = pod name>_<uuid>
     # Exactly one provisioned: one PV for the claim, served by one of the two pods.
     assert [v.metadata.name for v in core.list_persistent_volume().items
-            if v.spec.storage_class_name == "example-nfs"] == [pv.metadata.name]
+            if v.spec.claim_ref and v.spec.claim_ref.namespace == namespace] == [pv.metadata.name]
 
     # The leader's pod dies (SIGKILL of everything in it, as a node would lose it): the other takes over
     # once the lease expires and provisions the next claim.
