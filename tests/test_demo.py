@@ -27,3 +27,21 @@ def test_demo_runs_the_whole_flow_and_tears_down(tmp_path: Path) -> None:
     leftovers = [p.info for p in psutil.process_iter(["pid", "cmdline"])
                  if any(str(tmp_path) in arg for arg in (p.info["cmdline"] or []))]
     assert leftovers == []
+
+
+@pytest.mark.node
+@pytest.mark.container
+def test_demo_in_cluster_runs_the_quick_start_in_a_pod_and_tears_down(tmp_path: Path) -> None:
+    env = {**os.environ, "NFSP_CLUSTER_DIR": str(tmp_path / "cluster")}
+    r = subprocess.run([str(REPO / "hack" / "demo"), "--in-cluster", "--down"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    for expected in ("pod/nfs-provisioner created", "pod/nfs-provisioner condition met",
+                     "persistentvolumeclaim/nfs   Bound", "(the pod's address)", "nlockmgr", "Export list for",
+                     "copied ", "read back: hello from the in-cluster demo", "deleted", "Done in"):
+        assert expected in out, out
+    assert "stopped kubelet" in r.stderr and "restored vm.overcommit_memory" in r.stderr, r.stderr[-3000:]
+    leftovers = [p.info for p in psutil.process_iter(["pid", "cmdline"])
+                 if any(str(tmp_path) in arg for arg in (p.info["cmdline"] or []))]
+    assert leftovers == []
