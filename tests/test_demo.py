@@ -41,7 +41,7 @@ def test_demo_in_cluster_runs_the_quick_start_in_a_pod_and_tears_down(tmp_path: 
                      "persistentvolumeclaim/nfs   Bound", "(the pod's address)", "nlockmgr", "Export list for",
                      "copied ", "read back: hello from the in-cluster demo", "deleted", "Done in"):
         assert expected in out, out
-    assert "stopped kubelet" in r.stderr and "restored vm.overcommit_memory" in r.stderr, r.stderr[-3000:]
+    assert "stopped kubelet" in r.stderr, r.stderr[-3000:]
     leftovers = [p.info for p in psutil.process_iter(["pid", "cmdline"])
                  if any(str(tmp_path) in arg for arg in (p.info["cmdline"] or []))]
     assert leftovers == []
