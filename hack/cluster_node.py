@@ -47,6 +47,11 @@ SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/pa
            "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")
 # Host paths the kubelet, containerd (its shim sockets) and libcni (its result cache) write
 # regardless of their configured directories: removed at `down` if `up` found them absent.
+# Host-global conntrack settings kube-proxy would write without conntrack maxPerCore/min 0: recorded
+# at `up` so that the tests can show they stay as they were.
+CONNTRACK = ("/sys/module/nf_conntrack/parameters/hashsize", "/proc/sys/net/netfilter/nf_conntrack_max",
+             "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established",
+             "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close_wait")
 HOST_PATHS = ("/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/run/containerd", "/var/lib/cni")
 NODE_PROCS = ("nfsp-relay", "containerd", "kubelet", "kube-proxy")  # started in this order
 PAUSE_SRC = Path(__file__).resolve().parent / "pause" / "main.go"
@@ -147,7 +152,8 @@ def _record(node: Node) -> None:
     """Record host state once per node life (a second `up` of a running node keeps the first)."""
     if node.record.exists():
         return
-    rec = {"sysctls": _read_sysctls(), "absent": [p for p in HOST_PATHS if not os.path.lexists(p)]}
+    rec = {"sysctls": _read_sysctls(), "absent": [p for p in HOST_PATHS if not os.path.lexists(p)],
+           "conntrack": {p: Path(p).read_text().strip() for p in CONNTRACK if Path(p).exists()}}
     node.record.write_text(json.dumps(rec, indent=2))
 
 

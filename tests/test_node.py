@@ -163,6 +163,8 @@ def test_down_leaves_nothing_behind_and_up_again(
     changed = {k: v for k, v in record["sysctls"].items()
                if Path("/proc/sys", k).read_text().strip() != v}
     assert changed, "the kubelet set its sysctls (so restoring them is tested)"
+    # kube-proxy left the host-global conntrack settings alone (conntrack maxPerCore/min/timeouts 0)
+    assert {p: Path(p).read_text().strip() for p in record["conntrack"]} == record["conntrack"]
 
     cluster.down_node()
 
