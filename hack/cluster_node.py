@@ -485,6 +485,15 @@ def up(cl: ModuleType, state: Any) -> None:
                 f"--cert-dir={node.root / 'kubelet-pki'}", f"--node-ip={NODE_IP}",
                 f"--hostname-override={NODE_NAME}", "--v=1"]))
             cl._wait(state, "kubelet", proc, lambda: _node_ready(state), 120)
+        # What kube-controller-manager's node IPAM (--allocate-node-cidrs) would write, for this node only:
+        # the pod CIDR its CNI bridge uses. The appliance lets each Node's pod-CIDR gateway mount
+        # (that is the source address of the node's own mounts through the bridge).
+        if not _kubectl_json(state, "get", "node", NODE_NAME)["spec"].get("podCIDR"):
+            r = subprocess.run(["kubectl", f"--kubeconfig={state.kubeconfig}", "patch", "node", NODE_NAME, "-p",
+                                json.dumps({"spec": {"podCIDR": POD_CIDR, "podCIDRs": [POD_CIDR]}})],
+                               capture_output=True, text=True, timeout=30)
+            if r.returncode != 0:
+                raise cl.ClusterError(f"cannot set node {NODE_NAME}'s podCIDR: {r.stderr.strip()}")
         if not state.running_pid("kube-proxy"):
             proc = cl._spawn(state, "kube-proxy", _in_ns(node, [
                 str(cl.kube_bin_dir() / "kube-proxy"), f"--config={node.root / 'kube-proxy.yaml'}", "--v=1"]))

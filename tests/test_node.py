@@ -76,6 +76,7 @@ def test_node_is_ready_with_its_address(kube_node: Node, core: client.CoreV1Api)
     n = core.read_node(kube_node.name)
     assert {c.type: c.status for c in n.status.conditions}["Ready"] == "True"
     assert {a.type: a.address for a in n.status.addresses}["InternalIP"] == kube_node.ip
+    assert n.spec.pod_cidr == kube_node.pod_cidr
     assert n.status.node_info.container_runtime_version.startswith("containerd://2.")
     # the node address is inside the namespace and nowhere on the host
     inside = kube_node.ns(["ip", "-o", "-4", "addr", "show"]).stdout
