@@ -161,7 +161,8 @@ def _registry() -> Any:
 
 def _other_nodes(node: Node) -> list[str]:
     """State dirs of the other nodes still up (their namespace exists); stale entries are dropped."""
-    out = []
+    legacy = _legacy_node(node)
+    out = [legacy] if legacy else []
     for e in REGISTRY.glob("nfsp-*"):
         if e.name == node.netns_name:
             continue
@@ -175,9 +176,13 @@ def _other_nodes(node: Node) -> list[str]:
 def _register(node: Node) -> None:
     """Under the registry lock: record the host's state if no other node is up, then join."""
     host = REGISTRY / "host.json"
-    if not _other_nodes(node) and not host.exists():
+    legacy = _legacy_node(node)
+    if not host.exists() and (legacy or not _other_nodes(node)):
         rec = {"sysctls": _read_sysctls(), "absent": [p for p in HOST_PATHS if not os.path.lexists(p)],
                "conntrack": {p: Path(p).read_text().strip() for p in CONNTRACK if Path(p).exists()}}
+        if legacy:  # it recorded the host before its kubelet ran: take its values
+            old = json.loads(Path(legacy, "node", "record.json").read_text())
+            rec["sysctls"], rec["absent"] = old["sysctls"], old["absent"]
         host.write_text(json.dumps(rec, indent=2))
     # (a host.json with no node up is a node's that never came down: it holds the values from before)
     (REGISTRY / node.netns_name).write_text(f"{node.state.root}\n")
@@ -218,11 +223,13 @@ def _unregister(node: Node, cl: ModuleType, *, quiet: bool) -> None:
 
 
 def _legacy_node(node: Node) -> str | None:
-    """A node of the first version (one per host, kubepods at the cgroup root) that is up."""
+    """A node of the first version of this file (one per host, kubepods at the cgroup root, its own
+    record of the host) that is up: counted as another node; its record is the host's."""
     with contextlib.suppress(FileNotFoundError):
         root = LEGACY_MARKER.read_text().strip()
+        name = Node.netns_name_of(Path(root))
         if root != str(node.state.root) and Path(root, "node", "record.json").exists() and \
-                not (REGISTRY / Node.netns_name_of(Path(root))).exists():
+                not (REGISTRY / name).exists() and Path("/run/netns", name).exists():
             return root
     return None
 
@@ -535,10 +542,6 @@ def up(cl: ModuleType, state: Any) -> None:
         raise cl.ClusterError("no CNI plugins in /usr/lib/cni (Debian containernetworking-plugins)")
     if len(str(node.sock)) > 100:
         raise cl.ClusterError(f"containerd's socket path {node.sock} is too long for a unix socket")
-    legacy = _legacy_node(node)
-    if legacy:
-        raise cl.ClusterError(f"a node of an older hack/cluster runs from {legacy} (it assumes it is alone on "
-                              "this host: it would record our kubelet's sysctls as the host's); take it down first")
     already = all(state.running_pid(n) for n in ("kube-scheduler", *NODE_PROCS))
     cl.build(node=True)
     pause_ref, pause_tar = pause_image(cl)
