@@ -201,8 +201,9 @@ def _unregister(node: Node, cl: ModuleType, *, quiet: bool) -> None:
     others = _other_nodes(node)
     host = REGISTRY / "host.json"
     if others:
-        if not quiet:
-            cl.log(f"host sysctls and paths left to the last node down ({len(others)} more up: {', '.join(others)})")
+        cl.log(f"host sysctls and paths left to the last node down ({len(others)} more up: {', '.join(others)})")
+        if others == [_legacy_node(node)]:
+            host.unlink(missing_ok=True)  # that one restores the host from its own record
         return
     try:
         rec = json.loads(host.read_text())
