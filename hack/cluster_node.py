@@ -551,6 +551,7 @@ def up(cl: ModuleType, state: Any) -> None:
         try:
             make_netns(node)
         except RuntimeError as e:
+            subprocess.run(["ip", "netns", "del", node.netns_name], capture_output=True)
             raise cl.ClusterError(f"node: {e}") from e
         _register(node)
     try:
@@ -569,7 +570,7 @@ def up(cl: ModuleType, state: Any) -> None:
                 str(ctd_bin / "containerd"), "--config", str(node.ctd / "config.toml")]))
             cl._wait(state, "containerd", proc, lambda: node.sock.exists() and _ns_ok(
                 node, [str(ctd_bin / "ctr"), "--address", str(node.sock), "version"]), 30)
-            import_image(node, cl, pause_tar)
+        import_image(node, cl, pause_tar)  # (again if containerd ran: the pause source may be newer)
         if not state.running_pid("kubelet"):
             make_cgroups(node)
             proc = cl._spawn(state, "kubelet", _in_ns(node, [
