@@ -8,9 +8,11 @@ server (on the host's 127.0.0.1) is reached through a relay whose listening sock
 were opened inside the namespace: 0.0.0.0:<apiserver port> (the node's kubeconfigs
 say https://127.0.0.1:<port>; the `kubernetes` EndpointSlice written here says
 10.200.0.1:<port>) and 10.0.0.1:443 (the `kubernetes` Service IP, on the namespace's
-lo). Teardown is by recorded PID; host sysctls the kubelet rewrites are recorded
-first and restored; mounts, kubepods cgroups and the host paths kubelet, containerd
-and libcni create are removed only if this node created them.
+lo). Pods' cgroups live under /sys/fs/cgroup/*/<netns name>/ (kubelet cgroupRoot), so
+nodes of several clusters can run side by side. Teardown is by recorded PID; host
+sysctls the kubelet rewrites are recorded by the first node up and restored by the
+last one down, which also removes the host paths kubelet, containerd and libcni
+create only if none existed before the first.
 
 Used by hack/cluster only (it passes itself as `cl`); standard library only.
 """
@@ -47,6 +49,11 @@ SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/pa
            "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")
 # Host paths the kubelet, containerd (its shim sockets) and libcni (its result cache) write
 # regardless of their configured directories: removed at `down` if `up` found them absent.
+# Host-global conntrack settings kube-proxy would write without conntrack maxPerCore/min 0: recorded
+# at `up` so that the tests can show they stay as they were.
+CONNTRACK = ("/sys/module/nf_conntrack/parameters/hashsize", "/proc/sys/net/netfilter/nf_conntrack_max",
+             "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established",
+             "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close_wait")
 HOST_PATHS = ("/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/run/containerd", "/var/lib/cni")
 NODE_PROCS = ("nfsp-relay", "containerd", "kubelet", "kube-proxy")  # started in this order
 PAUSE_SRC = Path(__file__).resolve().parent / "pause" / "main.go"
@@ -62,12 +69,16 @@ class Node:
     def __init__(self, state: Any) -> None:
         self.state = state
         self.root = state.root / "node"
-        self.netns_name = "nfsp-" + hashlib.sha256(str(state.root).encode()).hexdigest()[:8]
+        self.netns_name = self.netns_name_of(state.root)
         self.netns = Path("/run/netns") / self.netns_name
         self.kubelet_root = self.root / "kubelet"
         self.ctd = self.root / "containerd"
         self.sock = self.ctd / "containerd.sock"
-        self.record = self.root / "record.json"  # sysctls and host paths found at `up`
+        self.record = self.root / "record.json"  # copy of the host's state before the first node (host.json)
+
+    @staticmethod
+    def netns_name_of(state_root: Path) -> str:
+        return "nfsp-" + hashlib.sha256(str(state_root).encode()).hexdigest()[:8]
 
     def info(self, *, pause_image: str, pause_tar: Path, ctr: Path) -> dict[str, Any]:
         """What tests/kubenode.py reads (STATE/node/node.json)."""
@@ -131,24 +142,114 @@ def _read_sysctls() -> dict[str, str]:
     return {k: Path("/proc/sys", k).read_text().strip() for k in SYSCTLS if Path("/proc/sys", k).exists()}
 
 
-def _restore_sysctls(node: Node, cl: ModuleType) -> None:
+# Nodes of several clusters may run at once (each its own namespace, cgroup root and state dir),
+# but the sysctls and HOST_PATHS are the host's: the first node up records them (host.json), the
+# last one down restores them. /run is a tmpfs: a reboot forgets both, as it forgets the nodes.
+REGISTRY = Path("/run/nfsp-nodes")
+LEGACY_MARKER = Path("/run/nfsp-node")  # the one-node-per-host marker of the first version
+
+
+@contextlib.contextmanager
+def _registry() -> Any:
+    import fcntl
+
+    REGISTRY.mkdir(exist_ok=True)
+    with (REGISTRY / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _other_nodes(node: Node) -> list[str]:
+    """State dirs of the other nodes still up (their namespace exists); stale entries are dropped."""
+    legacy = _legacy_node(node)
+    out = [legacy] if legacy else []
+    for e in REGISTRY.glob("nfsp-*"):
+        if e.name == node.netns_name:
+            continue
+        if Path("/run/netns", e.name).exists():
+            out.append(e.read_text().strip())
+        else:
+            e.unlink(missing_ok=True)
+    return out
+
+
+def _register(node: Node) -> None:
+    """Under the registry lock: record the host's state if no other node is up, then join."""
+    host = REGISTRY / "host.json"
+    legacy = _legacy_node(node)
+    if not host.exists() and (legacy or not _other_nodes(node)):
+        rec = {"sysctls": _read_sysctls(), "absent": [p for p in HOST_PATHS if not os.path.lexists(p)],
+               "conntrack": {p: Path(p).read_text().strip() for p in CONNTRACK if Path(p).exists()}}
+        if legacy:  # it recorded the host before its kubelet ran: take its values
+            old = json.loads(Path(legacy, "node", "record.json").read_text())
+            rec["sysctls"], rec["absent"] = old["sysctls"], old["absent"]
+        host.write_text(json.dumps(rec, indent=2))
+    # (a host.json with no node up is a node's that never came down: it holds the values from before)
+    (REGISTRY / node.netns_name).write_text(f"{node.state.root}\n")
+    node.record.write_text(host.read_text())  # this node's copy, for the tests
+    if not LEGACY_MARKER.exists():
+        LEGACY_MARKER.write_text(f"{node.state.root}\n")
+
+
+def _unregister(node: Node, cl: ModuleType, *, quiet: bool) -> None:
+    """Under the registry lock: leave; the last node restores the sysctls and removes the host paths
+    that were absent before the first."""
+    (REGISTRY / node.netns_name).unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if LEGACY_MARKER.read_text().strip() == str(node.state.root):
+            LEGACY_MARKER.unlink()
+    others = _other_nodes(node)
+    host = REGISTRY / "host.json"
+    if others:
+        cl.log(f"host sysctls and paths left to the last node down ({len(others)} more up: {', '.join(others)})")
+        if others == [_legacy_node(node)]:
+            host.unlink(missing_ok=True)  # that one restores the host from its own record
+        return
     try:
-        rec = json.loads(node.record.read_text())
+        rec = json.loads(host.read_text())
     except FileNotFoundError:
         return
     for k, v in rec.get("sysctls", {}).items():
         p = Path("/proc/sys", k)
         if p.read_text().strip() != v:
             p.write_text(v + "\n")
-            cl.log(f"restored {k.replace('/', '.')} = {v}")
+            if not quiet:
+                cl.log(f"restored {k.replace('/', '.')} = {v}")
+    for path in rec.get("absent", []):
+        if os.path.lexists(path):
+            shutil.rmtree(path, ignore_errors=True)
+            if not quiet:
+                cl.log(f"removed {path}")
+    host.unlink()
 
 
-def _record(node: Node) -> None:
-    """Record host state once per node life (a second `up` of a running node keeps the first)."""
-    if node.record.exists():
-        return
-    rec = {"sysctls": _read_sysctls(), "absent": [p for p in HOST_PATHS if not os.path.lexists(p)]}
-    node.record.write_text(json.dumps(rec, indent=2))
+def _legacy_node(node: Node) -> str | None:
+    """A node of the first version of this file (one per host, kubepods at the cgroup root, its own
+    record of the host) that is up: counted as another node; its record is the host's."""
+    with contextlib.suppress(FileNotFoundError):
+        root = LEGACY_MARKER.read_text().strip()
+        name = Node.netns_name_of(Path(root))
+        if root != str(node.state.root) and Path(root, "node", "record.json").exists() and \
+                not (REGISTRY / name).exists() and Path("/run/netns", name).exists():
+            return root
+    return None
+
+
+# --------------------------------------------------------------------------- cgroups
+
+def _cgroup_dirs(node: Node) -> list[Path]:
+    """The node's cgroup root (kubelet cgroupRoot) in every mounted hierarchy."""
+    return [h / node.netns_name for h in sorted(Path("/sys/fs/cgroup").iterdir())
+            if (h / "cgroup.procs").exists()]
+
+
+def make_cgroups(node: Node) -> None:
+    for d in _cgroup_dirs(node):
+        d.mkdir(exist_ok=True)
+        if d.parent.name == "cpuset":  # a v1 cpuset child takes no task before it has cpus and mems
+            for f in ("cpuset.cpus", "cpuset.mems"):
+                if not (d / f).read_text().strip():
+                    (d / f).write_text((d.parent / f).read_text())
 
 
 # --------------------------------------------------------------------------- network
@@ -346,6 +447,8 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.snapshotter.v1.bt
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
         # cgroup v1 and no systemd on this kind of host; 1.35 refuses cgroup v1 by default
         "failCgroupV1": False, "cgroupDriver": "cgroupfs", "failSwapOn": False,
+        # pods under /<netns name>/kubepods: nodes of other clusters on this host have their own
+        "cgroupRoot": f"/{node.netns_name}",
         "makeIPTablesUtilChains": False, "readOnlyPort": 0,
         "address": NODE_IP, "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
         "authentication": {"x509": {"clientCAFile": str(pki / "ca.crt")},
@@ -440,25 +543,21 @@ def up(cl: ModuleType, state: Any) -> None:
         raise cl.ClusterError("no CNI plugins in /usr/lib/cni (Debian containernetworking-plugins)")
     if len(str(node.sock)) > 100:
         raise cl.ClusterError(f"containerd's socket path {node.sock} is too long for a unix socket")
-    other = Path("/run/nfsp-node")
-    if other.exists() and other.read_text().strip() != str(state.root) and \
-            Path(other.read_text().strip(), "node", "record.json").exists():
-        raise cl.ClusterError(f"another local node runs from {other.read_text().strip()} "
-                              "(kubelets share /var/lib/kubelet and the kubepods cgroups); take it down first")
-    if not node.record.exists() and list(Path("/sys/fs/cgroup").glob("*/kubepods*")):
-        raise cl.ClusterError("kubepods cgroups exist already (another kubelet on this host?); "
-                              "this node would share them and its `down` would kill their pods")
     already = all(state.running_pid(n) for n in ("kube-scheduler", *NODE_PROCS))
     cl.build(node=True)
     pause_ref, pause_tar = pause_image(cl)
     node.root.mkdir(parents=True, exist_ok=True)
-    _record(node)
-    other.write_text(f"{state.root}\n")
+    with _registry():  # the namespace first: it is what tells other nodes that this one is up
+        try:
+            make_netns(node)
+        except RuntimeError as e:
+            subprocess.run(["ip", "netns", "del", node.netns_name], capture_output=True)
+            raise cl.ClusterError(f"node: {e}") from e
+        _register(node)
     try:
         write_configs(cl, state, node, pause_ref)
         api_objects(cl, state)
         start_scheduler(cl, state)
-        make_netns(node)
         port = state.ports()["apiserver"]
         if not state.running_pid("nfsp-relay"):
             proc = cl._spawn(state, "nfsp-relay", [sys.executable, str(Path(cl.__file__).resolve()), "relay",
@@ -471,8 +570,9 @@ def up(cl: ModuleType, state: Any) -> None:
                 str(ctd_bin / "containerd"), "--config", str(node.ctd / "config.toml")]))
             cl._wait(state, "containerd", proc, lambda: node.sock.exists() and _ns_ok(
                 node, [str(ctd_bin / "ctr"), "--address", str(node.sock), "version"]), 30)
-            import_image(node, cl, pause_tar)
+        import_image(node, cl, pause_tar)  # (again if containerd ran: the pause source may be newer)
         if not state.running_pid("kubelet"):
+            make_cgroups(node)
             proc = cl._spawn(state, "kubelet", _in_ns(node, [
                 str(cl.kube_bin_dir() / "kubelet"), f"--config={node.root / 'kubelet.yaml'}",
                 f"--kubeconfig={node.root / 'node.kubeconfig'}", f"--root-dir={node.kubelet_root}",
@@ -509,9 +609,9 @@ def up(cl: ModuleType, state: Any) -> None:
 
 # --------------------------------------------------------------------------- down
 
-def _pids_in_kubepods() -> set[int]:
+def _pids_in_cgroups(node: Node) -> set[int]:
     pids: set[int] = set()
-    for top in Path("/sys/fs/cgroup").glob("*/kubepods*"):
+    for top in _cgroup_dirs(node):
         for procs in top.rglob("cgroup.procs"):
             with contextlib.suppress(OSError, ValueError):
                 pids.update(int(x) for x in procs.read_text().split())
@@ -567,8 +667,10 @@ def _unmount_under(paths: list[Path]) -> None:
             subprocess.run(["umount", "-l", mp], capture_output=True)
 
 
-def _rm_cgroups() -> None:
-    for top in Path("/sys/fs/cgroup").glob("*/kubepods*"):
+def _rm_cgroups(node: Node) -> None:
+    for top in _cgroup_dirs(node):
+        if not top.exists():
+            continue
         dirs = sorted((d for d in top.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True)
         for d in [*dirs, top]:
             with contextlib.suppress(OSError):
@@ -579,8 +681,6 @@ def down(cl: ModuleType, state: Any, *, quiet: bool = False) -> None:
     node = Node(state)
     if not node.root.exists():
         return
-    # Only a node that `up` recorded (and so found no kubepods cgroups) kills what is in them.
-    ours = node.record.exists()
     if state.running_pid("kube-apiserver") and state.running_pid("kubelet"):
         with contextlib.suppress(Exception):
             _api(cl, state, "DELETE", f"/api/v1/nodes/{NODE_NAME}")
@@ -589,7 +689,7 @@ def down(cl: ModuleType, state: Any, *, quiet: bool = False) -> None:
         cl.stop_pid(state, name)
         if pid and not quiet:
             cl.log(f"stopped {name} (pid {pid})")
-    pods = _pids_in_kubepods() if ours else set()
+    pods = _pids_in_cgroups(node)
     _kill_all(pods)
     _kill_all(_shim_pids(node))
     for name in ("containerd", "nfsp-relay", "kube-scheduler"):
@@ -598,23 +698,12 @@ def down(cl: ModuleType, state: Any, *, quiet: bool = False) -> None:
         if pid and not quiet:
             cl.log(f"stopped {name} (pid {pid})")
     _unmount_under([node.kubelet_root, node.ctd, node.root])
-    if ours:
-        _rm_cgroups()
-    if node.netns.exists():
-        subprocess.run(["ip", "netns", "del", node.netns_name], capture_output=True)
-    _restore_sysctls(node, cl)
-    with contextlib.suppress(FileNotFoundError):
-        rec = json.loads(node.record.read_text())
-        for p in rec.get("absent", []):
-            if os.path.lexists(p):
-                shutil.rmtree(p, ignore_errors=True)
-                if not quiet:
-                    cl.log(f"removed {p}")
-        node.record.unlink()
-    marker = Path("/run/nfsp-node")
-    with contextlib.suppress(FileNotFoundError):
-        if marker.read_text().strip() == str(state.root):
-            marker.unlink()
+    _rm_cgroups(node)
+    with _registry():
+        if node.netns.exists():
+            subprocess.run(["ip", "netns", "del", node.netns_name], capture_output=True)
+        _unregister(node, cl, quiet=quiet)
+    node.record.unlink(missing_ok=True)
     (node.root / "node.json").unlink(missing_ok=True)
     if pods and not quiet:
         cl.log(f"killed {len(pods)} pod process(es)")

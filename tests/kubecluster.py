@@ -48,8 +48,8 @@ class Cluster:
         tests/kubenode.Node.load(cluster) is then its handle."""
         self.hack("up", "--node")
 
-    def down_node(self) -> None:
-        self.hack("down", "--node")
+    def down_node(self) -> subprocess.CompletedProcess[str]:
+        return self.hack("down", "--node")
 
     def node_running(self) -> bool:
         r = self.hack("status", check=False)

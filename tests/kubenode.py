@@ -47,7 +47,9 @@ class Node:
 
     def http_get(self, url: str, *, timeout: float = 5) -> str:
         """GET url from inside the namespace; the body (raises on a non-2xx answer or no answer)."""
-        r = self.ns(["curl", "-fsS", "-m", str(timeout), url])
+        # Everything is local to the namespace: a connection not made within 1 s will not be (a
+        # ClusterIP before kube-proxy has its rules would wait 3 s for ARP on the node's veth).
+        r = self.ns(["curl", "-fsS", "--connect-timeout", "1", "-m", str(timeout), url])
         if r.returncode != 0:
             raise AssertionError(f"curl {url} inside {self.netns} failed ({r.returncode}): {r.stderr.strip()}")
         return r.stdout

