@@ -138,6 +138,9 @@ def bind_example_claim(cluster: kubecluster.Cluster, core: client.CoreV1Api, nam
 def nfs_roundtrip(node: Node, server: str, path: str, *, version: int = 4, name: str = "roundtrip") -> bytes:
     data = os.urandom(2000)
     nfs = Client(host=server, version=version, netns=node.netns)
+    # A Service or host port leads to the pod once kube-proxy or CNI portmap has synced it (a second or so).
+    wait.until(lambda: nfs.ls(path).returncode == 0, timeout=30, interval=0.2,
+               what=lambda: f"{path} served at {server} (NFSv{version}): {nfs.ls(path)}")
     put = nfs.put(data, f"{path}/{name}")
     assert put.returncode == 0, put.stderr
     got = nfs.cat(f"{path}/{name}")
