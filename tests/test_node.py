@@ -83,6 +83,9 @@ def test_node_is_ready_with_its_address(kube_node: Node, core: client.CoreV1Api)
     host = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=True).stdout
     assert f" {kube_node.ip}/" in inside
     assert f" {kube_node.ip}/" not in host
+    # and nothing leaves it: the namespace has no default route (a route lookup, no packet sent)
+    lookup = kube_node.ns(["ip", "route", "get", "192.0.2.1"])
+    assert lookup.returncode != 0 and "unreachable" in lookup.stderr, lookup
 
 
 def test_pod_gets_an_address_in_the_pod_cidr_reachable_inside_the_namespace(
