@@ -94,7 +94,9 @@ def test_pod_gets_an_address_in_the_pod_cidr_reachable_inside_the_namespace(
     assert web["pod"].spec.node_name == kube_node.name
     ip = ipaddress.ip_address(web["ip"])
     assert ip in ipaddress.ip_network(kube_node.pod_cidr)
-    assert kube_node.http_get(f"http://{ip}:8080/").strip() == "web"
+    # (no readiness probe: Ready may come a moment before the server listens)
+    body = wait.until(lambda: kube_node.http_get(f"http://{ip}:8080/"), timeout=10, what=f"http://{ip}:8080/")
+    assert body.strip() == "web"
     # Only inside: the host has neither the address nor a route of its own to the pod network
     # (checked by reading the host's tables; no packet is sent from the host).
     host_addrs = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
@@ -141,7 +143,8 @@ def test_an_image_imported_from_podman_runs(kube_node: Node, core: client.CoreV1
     print(f"podman save | ctr import: {time.monotonic() - started:.2f}s")
     core.create_namespaced_pod(namespace, _pod("imported", ref, ["-http", ":8080"]))
     pod = _ready_pod(core, namespace, "imported")
-    assert kube_node.http_get(f"http://{pod.status.pod_ip}:8080/").strip() == "imported"
+    url = f"http://{pod.status.pod_ip}:8080/"
+    assert wait.until(lambda: kube_node.http_get(url), timeout=10, what=url).strip() == "imported"
     subprocess.run(["podman", *store, "rmi", "-a", "-f"], capture_output=True)
     shutil.rmtree(run, ignore_errors=True)
 
