@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 import tempfile
 import time
@@ -32,8 +33,16 @@ def pause_image(cl: ModuleType) -> tuple[str, Path]:
         work = Path(tmp)
         (work / "go.mod").write_text("module pause\n\ngo 1.25\n")
         (work / "main.go").write_bytes(src)
-        cl._run_go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(work / "pause"), "."], work,
-                   d / "build.log")
+        cgo = os.environ.get("CGO_ENABLED")
+        os.environ["CGO_ENABLED"] = "0"  # static: the image has nothing but this file
+        try:
+            cl._run_go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(work / "pause"), "."], work,
+                       d / "build.log")
+        finally:
+            if cgo is None:
+                del os.environ["CGO_ENABLED"]
+            else:
+                os.environ["CGO_ENABLED"] = cgo
         binary = (work / "pause").read_bytes()
     layer = io.BytesIO()
     with tarfile.open(fileobj=layer, mode="w", format=tarfile.USTAR_FORMAT) as t:
