@@ -14,14 +14,13 @@ sysctls the kubelet rewrites are recorded by the first node up and restored by t
 last one down, which also removes the host paths kubelet, containerd and libcni
 create only if none existed before the first.
 
-Used by hack/cluster only (it passes itself as `cl`); standard library only.
+Used by hack/cluster only (it passes itself as `cl`); host state and teardown helpers are in
+node_host.py, the pause image in node_image.py. Standard library only.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
-import io
 import json
 import os
 import shutil
@@ -30,8 +29,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import tarfile
-import tempfile
 import threading
 import time
 import urllib.error
@@ -40,23 +37,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import node_host
+import node_image
+
 NODE_NAME = "nfsp-node"
 NODE_CIDR = "10.200.0.0/24"
 NODE_IP = "10.200.0.1"
 POD_CIDR = "10.244.0.0/24"
-# Host-wide sysctls the kubelet sets (setupKernelTunables): recorded at `up`, restored at `down`.
-SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
-           "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")
-# Host paths the kubelet, containerd (its shim sockets) and libcni (its result cache) write
-# regardless of their configured directories: removed at `down` if `up` found them absent.
-# Host-global conntrack settings kube-proxy would write without conntrack maxPerCore/min 0: recorded
-# at `up` so that the tests can show they stay as they were.
-CONNTRACK = ("/sys/module/nf_conntrack/parameters/hashsize", "/proc/sys/net/netfilter/nf_conntrack_max",
-             "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established",
-             "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close_wait")
-HOST_PATHS = ("/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/run/containerd", "/var/lib/cni")
 NODE_PROCS = ("nfsp-relay", "containerd", "kubelet", "kube-proxy")  # started in this order
-PAUSE_SRC = Path(__file__).resolve().parent / "pause" / "main.go"
 
 
 def containerd_dir(cache: Path) -> Path:
@@ -69,16 +57,12 @@ class Node:
     def __init__(self, state: Any) -> None:
         self.state = state
         self.root = state.root / "node"
-        self.netns_name = self.netns_name_of(state.root)
+        self.netns_name = node_host.netns_name_of(state.root)
         self.netns = Path("/run/netns") / self.netns_name
         self.kubelet_root = self.root / "kubelet"
         self.ctd = self.root / "containerd"
         self.sock = self.ctd / "containerd.sock"
         self.record = self.root / "record.json"  # copy of the host's state before the first node (host.json)
-
-    @staticmethod
-    def netns_name_of(state_root: Path) -> str:
-        return "nfsp-" + hashlib.sha256(str(state_root).encode()).hexdigest()[:8]
 
     def info(self, *, pause_image: str, pause_tar: Path, ctr: Path) -> dict[str, Any]:
         """What tests/kubenode.py reads (STATE/node/node.json)."""
@@ -86,170 +70,6 @@ class Node:
                 "containerd_socket": str(self.sock), "ctr": str(ctr), "pause_image": pause_image,
                 "pause_tar": str(pause_tar),
                 "kubeconfig": str(self.state.kubeconfig)}
-
-
-# --------------------------------------------------------------------------- pause image
-
-def pause_image(cl: ModuleType) -> tuple[str, Path]:
-    """(ref, docker-archive tar) of the pause image, built once per source version."""
-    src = PAUSE_SRC.read_bytes()
-    tag = hashlib.sha256(src).hexdigest()[:12]
-    ref = f"localhost/nfsp-pause:{tag}"
-    d = cl.CACHE / "pause" / tag
-    tar = d / "image.tar"
-    if tar.exists():
-        return ref, tar
-    d.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="pausebuild-") as tmp:
-        work = Path(tmp)
-        (work / "go.mod").write_text("module pause\n\ngo 1.25\n")
-        (work / "main.go").write_bytes(src)
-        cl._run_go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(work / "pause"), "."], work,
-                   d / "build.log")
-        binary = (work / "pause").read_bytes()
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w", format=tarfile.USTAR_FORMAT) as t:
-        info = tarfile.TarInfo("pause")
-        info.size, info.mode, info.mtime = len(binary), 0o755, 0
-        t.addfile(info, io.BytesIO(binary))
-    layer_bytes = layer.getvalue()
-    layer_id = hashlib.sha256(layer_bytes).hexdigest()
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux", "created": "1970-01-01T00:00:00Z",
-        "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_id}"]},
-        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "hack/cluster_node.py pause_image"}],
-    }, sort_keys=True).encode()
-    config_id = hashlib.sha256(config).hexdigest()
-    manifest = json.dumps([{"Config": f"{config_id}.json", "RepoTags": [ref],
-                            "Layers": [f"{layer_id}/layer.tar"]}]).encode()
-    tmp_tar = tar.with_suffix(".tmp")
-    with tarfile.open(tmp_tar, "w", format=tarfile.USTAR_FORMAT) as t:
-        for name, data in ((f"{layer_id}/layer.tar", layer_bytes), (f"{config_id}.json", config),
-                           ("manifest.json", manifest)):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
-            t.addfile(info, io.BytesIO(data))
-    tmp_tar.rename(tar)
-    cl.log(f"built the pause image {ref} in {time.monotonic() - started:.1f}s")
-    return ref, tar
-
-
-# --------------------------------------------------------------------------- host state
-
-def _read_sysctls() -> dict[str, str]:
-    return {k: Path("/proc/sys", k).read_text().strip() for k in SYSCTLS if Path("/proc/sys", k).exists()}
-
-
-# Nodes of several clusters may run at once (each its own namespace, cgroup root and state dir),
-# but the sysctls and HOST_PATHS are the host's: the first node up records them (host.json), the
-# last one down restores them. /run is a tmpfs: a reboot forgets both, as it forgets the nodes.
-REGISTRY = Path("/run/nfsp-nodes")
-LEGACY_MARKER = Path("/run/nfsp-node")  # the one-node-per-host marker of the first version
-
-
-@contextlib.contextmanager
-def _registry() -> Any:
-    import fcntl
-
-    REGISTRY.mkdir(exist_ok=True)
-    with (REGISTRY / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def _other_nodes(node: Node) -> list[str]:
-    """State dirs of the other nodes still up (their namespace exists); stale entries are dropped."""
-    legacy = _legacy_node(node)
-    out = [legacy] if legacy else []
-    for e in REGISTRY.glob("nfsp-*"):
-        if e.name == node.netns_name:
-            continue
-        if Path("/run/netns", e.name).exists():
-            out.append(e.read_text().strip())
-        else:
-            e.unlink(missing_ok=True)
-    return out
-
-
-def _register(node: Node) -> None:
-    """Under the registry lock: record the host's state if no other node is up, then join."""
-    host = REGISTRY / "host.json"
-    legacy = _legacy_node(node)
-    if not host.exists() and (legacy or not _other_nodes(node)):
-        rec = {"sysctls": _read_sysctls(), "absent": [p for p in HOST_PATHS if not os.path.lexists(p)],
-               "conntrack": {p: Path(p).read_text().strip() for p in CONNTRACK if Path(p).exists()}}
-        if legacy:  # it recorded the host before its kubelet ran: take its values
-            old = json.loads(Path(legacy, "node", "record.json").read_text())
-            rec["sysctls"], rec["absent"] = old["sysctls"], old["absent"]
-        host.write_text(json.dumps(rec, indent=2))
-    # (a host.json with no node up is a node's that never came down: it holds the values from before)
-    (REGISTRY / node.netns_name).write_text(f"{node.state.root}\n")
-    node.record.write_text(host.read_text())  # this node's copy, for the tests
-    if not LEGACY_MARKER.exists():
-        LEGACY_MARKER.write_text(f"{node.state.root}\n")
-
-
-def _unregister(node: Node, cl: ModuleType, *, quiet: bool) -> None:
-    """Under the registry lock: leave; the last node restores the sysctls and removes the host paths
-    that were absent before the first."""
-    (REGISTRY / node.netns_name).unlink(missing_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        if LEGACY_MARKER.read_text().strip() == str(node.state.root):
-            LEGACY_MARKER.unlink()
-    others = _other_nodes(node)
-    host = REGISTRY / "host.json"
-    if others:
-        cl.log(f"host sysctls and paths left to the last node down ({len(others)} more up: {', '.join(others)})")
-        if others == [_legacy_node(node)]:
-            host.unlink(missing_ok=True)  # that one restores the host from its own record
-        return
-    try:
-        rec = json.loads(host.read_text())
-    except FileNotFoundError:
-        return
-    for k, v in rec.get("sysctls", {}).items():
-        p = Path("/proc/sys", k)
-        if p.read_text().strip() != v:
-            p.write_text(v + "\n")
-            if not quiet:
-                cl.log(f"restored {k.replace('/', '.')} = {v}")
-    for path in rec.get("absent", []):
-        if os.path.lexists(path):
-            shutil.rmtree(path, ignore_errors=True)
-            if not quiet:
-                cl.log(f"removed {path}")
-    host.unlink()
-
-
-def _legacy_node(node: Node) -> str | None:
-    """A node of the first version of this file (one per host, kubepods at the cgroup root, its own
-    record of the host) that is up: counted as another node; its record is the host's."""
-    with contextlib.suppress(FileNotFoundError):
-        root = LEGACY_MARKER.read_text().strip()
-        name = Node.netns_name_of(Path(root))
-        if root != str(node.state.root) and Path(root, "node", "record.json").exists() and \
-                not (REGISTRY / name).exists() and Path("/run/netns", name).exists():
-            return root
-    return None
-
-
-# --------------------------------------------------------------------------- cgroups
-
-def _cgroup_dirs(node: Node) -> list[Path]:
-    """The node's cgroup root (kubelet cgroupRoot) in every mounted hierarchy."""
-    return [h / node.netns_name for h in sorted(Path("/sys/fs/cgroup").iterdir())
-            if (h / "cgroup.procs").exists()]
-
-
-def make_cgroups(node: Node) -> None:
-    for d in _cgroup_dirs(node):
-        d.mkdir(exist_ok=True)
-        if d.parent.name == "cpuset":  # a v1 cpuset child takes no task before it has cpus and mems
-            for f in ("cpuset.cpus", "cpuset.mems"):
-                if not (d / f).read_text().strip():
-                    (d / f).write_text((d.parent / f).read_text())
 
 
 # --------------------------------------------------------------------------- network
@@ -545,15 +365,15 @@ def up(cl: ModuleType, state: Any) -> None:
         raise cl.ClusterError(f"containerd's socket path {node.sock} is too long for a unix socket")
     already = all(state.running_pid(n) for n in ("kube-scheduler", *NODE_PROCS))
     cl.build(node=True)
-    pause_ref, pause_tar = pause_image(cl)
+    pause_ref, pause_tar = node_image.pause_image(cl)
     node.root.mkdir(parents=True, exist_ok=True)
-    with _registry():  # the namespace first: it is what tells other nodes that this one is up
+    with node_host.registry():  # the namespace first: it is what tells other nodes that this one is up
         try:
             make_netns(node)
         except RuntimeError as e:
             subprocess.run(["ip", "netns", "del", node.netns_name], capture_output=True)
             raise cl.ClusterError(f"node: {e}") from e
-        _register(node)
+        node_host.register(node)
     try:
         write_configs(cl, state, node, pause_ref)
         api_objects(cl, state)
@@ -572,7 +392,7 @@ def up(cl: ModuleType, state: Any) -> None:
                 node, [str(ctd_bin / "ctr"), "--address", str(node.sock), "version"]), 30)
         import_image(node, cl, pause_tar)  # (again if containerd ran: the pause source may be newer)
         if not state.running_pid("kubelet"):
-            make_cgroups(node)
+            node_host.make_cgroups(node)
             proc = cl._spawn(state, "kubelet", _in_ns(node, [
                 str(cl.kube_bin_dir() / "kubelet"), f"--config={node.root / 'kubelet.yaml'}",
                 f"--kubeconfig={node.root / 'node.kubeconfig'}", f"--root-dir={node.kubelet_root}",
@@ -609,74 +429,6 @@ def up(cl: ModuleType, state: Any) -> None:
 
 # --------------------------------------------------------------------------- down
 
-def _pids_in_cgroups(node: Node) -> set[int]:
-    pids: set[int] = set()
-    for top in _cgroup_dirs(node):
-        for procs in top.rglob("cgroup.procs"):
-            with contextlib.suppress(OSError, ValueError):
-                pids.update(int(x) for x in procs.read_text().split())
-    return pids
-
-
-def _shim_pids(node: Node) -> set[int]:
-    """containerd-shim-runc-v2 processes of this node (they outlive containerd): our shim binary,
-    working directory in this node's task state."""
-    shim = (containerd_dir_of() / "containerd-shim-runc-v2").resolve()
-    tasks = str((node.ctd / "state").resolve()) + "/"
-    out = set()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            if Path(os.readlink(proc / "exe")) == shim and os.readlink(proc / "cwd").startswith(tasks):
-                out.add(int(proc.name))
-    return out
-
-
-def containerd_dir_of() -> Path:
-    cache = Path(os.environ.get("NFSP_CACHE_DIR", Path.home() / ".cache" / "nfs-provisioner"))
-    return containerd_dir(cache)
-
-
-def _kill_all(pids: set[int], timeout: float = 10.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for p in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, sig)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and _alive(p) for p in pids):
-            time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _unmount_under(paths: list[Path]) -> None:
-    prefixes = [str(p.resolve()) for p in paths if p.exists()]
-    mounts = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        mp = line.split()[4].replace("\\040", " ")
-        if any(mp == pre or mp.startswith(pre + "/") for pre in prefixes):
-            mounts.append(mp)
-    for mp in sorted(set(mounts), key=len, reverse=True):
-        if subprocess.run(["umount", mp], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", mp], capture_output=True)
-
-
-def _rm_cgroups(node: Node) -> None:
-    for top in _cgroup_dirs(node):
-        if not top.exists():
-            continue
-        dirs = sorted((d for d in top.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True)
-        for d in [*dirs, top]:
-            with contextlib.suppress(OSError):
-                d.rmdir()
-
-
 def down(cl: ModuleType, state: Any, *, quiet: bool = False) -> None:
     node = Node(state)
     if not node.root.exists():
@@ -689,20 +441,20 @@ def down(cl: ModuleType, state: Any, *, quiet: bool = False) -> None:
         cl.stop_pid(state, name)
         if pid and not quiet:
             cl.log(f"stopped {name} (pid {pid})")
-    pods = _pids_in_cgroups(node)
-    _kill_all(pods)
-    _kill_all(_shim_pids(node))
+    pods = node_host.pids_in_cgroups(node)
+    node_host.kill_all(pods)
+    node_host.kill_all(node_host.shim_pids(node, containerd_dir(cl.CACHE) / "containerd-shim-runc-v2"))
     for name in ("containerd", "nfsp-relay", "kube-scheduler"):
         pid = state.running_pid(name)
         cl.stop_pid(state, name)
         if pid and not quiet:
             cl.log(f"stopped {name} (pid {pid})")
-    _unmount_under([node.kubelet_root, node.ctd, node.root])
-    _rm_cgroups(node)
-    with _registry():
+    node_host.unmount_under([node.kubelet_root, node.ctd, node.root])
+    node_host.rm_cgroups(node)
+    with node_host.registry():
         if node.netns.exists():
             subprocess.run(["ip", "netns", "del", node.netns_name], capture_output=True)
-        _unregister(node, cl, quiet=quiet)
+        node_host.unregister(node, cl.log, quiet=quiet)
     node.record.unlink(missing_ok=True)
     (node.root / "node.json").unlink(missing_ok=True)
     if pods and not quiet:

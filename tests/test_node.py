@@ -83,6 +83,9 @@ def test_node_is_ready_with_its_address(kube_node: Node, core: client.CoreV1Api)
     host = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=True).stdout
     assert f" {kube_node.ip}/" in inside
     assert f" {kube_node.ip}/" not in host
+    # and nothing leaves it: the namespace has no default route (a route lookup, no packet sent)
+    lookup = kube_node.ns(["ip", "route", "get", "192.0.2.1"])
+    assert lookup.returncode != 0 and "unreachable" in lookup.stderr, lookup
 
 
 def test_pod_gets_an_address_in_the_pod_cidr_reachable_inside_the_namespace(
@@ -91,7 +94,9 @@ def test_pod_gets_an_address_in_the_pod_cidr_reachable_inside_the_namespace(
     assert web["pod"].spec.node_name == kube_node.name
     ip = ipaddress.ip_address(web["ip"])
     assert ip in ipaddress.ip_network(kube_node.pod_cidr)
-    assert kube_node.http_get(f"http://{ip}:8080/").strip() == "web"
+    # (no readiness probe: Ready may come a moment before the server listens)
+    body = wait.until(lambda: kube_node.http_get(f"http://{ip}:8080/"), timeout=10, what=f"http://{ip}:8080/")
+    assert body.strip() == "web"
     # Only inside: the host has neither the address nor a route of its own to the pod network
     # (checked by reading the host's tables; no packet is sent from the host).
     host_addrs = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
@@ -138,7 +143,8 @@ def test_an_image_imported_from_podman_runs(kube_node: Node, core: client.CoreV1
     print(f"podman save | ctr import: {time.monotonic() - started:.2f}s")
     core.create_namespaced_pod(namespace, _pod("imported", ref, ["-http", ":8080"]))
     pod = _ready_pod(core, namespace, "imported")
-    assert kube_node.http_get(f"http://{pod.status.pod_ip}:8080/").strip() == "imported"
+    url = f"http://{pod.status.pod_ip}:8080/"
+    assert wait.until(lambda: kube_node.http_get(url), timeout=10, what=url).strip() == "imported"
     subprocess.run(["podman", *store, "rmi", "-a", "-f"], capture_output=True)
     shutil.rmtree(run, ignore_errors=True)
 
@@ -161,6 +167,15 @@ def test_down_leaves_nothing_behind_and_up_again(
     for procs in Path("/sys/fs/cgroup").glob(f"*/{kube_node.netns.name}/**/cgroup.procs"):
         pod_pids.update(int(x) for x in procs.read_text().split())
     assert pod_pids, "a running pod has processes in the node's cgroups"
+    shims = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.readlink(proc / "exe").endswith("/containerd-shim-runc-v2") and \
+                    os.readlink(proc / "cwd").startswith(str(kube_node.state_dir / "node") + "/"):
+                shims.add(int(proc.name))
+        except OSError:
+            continue
+    assert shims, "the running pod has a containerd shim"
     changed = {k: v for k, v in record["sysctls"].items()
                if Path("/proc/sys", k).read_text().strip() != v}
     if not changed:  # a node of another run, of the first version, restored them under us
@@ -173,7 +188,7 @@ def test_down_leaves_nothing_behind_and_up_again(
     # on this machine) may be up too.
     others = "left to the last node down" in down.stderr
     assert [n for n, p in pids.items() if _alive(p)] == []
-    assert [p for p in pod_pids if _alive(p)] == []
+    assert [p for p in pod_pids | shims if _alive(p)] == []
     if others:
         print(f"other nodes up: the host's sysctls and paths are theirs to restore ({down.stderr.strip()})")
     else:
