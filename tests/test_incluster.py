@@ -206,7 +206,7 @@ def test_pod_yaml_alone_gives_a_working_provisioner(cluster: kubecluster.Cluster
     figure("write-pod mount", attempt.splitlines()[-1][:200] if attempt != "mounted" else "mounted")
     if attempt != "mounted":
         assert "-t nfs" in attempt and "vers=4.1" in attempt, attempt
-    core.delete_namespaced_pod("write-pod", namespace, grace_period_seconds=0)
+    core.delete_namespaced_pod("write-pod", namespace, grace_period_seconds=1)
     # Gone (and, where the mount worked, unmounted) before its server is touched.
     wait.until(lambda: not [p for p in core.list_namespaced_pod(namespace).items if p.metadata.name == "write-pod"],
                timeout=60, what="write-pod gone")
