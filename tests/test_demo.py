@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -31,7 +33,16 @@ def test_demo_runs_the_whole_flow_and_tears_down(tmp_path: Path) -> None:
 
 @pytest.mark.node
 @pytest.mark.container
-def test_demo_in_cluster_runs_the_quick_start_in_a_pod_and_tears_down(tmp_path: Path) -> None:
+def test_demo_in_cluster_runs_the_quick_start_in_a_pod_and_tears_down() -> None:
+    # A short state directory: containerd's socket lives in it (108-byte unix socket paths).
+    tmp_path = Path(tempfile.mkdtemp(prefix="nfsp-demo-", dir="/tmp"))
+    try:
+        run_in_cluster_demo(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def run_in_cluster_demo(tmp_path: Path) -> None:
     env = {**os.environ, "NFSP_CLUSTER_DIR": str(tmp_path / "cluster")}
     r = subprocess.run([str(REPO / "hack" / "demo"), "--in-cluster", "--down"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=1200)
