@@ -39,7 +39,10 @@ def test_demo_in_cluster_runs_the_quick_start_in_a_pod_and_tears_down() -> None:
     try:
         run_in_cluster_demo(tmp_path)
     finally:
-        shutil.rmtree(tmp_path, ignore_errors=True)
+        mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                   if line.split()[4].startswith(f"{tmp_path}/")]
+        assert not mounted, f"left mounted after the demo's teardown: {mounted}"
+        shutil.rmtree(tmp_path, ignore_errors=True)  # nothing mounted below it: only the demo's own files
 
 
 def run_in_cluster_demo(tmp_path: Path) -> None:
