@@ -229,14 +229,16 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> tuple[
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    from nfs_provisioner import logs
+
     env = os.environ if environ is None else environ
+    s: settings_mod.Settings | None = None
     try:
         s, warnings = parse_args(argv, env)
         settings_mod.validate(s, in_cluster=not s.out_of_cluster and bool(env.get("KUBERNETES_SERVICE_HOST")))
     except settings_mod.SettingsError as e:
-        print(f"nfs-provisioner: error: {e}", file=sys.stderr)
+        print(logs.error_line(str(e), json_lines=s is not None and s.log_json), file=sys.stderr)
         return 2
-    from nfs_provisioner import logs
     from nfs_provisioner.appliance import app
 
     logs.configure(level=s.log_level, json_lines=s.log_json)
@@ -245,5 +247,5 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         return app.run(s, env)
     except app.STARTUP_ERRORS as e:
-        print(f"nfs-provisioner: error: {e}", file=sys.stderr)
+        print(logs.error_line(str(e), json_lines=s.log_json), file=sys.stderr)
         return 1

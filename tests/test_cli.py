@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -184,12 +185,19 @@ def test_glog_flags_do_not_stop_the_appliance(tmp_path: Path) -> None:
                         "-stderrthreshold=INFO", "-log_dir=/tmp", "--log-json", f"--kubeconfig={tmp_path / 'none'}",
                         f"--export-root={tmp_path}", "--metrics-address="], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1, r.stderr
-    import json
-    lines = r.stderr.splitlines()
-    logged = [json.loads(line) for line in lines[:-1]]
-    glog = [e["msg"] for e in logged if "glog flag" in e["msg"]]
-    assert len(glog) == 5 and all(e["level"] == "warning" for e in logged if "glog flag" in e["msg"])
-    assert lines[-1].startswith("nfs-provisioner: error: cannot load Kubernetes credentials")
+    logged = [json.loads(line) for line in r.stderr.splitlines()]  # --log-json: every line, the error's too
+    glog = [e for e in logged if "glog flag" in e["msg"]]
+    assert len(glog) == 5 and {e["level"] for e in glog} == {"warning"}
+    assert logged[-1]["level"] == "error" and logged[-1]["msg"].startswith("cannot load Kubernetes credentials")
+
+
+def test_with_log_json_a_configuration_error_is_one_json_line() -> None:
+    r = subprocess.run([sys.executable, "-m", "nfs_provisioner", "--log-json", "--kubeconfig=/x",
+                        "--grace-period=500"], capture_output=True, text=True)
+    assert r.returncode == 2
+    [line] = r.stderr.splitlines()
+    entry = json.loads(line)
+    assert (entry["level"], entry["msg"]) == ("error", "--grace-period 500 is out of range 0-180 seconds")
 
 
 def test_a_grace_period_without_our_server_is_a_warning() -> None:
@@ -233,3 +241,20 @@ def test_who_may_mount_defaults_to_the_nodes_and_out_of_cluster_adds_loopback() 
         nodes=False, fixed=("*",))
     with pytest.raises(SettingsError, match="IPv6 networks longer than /64"):
         validate(cli.parse(["--kubeconfig=/k", "--export-subnet=fd00::/120"], {}), in_cluster=False)
+
+
+def test_with_log_json_what_python_prints_itself_is_json_too() -> None:
+    """Uncaught exceptions (main thread and others) and warnings would be printed raw to stderr."""
+    code = ("import threading, warnings\n"
+            "from nfs_provisioner import logs\n"
+            "logs.configure(json_lines=True)\n"
+            "t = threading.Thread(target=lambda: 1 / 0, name='worker'); t.start(); t.join()\n"
+            "warnings.warn('deprecated thing')\n"
+            "raise RuntimeError('boom')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 1
+    entries = [json.loads(line) for line in r.stderr.splitlines()]
+    assert (entries[0]["level"], entries[0]["msg"]) == ("critical", "uncaught exception in thread worker")
+    assert "ZeroDivisionError" in entries[0]["exc"]
+    assert any("deprecated thing" in e["msg"] for e in entries)
+    assert entries[-1]["msg"] == "uncaught exception" and "RuntimeError: boom" in entries[-1]["exc"]
