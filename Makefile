@@ -9,16 +9,17 @@ help:
 	@echo "make demo       local control plane up, show it working (see README)"
 	@echo "make test       install what is missing, lint, run every test"
 	@echo "make bench      provisioning + Ganesha benchmarks (prints a table, writes bench/results.json)"
-	@echo "make lint       ruff + mypy (strict on nfs_provisioner/)"
+	@echo "make lint       ruff + mypy (strict on nfs_provisioner/) + the layer contracts (hack/check_layers.py)"
 	@echo "make test-unit | test-kube   one marker group only"
 
 deps:
 	hack/install-deps
 
 lint: deps
-	$(VENV)/bin/ruff check nfs_provisioner tests hack/cluster hack/cluster_node.py hack/node_host.py hack/node_image.py examples
-	$(VENV)/bin/mypy --strict examples/hostpath/hostpath_provisioner.py
+	$(VENV)/bin/ruff check nfs_provisioner tests hack/cluster hack/cluster_node.py hack/node_host.py hack/node_image.py hack/check_layers.py examples
+	$(VENV)/bin/mypy --strict examples/hostpath/hostpath_provisioner.py hack/check_layers.py
 	$(VENV)/bin/mypy
+	$(PY) hack/check_layers.py
 
 test: deps lint
 	$(PYTEST) tests

@@ -1,10 +1,14 @@
-"""Logging set-up for the appliance: plain lines or one JSON object per line."""
+"""Logging set-up for the appliance: plain lines or one JSON object per line.
+
+With JSON lines, whatever Python itself would print to stderr goes through the log as well: uncaught
+exceptions (main thread and others), ``warnings``, and logging's own errors are not printed raw."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+import threading
 import time
 
 
@@ -33,3 +37,23 @@ def configure(*, level: str = "INFO", json_lines: bool = False) -> None:
     root.setLevel(level)
     # urllib3 logs every retry at WARNING; the API client reports what matters itself.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
+    if json_lines:
+        logging.captureWarnings(True)
+        logging.raiseExceptions = False  # a failing handler must not print "--- Logging error ---" blocks
+        uncaught = logging.getLogger("nfs_provisioner")
+
+        def excepthook(args: threading.ExceptHookArgs) -> None:
+            if args.exc_type is not SystemExit:
+                uncaught.critical("uncaught exception in thread %s", args.thread.name if args.thread else "?",
+                                  exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
+
+        threading.excepthook = excepthook
+        sys.excepthook = lambda t, v, tb: uncaught.critical("uncaught exception", exc_info=(t, v, tb))
+
+
+def error_line(message: str, *, json_lines: bool) -> str:
+    """The one line a fatal configuration or start-up error is reported with (JSON with ``--log-json``)."""
+    if not json_lines:
+        return f"nfs-provisioner: error: {message}"
+    record = logging.LogRecord("nfs_provisioner", logging.ERROR, __file__, 0, "%s", (message,), None)
+    return JSONFormatter().format(record)

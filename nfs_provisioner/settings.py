@@ -8,14 +8,15 @@ combination into a :class:`SettingsError` with a one-line reason.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Kubernetes "qualified name": optional DNS-subdomain prefix, '/', a name of at
-# most 63 characters. Provisioner names must carry the prefix (vendor/name).
-_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# k8s.io/apimachinery/pkg/util/validation: IsQualifiedName's name part and IsDNS1123Subdomain (Go's ``^...$``
+# match the whole string: fullmatch, never ``$``, which also matches before a trailing newline).
+_QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 class SettingsError(ValueError):
@@ -43,7 +44,8 @@ class Settings:
     """Everything the appliance is told on its command line or in its environment."""
 
     provisioner: str = "example.com/nfs"
-    """The provisioner name StorageClasses refer to; a qualified name such as vendor.io/nfs."""
+    """The provisioner name StorageClasses refer to: lowercased, a Kubernetes qualified name (``nfs``,
+    ``vendor.io/nfs``), as the Go provisioner checks it."""
     kubeconfig: Path | None = None
     """Kubeconfig for running out of cluster; in-cluster config when neither it nor master is set."""
     master: str | None = None
@@ -100,11 +102,20 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def is_qualified_name(value: str) -> bool:
-    """Kubernetes IsQualifiedName with a mandatory prefix (vendor/name)."""
-    prefix, sep, name = value.rpartition("/")
-    if not sep or not prefix or len(prefix) > 253:
+    """Kubernetes ``validation.IsQualifiedName``: ``[prefix/]name``, the prefix a DNS-1123 subdomain of at most
+    253 characters, the name at most 63 characters of ``[-A-Za-z0-9_.]`` starting and ending alphanumeric."""
+    parts = value.split("/")
+    if len(parts) > 2:
         return False
-    return bool(_NAME.fullmatch(name)) and all(_DNS_LABEL.fullmatch(label) for label in prefix.split("."))
+    name = parts[-1]
+    if len(parts) == 2 and not is_dns1123_subdomain(parts[0]):
+        return False
+    return len(name.encode()) <= 63 and bool(_QUALIFIED_NAME.fullmatch(name))
+
+
+def is_dns1123_subdomain(value: str) -> bool:
+    """Kubernetes ``validation.IsDNS1123Subdomain`` (e.g. an object name)."""
+    return len(value.encode()) <= 253 and bool(_DNS1123_SUBDOMAIN.fullmatch(value))
 
 
 NODES = "nodes"
@@ -166,7 +177,7 @@ def client_policy(s: Settings) -> ClientPolicy:
 
 def parse_host_port(value: str, *, flag: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
         raise SettingsError(f"{flag}: {value!r} is not host:port (host may be empty for all addresses)")
     return host.strip("[]"), int(port)
 
@@ -176,8 +187,9 @@ def validate(s: Settings, *, in_cluster: bool) -> None:
 
     ``in_cluster``: no kubeconfig/master given and the in-cluster environment
     (KUBERNETES_SERVICE_HOST) is present."""
-    if not is_qualified_name(s.provisioner):
-        raise SettingsError(f"--provisioner {s.provisioner!r} is not a qualified name like example.com/nfs")
+    # As the Go provisioner: validation.IsQualifiedName(strings.ToLower(provisioner)).
+    if not is_qualified_name(s.provisioner.lower()):
+        raise SettingsError(f"--provisioner {s.provisioner!r} is not a qualified name like example.com/nfs or nfs")
     if not 0 <= s.grace_period <= 180:
         raise SettingsError(f"--grace-period {s.grace_period} is out of range 0-180 seconds")
     if s.run_server and not s.use_ganesha:
@@ -203,17 +215,31 @@ def validate(s: Settings, *, in_cluster: bool) -> None:
         parse_subnets(s.export_subnet)
     if s.metrics_address:
         parse_host_port(s.metrics_address, flag="--metrics-address")
-    if s.kube_api_qps <= 0 or s.kube_api_burst < 1:
-        raise SettingsError("--kube-api-qps must be > 0 and --kube-api-burst >= 1")
+    if not (math.isfinite(s.kube_api_qps) and s.kube_api_qps > 0) or s.kube_api_burst < 1:
+        raise SettingsError("--kube-api-qps must be a finite number > 0 and --kube-api-burst >= 1")
     if s.threadiness < 1:
         raise SettingsError(f"--threadiness {s.threadiness} must be at least 1")
     if s.log_level not in LOG_LEVELS:
         raise SettingsError(f"--log-level {s.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     le = s.leader_election
     if le.enabled:
+        lease = s.provisioner.replace("/", "-")
+        if not is_dns1123_subdomain(lease):
+            raise SettingsError(f"--leader-elect: the Lease would be named {lease!r} (--provisioner with '/' as "
+                                "'-'), not a valid object name; use a lowercase provisioner name")
         if not le.lease_duration > le.renew_deadline > 0:
             raise SettingsError("--leader-elect-lease-duration must be greater than --leader-elect-renew-deadline")
         if not 0 < le.retry_period < le.renew_deadline:
             raise SettingsError("--leader-elect-retry-period must be positive and less than the renew deadline")
     if s.ganesha_templates is not None and not s.ganesha_templates.is_dir():
         raise SettingsError(f"--ganesha-templates {s.ganesha_templates} is not a directory")
+
+
+def warnings(s: Settings) -> list[str]:
+    """Valid but meaningless settings, one line each, logged at start-up."""
+    out = []
+    if not s.run_server and s.grace_period != Settings.grace_period:
+        # The Go provisioner refuses this; a warning keeps a manifest that sets both working.
+        out.append(f"--grace-period {s.grace_period} has no effect with --run-server=false: the grace period is "
+                   "the NFS server's, and this process does not run that server")
+    return out

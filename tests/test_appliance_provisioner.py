@@ -118,6 +118,8 @@ def test_on_delete_retain_and_archive_keep_the_data(h: Harness, on_delete: str, 
     [
         (options(params={"size": "1"}), "invalid parameter 'size'"),
         (options(params={"gid": "0"}), "invalid value '0' for parameter gid"),
+        (options(params={"gid": "²"}), "^StorageClass example-nfs: invalid value '²' for parameter gid"),
+        (options(params={"gid": "١٢٣"}), "^StorageClass example-nfs: invalid value '١٢٣' for parameter gid"),
         (options(params={"onDelete": "shred"}), "parameter onDelete"),
         (options(claim_spec={"selector": {"matchLabels": {"a": "b"}}}), "claim Selector is not supported"),
         (options(size="1Ei"), "bytes are free on the export root"),

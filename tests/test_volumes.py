@@ -36,6 +36,11 @@ def test_parameters_defaults_and_values() -> None:
         ({"gid": "-5"}, "invalid value '-5' for parameter gid"),
         ({"gid": "99999999999"}, "for parameter gid"),
         ({"gid": "abc"}, "for parameter gid"),
+        # Unicode digits: '²'.isdigit() is True but int() refuses it; '١٢٣' (Arabic-Indic) int() reads as 123.
+        ({"gid": "²"}, "invalid value '²' for parameter gid"),
+        ({"gid": "١٢٣"}, "invalid value '١٢٣' for parameter gid"),
+        ({"gid": "1" * 5000}, "for parameter gid"),  # int() refuses more than 4300 digits with its own error
+        ({"gid": "+5"}, "invalid value '\\+5' for parameter gid"),
         ({"rootSquash": "maybe"}, "for parameter rootSquash"),
         ({"onDelete": "shred"}, "for parameter onDelete"),
         ({"mountOptions": "vers=4.1,a b"}, "invalid mount option 'a b'"),

@@ -9,6 +9,7 @@ queue-depth gauge. The registry is injected (tests pass a fresh one).
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -66,6 +67,21 @@ class _QueueDepth(Collector):
         yield g
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    """``http.server`` with its errors in the log: socketserver prints each failed request's traceback to
+    stderr, which broke ``--log-json``; a client that goes away early is routine (DEBUG)."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        peer = client_address[0] if isinstance(client_address, tuple) else client_address
+        if isinstance(exc, (ConnectionError, TimeoutError)):  # BrokenPipe, ConnectionReset/Aborted
+            log.debug("http: client %s disconnected early: %s", peer, exc)
+        else:
+            log.error("http: request from %s failed: %s", peer, exc, exc_info=True)
+
+
 class Server:
     """Serves ``/metrics``, ``/healthz`` (liveness) and ``/readyz`` (readiness) on ``host:port``."""
 
@@ -95,8 +111,7 @@ class Server:
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("http: " + format, *args)
 
-        self._httpd = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _HTTPServer((host or "0.0.0.0", int(port)), Handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics-http", daemon=True)
 
     @property

@@ -2,7 +2,7 @@
 
 Known parameters (anything else is rejected, as the original appliance did):
 
-- ``gid``: ``none`` (default) or a positive integer. The volume directory gets
+- ``gid``: ``none`` (default) or a positive integer (ASCII digits). The volume directory gets
   that group, mode 0071|setgid, and the PV gets ``pv.beta.kubernetes.io/gid``
   so pods receive the group as a supplemental group.
 - ``rootSquash``: ``true``/``false`` (default false): root_id_squash instead of
@@ -15,6 +15,7 @@ Known parameters (anything else is rejected, as the original appliance did):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -22,6 +23,8 @@ from typing import Literal
 OnDelete = Literal["delete", "retain", "archive"]
 KNOWN = ("gid", "rootSquash", "onDelete", "mountOptions")
 MAX_GID = 2**31 - 1
+_ASCII_DIGITS = re.compile(r"[0-9]{1,10}")
+"""A numeric parameter: ASCII digits only (``str.isdigit`` also takes ``²`` and ``١٢٣``), short enough for int()."""
 
 
 class InvalidParameter(ValueError):
@@ -54,7 +57,7 @@ def parse(parameters: Mapping[str, str] | None, *, class_mount_options: Sequence
     gid: int | None = None
     raw_gid = params.get("gid", "none").strip()
     if raw_gid.lower() != "none":
-        if not raw_gid.isdigit() or not 0 < int(raw_gid) <= MAX_GID:
+        if not _ASCII_DIGITS.fullmatch(raw_gid) or not 0 < int(raw_gid) <= MAX_GID:
             raise InvalidParameter(f"invalid value {raw_gid!r} for parameter gid: want 'none' or an integer "
                                    f"1-{MAX_GID}")
         gid = int(raw_gid)
