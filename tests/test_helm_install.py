@@ -58,9 +58,9 @@ def bound(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Persist
     return core.read_persistent_volume(wait.until(volume, timeout=60, what=f"claim {name} Bound"))
 
 
-def manifest_objects(helm: Helm, namespace: str) -> list[tuple[str, str, str | None]]:
+def manifest_objects(helm: Helm, namespace: str, release: str = RELEASE) -> list[tuple[str, str, str | None]]:
     """(kind, name, namespace or None) of every object of the release, from `helm get manifest`."""
-    docs = [d for d in yaml.safe_load_all(helm("get", "manifest", RELEASE, "-n", namespace).stdout) if d]
+    docs = [d for d in yaml.safe_load_all(helm("get", "manifest", release, "-n", namespace).stdout) if d]
     cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "StorageClass"}
     return [(d["kind"], d["metadata"]["name"], None if d["kind"] in cluster_scoped else namespace) for d in docs]
 
@@ -155,4 +155,90 @@ def test_install_upgrade_uninstall_on_the_node(cluster: kubecluster.Cluster, cor
             cluster.kubectl("patch", "pv", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
             cluster.kubectl("delete", "pv", name, "--wait=false", check=False)
         cluster.kubectl("delete", "pv", export_pv, "--wait=false", check=False)
+        cluster.kubectl("delete", "storageclass", klass, "--ignore-not-found", check=False)
+
+
+def install(helm: Helm, release: str, namespace: str, values: dict[str, Any], tmp_path: Path) -> float:
+    """helm install --wait with these values; the seconds it took."""
+    f = tmp_path / f"{release}-values.json"
+    f.write_text(json.dumps(values))
+    started = time.monotonic()
+    helm("install", release, str(CHART), "-n", namespace, "-f", str(f), "--wait", "--timeout", "180s")
+    return time.monotonic() - started
+
+
+def uninstall_removes_everything(helm: Helm, cluster: kubecluster.Cluster, core: client.CoreV1Api, release: str,
+                                 namespace: str) -> None:
+    objects = manifest_objects(helm, namespace, release)
+    helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "120s")
+    assert [o for o in objects if exists(cluster, *o)] == []
+    wait.until(lambda: not core.list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/instance={release}")
+               .items, timeout=90, what=f"the pods of {release} gone")
+
+
+def test_daemonset_on_a_host_path_serves_on_the_node_s_ports(cluster: kubecluster.Cluster, core: client.CoreV1Api,
+                                                            kube_node: Node, image: str, namespace: str,
+                                                            tmp_path: Path) -> None:
+    node = kube_node
+    helm = Helm(tmp_path / "helm-home", kubeconfig=cluster.kubeconfig)
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=privileged")
+    cluster.kubectl("label", "node", node.name, "nfs-provisioner/server=true", "--overwrite")
+    root = tmp_path / "root"
+    klass = f"helm-ds-{uuid.uuid4().hex[:8]}"
+    pvs: list[str] = []
+    try:
+        took = install(helm, "nfsd", namespace, {
+            "kind": "DaemonSet", "persistence": {"enabled": False}, "hostPath": {"path": str(root)},
+            "nodeSelector": {"nfs-provisioner/server": "true"}, "storageClass": {"name": klass}}, tmp_path)
+        figure("DaemonSet: helm install --wait to Ready (s)", took)
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(claim("nfs", namespace, klass)))
+        pv = bound(core, namespace, "nfs")
+        pvs.append(pv.metadata.name)
+        # NODE_NAME mode: the PV names the node; clients reach it on the node's address, host ports.
+        assert pv.spec.nfs.server == node.name
+        data = nfs_roundtrip(node, node.ip, pv.spec.nfs.path, version=4)
+        nfs_roundtrip(node, node.ip, pv.spec.nfs.path, version=3, name="v3")
+        uninstall_removes_everything(helm, cluster, core, "nfsd", namespace)
+        # The node directory keeps the identity and the volume's data.
+        assert (root / "nfs-provisioner.identity").exists()
+        assert (root / pv.metadata.name / "roundtrip").read_bytes() == data
+    finally:
+        helm("uninstall", "nfsd", "-n", namespace, "--wait", check=False)
+        cluster.kubectl("label", "node", node.name, "nfs-provisioner/server-", check=False)
+        cluster.kubectl("delete", "pvc", "--all", "-n", namespace, "--wait=false", check=False)
+        for name in pvs:
+            cluster.kubectl("patch", "pv", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
+            cluster.kubectl("delete", "pv", name, "--wait=false", check=False)
+        cluster.kubectl("delete", "storageclass", klass, "--ignore-not-found", check=False)
+
+
+def test_two_replicas_with_leader_election_one_provisions(cluster: kubecluster.Cluster, core: client.CoreV1Api,
+                                                          api_client: client.ApiClient, kube_node: Node,
+                                                          image: str, namespace: str, tmp_path: Path) -> None:
+    node = kube_node
+    helm = Helm(tmp_path / "helm-home", kubeconfig=cluster.kubeconfig)
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=privileged")
+    klass = f"helm-le-{uuid.uuid4().hex[:8]}"
+    try:
+        took = install(helm, "nfsr", namespace, {
+            "replicas": 2, "leaderElect": True, "persistence": {"enabled": False}, "gracePeriod": 0,
+            "storageClass": {"name": klass, "reclaimPolicy": "Delete"}}, tmp_path)
+        figure("two replicas: helm install --wait to both Ready (s)", took)
+        pods = {p.metadata.name: p.status.pod_ip for p in core.list_namespaced_pod(namespace).items}
+        assert sorted(pods) == ["nfsr-nfs-provisioner-0", "nfsr-nfs-provisioner-1"], pods
+        lease = f"nfsr.{namespace}.nfs-provisioner.local-nfs"  # the provisioner name with / -> -
+        coordination = client.CoordinationV1Api(api_client)
+        holder = wait.until(lambda: coordination.read_namespaced_lease(lease, namespace).spec.holder_identity,
+                            timeout=60, what=f"a holder of the Lease {lease}")
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(claim("nfs", namespace, klass)))
+        pv = bound(core, namespace, "nfs")
+        (leader,) = [n for n, ip in pods.items() if ip == pv.spec.nfs.server]
+        assert holder.startswith(f"{leader}_"), (holder, leader)
+        nfs_roundtrip(node, pv.spec.nfs.server, pv.spec.nfs.path)
+        core.delete_namespaced_persistent_volume_claim("nfs", namespace)
+        wait.until(lambda: not [v for v in core.list_persistent_volume().items if v.metadata.name == pv.metadata.name],
+                   timeout=60, what="the PV deleted")
+        uninstall_removes_everything(helm, cluster, core, "nfsr", namespace)
+    finally:
+        helm("uninstall", "nfsr", "-n", namespace, "--wait", check=False)
         cluster.kubectl("delete", "storageclass", klass, "--ignore-not-found", check=False)
