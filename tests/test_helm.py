@@ -180,6 +180,24 @@ def test_a_wrong_combination_fails_with_one_line(helm: Helm, set_args: list[str]
     assert r.returncode != 0 and message in r.stderr, r.stderr
 
 
+def notes(helm: Helm, *set_args: str) -> str:
+    """NOTES.txt as `helm install` prints it (a client-side dry run; helm still asks the server its version)."""
+    out = helm("install", "nfs", str(CHART), "-n", "store", "--dry-run=client",
+               *[a for s in set_args for a in ("--set", s)]).stdout
+    return out[out.index("NOTES:"):]
+
+
+@pytest.mark.kube
+def test_notes_tell_how_to_claim_and_what_the_namespace_needs(tmp_path: Path, cluster: kubecluster.Cluster) -> None:
+    helm = Helm(tmp_path, kubeconfig=cluster.kubeconfig)
+    text = notes(helm)
+    assert "storageClassName: nfs-nfs-provisioner" in text and "kind: PersistentVolumeClaim" in text
+    assert "kubectl label namespace store pod-security.kubernetes.io/enforce=privileged" in text
+    assert "export-volume-nfs-nfs-provisioner-0" in text  # kept by helm uninstall
+    text = notes(helm, "storageClass.create=false", "provisionerName=example.com/nfs")
+    assert "No StorageClass was created" in text and "example.com/nfs" in text and "storageClassName" not in text
+
+
 def shipped(name: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d]
 
@@ -310,3 +328,18 @@ def test_every_rendered_object_passes_server_side_dry_run(helm: Helm, tmp_path: 
                         input=yaml.safe_dump_all(objs), check=False)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.split()) == len(objs), r.stdout
+
+
+@pytest.mark.kube
+def test_release_namespace_needs_privileged_pod_security(helm: Helm, tmp_path: Path, cluster: kubecluster.Cluster,
+                                                         namespace: str) -> None:
+    # What docs/helm.md and NOTES.txt say: under "baseline" the pods are refused for their capability (the
+    # StatefulSet is admitted with a warning naming it); under "privileged" nothing is said.
+    objs = render(helm, tmp_path, {}, release="psa", namespace=namespace)
+    text = yaml.safe_dump_all(objs)
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=baseline")
+    r = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=text, check=False)
+    assert r.returncode == 0 and "DAC_READ_SEARCH" in r.stderr, r.stderr
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=privileged", "--overwrite")
+    r = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=text, check=False)
+    assert r.returncode == 0 and "DAC_READ_SEARCH" not in r.stderr, r.stderr
