@@ -90,6 +90,13 @@ def test_install_upgrade_uninstall_on_the_node(cluster: kubecluster.Cluster, cor
                                   "storageClass": {"name": klass}}))
     kept_pvs: list[str] = []
     try:
+        # A wrong value is refused at install, with the value and its range, and nothing is installed.
+        wrong = helm("install", RELEASE, str(CHART), "-n", namespace, "-f", str(values), "--set", "gracePeriod=500",
+                     check=False)
+        assert wrong.returncode != 0 and "at '/gracePeriod': maximum: got 500, want 180" in wrong.stderr, wrong.stderr
+        assert helm("list", "-n", namespace, "-a", "-q").stdout.strip() == ""
+        assert not core.list_namespaced_service_account(namespace, label_selector="app.kubernetes.io/instance="
+                                                        + RELEASE).items
         started = time.monotonic()
         out = helm("install", RELEASE, str(CHART), "-n", namespace, "-f", str(values), "--wait", "--timeout", "180s",
                    check=False)
