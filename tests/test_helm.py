@@ -169,6 +169,8 @@ def test_a_wrong_value_is_refused_with_a_clear_message(helm: Helm, set_arg: str,
     r = helm("template", "nfs", str(CHART), "--set", set_arg, check=False)
     assert r.returncode != 0 and not r.stdout
     assert "values don't meet the specifications of the schema" in r.stderr and message in r.stderr, r.stderr
+    if set_arg == "gracePeriod=500":  # the example docs/helm.md quotes
+        assert f"--set {set_arg}` fails with\n  `{message}`" in (REPO / "docs" / "helm.md").read_text()
 
 
 @pytest.mark.parametrize(("set_args", "message"), [
