@@ -1,0 +1,86 @@
+{{/* Names, labels and the checks every template relies on. */}}
+
+{{- define "nfs-provisioner.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "nfs-provisioner.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Cluster-scoped objects (ClusterRole, ClusterRoleBinding) also carry the namespace: two releases of
+one name in two namespaces do not collide. */}}
+{{- define "nfs-provisioner.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "nfs-provisioner.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "nfs-provisioner.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "nfs-provisioner.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "nfs-provisioner.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "nfs-provisioner.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "nfs-provisioner.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "nfs-provisioner.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required with serviceAccount.create=false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Unique per release: <release>.<namespace>.nfs-provisioner.local/nfs (a qualified name: DNS-subdomain
+prefix, '/', a name). */}}
+{{- define "nfs-provisioner.provisionerName" -}}
+{{- default (printf "%s.%s.nfs-provisioner.local/nfs" .Release.Name .Release.Namespace) .Values.provisionerName }}
+{{- end }}
+
+{{- define "nfs-provisioner.storageClassName" -}}
+{{- default (include "nfs-provisioner.fullname" .) .Values.storageClass.name }}
+{{- end }}
+
+{{/* The PVs name the Service's ClusterIP: a StatefulSet of one pod. */}}
+{{- define "nfs-provisioner.serviceMode" -}}
+{{- if and (eq .Values.kind "StatefulSet") (eq (int .Values.replicas) 1) }}true{{ end }}
+{{- end }}
+
+{{- define "nfs-provisioner.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* Combinations the schema cannot say; each fails the install with one line. */}}
+{{- define "nfs-provisioner.validate" -}}
+{{- if and (gt (int .Values.replicas) 1) (not .Values.leaderElect) }}
+{{- fail "replicas > 1 needs leaderElect: true (only the lease holder may provision)" }}
+{{- end }}
+{{- if and (eq .Values.kind "DaemonSet") .Values.persistence.enabled }}
+{{- fail "kind DaemonSet needs persistence.enabled: false (a DaemonSet has no claim per pod); set hostPath.path for the export root" }}
+{{- end }}
+{{- if and (eq .Values.kind "DaemonSet") (ne (int .Values.replicas) 1) }}
+{{- fail "replicas is for kind StatefulSet; a DaemonSet runs one pod per selected node" }}
+{{- end }}
+{{- end }}
+
+{{/* The NFS ports: name, port, and whether NFSv3 alone needs them. The same as deploy/kube-config's. */}}
+{{- define "nfs-provisioner.nfsPorts" -}}
+{{- $ports := list (list "nfs" 2049 false) (list "mountd" 20048 true) (list "nlockmgr" 32803 true) (list "rquotad" 875 false) (list "rpcbind" 111 true) (list "statd" 662 true) }}
+{{- range $ports }}
+{{- if or $.Values.nfsv3 (not (index . 2)) }}
+- {{ index . 0 }}: {{ index . 1 }}
+{{- end }}
+{{- end }}
+{{- end }}
