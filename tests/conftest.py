@@ -131,3 +131,8 @@ def appliance(cluster: kubecluster.Cluster, tmp_path: Path, unique: str) -> Iter
         yield a
     finally:
         a.close()
+
+
+from tests.test_incluster import image  # noqa: E402 - the session fixture: the image in the node's containerd
+
+__all__ = ["image"]

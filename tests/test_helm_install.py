@@ -23,10 +23,9 @@ from tests import kubecluster, wait
 from tests.ganesha_env import Client
 from tests.helm_env import CHART, Helm
 from tests.kubenode import Node
-from tests.test_incluster import describe_pod, figure, image, nfs_roundtrip, pod_ready
+from tests.test_incluster import describe_pod, figure, nfs_roundtrip, pod_ready
 
 pytestmark = [pytest.mark.node, pytest.mark.kube, pytest.mark.container, pytest.mark.ganesha, pytest.mark.helm]
-__all__ = ["image"]  # the module fixture: the image built with podman and imported into the node's containerd
 
 RELEASE = "nfsp"
 FULLNAME = f"{RELEASE}-nfs-provisioner"

@@ -41,8 +41,10 @@ def figure(name: str, value: float | str) -> None:
     print(f"[in-cluster] {name}: {FIGURES[name]}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def image(kube_node: Node) -> str:
+    """The image built from the Dockerfile (podman), imported into the node's containerd under the name the
+    manifests use; once per session (tests/conftest.py makes it visible to every module)."""
     podman = Podman()
     tag = podman.build()
     figure("image size (MB)", podman.image_size(tag) / 1e6)
