@@ -7,8 +7,12 @@ whole flow through the API server)."""
 from __future__ import annotations
 
 import copy
+import errno
 import os
 import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,6 +42,40 @@ class Appliance:
             records=VolumeRecords(self.root / RECORDS_DIR),
             exporter=GaneshaExporter(self.server.exports),
         )
+
+
+@pytest.fixture
+def small_root(tmp_path: Path) -> Iterator[Path]:
+    """A real 8 MiB ext4 filesystem (a loop device, released on unmount) mounted at the export root the ``h``
+    fixture uses; requested before ``h``, so it is unmounted after every server is stopped. (Ganesha 9.14's
+    VFS backend refuses a tmpfs: resolve_posix_filesystem returns ENOENT.)"""
+    root = tmp_path / "export"
+    root.mkdir()
+    image = tmp_path / "root.img"
+    with open(image, "wb") as f:
+        f.truncate(8 * 2**20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(root)], check=True)
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+
+
+def fill(directory: Path) -> int:
+    """Write into ``directory`` until the filesystem has no block left (ENOSPC on write or fsync, down to
+    single blocks); the bytes written."""
+    written = 0
+    for n, chunk in enumerate((2**20, 4096, 4096, 512)):
+        try:
+            with open(directory / f"fill-{n}", "wb") as f:
+                while True:
+                    written += f.write(b"\0" * chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+    return written
 
 
 def options(name: str = "pvc-1", *, params: dict[str, str] | None = None, size: str = "1Mi",
@@ -252,3 +290,27 @@ def test_delete_removes_only_what_this_appliance_made_for_that_pv(h: Harness) ->
     a.p.delete(victim)
     assert not (a.root / "pvc-victim").exists()
     assert not (a.root / RECORDS_DIR / "pvc-victim.json").exists()
+
+
+def test_delete_frees_a_full_export_root(small_root: Path, h: Harness) -> None:
+    """A client fills the export root through its volume: deleting the claim must free the space (the export
+    index rewrite needs space itself) and leave the root usable for new volumes."""
+    a = Appliance(h)
+    pv = claimed(a.p.provision(options("pvc-full")))
+    keep = claimed(a.p.provision(options("pvc-keep")))
+    assert fill(a.root / "pvc-full") > 4 * 2**20
+    with pytest.raises(OSError, match="No space left"):
+        (a.root / "probe").write_bytes(b"x" * 4096)
+    index_before = a.server.exports.index_entries()
+
+    a.p.delete(pv)
+    assert not (a.root / "pvc-full").exists()
+    assert not (a.root / RECORDS_DIR / "pvc-full.json").exists()
+    assert [e.name for e in a.server.exports.list_exports()] == ["pvc-keep"]
+    assert a.server.exports.index_entries() == [p for p in index_before if "pvc-full" not in p.name]
+    assert VolumeDirectories(a.root).free_bytes() > 4 * 2**20
+    a.p.provision(options("pvc-next"))
+    put = h.client().put(b"after", a.root / "pvc-next" / "f")
+    assert put.returncode == 0, put.stderr
+    assert (a.root / "pvc-next" / "f").read_bytes() == b"after"
+    a.p.delete(keep)
