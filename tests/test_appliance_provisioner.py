@@ -7,10 +7,8 @@ whole flow through the API server)."""
 from __future__ import annotations
 
 import copy
-import errno
 import os
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from nfs_provisioner.controller.interface import IgnoredError, ProvisioningError
 from nfs_provisioner.ganesha.server import GaneshaServer
 from nfs_provisioner.volumes.directories import InvalidVolumeName, VolumeDirectories
 from nfs_provisioner.volumes.records import RECORDS_DIR, VolumeRecords
+from tests import smallfs
 from tests.ganesha_env import Harness
 from tests.treesnap import snapshot
 
@@ -46,36 +45,10 @@ class Appliance:
 
 @pytest.fixture
 def small_root(tmp_path: Path) -> Iterator[Path]:
-    """A real 8 MiB ext4 filesystem (a loop device, released on unmount) mounted at the export root the ``h``
-    fixture uses; requested before ``h``, so it is unmounted after every server is stopped. (Ganesha 9.14's
-    VFS backend refuses a tmpfs: resolve_posix_filesystem returns ENOENT.)"""
-    root = tmp_path / "export"
-    root.mkdir()
-    image = tmp_path / "root.img"
-    with open(image, "wb") as f:
-        f.truncate(8 * 2**20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(root)], check=True)
-    try:
+    """A real 8 MiB ext4 at the export root the ``h`` fixture uses; requested before ``h``, so it is unmounted
+    after every server is stopped."""
+    with smallfs.mounted(tmp_path / "export", image=tmp_path / "root.img") as root:
         yield root
-    finally:
-        subprocess.run(["umount", str(root)], check=True)
-
-
-def fill(directory: Path) -> int:
-    """Write into ``directory`` until the filesystem has no block left (ENOSPC on write or fsync, down to
-    single blocks); the bytes written."""
-    written = 0
-    for n, chunk in enumerate((2**20, 4096, 4096, 512)):
-        try:
-            with open(directory / f"fill-{n}", "wb") as f:
-                while True:
-                    written += f.write(b"\0" * chunk)
-                    f.flush()
-                    os.fsync(f.fileno())
-        except OSError as e:
-            assert e.errno == errno.ENOSPC
-    return written
 
 
 def options(name: str = "pvc-1", *, params: dict[str, str] | None = None, size: str = "1Mi",
@@ -298,7 +271,7 @@ def test_delete_frees_a_full_export_root(small_root: Path, h: Harness) -> None:
     a = Appliance(h)
     pv = claimed(a.p.provision(options("pvc-full")))
     keep = claimed(a.p.provision(options("pvc-keep")))
-    assert fill(a.root / "pvc-full") > 4 * 2**20
+    assert smallfs.fill(a.root / "pvc-full") > 4 * 2**20
     with pytest.raises(OSError, match="No space left"):
         (a.root / "probe").write_bytes(b"x" * 4096)
     index_before = a.server.exports.index_entries()
