@@ -1,14 +1,21 @@
 """Failures that used to stall or hide, with the real appliance, control plane and Ganesha (issue 14): each must
-reach the user as an event on the claim and a log line."""
+reach the user (an event on the claim, a log line) or clean up after itself."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from kubernetes import client
 
+from nfs_provisioner.ganesha import processes
+from nfs_provisioner.ganesha.server import PID_FILE
 from tests import smallfs, wait
 from tests.appliance_env import Appliance
 
@@ -59,3 +66,55 @@ def test_claims_on_a_full_or_read_only_root_say_why(small_root: Path, appliance:
         assert core.read_namespaced_persistent_volume_claim("waiting", namespace).status.phase == "Pending"
     finally:
         storage.delete_storage_class(cls)
+
+
+def _gone(pids: list[int]) -> bool:
+    return not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_helpers_die_with_the_appliance_and_other_signals_are_harmless(appliance: Appliance) -> None:
+    """SIGHUP/SIGUSR1/SIGUSR2 used to kill the appliance and leave Ganesha and its bus running (PPID 1), so the
+    next start failed with "Address already in use"; SIGKILL did the same."""
+    appliance.start()
+    assert appliance.proc is not None
+    helpers = appliance.leftovers()
+    assert len(helpers) >= 2, appliance.log()  # dbus-daemon and ganesha.nfsd at least
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        os.kill(appliance.proc.pid, sig)
+        wait.until(lambda sig=sig: f"received {sig.name}: ignored" in appliance.log(), timeout=5,
+                   what=f"{sig.name} logged")
+    assert appliance.proc.poll() is None and appliance.get("/healthz")[0] == 200
+    assert appliance.leftovers() == helpers
+
+    os.kill(appliance.proc.pid, signal.SIGKILL)  # only the appliance: its children must follow by themselves
+    appliance.proc.wait(10)
+    wait.until(lambda: _gone(helpers), timeout=5, what=f"helpers {helpers} gone after the appliance's SIGKILL")
+    appliance.start()  # the same ports again
+    assert appliance.get("/readyz")[0] == 200
+
+
+def test_a_start_stops_what_the_previous_run_left_and_nothing_else(appliance: Appliance) -> None:
+    """A process recorded in the PID file by a run that died (here: one holding the NFS port, as a leftover
+    Ganesha would) is stopped by the next start; a recorded PID that is now another program is not touched."""
+    appliance.start()
+    appliance.stop()
+    squatter = subprocess.Popen([sys.executable, "-c", "import socket, time\n"
+                                 "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                                 f"s.bind(('127.0.0.1', {appliance.nfs_port})); s.listen(); time.sleep(600)"])
+    other = subprocess.Popen(["sleep", "600"])
+    try:
+        wait.until(lambda: appliance.nfs_port in processes.bound_ports(squatter.pid), timeout=10,
+                   what="the NFS port held")
+        pid_file = processes.PidFile(appliance.export_root / ".ganesha" / PID_FILE)
+        pid_file.add(squatter.pid, psutil.Process(squatter.pid).cmdline())
+        pid_file.add(other.pid, ["sleep", "601"])  # the PID was reused by a program that is not ours
+        appliance.start()
+        assert squatter.wait(10) is not None
+        assert other.poll() is None
+        assert f"(pid {squatter.pid}), left running by a previous run" in appliance.log()
+        assert f"pid {other.pid})" not in appliance.log()
+    finally:
+        for p in (squatter, other):
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -239,6 +239,15 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+HARMLESS_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+"""Their default action would kill the process without stopping Ganesha; the appliance has nothing to reload."""
+
+
+def _harmless(signum: int, frame: object) -> None:
+    log.warning("received %s: ignored (the appliance has nothing to reload; SIGTERM stops it)",
+                signal.Signals(signum).name)
+
+
 def _shield_cleanup() -> None:
     """Once stopping, a second SIGTERM/SIGINT must not abort the cleanup halfway (leaving a bus behind)."""
     if threading.current_thread() is threading.main_thread():
@@ -251,6 +260,8 @@ def run(s: settings_mod.Settings, environ: Mapping[str, str]) -> int:
     # cleanup (so a pod killed while starting leaves no Ganesha or bus behind).
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _terminate)
+    for sig in HARMLESS_SIGNALS:  # a handler, not SIG_IGN: children get the default back on exec
+        signal.signal(sig, _harmless)
     parts: Parts | None = None
     try:
         parts = build(s, environ)

@@ -45,6 +45,8 @@ STATD_ATTEMPTS = 5
 BIND_ATTEMPTS = 5
 NODE_DIR = re.compile(r"node\d+")
 HELPER_NOFILE = 4096  # rpcbind/statd allocate per-fd tables: a huge limit makes them eat memory
+PID_FILE = "processes.json"
+"""In the config directory: the children of the running server, so that a start after a crash stops those left."""
 STABLE_AFTER = 60.0  # seconds of uptime after which the restart backoff resets
 
 
@@ -66,9 +68,10 @@ class GaneshaServer:
         self.settings = settings
         self.metrics = metrics
         self.templates = templates or config.Templates(override_dir=settings.templates_override)
-        self.launcher = launcher or processes.Launcher(netns=settings.netns, mountns=settings.mountns)
         self.run_dir = settings.run_dir
         self.config_dir = settings.config_path
+        self.launcher = launcher or processes.Launcher(netns=settings.netns, mountns=settings.mountns,
+                                                       pid_file=processes.PidFile(self.config_dir / PID_FILE))
         self.main_config = self.config_dir / "ganesha.conf"
         self.bus_socket = self.run_dir / "dbus.sock"
         self.bus_address = settings.dbus_address or f"unix:path={self.bus_socket}"
@@ -120,6 +123,8 @@ class GaneshaServer:
         try:
             self._find_ganesha()
             self._prepare_dirs()
+            if self.launcher.pid_file is not None:
+                self.launcher.pid_file.stop_leftovers(timeout=self.settings.stop_timeout)
             if self.settings.dbus_address is None:
                 self._start_bus()
             if self.settings.nfsv3:
@@ -193,6 +198,8 @@ class GaneshaServer:
                 failed.append(e)
         if failed:
             raise failed[0]
+        if self.launcher.pid_file is not None:
+            self.launcher.pid_file.clear()
 
     # --- start steps -------------------------------------------------------------------------------------------
 
