@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,3 +119,39 @@ def test_a_start_stops_what_the_previous_run_left_and_nothing_else(appliance: Ap
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def timed_get(a: Appliance, path: str) -> tuple[int, str, float]:
+    start = time.monotonic()
+    code, body = a.get(path)
+    return code, body, time.monotonic() - start
+
+
+def check_health_follows_a_stopped_ganesha(a: Appliance, ganesha_pid: int) -> None:
+    """SIGSTOP Ganesha: /healthz and /readyz answer 503 with the reason, each in well under a second; SIGCONT:
+    200 again."""
+    assert a.get("/healthz")[0] == 200
+    os.kill(ganesha_pid, signal.SIGSTOP)
+    try:
+        answers = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            answers.append(timed_get(a, "/healthz"))
+            if answers[-1][0] == 503:
+                break
+            time.sleep(0.1)
+        assert max(t for _, _, t in answers) < 0.5, answers
+        code, body, _ = answers[-1]
+        assert code == 503 and "NFS-Ganesha" in body, answers
+        code, body, took = timed_get(a, "/readyz")
+        assert code == 503 and "NFS-Ganesha" in body and took < 0.5, (code, body, took)
+    finally:
+        os.kill(ganesha_pid, signal.SIGCONT)
+    wait.until(lambda: a.get("/healthz")[0] == 200, timeout=10, what="healthy again after SIGCONT")
+
+
+def test_healthz_answers_at_once_when_ganesha_is_stopped(appliance: Appliance) -> None:
+    appliance.start()
+    pids = [p for p in appliance.leftovers() if any(a.endswith("/ganesha.nfsd") for a in psutil.Process(p).cmdline())]
+    assert len(pids) == 1, appliance.log()
+    check_health_follows_a_stopped_ganesha(appliance, pids[0])

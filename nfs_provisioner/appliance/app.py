@@ -22,7 +22,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from nfs_provisioner import settings as settings_mod
-from nfs_provisioner.appliance import address, exporters, nodes, recovery, state
+from nfs_provisioner.appliance import address, exporters, health, nodes, recovery, state
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.appliance.kernel_exports import KernelExporter
 from nfs_provisioner.controller import controller as ctl
@@ -76,6 +76,8 @@ class Parts:
     recovered: recovery.Report
     nodes: nodes.NodeClients | None = None
     """Follows the Nodes' addresses into every export's client list (None: a fixed ``--export-subnet``)."""
+    ganesha_health: health.BackgroundHealth | None = None
+    """Ganesha's health, checked in the background (None: no Ganesha)."""
 
 
 def controller_settings(s: settings_mod.Settings, *, identity: str) -> ctl_settings.ControllerSettings:
@@ -136,6 +138,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
     run_dir = Path(tempfile.mkdtemp(prefix="nfsp-"))  # short: the bus socket path is limited to 108 bytes
     ganesha: GaneshaServer | None = None
     node_clients: nodes.NodeClients | None = None
+    ganesha_ok: health.BackgroundHealth | None = None
     try:
         api = kube.Client.load(str(s.kubeconfig) if s.kubeconfig else None,
                                settings=kube.ClientSettings(qps=s.kube_api_qps, burst=s.kube_api_burst))
@@ -191,16 +194,21 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
                                    leading=lambda: controller.leading)
         controller.claims.on_change = resizing.chain(controller.claims.on_change, resizer.on_claim)
         http = None
+        if ganesha is not None:
+            checked = ganesha
+            ganesha_ok = health.BackgroundHealth(lambda: checked.probe(timeout=HEALTH_TIMEOUT, managed=s.run_server))
+            ganesha_ok.start()
         if s.metrics_address:
             http = ctl_metrics.Server(
                 s.metrics_address, registry,
-                healthy=lambda: _both(ganesha_health(ganesha, s.run_server), controller.healthy()),
-                ready=lambda: _both(_both(ganesha_health(ganesha, s.run_server), recovered.health()),
-                                    controller.ready()))
+                healthy=lambda: _both(ganesha_health(ganesha_ok), controller.healthy()),
+                ready=lambda: _both(_both(ganesha_health(ganesha_ok), recovered.health()), controller.ready()))
             http.start()
             log.info("serving /metrics, /healthz, /readyz on %s", s.metrics_address)
     except BaseException:
         _shield_cleanup()
+        if ganesha_ok is not None:
+            ganesha_ok.stop()
         if node_clients is not None:
             node_clients.stop()
         if ganesha is not None and s.run_server:
@@ -209,7 +217,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
         raise
     return Parts(identity=ident, ganesha=ganesha, provisioner=provisioner, controller=controller,
                  resizer=resizer, registry=registry, http=http, run_dir=run_dir, lock=lock, recovered=recovered,
-                 nodes=node_clients)
+                 nodes=node_clients, ganesha_health=ganesha_ok)
 
 
 def who_may_mount(s: settings_mod.Settings, api: kube.Client) -> tuple[nodes.NodeClients | None, tuple[str, ...]]:
@@ -225,10 +233,12 @@ def who_may_mount(s: settings_mod.Settings, api: kube.Client) -> tuple[nodes.Nod
     return watcher, watcher.start()
 
 
-def ganesha_health(ganesha: GaneshaServer | None, running_it: bool) -> tuple[bool, str]:
-    if ganesha is None or not running_it:
-        return True, "ok"
-    return (True, "ok") if ganesha.ready() else (False, "NFS-Ganesha is not answering on D-Bus")
+HEALTH_TIMEOUT = 0.5
+"""Seconds per D-Bus call of the background health check (Ganesha answers ShowExports in milliseconds)."""
+
+
+def ganesha_health(checked: health.BackgroundHealth | None) -> tuple[bool, str]:
+    return (True, "ok") if checked is None else checked.get()
 
 
 def _both(a: tuple[bool, str], b: tuple[bool, str]) -> tuple[bool, str]:
@@ -275,6 +285,8 @@ def run(s: settings_mod.Settings, environ: Mapping[str, str]) -> int:
                 steps.append(("Node watch", parts.nodes.stop))
             if parts.http is not None:
                 steps.append(("metrics endpoint", parts.http.stop))
+            if parts.ganesha_health is not None:
+                steps.append(("Ganesha health check", parts.ganesha_health.stop))
             if parts.ganesha is not None and s.run_server:
                 steps.append(("Ganesha", parts.ganesha.stop))
             for what, step in steps:  # every step runs, whatever the one before did

@@ -152,6 +152,24 @@ class GaneshaServer:
             self.metrics.up.set(1 if ok else 0)
         return ok
 
+    def probe(self, *, timeout: float, managed: bool = True) -> tuple[bool, str]:
+        """Health within ``timeout`` seconds per D-Bus call: (ok, why not). ``managed=False``: a Ganesha run
+        elsewhere (no process of ours to look at), reached on its bus."""
+        if managed and self.ganesha_pid is None:
+            ok, why = False, "ganesha.nfsd is not running (the supervisor restarts it)"
+        else:
+            try:
+                if not self.dbus.on_bus(timeout=timeout):
+                    ok, why = False, f"NFS-Ganesha ({self.settings.bus_name}) is not on its D-Bus"
+                else:
+                    self.dbus.show_exports(timeout=timeout)
+                    ok, why = True, "ok"
+            except errors.GaneshaError as e:
+                ok, why = False, f"NFS-Ganesha is not answering on D-Bus: {e}"
+        if self.metrics is not None:
+            self.metrics.up.set(1 if ok else 0)
+        return ok, why
+
     def wait_restarted(self, *, after: int, timeout: float) -> bool:
         """Block until ``restarts > after`` and Ganesha is ready again (for tests and the appliance)."""
         deadline = time.monotonic() + timeout
