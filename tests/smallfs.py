@@ -27,6 +27,11 @@ def mounted(at: Path, *, image: Path, size: int = 8 * 2**20) -> Iterator[Path]:
         image.unlink()
 
 
+def remount(at: Path, option: str) -> None:
+    """``mount -o remount,<option>`` (``ro`` works only while no file on it is open for writing)."""
+    subprocess.run(["mount", "-o", f"remount,{option}", str(at)], check=True)
+
+
 def turn_read_only(at: Path) -> None:
     """Make the mounted ext4 at ``at`` read-only the way a failing disk does (an ext4 error with
     ``errors=remount-ro``; ``mount -o remount,ro`` is refused while files are open for writing): through its
