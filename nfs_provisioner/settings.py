@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,6 +177,8 @@ def validate(s: Settings, *, in_cluster: bool) -> None:
 
     ``in_cluster``: no kubeconfig/master given and the in-cluster environment
     (KUBERNETES_SERVICE_HOST) is present."""
+    if s.master is not None and (problem := master_problem(s.master)):
+        raise SettingsError(problem)
     if not is_qualified_name(s.provisioner):
         raise SettingsError(f"--provisioner {s.provisioner!r} is not a qualified name like example.com/nfs")
     if not 0 <= s.grace_period <= 180:
@@ -217,3 +220,18 @@ def validate(s: Settings, *, in_cluster: bool) -> None:
             raise SettingsError("--leader-elect-retry-period must be positive and less than the renew deadline")
     if s.ganesha_templates is not None and not s.ganesha_templates.is_dir():
         raise SettingsError(f"--ganesha-templates {s.ganesha_templates} is not a directory")
+
+
+def master_problem(url: str) -> str | None:
+    """Why ``--master`` is not an API server URL (``http(s)://host[:port][/path]``); None if it is."""
+    want = "want an API server URL like https://10.0.0.1:6443"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        return f"--master {url!r} is not a URL ({e}); {want}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"--master {url!r} is not an http(s) URL with a host; {want}"
+    if port == 0:
+        return f"--master {url!r} has port 0; {want}"
+    return None

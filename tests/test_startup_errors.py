@@ -81,3 +81,38 @@ def test_a_journal_record_without_a_uid_is_reported_once_and_left(appliance: App
     lines = [line for line in text.splitlines() if str(record) in line]
     assert len(lines) == 1 and "metadata.uid is None" in lines[0], lines
     assert record.exists()
+
+
+@pytest.mark.parametrize("master", ["not a url", "https://127.0.0.1:99999", "ftp://h/"])
+def test_a_malformed_master_is_a_configuration_error(appliance: Appliance, master: str) -> None:
+    appliance.extra = [f"--master={master}"]
+    appliance.start(wait_ready=False)
+    assert appliance.proc is not None
+    assert appliance.proc.wait(30) == 2, appliance.log()
+    lines = appliance.log().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nfs-provisioner: error: --master ") and repr(master) in lines[0]
+
+
+def test_an_unreachable_api_server_is_said_every_few_seconds_and_not_ready(appliance: Appliance) -> None:
+    appliance.extra = ["--master=https://127.0.0.1:1"]  # nothing listens there
+    appliance.start(wait_ready=False)
+    assert appliance.proc is not None
+
+    def said() -> list[str]:
+        return [line for line in appliance.log().splitlines()
+                if "WARNING" in line and "cannot reach the API server https://127.0.0.1:1" in line]
+    wait.until(lambda: len(said()) >= 3, timeout=15, what="three warnings")
+    assert appliance.proc.poll() is None, appliance.log()
+    code, body = appliance.get("/readyz")
+    assert code == 503 and "cannot reach the API server https://127.0.0.1:1" in body, body
+    assert appliance.get("/healthz")[0] == 200  # alive: a pod is not restarted for a server it cannot reach
+    assert "Traceback" not in appliance.log()
+    assert appliance.stop() in (0, 143)
+
+
+def test_a_garbage_kubeconfig_names_the_file_and_the_problem(appliance: Appliance, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.kubeconfig"
+    garbage.write_text("apiVersion: v1\nclusters: [\n  - {name: x\nnot yaml: : :\n")
+    appliance.kubeconfig = garbage
+    last = fails_with_one_line(appliance, f"cannot load Kubernetes credentials from kubeconfig {garbage}: ")
+    assert len(last) < 600, last

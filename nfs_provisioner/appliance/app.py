@@ -10,11 +10,13 @@ controller stops taking work and finishes what runs, then Ganesha is shut down.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,7 +36,7 @@ from nfs_provisioner.ganesha.metrics import GaneshaMetrics
 from nfs_provisioner.ganesha.server import GaneshaServer
 from nfs_provisioner.ganesha.settings import Ports, ServerSettings
 from nfs_provisioner.kube import client as kube
-from nfs_provisioner.kube.errors import KubeError
+from nfs_provisioner.kube.errors import KubeError, TransportError
 from nfs_provisioner.quota.errors import QuotaError
 from nfs_provisioner.quota.manager import ProjectQuotas
 from nfs_provisioner.quota.metrics import ProjectQuotaCollector
@@ -139,11 +141,18 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
     ganesha: GaneshaServer | None = None
     node_clients: nodes.NodeClients | None = None
     ganesha_ok: health.BackgroundHealth | None = None
+    checks = _Checks()
+    http = None
     try:
+        if s.metrics_address:  # from now on: /readyz says what start-up waits for
+            http = ctl_metrics.Server(s.metrics_address, registry, healthy=lambda: checks.healthy(),
+                                      ready=lambda: checks.ready())
+            http.start()
         api = kube.Client.load(str(s.kubeconfig) if s.kubeconfig else None,
                                settings=kube.ClientSettings(qps=s.kube_api_qps, burst=s.kube_api_burst))
         if s.master:
             api = api.with_host(s.master)
+        wait_for_api(api, checks)
         # Who may mount is known before Ganesha serves anything: export files written with another list
         # (e.g. a wider --export-subnet before a restart) are rewritten first.
         node_clients, clients = who_may_mount(s, api)
@@ -193,20 +202,18 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
                                    recorder=controller.recorder, retry=csettings.retry,
                                    leading=lambda: controller.leading)
         controller.claims.on_change = resizing.chain(controller.claims.on_change, resizer.on_claim)
-        http = None
         if ganesha is not None:
             checked = ganesha
             ganesha_ok = health.BackgroundHealth(lambda: checked.probe(timeout=HEALTH_TIMEOUT, managed=s.run_server))
             ganesha_ok.start()
-        if s.metrics_address:
-            http = ctl_metrics.Server(
-                s.metrics_address, registry,
-                healthy=lambda: _both(ganesha_health(ganesha_ok), controller.healthy()),
-                ready=lambda: _both(_both(ganesha_health(ganesha_ok), recovered.health()), controller.ready()))
-            http.start()
+        checks.healthy = lambda: _both(ganesha_health(ganesha_ok), controller.healthy())
+        checks.ready = lambda: _both(_both(ganesha_health(ganesha_ok), recovered.health()), controller.ready())
+        if http is not None:
             log.info("serving /metrics, /healthz, /readyz on %s", s.metrics_address)
     except BaseException:
         _shield_cleanup()
+        if http is not None:
+            http.stop()
         if ganesha_ok is not None:
             ganesha_ok.stop()
         if node_clients is not None:
@@ -218,6 +225,38 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
     return Parts(identity=ident, ganesha=ganesha, provisioner=provisioner, controller=controller,
                  resizer=resizer, registry=registry, http=http, run_dir=run_dir, lock=lock, recovered=recovered,
                  nodes=node_clients, ganesha_health=ganesha_ok)
+
+
+class _Checks:
+    """What /healthz and /readyz answer: while starting, alive but not ready (saying what it waits for)."""
+
+    def __init__(self) -> None:
+        self.healthy: Callable[[], tuple[bool, str]] = lambda: (True, "starting")
+        self.ready: Callable[[], tuple[bool, str]] = lambda: (False, "starting")
+
+
+API_RETRY = 3.0
+"""Seconds between attempts to reach an API server that does not answer at start."""
+
+
+def _not_ready(why: str) -> tuple[bool, str]:
+    return False, why
+
+
+def wait_for_api(api: kube.Client, checks: _Checks, *, retry: float = API_RETRY) -> None:
+    """Return once the API server answers (any HTTP answer: what it refuses, later steps report). Until then a
+    WARNING line per attempt and /readyz 503 with the same reason; SIGTERM ends the wait."""
+    while True:
+        try:
+            api.get("/version")
+            return
+        except TransportError as e:
+            why = f"cannot reach the API server {api.credentials.host}: {e}; retrying every {retry:.0f}s"
+        except KubeError:
+            return
+        checks.ready = functools.partial(_not_ready, why)
+        log.warning("%s", why)
+        time.sleep(retry)
 
 
 def who_may_mount(s: settings_mod.Settings, api: kube.Client) -> tuple[nodes.NodeClients | None, tuple[str, ...]]:
