@@ -155,3 +155,52 @@ def test_healthz_answers_at_once_when_ganesha_is_stopped(appliance: Appliance) -
     pids = [p for p in appliance.leftovers() if any(a.endswith("/ganesha.nfsd") for a in psutil.Process(p).cmdline())]
     assert len(pids) == 1, appliance.log()
     check_health_follows_a_stopped_ganesha(appliance, pids[0])
+
+
+def _events(core: client.CoreV1Api, namespace: str, name: str) -> list[tuple[str, str, str]]:
+    return [(e.type, e.reason, e.message)
+            for e in core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items]
+
+
+def test_expansion_reports_no_conflict_and_refuses_an_impossible_size(appliance: Appliance, core: client.CoreV1Api,
+                                                                      storage: client.StorageV1Api, namespace: str,
+                                                                      unique: str) -> None:
+    """A successful 1Mi -> 2Mi expansion used to emit 'Warning VolumeResizeFailed ... 409 Conflict' as well (a
+    conflict is retried, not reported); a claim resized to 1e30 was ignored without a word."""
+    cls = f"grow-{unique}"
+    storage.create_storage_class({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                                  "metadata": {"name": cls}, "provisioner": appliance.provisioner,
+                                  "allowVolumeExpansion": True})
+    appliance.start()
+    try:
+        for n in range(3):  # the conflict is a race with the controller-manager: give it several chances
+            name = f"grow{n}"
+            _claim(core, namespace, cls, name)
+            wait.until(lambda name=name: core.read_namespaced_persistent_volume_claim(name, namespace).status.phase
+                       == "Bound", timeout=60, what="claim Bound")
+            core.patch_namespaced_persistent_volume_claim(name, namespace,
+                                                          {"spec": {"resources": {"requests": {"storage": "2Mi"}}}})
+            wait.until(lambda name=name: (core.read_namespaced_persistent_volume_claim(name, namespace).status
+                                          .capacity or {}).get("storage") == "2Mi", timeout=60, what="capacity 2Mi")
+            wait.until(lambda name=name: "VolumeResizeSuccessful" in {r for _, r, _ in _events(core, namespace, name)},
+                       timeout=10, what="VolumeResizeSuccessful")
+        time.sleep(1)
+        for n in range(3):
+            failed = [e for e in _events(core, namespace, f"grow{n}") if e[1] == "VolumeResizeFailed"]
+            assert failed == [], failed
+
+        core.patch_namespaced_persistent_volume_claim("grow0", namespace,
+                                                      {"spec": {"resources": {"requests": {"storage": "1e30"}}}})
+
+        def refused() -> str | None:
+            return next((m for t, r, m in _events(core, namespace, "grow0")
+                         if t == "Warning" and r == "VolumeResizeFailed" and "1e30" in m), None)
+        message = wait.until(refused, timeout=30, what="VolumeResizeFailed for 1e30")
+        assert "larger than any volume can be" in message, message
+        assert any("1e30" in line and "WARNING" in line for line in appliance.log().splitlines()), appliance.log()
+        pvc = core.read_namespaced_persistent_volume_claim("grow0", namespace)
+        assert pvc.status.capacity == {"storage": "2Mi"}
+        time.sleep(2)
+        assert len([e for e in _events(core, namespace, "grow0") if e[1] == "VolumeResizeFailed"]) == 1  # once
+    finally:
+        storage.delete_storage_class(cls)
