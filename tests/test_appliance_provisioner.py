@@ -21,7 +21,7 @@ from nfs_provisioner.controller.interface import IgnoredError, ProvisioningError
 from nfs_provisioner.ganesha.server import GaneshaServer
 from nfs_provisioner.volumes.directories import InvalidVolumeName, VolumeDirectories
 from nfs_provisioner.volumes.records import RECORDS_DIR, VolumeRecords
-from tests import smallfs
+from tests import nfsraw, smallfs
 from tests.ganesha_env import Harness
 from tests.treesnap import snapshot
 
@@ -287,3 +287,23 @@ def test_delete_frees_a_full_export_root(small_root: Path, h: Harness) -> None:
     assert put.returncode == 0, put.stderr
     assert (a.root / "pvc-next" / "f").read_bytes() == b"after"
     a.p.delete(keep)
+
+
+def test_delete_a_volume_nested_1100_deep_over_nfs(h: Harness) -> None:
+    """What a client does in half a second: 1100 nested directories (CREATE over NFSv4, 50 per COMPOUND).
+    Deleting the volume used to fail with 'maximum recursion depth exceeded' forever."""
+    a = Appliance(h)
+    pv = claimed(a.p.provision(options("pvc-deep")))
+    with nfsraw.Nfs4(host="127.0.0.1", port=h.port) as c:
+        fh = c.path_fh(*(a.root / "pvc-deep").parts[1:])
+        for _ in range(22):
+            r = c.compound([c.putfh(fh), *(c.mkdir("d") for _ in range(50)), c.getfh()])
+            assert r.status == nfsraw.NFS4_OK, r.status_name
+            fh = r.last(nfsraw.OP_GETFH).fh
+    depth, d = 0, a.root / "pvc-deep"
+    while (d / "d").is_dir():
+        depth, d = depth + 1, d / "d"
+    assert depth == 1100
+    a.p.delete(pv)
+    assert not (a.root / "pvc-deep").exists()
+    assert a.server.exports.list_exports() == []
