@@ -112,8 +112,9 @@ def test_a_start_stops_what_the_previous_run_left_and_nothing_else(appliance: Ap
         appliance.start()
         assert squatter.wait(10) is not None
         assert other.poll() is None
-        assert f"(pid {squatter.pid}), left running by a previous run" in appliance.log()
-        assert f"pid {other.pid})" not in appliance.log()
+        text = appliance.log_file.read_text(errors="replace")  # all of it: log() is the tail
+        assert f"(pid {squatter.pid}), left running by a previous run" in text, text
+        assert f"pid {other.pid})" not in text
     finally:
         for p in (squatter, other):
             if p.poll() is None:
