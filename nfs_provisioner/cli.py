@@ -249,3 +249,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except app.STARTUP_ERRORS as e:
         print(logs.error_line(str(e), json_lines=s.log_json), file=sys.stderr)
         return 1
+    except OSError as e:
+        # The export root (or another path) cannot be read or written: a read-only or full filesystem, a
+        # missing permission. str(e) names the errno text and the file.
+        print(f"nfs-provisioner: error: {e}", file=sys.stderr)
+        return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,6 +188,8 @@ def validate(s: Settings, *, in_cluster: bool) -> None:
 
     ``in_cluster``: no kubeconfig/master given and the in-cluster environment
     (KUBERNETES_SERVICE_HOST) is present."""
+    if s.master is not None and (problem := master_problem(s.master)):
+        raise SettingsError(problem)
     # As the Go provisioner: validation.IsQualifiedName(strings.ToLower(provisioner)).
     if not is_qualified_name(s.provisioner.lower()):
         raise SettingsError(f"--provisioner {s.provisioner!r} is not a qualified name like example.com/nfs or nfs")
@@ -243,3 +246,18 @@ def warnings(s: Settings) -> list[str]:
         out.append(f"--grace-period {s.grace_period} has no effect with --run-server=false: the grace period is "
                    "the NFS server's, and this process does not run that server")
     return out
+
+
+def master_problem(url: str) -> str | None:
+    """Why ``--master`` is not an API server URL (``http(s)://host[:port][/path]``); None if it is."""
+    want = "want an API server URL like https://10.0.0.1:6443"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        return f"--master {url!r} is not a URL ({e}); {want}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"--master {url!r} is not an http(s) URL with a host; {want}"
+    if port == 0:
+        return f"--master {url!r} has port 0; {want}"
+    return None

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import os
 import stat
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from nfs_provisioner.controller.interface import IgnoredError, ProvisioningError
 from nfs_provisioner.ganesha.server import GaneshaServer
 from nfs_provisioner.volumes.directories import InvalidVolumeName, VolumeDirectories
 from nfs_provisioner.volumes.records import RECORDS_DIR, VolumeRecords
+from tests import nfsraw, smallfs
 from tests.ganesha_env import Harness
 from tests.treesnap import snapshot
 
@@ -38,6 +41,14 @@ class Appliance:
             records=VolumeRecords(self.root / RECORDS_DIR),
             exporter=GaneshaExporter(self.server.exports),
         )
+
+
+@pytest.fixture
+def small_root(tmp_path: Path) -> Iterator[Path]:
+    """A real 8 MiB ext4 at the export root the ``h`` fixture uses; requested before ``h``, so it is unmounted
+    after every server is stopped."""
+    with smallfs.mounted(tmp_path / "export", image=tmp_path / "root.img") as root:
+        yield root
 
 
 def options(name: str = "pvc-1", *, params: dict[str, str] | None = None, size: str = "1Mi",
@@ -254,3 +265,47 @@ def test_delete_removes_only_what_this_appliance_made_for_that_pv(h: Harness) ->
     a.p.delete(victim)
     assert not (a.root / "pvc-victim").exists()
     assert not (a.root / RECORDS_DIR / "pvc-victim.json").exists()
+
+
+def test_delete_frees_a_full_export_root(small_root: Path, h: Harness) -> None:
+    """A client fills the export root through its volume: deleting the claim must free the space (the export
+    index rewrite needs space itself) and leave the root usable for new volumes."""
+    a = Appliance(h)
+    pv = claimed(a.p.provision(options("pvc-full")))
+    keep = claimed(a.p.provision(options("pvc-keep")))
+    assert smallfs.fill(a.root / "pvc-full") > 4 * 2**20
+    with pytest.raises(OSError, match="No space left"):
+        (a.root / "probe").write_bytes(b"x" * 4096)
+    index_before = a.server.exports.index_entries()
+
+    a.p.delete(pv)
+    assert not (a.root / "pvc-full").exists()
+    assert not (a.root / RECORDS_DIR / "pvc-full.json").exists()
+    assert [e.name for e in a.server.exports.list_exports()] == ["pvc-keep"]
+    assert a.server.exports.index_entries() == [p for p in index_before if "pvc-full" not in p.name]
+    assert VolumeDirectories(a.root).free_bytes() > 4 * 2**20
+    a.p.provision(options("pvc-next"))
+    put = h.client().put(b"after", a.root / "pvc-next" / "f")
+    assert put.returncode == 0, put.stderr
+    assert (a.root / "pvc-next" / "f").read_bytes() == b"after"
+    a.p.delete(keep)
+
+
+def test_delete_a_volume_nested_1100_deep_over_nfs(h: Harness) -> None:
+    """What a client does in half a second: 1100 nested directories (CREATE over NFSv4, 50 per COMPOUND).
+    Deleting the volume used to fail with 'maximum recursion depth exceeded' forever."""
+    a = Appliance(h)
+    pv = claimed(a.p.provision(options("pvc-deep")))
+    with nfsraw.Nfs4(host="127.0.0.1", port=h.port) as c:
+        fh = c.path_fh(*(a.root / "pvc-deep").parts[1:])
+        for _ in range(22):
+            r = c.compound([c.putfh(fh), *(c.mkdir("d") for _ in range(50)), c.getfh()])
+            assert r.status == nfsraw.NFS4_OK, r.status_name
+            fh = r.last(nfsraw.OP_GETFH).fh
+    depth, d = 0, a.root / "pvc-deep"
+    while (d / "d").is_dir():
+        depth, d = depth + 1, d / "d"
+    assert depth == 1100
+    a.p.delete(pv)
+    assert not (a.root / "pvc-deep").exists()
+    assert a.server.exports.list_exports() == []

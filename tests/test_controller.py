@@ -414,6 +414,28 @@ def test_metrics_and_health_are_served(kapi: kube.Client, namespace: str, name: 
         assert urllib.request.urlopen(f"{base}/readyz", timeout=5).status == 200
 
 
+def test_no_change_on_a_first_attempt_is_not_in_progress(kapi: kube.Client, namespace: str, name: str,
+                                                          unique: str, tmp_path: Path) -> None:
+    """NoChange with no earlier attempt: nothing is in progress (as in the Go library, where the claim is then
+    not in claimsInProgress), so the failure threshold applies and the in-flight record is dropped."""
+    p = Recording(tmp_path)
+
+    def unchanged(o: ProvisionOptions) -> None:
+        raise ProvisioningError("backend busy, nothing done", ProvisioningState.NO_CHANGE)
+    p.on_provision = unchanged
+    make_class(kapi, f"c-{unique}", name)
+    s = settings(name)
+    s = type(s)(**{**s.__dict__, "retry": type(s.retry)(**{**s.retry.__dict__, "failed_provision_threshold": 2})})
+    with controller(kapi, p, s):
+        make_claim(kapi, namespace, "nc", f"c-{unique}")
+        wait.until(lambda: len(p.provisions) >= 3, timeout=30, what="3 provision attempts")
+        time.sleep(2.5)
+        assert len(p.provisions) == 3  # the first attempt + threshold retries: given up
+        wait.until(lambda: decisions.claim_finalizer("default") not in decisions.finalizers(
+            get_claim(kapi, namespace, "nc") or {}), timeout=10, what="in-flight finalizer removed")
+        assert not list(tmp_path.iterdir())
+
+
 def test_in_background_provision_is_finished_and_rolled_back_after_the_claim_is_deleted(
         kapi: kube.Client, namespace: str, name: str, unique: str, tmp_path: Path) -> None:
     """InBackground: the provisioner is called again even though the claim was deleted, and the asset it

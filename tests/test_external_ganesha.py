@@ -19,6 +19,7 @@ from tests import kubecluster, wait
 from tests.appliance_env import Appliance
 from tests.ganesha_env import Client, free_port
 from tests.test_appliance_e2e import make_claim, make_class
+from tests.test_stalls import check_health_follows_a_stopped_ganesha
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
 
@@ -54,6 +55,7 @@ def test_appliance_with_an_external_ganesha(cluster: kubecluster.Cluster, core: 
         data = os.urandom(1000)
         assert nfs.put(data, f"{pv.spec.nfs.path}/f").returncode == 0
         assert nfs.cat(f"{pv.spec.nfs.path}/f").stdout == data
+        check_health_follows_a_stopped_ganesha(a, int(ready["pids"]["ganesha.nfsd"]))  # the external one
         core.delete_namespaced_persistent_volume_claim("nfs", namespace)
         wait.until(lambda: not core.list_persistent_volume(field_selector=f"metadata.name={pv.metadata.name}").items,
                    timeout=60, what="PV deleted")

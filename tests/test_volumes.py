@@ -119,6 +119,63 @@ def test_delete_removes_only_the_volume_tree(tmp_path: Path) -> None:
     assert (outside / "precious").read_text() == "keep"
 
 
+def _nest(top: Path, *, depth: int, name: str, outside: Path | None = None) -> None:
+    """``depth`` nested directories under ``top`` (made with openat, so the path may exceed PATH_MAX), a file
+    and, if given, a symlink to ``outside`` at every level (what a client can make over NFS)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(depth):
+            os.mkdir(name, dir_fd=fd)
+            with open(os.open(f"f{i}", os.O_WRONLY | os.O_CREAT, dir_fd=fd), "w") as f:
+                f.write("x")
+            if outside is not None:
+                os.symlink(outside, "link", dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(("depth", "name"), [(1500, "d"), (40, "n" * 200)], ids=["deeper-than-recursion",
+                                                                                "longer-than-PATH_MAX"])
+def test_delete_and_archive_any_depth(tmp_path: Path, depth: int, name: str) -> None:
+    """1500 nested directories (beyond Python's recursion limit and the 1024 descriptors of a default
+    RLIMIT_NOFILE) or a path of 8000 bytes (beyond PATH_MAX): deleted, and archived then deleted, with every
+    symlink inside removed, never followed."""
+    root = tmp_path / "export"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep")
+    dirs = VolumeDirectories(root)
+    for vol in ("pvc-1", "pvc-2"):
+        _nest(dirs.create(vol, gid=None), depth=depth, name=name, outside=outside)
+    before = snapshot(outside)
+
+    assert dirs.delete("pvc-1") is True
+    assert not (root / "pvc-1").exists()
+    target = dirs.archive("pvc-2")
+    assert target is not None and (target / name).is_dir()
+    directories.remove_tree(target)
+    assert sorted(p.name for p in root.iterdir()) == [directories.ARCHIVE_DIR]
+    assert not any((root / directories.ARCHIVE_DIR).iterdir())
+    assert snapshot(outside) == before
+
+
+def test_delete_many_entries_and_empty_keeps_the_directory(tmp_path: Path) -> None:
+    dirs = VolumeDirectories(tmp_path)
+    vol = dirs.create("pvc-1", gid=None)
+    for i in range(40):
+        (vol / f"d{i}").mkdir()
+        for j in range(100):
+            (vol / f"d{i}" / f"f{j}").write_text("")
+    assert dirs.empty("pvc-1") is True
+    assert vol.is_dir() and not any(vol.iterdir())
+    assert dirs.delete("pvc-1") is True and not vol.exists()
+    assert dirs.empty("pvc-1") is False
+
+
 def test_delete_refuses_a_symlink_in_place_of_the_volume(tmp_path: Path) -> None:
     root = tmp_path / "export"
     root.mkdir()

@@ -10,11 +10,13 @@ controller stops taking work and finishes what runs, then Ganesha is shut down.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +24,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from nfs_provisioner import settings as settings_mod
-from nfs_provisioner.appliance import address, exporters, nodes, recovery, state
+from nfs_provisioner.appliance import address, exporters, health, nodes, recovery, state
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.appliance.kernel_exports import KernelExporter
 from nfs_provisioner.controller import controller as ctl
@@ -34,7 +36,7 @@ from nfs_provisioner.ganesha.metrics import GaneshaMetrics
 from nfs_provisioner.ganesha.server import GaneshaServer
 from nfs_provisioner.ganesha.settings import Ports, ServerSettings
 from nfs_provisioner.kube import client as kube
-from nfs_provisioner.kube.errors import KubeError
+from nfs_provisioner.kube.errors import KubeError, TransportError
 from nfs_provisioner.quota.errors import QuotaError
 from nfs_provisioner.quota.manager import ProjectQuotas
 from nfs_provisioner.quota.metrics import ProjectQuotaCollector
@@ -76,6 +78,8 @@ class Parts:
     recovered: recovery.Report
     nodes: nodes.NodeClients | None = None
     """Follows the Nodes' addresses into every export's client list (None: a fixed ``--export-subnet``)."""
+    ganesha_health: health.BackgroundHealth | None = None
+    """Ganesha's health, checked in the background (None: no Ganesha)."""
 
 
 def controller_settings(s: settings_mod.Settings, *, identity: str) -> ctl_settings.ControllerSettings:
@@ -136,11 +140,19 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
     run_dir = Path(tempfile.mkdtemp(prefix="nfsp-"))  # short: the bus socket path is limited to 108 bytes
     ganesha: GaneshaServer | None = None
     node_clients: nodes.NodeClients | None = None
+    ganesha_ok: health.BackgroundHealth | None = None
+    checks = _Checks()
+    http = None
     try:
+        if s.metrics_address:  # from now on: /readyz says what start-up waits for
+            http = ctl_metrics.Server(s.metrics_address, registry, healthy=lambda: checks.healthy(),
+                                      ready=lambda: checks.ready())
+            http.start()
         api = kube.Client.load(str(s.kubeconfig) if s.kubeconfig else None,
                                settings=kube.ClientSettings(qps=s.kube_api_qps, burst=s.kube_api_burst))
         if s.master:
             api = api.with_host(s.master)
+        wait_for_api(api, checks)
         # Who may mount is known before Ganesha serves anything: export files written with another list
         # (e.g. a wider --export-subnet before a restart) are rewritten first.
         node_clients, clients = who_may_mount(s, api)
@@ -190,17 +202,20 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
                                    recorder=controller.recorder, retry=csettings.retry,
                                    leading=lambda: controller.leading)
         controller.claims.on_change = resizing.chain(controller.claims.on_change, resizer.on_claim)
-        http = None
-        if s.metrics_address:
-            http = ctl_metrics.Server(
-                s.metrics_address, registry,
-                healthy=lambda: _both(ganesha_health(ganesha, s.run_server), controller.healthy()),
-                ready=lambda: _both(_both(ganesha_health(ganesha, s.run_server), recovered.health()),
-                                    controller.ready()))
-            http.start()
+        if ganesha is not None:
+            checked = ganesha
+            ganesha_ok = health.BackgroundHealth(lambda: checked.probe(timeout=HEALTH_TIMEOUT, managed=s.run_server))
+            ganesha_ok.start()
+        checks.healthy = lambda: _both(ganesha_health(ganesha_ok), controller.healthy())
+        checks.ready = lambda: _both(_both(ganesha_health(ganesha_ok), recovered.health()), controller.ready())
+        if http is not None:
             log.info("serving /metrics, /healthz, /readyz on %s", s.metrics_address)
     except BaseException:
         _shield_cleanup()
+        if http is not None:
+            http.stop()
+        if ganesha_ok is not None:
+            ganesha_ok.stop()
         if node_clients is not None:
             node_clients.stop()
         if ganesha is not None and s.run_server:
@@ -209,7 +224,39 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
         raise
     return Parts(identity=ident, ganesha=ganesha, provisioner=provisioner, controller=controller,
                  resizer=resizer, registry=registry, http=http, run_dir=run_dir, lock=lock, recovered=recovered,
-                 nodes=node_clients)
+                 nodes=node_clients, ganesha_health=ganesha_ok)
+
+
+class _Checks:
+    """What /healthz and /readyz answer: while starting, alive but not ready (saying what it waits for)."""
+
+    def __init__(self) -> None:
+        self.healthy: Callable[[], tuple[bool, str]] = lambda: (True, "starting")
+        self.ready: Callable[[], tuple[bool, str]] = lambda: (False, "starting")
+
+
+API_RETRY = 3.0
+"""Seconds between attempts to reach an API server that does not answer at start."""
+
+
+def _not_ready(why: str) -> tuple[bool, str]:
+    return False, why
+
+
+def wait_for_api(api: kube.Client, checks: _Checks, *, retry: float = API_RETRY) -> None:
+    """Return once the API server answers (any HTTP answer: what it refuses, later steps report). Until then a
+    WARNING line per attempt and /readyz 503 with the same reason; SIGTERM ends the wait."""
+    while True:
+        try:
+            api.get("/version")
+            return
+        except TransportError as e:
+            why = f"cannot reach the API server {api.credentials.host}: {e}; retrying every {retry:.0f}s"
+        except KubeError:
+            return
+        checks.ready = functools.partial(_not_ready, why)
+        log.warning("%s", why)
+        time.sleep(retry)
 
 
 def who_may_mount(s: settings_mod.Settings, api: kube.Client) -> tuple[nodes.NodeClients | None, tuple[str, ...]]:
@@ -225,10 +272,12 @@ def who_may_mount(s: settings_mod.Settings, api: kube.Client) -> tuple[nodes.Nod
     return watcher, watcher.start()
 
 
-def ganesha_health(ganesha: GaneshaServer | None, running_it: bool) -> tuple[bool, str]:
-    if ganesha is None or not running_it:
-        return True, "ok"
-    return (True, "ok") if ganesha.ready() else (False, "NFS-Ganesha is not answering on D-Bus")
+HEALTH_TIMEOUT = 0.5
+"""Seconds per D-Bus call of the background health check (Ganesha answers ShowExports in milliseconds)."""
+
+
+def ganesha_health(checked: health.BackgroundHealth | None) -> tuple[bool, str]:
+    return (True, "ok") if checked is None else checked.get()
 
 
 def _both(a: tuple[bool, str], b: tuple[bool, str]) -> tuple[bool, str]:
@@ -237,6 +286,15 @@ def _both(a: tuple[bool, str], b: tuple[bool, str]) -> tuple[bool, str]:
 
 def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
+
+
+HARMLESS_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+"""Their default action would kill the process without stopping Ganesha; the appliance has nothing to reload."""
+
+
+def _harmless(signum: int, frame: object) -> None:
+    log.warning("received %s: ignored (the appliance has nothing to reload; SIGTERM stops it)",
+                signal.Signals(signum).name)
 
 
 def _shield_cleanup() -> None:
@@ -251,6 +309,8 @@ def run(s: settings_mod.Settings, environ: Mapping[str, str]) -> int:
     # cleanup (so a pod killed while starting leaves no Ganesha or bus behind).
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _terminate)
+    for sig in HARMLESS_SIGNALS:  # a handler, not SIG_IGN: children get the default back on exec
+        signal.signal(sig, _harmless)
     parts: Parts | None = None
     try:
         parts = build(s, environ)
@@ -264,6 +324,8 @@ def run(s: settings_mod.Settings, environ: Mapping[str, str]) -> int:
                 steps.append(("Node watch", parts.nodes.stop))
             if parts.http is not None:
                 steps.append(("metrics endpoint", parts.http.stop))
+            if parts.ganesha_health is not None:
+                steps.append(("Ganesha health check", parts.ganesha_health.stop))
             if parts.ganesha is not None and s.run_server:
                 steps.append(("Ganesha", parts.ganesha.stop))
             for what, step in steps:  # every step runs, whatever the one before did

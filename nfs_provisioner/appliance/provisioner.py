@@ -13,6 +13,7 @@ annotations are never trusted to say *what* to delete, only to say whose it is.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import threading
 from collections.abc import Callable
@@ -241,6 +242,20 @@ class NFSProvisioner(Provisioner):
 
     # ------------------------------------------------------------------ delete
 
+    def _freeing_space(self, name: str, on_delete: str, step: Callable[[], object]) -> None:
+        """Run a bookkeeping step of a deletion (they rewrite files on the export root); if it fails with ENOSPC
+        and the volume is to be deleted anyway, remove its data first (the directory stays, still exported,
+        until the step succeeds) and run the step again: a full export root can always be freed."""
+        try:
+            step()
+        except Exception as e:
+            if on_delete != "delete" or not _no_space(e):
+                raise
+            log.warning("volume %s: no space left on the export root (%s); removing the volume's data first", name,
+                        e)
+            self.directories.empty(name)
+            step()
+
     def delete(self, volume: Object) -> None:
         """Remove only what this appliance made for *this* PV: its record must match the PV (name, claim uid,
         identity, path); anything else raises (a ``VolumeFailedDelete`` event) and touches nothing."""
@@ -268,10 +283,11 @@ class NFSProvisioner(Provisioner):
         recorded = str(((volume.get("spec") or {}).get("nfs") or {}).get("path", ""))
         if recorded and recorded != str(path):
             log.warning("volume %s: spec.nfs.path %r is not %s; deleting by name only", name, recorded, path)
-        self.exporter.unexport(name)
-        if self.quotas is not None:
-            self.quotas.remove_directory(path)
         on_delete = ann.get(ANN_ON_DELETE, "delete")
+        self._freeing_space(name, on_delete, lambda: self.exporter.unexport(name))
+        quotas = self.quotas
+        if quotas is not None:
+            self._freeing_space(name, on_delete, lambda: quotas.remove_directory(path))
         if on_delete == "retain":
             log.info("volume %s: onDelete=retain, keeping %s (no longer a volume: its record is removed)", name, path)
         elif on_delete == "archive":
@@ -283,3 +299,14 @@ class NFSProvisioner(Provisioner):
             # Someone edited the annotation: losing data on a guess is worse than keeping it.
             log.warning("volume %s: unknown %s=%r; keeping %s", name, ANN_ON_DELETE, on_delete, path)
         self.records.remove(name)  # last: until the directory is gone (or kept aside), it proves it is a volume
+
+
+def _no_space(e: BaseException | None) -> bool:
+    """Whether ENOSPC (or EDQUOT) is what made ``e`` (itself or the errors it was raised from)."""
+    seen = 0
+    while e is not None and seen < 20:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False

@@ -138,10 +138,32 @@ class LocalJournal(InFlight):
     def last_known(self, uid: str) -> Object | None:
         if uid not in self._uids:
             return None
+        path = self._path(uid)
         try:
-            record = json.loads(self._path(uid).read_text())
+            record = json.loads(path.read_text())
+            why = _unusable(record, uid)
         except (OSError, ValueError) as e:
-            log.error("in-flight record %s is unreadable (%s); the provision it records cannot be rolled back "
-                      "automatically", self._path(uid), e)
-            return None
-        return record if isinstance(record, dict) else None
+            why = str(e)
+        if why is None:
+            return record  # type: ignore[no-any-return]
+        # Said once, then left alone (the file is kept for whoever looks into it).
+        log.error("in-flight record %s is unusable (%s); the provision it records cannot be rolled back "
+                  "automatically: check for a volume of that claim, then remove the file", path, why)
+        with self._lock:
+            self._uids.discard(uid)
+        return None
+
+
+def _unusable(record: object, uid: str) -> str | None:
+    """Why a journal record cannot be worked from (None: it can): a claim object named and with this uid."""
+    if not isinstance(record, dict):
+        return f"not a JSON object but {type(record).__name__}"
+    meta = record.get("metadata")
+    if not isinstance(meta, dict):
+        return "no metadata"
+    if meta.get("uid") != uid:
+        return f"metadata.uid is {meta.get('uid')!r}, not the file's {uid!r}"
+    for key in ("name", "namespace"):
+        if not isinstance(meta.get(key), str) or not meta[key]:
+            return f"no metadata.{key}"
+    return None

@@ -164,9 +164,17 @@ class Provisioning:
                 claim = self.inflight.begin(claim)
             except errors.NotFound:
                 return outcomes.DONE
-            except (errors.KubeError, OSError) as e:
+            except errors.KubeError as e:
                 # E.g. 422 when the claim started terminating meanwhile: the next event says so.
                 return outcomes.retry_after(1.0, f"cannot record the provision of {decisions.claim_key(claim)}: {e}")
+            except OSError as e:
+                # The local journal cannot be written (its directory's filesystem is full or read-only): nothing
+                # was started, so say why on the claim and in the log, and retry with backoff.
+                self._failed(claim)
+                msg = f"cannot record the provision in {self.settings.in_flight_journal}: {e.strerror or e}"
+                self.recorder.event(claim, events.WARNING, events.PROVISIONING_FAILED, msg)
+                log.warning("claim %s: %s", decisions.claim_key(claim), msg)
+                return outcomes.retry(msg)
 
         self.remember_class(storage_class)
         options = ProvisionOptions(storage_class=storage_class, pv_name=pv_name, claim=claim, selected_node=node)
@@ -179,7 +187,7 @@ class Provisioning:
             log.debug("claim %s ignored by the provisioner: %s", decisions.claim_key(claim), e.reason)
             return self._release(claim, settle=True)
         except Exception as e:  # noqa: BLE001 - every provisioner failure is reported, then retried
-            return self._provision_failed(claim, e)
+            return self._provision_failed(claim, e, recorded_before=ours)
         try:
             pv = decisions.complete_volume(volume, claim=claim, pv_name=pv_name,
                                            provisioner=str(storage_class.get("provisioner")),
@@ -193,7 +201,7 @@ class Provisioning:
 
     # ------------------------------------------------------------------ steps
 
-    def _provision_failed(self, claim: Object, e: Exception) -> Outcome:
+    def _provision_failed(self, claim: Object, e: Exception, *, recorded_before: bool = False) -> Outcome:
         uid = decisions.meta(claim)["uid"]
         state = e.state if isinstance(e, ProvisioningError) else ProvisioningState.FINISHED
         msg = str(e) or type(e).__name__
@@ -201,7 +209,9 @@ class Provisioning:
         if state is ProvisioningState.NO_CHANGE and previous is not None:
             state = previous.state or ProvisioningState.IN_BACKGROUND
         elif state is ProvisioningState.NO_CHANGE:
-            state = ProvisioningState.IN_BACKGROUND  # unknown history: assume something may exist
+            # No earlier attempt in this process: not in progress, as in the Go library (the claim is not in its
+            # claimsInProgress) -- unless an earlier run recorded it in flight, which may have left an asset.
+            state = ProvisioningState.IN_BACKGROUND if recorded_before else ProvisioningState.FINISHED
         self._failed(claim)
         self.recorder.event(claim, events.WARNING, events.PROVISIONING_FAILED, msg)
         log.warning("claim %s: provision failed (%s): %s", decisions.claim_key(claim), state.value, msg)

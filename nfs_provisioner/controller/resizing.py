@@ -81,6 +81,8 @@ class Resizer:
         self.leading = leading
         self.queue = WorkQueue("resize", RateLimiter(retry))
         self._thread: threading.Thread | None = None
+        self._refused: dict[str, str] = {}
+        """uid -> the requested size last refused as impossible (reported once per size)."""
 
     # ------------------------------------------------------------------ triggering
 
@@ -93,9 +95,13 @@ class Resizer:
         if requested is None or current is None:
             return False
         try:
-            return quantity.to_bytes(requested) != quantity.to_bytes(current)
+            have = quantity.to_bytes(current)
         except quantity.InvalidQuantity:
             return False
+        try:
+            return quantity.to_bytes(requested) != have
+        except quantity.InvalidQuantity:
+            return True  # a size no volume can have: sync() says so on the claim
 
     def on_claim(self, old: Object | None, new: Object | None) -> None:
         if new is not None and self.wanted(new):
@@ -155,7 +161,16 @@ class Resizer:
             return True
         key = decisions.claim_key(claim)
         requested = str(claim["spec"]["resources"]["requests"]["storage"])
-        new_bytes = quantity.to_bytes(requested)
+        try:
+            new_bytes = quantity.to_bytes(requested)
+        except quantity.InvalidQuantity as e:
+            if self._refused.get(uid) != requested:
+                self._refused[uid] = requested
+                msg = f"cannot resize volume {volume['metadata']['name']} to {requested}: {e}"
+                self.recorder.event(claim, events.WARNING, RESIZE_FAILED, msg)
+                log.warning("claim %s: %s", key, msg)
+            return True  # nothing to retry until the claim asks for another size
+        self._refused.pop(uid, None)
         pv_size = _storage(volume, "spec", "capacity", "storage") or "0"
         if new_bytes < quantity.to_bytes(pv_size):
             self.recorder.event(claim, events.WARNING, RESIZE_FAILED,
@@ -173,6 +188,11 @@ class Resizer:
             self._finish(claim, requested)
         except errors.NotFound:
             return True
+        except errors.Conflict as e:
+            # Someone else wrote the claim or PV meanwhile (the controller-manager does): not a failure of the
+            # resize; retried from the fresh objects without an event.
+            log.info("claim %s: resize to %s met a conflict, retrying: %s", key, requested, e)
+            return False
         except Exception as e:  # noqa: BLE001 - reported on the claim, retried with backoff
             log.warning("claim %s: resize to %s failed: %s", key, requested, e)
             self.recorder.event(claim, events.WARNING, RESIZE_FAILED, f"resize volume to {requested} failed: {e}")
@@ -189,24 +209,38 @@ class Resizer:
         conditions = (claim.get("status") or {}).get("conditions") or []
         return [c for c in conditions if c.get("type") not in RESIZE_CONDITIONS]
 
-    def _patch_status(self, claim: Object, status: Object) -> Object:
-        """Merge-patch the claim's status (guarded by its resourceVersion); returns the updated claim."""
+    CONFLICT_ATTEMPTS = 5
+
+    def _patch_status(self, claim: Object, status: Callable[[Object], Object]) -> Object:
+        """Merge-patch the claim's status, built by ``status(claim)`` and guarded by its resourceVersion; on a
+        conflict (the claim changed meanwhile) again from the claim as it is now. Updates ``claim`` in place."""
         m = claim["metadata"]
-        return self.api.patch(kube.claims_path(m["namespace"], m["name"]) + "/status",
-                              {"metadata": {"resourceVersion": m.get("resourceVersion")}, "status": status},
-                              patch_type=kube.MERGE_PATCH)
+        path = kube.claims_path(m["namespace"], m["name"])
+        for attempt in range(1, self.CONFLICT_ATTEMPTS + 1):
+            try:
+                updated = self.api.patch(path + "/status", {"metadata": {"resourceVersion": m.get("resourceVersion")},
+                                                            "status": status(claim)}, patch_type=kube.MERGE_PATCH)
+                break
+            except errors.Conflict:
+                if attempt == self.CONFLICT_ATTEMPTS:
+                    raise
+                fresh = self.api.get(path)
+                m["resourceVersion"] = fresh["metadata"]["resourceVersion"]
+                claim["status"] = fresh.get("status") or {}
+        m["resourceVersion"] = updated["metadata"]["resourceVersion"]
+        claim["status"] = updated.get("status") or {}
+        return updated
 
     def _status(self, claim: Object, requested: str, state: str, *, resizing: bool) -> None:
-        conditions = self._conditions(claim)
-        if resizing:
-            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            conditions.append({"type": "Resizing", "status": "True", "lastTransitionTime": now})
-        updated = self._patch_status(claim, {"allocatedResources": {"storage": requested},
-                                             "allocatedResourceStatuses": {"storage": state},
-                                             "conditions": conditions})
-        claim["metadata"]["resourceVersion"] = updated["metadata"]["resourceVersion"]
-        claim["status"] = updated.get("status") or {}
+        def status(c: Object) -> Object:
+            conditions = self._conditions(c)
+            if resizing:
+                now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                conditions.append({"type": "Resizing", "status": "True", "lastTransitionTime": now})
+            return {"allocatedResources": {"storage": requested}, "allocatedResourceStatuses": {"storage": state},
+                    "conditions": conditions}
+        self._patch_status(claim, status)
 
     def _finish(self, claim: Object, requested: str) -> None:
-        self._patch_status(claim, {"capacity": {"storage": requested}, "conditions": self._conditions(claim),
-                                   "allocatedResourceStatuses": None})
+        self._patch_status(claim, lambda c: {"capacity": {"storage": requested}, "conditions": self._conditions(c),
+                                             "allocatedResourceStatuses": None})

@@ -180,7 +180,8 @@ class GaneshaDBus:
             if self.observer is not None:
                 self.observer(method, time.perf_counter() - start, error)
 
-    def _export_call(self, method: str, signature: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    def _export_call(self, method: str, signature: str, args: tuple[Any, ...], *,
+                     timeout: float | None = None) -> tuple[Any, ...]:
         """ExportMgr calls retry while Ganesha says another admin operation is in progress."""
         deadline = time.monotonic() + self.busy_retry_for
         delay = 0.005
@@ -189,7 +190,7 @@ class GaneshaDBus:
                 self._exportmgr, method
             )
             try:
-                return self._call(method, msg)
+                return self._call(method, msg, timeout=timeout)
             except errors.DBusRetryable:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -209,13 +210,13 @@ class GaneshaDBus:
 
     # --- the bus itself ----------------------------------------------------------------------------------------
 
-    def list_names(self) -> list[str]:
-        body = self._call("ListNames", message_bus.ListNames(), timeout=2.0)
+    def list_names(self, *, timeout: float = 2.0) -> list[str]:
+        body = self._call("ListNames", message_bus.ListNames(), timeout=timeout)
         return list(body[0])
 
-    def on_bus(self) -> bool:
+    def on_bus(self, *, timeout: float = 2.0) -> bool:
         """Is Ganesha's name owned on the bus?"""
-        return self.bus_name in self.list_names()
+        return self.bus_name in self.list_names(timeout=timeout)
 
     # --- ExportMgr ---------------------------------------------------------------------------------------------
 
@@ -243,9 +244,9 @@ class GaneshaDBus:
             export_id=int(body[0]), path=str(body[1]), pseudo=str(body[2]), tag=str(body[3]), clients=clients
         )
 
-    def show_exports(self) -> list[ExportInfo]:
+    def show_exports(self, *, timeout: float | None = None) -> list[ExportInfo]:
         """``ShowExports() -> ((tt), a(...))``: every live export, the pseudo root (id 0) included."""
-        body = self._export_call("ShowExports", "", ())
+        body = self._export_call("ShowExports", "", (), timeout=timeout)
         return [ExportInfo(export_id=int(e[0]), path=str(e[1])) for e in body[1]]
 
     # --- admin -------------------------------------------------------------------------------------------------

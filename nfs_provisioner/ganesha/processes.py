@@ -4,31 +4,119 @@
 when namespaces are configured (``nsenter`` execs in place, so the PID is the
 program's). ``stop()`` escalates SIGTERM -> SIGKILL with bounded waits and
 only ever signals the PID it was given.
+
+Children die with the thread that started them: ``PR_SET_PDEATHSIG`` (SIGKILL)
+is set between fork and exec and survives the exec of nsenter and of the
+program (the kernel clears it only for set-uid/set-gid or file-capability
+binaries). So a SIGKILLed appliance leaves no Ganesha or bus holding its ports.
+As a second line, every child is recorded in a PID file (:class:`PidFile`) and
+the next start stops those still running that are provably the same processes
+(same PID, start time and command line), never any other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import json
 import logging
 import os
 import resource
 import signal
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import psutil
 
+from nfs_provisioner import fileio
 from nfs_provisioner.ganesha import errors
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+class PidFile:
+    """``<path>``: JSON list of the children started (pid, start time, command line), rewritten on every start
+    of one (best effort: a full or read-only disk costs only this second line of defence)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def _read(self) -> list[dict[str, object]]:
+        try:
+            entries = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as e:
+            log.warning("ignoring the unreadable PID file %s: %s", self.path, e)
+            return []
+        return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+    def add(self, pid: int, cmdline: Sequence[str]) -> None:
+        try:
+            started = psutil.Process(pid).create_time()
+        except psutil.Error:
+            return  # already gone
+        with self._lock:
+            entries = [e for e in self._read() if _same_process(e)]
+            entries.append({"pid": pid, "create_time": started, "cmdline": list(cmdline)})
+            try:
+                fileio.atomic_write(self.path, json.dumps(entries), durable=False, mode=0o600)
+            except OSError as e:
+                log.warning("cannot record pid %d in %s: %s", pid, self.path, e)
+
+    def stop_leftovers(self, *, timeout: float) -> list[int]:
+        """Stop the recorded processes that still run (left by a run that died without stopping them);
+        returns their PIDs. A PID now used by another process (other start time or command line) is left
+        alone."""
+        stopped = []
+        with self._lock:
+            for e in self._read():
+                if not _same_process(e):
+                    continue
+                pid = int(str(e["pid"]))
+                log.warning("stopping %s (pid %d), left running by a previous run", " ".join(map(str, e["cmdline"]))
+                            if isinstance(e["cmdline"], list) else "?", pid)
+                with contextlib.suppress(psutil.Error):
+                    p = psutil.Process(pid)
+                    p.terminate()
+                    try:
+                        p.wait(timeout)
+                    except psutil.TimeoutExpired:
+                        p.kill()
+                        p.wait(timeout)
+                stopped.append(pid)
+            self.path.unlink(missing_ok=True)
+        return stopped
+
+    def clear(self) -> None:
+        with self._lock, contextlib.suppress(OSError):
+            self.path.unlink(missing_ok=True)
+
+
+def _same_process(entry: dict[str, object]) -> bool:
+    """Whether the process ``entry`` records still runs: same PID, same start time, same command line."""
+    try:
+        p = psutil.Process(int(str(entry.get("pid"))))
+        with p.oneshot():
+            return bool(abs(p.create_time() - float(str(entry.get("create_time")))) < 0.05
+                        and p.cmdline() == entry.get("cmdline") and p.status() != psutil.STATUS_ZOMBIE)
+    except (psutil.Error, ValueError):
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
 class Launcher:
     netns: Path | None = None
     mountns: Path | None = None
+    pid_file: PidFile | None = None
+    """Where children are recorded (None: nowhere)."""
 
     def argv(self, argv: Sequence[str]) -> list[str]:
         enter = [f"--net={self.netns}"] if self.netns else []
@@ -46,14 +134,17 @@ class Launcher:
         full = self.argv(argv)
         merged = {**os.environ, **(env or {})}
         out = open(log_file, "ab") if log_file is not None else subprocess.DEVNULL  # noqa: SIM115 - closed below
-        preexec: Callable[[], None] | None = None
-        if nofile is not None:
-            limit = nofile
+        parent = os.getpid()
 
-            def preexec() -> None:
+        def preexec() -> None:
+            # Die with the thread that starts us; if it is already gone, do not run at all.
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:
+                os._exit(1)
+            if nofile is not None:
                 # Soft and hard: Ganesha raises its soft limit to the hard one by itself.
                 _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-                cap = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+                cap = nofile if hard == resource.RLIM_INFINITY else min(nofile, hard)
                 resource.setrlimit(resource.RLIMIT_NOFILE, (cap, cap))
 
         try:
@@ -72,6 +163,8 @@ class Launcher:
             if log_file is not None and not isinstance(out, int):
                 out.close()
         log.info("started %s (pid %d)", " ".join(full), proc.pid)
+        if self.pid_file is not None:
+            self.pid_file.add(proc.pid, list(argv))  # nsenter execs in place: the program's command line
         return proc
 
     def run(self, argv: Sequence[str], *, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:

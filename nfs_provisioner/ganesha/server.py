@@ -45,6 +45,8 @@ STATD_ATTEMPTS = 5
 BIND_ATTEMPTS = 5
 NODE_DIR = re.compile(r"node\d+")
 HELPER_NOFILE = 4096  # rpcbind/statd allocate per-fd tables: a huge limit makes them eat memory
+PID_FILE = "processes.json"
+"""In the config directory: the children of the running server, so that a start after a crash stops those left."""
 STABLE_AFTER = 60.0  # seconds of uptime after which the restart backoff resets
 
 
@@ -66,9 +68,10 @@ class GaneshaServer:
         self.settings = settings
         self.metrics = metrics
         self.templates = templates or config.Templates(override_dir=settings.templates_override)
-        self.launcher = launcher or processes.Launcher(netns=settings.netns, mountns=settings.mountns)
         self.run_dir = settings.run_dir
         self.config_dir = settings.config_path
+        self.launcher = launcher or processes.Launcher(netns=settings.netns, mountns=settings.mountns,
+                                                       pid_file=processes.PidFile(self.config_dir / PID_FILE))
         self.main_config = self.config_dir / "ganesha.conf"
         self.bus_socket = self.run_dir / "dbus.sock"
         self.bus_address = settings.dbus_address or f"unix:path={self.bus_socket}"
@@ -120,6 +123,8 @@ class GaneshaServer:
         try:
             self._find_ganesha()
             self._prepare_dirs()
+            if self.launcher.pid_file is not None:
+                self.launcher.pid_file.stop_leftovers(timeout=self.settings.stop_timeout)
             if self.settings.dbus_address is None:
                 self._start_bus()
             if self.settings.nfsv3:
@@ -146,6 +151,24 @@ class GaneshaServer:
         if self.metrics is not None:
             self.metrics.up.set(1 if ok else 0)
         return ok
+
+    def probe(self, *, timeout: float, managed: bool = True) -> tuple[bool, str]:
+        """Health within ``timeout`` seconds per D-Bus call: (ok, why not). ``managed=False``: a Ganesha run
+        elsewhere (no process of ours to look at), reached on its bus."""
+        if managed and self.ganesha_pid is None:
+            ok, why = False, "ganesha.nfsd is not running (the supervisor restarts it)"
+        else:
+            try:
+                if not self.dbus.on_bus(timeout=timeout):
+                    ok, why = False, f"NFS-Ganesha ({self.settings.bus_name}) is not on its D-Bus"
+                else:
+                    self.dbus.show_exports(timeout=timeout)
+                    ok, why = True, "ok"
+            except errors.GaneshaError as e:
+                ok, why = False, f"NFS-Ganesha is not answering on D-Bus: {e}"
+        if self.metrics is not None:
+            self.metrics.up.set(1 if ok else 0)
+        return ok, why
 
     def wait_restarted(self, *, after: int, timeout: float) -> bool:
         """Block until ``restarts > after`` and Ganesha is ready again (for tests and the appliance)."""
@@ -193,6 +216,8 @@ class GaneshaServer:
                 failed.append(e)
         if failed:
             raise failed[0]
+        if self.launcher.pid_file is not None:
+            self.launcher.pid_file.clear()
 
     # --- start steps -------------------------------------------------------------------------------------------
 

@@ -133,7 +133,11 @@ class Client:
                 kconfig.load_kube_config(  # type: ignore[no-untyped-call]
                     config_file=kubeconfig, context=context, client_configuration=cfg)
         except Exception as e:  # the loaders raise several unrelated types
-            raise errors.KubeError(f"cannot load Kubernetes credentials: {e}") from e
+            in_cluster = kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST")
+            where = ("the in-cluster service account" if in_cluster
+                     else f"kubeconfig {kubeconfig or os.environ.get('KUBECONFIG') or '~/.kube/config'}")
+            problem = " ".join(str(e).split()) or type(e).__name__  # YAML errors span several lines
+            raise errors.KubeError(f"cannot load Kubernetes credentials from {where}: {problem}") from e
 
         def token() -> str | None:
             if cfg.refresh_api_key_hook is not None:

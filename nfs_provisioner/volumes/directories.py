@@ -3,16 +3,21 @@
 The directory name is the PV name, and only the PV name: it is validated as a
 Kubernetes DNS-1123 subdomain (no '/', no '..', no leading dot) and must not be
 one of the appliance's own files. Deletion refuses symlinks and anything that
-is not a directory, and ``shutil.rmtree`` never follows symlinks inside the
-tree, so nothing outside the volume's own directory can be removed.
+is not a directory, and the tree removal (:func:`remove_tree`) works on
+directory file descriptors opened with ``O_NOFOLLOW`` and never follows a
+symlink inside the tree, so nothing outside the volume's own directory can be
+removed. It is iterative and holds a bounded number of descriptors, so no
+depth (a client can nest thousands of directories, beyond ``PATH_MAX``) and no
+number of entries stops it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import re
-import shutil
 import stat
 import time
 from dataclasses import dataclass
@@ -92,8 +97,23 @@ class VolumeDirectories:
         if not self._exists(path):
             return False
         self._require_real_dir(path)
+        try:
+            remove_tree(path)
+        except OSError as e:
+            raise DirectoryError(f"cannot remove {path}: {e}") from e
+        return True
 
-        shutil.rmtree(path, onerror=_raise_directory_error)
+    def empty(self, name: str) -> bool:
+        """Remove everything inside the volume's directory, keeping the directory itself (frees the space of
+        a volume that is still exported); False if it was already gone."""
+        path = self.path_for(name)
+        if not self._exists(path):
+            return False
+        self._require_real_dir(path)
+        try:
+            remove_tree(path, keep_top=True)
+        except OSError as e:
+            raise DirectoryError(f"cannot empty {path}: {e}") from e
         return True
 
     def archive(self, name: str, *, now: float | None = None) -> Path | None:
@@ -133,7 +153,96 @@ class VolumeDirectories:
             raise DirectoryError(f"{path} is {kind}; refusing to use or remove it as a volume directory")
 
 
-def _raise_directory_error(
-    func: object, path: str, exc_info: tuple[type[BaseException], BaseException, object]
-) -> None:
-    raise DirectoryError(f"cannot remove {path}: {exc_info[1]}") from exc_info[1]
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_OPEN_DIRS = 32
+"""Directory descriptors held at once while removing a tree; deeper ancestors are re-opened by name from the
+top when the walk climbs back to them."""
+
+
+def _first_subdir(fd: int) -> str | None:
+    """Unlink every non-directory in the directory ``fd`` up to its first subdirectory; that subdirectory's
+    name, or None when the directory is empty now."""
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not is_dir:
+                try:
+                    os.unlink(entry.name, dir_fd=fd)
+                    continue
+                except FileNotFoundError:
+                    continue
+                except IsADirectoryError:
+                    pass  # replaced by a directory since it was listed
+            return entry.name
+    return None
+
+
+def remove_tree(path: Path, *, keep_top: bool = False) -> None:
+    """Remove the directory ``path`` and everything in it, depth first, without recursion.
+
+    Every step is relative to a descriptor of the directory above (``unlinkat``/``openat`` with
+    ``O_NOFOLLOW``): a symlink is removed, never followed, and names never contain ``/`` or ``..``, so the walk
+    stays inside ``path`` whatever a client renames meanwhile. At most :data:`MAX_OPEN_DIRS` descriptors are
+    open (the shallowest are closed first); when the walk climbs back to a closed one, the directories are
+    re-opened by name from ``path``. ``keep_top``: empty ``path`` but keep it. OSError on failure (the tree is
+    then partly removed)."""
+    names: list[str] = []  # the current directory, relative to path
+    fds: list[int | None] = [os.open(path, _DIR_FLAGS)]  # fds[i]: directory names[:i]; fds[1:low] are closed
+    low = 1
+
+    def push(fd: int) -> None:
+        nonlocal low
+        fds.append(fd)
+        if len(fds) - low > MAX_OPEN_DIRS:
+            old = fds[low]
+            assert old is not None
+            os.close(old)
+            fds[low] = None
+            low += 1
+
+    def current() -> int:
+        nonlocal low
+        if len(fds) <= low:  # climbed back into the closed part: re-open it from the top
+            del fds[1:]
+            low = 1
+            for name in names:
+                parent = fds[-1]
+                assert parent is not None
+                push(os.open(name, _DIR_FLAGS, dir_fd=parent))
+        fd = fds[-1]
+        assert fd is not None
+        return fd
+
+    try:
+        while True:
+            fd = current()
+            sub = _first_subdir(fd)
+            if sub is not None:
+                try:
+                    child = os.open(sub, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    os.unlink(sub, dir_fd=fd)  # swapped for a symlink or a file since it was listed
+                    continue
+                names.append(sub)
+                push(child)
+                continue
+            if not names:
+                break
+            os.close(fd)
+            fds.pop()
+            name = names.pop()
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(name, dir_fd=current())
+    finally:
+        for held in fds:
+            if held is not None:
+                os.close(held)
+    if not keep_top:
+        os.rmdir(path)

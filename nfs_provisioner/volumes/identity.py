@@ -17,18 +17,37 @@ class IdentityError(RuntimeError):
     pass
 
 
-def load_or_create(export_root: Path) -> str:
+MAX_BYTES = 4096
+"""An identity file is one UUID line; anything longer is not one (and is not read whole)."""
+
+
+def load(export_root: Path) -> str | None:
+    """The identity kept under ``export_root``; None if there is none yet. IdentityError (one line, naming the
+    file) if the file exists but does not hold exactly one UUID."""
     path = export_root / FILENAME
     try:
-        value = path.read_text().strip()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
-        value = ""
-    if value:
-        try:
-            return str(uuid.UUID(value))
-        except ValueError as e:
-            raise IdentityError(f"{path} holds {value[:40]!r}, not a UUID; fix or remove it (removing it "
-                                "orphans the volumes created under the old identity)") from e
+        return None
+    hint = "fix or remove it (removing it orphans the volumes created under the old identity)"
+    try:
+        value = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise IdentityError(f"{path} holds binary data ({raw[:16]!r}...), not a UUID; {hint}") from None
+    if not value:
+        raise IdentityError(f"{path} is empty, not a UUID; {hint}")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError as e:
+        raise IdentityError(f"{path} holds {value[:40]!r}, not a UUID; {hint}") from e
+
+
+def load_or_create(export_root: Path) -> str:
+    path = export_root / FILENAME
+    existing = load(export_root)
+    if existing is not None:
+        return existing
     new = str(uuid.uuid4())
     tmp = path.with_name(f".{FILENAME}.tmp")
     with open(tmp, "w") as f:
