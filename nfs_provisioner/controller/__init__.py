@@ -22,7 +22,9 @@ Layering (imports only go downwards)::
 
 from nfs_provisioner.controller.controller import ProvisionController
 from nfs_provisioner.controller.interface import (
+    DataSource,
     IgnoredError,
+    InProgress,
     Object,
     Provisioner,
     ProvisioningError,
@@ -41,7 +43,9 @@ __all__ = [
     "Client",
     "ClientSettings",
     "ControllerSettings",
+    "DataSource",
     "IgnoredError",
+    "InProgress",
     "LeaderElectionSettings",
     "Object",
     "ProvisionController",
