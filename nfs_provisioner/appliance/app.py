@@ -22,7 +22,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from nfs_provisioner import settings as settings_mod
-from nfs_provisioner.appliance import address, exporters, nodes, recovery, state
+from nfs_provisioner.appliance import address, clones, exporters, nodes, recovery, state
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.appliance.kernel_exports import KernelExporter
 from nfs_provisioner.controller import controller as ctl
@@ -182,6 +182,8 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
             records=records,
             exporter=exporter,
             quotas=quotas,
+            sources=clones.KubeSources(api),
+            clones=clones.Clones(root / clones.CLONES_DIR),
         )
         csettings = controller_settings(s, identity=ident)
         controller = ctl.ProvisionController(provisioner, csettings, api=api, registry=registry)
