@@ -113,7 +113,8 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
 
 def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.RootLock) -> Parts:
     root = s.export_root
-    state.refuse_symlinks(root, names=(CONFIG_DIR, IN_FLIGHT_DIR, RECORDS_DIR, ARCHIVE_DIR, *sorted(RESERVED)),
+    state.refuse_symlinks(root, names=(CONFIG_DIR, IN_FLIGHT_DIR, RECORDS_DIR, ARCHIVE_DIR, clones.CLONES_DIR,
+                                       *sorted(RESERVED)),
                           walk=(CONFIG_DIR, IN_FLIGHT_DIR, RECORDS_DIR))
     try:
         ident = identity.load_or_create(root)
