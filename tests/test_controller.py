@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from nfs_provisioner.controller import (
     DataSource,
     IgnoredError,
+    InProgress,
     ProvisioningError,
     ProvisioningState,
     ProvisionOptions,
@@ -27,6 +29,7 @@ from nfs_provisioner.controller import (
 from nfs_provisioner.kube import client as kube
 from tests import kubecluster, wait
 from tests.controller_helpers import (
+    FAST_RETRY,
     HOSTPATH_SCRIPT,
     Recording,
     controller,
@@ -565,3 +568,31 @@ def test_declared_data_source_reaches_provision_in_typed_form(kapi: kube.Client,
             "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "daily"})
         wait.until(lambda: "ProvisioningFailed" in reasons(kapi, namespace, "snap"), timeout=30, what="refusal")
         assert all(o.claim["metadata"]["name"] != "snap" for o in p.provisions)
+
+
+def test_in_progress_is_polled_without_backoff_or_failure_events(kapi: kube.Client, namespace: str, name: str,
+                                                                 unique: str, tmp_path: Path) -> None:
+    """InProgress: provision() is asked again after retry_after (not the backoff), no ProvisioningFailed, a
+    Normal event only when the provisioner reports, no failure threshold (here 1) even after many polls."""
+    p = Recording(tmp_path)
+    polls: list[float] = []
+
+    def working(o: ProvisionOptions) -> None:
+        polls.append(time.monotonic())
+        if len(polls) < 6:
+            raise InProgress(f"step {len(polls)} of 6", retry_after=0.3, report=len(polls) % 2 == 1)
+    p.on_provision = working
+    make_class(kapi, f"c-{unique}", name)
+    slow_backoff = replace(FAST_RETRY, base_delay=30.0, max_delay=30.0, failed_provision_threshold=1)
+    with controller(kapi, p, settings(name, retry=slow_backoff)):
+        make_claim(kapi, namespace, "c", f"c-{unique}")
+        wait_bound(kapi, namespace, "c", timeout=30)
+        assert len(polls) == 6
+        assert polls[-1] - polls[0] < 10  # polled every 0.3 s, not after the 30 s backoff
+        evs = [(e["type"], e["reason"], e["message"]) for e in kube_events(kapi, namespace, "c")
+               if (e.get("source") or {}).get("component") == name]  # type: ignore[union-attr]
+        assert [m for t, r, m in evs if r == "Provisioning"] == [
+            f'External provisioner is provisioning volume for claim "{namespace}/c"', "step 1 of 6", "step 3 of 6",
+            "step 5 of 6"]
+        assert all(t == "Normal" for t, _, _ in evs)
+        assert "ProvisioningSucceeded" in [r for _, r, _ in evs]

@@ -117,3 +117,33 @@ def test_copy_refuses_a_symlinked_source_or_a_non_empty_target_and_can_be_cancel
 def test_shares_blocks_is_false_on_ext4(tmp_path: Path) -> None:
     assert copying.shares_blocks(tmp_path) is False
     assert os.listdir(tmp_path) == []
+
+
+def test_clone_check_refuses_a_source_in_another_namespace_before_reading_anything(tmp_path: Path) -> None:
+    """``dataSourceRef.namespace`` needs the CrossNamespaceVolumeDataSource gate (alpha, off in the test
+    cluster, whose API server drops the field), so this refusal is checked on the validation itself."""
+    from nfs_provisioner.appliance import clones
+    from nfs_provisioner.controller.interface import DataSource
+    from nfs_provisioner.controller.interface import ProvisioningError as PE
+    from nfs_provisioner.volumes.directories import VolumeDirectories
+    from nfs_provisioner.volumes.records import VolumeRecords
+
+    class Nothing:
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        def claim(self, namespace: str, name: str) -> None:
+            self.asked.append(f"{namespace}/{name}")
+
+        def volume(self, name: str) -> None:
+            self.asked.append(name)
+
+    sources = Nothing()
+    claim = {"metadata": {"namespace": "team-a", "name": "copy", "uid": "u1"}, "spec": {"storageClassName": "c"}}
+    with pytest.raises(PE, match=r"^cannot clone: the source claim team-b/live is in another namespace than "
+                                 r"team-a/copy .*; no volume is provisioned$"):
+        clones.check(claim=claim, source=DataSource(kind="PersistentVolumeClaim", name="live", namespace="team-b"),
+                     requested_bytes=1 << 20, sources=sources, identity="id", records=VolumeRecords(tmp_path / "r"),
+                     directories=VolumeDirectories(tmp_path), free_bytes=1 << 30, shares_blocks=False)
+    assert sources.asked == []
+    assert os.listdir(tmp_path) == []
