@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -96,12 +97,61 @@ def check(mnt: Path, size_mb: int, *, expect_shared: bool) -> dict[str, object]:
             "reflinked": stats.reflinked_files, "size_mb": size_mb}
 
 
+def quota_used(mnt: Path, project: int) -> int:
+    """Bytes charged to ``project`` (xfs_quota report, in KiB blocks)."""
+    out = subprocess.run(["xfs_quota", "-x", "-c", "report -p -b -N -n", str(mnt)], check=True, capture_output=True,
+                         text=True).stdout
+    for line in out.splitlines():
+        fields = line.split()
+        if fields and fields[0] == f"#{project}":
+            return int(fields[1]) * 1024
+    return 0
+
+
+def check_quota(mnt: Path, size_mb: int) -> dict[str, object]:
+    """Source and clone in different project quotas (as the appliance makes them): the clone's files are
+    charged to the clone's project, and whether the blocks are still shared across projects is recorded."""
+    src, dst = mnt / "src", mnt / "dst"
+    src.mkdir()
+    dst.mkdir()
+    for directory, project in ((src, 10), (dst, 11)):
+        subprocess.run(["xfs_quota", "-x", "-c", f"project -s -p {directory} {project}", str(mnt)], check=True,
+                       capture_output=True)
+    subprocess.run(["xfs_quota", "-x", "-c", f"limit -p bhard={2 * size_mb}m 11", str(mnt)], check=True)
+    src.rmdir()
+    make_source_in(src, size_mb)
+    before_src = tree_digest(src)
+    before = used(mnt)
+    t0 = time.monotonic()
+    stats = copying.copy_tree(src, dst)
+    copying.syncfs(dst)
+    seconds = time.monotonic() - t0
+    grown = used(mnt) - before
+    assert tree_digest(dst) == before_src, "the copy differs from the source"
+    charged = quota_used(mnt, 11)
+    assert charged >= size_mb * MiB, f"the clone's project is charged {charged} bytes for {size_mb} MiB"
+    return {"seconds": round(seconds, 3), "grown_bytes": grown, "clone_project_bytes": charged,
+            "reflinked": stats.reflinked_files, "files": stats.files, "size_mb": size_mb}
+
+
+def make_source_in(src: Path, size_mb: int) -> None:
+    src.mkdir()
+    subprocess.run(["xfs_quota", "-x", "-c", f"project -s -p {src} 10", str(src.parent)], check=True,
+                   capture_output=True)
+    for i in range(4):
+        with open(src / f"data{i}.bin", "wb") as f:
+            for _ in range(size_mb // 4):
+                f.write(os.urandom(MiB))
+    copying.syncfs(src)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reflink", type=Path, required=True)
     parser.add_argument("--plain", type=Path, required=True)
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--size-mb", type=int, default=64)
+    parser.add_argument("--quota", type=Path, help="an XFS with reflink=1 mounted with prjquota")
     args = parser.parse_args(argv)
     results: dict[str, dict[str, object]] = {}
     for name, mnt, shared in (("reflink", args.reflink, True), ("plain", args.plain, False)):
@@ -110,6 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BaseException:  # noqa: BLE001 - both checks report
             results[name] = {"ok": False, "detail": traceback.format_exc()}
         print(name, json.dumps(results[name]), flush=True)
+    if args.quota is not None:
+        try:
+            results["quota"] = {"ok": True, **check_quota(args.quota, args.size_mb)}
+        except BaseException:  # noqa: BLE001 - reported like the others
+            results["quota"] = {"ok": False, "detail": traceback.format_exc()}
+        print("quota", json.dumps(results["quota"]), flush=True)
     args.results.write_text(json.dumps(results, indent=2))
     return 0 if all(r["ok"] for r in results.values()) else 1
 
