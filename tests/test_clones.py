@@ -280,3 +280,33 @@ def test_sigkill_mid_copy_copies_again_and_never_exports_a_half_copy(appliance: 
     finally:
         appliance.stop()
         kapi.delete(kube.classes_path(cls))
+
+
+def test_claim_deleted_mid_copy_stops_the_copy_and_leaves_nothing(appliance: Appliance, kapi: kube.Client,
+                                                                  namespace: str, unique: str) -> None:
+    cls = f"cancel-{unique}"
+    make_class(kapi, cls, appliance.provisioner)
+    appliance.start()
+    try:
+        make_claim(kapi, namespace, "live", cls)
+        src = appliance.export_root / bound(kapi, namespace, "live")["spec"]["volumeName"]
+        for d in range(100):
+            (src / f"d{d:03}").mkdir()
+            for i in range(300):
+                (src / f"d{d:03}" / f"f{i:03}").write_bytes(b"x" * 100)
+        c = make_claim(kapi, namespace, "copy", cls, source="live")
+        pv = f"pvc-{c['metadata']['uid']}"
+        dst = appliance.export_root / pv
+        wait.until(lambda: dst.is_dir() and len(os.listdir(dst)) >= 3, timeout=60,
+                   what=lambda: f"copy under way\n{appliance.log()}")
+        kapi.delete(kube.claims_path(namespace, "copy"))
+        wait.until(lambda: not leftovers(appliance.export_root, pv), timeout=30,
+                   what=lambda: f"half copy removed: {leftovers(appliance.export_root, pv)}\n{appliance.log()}")
+        assert "clone cancelled, its claim is deleted" in appliance.log_file.read_text()
+        assert "the copy was cancelled" in appliance.log_file.read_text()  # stopped, not finished
+        assert "cloned from" not in appliance.log_file.read_text()
+        assert kapi.get(kube.volumes_path(), fieldSelector=f"metadata.name={pv}")["items"] == []
+        assert len(os.listdir(src)) == 100  # the source untouched
+    finally:
+        appliance.stop()
+        kapi.delete(kube.classes_path(cls))

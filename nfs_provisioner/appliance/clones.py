@@ -247,6 +247,9 @@ class Clones:
             try:
                 job.stats = copying.copy_tree(source.path, target, on_bytes=count, cancel=job.cancel)
                 job.finished = True
+            except copying.Cancelled as e:
+                job.error = str(e)
+                log.info("volume %s: copy from %s stopped: %s", name, source.describe(), e)
             except (OSError, copying.CopyError) as e:
                 job.error = str(e)
                 log.error("volume %s: copy from %s failed: %s", name, source.describe(), e)

@@ -146,6 +146,12 @@ class NFSProvisioner(Provisioner):
         copy_started = self.clones is not None and (self.clones.running(name) or self.clones.done(name))
         try:
             path = self.directories.path_for(name)
+            if options.rolling_back and options.source is not None and self.clones is not None \
+                    and not self.clones.done(name):  # the claim is gone: never copy for nobody
+                log.info("volume %s: clone cancelled, its claim is deleted; removing any half copy", name)
+                self._discard_half_clone(options, name, path)
+                raise ProvisioningError(f"volume {name}: clone cancelled, its claim is deleted; any half copy is "
+                                        "removed")
             if not copy_started:  # a running copy uses the space it needs
                 self.directories.check_space(size)
         except DirectoryError as e:
@@ -249,7 +255,7 @@ class NFSProvisioner(Provisioner):
         if quotas is not None:
             steps.append(("remove quota project", lambda: quotas.remove_directory(path)))
         steps.append(("stop the copy", lambda: clones.forget(name)))
-        log.info("volume %s: clone refused after it had started; removing its half copy", name)
+        log.info("volume %s: removing the clone's half copy, record and quota project", name)
         self._rollback(name, steps)
 
     def _clone_source(self, options: ProvisionOptions, name: str, size: int) -> clones_mod.Source | None:

@@ -125,6 +125,10 @@ class ProvisionOptions:
     ``provision`` again only to finish or roll back an operation started before the claim was deleted."""
     selected_node: Object | None = None
     """The Node named by ``volume.kubernetes.io/selected-node`` (WaitForFirstConsumer), else ``None``."""
+    rolling_back: bool = False
+    """True when the controller calls ``provision`` only to finish or undo an attempt whose claim is deleted
+    or no longer wants a volume (the PV is then deleted at once): long work may be cancelled instead; raise
+    a ``FINISHED`` :class:`ProvisioningError` once nothing is left behind."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free for controller hooks; the controller itself leaves it empty."""
 

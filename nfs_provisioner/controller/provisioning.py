@@ -352,7 +352,7 @@ class Provisioning:
             storage_class = (self.classes.get(cls_name) or self._known_classes.get(cls_name)
                              or {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
                                  "metadata": {"name": cls_name}, "provisioner": self.settings.provisioner_name})
-            options = ProvisionOptions(storage_class=storage_class, pv_name=pv_name, claim=claim)
+            options = ProvisionOptions(storage_class=storage_class, pv_name=pv_name, claim=claim, rolling_back=True)
             log.info("claim %s: provision in flight but claim deleted/unwanted: finishing it to roll it back", key)
             try:
                 volume = self.provisioner.provision(options)
