@@ -15,7 +15,7 @@ import pytest
 
 from tests import uml
 
-pytestmark = [pytest.mark.uml]
+pytestmark = [pytest.mark.uml, pytest.mark.quota]
 
 
 def xfs_image(path: Path, *, size_mb: int, reflink: bool) -> Path:
