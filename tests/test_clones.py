@@ -154,7 +154,7 @@ def test_every_refusal_says_why_and_leaves_nothing_behind(appliance: Appliance, 
     make_class(kapi, cls, appliance.provisioner)
     make_class(kapi, other, appliance.provisioner)
     appliance.start()
-    hand_pv = f"hand-{unique}"
+    hand_pv, other_pv = f"hand-{unique}", f"twin-{unique}"
     try:
         make_claim(kapi, namespace, "live", cls, size="2Mi")
         make_claim(kapi, namespace, "elsewhere", other)
@@ -165,8 +165,17 @@ def test_every_refusal_says_why_and_leaves_nothing_behind(appliance: Appliance, 
             "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteMany"], "storageClassName": cls,
                      "persistentVolumeReclaimPolicy": "Retain", "nfs": {"server": "127.0.0.1", "path": "/x"}}})
         make_claim(kapi, namespace, "foreign", cls, volumeName=hand_pv)
+        # One that names another instance of the same provisioner (a PV of another identity).
+        kapi.create(kube.volumes_path(), {
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": other_pv, "annotations": {
+                "Provisioner_Id": "00000000-0000-4000-8000-000000000000",
+                "pv.kubernetes.io/provisioned-by": appliance.provisioner}},
+            "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteMany"], "storageClassName": cls,
+                     "persistentVolumeReclaimPolicy": "Retain", "nfs": {"server": "127.0.0.1", "path": "/y"}}})
+        make_claim(kapi, namespace, "twin", cls, volumeName=other_pv)
         make_claim(kapi, namespace, "dying", cls)
-        for n in ("live", "elsewhere", "foreign", "dying"):
+        for n in ("live", "elsewhere", "foreign", "twin", "dying"):
             bound(kapi, namespace, n)
         kapi.patch(kube.claims_path(namespace, "dying"), {"metadata": {"finalizers": ["test.example.com/hold"]}})
         kapi.delete(kube.claims_path(namespace, "dying"))
@@ -175,6 +184,7 @@ def test_every_refusal_says_why_and_leaves_nothing_behind(appliance: Appliance, 
             "c-missing": ("nope", cls, "1Mi", f"the source claim {namespace}/nope does not exist"),
             "c-pending": ("pending", cls, "1Mi", f"the source claim {namespace}/pending is Pending, not Bound"),
             "c-foreign": ("foreign", cls, "1Mi", f"the source volume {hand_pv} was not made by this appliance"),
+            "c-twin": ("twin", cls, "1Mi", "but by 00000000-0000-4000-8000-000000000000"),
             "c-class": ("elsewhere", cls, "1Mi", f"the source claim {namespace}/elsewhere is of StorageClass "
                         f"'{other}', not '{cls}'"),
             "c-small": ("live", cls, "1Mi", "the claim requests 1048576 bytes, less than the source's capacity 2Mi"),
@@ -194,9 +204,10 @@ def test_every_refusal_says_why_and_leaves_nothing_behind(appliance: Appliance, 
     finally:
         appliance.stop()
         kapi.patch(kube.claims_path(namespace, "dying"), {"metadata": {"finalizers": None}})
-        for n in ("foreign",):
+        for n in ("foreign", "twin"):
             kapi.delete(kube.claims_path(namespace, n))
         kapi.delete(kube.volumes_path(hand_pv))
+        kapi.delete(kube.volumes_path(other_pv))
         kapi.delete(kube.classes_path(cls))
         kapi.delete(kube.classes_path(other))
 
