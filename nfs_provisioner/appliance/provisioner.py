@@ -31,6 +31,7 @@ from nfs_provisioner.controller.interface import (
     ProvisioningState,
     ProvisionOptions,
 )
+from nfs_provisioner.kube.errors import KubeError
 from nfs_provisioner.volumes import params, quantity
 from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
 from nfs_provisioner.volumes.records import VolumeRecords, new_record
@@ -158,8 +159,9 @@ class NFSProvisioner(Provisioner):
             raise ProvisioningError(str(e)) from e
         try:
             clone_source = self._clone_source(options, name, size)
-        except ProvisioningError:
-            self._discard_half_clone(options, name, path)
+        except ProvisioningError as e:
+            if e.state is ProvisioningState.FINISHED:  # refused: nothing of this clone may stay
+                self._discard_half_clone(options, name, path)
             raise
         clones = self.clones if options.source is not None else None
         """Set for a clone: its record and directory are this claim's (checked below), so a failed copy
@@ -268,10 +270,15 @@ class NFSProvisioner(Provisioner):
             raise ProvisioningError(f"data source {source.describe()} is not supported; no volume is provisioned")
         if self.clones.running(name) or self.clones.done(name):
             return None
-        return clones_mod.check(claim=options.claim, source=source, requested_bytes=size, sources=self.sources,
-                                identity=self.config.identity, records=self.records, directories=self.directories,
-                                free_bytes=self.directories.free_bytes(),
-                                shares_blocks=self.clones.shares_blocks(self.directories.export_root))
+        try:
+            return clones_mod.check(claim=options.claim, source=source, requested_bytes=size, sources=self.sources,
+                                    identity=self.config.identity, records=self.records,
+                                    directories=self.directories, free_bytes=self.directories.free_bytes(),
+                                    shares_blocks=self.clones.shares_blocks(self.directories.export_root))
+        except KubeError as e:
+            # Not a refusal: whatever an earlier attempt made (a half copy after a restart) stays recorded.
+            raise ProvisioningError(f"cannot read the clone source {source.describe()}: {e}",
+                                    ProvisioningState.NO_CHANGE) from e
 
     @staticmethod
     def _rollback(name: str, undo: list[tuple[str, Callable[[], object]]]) -> None:
