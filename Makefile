@@ -57,3 +57,4 @@ bench-ganesha: deps
 bench: deps
 	$(PY) -m bench.provision_bench
 	$(PY) bench/ganesha_bench.py
+	$(PY) -m bench.clone_bench

@@ -37,7 +37,8 @@ CONTROLLER_LAYERS: tuple[tuple[str, ...], ...] = (
     ("controller",),
     ("provisioning", "deleting", "leadership", "resizing"),
     ("inflight", "watching", "queueing", "events", "metrics"),
-    ("decisions", "interface", "settings", "outcomes"),
+    ("decisions",),
+    ("interface", "settings", "outcomes"),
 )
 """``nfs_provisioner.controller``'s own order (its docstring: "imports only go downwards"); units of one layer
 may not import each other either. The package ``__init__`` is the public face and may import any of them."""

@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -16,7 +17,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from nfs_provisioner.controller import (
+    DataSource,
     IgnoredError,
+    InProgress,
     ProvisioningError,
     ProvisioningState,
     ProvisionOptions,
@@ -26,6 +29,7 @@ from nfs_provisioner.controller import (
 from nfs_provisioner.kube import client as kube
 from tests import kubecluster, wait
 from tests.controller_helpers import (
+    FAST_RETRY,
     HOSTPATH_SCRIPT,
     Recording,
     controller,
@@ -499,3 +503,118 @@ def test_volume_name_hook_and_deletion_guard(kapi: kube.Client, namespace: str, 
         kapi.patch(kube.volumes_path(f"{unique}-a"), {"metadata": {"labels": {"poke": "1"}}})
         wait_gone(lambda: get_volume(kapi, f"{unique}-a"), "PV deleted once the guard allows it")
         assert os.listdir(tmp_path) == []
+
+
+def _claim_with_source(api: kube.Client, namespace: str, name: str, cls: str, *,
+                       data_source: dict[str, str] | None = None,
+                       data_source_ref: dict[str, str] | None = None) -> dict[str, object]:
+    spec: dict[str, object] = {"accessModes": ["ReadWriteMany"], "storageClassName": cls,
+                               "resources": {"requests": {"storage": "1Mi"}}}
+    if data_source is not None:
+        spec["dataSource"] = data_source
+    if data_source_ref is not None:
+        spec["dataSourceRef"] = data_source_ref
+    created: dict[str, object] = api.create(kube.claims_path(namespace), {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name}, "spec": spec})
+    return created
+
+
+def test_data_sources_the_provisioner_does_not_declare_are_never_provisioned_empty(
+        kapi: kube.Client, namespace: str, name: str, unique: str, tmp_path: Path) -> None:
+    """The hostPath example declares no data source: a clone or snapshot claim gets one ProvisioningFailed,
+    a populator's claim one Normal event; provision() is never called; a change to the claim is looked at
+    again (and refused again, once)."""
+    p = Recording(tmp_path)
+
+    def mine(claim: str) -> list[dict[str, object]]:
+        return [e for e in kube_events(kapi, namespace, claim)
+                if (e.get("source") or {}).get("component") == name]  # type: ignore[union-attr]
+    make_class(kapi, f"c-{unique}", name)
+    make_claim(kapi, namespace, "live", f"c-{unique}")
+    with controller(kapi, p, settings(name)):
+        wait_bound(kapi, namespace, "live")
+        clone = _claim_with_source(kapi, namespace, "clone", f"c-{unique}",
+                                   data_source={"kind": "PersistentVolumeClaim", "name": "live"})
+        snap = _claim_with_source(kapi, namespace, "snap", f"c-{unique}", data_source_ref={
+            "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "daily"})
+        pop = _claim_with_source(kapi, namespace, "pop", f"c-{unique}", data_source_ref={
+            "apiGroup": "hello.example.com", "kind": "Hello", "name": "world"})
+        for claim in ("clone", "snap", "pop"):
+            wait.until(lambda c=claim: len(mine(c)) >= 1, timeout=30, what=f"event on {claim}")
+        time.sleep(2)  # fast retries and resyncs: a second attempt would show up as a second event
+        ev = {c: [(e["type"], e["reason"], e["message"]) for e in mine(c)]
+              for c in ("clone", "snap", "pop")}
+        assert ev["clone"] == [("Warning", "ProvisioningFailed",
+                                f"{name} does not support cloning volumes (data source PersistentVolumeClaim live); "
+                                "no volume is provisioned")]
+        assert ev["snap"] == [("Warning", "ProvisioningFailed",
+                               "cannot restore snapshot.storage.k8s.io/VolumeSnapshot daily: volume snapshots need a "
+                               f"CSI driver, which {name} is not; no volume is provisioned")]
+        assert ev["pop"] == [("Normal", "Provisioning",
+                              "Assuming an external populator will provision the volume: data source "
+                              f"hello.example.com/Hello world is not handled by {name}")]
+        assert [o.pv_name for o in p.provisions] == [pv_name(get_claim(kapi, namespace, "live") or {})]
+        for c in (clone, snap, pop):
+            assert get_volume(kapi, pv_name(c)) is None
+            assert decisions.claim_finalizer("default") not in decisions.finalizers(
+                get_claim(kapi, namespace, str(c["metadata"]["name"])) or {})  # type: ignore[index]
+        # Someone changes the claim: looked at again, refused again with one more event.
+        kapi.patch(kube.claims_path(namespace, "clone"), {"metadata": {"labels": {"poke": "1"}}})
+        wait.until(lambda: len(mine("clone")) == 2, timeout=30, what="second refusal")
+        time.sleep(1.5)
+        assert len(mine("clone")) == 2
+        assert len(p.provisions) == 1
+
+
+def test_declared_data_source_reaches_provision_in_typed_form(kapi: kube.Client, namespace: str, name: str,
+                                                              unique: str, tmp_path: Path) -> None:
+    class Cloning(Recording):
+        def supports_data_source(self, kind: str, api_group: str) -> bool:
+            return (kind, api_group) == ("PersistentVolumeClaim", "")
+
+    p = Cloning(tmp_path)
+    make_class(kapi, f"c-{unique}", name)
+    make_claim(kapi, namespace, "live", f"c-{unique}")
+    with controller(kapi, p, settings(name)):
+        wait_bound(kapi, namespace, "live")
+        _claim_with_source(kapi, namespace, "clone", f"c-{unique}",
+                           data_source={"kind": "PersistentVolumeClaim", "name": "live"})
+        wait_bound(kapi, namespace, "clone")
+        o = next(o for o in p.provisions if o.claim["metadata"]["name"] == "clone")
+        # The API server mirrors dataSource into dataSourceRef (AnyVolumeDataSource is GA).
+        assert o.data_source == DataSource(kind="PersistentVolumeClaim", name="live")
+        assert o.data_source_ref == DataSource(kind="PersistentVolumeClaim", name="live")
+        assert o.source == DataSource(kind="PersistentVolumeClaim", name="live") and o.source.is_claim
+        # Still refused: a snapshot (not declared).
+        _claim_with_source(kapi, namespace, "snap", f"c-{unique}", data_source={
+            "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "daily"})
+        wait.until(lambda: "ProvisioningFailed" in reasons(kapi, namespace, "snap"), timeout=30, what="refusal")
+        assert all(o.claim["metadata"]["name"] != "snap" for o in p.provisions)
+
+
+def test_in_progress_is_polled_without_backoff_or_failure_events(kapi: kube.Client, namespace: str, name: str,
+                                                                 unique: str, tmp_path: Path) -> None:
+    """InProgress: provision() is asked again after retry_after (not the backoff), no ProvisioningFailed, a
+    Normal event only when the provisioner reports, no failure threshold (here 1) even after many polls."""
+    p = Recording(tmp_path)
+    polls: list[float] = []
+
+    def working(o: ProvisionOptions) -> None:
+        polls.append(time.monotonic())
+        if len(polls) < 6:
+            raise InProgress(f"step {len(polls)} of 6", retry_after=0.3, report=len(polls) % 2 == 1)
+    p.on_provision = working
+    make_class(kapi, f"c-{unique}", name)
+    slow_backoff = replace(FAST_RETRY, base_delay=30.0, max_delay=30.0, failed_provision_threshold=1)
+    with controller(kapi, p, settings(name, retry=slow_backoff)):
+        make_claim(kapi, namespace, "c", f"c-{unique}")
+        wait_bound(kapi, namespace, "c", timeout=30)
+        assert len(polls) == 6
+        assert polls[-1] - polls[0] < 10  # polled every 0.3 s, not after the 30 s backoff
+        evs = [(e["type"], e["reason"], e["message"]) for e in kube_events(kapi, namespace, "c")
+               if (e.get("source") or {}).get("component") == name]  # type: ignore[union-attr]
+        assert [m for t, r, m in evs if r == "Provisioning"] == [
+            f'External provisioner is provisioning volume for claim "{namespace}/c"', "step 1 of 6", "step 3 of 6",
+            "step 5 of 6"]
+        assert all(t == "Normal" for t, _, _ in evs)
+        assert "ProvisioningSucceeded" in [r for _, r, _ in evs]

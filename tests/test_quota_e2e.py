@@ -15,7 +15,7 @@ from tests import uml
 pytestmark = [pytest.mark.quota, pytest.mark.e2e, pytest.mark.uml]
 
 STEPS = ("start", "claim_2Mi_bound_with_a_project", "writes_stop_at_2MiB", "expansion_to_4Mi_allows_4MiB",
-         "delete_removes_the_project")
+         "clone_has_its_own_project_and_shares_blocks", "delete_removes_the_project")
 XFS_MOUNT = "/run/xfs"
 
 

@@ -101,11 +101,13 @@ class Setup:
                          log_dir=work, in_cluster=in_cluster,
                          extra=["--leader-elect", "--leader-elect-retry-period=500ms"])
 
-    def claim(self, name: str) -> None:
+    def claim(self, name: str, *, clone_of: str | None = None) -> None:
+        source = None if clone_of is None else client.V1TypedLocalObjectReference(
+            kind="PersistentVolumeClaim", name=clone_of)
         self.core.create_namespaced_persistent_volume_claim(self.ns, client.V1PersistentVolumeClaim(
             metadata=client.V1ObjectMeta(name=name, annotations={"volume.kubernetes.io/selected-node": self.node}),
             spec=client.V1PersistentVolumeClaimSpec(
-                access_modes=["ReadWriteMany"], storage_class_name=self.cls,
+                access_modes=["ReadWriteMany"], storage_class_name=self.cls, data_source=source,
                 resources=client.V1VolumeResourceRequirements(requests={"storage": "1Mi"}))))
 
     def phase(self, name: str) -> str:
@@ -157,6 +159,13 @@ def test_rbac_is_sufficient_and_every_rule_is_needed(setup: Setup) -> None:
         conf = a.export_root / ".ganesha" / "exports.d" / f"{pv_name}.conf"
         wait.until(lambda: f"{NODE_IP}/32" in conf.read_text().splitlines()[0], timeout=30,
                    what=lambda: f"the node's address in the export\n{a.log()}")
+        # A clone reads its source claim (a list by name) and volume (get): no rule of its own.
+        (a.export_root / pv_name / "data").write_bytes(b"cloned")
+        setup.claim("full-copy", clone_of="full")
+        wait.until(lambda: setup.phase("full-copy") == "Bound", timeout=60, what=lambda: f"clone Bound\n{a.log()}")
+        copy_pv = setup.core.read_namespaced_persistent_volume_claim("full-copy", setup.ns).spec.volume_name
+        assert (a.export_root / copy_pv / "data").read_bytes() == b"cloned"
+        setup.core.delete_namespaced_persistent_volume_claim("full-copy", setup.ns)
         setup.expand("full")
         wait.until(lambda: setup.expanded("full"), timeout=60, what=lambda: f"claim expanded\n{a.log()}")
         setup.core.delete_namespaced_persistent_volume_claim("full", setup.ns)

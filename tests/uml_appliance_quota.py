@@ -4,7 +4,8 @@ Run by tests/test_quota_e2e.py as ``python -m tests.uml_appliance_quota``
 inside UML (the only place with a quota-capable kernel). It starts its own
 control plane (hack/cluster), the appliance with --enable-xfs-quota on a
 prjquota XFS, then does what a user does: a 2Mi claim, NFSv3 writes through
-Ganesha stopped at 2 MiB, expansion to 4Mi, more writes, delete. Each step's
+Ganesha stopped at 2 MiB, expansion to 4Mi, more writes, a clone (its own
+project and limit, blocks shared), delete. Each step's
 outcome goes to a JSON file the host-side test reads.
 """
 
@@ -109,6 +110,44 @@ def main() -> int:
             assert used_m and 2 * MiB < float(used_m[0].rsplit(" ", 1)[1]) <= 4 * MiB, used_m
             return {"used": used, "metrics": limit + used_m}
         flow.step("expansion_to_4Mi_allows_4MiB", expand)
+
+        def clone() -> dict[str, Any]:
+            files = {f.name: f.read_bytes() for f in Path(vol["path"]).iterdir() if f.is_file()}
+            st = os.statvfs(flow.xfs)
+            used_before = (st.f_blocks - st.f_bfree) * st.f_frsize
+            flow.kubectl("apply", "-f", "-", stdin="""
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: nfs-copy, namespace: default}
+spec:
+  storageClassName: quota-nfs
+  accessModes: [ReadWriteMany]
+  resources: {requests: {storage: 4Mi}}
+  dataSource: {kind: PersistentVolumeClaim, name: nfs}
+""")
+            flow.until(lambda: flow.kubectl("get", "pvc", "nfs-copy", "-o", "jsonpath={.status.phase}") == "Bound",
+                       "clone Bound")
+            pv = flow.kubectl("get", "pvc", "nfs-copy", "-o", "jsonpath={.spec.volumeName}")
+            ann = json.loads(flow.kubectl("get", "pv", pv, "-o", "jsonpath={.metadata.annotations}"))
+            path = flow.kubectl("get", "pv", pv, "-o", "jsonpath={.spec.nfs.path}")
+            assert ann.get("Project_Id") and ann["Project_Id"] != vol["project"], (ann, vol)
+            copied = {f.name: f.read_bytes() for f in Path(path).iterdir() if f.is_file()}
+            assert copied == files, (sorted(copied), sorted(files))
+            st = os.statvfs(flow.xfs)
+            grown = (st.f_blocks - st.f_bfree) * st.f_frsize - used_before
+            assert grown < MiB, f"the clone of {sum(map(len, files.values()))} bytes used {grown} bytes more"
+            report = flow.report(ann["Project_Id"])
+            line = [ln for ln in report.splitlines() if ln.startswith(f"#{ann['Project_Id']} ")]
+            assert line and int(line[0].split()[1]) * 1024 >= sum(map(len, files.values())) // 2, report
+            # Its own 4Mi limit: the source's ~3 MiB are charged to it, 1.5 MiB more do not fit.
+            more = flow.nfs_put(MiB + MiB // 2, path, "more")
+            assert more.returncode != 0, "1.5 MiB more fitted into a 4Mi clone holding 3 MiB"
+            flow.kubectl("delete", "pvc", "nfs-copy")
+            flow.until(lambda: flow.sh("kubectl", "get", "pv", pv, check=False).returncode != 0, "clone PV deleted")
+            assert not Path(path).exists()
+            assert {f.name: f.read_bytes() for f in Path(vol["path"]).iterdir() if f.is_file()} == files
+            return {"grown_bytes": grown, "clone_project": line[0]}
+        flow.step("clone_has_its_own_project_and_shares_blocks", clone)
 
         def delete() -> str:
             flow.kubectl("delete", "pvc", "nfs")

@@ -24,7 +24,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from nfs_provisioner import settings as settings_mod
-from nfs_provisioner.appliance import address, exporters, health, nodes, recovery, state
+from nfs_provisioner.appliance import address, clones, exporters, health, nodes, recovery, state
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.appliance.kernel_exports import KernelExporter
 from nfs_provisioner.controller import controller as ctl
@@ -117,7 +117,8 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
 
 def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.RootLock) -> Parts:
     root = s.export_root
-    state.refuse_symlinks(root, names=(CONFIG_DIR, IN_FLIGHT_DIR, RECORDS_DIR, ARCHIVE_DIR, *sorted(RESERVED)),
+    state.refuse_symlinks(root, names=(CONFIG_DIR, IN_FLIGHT_DIR, RECORDS_DIR, ARCHIVE_DIR, clones.CLONES_DIR,
+                                       *sorted(RESERVED)),
                           walk=(CONFIG_DIR, IN_FLIGHT_DIR, RECORDS_DIR))
     try:
         ident = identity.load_or_create(root)
@@ -194,6 +195,8 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
             records=records,
             exporter=exporter,
             quotas=quotas,
+            sources=clones.KubeSources(api),
+            clones=clones.Clones(root / clones.CLONES_DIR),
         )
         csettings = controller_settings(s, identity=ident)
         controller = ctl.ProvisionController(provisioner, csettings, api=api, registry=registry)

@@ -21,14 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from nfs_provisioner.appliance import clones as clones_mod
 from nfs_provisioner.controller.interface import (
+    PVC_KIND,
     IgnoredError,
+    InProgress,
     Object,
     Provisioner,
     ProvisioningError,
     ProvisioningState,
     ProvisionOptions,
 )
+from nfs_provisioner.kube.errors import KubeError
 from nfs_provisioner.volumes import params, quantity
 from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
 from nfs_provisioner.volumes.records import VolumeRecords, new_record
@@ -109,12 +113,17 @@ class NFSProvisioner(Provisioner):
         records: VolumeRecords,
         exporter: Exporter,
         quotas: Quotas | None = None,
+        sources: clones_mod.Sources | None = None,
+        clones: clones_mod.Clones | None = None,
     ) -> None:
         self.config = config
         self.directories = directories
         self.records = records
         self.exporter = exporter
         self.quotas = quotas
+        self.sources = sources
+        """Reads clone sources (claims and PVs); with ``clones``, claims of a PVC data source are cloned."""
+        self.clones = clones
         # Serialises the "limit not reached yet" check with the export that uses the slot.
         self._slots = threading.Lock()
 
@@ -136,11 +145,28 @@ class NFSProvisioner(Provisioner):
         except quantity.InvalidQuantity as e:
             raise ProvisioningError(f"requested storage {e}") from e
         name = options.pv_name
+        copy_started = self.clones is not None and (self.clones.running(name) or self.clones.done(name))
         try:
             path = self.directories.path_for(name)
-            self.directories.check_space(size)
+            if options.rolling_back and options.source is not None and self.clones is not None \
+                    and not self.clones.done(name):  # the claim is gone: never copy for nobody
+                log.info("volume %s: clone cancelled, its claim is deleted; removing any half copy", name)
+                self._discard_half_clone(options, name, path)
+                raise ProvisioningError(f"volume {name}: clone cancelled, its claim is deleted; any half copy is "
+                                        "removed")
+            if not copy_started:  # a running copy uses the space it needs
+                self.directories.check_space(size)
         except DirectoryError as e:
             raise ProvisioningError(str(e)) from e
+        try:
+            clone_source = self._clone_source(options, name, size)
+        except ProvisioningError as e:
+            if e.state is ProvisioningState.FINISHED:  # refused: nothing of this clone may stay
+                self._discard_half_clone(options, name, path)
+            raise
+        clones = self.clones if options.source is not None else None
+        """Set for a clone: its record and directory are this claim's (checked below), so a failed copy
+        rolls back all of them, on whichever poll it fails."""
 
         undo: list[tuple[str, Callable[[], object]]] = []
         try:
@@ -159,18 +185,25 @@ class NFSProvisioner(Provisioner):
                     # a volume always has its record (the proof that delete may remove it).
                     self.records.write(new_record(pv_name=name, claim=options.claim, identity=self.config.identity,
                                                   path=path, root_squash=p.root_squash))
+                if recorded is None or clones is not None:
                     undo.append(("remove volume record", lambda: self.records.remove(name)))
                 existed = path.exists()
                 self.directories.create(name, gid=p.gid)
-                if not existed:
+                if not existed or clones is not None:
                     undo.append(("remove directory", lambda: self.directories.delete(name)))
                 project_id = None
                 quotas = self.quotas
                 if quotas is not None:
                     project_id = quotas.add(path, size)
                     undo.append(("remove quota project", lambda: quotas.remove_directory(path)))
+                if clones is not None:
+                    undo.append(("stop the copy", lambda: clones.forget(name)))
+                    # Never exported before the whole copy is done (InProgress until then).
+                    clones.fill(name=name, target=path, source=clone_source)
                 export_id, block = self.exporter.export(name=name, path=path, root_squash=p.root_squash)
                 undo.append(("remove export", lambda: self.exporter.unexport(name)))
+        except InProgress:
+            raise  # the copy goes on in the background: keep everything
         except BaseException as e:
             self._rollback(name, undo)
             if isinstance(e, ProvisioningError):
@@ -189,6 +222,8 @@ class NFSProvisioner(Provisioner):
             annotations[ANN_PROJECT_BLOCK] = f"{project_id}:{path}:{size}"
         if p.gid is not None:
             annotations[ANN_GID] = str(p.gid)
+        if options.source is not None and options.source.is_claim:
+            annotations[clones_mod.ANN_CLONED_FROM] = options.source.name
         spec: Object = {
             "capacity": {"storage": requested},
             "accessModes": options.access_modes,
@@ -203,6 +238,48 @@ class NFSProvisioner(Provisioner):
             "metadata": {"name": name, "annotations": annotations},
             "spec": spec,
         }
+
+    def supports_data_source(self, kind: str, api_group: str) -> bool:
+        """Clones (a PersistentVolumeClaim source) when a source reader and the copier are given."""
+        return kind == PVC_KIND and api_group == "" and self.sources is not None and self.clones is not None
+
+    def _discard_half_clone(self, options: ProvisionOptions, name: str, path: Path) -> None:
+        """A clone refused on a later attempt (e.g. a restart after a crash mid-copy, the source gone since):
+        remove what the first attempt made, if it is this claim's (its record says so)."""
+        clones = self.clones
+        record = self.records.read(name) if clones is not None else None
+        if clones is None or record is None:
+            return
+        if record.claim_uid != str((options.claim.get("metadata") or {}).get("uid", "")):
+            return
+        steps: list[tuple[str, Callable[[], object]]] = [("remove volume record", lambda: self.records.remove(name)),
+                                                          ("remove directory", lambda: self.directories.delete(name))]
+        quotas = self.quotas
+        if quotas is not None:
+            steps.append(("remove quota project", lambda: quotas.remove_directory(path)))
+        steps.append(("stop the copy", lambda: clones.forget(name)))
+        log.info("volume %s: removing the clone's half copy, record and quota project", name)
+        self._rollback(name, steps)
+
+    def _clone_source(self, options: ProvisionOptions, name: str, size: int) -> clones_mod.Source | None:
+        """The validated source of a clone that must start now (None: not a clone, or its copy is running
+        or done); raises ProvisioningError when the clone is refused."""
+        source = options.source
+        if source is None:
+            return None
+        if not source.is_claim or self.sources is None or self.clones is None:
+            raise ProvisioningError(f"data source {source.describe()} is not supported; no volume is provisioned")
+        if self.clones.running(name) or self.clones.done(name):
+            return None
+        try:
+            return clones_mod.check(claim=options.claim, source=source, requested_bytes=size, sources=self.sources,
+                                    identity=self.config.identity, records=self.records,
+                                    directories=self.directories, free_bytes=self.directories.free_bytes(),
+                                    shares_blocks=self.clones.shares_blocks(self.directories.export_root))
+        except KubeError as e:
+            # Not a refusal: whatever an earlier attempt made (a half copy after a restart) stays recorded.
+            raise ProvisioningError(f"cannot read the clone source {source.describe()}: {e}",
+                                    ProvisioningState.NO_CHANGE) from e
 
     @staticmethod
     def _rollback(name: str, undo: list[tuple[str, Callable[[], object]]]) -> None:
@@ -283,6 +360,8 @@ class NFSProvisioner(Provisioner):
         recorded = str(((volume.get("spec") or {}).get("nfs") or {}).get("path", ""))
         if recorded and recorded != str(path):
             log.warning("volume %s: spec.nfs.path %r is not %s; deleting by name only", name, recorded, path)
+        if self.clones is not None:
+            self.clones.forget(name)
         on_delete = ann.get(ANN_ON_DELETE, "delete")
         self._freeing_space(name, on_delete, lambda: self.exporter.unexport(name))
         quotas = self.quotas

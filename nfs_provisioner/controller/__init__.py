@@ -16,13 +16,16 @@ Layering (imports only go downwards)::
     controller      ProvisionController: lifecycle, workers, wiring
     provisioning, deleting, leadership        one operation each
     inflight, watching, queueing, events, metrics  mechanisms
-    decisions, interface, settings, outcomes  pure data and rules
+    decisions                                 the rules (on the data below: a claim's data source, ...)
+    interface, settings, outcomes             pure data
     ..kube                                    the only package that talks to Kubernetes
 """
 
 from nfs_provisioner.controller.controller import ProvisionController
 from nfs_provisioner.controller.interface import (
+    DataSource,
     IgnoredError,
+    InProgress,
     Object,
     Provisioner,
     ProvisioningError,
@@ -41,7 +44,9 @@ __all__ = [
     "Client",
     "ClientSettings",
     "ControllerSettings",
+    "DataSource",
     "IgnoredError",
+    "InProgress",
     "LeaderElectionSettings",
     "Object",
     "ProvisionController",

@@ -11,6 +11,8 @@ import enum
 from collections.abc import Collection
 from typing import Any
 
+from nfs_provisioner.controller.interface import DataSource
+
 Object = dict[str, Any]
 
 ANN_STORAGE_PROVISIONER = "volume.kubernetes.io/storage-provisioner"
@@ -72,6 +74,12 @@ def claim_provisioner(claim: Object) -> str | None:
 
 def is_block(claim: Object) -> bool:
     return (claim.get("spec") or {}).get("volumeMode") == "Block"
+
+
+def claim_source(claim: Object) -> DataSource | None:
+    """What the claim's volume must be populated from: ``spec.dataSourceRef``, else ``spec.dataSource``."""
+    spec = claim.get("spec") or {}
+    return DataSource.parse(spec.get("dataSourceRef")) or DataSource.parse(spec.get("dataSource"))
 
 
 def selected_node(claim: Object) -> str | None:

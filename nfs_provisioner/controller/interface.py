@@ -45,6 +45,47 @@ class IgnoredError(Exception):
         self.reason = reason
 
 
+CORE_GROUP = ""
+"""The API group of core kinds (``PersistentVolumeClaim``), as ``apiGroup`` leaves it unset."""
+SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
+PVC_KIND = "PersistentVolumeClaim"
+SNAPSHOT_KIND = "VolumeSnapshot"
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A claim's ``spec.dataSource`` or ``spec.dataSourceRef`` in typed form."""
+
+    kind: str
+    name: str
+    api_group: str = CORE_GROUP
+    """``""`` for core kinds (``PersistentVolumeClaim``)."""
+    namespace: str | None = None
+    """Only ``dataSourceRef`` may name one (cross-namespace sources); ``None``: the claim's namespace."""
+
+    @classmethod
+    def parse(cls, value: object) -> DataSource | None:
+        if not isinstance(value, dict) or not value.get("kind"):
+            return None
+        ns = value.get("namespace")
+        return cls(kind=str(value["kind"]), name=str(value.get("name") or ""),
+                   api_group=str(value.get("apiGroup") or CORE_GROUP), namespace=None if not ns else str(ns))
+
+    @property
+    def is_claim(self) -> bool:
+        """A clone source: a PersistentVolumeClaim (core group)."""
+        return self.kind == PVC_KIND and self.api_group == CORE_GROUP
+
+    @property
+    def is_snapshot(self) -> bool:
+        return self.kind == SNAPSHOT_KIND and self.api_group == SNAPSHOT_GROUP
+
+    def describe(self) -> str:
+        group = f"{self.api_group}/" if self.api_group else ""
+        where = f"{self.namespace}/" if self.namespace else ""
+        return f"{group}{self.kind} {where}{self.name}"
+
+
 class ProvisioningError(Exception):
     """A failed provision with an explicit :class:`ProvisioningState`.
 
@@ -54,6 +95,20 @@ class ProvisioningError(Exception):
     def __init__(self, message: str, state: ProvisioningState = ProvisioningState.FINISHED) -> None:
         super().__init__(message)
         self.state = state
+
+
+class InProgress(ProvisioningError):
+    """The provision runs in the background and is not finished (e.g. a long copy): not a failure.
+
+    The controller calls ``provision`` again after ``retry_after`` seconds (no backoff, no failure count),
+    also after the claim is deleted (as for ``IN_BACKGROUND``), and posts ``message`` as a ``Normal``
+    ``Provisioning`` event only when ``report`` is true (the provisioner decides how often progress is
+    worth telling the user)."""
+
+    def __init__(self, message: str, *, retry_after: float = 2.0, report: bool = False) -> None:
+        super().__init__(message, ProvisioningState.IN_BACKGROUND)
+        self.retry_after = retry_after
+        self.report = report
 
 
 @dataclass(frozen=True)
@@ -70,6 +125,10 @@ class ProvisionOptions:
     ``provision`` again only to finish or roll back an operation started before the claim was deleted."""
     selected_node: Object | None = None
     """The Node named by ``volume.kubernetes.io/selected-node`` (WaitForFirstConsumer), else ``None``."""
+    rolling_back: bool = False
+    """True when the controller calls ``provision`` only to finish or undo an attempt whose claim is deleted
+    or no longer wants a volume (the PV is then deleted at once): long work may be cancelled instead; raise
+    a ``FINISHED`` :class:`ProvisioningError` once nothing is left behind."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free for controller hooks; the controller itself leaves it empty."""
 
@@ -101,6 +160,22 @@ class ProvisionOptions:
     @property
     def volume_mode(self) -> str:
         return str((self.claim.get("spec") or {}).get("volumeMode") or "Filesystem")
+
+    @property
+    def data_source(self) -> DataSource | None:
+        """``spec.dataSource`` (``None``: none)."""
+        return DataSource.parse((self.claim.get("spec") or {}).get("dataSource"))
+
+    @property
+    def data_source_ref(self) -> DataSource | None:
+        """``spec.dataSourceRef`` (``None``: none); may name a namespace."""
+        return DataSource.parse((self.claim.get("spec") or {}).get("dataSourceRef"))
+
+    @property
+    def source(self) -> DataSource | None:
+        """What the volume must be populated from: ``dataSourceRef`` when set, else ``dataSource``
+        (the API server keeps the two equal when both are set without a namespace)."""
+        return self.data_source_ref or self.data_source
 
     @property
     def selected_node_name(self) -> str | None:
@@ -152,6 +227,14 @@ class Provisioner(abc.ABC):
         now unused asset (the PV it built, not the saved one); ``True``/``None`` count the saved PV
         as its own (e.g. saved before a crash)."""
         return None
+
+    def supports_data_source(self, kind: str, api_group: str) -> bool:
+        """Whether claims populated from a data source of this kind (``dataSource``/``dataSourceRef``) can be
+        served, e.g. ``("PersistentVolumeClaim", "")`` for clones. Default: none. Unsupported claims are never
+        handed to ``provision`` (which would make an empty volume): a PersistentVolumeClaim or VolumeSnapshot
+        source gets one ``ProvisioningFailed`` event, any other kind (a volume populator's resource) one
+        ``Normal`` event saying the populator provisions it; neither is retried until the claim changes."""
+        return False
 
     def supports_block(self) -> bool:
         """Whether ``volumeMode: Block`` claims can be served; when ``False`` they get one

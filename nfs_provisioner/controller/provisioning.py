@@ -22,7 +22,9 @@ from typing import Any
 
 from nfs_provisioner.controller import decisions, events, inflight, outcomes
 from nfs_provisioner.controller.interface import (
+    DataSource,
     IgnoredError,
+    InProgress,
     Provisioner,
     ProvisioningError,
     ProvisioningState,
@@ -49,6 +51,9 @@ class Attempt:
     volume: Object | None = None
     """The completed PV of a successful ``provision`` not saved yet."""
     started: float = 0.0
+    in_progress: bool = False
+    """The last attempt raised :class:`InProgress` (its progress is reported by the provisioner, not again
+    as a new ``Provisioning`` event per poll)."""
 
 
 class Provisioning:
@@ -142,6 +147,10 @@ class Provisioning:
                                 f"{self.settings.provisioner_name} does not support block volume provisioning")
             return outcomes.DONE
 
+        source = decisions.claim_source(claim)
+        if source is not None and not ours and not self.provisioner.supports_data_source(source.kind, source.api_group):
+            return self._unsupported_source(claim, source)
+
         node: Object | None = None
         node_name = decisions.selected_node(claim)
         if node_name:
@@ -178,8 +187,10 @@ class Provisioning:
 
         self.remember_class(storage_class)
         options = ProvisionOptions(storage_class=storage_class, pv_name=pv_name, claim=claim, selected_node=node)
-        self.recorder.event(claim, events.NORMAL, events.PROVISIONING,
-                            f"External provisioner is provisioning volume for claim \"{decisions.claim_key(claim)}\"")
+        if attempt is None or not attempt.in_progress:
+            key = decisions.claim_key(claim)
+            self.recorder.event(claim, events.NORMAL, events.PROVISIONING,
+                                f"External provisioner is provisioning volume for claim \"{key}\"")
         started = time.monotonic()
         try:
             volume = self.provisioner.provision(options)
@@ -201,8 +212,38 @@ class Provisioning:
 
     # ------------------------------------------------------------------ steps
 
+    def _unsupported_source(self, claim: Object, source: DataSource) -> Outcome:
+        """A data source the provisioner does not declare: never provision an empty volume for it.
+
+        Clone and snapshot sources are refused with one ``ProvisioningFailed`` event; any other kind belongs to
+        a volume populator (KEP 1495), which provisions a claim of its own (PVC') without a data source and
+        rebinds the volume: as the CSI external-provisioner does, one ``Normal`` event and nothing else. Either
+        way the claim is settled: looked at again only when someone else changes it."""
+        key, me = decisions.claim_key(claim), self.settings.provisioner_name
+        if source.is_snapshot:
+            msg = (f"cannot restore {source.describe()}: volume snapshots need a CSI driver, which {me} is not; "
+                   "no volume is provisioned")
+        elif source.is_claim:
+            msg = f"{me} does not support cloning volumes (data source {source.describe()}); no volume is provisioned"
+        else:
+            msg = (f"Assuming an external populator will provision the volume: data source {source.describe()} "
+                   f"is not handled by {me}")
+            self.recorder.event(claim, events.NORMAL, events.PROVISIONING, msg)
+            log.info("claim %s: %s", key, msg)
+            return self._release(claim, settle=True)
+        self._failed(claim)
+        self.recorder.event(claim, events.WARNING, events.PROVISIONING_FAILED, msg)
+        log.warning("claim %s: %s", key, msg)
+        return self._release(claim, settle=True)
+
     def _provision_failed(self, claim: Object, e: Exception, *, recorded_before: bool = False) -> Outcome:
         uid = decisions.meta(claim)["uid"]
+        if isinstance(e, InProgress):
+            self._attempts[uid] = Attempt(state=ProvisioningState.IN_BACKGROUND, in_progress=True)
+            if e.report:
+                self.recorder.event(claim, events.NORMAL, events.PROVISIONING, str(e))
+            log.info("claim %s: provision in progress: %s", decisions.claim_key(claim), e)
+            return outcomes.retry_after(e.retry_after, str(e))
         state = e.state if isinstance(e, ProvisioningError) else ProvisioningState.FINISHED
         msg = str(e) or type(e).__name__
         previous = self._attempts.get(uid)
@@ -321,12 +362,14 @@ class Provisioning:
             storage_class = (self.classes.get(cls_name) or self._known_classes.get(cls_name)
                              or {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
                                  "metadata": {"name": cls_name}, "provisioner": self.settings.provisioner_name})
-            options = ProvisionOptions(storage_class=storage_class, pv_name=pv_name, claim=claim)
+            options = ProvisionOptions(storage_class=storage_class, pv_name=pv_name, claim=claim, rolling_back=True)
             log.info("claim %s: provision in flight but claim deleted/unwanted: finishing it to roll it back", key)
             try:
                 volume = self.provisioner.provision(options)
             except IgnoredError:
                 return self._release(claim)
+            except InProgress as e:
+                return outcomes.retry_after(e.retry_after, f"rolling back {pv_name} once it is finished: {e}")
             except ProvisioningError as e:
                 if e.state in (ProvisioningState.IN_BACKGROUND, ProvisioningState.NO_CHANGE):
                     return outcomes.retry_forever(f"rolling back {pv_name}: {e}")

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 READY_MARK = "NFS SERVER INITIALIZED"
 STATD_ATTEMPTS = 5
-BIND_ATTEMPTS = 5
+BIND_WINDOW = 75.0
 NODE_DIR = re.compile(r"node\d+")
 HELPER_NOFILE = 4096  # rpcbind/statd allocate per-fd tables: a huge limit makes them eat memory
 PID_FILE = "processes.json"
@@ -352,19 +352,24 @@ class GaneshaServer:
         )
 
     def _start_ganesha_binding(self) -> None:
-        """Start Ganesha; again when it exits at once because one of its fixed ports is busy for a moment (a
-        helper's outgoing RPC, e.g. to rpcbind, takes a random reserved port such as rquota's 875)."""
-        for attempt in range(1, BIND_ATTEMPTS + 1):
+        """Start Ganesha; again when it exits at once because one of its fixed ports is busy for a while: a
+        helper's outgoing RPC (to rpcbind, statd, a client's callback) takes a random reserved port such as
+        rquota's 875, and a closed TCP connection keeps it in TIME_WAIT for 60 s. Retried for up to
+        ``BIND_WINDOW`` seconds, each attempt logged."""
+        started, delay, attempt = time.monotonic(), 1.0, 0
+        while True:
+            attempt += 1
             try:
                 self._start_ganesha()
                 return
             except errors.ServerError as e:
                 busy = [line for line in str(e).splitlines() if "Address already in use" in line]
-                if not busy or attempt == BIND_ATTEMPTS:
+                if not busy or time.monotonic() - started + delay > BIND_WINDOW:
                     raise
-                log.warning("ganesha.nfsd could not bind a port (%s); starting it again in 1s (%d/%d)",
-                            busy[0].split(":")[-1].strip(), attempt, BIND_ATTEMPTS)
-                time.sleep(1.0)
+                log.warning("ganesha.nfsd could not bind a port (%s); starting it again in %.0fs (attempt %d)",
+                            busy[0].split(":")[-1].strip(), delay, attempt)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     def _start_ganesha(self) -> None:
         s = self.settings

@@ -1,0 +1,271 @@
+"""Volume clones: a claim whose data source is another claim of ours gets a copy of its directory.
+
+:func:`check` applies the Kubernetes rules for clones and this appliance's own (same namespace, source
+Bound to a volume this instance made and recorded, same StorageClass, request >= source capacity, not being
+deleted, room for a full copy unless blocks are shared) *before* anything is created, so a refusal leaves
+nothing behind. :class:`Clones` runs each copy in a background thread and answers every poll with
+:class:`~nfs_provisioner.controller.interface.InProgress` until it is done. Crash safety comes from two
+markers in ``<export root>/.clones`` (0700, the appliance's own): ``<pv>.copying`` is written before the
+first byte is copied, ``<pv>.done`` only after the whole copy is flushed (syncfs). The provisioner exports a
+clone only when ``done`` exists; a restart that finds ``copying`` without a running copy empties the
+volume directory (its own, recorded) and copies again from the start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from nfs_provisioner import fileio
+from nfs_provisioner.controller import decisions
+from nfs_provisioner.controller.interface import DataSource, InProgress, Object, ProvisioningError
+from nfs_provisioner.kube import client as kube
+from nfs_provisioner.kube import errors
+from nfs_provisioner.volumes import copying, quantity
+from nfs_provisioner.volumes.directories import VolumeDirectories
+from nfs_provisioner.volumes.records import RecordError, VolumeRecords
+
+log = logging.getLogger(__name__)
+
+CLONES_DIR = ".clones"
+ANN_CLONED_FROM = "nfs-provisioner.io/cloned-from"
+ANN_IDENTITY = "Provisioner_Id"
+
+
+class Sources(Protocol):
+    """Reads the source claim and its volume (fresh, not from a cache)."""
+
+    def claim(self, namespace: str, name: str) -> Object | None: ...
+
+    def volume(self, name: str) -> Object | None: ...
+
+
+@dataclass(frozen=True)
+class KubeSources:
+    api: kube.Client
+
+    def claim(self, namespace: str, name: str) -> Object | None:
+        # A list by name: the appliance's RBAC grants claims list/watch/patch, not get (tests/test_rbac.py).
+        items = self.api.get(kube.claims_path(namespace), fieldSelector=f"metadata.name={name}").get("items") or []
+        return dict(items[0]) if items else None
+
+    def volume(self, name: str) -> Object | None:
+        try:
+            return self.api.get(kube.volumes_path(name))
+        except errors.NotFound:
+            return None
+
+
+@dataclass(frozen=True)
+class Source:
+    """A validated clone source."""
+
+    claim_key: str
+    pv_name: str
+    path: Path
+    usage: copying.Usage
+
+    def describe(self) -> str:
+        return f"claim {self.claim_key} (volume {self.pv_name})"
+
+
+def refuse(why: str) -> ProvisioningError:
+    return ProvisioningError(f"cannot clone: {why}; no volume is provisioned")
+
+
+def check(*, claim: Object, source: DataSource, requested_bytes: int, sources: Sources, identity: str,
+          records: VolumeRecords, directories: VolumeDirectories, free_bytes: int, shares_blocks: bool) -> Source:
+    """Validate a clone request; raises :class:`ProvisioningError` (FINISHED) saying why it is refused."""
+    ns = str(decisions.meta(claim).get("namespace") or "")
+    key = f"{ns}/{source.name}"
+    if source.namespace and source.namespace != ns:
+        raise refuse(f"the source claim {source.namespace}/{source.name} is in another namespace than "
+                     f"{decisions.claim_key(claim)} (Kubernetes clones only within a namespace)")
+    src = sources.claim(ns, source.name)
+    if src is None:
+        raise refuse(f"the source claim {key} does not exist")
+    if decisions.is_deleting(src):
+        raise refuse(f"the source claim {key} is being deleted")
+    pv_name = str((src.get("spec") or {}).get("volumeName") or "")
+    phase = str((src.get("status") or {}).get("phase") or "Pending")
+    if phase != "Bound" or not pv_name:
+        raise refuse(f"the source claim {key} is {phase}, not Bound")
+    if decisions.claim_class(src) != decisions.claim_class(claim):
+        raise refuse(f"the source claim {key} is of StorageClass {decisions.claim_class(src)!r}, not "
+                     f"{decisions.claim_class(claim)!r} (Kubernetes clones only within a StorageClass)")
+    pv = sources.volume(pv_name)
+    if pv is None:
+        raise refuse(f"the source claim {key} is bound to volume {pv_name}, which does not exist")
+    if decisions.is_deleting(pv):
+        raise refuse(f"the source volume {pv_name} is being deleted")
+    owner = decisions.annotations_of(pv).get(ANN_IDENTITY)
+    if owner != identity:
+        raise refuse(f"the source volume {pv_name} was not made by this appliance instance ({identity}) but by "
+                     f"{owner or 'another provisioner'}")
+    try:
+        path = directories.path_for(pv_name)
+        record = records.read(pv_name)
+    except (RecordError, ValueError) as e:
+        raise refuse(f"the source volume {pv_name} has no usable record: {e}") from e
+    src_uid = str(decisions.meta(src).get("uid") or "")
+    why = ("this appliance has no record of making it" if record is None else
+           record.mismatch(pv_name=pv_name, claim_uid=src_uid, identity=identity, path=str(path)))
+    if why is not None:
+        raise refuse(f"the source volume {pv_name} is not this appliance's volume of claim {key}: {why}")
+    capacity = str(((pv.get("spec") or {}).get("capacity") or {}).get("storage") or "0")
+    try:
+        cap_bytes = quantity.to_bytes(capacity)
+    except quantity.InvalidQuantity as e:
+        raise refuse(f"the source volume {pv_name} has an unreadable capacity: {e}") from e
+    if requested_bytes < cap_bytes:
+        raise refuse(f"the claim requests {requested_bytes} bytes, less than the source's capacity {capacity} "
+                     f"({cap_bytes} bytes)")
+    try:
+        usage = copying.measure(path)
+    except OSError as e:
+        raise refuse(f"cannot read the source volume {pv_name}: {e.strerror or e}") from e
+    if not shares_blocks and usage.allocated_bytes > free_bytes:
+        raise refuse(f"a full copy of {pv_name} needs {usage.allocated_bytes} bytes but only {free_bytes} are free "
+                     "on the export root (its filesystem cannot share blocks)")
+    return Source(claim_key=key, pv_name=pv_name, path=path, usage=usage)
+
+
+@dataclass
+class _Job:
+    source: Source
+    thread: threading.Thread | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.monotonic)
+    done_bytes: int = 0
+    stats: copying.Stats | None = None
+    error: str | None = None
+    finished: bool = False
+    reported_at: float = 0.0
+    reported_tenth: int = -1
+
+
+class Clones:
+    """Background copies, one per clone volume, with their markers."""
+
+    def __init__(self, directory: Path, *, report_every: float = 10.0, poll: float = 1.0) -> None:
+        self.directory = directory
+        self.report_every = report_every
+        """Seconds between progress events (also one every 10 % of the bytes)."""
+        self.poll = poll
+        """Seconds between the controller's looks at a running copy."""
+        self._jobs: dict[str, _Job] = {}
+        self._lock = threading.Lock()
+        self._shares: bool | None = None
+
+    def ensure_dir(self) -> None:
+        fileio.private_dir(self.directory)
+
+    def shares_blocks(self, export_root: Path) -> bool:
+        if self._shares is None:
+            self._shares = copying.shares_blocks(export_root)
+            log.info("clones: the export root %s blocks between files", "shares" if self._shares else "cannot share")
+        return self._shares
+
+    def _marker(self, name: str, kind: str) -> Path:
+        return self.directory / f"{name}.{kind}"
+
+    def done(self, name: str) -> bool:
+        return os.path.lexists(self._marker(name, "done"))
+
+    def running(self, name: str) -> bool:
+        with self._lock:
+            return name in self._jobs
+
+    def fill(self, *, name: str, target: Path, source: Source | None) -> None:
+        """Return once ``target`` holds the finished copy; until then raise :class:`InProgress` (or
+        :class:`ProvisioningError` when the copy failed: the caller rolls the volume back).
+
+        ``source`` is needed only to start a copy (None: a copy must be running or done)."""
+        if self.done(name):
+            return
+        with self._lock:
+            job = self._jobs.get(name)
+        if job is None:
+            if source is None:
+                raise ProvisioningError(f"volume {name}: its copy is neither running nor done")
+            self._start(name, target, source)
+            raise InProgress(f"Cloning {source.describe()} into volume {name}: {source.usage.apparent_bytes} bytes "
+                             f"in {source.usage.entries} entries to copy", retry_after=self.poll, report=True)
+        if job.error is not None:
+            with self._lock:
+                self._jobs.pop(name, None)
+            raise ProvisioningError(f"cloning {job.source.describe()} into volume {name} failed: {job.error}")
+        if job.finished:
+            syncfs_error = None
+            try:
+                copying.syncfs(target)
+                fileio.atomic_write(self._marker(name, "done"), f"{job.source.pv_name}\n", mode=0o600)
+                self._marker(name, "copying").unlink(missing_ok=True)
+            except OSError as e:
+                syncfs_error = e
+            with self._lock:
+                self._jobs.pop(name, None)
+            if syncfs_error is not None:
+                raise ProvisioningError(f"volume {name}: cannot record its finished copy: {syncfs_error}")
+            stats = job.stats or copying.Stats()
+            log.info("volume %s: cloned from %s in %.2f s (%d files, %d reflinked, %d hard links, %d symlinks, "
+                     "%d bytes)", name, job.source.describe(), time.monotonic() - job.started, stats.files,
+                     stats.reflinked_files, stats.hard_links, stats.symlinks, stats.bytes)
+            return
+        raise self._progress(name, job)
+
+    def _progress(self, name: str, job: _Job) -> InProgress:
+        total = max(job.source.usage.apparent_bytes, 1)
+        pct = min(100, job.done_bytes * 100 // total)
+        now = time.monotonic()
+        report = now - job.reported_at >= self.report_every or pct // 10 > job.reported_tenth
+        if report:
+            job.reported_at, job.reported_tenth = now, pct // 10
+        return InProgress(f"Cloning {job.source.describe()} into volume {name}: {pct} % ({job.done_bytes} of "
+                          f"{job.source.usage.apparent_bytes} bytes) after {now - job.started:.0f} s",
+                          retry_after=self.poll, report=report)
+
+    def _start(self, name: str, target: Path, source: Source) -> None:
+        self.ensure_dir()
+        if os.path.lexists(self._marker(name, "copying")) or os.listdir(target):
+            removed = copying.empty_dir(target)
+            log.warning("volume %s: a copy was cut short (a restart); removed %d entries of the half copy, copying "
+                        "again from the start", name, removed)
+        fileio.atomic_write(self._marker(name, "copying"), f"{source.pv_name}\n", mode=0o600)
+        job = _Job(source=source, reported_at=time.monotonic(), reported_tenth=0)
+
+        def count(n: int) -> None:
+            job.done_bytes += n
+
+        def run() -> None:
+            try:
+                job.stats = copying.copy_tree(source.path, target, on_bytes=count, cancel=job.cancel)
+                job.finished = True
+            except copying.Cancelled as e:
+                job.error = str(e)
+                log.info("volume %s: copy from %s stopped: %s", name, source.describe(), e)
+            except (OSError, copying.CopyError) as e:
+                job.error = str(e)
+                log.error("volume %s: copy from %s failed: %s", name, source.describe(), e)
+
+        job.thread = threading.Thread(target=run, name=f"clone-{name}", daemon=True)
+        with self._lock:
+            self._jobs[name] = job
+        log.info("volume %s: cloning %s (%d bytes, %d entries)", name, source.describe(),
+                 source.usage.apparent_bytes, source.usage.entries)
+        job.thread.start()
+
+    def forget(self, name: str) -> None:
+        """The volume is rolled back or deleted: stop its copy and drop its markers."""
+        with self._lock:
+            job = self._jobs.pop(name, None)
+        if job is not None and job.thread is not None:
+            job.cancel.set()
+            job.thread.join()
+        for kind in ("copying", "done"):
+            self._marker(name, kind).unlink(missing_ok=True)

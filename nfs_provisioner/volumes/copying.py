@@ -1,0 +1,330 @@
+"""Copying one volume directory's tree into another's (volume clones).
+
+Everything is opened relative to its parent's directory file descriptor with
+``O_NOFOLLOW`` (openat-style), so a symlink anywhere in the source is copied as
+a link and never followed, and nothing outside the source directory is read or
+anything outside the target directory written. Copied: file contents, modes,
+owners, timestamps (atime/mtime, nanoseconds), symlinks, hard links (as links
+within the copy), holes of sparse files, FIFOs and device nodes, and extended
+attributes where the filesystem has them. Sockets are skipped (they cannot be
+copied; counted in :class:`Stats`).
+
+File data is shared where the filesystem can (``FICLONE``: XFS with
+``reflink=1``, btrfs), else copied with ``copy_file_range`` one data extent at
+a time (``SEEK_DATA``/``SEEK_HOLE``, so holes stay holes), else with
+``pread``/``pwrite``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import stat
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FICLONE = 0x40049409
+"""``_IOW(0x94, 9, int)``: make the target file share all of the source file's blocks."""
+CHUNK = 8 << 20
+"""Bytes copied per system call when blocks are not shared (progress and cancel are checked in between)."""
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NO_SHARE = frozenset({errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EBADF})
+_NO_XATTR = frozenset({errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.ENODATA, errno.E2BIG})
+
+
+class CopyError(RuntimeError):
+    """The copy failed; the message names the file and why."""
+
+
+class Cancelled(CopyError):
+    pass
+
+
+@dataclass
+class Stats:
+    files: int = 0
+    directories: int = 0
+    symlinks: int = 0
+    hard_links: int = 0
+    specials: int = 0
+    skipped_sockets: int = 0
+    bytes: int = 0
+    """Apparent bytes of the regular files copied (holes included)."""
+    reflinked_files: int = 0
+
+
+@dataclass(frozen=True)
+class Usage:
+    apparent_bytes: int
+    """Sum of regular files' sizes (each hard-linked file once): what progress counts."""
+    allocated_bytes: int
+    """Blocks the tree occupies (``st_blocks``): what a full copy needs at most."""
+    entries: int
+
+
+def open_dir(path: Path) -> int:
+    """A directory fd for ``path`` itself, refusing a symlink at ``path``."""
+    return os.open(path, _DIR)
+
+
+def measure(path: Path) -> Usage:
+    """Walk ``path`` (never following symlinks) and add up what a copy will move."""
+    seen: set[tuple[int, int]] = set()
+    apparent = allocated = entries = 0
+    stack = [open_dir(path)]
+    try:
+        while stack:
+            fd = stack.pop()
+            try:
+                for name in os.listdir(fd):
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    entries += 1
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append(os.open(name, _DIR, dir_fd=fd))
+                    elif stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                        if st.st_nlink > 1:
+                            seen.add((st.st_dev, st.st_ino))
+                        apparent += st.st_size
+                        allocated += st.st_blocks * 512
+            finally:
+                os.close(fd)
+    finally:
+        for fd in stack:
+            os.close(fd)
+    return Usage(apparent_bytes=apparent, allocated_bytes=allocated, entries=entries)
+
+
+def shares_blocks(directory: Path) -> bool:
+    """Whether files in ``directory`` can share blocks (``FICLONE`` works there); probed with two unnamed
+    files (``O_TMPFILE``), so nothing is left behind."""
+    flags = os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC
+    try:
+        a = os.open(directory, flags, 0o600)
+    except OSError:
+        return False
+    try:
+        b = os.open(directory, flags, 0o600)
+        try:
+            os.write(a, b"\0" * 4096)
+            fcntl.ioctl(b, FICLONE, a)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(b)
+    finally:
+        os.close(a)
+
+
+def syncfs(path: Path) -> None:
+    """Flush the filesystem holding ``path`` (the copy is durable before it is declared done)."""
+    fd = open_dir(path)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    except AttributeError:
+        os.sync()
+    finally:
+        os.close(fd)
+
+
+def copy_tree(source: Path, target: Path, *, on_bytes: Callable[[int], None] | None = None,
+              cancel: threading.Event | None = None) -> Stats:
+    """Copy the contents and metadata of directory ``source`` into the existing, empty directory ``target``
+    (whose own owner, mode, times and xattrs become the source's too)."""
+    copier = _Copier(on_bytes or (lambda n: None), cancel or threading.Event())
+    sfd = open_dir(source)
+    try:
+        dfd = open_dir(target)
+        try:
+            if os.listdir(dfd):
+                raise CopyError(f"{target} is not empty; refusing to copy into it")
+            copier.root = dfd
+            copier.copy_dir(sfd, dfd, "")
+            _metadata(sfd, dfd, os.fstat(sfd), "")
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)
+    return copier.stats
+
+
+def empty_dir(path: Path) -> int:
+    """Remove everything inside directory ``path`` (never following symlinks), keeping ``path`` itself
+    (and with it its quota project); returns the number of entries removed."""
+    import shutil
+
+    fd = open_dir(path)
+    try:
+        names = os.listdir(fd)
+        for name in names:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(name, dir_fd=fd)
+            else:
+                os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    return len(names)
+
+
+class _Copier:
+    def __init__(self, on_bytes: Callable[[int], None], cancel: threading.Event) -> None:
+        self.on_bytes = on_bytes
+        self.cancel = cancel
+        self.stats = Stats()
+        self.root = -1
+        self.links: dict[tuple[int, int], str] = {}
+        """(st_dev, st_ino) of a multiply-linked source file -> its first copy's path relative to the target."""
+
+    def copy_dir(self, sfd: int, dfd: int, rel: str) -> None:
+        for name in sorted(os.listdir(sfd)):
+            if self.cancel.is_set():
+                raise Cancelled("the copy was cancelled")
+            path = f"{rel}/{name}" if rel else name
+            try:
+                self._entry(sfd, dfd, name, path)
+            except CopyError:
+                raise
+            except OSError as e:
+                raise CopyError(f"cannot copy {path}: {e.strerror or e}") from e
+
+    def _entry(self, sfd: int, dfd: int, name: str, path: str) -> None:
+        st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            os.mkdir(name, 0o700, dir_fd=dfd)
+            cs = os.open(name, _DIR, dir_fd=sfd)
+            try:
+                cd = os.open(name, _DIR, dir_fd=dfd)
+                try:
+                    self.copy_dir(cs, cd, path)
+                    _metadata(cs, cd, os.fstat(cs), path)
+                finally:
+                    os.close(cd)
+            finally:
+                os.close(cs)
+            self.stats.directories += 1
+        elif stat.S_ISLNK(mode):
+            os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
+            os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
+            os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd, follow_symlinks=False)
+            self.stats.symlinks += 1
+        elif stat.S_ISREG(mode):
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in self.links:
+                os.link(self.links[key], name, src_dir_fd=self.root, dst_dir_fd=dfd, follow_symlinks=False)
+                self.stats.hard_links += 1
+                return
+            self._file(sfd, dfd, name, path)
+            if st.st_nlink > 1:
+                self.links[key] = path
+        elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            os.mknod(name, stat.S_IFMT(mode) | 0o600, st.st_rdev, dir_fd=dfd)
+            # Made just now in a target no client can reach yet: nothing can have swapped it for a symlink.
+            os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
+            os.chmod(name, stat.S_IMODE(mode), dir_fd=dfd)
+            os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd, follow_symlinks=False)
+            self.stats.specials += 1
+        else:
+            log.info("copy: skipping socket %s (sockets cannot be copied)", path)
+            self.stats.skipped_sockets += 1
+
+    def _file(self, sfd: int, dfd: int, name: str, path: str) -> None:
+        src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=sfd)
+        try:
+            st = os.fstat(src)
+            if not stat.S_ISREG(st.st_mode):  # swapped between stat and open
+                raise CopyError(f"{path} changed while it was copied")
+            dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                          dir_fd=dfd)
+            try:
+                if self._data(src, dst, st.st_size):
+                    self.stats.reflinked_files += 1
+                _metadata(src, dst, st, path)
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+        self.stats.files += 1
+        self.stats.bytes += st.st_size
+
+    def _data(self, src: int, dst: int, size: int) -> bool:
+        """Copy the data; True when the blocks are shared (reflink)."""
+        if size == 0:
+            return False
+        try:
+            fcntl.ioctl(dst, FICLONE, src)
+            self.on_bytes(size)
+            return True
+        except OSError as e:
+            if e.errno not in _NO_SHARE:
+                raise
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(src, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # only a hole is left
+                    break
+                raise
+            end = min(os.lseek(src, start, os.SEEK_HOLE), size)
+            self.on_bytes(start - pos)
+            self._range(src, dst, start, end)
+            pos = end
+        self.on_bytes(size - pos)
+        os.ftruncate(dst, size)
+        return False
+
+    def _range(self, src: int, dst: int, start: int, end: int) -> None:
+        pos = start
+        use_cfr = True
+        while pos < end:
+            if self.cancel.is_set():
+                raise Cancelled("the copy was cancelled")
+            count = min(CHUNK, end - pos)
+            n = 0
+            if use_cfr:
+                try:
+                    n = os.copy_file_range(src, dst, count, pos, pos)
+                except OSError as e:
+                    if e.errno not in _NO_SHARE:
+                        raise
+                    use_cfr = False
+            if not use_cfr:
+                data = os.pread(src, count, pos)
+                n = len(data)
+                view = memoryview(data)
+                written = 0
+                while written < n:
+                    written += os.pwrite(dst, view[written:], pos + written)
+            if n == 0:  # the file shrank while it was copied
+                return
+            self.on_bytes(n)
+            pos += n
+
+
+def _metadata(src: int, dst: int, st: os.stat_result, path: str) -> None:
+    """Owner, xattrs, mode, then times (in that order: chown clears set-id bits, a POSIX ACL sets mode bits,
+    anything written changes mtime)."""
+    os.fchown(dst, st.st_uid, st.st_gid)
+    with contextlib.suppress(OSError):
+        for attr in os.listxattr(src):
+            try:
+                os.setxattr(dst, attr, os.getxattr(src, attr))
+            except OSError as e:
+                if e.errno not in _NO_XATTR:
+                    raise CopyError(f"cannot copy extended attribute {attr} of {path or '.'}: {e.strerror}") from e
+                log.debug("copy: extended attribute %s of %s not copied: %s", attr, path or ".", e.strerror)
+    os.fchmod(dst, stat.S_IMODE(st.st_mode))
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
