@@ -265,6 +265,12 @@ class GaneshaServer:
         except errors.GaneshaError:
             return False
 
+    def _statd_registered(self) -> bool:
+        try:
+            return " 100024 " in self.launcher.run(["rpcinfo", "-p", "127.0.0.1"], timeout=3.0).stdout
+        except subprocess.TimeoutExpired:
+            return False
+
     def _start_rpc_helpers(self) -> None:
         if self.launcher.run(["rpcinfo", "-p", "127.0.0.1"]).returncode != 0:
             self._rpcbind_proc = self.launcher.spawn(
@@ -298,9 +304,9 @@ class GaneshaServer:
             # Registered with rpcbind means past statd_get_socket(): every socket it will hold is bound.
             self._wait(
                 "rpc.statd",
-                lambda: " 100024 " in self.launcher.run(["rpcinfo", "-p", "127.0.0.1"]).stdout,
+                self._statd_registered,
                 proc=proc,
-                timeout=10.0,
+                timeout=30.0,
                 log_path=self.run_dir / "statd.log",
             )
             clash = processes.bound_ports(proc.pid) & ganesha_ports
@@ -439,7 +445,8 @@ class GaneshaServer:
             except errors.GaneshaError as e:
                 log.debug("%s not ready yet: %s", what, e)
             if time.monotonic() >= deadline:
-                raise errors.ServerError(f"{what} not ready after {timeout}s")
+                raise errors.ServerError(f"{what} not ready after {timeout}s"
+                                         + (f"; log tail:\n{processes.tail(log_path)}" if log_path else ""))
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
 
