@@ -8,7 +8,7 @@ import hashlib
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +249,14 @@ def test_no_room_for_a_full_copy_is_refused(cluster: kubecluster.Cluster, kapi: 
         kapi.delete(kube.classes_path(cls))
 
 
+def fill_tree(src: Path, *, dirs: int, files: int, content: Callable[[int, int], bytes]) -> None:
+    """``dirs`` directories d000.. of ``files`` files f000.. each: a source that takes a while to copy."""
+    for d in range(dirs):
+        (src / f"d{d:03}").mkdir()
+        for i in range(files):
+            (src / f"d{d:03}" / f"f{i:03}").write_bytes(content(d, i))
+
+
 def test_sigkill_mid_copy_copies_again_and_never_exports_a_half_copy(appliance: Appliance, kapi: kube.Client,
                                                                      namespace: str, unique: str) -> None:
     cls = f"kill-{unique}"
@@ -258,10 +266,8 @@ def test_sigkill_mid_copy_copies_again_and_never_exports_a_half_copy(appliance: 
         make_claim(kapi, namespace, "live", cls)
         src_pv = bound(kapi, namespace, "live")["spec"]["volumeName"]
         src = appliance.export_root / src_pv
-        for d in range(150):  # 45 000 small files: several seconds of copying on this host
-            (src / f"d{d:03}").mkdir()
-            for i in range(300):
-                (src / f"d{d:03}" / f"f{i:03}").write_bytes(b"%d/%d\n" % (d, i) * 20)
+        # 45 000 small files: several seconds of copying on this host
+        fill_tree(src, dirs=150, files=300, content=lambda d, i: b"%d/%d\n" % (d, i) * 20)
         (src / "last.txt").write_bytes(b"the last file")
         c = make_claim(kapi, namespace, "copy", cls, source="live")
         pv = f"pvc-{c['metadata']['uid']}"
@@ -301,10 +307,7 @@ def test_claim_deleted_mid_copy_stops_the_copy_and_leaves_nothing(appliance: App
     try:
         make_claim(kapi, namespace, "live", cls)
         src = appliance.export_root / bound(kapi, namespace, "live")["spec"]["volumeName"]
-        for d in range(100):
-            (src / f"d{d:03}").mkdir()
-            for i in range(300):
-                (src / f"d{d:03}" / f"f{i:03}").write_bytes(b"x" * 100)
+        fill_tree(src, dirs=100, files=300, content=lambda d, i: b"x" * 100)
         c = make_claim(kapi, namespace, "copy", cls, source="live")
         pv = f"pvc-{c['metadata']['uid']}"
         dst = appliance.export_root / pv
