@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from nfs_provisioner.kube import client as kube
-from tests import kubecluster, wait
+from tests import kubecluster, smallfs, wait
 from tests.appliance_env import Appliance
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
@@ -215,16 +214,8 @@ def test_every_refusal_says_why_and_leaves_nothing_behind(appliance: Appliance, 
 @pytest.fixture
 def small_export_root(tmp_path: Path) -> Iterator[Path]:
     """A 48 MiB ext4 on a loop device (no shared blocks), unmounted afterwards."""
-    image, mnt = tmp_path / "small.img", tmp_path / "small"
-    mnt.mkdir()
-    with image.open("wb") as f:
-        f.truncate(48 << 20)
-    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
-    try:
+    with smallfs.mounted(tmp_path / "small", image=tmp_path / "small.img", size=48 << 20) as mnt:
         yield mnt / "export"
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_no_room_for_a_full_copy_is_refused(cluster: kubecluster.Cluster, kapi: kube.Client, namespace: str,
