@@ -32,6 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -278,19 +279,143 @@ def ceiling_run(api: kube.Client, pool: cf.ThreadPoolExecutor, *, n: int, events
     return rate
 
 
+@dataclass
+class Bench:
+    """What every section of the benchmark shares: one control plane, one client, one appliance
+    (started; a section may stop, restart or replace it, and leaves it running), the classes."""
+
+    api: kube.Client
+    pool: cf.ThreadPoolExecutor
+    cluster: kubecluster.Cluster
+    work: Path
+    appliance: Appliance
+    sizes: list[int]
+    repeats: int
+    cls: str = "bench-nfs"
+    provisioner: str = "bench.example.com/nfs"
+    null_cls: str = NULL_CLASS
+    null_provisioner: str = NULL_PROVISIONER
+    appliance_extra: list[str] = field(default_factory=list)
+
+    def new_appliance(self, export_root: Path | None = None, extra: list[str] | None = None) -> Appliance:
+        """An appliance (not started) of the bench class; the section stops and closes it."""
+        return Appliance(kubeconfig=self.cluster.kubeconfig, export_root=export_root or self.work / "export",
+                         provisioner=self.provisioner, log_dir=self.work,
+                         extra=["--log-level=INFO", *self.appliance_extra, *(extra or [])])
+
+
+def own_rss_mb(pid: int) -> float:
+    return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+def sizes_section(b: Bench) -> dict[str, Any]:
+    """Bursts of N claims: created+exported against the raw API ceiling and the null provisioner's
+    pipeline; then 1000 volumes present (memory, cold restarts)."""
+    results: dict[str, Any] = {"sizes": {}}
+    appliance, api, pool = b.appliance, b.api, b.pool
+    assert appliance.proc is not None
+    for n in b.sizes:
+        runs, ceilings = [], []
+        for r in range(b.repeats):
+            out, _ = provision_run(api, pool, n=n, cls=b.cls, provisioner=b.provisioner)
+            events = max(1, round(out["events_per_claim"]))
+            ceilings.append(ceiling_run(api, pool, n=n, events=events))
+            out["fraction_of_ceiling"] = out["created_per_s"] / ceilings[-1]
+            runs.append(out)
+            print(f"N={n} run {r + 1}: {out['created_per_s']:.0f} PVC/s created+exported, "
+                  f"{out['bound_per_s']:.0f} Bound/s, handed over {out['annotated_per_s']:.0f}/s, "
+                  f"p99 {out['p99_s'] * 1000:.0f} ms (from handover {out['own_p99_s'] * 1000:.0f} ms), "
+                  f"ceiling {ceilings[-1]:.0f}/s, delete {out['deleted_per_s']:.0f}/s", file=sys.stderr)
+        keys = runs[0].keys()
+        results["sizes"][str(n)] = {k: summary([x[k] for x in runs]) for k in keys}
+        results["sizes"][str(n)]["ceiling_per_s"] = summary(ceilings)
+
+    # 1000 volumes present: memory, then a cold restart.
+    big = max(1000, max(b.sizes))
+    _, ns = provision_run(api, pool, n=big, cls=b.cls, provisioner=b.provisioner, keep=True)
+    results["volumes_present"] = big
+    results["rss_at_volumes_mb"] = tree_rss(appliance.proc.pid) / 2**20
+    restarts = []
+    for _ in range(b.repeats):
+        assert appliance.stop() == 0
+        t = time.monotonic()
+        appliance.start(wait_ready=False)
+
+        def reconciled() -> bool:
+            try:
+                code, _ = appliance.get("/readyz")
+                if code != 200:
+                    return False
+                _, m = appliance.get("/metrics")
+            except OSError:
+                return False
+            return (metric(m, "nfs_provisioner_ganesha_exports") == big
+                    and metric(m, "workqueue_depth") == 0)
+        wait_for(reconciled, 120, "cold restart")
+        restarts.append(time.monotonic() - t)
+        time.sleep(1.0)
+        _, m = appliance.get("/metrics")
+        spurious = metric(m, "controller_persistentvolumeclaim_provision_total")
+        results.setdefault("restart_spurious_provisions", []).append(spurious)
+        print(f"cold restart with {big} volumes: {restarts[-1]:.2f}s, spurious provisions {spurious:.0f}",
+              file=sys.stderr)
+    results["cold_restart_s"] = summary(restarts)
+    t1 = time.monotonic()
+    list(pool.map(lambda i: api.delete(kube.claims_path(ns, f"c{i}")), range(big)))
+    wait_for(lambda: not [p for p in api.get(kube.volumes_path())["items"]
+                          if p["spec"].get("storageClassName") == b.cls], 600, "cleanup")
+    results["cleanup_s"] = time.monotonic() - t1
+
+    # The pipeline without the appliance (stopped, so its caches and CPU take no part): the same
+    # bursts answered by the null provisioner.
+    assert appliance.stop() == 0
+    for n in b.sizes:
+        events = max(1, round(results["sizes"][str(n)]["events_per_claim"]["median"]))
+        rates = []
+        for _ in range(b.repeats):
+            rates.append(pipeline_run(api, pool, n=n, cls=b.null_cls, provisioner=b.null_provisioner,
+                                      events=events))
+            print(f"N={n} null provisioner: {rates[-1]:.0f} PVC/s", file=sys.stderr)
+        row = results["sizes"][str(n)]
+        row["pipeline_per_s"] = summary(rates)
+        created = row["created_per_s"]["median"]
+        row["fraction_of_pipeline"] = {"median": created / statistics.median(rates),
+                                       "min": created / max(rates), "max": created / min(rates)}
+    appliance.start()
+    return results
+
+
+@dataclass(frozen=True)
+class Section:
+    run: Callable[[Bench], dict[str, Any]]
+    """Measures; returns its part of results.json (top-level keys); leaves ``Bench.appliance`` running."""
+    show: Callable[[dict[str, Any]], None]
+    """Prints its rows of the table from the whole results (a section may be missing: --sections)."""
+
+
+def sections() -> dict[str, Section]:
+    """Every section, in the order ``make bench`` runs them."""
+    return {"sizes": Section(sizes_section, show_sizes)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="100,1000")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sections", default=",".join(sections()),
+                        help="comma-separated subset of: " + ", ".join(sections()))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     parser.add_argument("--appliance-args", default="", help="extra flags for the appliance, space separated")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    ganesha_root = ganesha_env.select_ganesha()  # the Ganesha the tests and the image run (6.5)
-    results_ganesha = str(ganesha_root) if ganesha_root else "installed"
+    chosen = args.sections.split(",")
+    unknown = sorted(set(chosen) - set(sections()))
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(unknown)}")
+    ganesha_root = ganesha_env.select_ganesha()  # the Ganesha the tests and the image run
     work = Path(tempfile.mkdtemp(prefix="nfsp-bench-"))
     cluster = kubecluster.Cluster(work / "cluster")
-    results: dict[str, Any] = {"sizes": {}, "repeats": args.repeats, "ganesha": results_ganesha}
+    results: dict[str, Any] = {"repeats": args.repeats, "ganesha": str(ganesha_root) if ganesha_root else "installed",
+                               "sections": chosen}
     appliance = None
     try:
         t = time.monotonic()
@@ -298,100 +423,43 @@ def main() -> int:
         print(f"control plane up in {time.monotonic() - t:.1f}s", file=sys.stderr)
         api = kube.Client.load(str(cluster.kubeconfig), settings=kube.ClientSettings(qps=0, burst=1,
                                                                                      pool_size=WORKERS + 4))
-        provisioner = "bench.example.com/nfs"
-        cls = "bench-nfs"
-        for name, prov in ((cls, provisioner), (NULL_CLASS, NULL_PROVISIONER)):
+        for name, prov in (("bench-nfs", "bench.example.com/nfs"), (NULL_CLASS, NULL_PROVISIONER)):
             api.create(kube.classes_path(), {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
                                              "metadata": {"name": name}, "provisioner": prov})
-        appliance = Appliance(kubeconfig=cluster.kubeconfig, export_root=work / "export", provisioner=provisioner,
-                              log_dir=work, extra=["--log-level=INFO", *args.appliance_args.split()])
-        appliance.start()
-        time.sleep(1.0)
-        assert appliance.proc is not None
-        results["rss_idle_mb"] = tree_rss(appliance.proc.pid) / 2**20
         with cf.ThreadPoolExecutor(WORKERS) as pool:
-            for n in sizes:
-                runs, ceilings = [], []
-                for r in range(args.repeats):
-                    out, _ = provision_run(api, pool, n=n, cls=cls, provisioner=provisioner)
-                    events = max(1, round(out["events_per_claim"]))
-                    ceilings.append(ceiling_run(api, pool, n=n, events=events))
-                    out["fraction_of_ceiling"] = out["created_per_s"] / ceilings[-1]
-                    runs.append(out)
-                    print(f"N={n} run {r + 1}: {out['created_per_s']:.0f} PVC/s created+exported, "
-                          f"{out['bound_per_s']:.0f} Bound/s, handed over {out['annotated_per_s']:.0f}/s, "
-                          f"p99 {out['p99_s'] * 1000:.0f} ms (from handover {out['own_p99_s'] * 1000:.0f} ms), "
-                          f"ceiling {ceilings[-1]:.0f}/s, delete {out['deleted_per_s']:.0f}/s", file=sys.stderr)
-                keys = runs[0].keys()
-                results["sizes"][str(n)] = {k: summary([x[k] for x in runs]) for k in keys}
-                results["sizes"][str(n)]["ceiling_per_s"] = summary(ceilings)
-
-            # 1000 volumes present: memory, then a cold restart.
-            big = max(1000, max(sizes))
-            _, ns = provision_run(api, pool, n=big, cls=cls, provisioner=provisioner, keep=True)
-            results["volumes_present"] = big
-            results["rss_at_volumes_mb"] = tree_rss(appliance.proc.pid) / 2**20
-            restarts = []
-            for _ in range(args.repeats):
-                assert appliance.stop() == 0
+            b = Bench(api=api, pool=pool, cluster=cluster, work=work, appliance=None,  # type: ignore[arg-type]
+                      sizes=[int(s) for s in args.sizes.split(",")], repeats=args.repeats,
+                      appliance_extra=args.appliance_args.split())
+            appliance = b.appliance = b.new_appliance()
+            appliance.start()
+            time.sleep(1.0)
+            assert appliance.proc is not None
+            results["rss_idle_mb"] = own_rss_mb(appliance.proc.pid)
+            results["rss_idle_tree_mb"] = tree_rss(appliance.proc.pid) / 2**20
+            for name in chosen:
                 t = time.monotonic()
-                appliance.start(wait_ready=False)
-
-                def reconciled() -> bool:
-                    try:
-                        code, _ = appliance.get("/readyz")
-                        if code != 200:
-                            return False
-                        _, m = appliance.get("/metrics")
-                    except OSError:
-                        return False
-                    return (metric(m, "nfs_provisioner_ganesha_exports") == big
-                            and metric(m, "workqueue_depth") == 0)
-                wait_for(reconciled, 120, "cold restart")
-                restarts.append(time.monotonic() - t)
-                time.sleep(1.0)
-                _, m = appliance.get("/metrics")
-                spurious = metric(m, "controller_persistentvolumeclaim_provision_total")
-                results.setdefault("restart_spurious_provisions", []).append(spurious)
-                print(f"cold restart with {big} volumes: {restarts[-1]:.2f}s, spurious provisions {spurious:.0f}",
-                      file=sys.stderr)
-            results["cold_restart_s"] = summary(restarts)
-            t1 = time.monotonic()
-            list(pool.map(lambda i: api.delete(kube.claims_path(ns, f"c{i}")), range(big)))
-            wait_for(lambda: not [p for p in api.get(kube.volumes_path())["items"]
-                                  if p["spec"].get("storageClassName") == cls], 600, "cleanup")
-            results["cleanup_s"] = time.monotonic() - t1
-
-            # The pipeline without the appliance (stopped, so its caches and CPU take no part): the same
-            # bursts answered by the null provisioner.
-            assert appliance.stop() == 0
-            for n in sizes:
-                events = max(1, round(results["sizes"][str(n)]["events_per_claim"]["median"]))
-                rates = []
-                for _ in range(args.repeats):
-                    rates.append(pipeline_run(api, pool, n=n, cls=NULL_CLASS, provisioner=NULL_PROVISIONER,
-                                              events=events))
-                    print(f"N={n} null provisioner: {rates[-1]:.0f} PVC/s", file=sys.stderr)
-                row = results["sizes"][str(n)]
-                row["pipeline_per_s"] = summary(rates)
-                created = row["created_per_s"]["median"]
-                row["fraction_of_pipeline"] = {"median": created / statistics.median(rates),
-                                               "min": created / max(rates), "max": created / min(rates)}
+                results.update(sections()[name].run(b))
+                print(f"section {name}: {time.monotonic() - t:.0f}s", file=sys.stderr)
+            appliance = b.appliance
     finally:
         if appliance is not None:
             appliance.close()
         cluster.down()
         shutil.rmtree(work, ignore_errors=True)
     args.out.write_text(json.dumps(results, indent=2, sort_keys=True))
-    print_table(results)
+    print(f"\nProvisioning benchmark (median of {results['repeats']} runs)")
+    for name in chosen:
+        sections()[name].show(results)
+    print(f"RSS idle: appliance {results['rss_idle_mb']:.0f} MB; with Ganesha and its bus "
+          f"{results['rss_idle_tree_mb']:.0f} MB")
     return 0
 
 
-def print_table(r: dict[str, Any]) -> None:
-    def fmt(s: dict[str, float], scale: float = 1.0, unit: str = "") -> str:
-        return f"{s['median'] * scale:8.1f}{unit} (min {s['min'] * scale:.1f}, max {s['max'] * scale:.1f})"
+def fmt(s: dict[str, float], scale: float = 1.0, unit: str = "") -> str:
+    return f"{s['median'] * scale:8.1f}{unit} (min {s['min'] * scale:.1f}, max {s['max'] * scale:.1f})"
 
-    print(f"\nProvisioning benchmark (median of {r['repeats']} runs)")
+
+def show_sizes(r: dict[str, Any]) -> None:
     for n, s in r["sizes"].items():
         print(f"N={n}")
         print(f"  created+exported  {fmt(s['created_per_s'], unit=' PVC/s')}")
@@ -409,8 +477,7 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"  deletion          {fmt(s['deleted_per_s'], unit=' PV/s')}")
     print(f"cold restart with {r['volumes_present']} volumes  {fmt(r['cold_restart_s'], unit=' s')}"
           f"  spurious provisions {r['restart_spurious_provisions']}")
-    print(f"RSS (appliance + Ganesha + bus)  idle {r['rss_idle_mb']:.0f} MB, "
-          f"with {r['volumes_present']} volumes {r['rss_at_volumes_mb']:.0f} MB")
+    print(f"RSS (appliance + Ganesha + bus) with {r['volumes_present']} volumes {r['rss_at_volumes_mb']:.0f} MB")
 
 
 if __name__ == "__main__":
