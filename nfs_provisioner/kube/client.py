@@ -1,17 +1,17 @@
 """JSON over HTTP to the API server: one connection pool, one token bucket.
 
 ``Client`` is the only object in the project that sends requests to
-Kubernetes. Credentials come from the ``kubernetes`` library's kubeconfig /
-in-cluster loaders (so exec plugins, token files and client certificates all
-work); the requests themselves go through urllib3 with plain ``dict`` bodies,
-because the generated models cost more CPU than the rest of a provision.
+Kubernetes. Credentials come from :mod:`nfs_provisioner.kube.credentials`
+(the service account and plain kubeconfigs read directly, everything else by
+the ``kubernetes`` library's loader); the requests themselves go through urllib3
+with plain ``dict`` bodies, because the generated models cost more CPU than the
+rest of a provision (and ~30 MB of memory once imported).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import threading
 import time
@@ -22,7 +22,8 @@ from urllib.parse import quote, urlencode
 
 import urllib3
 
-from nfs_provisioner.kube import errors
+from nfs_provisioner.kube import credentials, errors
+from nfs_provisioner.kube.credentials import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +80,6 @@ class TokenBucket:
         return wait
 
 
-@dataclass(frozen=True)
-class Credentials:
-    host: str
-    ca_file: str | None
-    cert_file: str | None
-    key_file: str | None
-    verify: bool
-    token: Any  # callable returning "Bearer ..." or None
-
-
 class Client:
     """A small, thread-safe JSON client for the Kubernetes API."""
 
@@ -122,35 +113,7 @@ class Client:
     def load(cls, kubeconfig: str | None = None, *, context: str | None = None,
              settings: ClientSettings | None = None) -> Client:
         """``kubeconfig`` if given; else in-cluster when running in a pod; else ``$KUBECONFIG``/``~/.kube/config``."""
-        from kubernetes import client as kclient
-        from kubernetes import config as kconfig
-
-        cfg = kclient.Configuration()
-        try:
-            if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-                kconfig.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-            else:
-                kconfig.load_kube_config(  # type: ignore[no-untyped-call]
-                    config_file=kubeconfig, context=context, client_configuration=cfg)
-        except Exception as e:  # the loaders raise several unrelated types
-            in_cluster = kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST")
-            where = ("the in-cluster service account" if in_cluster
-                     else f"kubeconfig {kubeconfig or os.environ.get('KUBECONFIG') or '~/.kube/config'}")
-            problem = " ".join(str(e).split()) or type(e).__name__  # YAML errors span several lines
-            raise errors.KubeError(f"cannot load Kubernetes credentials from {where}: {problem}") from e
-
-        def token() -> str | None:
-            if cfg.refresh_api_key_hook is not None:
-                cfg.refresh_api_key_hook(cfg)
-            # The in-cluster loader stores the token as "BearerToken", kubeconfig tokens as "authorization".
-            for key in ("BearerToken", "authorization"):
-                value = cfg.get_api_key_with_prefix(key)
-                if value:
-                    return str(value)
-            return None
-
-        return cls(Credentials(host=cfg.host, ca_file=cfg.ssl_ca_cert, cert_file=cfg.cert_file,
-                               key_file=cfg.key_file, verify=bool(cfg.verify_ssl), token=token), settings)
+        return cls(credentials.load(kubeconfig, context=context), settings)
 
     @property
     def credentials(self) -> Credentials:
