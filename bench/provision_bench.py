@@ -53,6 +53,13 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+def put(row: dict[str, Any], key: str, values: list[float]) -> None:
+    """``row[key]`` = the median of ``values`` (results.json's stable keys are plain numbers),
+    ``row[key + "_range"]`` = [min, max]."""
+    row[key] = statistics.median(values)
+    row[f"{key}_range"] = [min(values), max(values)]
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -296,6 +303,8 @@ class Bench:
     null_cls: str = NULL_CLASS
     null_provisioner: str = NULL_PROVISIONER
     appliance_extra: list[str] = field(default_factory=list)
+    present: int = 1000
+    """Volumes present for the memory and cold-restart figures of the sizes section."""
 
     def new_appliance(self, export_root: Path | None = None, extra: list[str] | None = None) -> Appliance:
         """An appliance (not started) of the bench class; the section stops and closes it."""
@@ -327,11 +336,14 @@ def sizes_section(b: Bench) -> dict[str, Any]:
                   f"p99 {out['p99_s'] * 1000:.0f} ms (from handover {out['own_p99_s'] * 1000:.0f} ms), "
                   f"ceiling {ceilings[-1]:.0f}/s, delete {out['deleted_per_s']:.0f}/s", file=sys.stderr)
         keys = runs[0].keys()
-        results["sizes"][str(n)] = {k: summary([x[k] for x in runs]) for k in keys}
-        results["sizes"][str(n)]["ceiling_per_s"] = summary(ceilings)
+        row: dict[str, Any] = {}
+        for k in keys:
+            put(row, k, [x[k] for x in runs])
+        put(row, "ceiling_per_s", ceilings)
+        results["sizes"][str(n)] = row
 
     # 1000 volumes present: memory, then a cold restart.
-    big = max(1000, max(b.sizes))
+    big = b.present
     _, ns = provision_run(api, pool, n=big, cls=b.cls, provisioner=b.provisioner, keep=True)
     results["volumes_present"] = big
     results["rss_at_volumes_mb"] = tree_rss(appliance.proc.pid) / 2**20
@@ -359,7 +371,7 @@ def sizes_section(b: Bench) -> dict[str, Any]:
         results.setdefault("restart_spurious_provisions", []).append(spurious)
         print(f"cold restart with {big} volumes: {restarts[-1]:.2f}s, spurious provisions {spurious:.0f}",
               file=sys.stderr)
-    results["cold_restart_s"] = summary(restarts)
+    put(results, "cold_restart_s", restarts)
     t1 = time.monotonic()
     list(pool.map(lambda i: api.delete(kube.claims_path(ns, f"c{i}")), range(big)))
     wait_for(lambda: not [p for p in api.get(kube.volumes_path())["items"]
@@ -370,17 +382,16 @@ def sizes_section(b: Bench) -> dict[str, Any]:
     # bursts answered by the null provisioner.
     assert appliance.stop() == 0
     for n in b.sizes:
-        events = max(1, round(results["sizes"][str(n)]["events_per_claim"]["median"]))
+        events = max(1, round(results["sizes"][str(n)]["events_per_claim"]))
         rates = []
         for _ in range(b.repeats):
             rates.append(pipeline_run(api, pool, n=n, cls=b.null_cls, provisioner=b.null_provisioner,
                                       events=events))
             print(f"N={n} null provisioner: {rates[-1]:.0f} PVC/s", file=sys.stderr)
         row = results["sizes"][str(n)]
-        row["pipeline_per_s"] = summary(rates)
-        created = row["created_per_s"]["median"]
-        row["fraction_of_pipeline"] = {"median": created / statistics.median(rates),
-                                       "min": created / max(rates), "max": created / min(rates)}
+        put(row, "pipeline_per_s", rates)
+        created = row["created_per_s"]
+        put(row, "fraction_of_pipeline", [created / rate for rate in rates])
     appliance.start()
     return results
 
@@ -404,6 +415,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sections", default=",".join(sections()),
                         help="comma-separated subset of: " + ", ".join(sections()))
+    parser.add_argument("--present", type=int, default=1000, help="volumes present for the cold restarts")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     parser.add_argument("--appliance-args", default="", help="extra flags for the appliance, space separated")
     args = parser.parse_args()
@@ -429,7 +441,7 @@ def main() -> int:
         with cf.ThreadPoolExecutor(WORKERS) as pool:
             b = Bench(api=api, pool=pool, cluster=cluster, work=work, appliance=None,  # type: ignore[arg-type]
                       sizes=[int(s) for s in args.sizes.split(",")], repeats=args.repeats,
-                      appliance_extra=args.appliance_args.split())
+                      appliance_extra=args.appliance_args.split(), present=args.present)
             appliance = b.appliance = b.new_appliance()
             appliance.start()
             time.sleep(1.0)
@@ -455,27 +467,30 @@ def main() -> int:
     return 0
 
 
-def fmt(s: dict[str, float], scale: float = 1.0, unit: str = "") -> str:
-    return f"{s['median'] * scale:8.1f}{unit} (min {s['min'] * scale:.1f}, max {s['max'] * scale:.1f})"
+def fmt(row: dict[str, Any], key: str, scale: float = 1.0, unit: str = "") -> str:
+    """``row[key]`` (a median) with its ``_range`` when there was more than one run."""
+    text = f"{row[key] * scale:8.1f}{unit}"
+    low, high = row.get(f"{key}_range", (row[key], row[key]))
+    return text if low == high else f"{text} (min {low * scale:.1f}, max {high * scale:.1f})"
 
 
 def show_sizes(r: dict[str, Any]) -> None:
     for n, s in r["sizes"].items():
         print(f"N={n}")
-        print(f"  created+exported  {fmt(s['created_per_s'], unit=' PVC/s')}")
-        print(f"  Bound             {fmt(s['bound_per_s'], unit=' PVC/s')}")
-        print(f"  binder handover   {fmt(s['annotated_per_s'], unit=' PVC/s')}")
-        print(f"  ceiling (raw API) {fmt(s['ceiling_per_s'], unit=' PV+events/s')}"
-              f"  ({s['events_per_claim']['median']:.0f} events per PV, as the appliance posts)")
-        print(f"  fraction          {fmt(s['fraction_of_ceiling'], 100, ' %')}")
-        print(f"  null provisioner  {fmt(s['pipeline_per_s'], unit=' PVC/s')}  (same bursts, appliance stopped)")
-        print(f"  appliance/null    {fmt(s['fraction_of_pipeline'], 100, ' %')}  (median created+exported / each)")
-        print(f"  latency p50       {fmt(s['p50_s'], 1000, ' ms')}  (claim created -> PV created)")
-        print(f"  latency p99       {fmt(s['p99_s'], 1000, ' ms')}")
-        print(f"  from handover p50 {fmt(s['own_p50_s'], 1000, ' ms')}  (binder's annotation -> PV created)")
-        print(f"  from handover p99 {fmt(s['own_p99_s'], 1000, ' ms')}")
-        print(f"  deletion          {fmt(s['deleted_per_s'], unit=' PV/s')}")
-    print(f"cold restart with {r['volumes_present']} volumes  {fmt(r['cold_restart_s'], unit=' s')}"
+        print(f"  created+exported  {fmt(s, 'created_per_s', unit=' PVC/s')}")
+        print(f"  Bound             {fmt(s, 'bound_per_s', unit=' PVC/s')}")
+        print(f"  binder handover   {fmt(s, 'annotated_per_s', unit=' PVC/s')}")
+        print(f"  ceiling (raw API) {fmt(s, 'ceiling_per_s', unit=' PV+events/s')}"
+              f"  ({s['events_per_claim']:.0f} events per PV, as the appliance posts)")
+        print(f"  fraction          {fmt(s, 'fraction_of_ceiling', 100, ' %')}")
+        print(f"  null provisioner  {fmt(s, 'pipeline_per_s', unit=' PVC/s')}  (same bursts, appliance stopped)")
+        print(f"  appliance/null    {fmt(s, 'fraction_of_pipeline', 100, ' %')}  (median created+exported / each)")
+        print(f"  latency p50       {fmt(s, 'p50_s', 1000, ' ms')}  (claim created -> PV created)")
+        print(f"  latency p99       {fmt(s, 'p99_s', 1000, ' ms')}")
+        print(f"  from handover p50 {fmt(s, 'own_p50_s', 1000, ' ms')}  (binder's annotation -> PV created)")
+        print(f"  from handover p99 {fmt(s, 'own_p99_s', 1000, ' ms')}")
+        print(f"  deletion          {fmt(s, 'deleted_per_s', unit=' PV/s')}")
+    print(f"cold restart with {r['volumes_present']} volumes  {fmt(r, 'cold_restart_s', unit=' s')}"
           f"  spurious provisions {r['restart_spurious_provisions']}")
     print(f"RSS (appliance + Ganesha + bus) with {r['volumes_present']} volumes {r['rss_at_volumes_mb']:.0f} MB")
 
