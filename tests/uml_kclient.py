@@ -534,7 +534,8 @@ class Flow(uml_appliance.Flow):
         hostfs (mountd: "Cannot export /, possibly unsupported filesystem or fsid= required"); a real host's
         ``/`` (ext4, XFS, btrfs) has no such problem. So here, as in a container whose ``/`` cannot be
         exported, nfs-utils' own ``[exports] rootdir`` (nfs.conf) names a tmpfs holding the export
-        filesystem at its usual path: clients and the appliance's exports keep the same paths.
+        filesystem at its usual path: clients and the appliance's exports keep the same paths. The step
+        shows the vers=4.1 mount failing without it first.
         Runs last: it gives this boot a writable /etc and /var/lib/nfs."""
         self.stop_appliance()
         run = Path("/run/kernel-server")
@@ -548,7 +549,7 @@ class Flow(uml_appliance.Flow):
         inside = v4root / self.xfs.relative_to("/")
         inside.mkdir(parents=True)
         self.sh("mount", "--bind", str(self.xfs), str(inside))
-        Path("/etc/nfs.conf").write_text(f"[exports]\nrootdir={v4root}\n")
+        Path("/etc/nfs.conf").write_text("")  # first as nfs-utils comes: no rootdir
         shutil.rmtree("/etc/nfs.conf.d", ignore_errors=True)
         Path("/etc/exports").write_text("")
         self.sh("mount", "-t", "nfsd", "nfsd", "/proc/fs/nfsd")
@@ -559,8 +560,8 @@ class Flow(uml_appliance.Flow):
         time.sleep(0.5)
         self.sh(str(NFS_KERNEL_SERVER / "exportfs"), "-ra")
         mountd_log = (self.work / "rpc.mountd.log").open("wb")
-        self.daemons.append(subprocess.Popen([str(NFS_KERNEL_SERVER / "rpc.mountd"), "-F", "--no-udp"],
-                                             stdout=mountd_log, stderr=subprocess.STDOUT))
+        mountd = [str(NFS_KERNEL_SERVER / "rpc.mountd"), "-F", "--no-udp", "-d", "general"]
+        self.daemons.append(subprocess.Popen(mountd, stdout=mountd_log, stderr=subprocess.STDOUT))
         self.sh(str(NFS_KERNEL_SERVER / "rpc.nfsd"), "4")
         os.environ["PATH"] = f"{NFS_KERNEL_SERVER}:{os.environ['PATH']}"  # the appliance's exportfs
         try:
@@ -568,8 +569,27 @@ class Flow(uml_appliance.Flow):
             pv = self.class_and_claim("kernel-nfs")
             line = [ln for ln in Path("/etc/exports").read_text().splitlines() if pv["metadata"]["name"] in ln]
             assert line, Path("/etc/exports").read_text()
-            out: dict[str, Any] = {"exports_line": line[0], "nfsd_versions": Path("/proc/fs/nfsd/versions")
-                                   .read_text().strip(), "nfs.conf": Path("/etc/nfs.conf").read_text()}
+            out: dict[str, Any] = {"exports_line": line[0],
+                                   "nfsd_versions": Path("/proc/fs/nfsd/versions").read_text().strip()}
+            # Without rootdir: NFSv4 fails (UML's / is hostfs), and mountd says why.
+            probe = self.mounts / "kernel-v4-without-rootdir"
+            probe.mkdir()
+            r = self.sh("mount", "-t", "nfs", "-o", "vers=4.1", f"127.0.0.1:{pv['spec']['nfs']['path']}", str(probe),
+                        check=False, timeout=120)
+            if r.returncode == 0:
+                self.sh("umount", str(probe), check=False)
+            assert r.returncode != 0, "NFSv4 through nfsd worked with UML's hostfs / in the pseudo root"
+            mountd_log.flush()
+            said = [ln for ln in (self.work / "rpc.mountd.log").read_text(errors="replace").splitlines()
+                    if "Cannot export" in ln]
+            out["vers=4.1 without rootdir"] = {"mount": r.stderr.strip()[-200:], "mountd": said[:2]}
+            # Then with nfs-utils' rootdir: mountd and exportfs read nfs.conf at start.
+            self.daemons[1].terminate()
+            self.daemons[1].wait(10)
+            Path("/etc/nfs.conf").write_text(f"[exports]\nrootdir={v4root}\n")
+            self.sh(str(NFS_KERNEL_SERVER / "exportfs"), "-ra")
+            self.daemons[1] = subprocess.Popen(mountd, stdout=mountd_log, stderr=subprocess.STDOUT)
+            out["nfs.conf"] = Path("/etc/nfs.conf").read_text()
             for label, options in (("pv", None), ("vers=4.2", ["vers=4.2"]), ("vers=3", ["vers=3"])):
                 started = time.monotonic()
                 with self.mounted(pv, options) as mnt:
