@@ -12,8 +12,8 @@ import pytest
 
 from tests import uml, uml_kclient
 
-# One UML boot runs every step (control plane, appliance restarts, grace): ~5 min with Ganesha 4.3, ~11 min
-# with 9.14 on 2 cores (UML makes its syscalls dear), so the module's first test may wait that long.
+# One UML boot runs every step (control plane, appliance restarts, the 90 s grace period): ~5 min with
+# Ganesha 4.3, 10-12 min with 9.14 on 2 cores (UML makes its syscalls dear), so the first test may wait that long.
 pytestmark = [pytest.mark.kclient, pytest.mark.uml, pytest.mark.e2e, pytest.mark.timeout(1500)]
 
 XFS_MOUNT = "/run/xfs"
@@ -43,3 +43,19 @@ def test_step(step: str, results: dict[str, Any]) -> None:
     if not r["ok"]:
         pytest.fail(f"{step} failed inside UML after {r['seconds']}s:\n{r['detail']}", pytrace=False)
     print(json.dumps(r["detail"], indent=2))
+
+
+def test_read_plus_through_this_client(results: dict[str, Any]) -> None:
+    """NFSv4.2 READ_PLUS: with a client built with it, the vers=4.2 read-back goes over the wire as READ_PLUS;
+    the suite's UML kernel may be built without it, and then READ_PLUS cannot be proven here."""
+    assert results["classic_flow_as_the_kubelet_mounts_it"]["ok"], "the classic step failed"
+    ops = results["classic_flow_as_the_kubelet_mounts_it"]["detail"]["vers=4.2"]["read_ops_on_the_wire"]
+    config = uml.kernel_config(uml.kernel())
+    if config is None:
+        pytest.skip("the UML kernel's build configuration is not at hand: cannot tell whether it has READ_PLUS")
+    if config.get("CONFIG_NFS_V4_2_READ_PLUS", "n") == "n":
+        # Consistent with a client without it: the read-back used READ.
+        assert ops.get("READ", 0) > 0 and ops.get("READ_PLUS", 0) == 0, ops
+        pytest.skip(f"READ_PLUS not provable with this client: its kernel has '# CONFIG_NFS_V4_2_READ_PLUS is "
+                    f"not set' (the 4.2 read-back went as READ: {ops})")
+    assert ops.get("READ_PLUS", 0) > 0, f"a client built with READ_PLUS read a 4.2 mount without it: {ops}"

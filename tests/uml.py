@@ -104,6 +104,26 @@ def modules_root(kernel_path: Path) -> Path:
     return root
 
 
+def kernel_config(kernel_path: Path) -> dict[str, str] | None:
+    """The kernel's build configuration as its package ships it (``config.gz`` beside the unpacked
+    kernel, or Debian's installed one): option -> value, ``"n"`` for ``# CONFIG_X is not set``;
+    None when there is none."""
+    for candidate in (kernel_path.parent / "root" / "usr" / "share" / "doc" / "user-mode-linux" / "config.gz",
+                      Path("/usr/share/doc/user-mode-linux/config.gz")):
+        if candidate.is_file():
+            import gzip
+
+            config: dict[str, str] = {}
+            for line in gzip.decompress(candidate.read_bytes()).decode().splitlines():
+                if line.startswith("CONFIG_") and "=" in line:
+                    name, value = line.split("=", 1)
+                    config[name] = value
+                elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
+                    config[line[2:-len(" is not set")]] = "n"
+            return config
+    return None
+
+
 def kernel_release(kernel_path: Path) -> str:
     """``linux.uml --version`` (the kernel release, e.g. 7.2.7), or why it cannot tell."""
     try:

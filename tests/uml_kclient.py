@@ -32,16 +32,19 @@ from tests.uml_appliance import REPO, MiB
 # The defaults a user runs with (no quotas), NFSv3 on, no grace period; the quota step restarts with quotas on.
 FLAGS = ("--nfsv3=true", "--grace-period=0")
 STEPS = ("start", "classic_flow_as_the_kubelet_mounts_it", "gid_and_root_squash_as_pods_see_them",
-         "restarts_keep_handles_valid", "restarts_keep_handles_valid_without_device_fsids",
+         "volume_boundary_through_the_mount", "mounts_of_dotdot_paths_stay_out_of_the_export_root",
+         "restarts_keep_handles_valid",
+         "restarts_keep_handles_valid_without_device_fsids",
          "delete_and_archive_while_mounted", "grace_and_lock_reclaim", "quota_writes_and_df_through_the_mount",
          "kernel_server_mode")
 NFS_KERNEL_SERVER = Path(os.environ.get("NFSP_CACHE_DIR", Path.home() / ".cache" / "nfs-provisioner")) / \
     "nfs-kernel-server" / "root" / "usr" / "sbin"
 """exportfs, rpc.nfsd and rpc.mountd, unpacked by hack/install-deps."""
-GRACE = 20
-"""Seconds of grace in the grace step (the default is 90; 20 shows the same behaviour in less time)."""
+GRACE = 90
+"""Seconds of grace in the grace step: the default of --grace-period."""
 USER, OTHER, GROUP = 1000, 1001, 4321
-# A process whose cwd is inside the mount: per line on stdin, create a file there and list it.
+OWN_NAMES = (".ganesha", ".volumes", ".provisioning", ".nfs-provisioner.lock", ".archive")
+"""What the export root holds besides volumes: never visible to a client."""
 # Holds an fcntl write lock on argv[1] and, per line on stdin, appends a line and reports how long it took.
 LOCK_HOLDER = """
 import fcntl, os, sys, time
@@ -51,6 +54,9 @@ print("locked", flush=True)
 for line in sys.stdin:
     t = time.monotonic()
     try:
+        if line.strip() == "reopen":  # after a lost lock: a new open and lock
+            f = open(sys.argv[1], "a+")
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
@@ -58,6 +64,7 @@ for line in sys.stdin:
     except OSError as e:
         print("error", e.errno, round(time.monotonic() - t, 2), flush=True)
 """
+# A process whose cwd is inside the mount: per line on stdin, create a file there and list it.
 CWD_WORKER = """
 import os, sys
 for line in sys.stdin:
@@ -66,6 +73,41 @@ for line in sys.stdin:
         print("ok", len(os.listdir(".")), flush=True)
     except OSError as e:
         print("error", e.errno, flush=True)
+"""
+
+# What a client process whose cwd is the mount root sees (run in a mount namespace of its own where the
+# server's export filesystem is hidden, so whatever it reads of another volume came over NFS).
+CLIENT_VIEW = """
+import errno, json, os, sys
+other_dir, other_abs = sys.argv[1], sys.argv[2]
+def attempt(fn):
+    try:
+        return ["ok", fn()]
+    except OSError as e:
+        return ["error", errno.errorcode.get(e.errno or 0, str(e.errno))]
+def read(path):
+    with open(path, "rb") as f:
+        return f.read().decode(errors="replace")
+files = {}
+for top, dirs, names in os.walk("."):
+    for n in names:
+        files[os.path.join(top, n)] = attempt(lambda p=os.path.join(top, n): read(p)[:200])
+print(json.dumps({
+    "cwd": os.getcwd(),
+    "dotdot_realpath": os.path.realpath(".."),
+    "dotdot_on_the_mounts_device": os.stat("..").st_dev != os.stat(".").st_dev,
+    "ls_dotdot": sorted(os.listdir("..")),
+    "ls_dotdot_dotdot": sorted(os.listdir("../..")),
+    "ls_dotdot_dotdot_dotdot": sorted(os.listdir("../../..")),
+    "read_dotdot_other": attempt(lambda: read(f"../{other_dir}/b-secret")),
+    "read_via_symlink_to_dotdot_other": attempt(lambda: read("to-other/b-secret")),
+    "read_via_symlink_to_other_server_path": attempt(lambda: read("to-other-abs/b-secret")),
+    "ls_via_symlink_to_slash": attempt(lambda: sorted(os.listdir("to-slash"))),
+    "ls_via_symlink_up": attempt(lambda: sorted(os.listdir("to-up"))),
+    "client_slash": sorted(os.listdir("/")),
+    "client_export_dir": attempt(lambda: sorted(os.listdir(os.path.dirname(other_abs)))),
+    "files": files,
+}))
 """
 
 
@@ -139,7 +181,10 @@ class Flow(uml_appliance.Flow):
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
+                Path("/proc/sys/vm/drop_caches").write_text("3\n")  # the read-back goes over the wire
                 assert (mnt / name).read_bytes() == data, "read back through the mount differs"
+                reads = self.op_counts(mnt, ("READ", "READ_PLUS"))
+                assert reads.get("READ", 0) + reads.get("READ_PLUS", 0) > 0, f"no READ on the wire: {reads}"
                 assert (server_dir / name).read_bytes() == data, "the server's file differs from what was written"
                 made = self.as_user(USER, [], "sh", "-c", f"echo u > {mnt}/by-user-{label}")
                 assert made.returncode == 0, made.stderr
@@ -150,7 +195,7 @@ class Flow(uml_appliance.Flow):
                 self.sh("sync")
                 proc_mounts = [m for m in Path("/proc/mounts").read_text().splitlines() if str(mnt) in m]
                 seen[label] = {"mount_seconds": round(mount_s, 2), "mount": proc_mounts[0].split()[2:4],
-                               "md5": hashlib.md5(data).hexdigest()}
+                               "md5": hashlib.md5(data).hexdigest(), "read_ops_on_the_wire": reads}
         return seen
 
     def gid_and_squash(self) -> dict[str, Any]:
@@ -184,6 +229,75 @@ class Flow(uml_appliance.Flow):
                     assert root_reads == "read", root_reads
                 out[label] = {"root_file_uid": owner, "root_reads_0600_of_other": root_reads}
         return out
+
+    def boundary(self) -> dict[str, Any]:
+        """The forged-handle issue's checks where the kernel mount adds something (v4.1 and v3): from the
+        mount root, ``..``, ``../..`` and ``ls ..`` are the client's own directories, never the server's
+        export root; symlinks the client makes (to ``/``, to ``../<other volume>``, to the other volume's
+        server path) are stored as text and resolve on the client; nothing of a second volume is visible
+        through the first's mount."""
+        a = self.volume("nfs")
+        b = self.class_and_claim("boundary-b")
+        a_dir, b_dir = Path(a["spec"]["nfs"]["path"]), Path(b["spec"]["nfs"]["path"])
+        secret = f"volume B's own data {os.urandom(8).hex()}"
+        (b_dir / "b-secret").write_text(secret)  # on the server, in B only
+        own = {*OWN_NAMES, "b-secret"}
+        out: dict[str, Any] = {}
+        for label in ("vers=4.1", "vers=3"):
+            with self.mounted(a, [label]) as mnt:
+                for name, target in (("to-slash", "/"), ("to-other", f"../{b_dir.name}"),
+                                     ("to-other-abs", str(b_dir)), ("to-up", "../../..")):
+                    (mnt / name).unlink(missing_ok=True)
+                    os.symlink(target, mnt / name)
+                    stored = os.readlink(a_dir / name)
+                    assert stored == target, f"the server stores {name} as {stored!r}, not {target!r}"
+                view = self.sh("unshare", "-m", "sh", "-c",
+                               f"mount -t tmpfs tmpfs {self.xfs} && cd {mnt} && "
+                               f"exec {sys.executable} -c \"$0\" \"$@\"", CLIENT_VIEW, b_dir.name, str(b_dir))
+                seen: dict[str, Any] = json.loads(view.stdout)
+                assert secret not in view.stdout, f"volume B's data seen through A's {label} mount: {seen}"
+                assert seen["cwd"] == str(mnt), seen
+                assert seen["dotdot_realpath"] == str(self.mounts) and seen["dotdot_on_the_mounts_device"], seen
+                for key in ("ls_dotdot", "ls_dotdot_dotdot", "ls_dotdot_dotdot_dotdot"):
+                    assert not own & set(seen[key]) and b_dir.name not in seen[key], (key, seen[key])
+                assert seen["ls_dotdot"] == sorted(os.listdir(self.mounts)), seen["ls_dotdot"]
+                for key in ("read_dotdot_other", "read_via_symlink_to_dotdot_other",
+                            "read_via_symlink_to_other_server_path"):
+                    assert seen[key] == ["error", "ENOENT"], (key, seen[key])
+                assert seen["ls_via_symlink_to_slash"] == ["ok", seen["client_slash"]], seen
+                assert seen["ls_via_symlink_up"] == ["ok", seen["client_slash"]], seen
+                assert not any("b-secret" in f for f in seen["files"]), seen["files"]
+                out[label] = {k: v for k, v in seen.items() if k not in ("files", "client_slash")}
+                out[label]["files_seen"] = len(seen["files"])
+        return out
+
+    def dotdot_mounts(self) -> dict[str, Any]:
+        """A mount of ``<volume>/..`` and ``<volume>/../..`` (v3: the MNT request carries the path as a
+        string; v4.1: the client walks the server's pseudo root) is refused or shows nothing that is not
+        exported: none of the appliance's own files and, in v3, no other volume."""
+        a_dir = Path(self.volume("nfs")["spec"]["nfs"]["path"])
+        b_dir = Path(self.volume("boundary-b")["spec"]["nfs"]["path"])
+        own = set(OWN_NAMES)
+        return {label: {rel: self.try_mount(f"{a_dir}/{rel}", [label],
+                                            (own | {b_dir.name}) if label == "vers=3" else own)
+                        for rel in ("..", "../..")} for label in ("vers=4.1", "vers=3")}
+
+    def try_mount(self, path: str, options: list[str], forbidden: set[str]) -> str:
+        """Mount ``path`` of the server: refused (the error) or what its root lists, which must hold none
+        of ``forbidden``."""
+        target = self.mounts / f"probe-{len(list(self.mounts.glob('*')))}"
+        target.mkdir()
+        r = self.sh("mount", "-t", "nfs", "-o", ",".join(options), f"127.0.0.1:{path}", str(target), check=False,
+                    timeout=60)
+        if r.returncode != 0:
+            target.rmdir()
+            return f"refused: {r.stderr.strip()[-200:]}"
+        try:
+            names = sorted(os.listdir(target))
+        finally:
+            self.sh("umount", str(target), check=False, timeout=60)
+        assert not forbidden & set(names), f"the mount of {path} ({options}) shows {names}"
+        return f"mounted, lists {len(names)} entries, none of the appliance's own or another volume's files"
 
     def quota(self) -> dict[str, Any]:
         """With --enable-xfs-quota: ``df`` on the kernel mount shows the claim's size, writes stop there, and
@@ -313,76 +427,115 @@ class Flow(uml_appliance.Flow):
 
 
     def grace(self) -> dict[str, Any]:
-        """A client holding an fcntl lock across a restart reclaims it during the grace period; another
-        client (libnfs, a different NFSv4 client id) cannot open until grace ends. Without grace the others
-        go on at once and the lock is lost: its holder's next write fails with EIO (the kernel client marks
-        the state lost rather than risk a conflicting write). Measured: the seconds from the restart until
-        the lock holder's next write returns."""
+        """A client holding an fcntl lock across a restart reclaims it during the grace period (the default
+        90 s); another client (libnfs, a different NFSv4 client id) gets NFS4ERR_GRACE until grace ends and
+        opens then. Without grace the others go on at once and the lock is lost: its holder's next write
+        fails with EIO (the kernel client marks the state lost rather than risk a conflicting write) and a
+        new open and lock go on. Measured from the kill (SIGTERM): the seconds until the holder's first
+        successful write and until the other client's first successful open."""
         out: dict[str, Any] = {}
         pv = self.volume("nfs")
         server_file = Path(pv["spec"]["nfs"]["path"]) / "locked"
+        url = f"nfs://127.0.0.1{pv['spec']['nfs']['path']}/locked?version=4"
+        # Back to the defaults first (the appliance may run with another --device-based-fsids, whose change
+        # would make every handle stale); its own grace period (FLAGS: none) does not matter: the lock is
+        # taken before the restart, and the restart is made with the grace period under test.
+        self.stop_appliance()
+        self.start_appliance()
         for grace in (GRACE, 0):
-            self.stop_appliance()
-            self.start_appliance(extra=[f"--grace-period={grace}"])
             with self.mounted(pv) as mnt:
                 holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(mnt / "locked")],
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                 assert holder.stdin is not None and holder.stdout is not None
+
+                def ask(line: str, holder: subprocess.Popen[str] = holder) -> list[str]:
+                    assert holder.stdin is not None and holder.stdout is not None
+                    holder.stdin.write(line + "\n")
+                    holder.stdin.flush()
+                    return holder.stdout.readline().split()
                 try:
                     assert holder.stdout.readline().strip() == "locked"
                     before = self.server_locks(server_file)
                     assert before, "the lock is not held on the server"
-                    self.stop_appliance()
                     glog = self.export / ".ganesha" / "ganesha.log"
                     offset = glog.stat().st_size
-                    restarted = time.monotonic()
+                    killed = time.monotonic()
+                    self.stop_appliance()
                     self.start_appliance(extra=[f"--grace-period={grace}"], wait=False)
 
                     def since(glog: Path = glog, offset: int = offset) -> str:
                         with glog.open("rb") as f:
                             f.seek(offset)
                             return f.read().decode(errors="replace")
-                    # The other client opens as soon as Ganesha serves: the kernel client may reclaim
-                    # (and end the grace period early: every known client is back) at any time.
                     self.until(lambda: "NFS SERVER INITIALIZED" in since(), "Ganesha to serve again")
-                    other = self.sh("nfs-cat", f"nfs://127.0.0.1{pv['spec']['nfs']['path']}/locked?version=4",
-                                    check=False, timeout=60)
-                    after_other = since()
+                    serving = round(time.monotonic() - killed, 2)
+                    # The other client opens as soon as Ganesha serves, then again each second until it can.
+                    other = self.sh("nfs-cat", url, check=False, timeout=60)
+                    first_other = "ok" if other.returncode == 0 else other.stderr.strip()[-160:]
+                    log_at_first_other = since()
+                    other_open_s = round(time.monotonic() - killed, 2) if other.returncode == 0 else None
                     self.wait_ready()
-                    holder.stdin.write("after restart\n")
-                    holder.stdin.flush()
-                    answer = holder.stdout.readline().split()
-                    resumed = round(time.monotonic() - restarted, 2)
-                    out[f"grace={grace}"] = {
-                        "holder_write": answer, "seconds_from_restart_to_holder_write": resumed,
-                        "other_client_open_at_once": "ok" if other.returncode == 0 else other.stderr.strip()[-160:],
+                    answer = ask("after restart")
+                    holder_io_s = round(time.monotonic() - killed, 2) if answer[:1] == ["ok"] else None
+                    first_holder = answer
+                    if holder_io_s is None:  # the lock is lost: a new open and lock go on
+                        answer = ask("reopen")
+                        if answer[:1] == ["ok"]:
+                            holder_io_s = round(time.monotonic() - killed, 2)
+                    refused = 1 if other_open_s is None else 0
+                    deadline = time.monotonic() + grace + 60
+                    while other_open_s is None and time.monotonic() < deadline:
+                        time.sleep(1)
+                        other = self.sh("nfs-cat", url, check=False, timeout=60)
+                        if other.returncode == 0:
+                            other_open_s = round(time.monotonic() - killed, 2)
+                        else:
+                            refused += 1
+                    log = since()
+                    r = out[f"grace={grace}"] = {
+                        "seconds_from_kill_to_ganesha_serving": serving,
+                        "holder_first_write_after_restart": first_holder,
+                        "holder_after_reopen": answer if first_holder[:1] != ["ok"] else None,
+                        "seconds_from_kill_to_holder_first_successful_write": holder_io_s,
+                        "other_client_first_open": first_other,
+                        "other_client_opens_refused": refused,
+                        "seconds_from_kill_to_other_client_first_open": other_open_s,
                         "lock_on_server_after": bool(self.server_locks(server_file)),
-                        "grace_started": "Now IN GRACE" in after_other,
-                        "grace_lifted_before_other_client_done": "Now NOT IN GRACE" in after_other,
+                        "grace_started": "Now IN GRACE" in log,
+                        "grace_lifted_before_first_other_open": "Now NOT IN GRACE" in log_at_first_other,
+                        "grace_lifted": "Now NOT IN GRACE" in log,
                     }
+                    assert holder_io_s is not None and other_open_s is not None, out
                     if grace:  # reclaimed: the holder goes on, others wait for the end of grace
-                        assert answer and answer[0] == "ok", out
-                        assert out[f"grace={grace}"]["lock_on_server_after"], "the lock was not reclaimed"
-                        assert out[f"grace={grace}"]["grace_started"], after_other[-2000:]
+                        assert first_holder[:1] == ["ok"], out
+                        assert r["lock_on_server_after"], "the lock was not reclaimed"
+                        assert r["grace_started"], log[-2000:]
                         # Refused while in grace; it may open only once the log says grace is over
-                        # (lifted early when the kernel client's reclaim completed first).
-                        assert other.returncode != 0 or "Now NOT IN GRACE" in after_other, (
-                            f"another client opened during the {grace}s grace period:\n{after_other[-2000:]}")
+                        # (lifted early when every recorded client has reclaimed).
+                        assert "NFS4ERR_GRACE" in first_other or r["grace_lifted_before_first_other_open"], (
+                            f"another client opened during the {grace}s grace period:\n{log[-2000:]}")
+                        assert r["grace_lifted"], log[-2000:]
                     else:  # graceless: others go on at once, the lock is lost and its holder gets EIO
-                        assert answer[:2] == ["error", str(errno.EIO)], out
-                        assert not out[f"grace={grace}"]["lock_on_server_after"], out
-                        assert other.returncode == 0, other.stderr
+                        assert first_holder[:2] == ["error", str(errno.EIO)], out
+                        assert first_other == "ok", out
+                        assert not r["grace_started"], log[-2000:]
                 finally:
                     holder.stdin.close()
                     holder.wait(30)
-        self.stop_appliance()
-        self.start_appliance()
-        return out
+        return out  # the appliance runs on with --grace-period=0, as FLAGS has it
 
     def kernel_server(self) -> dict[str, Any]:
         """--use-ganesha=false --run-server=false: the kernel's nfsd (the kernel's own module) serves a new
-        volume from the appliance's /etc/exports line, and a kernel client mounts it with vers=3 (NFSv4
-        needs every directory up to / in the pseudo root, and UML's / is hostfs, which nfsd cannot export).
+        volume from the appliance's /etc/exports line, and a kernel client mounts it with the PV's own
+        options (vers=4.1), vers=4.2 and vers=3.
+
+        NFSv4 needs an exportable ``/``: mountd puts every parent of an export into the NFSv4 pseudo root
+        (``/`` with fsid=0, the others by their filesystem's uuid), and nfsd refuses UML's ``/``, which is
+        hostfs (mountd: "Cannot export /, possibly unsupported filesystem or fsid= required"); a real host's
+        ``/`` (ext4, XFS, btrfs) has no such problem. So here, as in a container whose ``/`` cannot be
+        exported, nfs-utils' own ``[exports] rootdir`` (nfs.conf) names a tmpfs holding the export
+        filesystem at its usual path: clients and the appliance's exports keep the same paths. The step
+        shows the vers=4.1 mount failing without it first.
         Runs last: it gives this boot a writable /etc and /var/lib/nfs."""
         self.stop_appliance()
         run = Path("/run/kernel-server")
@@ -390,13 +543,25 @@ class Flow(uml_appliance.Flow):
             copy = run / target.name
             shutil.copytree(target, copy, symlinks=True, ignore_dangling_symlinks=True, dirs_exist_ok=True)
             self.sh("mount", "--bind", str(copy), str(target))
+        v4root = Path("/run/v4root")
+        v4root.mkdir()
+        self.sh("mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(v4root))
+        inside = v4root / self.xfs.relative_to("/")
+        inside.mkdir(parents=True)
+        self.sh("mount", "--bind", str(self.xfs), str(inside))
+        Path("/etc/nfs.conf").write_text("")  # first as nfs-utils comes: no rootdir
+        shutil.rmtree("/etc/nfs.conf.d", ignore_errors=True)
         Path("/etc/exports").write_text("")
         self.sh("mount", "-t", "nfsd", "nfsd", "/proc/fs/nfsd")
+        # No nfsdcld here (client tracking), so nfsd starts a grace period: its shortest, 10 s.
+        for knob in ("nfsv4gracetime", "nfsv4leasetime"):
+            Path(f"/proc/fs/nfsd/{knob}").write_text("10\n")
         self.daemons = [subprocess.Popen(["rpcbind", "-f", "-w"])]
         time.sleep(0.5)
         self.sh(str(NFS_KERNEL_SERVER / "exportfs"), "-ra")
-        self.daemons.append(subprocess.Popen([str(NFS_KERNEL_SERVER / "rpc.mountd"), "-F", "--no-udp"],
-                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        mountd_log = (self.work / "rpc.mountd.log").open("wb")
+        mountd = [str(NFS_KERNEL_SERVER / "rpc.mountd"), "-F", "--no-udp", "-d", "general"]
+        self.daemons.append(subprocess.Popen(mountd, stdout=mountd_log, stderr=subprocess.STDOUT))
         self.sh(str(NFS_KERNEL_SERVER / "rpc.nfsd"), "4")
         os.environ["PATH"] = f"{NFS_KERNEL_SERVER}:{os.environ['PATH']}"  # the appliance's exportfs
         try:
@@ -404,14 +569,40 @@ class Flow(uml_appliance.Flow):
             pv = self.class_and_claim("kernel-nfs")
             line = [ln for ln in Path("/etc/exports").read_text().splitlines() if pv["metadata"]["name"] in ln]
             assert line, Path("/etc/exports").read_text()
-            out: dict[str, Any] = {"exports_line": line[0]}
-            with self.mounted(pv, ["vers=3"]) as mnt:
-                data = os.urandom(MiB)
-                (mnt / "through-nfsd").write_bytes(data)
-                self.sh("sync")
-                assert (Path(pv["spec"]["nfs"]["path"]) / "through-nfsd").read_bytes() == data
-                assert (mnt / "through-nfsd").read_bytes() == data
-                out["proc_mounts"] = [m for m in Path("/proc/mounts").read_text().splitlines() if str(mnt) in m]
+            out: dict[str, Any] = {"exports_line": line[0],
+                                   "nfsd_versions": Path("/proc/fs/nfsd/versions").read_text().strip()}
+            # Without rootdir: NFSv4 fails (UML's / is hostfs), and mountd says why.
+            probe = self.mounts / "kernel-v4-without-rootdir"
+            probe.mkdir()
+            r = self.sh("mount", "-t", "nfs", "-o", "vers=4.1", f"127.0.0.1:{pv['spec']['nfs']['path']}", str(probe),
+                        check=False, timeout=120)
+            if r.returncode == 0:
+                self.sh("umount", str(probe), check=False)
+            assert r.returncode != 0, "NFSv4 through nfsd worked with UML's hostfs / in the pseudo root"
+            mountd_log.flush()
+            said = [ln for ln in (self.work / "rpc.mountd.log").read_text(errors="replace").splitlines()
+                    if "Cannot export" in ln]
+            out["vers=4.1 without rootdir"] = {"mount": r.stderr.strip()[-200:], "mountd": said[:2]}
+            # Then with nfs-utils' rootdir: mountd and exportfs read nfs.conf at start.
+            self.daemons[1].terminate()
+            self.daemons[1].wait(10)
+            Path("/etc/nfs.conf").write_text(f"[exports]\nrootdir={v4root}\n")
+            self.sh(str(NFS_KERNEL_SERVER / "exportfs"), "-ra")
+            self.daemons[1] = subprocess.Popen(mountd, stdout=mountd_log, stderr=subprocess.STDOUT)
+            out["nfs.conf"] = Path("/etc/nfs.conf").read_text()
+            for label, options in (("pv", None), ("vers=4.2", ["vers=4.2"]), ("vers=3", ["vers=3"])):
+                started = time.monotonic()
+                with self.mounted(pv, options) as mnt:
+                    data = os.urandom(MiB)
+                    (mnt / f"through-nfsd-{label}").write_bytes(data)
+                    self.sh("sync")
+                    written_s = round(time.monotonic() - started, 2)
+                    assert (Path(pv["spec"]["nfs"]["path"]) / f"through-nfsd-{label}").read_bytes() == data
+                    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+                    assert (mnt / f"through-nfsd-{label}").read_bytes() == data
+                    mount = [m for m in Path("/proc/mounts").read_text().splitlines() if str(mnt) in m]
+                    out[label] = {"mount": mount[0].split()[2:4], "seconds_mount_to_written": written_s}
+            assert out["pv"]["mount"][0] == "nfs4" and "vers=4.1" in out["pv"]["mount"][1], out
             return out
         finally:
             self.stop_appliance()
@@ -419,6 +610,20 @@ class Flow(uml_appliance.Flow):
             for d in self.daemons:
                 d.terminate()
                 d.wait(10)
+            mountd_log.close()
+
+    @staticmethod
+    def op_counts(mnt: Path, ops: tuple[str, ...]) -> dict[str, int]:
+        """Per-operation RPC counts of the mount on ``mnt`` from /proc/self/mountstats (the kernel's own)."""
+        counts: dict[str, int] = {}
+        current = False
+        for line in Path("/proc/self/mountstats").read_text().splitlines():
+            if line.startswith("device "):
+                current = f" mounted on {mnt} " in line
+            elif current and line.strip().split(":")[0] in ops:
+                name, rest = line.strip().split(":", 1)
+                counts[name] = int(rest.split()[0])
+        return counts
 
     @staticmethod
     def server_locks(path: Path) -> list[str]:
@@ -444,6 +649,8 @@ def main() -> int:
         "start": flow.start,
         "classic_flow_as_the_kubelet_mounts_it": flow.classic,
         "gid_and_root_squash_as_pods_see_them": flow.gid_and_squash,
+        "volume_boundary_through_the_mount": flow.boundary,
+        "mounts_of_dotdot_paths_stay_out_of_the_export_root": flow.dotdot_mounts,
         "restarts_keep_handles_valid": lambda: flow.restarts(extra=[]),
         "restarts_keep_handles_valid_without_device_fsids": lambda: flow.restarts(
             extra=["--device-based-fsids=false"]),
