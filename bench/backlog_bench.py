@@ -13,6 +13,8 @@ The appliance runs under :mod:`bench.step_timer`, so the drain also has a per-st
 from __future__ import annotations
 
 import concurrent.futures as cf
+import datetime
+import re
 import statistics
 import sys
 import time
@@ -38,6 +40,7 @@ PROFILE_STEPS = [
     "provision: ExportManager.add",
     "provision: AddExport (D-Bus)",
     "exports: index shard rewrite",
+    "exports: index shard rewrite (locked)",
     "provision: volume record write",
     "provision: directory create",
     "os.fsync",
@@ -61,6 +64,38 @@ def make_backlog(b: Bench, n: int, cls: str, prefix: str) -> tuple[str, list[str
     return ns, uids
 
 
+STARTUP_MARKS = {"log_first_s": None, "ganesha_ready_s": "Ganesha ready in", "state_check_s": "state check:",
+                 "serving_s": "serving /metrics"}
+"""Lines of the appliance's log whose time (seconds after the process start) is reported."""
+
+
+def startup_timeline(log: str, wall0: float) -> dict[str, float]:
+    """When the appliance logged its first line (imports done), Ganesha ready, the state check, serving."""
+    out: dict[str, float] = {}
+    for line in log.splitlines():
+        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", line)
+        if not m:
+            continue
+        at = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - wall0
+        for key, mark in STARTUP_MARKS.items():
+            if key not in out and (mark is None or mark in line):
+                out[key] = at
+    return out
+
+
+def settled_events(b: Bench, ns: str, component: str, timeout: float = 30.0) -> int:
+    """Events of ``component`` in ``ns`` once their number stops growing (they are posted in the background)."""
+    last, deadline = -1, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        count = len([e for e in b.api.get(kube.events_path(ns))["items"]
+                     if (e.get("source") or {}).get("component") == component])
+        if count == last:
+            return count
+        last = count
+        time.sleep(1.0)
+    return last
+
+
 def appliance_run(b: Bench, n: int, times: Any) -> dict[str, Any]:
     assert b.appliance.stop() == 0
     ns, uids = make_backlog(b, n, b.cls, "bench-backlog")
@@ -68,7 +103,7 @@ def appliance_run(b: Bench, n: int, times: Any) -> dict[str, Any]:
     w.start()
     time.sleep(0.3)
     before = step_timer.read(times)  # the previous process's last snapshot: a new process starts from zero
-    t0 = time.monotonic()
+    t0, wall0 = time.monotonic(), time.time()
     b.appliance.start(wait_ready=False)
     assert b.appliance.proc is not None
     ready = None
@@ -91,8 +126,8 @@ def appliance_run(b: Bench, n: int, times: Any) -> dict[str, Any]:
     steps = step_timer.read(times)
     if steps == before:
         steps = {}
-    events = [e for e in b.api.get(kube.events_path(ns))["items"]
-              if (e.get("source") or {}).get("component") == b.provisioner]
+    events = settled_events(b, ns, b.provisioner)
+    startup = startup_timeline(b.appliance.log_file.read_text(errors="replace"), wall0)
     w.stop()
     # Clean up with the appliance (it deletes its volumes), then the namespace.
     list(b.pool.map(lambda i: b.api.delete(kube.claims_path(ns, f"c{i}")), range(n)))
@@ -104,7 +139,7 @@ def appliance_run(b: Bench, n: int, times: Any) -> dict[str, Any]:
             "p50_pv_s": pct([s - t0 for s in seen], 50),
             "cpu_appliance_ms_per_pv": cpu["appliance"] * 1000 / n, "cpu_ganesha_ms_per_pv": cpu["children"] * 1000 / n,
             "cpu_appliance_fraction_of_core": cpu["appliance"] / (t_end - t0),
-            "events_per_claim": len(events) / n, "steps": steps}
+            "events_per_claim": events / n, **startup, "steps": steps}
 
 
 def null_run(b: Bench, n: int, events: int) -> float:
@@ -128,14 +163,17 @@ def backlog_section(b: Bench) -> dict[str, Any]:
     b.replace_appliance(b.new_appliance(step_times=times))
     results: dict[str, Any] = {}
     for n in b.sizes:
-        runs = []
-        for r in range(b.repeats):
+        runs, rates = [], []
+        for r in range(b.repeats):  # alternating, so a noisy neighbour hits both alike
             runs.append(appliance_run(b, n, times))
             x = runs[-1]
             print(f"backlog N={n} run {r + 1}: {x['drain_per_s']:.0f} PVC/s from process start (ready at "
                   f"{x['start_to_ready_s']:.2f}s, first PV {x['first_pv_s']:.2f}s, last {x['last_pv_s']:.2f}s; "
                   f"{x['after_first_per_s']:.0f}/s after the first), appliance CPU "
                   f"{x['cpu_appliance_ms_per_pv']:.1f} ms/PV", file=sys.stderr)
+            assert b.appliance.stop() == 0
+            rates.append(null_run(b, n, max(1, round(x["events_per_claim"]))))
+            print(f"backlog N={n} null provisioner: {rates[-1]:.0f} PVC/s", file=sys.stderr)
         row: dict[str, Any] = {k: statistics.median([x[k] for x in runs]) for k in runs[0] if k != "steps"}
         row["drain_per_s_runs"] = [x["drain_per_s"] for x in runs]
         steps: dict[str, dict[str, float]] = {}
@@ -146,18 +184,10 @@ def backlog_section(b: Bench) -> dict[str, Any]:
                 s["calls"] += v["calls"] / len(runs)
         row["profile"] = {k: {"seconds": v["seconds"], "calls": v["calls"],
                               "ms_per_call": v["seconds"] * 1000 / v["calls"]} for k, v in sorted(steps.items())}
-        results[str(n)] = row
-    assert b.appliance.stop() == 0
-    for n in b.sizes:
-        events = max(1, round(results[str(n)]["events_per_claim"]))
-        rates = []
-        for _ in range(b.repeats):
-            rates.append(null_run(b, n, events))
-            print(f"backlog N={n} null provisioner: {rates[-1]:.0f} PVC/s", file=sys.stderr)
-        row = results[str(n)]
         row["null_drain_per_s"] = statistics.median(rates)
         row["null_drain_per_s_runs"] = rates
         row["fraction_of_null"] = row["drain_per_s"] / row["null_drain_per_s"]
+        results[str(n)] = row
     b.appliance.close()
     b.appliance = b.new_appliance()
     b.appliance.start()
@@ -171,6 +201,8 @@ def show_backlog(r: dict[str, Any]) -> None:
               f"{', '.join(f'{x:.0f}' for x in row['drain_per_s_runs'])}")
         print(f"  null provisioner    {row['null_drain_per_s']:8.1f} PVC/s")
         print(f"  appliance/null      {row['fraction_of_null'] * 100:8.1f} %")
+        marks = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {row[k]:.2f}s" for k in STARTUP_MARKS if k in row)
+        print(f"  start-up: {marks}")
         print(f"  ready at {row['start_to_ready_s']:.2f}s, first PV at {row['first_pv_s']:.2f}s, last at "
               f"{row['last_pv_s']:.2f}s ({row['after_first_per_s']:.0f} PVC/s after the first)")
         print(f"  CPU per PV: appliance {row['cpu_appliance_ms_per_pv']:.1f} ms "
