@@ -118,7 +118,7 @@ def appliance_run(b: Bench, n: int, times: Any) -> dict[str, Any]:
     return res
 
 
-def null_run(b: Bench, n: int) -> float:
+def null_run(b: Bench, n: int) -> dict[str, Any]:
     """The null provisioner's delete rate on the same burst (its PVs carry the finalizer, reclaim Delete)."""
     import concurrent.futures as cf
 
@@ -131,10 +131,10 @@ def null_run(b: Bench, n: int) -> float:
         uids = list(b.pool.map(lambda i: str(b.api.create(kube.claims_path(ns), claim_body(f"c{i}", b.null_cls))
                                              ["metadata"]["uid"]), range(n)))
         wait_for(lambda: all(uid in w.bound for uid in uids), 600, f"{n} null claims Bound")
-        rate = float(burst_delete(b, ns, w)["per_s"])
+        res = burst_delete(b, ns, w)
         w.stop()
     b.api.delete(f"/api/v1/namespaces/{ns}")
-    return rate
+    return res
 
 
 def delete_section(b: Bench) -> dict[str, Any]:
@@ -142,7 +142,7 @@ def delete_section(b: Bench) -> dict[str, Any]:
     b.replace_appliance(b.new_appliance(step_times=times))
     results: dict[str, Any] = {}
     for n in b.sizes:
-        runs, rates = [], []
+        runs, rates, nulls = [], [], []
         for r in range(b.repeats):  # alternating, so a noisy neighbour hits both alike
             runs.append(appliance_run(b, n, times))
             x = runs[-1]
@@ -152,8 +152,10 @@ def delete_section(b: Bench) -> dict[str, Any]:
                   file=sys.stderr)
             # The null provisioner with the appliance stopped (its informers would take CPU from the 2 cores).
             assert b.appliance.stop() == 0
-            rates.append(null_run(b, n))
-            print(f"delete N={n} null provisioner: {rates[-1]:.0f} PV/s", file=sys.stderr)
+            nulls.append(null_run(b, n))
+            rates.append(nulls[-1]["per_s"])
+            print(f"delete N={n} null provisioner: {rates[-1]:.0f} PV/s, last Released after "
+                  f"{nulls[-1]['released_last_s']:.1f}s", file=sys.stderr)
             b.appliance.start()
         row: dict[str, Any] = {k: statistics.median([x[k] for x in runs]) for k in runs[0] if k != "steps"}
         row["per_s_runs"] = [x["per_s"] for x in runs]
@@ -168,6 +170,8 @@ def delete_section(b: Bench) -> dict[str, Any]:
                               "ms_per_call": v["seconds"] * 1000 / v["calls"]} for k, v in sorted(steps.items())}
         row["null_per_s"] = statistics.median(rates)
         row["null_per_s_runs"] = rates
+        for k in ("released_last_s", "released_p50_s", "released_to_gone_p50_s", "released_to_gone_p99_s"):
+            row[f"null_{k}"] = statistics.median([x[k] for x in nulls])
         row["fraction_of_null"] = row["per_s"] / row["null_per_s"]
         results[str(n)] = row
     assert b.appliance.stop() == 0
@@ -190,6 +194,10 @@ def show_delete(r: dict[str, Any]) -> None:
         print(f"  claim DELETE -> Released p50 {row['released_p50_s'] * 1000:.0f} ms, p99 "
               f"{row['released_p99_s'] * 1000:.0f} ms, last Released at {row['released_last_s']:.2f}s of "
               f"{row['elapsed_s']:.2f}s; Released -> gone p50 {row['released_to_gone_p50_s'] * 1000:.0f} ms")
+        print(f"  null provisioner: last Released at {row['null_released_last_s']:.2f}s; Released -> gone p50 "
+              f"{row['null_released_to_gone_p50_s'] * 1000:.0f} ms, p99 "
+              f"{row['null_released_to_gone_p99_s'] * 1000:.0f} ms (appliance p99 "
+              f"{row['released_to_gone_p99_s'] * 1000:.0f} ms)")
         print(f"  CPU per PV: appliance {row['cpu_appliance_ms_per_pv']:.1f} ms "
               f"({row['cpu_appliance_fraction_of_core'] * 100:.0f} % of a core), "
               f"Ganesha+bus {row['cpu_ganesha_ms_per_pv']:.1f} ms")
