@@ -18,10 +18,11 @@ import re
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from bench import step_timer
-from bench.delete_bench import cpu_seconds
+from bench.delete_bench import cpu_by_role, cpu_diff, cpu_seconds
 from bench.provision_bench import (
     WORKERS,
     Bench,
@@ -96,7 +97,7 @@ def settled_events(b: Bench, ns: str, component: str, timeout: float = 30.0) -> 
     return last
 
 
-def appliance_run(b: Bench, n: int, times: Any) -> dict[str, Any]:
+def appliance_run(b: Bench, n: int, times: Path) -> dict[str, Any]:
     assert b.appliance.stop() == 0
     ns, uids = make_backlog(b, n, b.cls, "bench-backlog")
     w = Watcher(b.api, ns)
@@ -122,6 +123,7 @@ def appliance_run(b: Bench, n: int, times: Any) -> dict[str, Any]:
     seen = [w.pv_seen[f"pvc-{uid}"] for uid in uids]
     t_end = max(seen)
     cpu = cpu_seconds(b.appliance.proc.pid)
+    roles = cpu_diff(cpu_by_role(b.appliance.proc.pid, times), {}, n)
     time.sleep(0.6)
     steps = step_timer.read(times)
     if steps == before:
@@ -139,7 +141,8 @@ def appliance_run(b: Bench, n: int, times: Any) -> dict[str, Any]:
             "p50_pv_s": pct([s - t0 for s in seen], 50),
             "cpu_appliance_ms_per_pv": cpu["appliance"] * 1000 / n, "cpu_ganesha_ms_per_pv": cpu["children"] * 1000 / n,
             "cpu_appliance_fraction_of_core": cpu["appliance"] / (t_end - t0),
-            "events_per_claim": events / n, **startup, "steps": steps}
+            "events_per_claim": events / n, **startup, "steps": steps,
+            "cpu_ms_per_pv_by_thread": roles}
 
 
 def null_run(b: Bench, n: int, events: int) -> float:
@@ -174,7 +177,9 @@ def backlog_section(b: Bench) -> dict[str, Any]:
             assert b.appliance.stop() == 0
             rates.append(null_run(b, n, max(1, round(x["events_per_claim"]))))
             print(f"backlog N={n} null provisioner: {rates[-1]:.0f} PVC/s", file=sys.stderr)
-        row: dict[str, Any] = {k: statistics.median([x[k] for x in runs]) for k in runs[0] if k != "steps"}
+        row: dict[str, Any] = {k: statistics.median([x[k] for x in runs]) for k in runs[0]
+                               if k not in ("steps", "cpu_ms_per_pv_by_thread")}
+        row["cpu_ms_per_pv_by_thread"] = runs[len(runs) // 2]["cpu_ms_per_pv_by_thread"]
         row["drain_per_s_runs"] = [x["drain_per_s"] for x in runs]
         steps: dict[str, dict[str, float]] = {}
         for x in runs:
@@ -208,6 +213,8 @@ def show_backlog(r: dict[str, Any]) -> None:
         print(f"  CPU per PV: appliance {row['cpu_appliance_ms_per_pv']:.1f} ms "
               f"({row['cpu_appliance_fraction_of_core'] * 100:.0f} % of a core), "
               f"Ganesha+bus {row['cpu_ganesha_ms_per_pv']:.1f} ms")
+        print("  CPU ms per PV by appliance thread (start-up included): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in (row.get("cpu_ms_per_pv_by_thread") or {}).items()))
         print("  profile (wall seconds summed over worker threads; step_timer):")
         prof = row["profile"]
         for k in PROFILE_STEPS:

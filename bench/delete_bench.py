@@ -14,9 +14,12 @@ the appliance process and of Ganesha.
 
 from __future__ import annotations
 
+import json
+import re
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -68,6 +71,26 @@ def cpu_seconds(pid: int) -> dict[str, float]:
     return {"appliance": own.user + own.system, "children": children}
 
 
+def cpu_by_role(pid: int, times: Path) -> dict[str, float]:
+    """CPU seconds of the appliance's threads so far, by role: the Python thread name without its number
+    (claim-worker, volume-worker, informer-claims, events, MainThread, ...); "exited" for threads gone."""
+    try:
+        names: dict[str, str] = json.loads(step_timer.threads_file(times).read_text())
+    except (OSError, ValueError):
+        names = {}
+    out: dict[str, float] = {}
+    for t in psutil.Process(pid).threads():
+        role = re.sub(r"[-_]?\d+$", "", names.get(str(t.id), "other"))
+        out[role] = out.get(role, 0.0) + t.user_time + t.system_time
+    return out
+
+
+def cpu_diff(after: dict[str, float], before: dict[str, float], n: int) -> dict[str, float]:
+    """ms of CPU per PV by role, largest first."""
+    d = {k: (v - before.get(k, 0.0)) * 1000 / n for k, v in after.items()}
+    return dict(sorted(((k, v) for k, v in d.items() if v > 0.05), key=lambda kv: -kv[1]))
+
+
 def burst_delete(b: Bench, ns: str, w: Watcher) -> dict[str, Any]:
     """Delete every claim of ``ns`` at once; wait until each of their PVs is gone."""
     claims = {c["metadata"]["name"]: c["metadata"]["uid"] for c in b.api.get(kube.claims_path(ns))["items"]}
@@ -95,17 +118,19 @@ def burst_delete(b: Bench, ns: str, w: Watcher) -> dict[str, Any]:
             "elapsed_s": t_end - t1}
 
 
-def appliance_run(b: Bench, n: int, times: Any) -> dict[str, Any]:
+def appliance_run(b: Bench, n: int, times: Path) -> dict[str, Any]:
     out, ns = provision_run(b.api, b.pool, n=n, cls=b.cls, provisioner=b.provisioner, keep=True)
     w = Watcher(b.api, ns)
     w.start()
     time.sleep(0.3)
     assert b.appliance.proc is not None
     time.sleep(0.6)  # the step timer writes twice a second: the snapshot includes the provisions
+    roles0 = cpu_by_role(b.appliance.proc.pid, times)
     before, cpu0, t0 = step_timer.read(times), cpu_seconds(b.appliance.proc.pid), time.monotonic()
     res = burst_delete(b, ns, w)
     elapsed = time.monotonic() - t0
     cpu1 = cpu_seconds(b.appliance.proc.pid)
+    roles = cpu_diff(cpu_by_role(b.appliance.proc.pid, times), roles0, n)
     time.sleep(0.6)
     steps = step_timer.diff(step_timer.read(times), before)
     w.stop()
@@ -115,6 +140,7 @@ def appliance_run(b: Bench, n: int, times: Any) -> dict[str, Any]:
     res["cpu_ganesha_ms_per_pv"] = (cpu1["children"] - cpu0["children"]) * 1000 / n
     res["cpu_appliance_fraction_of_core"] = (cpu1["appliance"] - cpu0["appliance"]) / elapsed
     res["steps"] = steps
+    res["cpu_ms_per_pv_by_thread"] = roles
     return res
 
 
@@ -157,7 +183,9 @@ def delete_section(b: Bench) -> dict[str, Any]:
             print(f"delete N={n} null provisioner: {rates[-1]:.0f} PV/s, last Released after "
                   f"{nulls[-1]['released_last_s']:.1f}s", file=sys.stderr)
             b.appliance.start()
-        row: dict[str, Any] = {k: statistics.median([x[k] for x in runs]) for k in runs[0] if k != "steps"}
+        row: dict[str, Any] = {k: statistics.median([x[k] for x in runs]) for k in runs[0]
+                               if k not in ("steps", "cpu_ms_per_pv_by_thread")}
+        row["cpu_ms_per_pv_by_thread"] = runs[len(runs) // 2]["cpu_ms_per_pv_by_thread"]
         row["per_s_runs"] = [x["per_s"] for x in runs]
         row["created_per_s_runs"] = [x["created_per_s"] for x in runs]
         steps: dict[str, dict[str, float]] = {}
@@ -201,6 +229,8 @@ def show_delete(r: dict[str, Any]) -> None:
         print(f"  CPU per PV: appliance {row['cpu_appliance_ms_per_pv']:.1f} ms "
               f"({row['cpu_appliance_fraction_of_core'] * 100:.0f} % of a core), "
               f"Ganesha+bus {row['cpu_ganesha_ms_per_pv']:.1f} ms")
+        print("  CPU ms per PV by appliance thread: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in (row.get("cpu_ms_per_pv_by_thread") or {}).items()))
         print("  profile (wall seconds summed over worker threads, per burst; step_timer):")
         prof = row["profile"]
         for k in PROFILE_STEPS:
