@@ -144,14 +144,15 @@ def appliance_run(b: Bench, n: int, times: Path) -> dict[str, Any]:
     return res
 
 
-def null_run(b: Bench, n: int) -> dict[str, Any]:
-    """The null provisioner's delete rate on the same burst (its PVs carry the finalizer, reclaim Delete)."""
+def null_run(b: Bench, n: int, *, finalizer: bool = True) -> dict[str, Any]:
+    """The null provisioner's delete rate on the same burst (reclaim Delete; its PVs carry the finalizer,
+    as the appliance's do, unless ``finalizer=False``: then as the Go library's default, one PV DELETE)."""
     import concurrent.futures as cf
 
     ns = new_namespace(b.api, "bench-nulldel")
     with cf.ThreadPoolExecutor(WORKERS) as answers:
         w = NullProvisioner(b.api, ns, provisioner=b.null_provisioner, cls=b.null_cls, events=1, pool=answers,
-                            reclaim="Delete")
+                            reclaim="Delete", finalizer=finalizer)
         w.start()
         time.sleep(0.3)
         uids = list(b.pool.map(lambda i: str(b.api.create(kube.claims_path(ns), claim_body(f"c{i}", b.null_cls))
@@ -168,7 +169,7 @@ def delete_section(b: Bench) -> dict[str, Any]:
     b.replace_appliance(b.new_appliance(step_times=times))
     results: dict[str, Any] = {}
     for n in b.sizes:
-        runs, rates, nulls = [], [], []
+        runs, rates, nulls, bare = [], [], [], []
         for r in range(b.repeats):  # alternating, so a noisy neighbour hits both alike
             runs.append(appliance_run(b, n, times))
             x = runs[-1]
@@ -182,6 +183,8 @@ def delete_section(b: Bench) -> dict[str, Any]:
             rates.append(nulls[-1]["per_s"])
             print(f"delete N={n} null provisioner: {rates[-1]:.0f} PV/s, last Released after "
                   f"{nulls[-1]['released_last_s']:.1f}s", file=sys.stderr)
+            bare.append(null_run(b, n, finalizer=False)["per_s"])
+            print(f"delete N={n} null provisioner without the PV finalizer: {bare[-1]:.0f} PV/s", file=sys.stderr)
             b.appliance.start()
         row: dict[str, Any] = {k: statistics.median([x[k] for x in runs]) for k in runs[0]
                                if k not in ("steps", "cpu_ms_per_pv_by_thread")}
@@ -198,6 +201,8 @@ def delete_section(b: Bench) -> dict[str, Any]:
                               "ms_per_call": v["seconds"] * 1000 / v["calls"]} for k, v in sorted(steps.items())}
         row["null_per_s"] = statistics.median(rates)
         row["null_per_s_runs"] = rates
+        row["null_no_finalizer_per_s"] = statistics.median(bare)
+        row["null_no_finalizer_per_s_runs"] = bare
         for k in ("released_last_s", "released_p50_s", "released_to_gone_p50_s", "released_to_gone_p99_s"):
             row[f"null_{k}"] = statistics.median([x[k] for x in nulls])
         row["fraction_of_null"] = row["per_s"] / row["null_per_s"]
@@ -217,6 +222,9 @@ def show_delete(r: dict[str, Any]) -> None:
         print(f"  deleted (appliance) {row['per_s']:8.1f} PV/s  runs {runs}")
         print(f"  null provisioner    {row['null_per_s']:8.1f} PV/s  (PV DELETE + finalizer PATCH only)")
         print(f"  appliance/null      {row['fraction_of_null'] * 100:8.1f} %")
+        if "null_no_finalizer_per_s" in row:
+            print(f"  null, no finalizer  {row['null_no_finalizer_per_s']:8.1f} PV/s  (one PV DELETE, as the Go "
+                  "library's default)")
         print(f"  created, same burst {row['created_per_s']:8.1f} PVC/s"
               + (f"; sizes section: {fmt(created, unit=' PVC/s')}" if created else ""))
         print(f"  claim DELETE -> Released p50 {row['released_p50_s'] * 1000:.0f} ms, p99 "

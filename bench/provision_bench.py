@@ -234,10 +234,14 @@ class NullProvisioner(Watcher):
     (the most any provisioner's deletion gets through this pipeline)."""
 
     def __init__(self, api: kube.Client, namespace: str, *, provisioner: str, cls: str, events: int,
-                 pool: cf.ThreadPoolExecutor, reclaim: str = "Retain", initial_list: bool = False) -> None:
+                 pool: cf.ThreadPoolExecutor, reclaim: str = "Retain", initial_list: bool = False,
+                 finalizer: bool = True) -> None:
         super().__init__(api, namespace, initial_list=initial_list)
         self.provisioner, self.cls, self.events, self.pool = provisioner, cls, events, pool
         self.reclaim = reclaim
+        self.finalizer = finalizer and reclaim == "Delete"
+        """Its Delete PVs carry the provisioner finalizer (as the appliance's); False: as the Go library's
+        default (no finalizer: the delete is one PV DELETE)."""
         self._taken: set[str] = set()
         self._deleting: set[str] = set()
 
@@ -252,6 +256,8 @@ class NullProvisioner(Watcher):
 
     def _delete(self, name: str) -> None:
         self.api.delete(kube.volumes_path(name))
+        if not self.finalizer:
+            return
         with contextlib.suppress(kube_errors.NotFound):
             self.api.patch(kube.volumes_path(name),
                            {"metadata": {"$deleteFromPrimitiveList/finalizers": [PV_FINALIZER]}})
@@ -269,7 +275,7 @@ class NullProvisioner(Watcher):
         body = pv_body(pv, cls=self.cls, reclaim=self.reclaim,
                        annotations={"pv.kubernetes.io/provisioned-by": self.provisioner},
                        claim_ref={"namespace": ns, "name": name, "uid": uid})
-        if self.reclaim == "Delete":
+        if self.finalizer:
             body["metadata"]["finalizers"] = [PV_FINALIZER]
         self.api.create(kube.volumes_path(), body)
         post_events(self.api, ns, {"kind": "PersistentVolumeClaim", "name": name, "namespace": ns, "uid": uid},
