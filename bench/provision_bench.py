@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import json
 import re
 import shutil
@@ -39,6 +40,7 @@ from typing import Any
 import psutil
 
 from nfs_provisioner.kube import client as kube
+from nfs_provisioner.kube import errors as kube_errors
 from tests import ganesha_env, kubecluster
 from tests.appliance_env import Appliance
 
@@ -46,6 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 ANN_STORAGE_PROVISIONER = "volume.kubernetes.io/storage-provisioner"
 WORKERS = 32  # client threads creating claims (and, for the ceilings, PVs and events)
 NULL_PROVISIONER, NULL_CLASS = "bench.example.com/null", "bench-null-class"
+PV_FINALIZER = "external-provisioner.volume.kubernetes.io/finalizer"
 
 
 def pct(values: list[float], p: float) -> float:
@@ -78,10 +81,14 @@ def tree_rss(pid: int) -> int:
 class Watcher:
     """Records when each PV appears/disappears and each claim of a namespace turns Bound."""
 
-    def __init__(self, api: kube.Client, namespace: str) -> None:
+    def __init__(self, api: kube.Client, namespace: str, *, initial_list: bool = False) -> None:
         self.api, self.ns = api, namespace
+        self.initial_list = initial_list
+        """Also handle the objects that exist at start (as ADDED), not only the changes after it."""
         self.pv_seen: dict[str, float] = {}
         self.pv_gone: dict[str, float] = {}
+        self.released: dict[str, float] = {}
+        """PV name -> when it was first seen Released (its claim deleted, the binder noticed)."""
         self.bound: dict[str, float] = {}
         self.annotated: dict[str, float] = {}
         """claim uid -> when kube-controller-manager handed it to a provisioner (storage-provisioner annotation)."""
@@ -105,6 +112,8 @@ class Watcher:
             self.pv_gone.setdefault(name, now)
         else:
             self.pv_seen.setdefault(name, now)
+            if (obj.get("status") or {}).get("phase") == "Released":
+                self.released.setdefault(name, now)
 
     def _claim(self, kind: str, obj: dict[str, Any]) -> None:
         if kind == "DELETED":
@@ -116,7 +125,13 @@ class Watcher:
             self.bound.setdefault(obj["metadata"]["uid"], now)
 
     def _run(self, path: str, handle: Callable[[str, dict[str, Any]], None]) -> None:
-        rv = self.api.get(path, limit=1)["metadata"]["resourceVersion"]
+        if self.initial_list:
+            listed = self.api.get(path)
+            rv = listed["metadata"]["resourceVersion"]
+            for obj in listed["items"]:
+                handle("ADDED", obj)
+        else:
+            rv = self.api.get(path, limit=1)["metadata"]["resourceVersion"]
         while not self._stop.is_set():
             try:
                 for ev in self.api.watch(path, resource_version=rv, timeout_seconds=300):
@@ -219,13 +234,40 @@ def provision_run(api: kube.Client, pool: cf.ThreadPoolExecutor, *, n: int, cls:
 class NullProvisioner(Watcher):
     """Answers each claim handed to ``provisioner`` at once from a thread pool: its PV (claimRef set)
     and ``events`` events, no storage work. The same burst through this loop measures what any
-    provisioner could reach in this pipeline (claim creation, the binder, one API server, 2 cores)."""
+    provisioner could reach in this pipeline (claim creation, the binder, one API server, 2 cores).
+
+    With ``reclaim="Delete"`` its PVs carry the provisioner finalizer (as the appliance's do) and a
+    Released PV of its class is deleted at once: PV DELETE, then the finalizer PATCH, no storage work
+    (the most any provisioner's deletion gets through this pipeline)."""
 
     def __init__(self, api: kube.Client, namespace: str, *, provisioner: str, cls: str, events: int,
-                 pool: cf.ThreadPoolExecutor) -> None:
-        super().__init__(api, namespace)
+                 pool: cf.ThreadPoolExecutor, reclaim: str = "Retain", initial_list: bool = False,
+                 finalizer: bool = True) -> None:
+        super().__init__(api, namespace, initial_list=initial_list)
         self.provisioner, self.cls, self.events, self.pool = provisioner, cls, events, pool
+        self.reclaim = reclaim
+        self.finalizer = finalizer and reclaim == "Delete"
+        """Its Delete PVs carry the provisioner finalizer (as the appliance's); False: as the Go library's
+        default (no finalizer: the delete is one PV DELETE)."""
         self._taken: set[str] = set()
+        self._deleting: set[str] = set()
+
+    def _pv(self, kind: str, obj: dict[str, Any]) -> None:
+        super()._pv(kind, obj)
+        m = obj["metadata"]
+        if (kind != "DELETED" and self.reclaim == "Delete" and (obj.get("status") or {}).get("phase") == "Released"
+                and (m.get("annotations") or {}).get("pv.kubernetes.io/provisioned-by") == self.provisioner
+                and m["name"] not in self._deleting):
+            self._deleting.add(m["name"])
+            self.pool.submit(self._delete, m["name"])
+
+    def _delete(self, name: str) -> None:
+        self.api.delete(kube.volumes_path(name))
+        if not self.finalizer:
+            return
+        with contextlib.suppress(kube_errors.NotFound):
+            self.api.patch(kube.volumes_path(name),
+                           {"metadata": {"$deleteFromPrimitiveList/finalizers": [PV_FINALIZER]}})
 
     def _claim(self, kind: str, obj: dict[str, Any]) -> None:
         super()._claim(kind, obj)
@@ -237,9 +279,12 @@ class NullProvisioner(Watcher):
 
     def _provision(self, ns: str, name: str, uid: str) -> None:
         pv = f"pvc-{uid}"
-        self.api.create(kube.volumes_path(), pv_body(
-            pv, cls=self.cls, reclaim="Retain", annotations={"pv.kubernetes.io/provisioned-by": self.provisioner},
-            claim_ref={"namespace": ns, "name": name, "uid": uid}))
+        body = pv_body(pv, cls=self.cls, reclaim=self.reclaim,
+                       annotations={"pv.kubernetes.io/provisioned-by": self.provisioner},
+                       claim_ref={"namespace": ns, "name": name, "uid": uid})
+        if self.finalizer:
+            body["metadata"]["finalizers"] = [PV_FINALIZER]
+        self.api.create(kube.volumes_path(), body)
         post_events(self.api, ns, {"kind": "PersistentVolumeClaim", "name": name, "namespace": ns, "uid": uid},
                     count=self.events, pv=pv, component=self.provisioner, tag=uid[:8])
 
@@ -306,11 +351,26 @@ class Bench:
     present: int = 1000
     """Volumes present for the memory and cold-restart figures of the sizes section."""
 
-    def new_appliance(self, export_root: Path | None = None, extra: list[str] | None = None) -> Appliance:
-        """An appliance (not started) of the bench class; the section stops and closes it."""
+    def new_appliance(self, export_root: Path | None = None, extra: list[str] | None = None,
+                      step_times: Path | None = None) -> Appliance:
+        """An appliance (not started) of the bench class; the section stops and closes it.
+
+        ``step_times``: run it under :mod:`bench.step_timer`, which writes per-step wall-clock totals there."""
+        wrapper, env = None, None
+        if step_times is not None:
+            def wrapper(argv: list[str]) -> list[str]:
+                return [argv[0], "-m", "bench.step_timer", *argv[3:]]  # instead of -m nfs_provisioner
+            env = {"NFSP_STEP_TIMES": str(step_times), "PYTHONPATH": str(REPO)}
         return Appliance(kubeconfig=self.cluster.kubeconfig, export_root=export_root or self.work / "export",
                          provisioner=self.provisioner, log_dir=self.work,
-                         extra=["--log-level=INFO", *self.appliance_extra, *(extra or [])])
+                         extra=["--log-level=INFO", *self.appliance_extra, *(extra or [])], wrapper=wrapper, env=env)
+
+    def replace_appliance(self, new: Appliance) -> None:
+        """Stop (and close) the running appliance, start ``new`` on the same export root in its place."""
+        assert self.appliance.stop() == 0
+        self.appliance.close()
+        new.start()
+        self.appliance = new
 
 
 def own_rss_mb(pid: int) -> float:
@@ -406,7 +466,11 @@ class Section:
 
 def sections() -> dict[str, Section]:
     """Every section, in the order ``make bench`` runs them."""
-    return {"sizes": Section(sizes_section, show_sizes)}
+    from bench import backlog_bench, delete_bench
+
+    return {"sizes": Section(sizes_section, show_sizes),
+            "delete": Section(delete_bench.delete_section, delete_bench.show_delete),
+            "backlog": Section(backlog_bench.backlog_section, backlog_bench.show_backlog)}
 
 
 def main() -> int:

@@ -404,6 +404,32 @@ def test_adds_and_removes_from_many_threads(h: Harness) -> None:
     assert len(srv.exports.index_entries()) == 80
 
 
+def test_adds_and_removes_sharing_one_index_shard_keep_it_exact(h: Harness) -> None:
+    """Shard files are rewritten outside the manager's lock: threads adding and removing exports of one
+    shard (ids 1, 257, 513, ...) at once must leave that shard listing exactly the exports that exist."""
+    srv = h.server()
+    vols = [h.volume(f"s{i:03d}") for i in range(48)]
+    wanted = {v.name: 1 + 256 * i for i, v in enumerate(vols)}
+
+    def work(chunk: list[Path]) -> None:
+        for v in chunk:
+            assert srv.exports.add(ExportRequest(name=v.name, path=v, export_id=wanted[v.name])).export_id == \
+                wanted[v.name]
+        for v in chunk[::2]:
+            assert srv.exports.remove(v.name)
+        for v in chunk[::4]:  # added again: same shard once more
+            srv.exports.add(ExportRequest(name=v.name, path=v, export_id=wanted[v.name]))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(work, [vols[i::8] for i in range(8)]))
+    exports = srv.exports.list_exports()
+    assert len(exports) == 8 * (6 - 3 + 2)  # per chunk of 6: 3 removed, 2 of those added again
+    assert srv.exports.index_entries() == sorted(e.config_file for e in exports)
+    live = {e.export_id: e.path for e in srv.dbus.show_exports() if e.export_id != 0}
+    assert live == {e.export_id: str(e.path) for e in exports}
+    assert {e.export_id % 256 for e in exports} == {1}
+
+
 def test_dbus_daemon_killed_restarts_bus_and_ganesha(h: Harness) -> None:
     srv = h.server()
     vol = h.volume("v", content={"f": b"still here"})

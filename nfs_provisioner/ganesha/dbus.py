@@ -198,11 +198,12 @@ class GaneshaDBus:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
 
-    def _admin_call(self, method: str, signature: str = "", args: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+    def _admin_call(self, method: str, signature: str = "", args: tuple[Any, ...] = (), *,
+                    timeout: float | None = None) -> tuple[Any, ...]:
         msg = new_method_call(self._admin, method, signature, args) if signature else new_method_call(
             self._admin, method
         )
-        body = self._call(method, msg)
+        body = self._call(method, msg, timeout=timeout)
         # Admin replies end with a (bool success, string message) status pair.
         if len(body) >= 2 and body[-2] is False:
             raise errors.DBusError(method=method, name="StatusFalse", message=str(body[-1]))
@@ -255,9 +256,10 @@ class GaneshaDBus:
         """``grace(s) -> (b, s)``: start a grace period (``event`` as Ganesha parses it)."""
         self._admin_call("grace", "s", (event,))
 
-    def get_grace(self) -> bool:
-        """``get_grace() -> (b, b, s)``: is the server in its grace period?"""
-        return bool(self._admin_call("get_grace")[0])
+    def get_grace(self, *, timeout: float | None = None) -> bool:
+        """``get_grace() -> (b, b, s)``: is the server in its grace period? (Also the health probe: a reply
+        of constant size, whatever the number of exports.)"""
+        return bool(self._admin_call("get_grace", timeout=timeout)[0])
 
     def shutdown(self) -> None:
         """``shutdown() -> (b, s)``: ask Ganesha to exit cleanly."""

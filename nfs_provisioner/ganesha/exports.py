@@ -12,7 +12,8 @@ index lacks: ``load()`` rebuilds the index from ``exports.d``. Remove = RemoveEx
 delete file, idempotent. The header line makes ids recoverable after a restart
 whatever the (operator) template looks like; ``reconcile()`` cross-checks the
 files against what Ganesha reports. Every method is safe to call from any
-thread (one lock, held for microseconds; an add takes about a millisecond).
+thread (one lock, held for microseconds around the bookkeeping; file writes,
+D-Bus calls and shard rewrites run outside it, so adds and removes overlap).
 """
 
 from __future__ import annotations
@@ -141,7 +142,12 @@ class ExportManager(clientlists.ClientLists):
         self._by_path: dict[Path, Export] = {}
         self._foreign: set[int] = set()
         self._pending: dict[str, threading.Event] = {}
-        """Names whose add is between reservation and its index line (file and AddExport outside the lock)."""
+        """Names whose add or remove is half done (file, D-Bus call and index shard outside the lock)."""
+        self._unindexed: set[str] = set()
+        """Reserved or withdrawn exports the index must leave out (an add before AddExport succeeded, a remove
+        after RemoveExport did)."""
+        self._shard_locks = [threading.Lock() for _ in range(INDEX_SHARDS)]
+        """One per index shard: its file is rewritten under it, outside ``_lock`` (taken before ``_lock``)."""
         self._ids = ids.IdAllocator(low=lo, high=hi, reserved=RESERVED_EXPORT_IDS)
 
     # --- queries -----------------------------------------------------------------------------------------------
@@ -230,14 +236,15 @@ class ExportManager(clientlists.ClientLists):
     def add(self, request: ExportRequest) -> Export:
         """Export ``request.path``; idempotent for an identical request. Raises a typed error, leaving nothing.
 
-        The lock is held only to check and reserve the name, path and id, and to write the index shard:
-        rendering, the (fsynced) file write and AddExport run outside it, so concurrent adds overlap."""
+        The lock is held only to check and reserve the name, path and id: rendering, the (fsynced) file
+        write, AddExport and the index shard rewrite (under that shard's own lock) run outside it, so
+        concurrent adds overlap."""
         name = config.check_name(request.name)
         squash, access = _options(request)
         if request.clients is not None:
             config.check_clients(request.clients)
         path = config.check_path_inside(request.path, root=self.export_root, exclude=[self.config_dir])
-        with self._settled(name):
+        with self._settled(name, path):
             clients = self._clients_for(request)  # read under the lock: set_clients() sees this add as pending
             existing = self._by_name.get(name)
             candidate = Export(
@@ -267,7 +274,8 @@ class ExportManager(clientlists.ClientLists):
             export = dataclasses.replace(candidate, export_id=wanted)
             self._remember(export)  # reserved: name, path and id are taken, the shard leaves it out for now
             self._pending[name] = threading.Event()
-        written = live = False
+            self._unindexed.add(name)
+        written = live = indexed = False
         try:
             text = export.header() + self.templates.render_export(self._block(export))
             if export.config_file.exists():
@@ -277,8 +285,11 @@ class ExportManager(clientlists.ClientLists):
             self._add_live(export)
             live = True
             with self._lock:
+                self._unindexed.discard(name)
+            indexed = True
+            self._sync_shard(export.export_id)
+            with self._lock:
                 self._pending.pop(name).set()
-                self._write_shard(export.export_id)
         except BaseException as e:
             if live:
                 try:
@@ -286,16 +297,19 @@ class ExportManager(clientlists.ClientLists):
                 except errors.GaneshaError as undo_error:
                     log.error("export %s: withdrawing it after a failed add failed: %s", name, undo_error)
             with self._lock:
+                self._unindexed.add(name)  # leave it out of the shard rewritten below
+            if indexed:  # the shard may have been rewritten with it: rewrite it without
+                with contextlib.suppress(OSError):
+                    self._sync_shard(export.export_id)
+            if written:
+                with contextlib.suppress(OSError):
+                    export.config_file.unlink(missing_ok=True)
+            with self._lock:
                 self._forget(export)
-                if written:
-                    with contextlib.suppress(OSError):
-                        export.config_file.unlink(missing_ok=True)
+                self._unindexed.discard(name)
                 event = self._pending.pop(name, None)
                 if event is not None:
                     event.set()
-                else:  # the shard was being rewritten with it: rewrite it without
-                    with contextlib.suppress(OSError):
-                        self._write_shard(export.export_id)
                 if isinstance(e, errors.ExportIdTaken):
                     self._foreign.add(export.export_id)
                     self._ids.take(export.export_id)
@@ -311,11 +325,15 @@ class ExportManager(clientlists.ClientLists):
         return export
 
     @contextlib.contextmanager
-    def _settled(self, name: str) -> Iterator[None]:
-        """Hold the lock once no add of ``name`` is half done (another thread's add of it finishes first)."""
+    def _settled(self, name: str, path: Path | None = None) -> Iterator[None]:
+        """Hold the lock once no add or remove of ``name`` (nor of the export of ``path``) is half done
+        (another thread's add or remove of it finishes first)."""
         while True:
             with self._lock:
                 pending = self._pending.get(name)
+                if pending is None and path is not None:
+                    other = self._by_path.get(path)
+                    pending = self._pending.get(other.name) if other is not None else None
                 if pending is None:
                     yield
                     return
@@ -364,27 +382,44 @@ class ExportManager(clientlists.ClientLists):
         """Withdraw export ``name``; True if it existed. Idempotent: a missing export is logged and skipped.
 
         If Ganesha cannot be reached the export is kept (file and index line) and the
-        ``DBusError`` raised, so a retry finishes the job; Ganesha not knowing the id is fine."""
+        ``DBusError`` raised, so a retry finishes the job; Ganesha not knowing the id is fine.
+
+        Like :meth:`add`, the lock is held only for the bookkeeping: RemoveExport, the shard rewrite and
+        the file's removal run outside it, so concurrent removes overlap. Until they are done the name,
+        path and id stay taken (an add of the same name or path waits for the outcome)."""
         config.check_name(name)
         with self._settled(name):
             export = self._by_name.get(name)
             if export is None:
                 log.info("export %s: nothing to remove", name)
                 return False
+            self._pending[name] = done = threading.Event()
+        try:
             try:
                 self.dbus.remove_export(export.export_id)
             except errors.ExportNotFound:
                 log.info("export %s (id %d) was not live in Ganesha; removing its files", name, export.export_id)
+            with self._lock:
+                self._unindexed.add(name)
+            self._sync_shard(export.export_id)
+            export.config_file.unlink(missing_ok=True)  # still reserved: no add of this name writes it meanwhile
+        except BaseException:
+            with self._lock:  # kept, in its shard again (a failed rewrite may have left it out)
+                self._unindexed.discard(name)
+            with contextlib.suppress(OSError):
+                self._sync_shard(export.export_id)
+            with self._lock:
+                self._pending.pop(name, None)
+                done.set()
+            raise
+        with self._lock:
             self._forget(export)
-            try:
-                self._write_shard(export.export_id)
-            except BaseException:
-                self._remember(export)
-                raise
-            export.config_file.unlink(missing_ok=True)
-            self._count_changed()
-            log.info("export %s removed: id %d path %s", name, export.export_id, export.path)
-            return True
+            self._unindexed.discard(name)
+            self._pending.pop(name, None)
+            done.set()
+        self._count_changed()
+        log.info("export %s removed: id %d path %s", name, export.export_id, export.path)
+        return True
 
     # --- internals ---------------------------------------------------------------------------------------------
 
@@ -428,8 +463,21 @@ class ExportManager(clientlists.ClientLists):
         shard = export_id % INDEX_SHARDS
         ids = range(shard or INDEX_SHARDS, config.EXPORT_ID_MAX + 1, INDEX_SHARDS)
         files = [e.config_file for e in (self._by_id.get(i) for i in ids)
-                 if e is not None and e.name not in self._pending]
+                 if e is not None and e.name not in self._unindexed]
         self._write_if(self._shard_file(shard), config.render_index(files), only_if_changed=only_if_changed)
+
+    def _sync_shard(self, export_id: int) -> None:
+        """Rewrite the shard of ``export_id`` from the state at the time of writing, without holding ``_lock``
+        during the write (concurrent adds and removes of other shards go on). The caller must not hold
+        ``_lock``. Every change is followed by a sync that reads the state after it, under the shard's
+        lock, so the file ends up with the latest state whatever the order of the writers."""
+        shard = export_id % INDEX_SHARDS
+        ids = range(shard or INDEX_SHARDS, config.EXPORT_ID_MAX + 1, INDEX_SHARDS)
+        with self._shard_locks[shard]:
+            with self._lock:
+                files = [e.config_file for e in (self._by_id.get(i) for i in ids)
+                         if e is not None and e.name not in self._unindexed]
+            self._write_if(self._shard_file(shard), config.render_index(files), only_if_changed=False)
 
     def _write_if(self, path: Path, text: str, *, only_if_changed: bool) -> None:
         if only_if_changed:
