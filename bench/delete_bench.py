@@ -216,7 +216,7 @@ def delete_section(b: Bench) -> dict[str, Any]:
 
 def show_delete(r: dict[str, Any]) -> None:
     for n, row in (r.get("delete") or {}).items():
-        created = ((r.get("sizes") or {}).get(n) or {}).get("created_per_s")
+        sized = (r.get("sizes") or {}).get(n)
         print(f"delete N={n}")
         runs = ", ".join(f"{x:.0f}" for x in row["per_s_runs"])
         print(f"  deleted (appliance) {row['per_s']:8.1f} PV/s  runs {runs}")
@@ -226,7 +226,7 @@ def show_delete(r: dict[str, Any]) -> None:
             print(f"  null, no finalizer  {row['null_no_finalizer_per_s']:8.1f} PV/s  (one PV DELETE, as the Go "
                   "library's default)")
         print(f"  created, same burst {row['created_per_s']:8.1f} PVC/s"
-              + (f"; sizes section: {fmt(created, unit=' PVC/s')}" if created else ""))
+              + (f"; sizes section: {fmt(sized, 'created_per_s', unit=' PVC/s')}" if sized else ""))
         print(f"  claim DELETE -> Released p50 {row['released_p50_s'] * 1000:.0f} ms, p99 "
               f"{row['released_p99_s'] * 1000:.0f} ms, last Released at {row['released_last_s']:.2f}s of "
               f"{row['elapsed_s']:.2f}s; Released -> gone p50 {row['released_to_gone_p50_s'] * 1000:.0f} ms")

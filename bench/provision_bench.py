@@ -63,10 +63,6 @@ def put(row: dict[str, Any], key: str, values: list[float]) -> None:
     row[f"{key}_range"] = [min(values), max(values)]
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def metric(text: str, name: str) -> float:
     """Sum of every sample of ``name`` (any labels) in a Prometheus text exposition."""
     pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
