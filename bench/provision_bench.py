@@ -296,6 +296,8 @@ class Bench:
     null_cls: str = NULL_CLASS
     null_provisioner: str = NULL_PROVISIONER
     appliance_extra: list[str] = field(default_factory=list)
+    scale_max: int = 10000
+    """Live volumes the ``scale`` section provisions up to (bench/scale_bench.py)."""
 
     def new_appliance(self, export_root: Path | None = None, extra: list[str] | None = None) -> Appliance:
         """An appliance (not started) of the bench class; the section stops and closes it."""
@@ -306,6 +308,30 @@ class Bench:
 
 def own_rss_mb(pid: int) -> float:
     return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+def cold_restart(appliance: Appliance, exports: int, timeout: float = 120) -> tuple[float, float]:
+    """Stop the appliance, start it again: seconds from process start until /readyz answers 200, Ganesha
+    serves all ``exports`` and the work queues are empty; and the provision calls it made (0 = none spurious,
+    counted 1 s later)."""
+    assert appliance.stop() == 0
+    t = time.monotonic()
+    appliance.start(wait_ready=False)
+
+    def reconciled() -> bool:
+        try:
+            code, _ = appliance.get("/readyz")
+            if code != 200:
+                return False
+            _, m = appliance.get("/metrics")
+        except OSError:
+            return False
+        return metric(m, "nfs_provisioner_ganesha_exports") == exports and metric(m, "workqueue_depth") == 0
+    wait_for(reconciled, timeout, "cold restart")
+    took = time.monotonic() - t
+    time.sleep(1.0)
+    _, m = appliance.get("/metrics")
+    return took, metric(m, "controller_persistentvolumeclaim_provision_total")
 
 
 def sizes_section(b: Bench) -> dict[str, Any]:
@@ -337,25 +363,8 @@ def sizes_section(b: Bench) -> dict[str, Any]:
     results["rss_at_volumes_mb"] = tree_rss(appliance.proc.pid) / 2**20
     restarts = []
     for _ in range(b.repeats):
-        assert appliance.stop() == 0
-        t = time.monotonic()
-        appliance.start(wait_ready=False)
-
-        def reconciled() -> bool:
-            try:
-                code, _ = appliance.get("/readyz")
-                if code != 200:
-                    return False
-                _, m = appliance.get("/metrics")
-            except OSError:
-                return False
-            return (metric(m, "nfs_provisioner_ganesha_exports") == big
-                    and metric(m, "workqueue_depth") == 0)
-        wait_for(reconciled, 120, "cold restart")
-        restarts.append(time.monotonic() - t)
-        time.sleep(1.0)
-        _, m = appliance.get("/metrics")
-        spurious = metric(m, "controller_persistentvolumeclaim_provision_total")
+        took, spurious = cold_restart(appliance, big)
+        restarts.append(took)
         results.setdefault("restart_spurious_provisions", []).append(spurious)
         print(f"cold restart with {big} volumes: {restarts[-1]:.2f}s, spurious provisions {spurious:.0f}",
               file=sys.stderr)
@@ -395,7 +404,10 @@ class Section:
 
 def sections() -> dict[str, Section]:
     """Every section, in the order ``make bench`` runs them."""
-    return {"sizes": Section(sizes_section, show_sizes)}
+    from bench import scale_bench  # it imports this module's helpers
+
+    return {"sizes": Section(sizes_section, show_sizes),
+            "scale": Section(scale_bench.scale_section, scale_bench.show_scale)}
 
 
 def main() -> int:
@@ -405,6 +417,8 @@ def main() -> int:
     parser.add_argument("--sections", default=",".join(sections()),
                         help="comma-separated subset of: " + ", ".join(sections()))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
+    parser.add_argument("--scale-max", type=int, default=10000,
+                        help="live volumes the scale section provisions up to (in bursts of 1000)")
     parser.add_argument("--appliance-args", default="", help="extra flags for the appliance, space separated")
     args = parser.parse_args()
     chosen = args.sections.split(",")
@@ -429,7 +443,7 @@ def main() -> int:
         with cf.ThreadPoolExecutor(WORKERS) as pool:
             b = Bench(api=api, pool=pool, cluster=cluster, work=work, appliance=None,  # type: ignore[arg-type]
                       sizes=[int(s) for s in args.sizes.split(",")], repeats=args.repeats,
-                      appliance_extra=args.appliance_args.split())
+                      appliance_extra=args.appliance_args.split(), scale_max=args.scale_max)
             appliance = b.appliance = b.new_appliance()
             appliance.start()
             time.sleep(1.0)

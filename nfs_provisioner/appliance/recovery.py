@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ class Recovery:
 
     def run(self) -> Report:
         report = Report()
+        began = time.monotonic()
         pvs: list[Object] = list(self.api.get(kube.volumes_path()).get("items") or [])
         mine = [pv for pv in pvs if self._provisioned_here(pv) and _ann(pv).get(prov.ANN_IDENTITY) == self.identity]
         for pv in mine:
@@ -77,8 +79,8 @@ class Recovery:
                 if _phase(pv) == "Bound":  # a claim uses it; a stray (e.g. hand-made, Released) PV must not
                     report.problems.append(f"{name}: {e}")
         self._warn_elsewhere(pvs, report)
-        log.info("state check: %d PVs of this identity, %d adopted, %d exports rebuilt, %d not servable",
-                 len(mine), len(report.adopted), len(report.rebuilt), len(report.problems))
+        log.info("state check: %d PVs of this identity, %d adopted, %d exports rebuilt, %d not servable (%.2fs)",
+                 len(mine), len(report.adopted), len(report.rebuilt), len(report.problems), time.monotonic() - began)
         return report
 
     def _provisioned_here(self, pv: Object) -> bool:

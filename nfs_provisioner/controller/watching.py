@@ -115,6 +115,7 @@ class Informer:
         items: dict[str, Object] = {}
         cont: str | None = None
         rv = ""
+        began = time.monotonic()
         while True:
             page = self.api.get(self.path, limit=self.page_size, **({"continue": cont} if cont else {}))
             for obj in page.get("items") or []:
@@ -135,7 +136,8 @@ class Informer:
             if k not in items:
                 self._notify(obj, None)
         self.synced.set()
-        log.debug("%s: listed %d objects at %s", self.name, len(items), rv)
+        log.info("%s: listed %d objects in %.2fs (resourceVersion %s)", self.name, len(items),
+                 time.monotonic() - began, rv)
 
     def _watch(self) -> None:
         self.watches += 1

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,7 @@ class ExportManager(clientlists.ClientLists):
         id_range: tuple[int, int] = (config.EXPORT_ID_MIN, config.EXPORT_ID_MAX),
         durable: bool = True,
         on_count: Callable[[int], None] | None = None,
+        on_add: Callable[[float], None] | None = None,
     ) -> None:
         lo, hi = id_range
         if not (config.EXPORT_ID_MIN <= lo <= hi <= config.EXPORT_ID_MAX):
@@ -135,6 +137,8 @@ class ExportManager(clientlists.ClientLists):
         self.id_range = (lo, hi)
         self.durable = durable
         self.on_count = on_count
+        self.on_add = on_add
+        """Called with the seconds each successful add took (reservation to index shard)."""
         self._lock = threading.RLock()
         self._by_name: dict[str, Export] = {}
         self._by_id: dict[int, Export] = {}
@@ -162,6 +166,7 @@ class ExportManager(clientlists.ClientLists):
 
     def load(self) -> list[Export]:
         """Read every export file (no D-Bus), rebuild the index. Call before Ganesha starts."""
+        began = time.monotonic()
         with self._lock:
             self.exports_dir.mkdir(parents=True, exist_ok=True)
             self._by_name.clear()
@@ -186,7 +191,8 @@ class ExportManager(clientlists.ClientLists):
                 self._remember(export)
             self._write_index()
             self._count_changed()
-            log.info("loaded %d exports from %s", len(self._by_name), self.exports_dir)
+            log.info("loaded %d exports from %s in %.2fs", len(self._by_name), self.exports_dir,
+                     time.monotonic() - began)
             return self.list_exports()
 
     def reconcile(self) -> ReconcileResult:
@@ -237,6 +243,7 @@ class ExportManager(clientlists.ClientLists):
         if request.clients is not None:
             config.check_clients(request.clients)
         path = config.check_path_inside(request.path, root=self.export_root, exclude=[self.config_dir])
+        started = time.perf_counter()
         with self._settled(name):
             clients = self._clients_for(request)  # read under the lock: set_clients() sees this add as pending
             existing = self._by_name.get(name)
@@ -306,8 +313,12 @@ class ExportManager(clientlists.ClientLists):
             if isinstance(e, errors.GaneshaError | OSError):
                 raise errors.ExportAddError(f"adding export {name!r} (id {export.export_id}) failed: {e}") from e
             raise
+        took = time.perf_counter() - started
         self._count_changed()
-        log.info("export %s added: id %d path %s clients %s", name, export.export_id, path, ",".join(clients))
+        if self.on_add is not None:
+            self.on_add(took)
+        log.info("export %s added: id %d path %s clients %s in %.2f ms", name, export.export_id, path,
+                 ",".join(clients), took * 1000)
         return export
 
     @contextlib.contextmanager

@@ -91,6 +91,7 @@ class GaneshaServer:
             id_range=id_range,
             durable=settings.durable_writes,
             on_count=metrics.set_exports if metrics else None,
+            on_add=metrics.observe_add if metrics else None,
         )
         self.restarts = 0
         self.ganesha_version: tuple[int, int, int] | None = None
