@@ -109,6 +109,9 @@ class Informer:
     def _normalise(self, obj: Object) -> Object:
         obj.setdefault("kind", self.kind)
         obj.setdefault("apiVersion", self.api_version)
+        # Server-side apply bookkeeping, read by nothing here and half of each cached object's memory (10,000
+        # PVs and claims: ~110 MB). Updates that omit it leave the server's copy unchanged.
+        (obj.get("metadata") or {}).pop("managedFields", None)
         return obj
 
     def _list(self) -> None:
