@@ -175,7 +175,7 @@ class ExportManager(clientlists.ClientLists):
             self._ids.reset(self._foreign)
             for f in sorted(self.exports_dir.glob("*.conf")):
                 try:
-                    export = self._read_file(f)
+                    export, text = self._read_file(f)
                 except (errors.GaneshaError, OSError, ValueError, KeyError) as e:
                     log.error("export file %s is unreadable, left out of the index: %s", f, e)
                     continue
@@ -184,7 +184,7 @@ class ExportManager(clientlists.ClientLists):
                     log.error("export file %s clashes with %s (same id or path), left out", f, clash.config_file)
                     continue
                 try:
-                    self._rerender(export)
+                    self._rerender(export, text)
                 except (errors.GaneshaError, OSError) as e:
                     log.error("export file %s could not be re-rendered from its header, left out: %s", f, e)
                     continue
@@ -470,11 +470,11 @@ class ExportManager(clientlists.ClientLists):
         if self.on_count is not None:
             self.on_count(len(self._by_name))
 
-    def _rerender(self, export: Export) -> None:
+    def _rerender(self, export: Export, old: str) -> None:
         """Serve only what the header (the manager's own record) says: a block that differs from the header's
-        rendering (edited by hand or by an attacker, e.g. ``Path = "/etc"``) is replaced, with one log line."""
+        rendering (edited by hand or by an attacker, e.g. ``Path = "/etc"``) is replaced, with one log line.
+        ``old``: the file's text as read."""
         text = export.header() + self.templates.render_export(self._block(export))
-        old = export.config_file.read_text(encoding="utf-8")
         if old == text:
             return
         try:
@@ -485,19 +485,20 @@ class ExportManager(clientlists.ClientLists):
         log.warning("export file %s differed from its own header (block Path %s, header path %s); rewritten from "
                     "the header", export.config_file, found, export.path)
 
-    def _read_file(self, f: Path) -> Export:
-        with f.open(encoding="utf-8") as fh:
-            first = fh.readline()
+    def _read_file(self, f: Path) -> tuple[Export, str]:
+        """The export its header describes, and the file's whole text (read once)."""
+        text = f.read_text(encoding="utf-8")
+        first = text.split("\n", 1)[0]
         if not first.startswith(HEADER):
             raise errors.InvalidRequest("missing nfs-provisioner header line")
         data: dict[str, Any] = json.loads(first[len(HEADER) :])
         name = config.check_name(str(data["name"]))
         if f.name != f"{name}.conf":
             raise errors.InvalidRequest(f"file name does not match export name {name!r}")
-        path = Path(str(data["path"]))
-        if (not path.is_absolute() or not path.is_relative_to(self.export_root) or path == self.export_root
-                or os.path.normpath(path) != str(path) or path.is_relative_to(self.config_dir)):
-            raise errors.InvalidRequest(f"path {str(path)!r} is not inside the export root")
+        where = str(data["path"])
+        if not _inside(where, str(self.export_root)) or _inside(where, str(self.config_dir), or_equal=True):
+            raise errors.InvalidRequest(f"path {where!r} is not inside the export root")
+        path = Path(where)
         export_id = config.check_export_id(int(data["export_id"]))
         export = Export(
             name=name,
@@ -508,7 +509,15 @@ class ExportManager(clientlists.ClientLists):
             clients=config.check_clients(data["clients"], allow_empty=True),
             config_file=f,
         )
-        return export  # the block below the header is not trusted: load() renders it again from the header
+        return export, text  # the block below the header is not trusted: load() renders it again from the header
+
+
+def _inside(path: str, directory: str, *, or_equal: bool = False) -> bool:
+    """Whether the absolute, normalised ``path`` lies strictly inside ``directory`` (or is it, ``or_equal``);
+    lexical, as ``PurePath.is_relative_to`` (string operations: load() checks every export file's path)."""
+    if not path.startswith("/") or os.path.normpath(path) != path:
+        return False
+    return (or_equal and path == directory) or path.startswith(directory.rstrip("/") + "/")
 
 
 def _options(request: ExportRequest) -> tuple[Squash, AccessType]:
