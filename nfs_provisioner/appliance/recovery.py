@@ -21,7 +21,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,12 +65,14 @@ class Recovery:
     records: VolumeRecords
     exporter: prov.Exporter
     server: Callable[[], str]
+    volumes: Callable[[], Iterable[Object]] | None = None
+    """Every PV (e.g. the controller's informer cache, read only); None: listed from the API server here."""
 
     def run(self) -> Report:
         report = Report()
         began = time.monotonic()
         mine = 0
-        for pv in self._volumes():
+        for pv in self.volumes() if self.volumes is not None else self._volumes():
             if not (self._provisioned_here(pv) and _ann(pv).get(prov.ANN_IDENTITY) == self.identity):
                 self._warn_elsewhere(pv, report)
                 continue
