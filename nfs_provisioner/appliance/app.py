@@ -5,8 +5,9 @@ Start order: export root -> its lock and the no-symlink check of the appliance's
 server address -> the controller's lists and watches of claims and PVs start
 (nothing acts on them yet) -> Ganesha (bus, helpers, ganesha.nfsd; exports come
 back from their files) -> the state check against the listed PVs
-(``appliance.recovery``: adopt, rebuild, warn) -> the controller's workers. Stop (SIGTERM/SIGINT) runs the other way round: the
-controller stops taking work and finishes what runs, then Ganesha is shut down.
+(``appliance.recovery``: adopt, rebuild, warn) -> the controller's workers. Stop
+(SIGTERM/SIGINT) runs the other way round: the controller stops taking work and
+finishes what runs, then Ganesha is shut down.
 """
 
 from __future__ import annotations
@@ -209,6 +210,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
             exporter.set_clients(clients)
         if node_clients is not None:
             node_clients.follow(exporter.set_clients)
+        _check_terminating()  # a signal during Ganesha's start (spawning its processes) may have been lost
         wait_listed(controller.volumes, checks)
         recovered = recovery.Recovery(api=api, names=frozenset({s.provisioner}), identity=ident,
                                       directories=directories, records=records, exporter=exporter,
@@ -307,8 +309,20 @@ def _both(a: tuple[bool, str], b: tuple[bool, str]) -> tuple[bool, str]:
     return (a[0] and b[0], a[1] if not a[0] else b[1])
 
 
+_TERMINATING: list[int] = []
+"""Signals that asked the start-up to end. Python drops an exception raised in a handler that runs inside an
+"ignored" callback (e.g. logging's at-fork hook while a child is spawned): start-up looks here too."""
+
+
 def _terminate(signum: int, frame: object) -> None:
+    _TERMINATING.append(signum)
     raise SystemExit(128 + signum)
+
+
+def _check_terminating() -> None:
+    """Raise the SystemExit of a SIGTERM/SIGINT whose handler's exception was lost."""
+    if _TERMINATING:
+        raise SystemExit(128 + _TERMINATING[0])
 
 
 HARMLESS_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
@@ -337,6 +351,7 @@ def run(s: settings_mod.Settings, environ: Mapping[str, str]) -> int:
     parts: Parts | None = None
     try:
         parts = build(s, environ)
+        _check_terminating()
         parts.resizer.start()
         parts.controller.run()
     finally:
