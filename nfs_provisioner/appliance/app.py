@@ -2,9 +2,9 @@
 
 Start order: export root -> its lock and the no-symlink check of the appliance's own state (see
 ``appliance.state``) -> identity -> (quota checks) -> API client, who may mount,
-server address -> the controller's lists and watches of claims and PVs start
-(nothing acts on them yet) -> Ganesha (bus, helpers, ganesha.nfsd; exports come
-back from their files) -> the state check against the listed PVs
+server address -> Ganesha (bus, helpers, the export files loaded; while
+ganesha.nfsd starts, the controller's lists and watches of claims and PVs start:
+nothing acts on them yet) -> the state check against the listed PVs
 (``appliance.recovery``: adopt, rebuild, warn) -> the controller's workers. Stop
 (SIGTERM/SIGINT) runs the other way round: the controller stops taking work and
 finishes what runs, then Ganesha is shut down.
@@ -196,17 +196,19 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
                                    recorder=controller.recorder, retry=csettings.retry,
                                    leading=lambda: controller.leading)
         controller.claims.on_change = resizing.chain(controller.claims.on_change, resizer.on_claim)
-        # The claims and PVs are listed while Ganesha starts (10,000 of each take seconds, and so does Ganesha
-        # with 10,000 exports); nothing acts on them before the state check below and the workers.
+        # The claims and PVs are listed while ganesha.nfsd starts (10,000 of each take seconds, and so does
+        # Ganesha with 10,000 exports), after the export files are loaded (the lists would slow that down:
+        # one interpreter); nothing acts on them before the state check below and the workers.
         watching.extend(controller.informers)
-        controller.watch()
         if ganesha is not None and s.run_server:
-            ganesha.start()
+            ganesha.start(loaded=controller.watch)
         elif ganesha is not None:
             ganesha.exports.load()
+            controller.watch()
             ganesha.exports.reconcile()
             ganesha.exports.set_clients(clients)  # a Ganesha run elsewhere already serves the files
         else:
+            controller.watch()
             exporter.set_clients(clients)
         if node_clients is not None:
             node_clients.follow(exporter.set_clients)
