@@ -1,1 +1,1 @@
-"""Benchmarks (``python -m bench.<module>``); not part of the product."""
+"""Benchmarks (``python -m bench.provision_bench``, ...); a package so their modules import each other."""

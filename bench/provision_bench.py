@@ -346,6 +346,10 @@ class Bench:
     appliance_extra: list[str] = field(default_factory=list)
     present: int = 1000
     """Volumes present for the memory and cold-restart figures of the sizes section."""
+    scale_max: int = 10000
+    """Live volumes the ``scale`` section provisions up to (bench/scale_bench.py)."""
+    later_sections: list[str] = field(default_factory=list)
+    """The sections still to run after the current one (none: it need not clean up after itself)."""
 
     def new_appliance(self, export_root: Path | None = None, extra: list[str] | None = None,
                       step_times: Path | None = None) -> Appliance:
@@ -371,6 +375,30 @@ class Bench:
 
 def own_rss_mb(pid: int) -> float:
     return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+def cold_restart(appliance: Appliance, exports: int, timeout: float = 120) -> tuple[float, float]:
+    """Stop the appliance, start it again: seconds from process start until /readyz answers 200, Ganesha
+    serves all ``exports`` and the work queues are empty; and the provision calls it made (0 = none spurious,
+    counted 1 s later)."""
+    assert appliance.stop() == 0
+    t = time.monotonic()
+    appliance.start(wait_ready=False)
+
+    def reconciled() -> bool:
+        try:
+            code, _ = appliance.get("/readyz")
+            if code != 200:
+                return False
+            _, m = appliance.get("/metrics")
+        except OSError:
+            return False
+        return metric(m, "nfs_provisioner_ganesha_exports") == exports and metric(m, "workqueue_depth") == 0
+    wait_for(reconciled, timeout, "cold restart")
+    took = time.monotonic() - t
+    time.sleep(1.0)
+    _, m = appliance.get("/metrics")
+    return took, metric(m, "controller_persistentvolumeclaim_provision_total")
 
 
 def sizes_section(b: Bench) -> dict[str, Any]:
@@ -405,25 +433,8 @@ def sizes_section(b: Bench) -> dict[str, Any]:
     results["rss_at_volumes_mb"] = tree_rss(appliance.proc.pid) / 2**20
     restarts = []
     for _ in range(b.repeats):
-        assert appliance.stop() == 0
-        t = time.monotonic()
-        appliance.start(wait_ready=False)
-
-        def reconciled() -> bool:
-            try:
-                code, _ = appliance.get("/readyz")
-                if code != 200:
-                    return False
-                _, m = appliance.get("/metrics")
-            except OSError:
-                return False
-            return (metric(m, "nfs_provisioner_ganesha_exports") == big
-                    and metric(m, "workqueue_depth") == 0)
-        wait_for(reconciled, 120, "cold restart")
-        restarts.append(time.monotonic() - t)
-        time.sleep(1.0)
-        _, m = appliance.get("/metrics")
-        spurious = metric(m, "controller_persistentvolumeclaim_provision_total")
+        took, spurious = cold_restart(appliance, big)
+        restarts.append(took)
         results.setdefault("restart_spurious_provisions", []).append(spurious)
         print(f"cold restart with {big} volumes: {restarts[-1]:.2f}s, spurious provisions {spurious:.0f}",
               file=sys.stderr)
@@ -462,11 +473,12 @@ class Section:
 
 def sections() -> dict[str, Section]:
     """Every section, in the order ``make bench`` runs them."""
-    from bench import backlog_bench, delete_bench
+    from bench import backlog_bench, delete_bench, scale_bench  # they import this module's helpers
 
     return {"sizes": Section(sizes_section, show_sizes),
             "delete": Section(delete_bench.delete_section, delete_bench.show_delete),
-            "backlog": Section(backlog_bench.backlog_section, backlog_bench.show_backlog)}
+            "backlog": Section(backlog_bench.backlog_section, backlog_bench.show_backlog),
+            "scale": Section(scale_bench.scale_section, scale_bench.show_scale)}
 
 
 def main() -> int:
@@ -477,6 +489,8 @@ def main() -> int:
                         help="comma-separated subset of: " + ", ".join(sections()))
     parser.add_argument("--present", type=int, default=1000, help="volumes present for the cold restarts")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
+    parser.add_argument("--scale-max", type=int, default=10000,
+                        help="live volumes the scale section provisions up to (in bursts of 1000)")
     parser.add_argument("--appliance-args", default="", help="extra flags for the appliance, space separated")
     args = parser.parse_args()
     chosen = args.sections.split(",")
@@ -501,14 +515,16 @@ def main() -> int:
         with cf.ThreadPoolExecutor(WORKERS) as pool:
             b = Bench(api=api, pool=pool, cluster=cluster, work=work, appliance=None,  # type: ignore[arg-type]
                       sizes=[int(s) for s in args.sizes.split(",")], repeats=args.repeats,
-                      appliance_extra=args.appliance_args.split(), present=args.present)
+                      appliance_extra=args.appliance_args.split(), present=args.present,
+                      scale_max=args.scale_max)
             appliance = b.appliance = b.new_appliance()
             appliance.start()
             time.sleep(1.0)
             assert appliance.proc is not None
             results["rss_idle_mb"] = own_rss_mb(appliance.proc.pid)
             results["rss_idle_tree_mb"] = tree_rss(appliance.proc.pid) / 2**20
-            for name in chosen:
+            for i, name in enumerate(chosen):
+                b.later_sections = chosen[i + 1:]
                 t = time.monotonic()
                 results.update(sections()[name].run(b))
                 print(f"section {name}: {time.monotonic() - t:.0f}s", file=sys.stderr)

@@ -1,11 +1,13 @@
 """The appliance process: Ganesha + the provision controller + /metrics and health.
 
 Start order: export root -> its lock and the no-symlink check of the appliance's own state (see
-``appliance.state``) -> identity -> (quota checks) -> Ganesha (bus, helpers,
-ganesha.nfsd; exports come back from their files) -> API client and server
-address -> the state check against the PVs (``appliance.recovery``: adopt,
-rebuild, warn) -> controller. Stop (SIGTERM/SIGINT) runs the other way round: the
-controller stops taking work and finishes what runs, then Ganesha is shut down.
+``appliance.state``) -> identity -> (quota checks) -> API client, who may mount,
+server address -> Ganesha (bus, helpers, the export files loaded; while
+ganesha.nfsd starts, the controller's lists and watches of claims and PVs start:
+nothing acts on them yet) -> the state check against the listed PVs
+(``appliance.recovery``: adopt, rebuild, warn) -> the controller's workers. Stop
+(SIGTERM/SIGINT) runs the other way round: the controller stops taking work and
+finishes what runs, then Ganesha is shut down.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ from nfs_provisioner.controller import controller as ctl
 from nfs_provisioner.controller import metrics as ctl_metrics
 from nfs_provisioner.controller import resizing
 from nfs_provisioner.controller import settings as ctl_settings
+from nfs_provisioner.controller.watching import Informer
 from nfs_provisioner.ganesha.errors import GaneshaError
 from nfs_provisioner.ganesha.metrics import GaneshaMetrics
 from nfs_provisioner.ganesha.server import GaneshaServer
 from nfs_provisioner.ganesha.settings import Ports, ServerSettings
 from nfs_provisioner.kube import client as kube
-from nfs_provisioner.kube.errors import KubeError, TransportError
+from nfs_provisioner.kube.errors import ApiError, KubeError, TransportError
 from nfs_provisioner.quota.errors import QuotaError
 from nfs_provisioner.quota.manager import ProjectQuotas
 from nfs_provisioner.quota.metrics import ProjectQuotaCollector
@@ -144,6 +147,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
     ganesha_ok: health.BackgroundHealth | None = None
     checks = _Checks()
     http = None
+    watching: list[Informer] = []
     try:
         if s.metrics_address:  # from now on: /readyz says what start-up waits for
             http = ctl_metrics.Server(s.metrics_address, registry, healthy=lambda: checks.healthy(),
@@ -170,25 +174,12 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
         else:
             exporter = KernelExporter(clients=clients)
             log.info("exporting through the kernel NFS server (/etc/exports, exportfs -r)")
-        if ganesha is not None and s.run_server:
-            ganesha.start()
-        elif ganesha is not None:
-            ganesha.exports.load()
-            ganesha.exports.reconcile()
-            ganesha.exports.set_clients(clients)  # a Ganesha run elsewhere already serves the files
-        else:
-            exporter.set_clients(clients)
-        if node_clients is not None:
-            node_clients.follow(exporter.set_clients)
         server = address.resolve(environ=environ, api=api, out_of_cluster=s.out_of_cluster,
                                  server_hostname=s.server_hostname, nfs_port=s.nfs_port)
         log.info("NFS server address in PVs: %s", server)
         directories = VolumeDirectories(root)
         records = VolumeRecords(root / RECORDS_DIR)
         records.ensure_dir()
-        recovered = recovery.Recovery(api=api, names=frozenset({s.provisioner}), identity=ident,
-                                      directories=directories, records=records, exporter=exporter,
-                                      server=lambda: server).run()
         provisioner = prov.NFSProvisioner(
             config=prov.ApplianceConfig(identity=ident, server=lambda: server, max_exports=s.max_exports),
             directories=directories,
@@ -205,6 +196,27 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
                                    recorder=controller.recorder, retry=csettings.retry,
                                    leading=lambda: controller.leading)
         controller.claims.on_change = resizing.chain(controller.claims.on_change, resizer.on_claim)
+        # The claims and PVs are listed while ganesha.nfsd starts (10,000 of each take seconds, and so does
+        # Ganesha with 10,000 exports), after the export files are loaded (the lists would slow that down:
+        # one interpreter); nothing acts on them before the state check below and the workers.
+        watching.extend(controller.informers)
+        if ganesha is not None and s.run_server:
+            ganesha.start(loaded=controller.watch)
+        elif ganesha is not None:
+            ganesha.exports.load()
+            controller.watch()
+            ganesha.exports.reconcile()
+            ganesha.exports.set_clients(clients)  # a Ganesha run elsewhere already serves the files
+        else:
+            controller.watch()
+            exporter.set_clients(clients)
+        if node_clients is not None:
+            node_clients.follow(exporter.set_clients)
+        _check_terminating()  # a signal during Ganesha's start (spawning its processes) may have been lost
+        wait_listed(controller.volumes, checks)
+        recovered = recovery.Recovery(api=api, names=frozenset({s.provisioner}), identity=ident,
+                                      directories=directories, records=records, exporter=exporter,
+                                      server=lambda: server, volumes=controller.volumes.items).run()
         if ganesha is not None:
             checked = ganesha
             ganesha_ok = health.BackgroundHealth(lambda: checked.probe(timeout=HEALTH_TIMEOUT, managed=s.run_server))
@@ -215,6 +227,8 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
             log.info("serving /metrics, /healthz, /readyz on %s", s.metrics_address)
     except BaseException:
         _shield_cleanup()
+        for informer in watching:
+            informer.stop()
         if http is not None:
             http.stop()
         if ganesha_ok is not None:
@@ -262,6 +276,16 @@ def wait_for_api(api: kube.Client, checks: _Checks, *, retry: float = API_RETRY)
         time.sleep(retry)
 
 
+def wait_listed(informer: Informer, checks: _Checks) -> None:
+    """Until ``informer`` has its first list (/readyz says so meanwhile). A refusal (401, 403) ends start-up like
+    any API error at start; anything else the informer retries (logged)."""
+    checks.ready = functools.partial(_not_ready, f"listing {informer.name}")
+    while not informer.synced.wait(0.1):
+        e = informer.last_error
+        if isinstance(e, ApiError) and e.status in (401, 403):
+            raise e
+
+
 def who_may_mount(s: settings_mod.Settings, api: kube.Client) -> tuple[nodes.NodeClients | None, tuple[str, ...]]:
     """The client list to start with, and the Node watch that keeps it current (None: a fixed list)."""
     policy = settings_mod.client_policy(s)
@@ -287,8 +311,20 @@ def _both(a: tuple[bool, str], b: tuple[bool, str]) -> tuple[bool, str]:
     return (a[0] and b[0], a[1] if not a[0] else b[1])
 
 
+_TERMINATING: list[int] = []
+"""Signals that asked the start-up to end. Python drops an exception raised in a handler that runs inside an
+"ignored" callback (e.g. logging's at-fork hook while a child is spawned): start-up looks here too."""
+
+
 def _terminate(signum: int, frame: object) -> None:
+    _TERMINATING.append(signum)
     raise SystemExit(128 + signum)
+
+
+def _check_terminating() -> None:
+    """Raise the SystemExit of a SIGTERM/SIGINT whose handler's exception was lost."""
+    if _TERMINATING:
+        raise SystemExit(128 + _TERMINATING[0])
 
 
 HARMLESS_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
@@ -317,6 +353,7 @@ def run(s: settings_mod.Settings, environ: Mapping[str, str]) -> int:
     parts: Parts | None = None
     try:
         parts = build(s, environ)
+        _check_terminating()
         parts.resizer.start()
         parts.controller.run()
     finally:

@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from nfs_provisioner.volumes.records import RecordError, VolumeRecords, new_reco
 
 log = logging.getLogger(__name__)
 
+PAGE = 500
+"""PVs per list request at start-up."""
 ANN_PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
 ANN_BETA_PROVISIONED_BY = "volume.beta.kubernetes.io/provisioned-by"
 Object = dict[str, Any]
@@ -62,12 +65,18 @@ class Recovery:
     records: VolumeRecords
     exporter: prov.Exporter
     server: Callable[[], str]
+    volumes: Callable[[], Iterable[Object]] | None = None
+    """Every PV (e.g. the controller's informer cache, read only); None: listed from the API server here."""
 
     def run(self) -> Report:
         report = Report()
-        pvs: list[Object] = list(self.api.get(kube.volumes_path()).get("items") or [])
-        mine = [pv for pv in pvs if self._provisioned_here(pv) and _ann(pv).get(prov.ANN_IDENTITY) == self.identity]
-        for pv in mine:
+        began = time.monotonic()
+        mine = 0
+        for pv in self.volumes() if self.volumes is not None else self._volumes():
+            if not (self._provisioned_here(pv) and _ann(pv).get(prov.ANN_IDENTITY) == self.identity):
+                self._warn_elsewhere(pv, report)
+                continue
+            mine += 1
             name = str(pv["metadata"]["name"])
             try:
                 self._adopt(pv, name, report)
@@ -76,9 +85,14 @@ class Recovery:
                 log.error("volume %s: cannot check its state: %s", name, e)
                 if _phase(pv) == "Bound":  # a claim uses it; a stray (e.g. hand-made, Released) PV must not
                     report.problems.append(f"{name}: {e}")
-        self._warn_elsewhere(pvs, report)
-        log.info("state check: %d PVs of this identity, %d adopted, %d exports rebuilt, %d not servable",
-                 len(mine), len(report.adopted), len(report.rebuilt), len(report.problems))
+            self._warn_elsewhere(pv, report)
+        if report.elsewhere:
+            log.warning("%d PV(s) of provisioner %s on server %s lie under another export root than %s (e.g. %s): "
+                        "this appliance does not serve or delete them; start it with their --export-root to serve "
+                        "them again", len(report.elsewhere), ",".join(sorted(self.names)), self.server(),
+                        self.directories.export_root, report.elsewhere[0])
+        log.info("state check: %d PVs of this identity, %d adopted, %d exports rebuilt, %d not servable (%.2fs)",
+                 mine, len(report.adopted), len(report.rebuilt), len(report.problems), time.monotonic() - began)
         return report
 
     def _provisioned_here(self, pv: Object) -> bool:
@@ -139,19 +153,22 @@ class Recovery:
         log.warning("volume %s: its export was missing; rebuilt from its record and PV (id %d%s)", name, export_id,
                     "" if wanted in (None, export_id) else f", not {wanted}: that id is taken; clients must remount")
 
-    def _warn_elsewhere(self, pvs: list[Object], report: Report) -> None:
+    def _volumes(self) -> Iterator[Object]:
+        """Every PV, a page at a time (10,000 PVs at once would hold ~100 MB of objects at start-up)."""
+        cont: str | None = None
+        while True:
+            page = self.api.get(kube.volumes_path(), limit=PAGE, **({"continue": cont} if cont else {}))
+            yield from page.get("items") or []
+            cont = (page.get("metadata") or {}).get("continue")
+            if not cont:
+                return
+
+    def _warn_elsewhere(self, pv: Object, report: Report) -> None:
         root = self.directories.export_root
-        server = self.server()
-        for pv in pvs:
-            path = _nfs_path(pv)
-            if (self._provisioned_here(pv) and path and ((pv.get("spec") or {}).get("nfs") or {}).get("server")
-                    == server and Path(path).parent != root):
-                report.elsewhere.append(f"{pv['metadata']['name']} at {path}")
-        if report.elsewhere:
-            log.warning("%d PV(s) of provisioner %s on server %s lie under another export root than %s (e.g. %s): "
-                        "this appliance does not serve or delete them; start it with their --export-root to serve "
-                        "them again", len(report.elsewhere), ",".join(sorted(self.names)), server, root,
-                        report.elsewhere[0])
+        path = _nfs_path(pv)
+        if (self._provisioned_here(pv) and path and ((pv.get("spec") or {}).get("nfs") or {}).get("server")
+                == self.server() and Path(path).parent != root):
+            report.elsewhere.append(f"{pv['metadata']['name']} at {path}")
 
 
 def _ann(pv: Object) -> dict[str, str]:

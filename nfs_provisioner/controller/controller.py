@@ -81,6 +81,7 @@ class ProvisionController:
         self._workers: list[threading.Thread] = []
         self._workers_lock = threading.Lock()
         self._started = False
+        self._watching = False
         self.elector: leadership.LeaderElector | None = None
         self._elector_thread: threading.Thread | None = None
         self.server: Server | None = None
@@ -122,8 +123,7 @@ class ProvisionController:
             return
         self._started = True
         self.recorder.start()
-        for informer in self.informers:
-            informer.start()
+        self.watch()
         if self.server is not None:
             self.server.start()
         threading.Thread(target=self._resync_loop, name="resync", daemon=True).start()
@@ -132,6 +132,17 @@ class ProvisionController:
             self._elector_thread.start()
         else:
             self._start_workers()
+
+    def watch(self) -> None:
+        """Start listing and watching only (changes queue up until workers run); ``start()`` does it too.
+
+        Lets an application list while it prepares other things (the appliance: while Ganesha starts)."""
+        with self._workers_lock:
+            if self._watching:
+                return
+            self._watching = True
+        for informer in self.informers:
+            informer.start()
 
     def run(self, *, handle_signals: bool = True) -> None:
         """``start()``, then block until ``stop()`` or SIGTERM/SIGINT, then shut down gracefully."""

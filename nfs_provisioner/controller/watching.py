@@ -9,6 +9,7 @@ server answers 410 Gone (version too old). Every change is reported to
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -109,12 +110,16 @@ class Informer:
     def _normalise(self, obj: Object) -> Object:
         obj.setdefault("kind", self.kind)
         obj.setdefault("apiVersion", self.api_version)
+        # Server-side apply bookkeeping, read by nothing here and half of each cached object's memory (10,000
+        # PVs and claims: ~110 MB). Updates that omit it leave the server's copy unchanged.
+        (obj.get("metadata") or {}).pop("managedFields", None)
         return obj
 
     def _list(self) -> None:
         items: dict[str, Object] = {}
         cont: str | None = None
         rv = ""
+        began = time.monotonic()
         while True:
             page = self.api.get(self.path, limit=self.page_size, **({"continue": cont} if cont else {}))
             for obj in page.get("items") or []:
@@ -135,7 +140,8 @@ class Informer:
             if k not in items:
                 self._notify(obj, None)
         self.synced.set()
-        log.debug("%s: listed %d objects at %s", self.name, len(items), rv)
+        log.info("%s: listed %d objects in %.2fs (resourceVersion %s)", self.name, len(items),
+                 time.monotonic() - began, rv)
 
     def _watch(self) -> None:
         self.watches += 1
@@ -159,7 +165,7 @@ class Informer:
                 if rv:
                     self.resource_version = rv
                 continue
-            obj = self._normalise(obj)
+            obj = _compact(self._normalise(obj))
             k = self.key(obj)
             if etype == "DELETED":
                 old = self.cache.pop(k, None)
@@ -177,3 +183,17 @@ class Informer:
             self.on_change(old, new)
         except Exception:
             log.exception("%s: change handler failed", self.name)
+
+
+def _compact(value: Any) -> Any:
+    """``value`` with its keys and short strings interned. An object decoded from one watch event has its own copy
+    of every key and value ("metadata", "ReadWriteMany", its claim's uid...), where a list page shares them across
+    its items: interned, a cached PV or claim takes about half the memory (2.7 KB instead of 5.5 KB, measured),
+    for ~30 us per event."""
+    if isinstance(value, dict):
+        return {sys.intern(k): _compact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_compact(v) for v in value]
+    if isinstance(value, str) and len(value) <= 64:
+        return sys.intern(value)
+    return value

@@ -83,6 +83,18 @@ def check_clients(clients: Iterable[str], *, allow_empty: bool = False) -> tuple
     """Client list entries: ``*`` or an IPv4/IPv6 address or network (CIDR).
 
     ``allow_empty``: an empty list is valid and means nobody (the export gets no CLIENT block)."""
+    given = tuple(clients)
+    if all(isinstance(c, str) for c in given):  # every export has the same list: checked once (load at start)
+        return _checked_clients(given, allow_empty)
+    return _check_clients(given, allow_empty)
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_clients(clients: tuple[str, ...], allow_empty: bool) -> tuple[str, ...]:
+    return _check_clients(clients, allow_empty)
+
+
+def _check_clients(clients: tuple[str, ...], allow_empty: bool) -> tuple[str, ...]:
     out: list[str] = []
     for c in clients:
         if c == "*":
@@ -153,6 +165,7 @@ class ExportBlock:
 
 
 _CLIENTS = re.compile(r"\bClients\s*=", re.IGNORECASE)
+_EXPORT = re.compile(r"^\s*EXPORT\s*\{", re.IGNORECASE)
 _KV = re.compile(r"^\s*([A-Za-z_]+)\s*=\s*(.*?)\s*;\s*(?:#.*)?$")
 
 
@@ -163,7 +176,7 @@ def parse_block(text: str) -> dict[str, str]:
     exports = 0
     for raw in text.splitlines():
         line = raw.split("#", 1)[0]  # values never contain '#' (check_safe)
-        if re.match(r"^\s*EXPORT\s*\{", line, re.IGNORECASE) and depth == 0:
+        if depth == 0 and _EXPORT.match(line):
             exports += 1
         opens, closes = line.count("{"), line.count("}")
         if depth == 1 and opens == 0:

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,7 @@ class ExportManager(clientlists.ClientLists):
         id_range: tuple[int, int] = (config.EXPORT_ID_MIN, config.EXPORT_ID_MAX),
         durable: bool = True,
         on_count: Callable[[int], None] | None = None,
+        on_add: Callable[[float], None] | None = None,
     ) -> None:
         lo, hi = id_range
         if not (config.EXPORT_ID_MIN <= lo <= hi <= config.EXPORT_ID_MAX):
@@ -136,6 +138,8 @@ class ExportManager(clientlists.ClientLists):
         self.id_range = (lo, hi)
         self.durable = durable
         self.on_count = on_count
+        self.on_add = on_add
+        """Called with the seconds each successful add took (reservation to index shard)."""
         self._lock = threading.RLock()
         self._by_name: dict[str, Export] = {}
         self._by_id: dict[int, Export] = {}
@@ -168,6 +172,7 @@ class ExportManager(clientlists.ClientLists):
 
     def load(self) -> list[Export]:
         """Read every export file (no D-Bus), rebuild the index. Call before Ganesha starts."""
+        began = time.monotonic()
         with self._lock:
             self.exports_dir.mkdir(parents=True, exist_ok=True)
             self._by_name.clear()
@@ -176,7 +181,7 @@ class ExportManager(clientlists.ClientLists):
             self._ids.reset(self._foreign)
             for f in sorted(self.exports_dir.glob("*.conf")):
                 try:
-                    export = self._read_file(f)
+                    export, text = self._read_file(f)
                 except (errors.GaneshaError, OSError, ValueError, KeyError) as e:
                     log.error("export file %s is unreadable, left out of the index: %s", f, e)
                     continue
@@ -185,14 +190,15 @@ class ExportManager(clientlists.ClientLists):
                     log.error("export file %s clashes with %s (same id or path), left out", f, clash.config_file)
                     continue
                 try:
-                    self._rerender(export)
+                    self._rerender(export, text)
                 except (errors.GaneshaError, OSError) as e:
                     log.error("export file %s could not be re-rendered from its header, left out: %s", f, e)
                     continue
                 self._remember(export)
             self._write_index()
             self._count_changed()
-            log.info("loaded %d exports from %s", len(self._by_name), self.exports_dir)
+            log.info("loaded %d exports from %s in %.2fs", len(self._by_name), self.exports_dir,
+                     time.monotonic() - began)
             return self.list_exports()
 
     def reconcile(self) -> ReconcileResult:
@@ -244,6 +250,7 @@ class ExportManager(clientlists.ClientLists):
         if request.clients is not None:
             config.check_clients(request.clients)
         path = config.check_path_inside(request.path, root=self.export_root, exclude=[self.config_dir])
+        started = time.perf_counter()
         with self._settled(name, path):
             clients = self._clients_for(request)  # read under the lock: set_clients() sees this add as pending
             existing = self._by_name.get(name)
@@ -320,8 +327,12 @@ class ExportManager(clientlists.ClientLists):
             if isinstance(e, errors.GaneshaError | OSError):
                 raise errors.ExportAddError(f"adding export {name!r} (id {export.export_id}) failed: {e}") from e
             raise
+        took = time.perf_counter() - started
         self._count_changed()
-        log.info("export %s added: id %d path %s clients %s", name, export.export_id, path, ",".join(clients))
+        if self.on_add is not None:
+            self.on_add(took)
+        log.info("export %s added: id %d path %s clients %s in %.2f ms", name, export.export_id, path,
+                 ",".join(clients), took * 1000)
         return export
 
     @contextlib.contextmanager
@@ -507,11 +518,11 @@ class ExportManager(clientlists.ClientLists):
         if self.on_count is not None:
             self.on_count(len(self._by_name))
 
-    def _rerender(self, export: Export) -> None:
+    def _rerender(self, export: Export, old: str) -> None:
         """Serve only what the header (the manager's own record) says: a block that differs from the header's
-        rendering (edited by hand or by an attacker, e.g. ``Path = "/etc"``) is replaced, with one log line."""
+        rendering (edited by hand or by an attacker, e.g. ``Path = "/etc"``) is replaced, with one log line.
+        ``old``: the file's text as read."""
         text = export.header() + self.templates.render_export(self._block(export))
-        old = export.config_file.read_text(encoding="utf-8")
         if old == text:
             return
         try:
@@ -522,19 +533,20 @@ class ExportManager(clientlists.ClientLists):
         log.warning("export file %s differed from its own header (block Path %s, header path %s); rewritten from "
                     "the header", export.config_file, found, export.path)
 
-    def _read_file(self, f: Path) -> Export:
-        with f.open(encoding="utf-8") as fh:
-            first = fh.readline()
+    def _read_file(self, f: Path) -> tuple[Export, str]:
+        """The export its header describes, and the file's whole text (read once)."""
+        text = f.read_text(encoding="utf-8")
+        first = text.split("\n", 1)[0]
         if not first.startswith(HEADER):
             raise errors.InvalidRequest("missing nfs-provisioner header line")
         data: dict[str, Any] = json.loads(first[len(HEADER) :])
         name = config.check_name(str(data["name"]))
         if f.name != f"{name}.conf":
             raise errors.InvalidRequest(f"file name does not match export name {name!r}")
-        path = Path(str(data["path"]))
-        if (not path.is_absolute() or not path.is_relative_to(self.export_root) or path == self.export_root
-                or os.path.normpath(path) != str(path) or path.is_relative_to(self.config_dir)):
-            raise errors.InvalidRequest(f"path {str(path)!r} is not inside the export root")
+        where = str(data["path"])
+        if not _inside(where, str(self.export_root)) or _inside(where, str(self.config_dir), or_equal=True):
+            raise errors.InvalidRequest(f"path {where!r} is not inside the export root")
+        path = Path(where)
         export_id = config.check_export_id(int(data["export_id"]))
         export = Export(
             name=name,
@@ -545,7 +557,15 @@ class ExportManager(clientlists.ClientLists):
             clients=config.check_clients(data["clients"], allow_empty=True),
             config_file=f,
         )
-        return export  # the block below the header is not trusted: load() renders it again from the header
+        return export, text  # the block below the header is not trusted: load() renders it again from the header
+
+
+def _inside(path: str, directory: str, *, or_equal: bool = False) -> bool:
+    """Whether the absolute, normalised ``path`` lies strictly inside ``directory`` (or is it, ``or_equal``);
+    lexical, as ``PurePath.is_relative_to`` (string operations: load() checks every export file's path)."""
+    if not path.startswith("/") or os.path.normpath(path) != path:
+        return False
+    return (or_equal and path == directory) or path.startswith(directory.rstrip("/") + "/")
 
 
 def _options(request: ExportRequest) -> tuple[Squash, AccessType]:

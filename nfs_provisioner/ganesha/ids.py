@@ -43,7 +43,8 @@ class IdAllocator:
             self._next += 1
         if self._next > self.high:
             raise errors.ExportIdsExhausted(
-                f"every Export_Id in {self.low}..{self.high} is in use ({len(self._used)} ids taken)"
+                f"no free Export_Id in {self.low}..{self.high}: {len(self._used)} in use (NFS-Ganesha's Export_Id "
+                "is 16-bit: at most 65534 exports per server); deleting a volume frees its id"
             )
         self._used.add(self._next)
         self._next += 1

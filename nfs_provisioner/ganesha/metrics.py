@@ -7,6 +7,8 @@ Names (namespace ``nfs_provisioner`` by default):
 - ``nfs_provisioner_ganesha_exports``                          exports managed (pseudo root not counted)
 - ``nfs_provisioner_ganesha_dbus_call_duration_seconds{method}`` D-Bus call latency histogram
 - ``nfs_provisioner_ganesha_dbus_call_errors_total{method,error}`` D-Bus calls answered with an error
+- ``nfs_provisioner_ganesha_export_add_duration_seconds``       one export add of the manager, whole: its
+  file (fsynced), AddExport over D-Bus and its index shard (successful adds only)
 - ``nfs_provisioner_ganesha_open_fds``, ``..._resident_memory_bytes``, ``..._threads``: the live
   ganesha.nfsd process, read with psutil at scrape time (absent while Ganesha is down)
 """
@@ -21,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_ADD_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0)
 
 
 class ProcessCollector(Collector):
@@ -81,10 +84,21 @@ class GaneshaMetrics:
             registry=registry,
         )
 
+        self.export_add = Histogram(
+            "ganesha_export_add_duration_seconds",
+            "Duration of one export add: its file, AddExport over D-Bus and its index shard",
+            namespace=namespace,
+            registry=registry,
+            buckets=_ADD_BUCKETS,
+        )
+
     def observe_dbus(self, method: str, seconds: float, error: str | None) -> None:
         self.dbus_latency.labels(method=method).observe(seconds)
         if error is not None:
             self.dbus_errors.labels(method=method, error=error).inc()
+
+    def observe_add(self, seconds: float) -> None:
+        self.export_add.observe(seconds)
 
     def set_exports(self, count: int) -> None:
         self.exports.set(count)

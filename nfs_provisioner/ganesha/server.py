@@ -91,6 +91,7 @@ class GaneshaServer:
             id_range=id_range,
             durable=settings.durable_writes,
             on_count=metrics.set_exports if metrics else None,
+            on_add=metrics.observe_add if metrics else None,
         )
         self.restarts = 0
         self.ganesha_version: tuple[int, int, int] | None = None
@@ -118,8 +119,11 @@ class GaneshaServer:
         procs = {"dbus-daemon": self._bus_proc, "rpcbind": self._rpcbind_proc, "rpc.statd": self._statd_proc}
         return {k: p.pid for k, p in procs.items() if p is not None and p.poll() is None}
 
-    def start(self) -> None:
-        """Start everything and return once Ganesha serves; on failure stop what was started."""
+    def start(self, *, loaded: Callable[[], None] | None = None) -> None:
+        """Start everything and return once Ganesha serves; on failure stop what was started.
+
+        ``loaded``: called once the export files are loaded, before ganesha.nfsd starts (which takes seconds
+        with thousands of exports: the caller may do other work meanwhile, in its own threads)."""
         try:
             self._find_ganesha()
             self._prepare_dirs()
@@ -132,6 +136,8 @@ class GaneshaServer:
             self.exports.load()
             if self.settings.clients is not None:
                 self.exports.set_clients(self.settings.clients, live=False)
+            if loaded is not None:
+                loaded()
             self._start_ganesha_binding()
             self.exports.reconcile()
         except BaseException:
@@ -411,7 +417,8 @@ class GaneshaServer:
             self.dbus.show_exports()
             return True
 
-        self._wait("ganesha.nfsd", serving, proc=proc, timeout=s.ready_timeout, log_path=s.log_path)
+        timeout = s.ready_timeout + s.ready_timeout_per_export * len(self.exports)
+        self._wait("ganesha.nfsd", serving, proc=proc, timeout=timeout, log_path=s.log_path)
         if self.metrics is not None:
             self.metrics.up.set(1)
         log.info("Ganesha ready in %.2fs: %s", time.monotonic() - started, processes.describe(proc.pid))

@@ -55,9 +55,10 @@ class ProjectQuotaCollector(Collector):
             up.add_metric([], 0)
             yield up
             return
-        root = self.quotas.export_root
-        for u in usages:
-            volume = str(u.directory.relative_to(root)) if root in u.directory.parents else str(u.directory)
+        inside = str(self.quotas.export_root).rstrip("/") + "/"
+        for u in usages:  # string operations: one per volume and scrape (10,000 volumes: 20,000 samples)
+            directory = str(u.directory)
+            volume = directory[len(inside):] if directory.startswith(inside) else directory
             labels = [volume, str(u.project_id)]
             used.add_metric(labels, u.used_bytes)
             limit.add_metric(labels, u.limit_bytes)
