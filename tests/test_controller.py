@@ -344,6 +344,28 @@ def test_failure_thresholds_stop_retries(kapi: kube.Client, namespace: str, name
     kapi.patch(kube.volumes_path(pvn), {"metadata": {"$deleteFromPrimitiveList/finalizers": [decisions.PV_FINALIZER]}})
 
 
+def test_a_failing_claim_backs_off_although_its_finalizer_comes_and_goes(kapi: kube.Client, namespace: str,
+                                                                         name: str, unique: str,
+                                                                         tmp_path: Path) -> None:
+    """Finalizer mode: each attempt adds the in-flight finalizer and a failure removes it again. Those two
+    patches are our own echo, not a change of the claim: they must not requeue it past its backoff (before,
+    they did: ~60 attempts a second, the backoff and the failure threshold never applied)."""
+    p = Recording(tmp_path)
+
+    def broken(o: ProvisionOptions) -> None:
+        raise RuntimeError("backend unavailable")
+    p.on_provision = broken
+    make_class(kapi, f"c-{unique}", name)
+    slow = replace(FAST_RETRY, base_delay=1.0, max_delay=1.0, failed_provision_threshold=0)
+    with controller(kapi, p, settings(name, retry=slow)):
+        make_claim(kapi, namespace, "c", f"c-{unique}")
+        wait.until(lambda: len(p.provisions) >= 1, timeout=30, what="a first provision attempt")
+        time.sleep(4.0)
+        assert 2 <= len(p.provisions) <= 7, len(p.provisions)  # one attempt a second, not one per patch
+        wait.until(lambda: reasons(kapi, namespace, "c", name).count("ProvisioningFailed") >= 2, timeout=10,
+                   what="ProvisioningFailed events")
+
+
 def test_claim_finalizer_is_held_while_provisioning_and_pv_finalizer_until_deleted(
         kapi: kube.Client, namespace: str, name: str, unique: str, tmp_path: Path) -> None:
     p = Recording(tmp_path)

@@ -54,6 +54,7 @@ class ProvisionController:
         le = settings.leader_election
         self.identity = le.identity or leadership.default_identity()
         self.recorder = events.EventRecorder(self.api, component=settings.provisioner_name, host=self.identity)
+        self._claim_finalizer = decisions.claim_finalizer(settings.instance_name)
 
         self.claims = Informer(self.api, name="claims", path=kube.claims_path(), kind="PersistentVolumeClaim",
                                api_version="v1", key=lambda o: str(o["metadata"]["uid"]),
@@ -96,6 +97,8 @@ class ProvisionController:
     # ------------------------------------------------------------------ event handlers (watch threads)
 
     def _claim_changed(self, old: Object | None, new: Object | None) -> None:
+        if old is not None and new is not None and decisions.only_finalizer_changed(old, new, self._claim_finalizer):
+            return  # our own in-flight finalizer patch: the worker that made it already has the claim
         obj = new if new is not None else old
         if obj is not None and (new is None or self.provisioning.interesting(obj)):
             self.claim_queue.add(str(obj["metadata"]["uid"]))

@@ -32,6 +32,21 @@ def claim_finalizer(instance: str) -> str:
     return CLAIM_FINALIZER_PREFIX + instance
 
 
+def only_finalizer_changed(old: Object, new: Object, finalizer: str) -> bool:
+    """``new`` is ``old`` with ``finalizer`` added or removed and nothing else (its resourceVersion and
+    managedFields aside): the echo of our own in-flight patch, which must not requeue the claim (an attempt
+    that failed would otherwise run again at once, bypassing its backoff)."""
+    ignored = ("resourceVersion", "managedFields", "finalizers")
+
+    def rest(obj: Object) -> tuple[Object, list[str]]:
+        m = meta(obj)
+        body = {k: v for k, v in obj.items() if k != "metadata"}
+        body["metadata"] = {k: v for k, v in m.items() if k not in ignored}
+        return body, [f for f in m.get("finalizers") or [] if f != finalizer]
+
+    return rest(old) == rest(new)
+
+
 def meta(obj: Object) -> Object:
     m: Object = obj.get("metadata") or {}
     return m
