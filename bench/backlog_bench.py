@@ -31,6 +31,7 @@ from bench.provision_bench import (
     claim_body,
     new_namespace,
     pct,
+    stop,
     wait_for,
 )
 from nfs_provisioner.kube import client as kube
@@ -98,7 +99,7 @@ def settled_events(b: Bench, ns: str, component: str, timeout: float = 30.0) -> 
 
 
 def appliance_run(b: Bench, n: int, times: Path) -> dict[str, Any]:
-    assert b.appliance.stop() == 0
+    stop(b.appliance)
     ns, uids = make_backlog(b, n, b.cls, "bench-backlog")
     w = Watcher(b.api, ns)
     w.start()
@@ -174,7 +175,7 @@ def backlog_section(b: Bench) -> dict[str, Any]:
                   f"{x['start_to_ready_s']:.2f}s, first PV {x['first_pv_s']:.2f}s, last {x['last_pv_s']:.2f}s; "
                   f"{x['after_first_per_s']:.0f}/s after the first), appliance CPU "
                   f"{x['cpu_appliance_ms_per_pv']:.1f} ms/PV", file=sys.stderr)
-            assert b.appliance.stop() == 0
+            stop(b.appliance)
             rates.append(null_run(b, n, max(1, round(x["events_per_claim"]))))
             print(f"backlog N={n} null provisioner: {rates[-1]:.0f} PVC/s", file=sys.stderr)
         row: dict[str, Any] = {k: statistics.median([x[k] for x in runs]) for k in runs[0]

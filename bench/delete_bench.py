@@ -35,6 +35,7 @@ from bench.provision_bench import (
     new_namespace,
     pct,
     provision_run,
+    stop,
     wait_for,
 )
 from nfs_provisioner.kube import client as kube
@@ -178,7 +179,7 @@ def delete_section(b: Bench) -> dict[str, Any]:
                   f"{x['cpu_appliance_ms_per_pv']:.1f} ms/PV, Ganesha {x['cpu_ganesha_ms_per_pv']:.1f} ms/PV",
                   file=sys.stderr)
             # The null provisioner with the appliance stopped (its informers would take CPU from the 2 cores).
-            assert b.appliance.stop() == 0
+            stop(b.appliance)
             nulls.append(null_run(b, n))
             rates.append(nulls[-1]["per_s"])
             print(f"delete N={n} null provisioner: {rates[-1]:.0f} PV/s, last Released after "
@@ -207,7 +208,7 @@ def delete_section(b: Bench) -> dict[str, Any]:
             row[f"null_{k}"] = statistics.median([x[k] for x in nulls])
         row["fraction_of_null"] = row["per_s"] / row["null_per_s"]
         results[str(n)] = row
-    assert b.appliance.stop() == 0
+    stop(b.appliance)
     b.appliance.close()
     b.appliance = b.new_appliance()
     b.appliance.start()

@@ -367,10 +367,17 @@ class Bench:
 
     def replace_appliance(self, new: Appliance) -> None:
         """Stop (and close) the running appliance, start ``new`` on the same export root in its place."""
-        assert self.appliance.stop() == 0
+        stop(self.appliance)
         self.appliance.close()
         new.start()
         self.appliance = new
+
+
+def stop(appliance: Appliance) -> None:
+    """SIGTERM the appliance; it must exit 0 (an earlier exit or crash is reported with its log's tail)."""
+    rc = appliance.stop()
+    if rc != 0:
+        raise SystemExit(f"bench: the appliance exited with {rc}; its log ends:\n{appliance.log()[-4000:]}")
 
 
 def own_rss_mb(pid: int) -> float:
@@ -381,7 +388,7 @@ def cold_restart(appliance: Appliance, exports: int, timeout: float = 120) -> tu
     """Stop the appliance, start it again: seconds from process start until /readyz answers 200, Ganesha
     serves all ``exports`` and the work queues are empty; and the provision calls it made (0 = none spurious,
     counted 1 s later)."""
-    assert appliance.stop() == 0
+    stop(appliance)
     t = time.monotonic()
     appliance.start(wait_ready=False)
 
@@ -447,7 +454,7 @@ def sizes_section(b: Bench) -> dict[str, Any]:
 
     # The pipeline without the appliance (stopped, so its caches and CPU take no part): the same
     # bursts answered by the null provisioner.
-    assert appliance.stop() == 0
+    stop(appliance)
     for n in b.sizes:
         events = max(1, round(results["sizes"][str(n)]["events_per_claim"]))
         rates = []
