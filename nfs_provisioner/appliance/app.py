@@ -219,7 +219,8 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
                                       server=lambda: server, volumes=controller.volumes.items).run()
         if ganesha is not None:
             checked = ganesha
-            ganesha_ok = health.BackgroundHealth(lambda: checked.probe(timeout=HEALTH_TIMEOUT, managed=s.run_server))
+            ganesha_ok = health.BackgroundHealth(lambda: checked.probe(timeout=HEALTH_TIMEOUT, managed=s.run_server),
+                                                 live=checked.supervised_state if s.run_server else None)
             ganesha_ok.start()
         checks.healthy = lambda: _both(ganesha_health(ganesha_ok), controller.healthy())
         checks.ready = lambda: _both(_both(ganesha_health(ganesha_ok), recovered.health()), controller.ready())
@@ -229,6 +230,8 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
         _shield_cleanup()
         for informer in watching:
             informer.stop()
+        for informer in watching:  # their last log lines before the one-line error
+            informer.join(5)
         if http is not None:
             http.stop()
         if ganesha_ok is not None:

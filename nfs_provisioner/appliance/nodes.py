@@ -126,6 +126,7 @@ class NodeClients:
         self._stop.set()
         self._dirty.set()
         self.informer.stop()
+        self.informer.join(5)  # its last log lines come before whatever the caller says next
         if self._thread is not None:
             self._thread.join(10)
 

@@ -94,6 +94,8 @@ class GaneshaServer:
             on_add=metrics.observe_add if metrics else None,
         )
         self.restarts = 0
+        self.restarting = False
+        """Set by the supervisor from an exit it saw until the restarted ganesha.nfsd is reconciled."""
         self.ganesha_version: tuple[int, int, int] | None = None
         """Set by ``start()`` from ``ganesha.nfsd -v``."""
         self._binary = binary.Ganesha()
@@ -158,11 +160,20 @@ class GaneshaServer:
             self.metrics.up.set(1 if ok else 0)
         return ok
 
+    def supervised_state(self) -> tuple[bool, str]:
+        """Without I/O: not ok while ganesha.nfsd is not running or the supervisor is restarting it (from the
+        exit it saw until the new process serves and its exports are reconciled)."""
+        if self.ganesha_pid is None:
+            return False, "ganesha.nfsd is not running (the supervisor restarts it)"
+        if self.restarting:
+            return False, "ganesha.nfsd is restarting (its exports are reconciled before it is ready)"
+        return True, "ok"
+
     def probe(self, *, timeout: float, managed: bool = True) -> tuple[bool, str]:
         """Health within ``timeout`` seconds per D-Bus call: (ok, why not). ``managed=False``: a Ganesha run
         elsewhere (no process of ours to look at), reached on its bus."""
-        if managed and self.ganesha_pid is None:
-            ok, why = False, "ganesha.nfsd is not running (the supervisor restarts it)"
+        if managed and not self.supervised_state()[0]:
+            ok, why = self.supervised_state()
         else:
             try:
                 if not self.dbus.on_bus(timeout=timeout):
@@ -511,6 +522,7 @@ class GaneshaServer:
             code = self._wait_exit(proc)
             if code is None or self._stopping.is_set():
                 return
+            self.restarting = True
             if self.metrics is not None:
                 self.metrics.up.set(0)
             if time.monotonic() - started > STABLE_AFTER:
@@ -530,6 +542,7 @@ class GaneshaServer:
                         self._ensure_bus()
                         self._start_ganesha()
                     self.exports.reconcile()
+                    self.restarting = False
                     break
                 except errors.GaneshaError as e:
                     log.error("restarting Ganesha failed: %s", e)
