@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import step_timer
-from bench.delete_bench import cpu_by_role, cpu_diff, cpu_seconds
+from bench.delete_bench import average_profile, cpu_by_role, cpu_diff, cpu_seconds, show_cpu_and_profile
 from bench.provision_bench import (
     WORKERS,
     Bench,
@@ -182,14 +182,7 @@ def backlog_section(b: Bench) -> dict[str, Any]:
                                if k not in ("steps", "cpu_ms_per_pv_by_thread")}
         row["cpu_ms_per_pv_by_thread"] = runs[len(runs) // 2]["cpu_ms_per_pv_by_thread"]
         row["drain_per_s_runs"] = [x["drain_per_s"] for x in runs]
-        steps: dict[str, dict[str, float]] = {}
-        for x in runs:
-            for k, v in x["steps"].items():
-                s = steps.setdefault(k, {"seconds": 0.0, "calls": 0.0})
-                s["seconds"] += v["seconds"] / len(runs)
-                s["calls"] += v["calls"] / len(runs)
-        row["profile"] = {k: {"seconds": v["seconds"], "calls": v["calls"],
-                              "ms_per_call": v["seconds"] * 1000 / v["calls"]} for k, v in sorted(steps.items())}
+        row["profile"] = average_profile(runs)
         row["null_drain_per_s"] = statistics.median(rates)
         row["null_drain_per_s_runs"] = rates
         row["fraction_of_null"] = row["drain_per_s"] / row["null_drain_per_s"]
@@ -211,14 +204,4 @@ def show_backlog(r: dict[str, Any]) -> None:
         print(f"  start-up: {marks}")
         print(f"  ready at {row['start_to_ready_s']:.2f}s, first PV at {row['first_pv_s']:.2f}s, last at "
               f"{row['last_pv_s']:.2f}s ({row['after_first_per_s']:.0f} PVC/s after the first)")
-        print(f"  CPU per PV: appliance {row['cpu_appliance_ms_per_pv']:.1f} ms "
-              f"({row['cpu_appliance_fraction_of_core'] * 100:.0f} % of a core), "
-              f"Ganesha+bus {row['cpu_ganesha_ms_per_pv']:.1f} ms")
-        print("  CPU ms per PV by appliance thread (start-up included): " + ", ".join(
-            f"{k} {v:.2f}" for k, v in (row.get("cpu_ms_per_pv_by_thread") or {}).items()))
-        print("  profile (wall seconds summed over worker threads; step_timer):")
-        prof = row["profile"]
-        for k in PROFILE_STEPS:
-            if k in prof:
-                p = prof[k]
-                print(f"    {k:46s} {p['seconds']:7.2f} s  {p['calls']:6.0f} calls  {p['ms_per_call']:6.2f} ms/call")
+        show_cpu_and_profile(row, PROFILE_STEPS, threads_note=" (start-up included)", profile_note="")

@@ -165,6 +165,33 @@ def null_run(b: Bench, n: int, *, finalizer: bool = True) -> dict[str, Any]:
     return res
 
 
+def average_profile(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The step timer's totals of each run (``run["steps"]``), averaged per run, with ms per call."""
+    steps: dict[str, dict[str, float]] = {}
+    for x in runs:
+        for k, v in x["steps"].items():
+            s = steps.setdefault(k, {"seconds": 0.0, "calls": 0.0})
+            s["seconds"] += v["seconds"] / len(runs)
+            s["calls"] += v["calls"] / len(runs)
+    return {k: {"seconds": v["seconds"], "calls": v["calls"], "ms_per_call": v["seconds"] * 1000 / v["calls"]}
+            for k, v in sorted(steps.items())}
+
+
+def show_cpu_and_profile(row: dict[str, Any], steps: list[str], *, threads_note: str, profile_note: str) -> None:
+    """The CPU lines and the step profile of a delete or backlog row."""
+    print(f"  CPU per PV: appliance {row['cpu_appliance_ms_per_pv']:.1f} ms "
+          f"({row['cpu_appliance_fraction_of_core'] * 100:.0f} % of a core), "
+          f"Ganesha+bus {row['cpu_ganesha_ms_per_pv']:.1f} ms")
+    print(f"  CPU ms per PV by appliance thread{threads_note}: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in (row.get("cpu_ms_per_pv_by_thread") or {}).items()))
+    print(f"  profile (wall seconds summed over worker threads{profile_note}; step_timer):")
+    prof = row["profile"]
+    for k in steps:
+        if k in prof:
+            p = prof[k]
+            print(f"    {k:46s} {p['seconds']:7.2f} s  {p['calls']:6.0f} calls  {p['ms_per_call']:6.2f} ms/call")
+
+
 def delete_section(b: Bench) -> dict[str, Any]:
     times = b.work / "step-times-delete.json"
     b.replace_appliance(b.new_appliance(step_times=times))
@@ -192,14 +219,7 @@ def delete_section(b: Bench) -> dict[str, Any]:
         row["cpu_ms_per_pv_by_thread"] = runs[len(runs) // 2]["cpu_ms_per_pv_by_thread"]
         row["per_s_runs"] = [x["per_s"] for x in runs]
         row["created_per_s_runs"] = [x["created_per_s"] for x in runs]
-        steps: dict[str, dict[str, float]] = {}
-        for x in runs:
-            for k, v in x["steps"].items():
-                s = steps.setdefault(k, {"seconds": 0.0, "calls": 0.0})
-                s["seconds"] += v["seconds"] / len(runs)
-                s["calls"] += v["calls"] / len(runs)
-        row["profile"] = {k: {"seconds": v["seconds"], "calls": v["calls"],
-                              "ms_per_call": v["seconds"] * 1000 / v["calls"]} for k, v in sorted(steps.items())}
+        row["profile"] = average_profile(runs)
         row["null_per_s"] = statistics.median(rates)
         row["null_per_s_runs"] = rates
         row["null_no_finalizer_per_s"] = statistics.median(bare)
@@ -235,14 +255,4 @@ def show_delete(r: dict[str, Any]) -> None:
               f"{row['null_released_to_gone_p50_s'] * 1000:.0f} ms, p99 "
               f"{row['null_released_to_gone_p99_s'] * 1000:.0f} ms (appliance p99 "
               f"{row['released_to_gone_p99_s'] * 1000:.0f} ms)")
-        print(f"  CPU per PV: appliance {row['cpu_appliance_ms_per_pv']:.1f} ms "
-              f"({row['cpu_appliance_fraction_of_core'] * 100:.0f} % of a core), "
-              f"Ganesha+bus {row['cpu_ganesha_ms_per_pv']:.1f} ms")
-        print("  CPU ms per PV by appliance thread: " + ", ".join(
-            f"{k} {v:.2f}" for k, v in (row.get("cpu_ms_per_pv_by_thread") or {}).items()))
-        print("  profile (wall seconds summed over worker threads, per burst; step_timer):")
-        prof = row["profile"]
-        for k in PROFILE_STEPS:
-            if k in prof:
-                p = prof[k]
-                print(f"    {k:46s} {p['seconds']:7.2f} s  {p['calls']:6.0f} calls  {p['ms_per_call']:6.2f} ms/call")
+        show_cpu_and_profile(row, PROFILE_STEPS, threads_note="", profile_note=", per burst")
