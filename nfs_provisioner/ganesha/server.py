@@ -172,8 +172,9 @@ class GaneshaServer:
     def probe(self, *, timeout: float, managed: bool = True) -> tuple[bool, str]:
         """Health within ``timeout`` seconds per D-Bus call: (ok, why not). ``managed=False``: a Ganesha run
         elsewhere (no process of ours to look at), reached on its bus."""
-        if managed and not self.supervised_state()[0]:
-            ok, why = self.supervised_state()
+        state = self.supervised_state() if managed else (True, "ok")
+        if not state[0]:
+            ok, why = state
         else:
             try:
                 if not self.dbus.on_bus(timeout=timeout):
