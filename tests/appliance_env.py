@@ -110,7 +110,12 @@ class Appliance:
         raise AssertionError(f"appliance not ready within {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
+        """The log's last 6000 characters, for failure messages; search :meth:`text`."""
         return self.log_file.read_text(errors="replace")[-6000:]
+
+    def text(self) -> str:
+        """The whole log of the current run (a line searched for in :meth:`log` can scroll out of it)."""
+        return self.log_file.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc is None or self.proc.poll() is not None:

@@ -118,7 +118,7 @@ def test_quota_on_a_filesystem_without_project_quotas_is_a_clear_error(appliance
     appliance.start(wait_ready=False)
     assert appliance.proc is not None
     assert appliance.proc.wait(30) == 1
-    last = appliance.log().strip().splitlines()[-1]
+    last = appliance.text().strip().splitlines()[-1]
     assert last.startswith("nfs-provisioner: error: ") and "XFS" in last, last
 
 
@@ -181,7 +181,7 @@ def test_sigterm_while_starting_leaves_no_process_behind(appliance: Appliance, w
         time.sleep(0.005)
     appliance.proc.send_signal(signal.SIGTERM)
     assert appliance.proc.wait(60) in (0, 128 + signal.SIGTERM)
-    assert "started dbus-daemon" in appliance.log()
+    assert "started dbus-daemon" in appliance.text()
     assert appliance.leftovers() == [], appliance.log()
 
 

@@ -205,14 +205,14 @@ def test_leader_election_one_provisions_and_the_other_takes_over(
         for a in pair:
             a.log_dir.mkdir()
             a.start()
-        wait.until(lambda: any("became leader" in a.log() for a in pair), timeout=30, what="a leader")
-        leader = next(a for a in pair if "became leader" in a.log())
+        wait.until(lambda: any("became leader" in a.text() for a in pair), timeout=30, what="a leader")
+        leader = next(a for a in pair if "became leader" in a.text())
         standby = next(a for a in pair if a is not leader)
         claims(core, namespace, cls, 100)
         wait.until(lambda: volumes_made(leader) >= 10, timeout=60, what="the burst under way")
         leader.kill()
         assert volumes_made(leader) < 100, "the burst finished before the kill; nothing was tested"
-        wait.until(lambda: "became leader" in standby.log(), timeout=30, what="the standby took over")
+        wait.until(lambda: "became leader" in standby.text(), timeout=30, what="the standby took over")
         wait.until(lambda: len(bound(core, namespace)) == 100, timeout=180, what="all 100 Bound")
         pvs = [p for p in core.list_persistent_volume().items if p.spec.storage_class_name == cls]
         assert len(pvs) == 100 and len({p.spec.claim_ref.uid for p in pvs}) == 100
@@ -226,7 +226,7 @@ def test_leader_election_one_provisions_and_the_other_takes_over(
         # (and leads) again it removes its unused volumes and drops the records.
         assert standby.stop() == 0  # releases the Lease
         leader.start()
-        wait.until(lambda: "became leader" in leader.log(), timeout=30, what="the old leader leads again")
+        wait.until(lambda: "became leader" in leader.text(), timeout=30, what="the old leader leads again")
         wait.until(lambda: not dirs(leader) & dirs(standby) and dirs(leader) | dirs(standby) == names,
                    timeout=60, what="one directory per PV, on the appliance named on it")
         wait.until(lambda: not [c for c in core.list_namespaced_persistent_volume_claim(namespace).items

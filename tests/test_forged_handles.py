@@ -348,7 +348,7 @@ def test_with_a_filesystem_per_volume_relabelled_handles_are_stale(tmp_path: Pat
 
 def test_an_export_root_that_is_a_mere_directory_is_named_in_a_start_up_warning(appliance: Appliance) -> None:
     appliance.start()
-    lines = [line for line in appliance.log().splitlines() if "forges NFS file handles" in line]
+    lines = [line for line in appliance.text().splitlines() if "forges NFS file handles" in line]
     assert len(lines) == 1, appliance.log()
     assert "WARNING" in lines[0] and f"export root {appliance.export_root.resolve()} is not a filesystem of its own" \
         in lines[0]

@@ -62,7 +62,7 @@ def test_claims_on_a_full_or_read_only_root_say_why(small_root: Path, appliance:
 
         text = wait.until(failed_event, timeout=30, what=f"ProvisioningFailed event with {message!r}")
         assert len(text.splitlines()) == 1 and str(small_root) in text, text
-        lines = [line for line in appliance.log().splitlines() if message in line and "waiting" in line]
+        lines = [line for line in appliance.text().splitlines() if message in line and "waiting" in line]
         assert lines and "WARNING" in lines[0], appliance.log()
         assert core.read_namespaced_persistent_volume_claim("waiting", namespace).status.phase == "Pending"
     finally:
@@ -82,7 +82,7 @@ def test_helpers_die_with_the_appliance_and_other_signals_are_harmless(appliance
     assert len(helpers) >= 2, appliance.log()  # dbus-daemon and ganesha.nfsd at least
     for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         os.kill(appliance.proc.pid, sig)
-        wait.until(lambda sig=sig: f"received {sig.name}: ignored" in appliance.log(), timeout=5,
+        wait.until(lambda sig=sig: f"received {sig.name}: ignored" in appliance.text(), timeout=5,
                    what=f"{sig.name} logged")
     assert appliance.proc.poll() is None and appliance.get("/healthz")[0] == 200
     assert appliance.leftovers() == helpers

@@ -23,7 +23,7 @@ def fails_with_one_line(a: Appliance, expected: str) -> str:
     a.start(wait_ready=False)
     assert a.proc is not None
     assert a.proc.wait(60) == 1, a.log()
-    text = a.log()
+    text = a.text()
     assert "Traceback" not in text, text
     last = text.strip().splitlines()[-1]
     assert last.startswith("nfs-provisioner: error: ") and expected in last, text
@@ -74,9 +74,9 @@ def test_a_journal_record_without_a_uid_is_reported_once_and_left(appliance: App
     record.write_text(json.dumps({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                                   "metadata": {"name": "c", "namespace": "ns"}}))
     appliance.start()
-    wait.until(lambda: "is unusable" in appliance.log(), timeout=10, what="the record reported")
+    wait.until(lambda: "is unusable" in appliance.text(), timeout=10, what="the record reported")
     time.sleep(3)  # retries (with backoff) would have come by now
-    text = appliance.log()
+    text = appliance.text()
     assert "Traceback" not in text, text
     lines = [line for line in text.splitlines() if str(record) in line]
     assert len(lines) == 1 and "metadata.uid is None" in lines[0], lines
@@ -89,7 +89,7 @@ def test_a_malformed_master_is_a_configuration_error(appliance: Appliance, maste
     appliance.start(wait_ready=False)
     assert appliance.proc is not None
     assert appliance.proc.wait(30) == 2, appliance.log()
-    lines = appliance.log().strip().splitlines()
+    lines = appliance.text().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("nfs-provisioner: error: --master ") and repr(master) in lines[0]
 
 
@@ -99,14 +99,14 @@ def test_an_unreachable_api_server_is_said_every_few_seconds_and_not_ready(appli
     assert appliance.proc is not None
 
     def said() -> list[str]:
-        return [line for line in appliance.log().splitlines()
+        return [line for line in appliance.text().splitlines()
                 if "WARNING" in line and "cannot reach the API server https://127.0.0.1:1" in line]
     wait.until(lambda: len(said()) >= 3, timeout=15, what="three warnings")
     assert appliance.proc.poll() is None, appliance.log()
     code, body = appliance.get("/readyz")
     assert code == 503 and "cannot reach the API server https://127.0.0.1:1" in body, body
     assert appliance.get("/healthz")[0] == 200  # alive: a pod is not restarted for a server it cannot reach
-    assert "Traceback" not in appliance.log()
+    assert "Traceback" not in appliance.text()
     assert appliance.stop() in (0, 143)
 
 

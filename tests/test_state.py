@@ -56,7 +56,7 @@ def events_for(core: client.CoreV1Api, obj: str) -> list[client.CoreV1Event]:
 def exited_with_one_line(a: Appliance) -> str:
     assert a.proc is not None
     assert a.proc.wait(30) == 1, a.log()
-    last = a.log().strip().splitlines()[-1]
+    last = a.text().strip().splitlines()[-1]
     assert last.startswith("nfs-provisioner: error: "), a.log()
     return last
 
@@ -111,7 +111,7 @@ def test_hand_made_pvs_never_delete_directories_that_are_not_their_volumes(
         assert appliance.stop() == 0
         appliance.start()
         assert "volume victimdir: no record of this appliance and not adopted (no export of it exists)" \
-            in appliance.log()
+            in appliance.text()
 
         # A real volume is still deleted, directory and all.
         core.delete_namespaced_persistent_volume_claim("normal", namespace)
@@ -138,7 +138,7 @@ def test_volumes_made_before_records_are_adopted_and_still_deleted(
     record.unlink()  # what an export root of an older version looks like
 
     appliance.start()
-    assert f"volume {pv.metadata.name}: adopted (made before volume records)" in appliance.log()
+    assert f"volume {pv.metadata.name}: adopted (made before volume records)" in appliance.text()
     adopted = json.loads(record.read_text())
     assert adopted["claim_uid"] == pv.spec.claim_ref.uid and adopted["adopted"] is True
     core.delete_namespaced_persistent_volume_claim("old", namespace)
@@ -169,7 +169,7 @@ def test_a_tampered_export_file_is_served_as_its_header_says(
     appliance.start()
     assert nfs.cat(path / "passwd").returncode != 0  # /etc is not served under the volume's name
     assert nfs.cat(path / "SUCCESS").stdout == b"mine"
-    assert f"export file {conf} differed from its own header (block Path \"/etc\"" in appliance.log()
+    assert f"export file {conf} differed from its own header (block Path \"/etc\"" in appliance.text()
     assert f'Path = "{path}";' in conf.read_text()
     core.delete_namespaced_persistent_volume_claim("nfs", namespace)
     storage.delete_storage_class(cls)
@@ -233,7 +233,7 @@ def test_a_lost_ganesha_directory_is_rebuilt_with_the_same_export_ids(
     shutil.rmtree(appliance.export_root / ".ganesha")
 
     appliance.start()
-    log = appliance.log()
+    log = appliance.text()
     for pv in pvs:
         assert f"volume {pv.metadata.name}: its export was missing; rebuilt from its record and PV " \
                f"(id {pv.metadata.annotations['Export_Id']})" in log, log
@@ -272,7 +272,7 @@ def test_a_changed_export_root_is_reported_at_start(
     moved.log_dir.mkdir()
     try:
         moved.start()
-        line = next((x for x in moved.log().splitlines() if "lie under another export root" in x), "")
+        line = next((x for x in moved.text().splitlines() if "lie under another export root" in x), "")
         assert f"1 PV(s) of provisioner {appliance.provisioner}" in line, moved.log()
         assert f"e.g. {pv.metadata.name} at {pv.spec.nfs.path}" in line
     finally:

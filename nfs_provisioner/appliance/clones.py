@@ -50,9 +50,7 @@ class KubeSources:
     api: kube.Client
 
     def claim(self, namespace: str, name: str) -> Object | None:
-        # A list by name: the appliance's RBAC grants claims list/watch/patch, not get (tests/test_rbac.py).
-        items = self.api.get(kube.claims_path(namespace), fieldSelector=f"metadata.name={name}").get("items") or []
-        return dict(items[0]) if items else None
+        return kube.read_claim(self.api, namespace, name)
 
     def volume(self, name: str) -> Object | None:
         try:

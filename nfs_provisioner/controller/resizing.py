@@ -209,28 +209,6 @@ class Resizer:
         conditions = (claim.get("status") or {}).get("conditions") or []
         return [c for c in conditions if c.get("type") not in RESIZE_CONDITIONS]
 
-    CONFLICT_ATTEMPTS = 5
-
-    def _patch_status(self, claim: Object, status: Callable[[Object], Object]) -> Object:
-        """Merge-patch the claim's status, built by ``status(claim)`` and guarded by its resourceVersion; on a
-        conflict (the claim changed meanwhile) again from the claim as it is now. Updates ``claim`` in place."""
-        m = claim["metadata"]
-        path = kube.claims_path(m["namespace"], m["name"])
-        for attempt in range(1, self.CONFLICT_ATTEMPTS + 1):
-            try:
-                updated = self.api.patch(path + "/status", {"metadata": {"resourceVersion": m.get("resourceVersion")},
-                                                            "status": status(claim)}, patch_type=kube.MERGE_PATCH)
-                break
-            except errors.Conflict:
-                if attempt == self.CONFLICT_ATTEMPTS:
-                    raise
-                fresh = self.api.get(path)
-                m["resourceVersion"] = fresh["metadata"]["resourceVersion"]
-                claim["status"] = fresh.get("status") or {}
-        m["resourceVersion"] = updated["metadata"]["resourceVersion"]
-        claim["status"] = updated.get("status") or {}
-        return updated
-
     def _status(self, claim: Object, requested: str, state: str, *, resizing: bool) -> None:
         def status(c: Object) -> Object:
             conditions = self._conditions(c)
@@ -239,8 +217,36 @@ class Resizer:
                 conditions.append({"type": "Resizing", "status": "True", "lastTransitionTime": now})
             return {"allocatedResources": {"storage": requested}, "allocatedResourceStatuses": {"storage": state},
                     "conditions": conditions}
-        self._patch_status(claim, status)
+        patch_claim_status(self.api, claim, status)
 
     def _finish(self, claim: Object, requested: str) -> None:
-        self._patch_status(claim, lambda c: {"capacity": {"storage": requested}, "conditions": self._conditions(c),
-                                             "allocatedResourceStatuses": None})
+        patch_claim_status(self.api, claim, lambda c: {"capacity": {"storage": requested},
+                                                       "conditions": self._conditions(c),
+                                                       "allocatedResourceStatuses": None})
+
+
+CONFLICT_ATTEMPTS = 5
+
+
+def patch_claim_status(api: kube.Client, claim: Object, status: Callable[[Object], Object]) -> Object:
+    """Merge-patch the claim's status, built by ``status(claim)`` and guarded by its resourceVersion; on a
+    conflict (the claim changed meanwhile: the controller-manager writes it too) again from the claim as it is
+    now, read with the verbs rbac.yaml grants (list, not get). Updates ``claim`` in place."""
+    m = claim["metadata"]
+    path = kube.claims_path(m["namespace"], m["name"])
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            updated: Object = api.patch(path + "/status", {"metadata": {"resourceVersion": m.get("resourceVersion")},
+                                                           "status": status(claim)}, patch_type=kube.MERGE_PATCH)
+            break
+        except errors.Conflict:
+            if attempt == CONFLICT_ATTEMPTS:
+                raise
+            fresh = kube.read_claim(api, m["namespace"], m["name"])
+            if fresh is None:
+                raise errors.NotFound(404, "NotFound", f"claim {m['namespace']}/{m['name']} is gone") from None
+            m["resourceVersion"] = fresh["metadata"]["resourceVersion"]
+            claim["status"] = fresh.get("status") or {}
+    m["resourceVersion"] = updated["metadata"]["resourceVersion"]
+    claim["status"] = updated.get("status") or {}
+    return updated
