@@ -158,10 +158,14 @@ def test_every_refusal_says_why_and_leaves_nothing_behind(appliance: Appliance, 
         make_claim(kapi, namespace, "live", cls, size="2Mi")
         make_claim(kapi, namespace, "elsewhere", other)
         make_claim(kapi, namespace, "pending", cls, selector={"matchLabels": {"never": "matches"}})
-        # A volume this appliance did not make, bound to a claim of the class.
+        # A volume this appliance did not make, bound to a claim of the class. Both hand-made PVs are pre-bound
+        # (claimRef) as well as named by their claims: an Available PV of the class would otherwise match the
+        # controller-manager's search for claim "dying" (1Mi, same class) first, and "foreign" would never bind
+        # (CI: claim foreign not Bound in 60 s).
         kapi.create(kube.volumes_path(), {
             "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": hand_pv},
             "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteMany"], "storageClassName": cls,
+                     "claimRef": {"namespace": namespace, "name": "foreign"},
                      "persistentVolumeReclaimPolicy": "Retain", "nfs": {"server": "127.0.0.1", "path": "/x"}}})
         make_claim(kapi, namespace, "foreign", cls, volumeName=hand_pv)
         # One that names another instance of the same provisioner (a PV of another identity).
@@ -171,6 +175,7 @@ def test_every_refusal_says_why_and_leaves_nothing_behind(appliance: Appliance, 
                 "Provisioner_Id": "00000000-0000-4000-8000-000000000000",
                 "pv.kubernetes.io/provisioned-by": appliance.provisioner}},
             "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteMany"], "storageClassName": cls,
+                     "claimRef": {"namespace": namespace, "name": "twin"},
                      "persistentVolumeReclaimPolicy": "Retain", "nfs": {"server": "127.0.0.1", "path": "/y"}}})
         make_claim(kapi, namespace, "twin", cls, volumeName=other_pv)
         make_claim(kapi, namespace, "dying", cls)
