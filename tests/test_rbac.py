@@ -98,8 +98,7 @@ class Setup:
         """Until the API server's authorizer answers as ``docs`` say for every permission of the full rbac.yaml.
 
         It learns of new and deleted roles and bindings through its own informers, a moment later: a request
-        sent at once can be refused by a rule just applied (CI: one 403 in the "sufficient" run) or allowed by
-        one just removed."""
+        sent at once can be refused by a rule just applied or allowed by one just removed."""
         granted = permissions(docs)
         auth = client.AuthorizationV1Api(self.core.api_client)
         user = f"system:serviceaccount:{self.ns}:nfs-provisioner"
