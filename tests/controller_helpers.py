@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from nfs_provisioner.controller import (
@@ -243,3 +244,16 @@ def purge(api: kube.Client, provisioner: str) -> None:
         if cls.get("provisioner") == provisioner:
             with contextlib.suppress(errors.NotFound):
                 api.delete(kube.classes_path(cls["metadata"]["name"]))
+
+
+def provisioner_fixture(prefix: str) -> Any:
+    """A ``name`` fixture for a test module: this test's provisioner name, ``example.com/<prefix>-<unique>``;
+    what it leaves behind in the shared cluster is purged afterwards. Use: ``name = provisioner_fixture("t")``."""
+
+    @pytest.fixture
+    def name(kapi: kube.Client, unique: str) -> Iterator[str]:
+        provisioner = f"example.com/{prefix}-{unique}"
+        yield provisioner
+        purge(kapi, provisioner)
+
+    return name

@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
@@ -38,6 +37,7 @@ from tests.controller_helpers import (
     get_volume,
     make_claim,
     make_class,
+    provisioner_fixture,
     purge,
     pv_name,
     reasons,
@@ -49,12 +49,7 @@ from tests.controller_helpers import (
 pytestmark = pytest.mark.kube
 
 
-@pytest.fixture
-def name(kapi: kube.Client, unique: str) -> Iterator[str]:
-    """This test's provisioner name; what it leaves behind in the shared cluster is purged afterwards."""
-    provisioner = f"example.com/t-{unique}"
-    yield provisioner
-    purge(kapi, provisioner)
+name = provisioner_fixture("t")
 
 
 def test_guide_flow_end_to_end_with_the_hostpath_example(

@@ -41,7 +41,7 @@ from tests.controller_helpers import (
     get_volume,
     make_claim,
     make_class,
-    purge,
+    provisioner_fixture,
     pv_name,
     settings,
     wait_bound,
@@ -51,12 +51,7 @@ from tests.controller_helpers import (
 pytestmark = pytest.mark.kube
 
 
-@pytest.fixture
-def name(kapi: kube.Client, unique: str) -> Iterator[str]:
-    """This test's provisioner name; what it leaves behind in the shared cluster is purged afterwards."""
-    provisioner = f"example.com/crash-{unique}"
-    yield provisioner
-    purge(kapi, provisioner)
+name = provisioner_fixture("crash")
 
 
 class Proc:

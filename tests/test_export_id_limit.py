@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from tests.controller_helpers import (
     get_claim,
     make_claim,
     make_class,
-    purge,
+    provisioner_fixture,
     pv_name,
     settings,
     wait_bound,
@@ -45,11 +44,7 @@ pytestmark = [pytest.mark.kube, pytest.mark.ganesha]
 IDENTITY = "6f1c1c1e-0000-4000-8000-0000000000aa"
 
 
-@pytest.fixture
-def name(kapi: kube.Client, unique: str) -> Iterator[str]:
-    provisioner = f"example.com/ids-{unique}"
-    yield provisioner
-    purge(kapi, provisioner)
+name = provisioner_fixture("ids")
 
 
 def test_no_free_export_id_is_a_clear_event_with_backoff_and_leaves_nothing(
