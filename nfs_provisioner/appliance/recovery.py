@@ -73,8 +73,8 @@ class Recovery:
         began = time.monotonic()
         mine = 0
         for pv in self.volumes() if self.volumes is not None else self._volumes():
+            self._warn_elsewhere(pv, report)
             if not (self._provisioned_here(pv) and _ann(pv).get(prov.ANN_IDENTITY) == self.identity):
-                self._warn_elsewhere(pv, report)
                 continue
             mine += 1
             name = str(pv["metadata"]["name"])
@@ -85,7 +85,6 @@ class Recovery:
                 log.error("volume %s: cannot check its state: %s", name, e)
                 if _phase(pv) == "Bound":  # a claim uses it; a stray (e.g. hand-made, Released) PV must not
                     report.problems.append(f"{name}: {e}")
-            self._warn_elsewhere(pv, report)
         if report.elsewhere:
             log.warning("%d PV(s) of provisioner %s on server %s lie under another export root than %s (e.g. %s): "
                         "this appliance does not serve or delete them; start it with their --export-root to serve "
