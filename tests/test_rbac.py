@@ -19,6 +19,9 @@ import pytest
 import yaml
 from kubernetes import client
 
+from nfs_provisioner.controller import resizing
+from nfs_provisioner.kube import client as kube
+from nfs_provisioner.kube.credentials import Credentials
 from tests import kubecluster, wait
 from tests.appliance_env import Appliance, InCluster
 
@@ -257,10 +260,6 @@ def test_rbac_is_sufficient_and_every_rule_is_needed(setup: Setup) -> None:
 def test_a_status_conflict_is_retried_with_the_verbs_rbac_grants(setup: Setup) -> None:
     """The resizer's status patch meets a 409 when the controller-manager wrote the claim meanwhile; it reads the
     claim again with a list by name (rbac.yaml grants claims list, not get: CI once logged a 403 there)."""
-    from nfs_provisioner.controller import resizing
-    from nfs_provisioner.kube import client as kube
-    from nfs_provisioner.kube.credentials import Credentials
-
     setup.apply_rbac()
     setup.claim("stale")
     token = setup.cluster.kubectl("create", "token", "nfs-provisioner", "-n", setup.ns).stdout.strip()
