@@ -26,8 +26,9 @@ import resource
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
@@ -37,7 +38,10 @@ from nfs_provisioner.ganesha import errors
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+_libc = ctypes.CDLL(None, use_errno=True)
+_prctl = _libc.prctl
 
 
 class PidFile:
@@ -169,6 +173,36 @@ class Launcher:
 
     def run(self, argv: Sequence[str], *, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.argv(argv), capture_output=True, text=True, timeout=timeout, check=False)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` with the sockets it opens in ``netns``. A network namespace belongs to a thread, so a
+        short-lived thread enters it and the caller's stays where it is (the mount namespace is not entered:
+        a thread that shares its process's filesystem view cannot)."""
+        netns = self.netns
+        if netns is None:
+            return fn()
+        result: list[T] = []
+        failure: list[BaseException] = []
+
+        def enter_and_call() -> None:
+            try:
+                fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    if _libc.setns(fd, CLONE_NEWNET) != 0:  # os.setns is Python 3.12's
+                        err = ctypes.get_errno()
+                        raise OSError(err, f"setns({netns}): {os.strerror(err)}")
+                finally:
+                    os.close(fd)
+                result.append(fn())
+            except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread below
+                failure.append(e)
+
+        t = threading.Thread(target=enter_and_call, name="netns-call", daemon=True)
+        t.start()
+        t.join()
+        if failure:
+            raise failure[0]
+        return result[0]
 
 
 def stop(proc: subprocess.Popen[bytes] | None, *, what: str, timeout: float) -> int | None:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nfs_provisioner import fileio
-from nfs_provisioner.ganesha import binary, config, errors, processes
+from nfs_provisioner.ganesha import binary, config, errors, portmap, processes
 from nfs_provisioner.ganesha.dbus import GaneshaDBus
 from nfs_provisioner.ganesha.exports import ExportManager
 from nfs_provisioner.ganesha.metrics import GaneshaMetrics
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 READY_MARK = "NFS SERVER INITIALIZED"
 STATD_ATTEMPTS = 5
+STATD_REGISTER_TIMEOUT = 15.0  # seconds a started rpc.statd has to register with rpcbind (it takes < 1 s)
+STATD_PROGRAM = 100024
 BIND_WINDOW = 75.0
 NODE_DIR = re.compile(r"node\d+")
 HELPER_NOFILE = 4096  # rpcbind/statd allocate per-fd tables: a huge limit makes them eat memory
@@ -285,20 +287,32 @@ class GaneshaServer:
         except errors.GaneshaError:
             return False
 
+    def _registrations(self) -> set[tuple[int, int, str, int]]:
+        """What rpcbind on 127.0.0.1 has registered (portmap.PortmapError if it does not answer)."""
+        return self.launcher.call(lambda: portmap.dump("127.0.0.1", timeout=2.0))
+
+    def _rpcbind_answers(self) -> bool:
+        try:
+            self._registrations()
+            return True
+        except portmap.PortmapError:
+            return False
+
     def _statd_registered(self) -> bool:
         try:
-            return " 100024 " in self.launcher.run(["rpcinfo", "-p", "127.0.0.1"], timeout=3.0).stdout
-        except subprocess.TimeoutExpired:
+            return any(prog == STATD_PROGRAM for prog, *_ in self._registrations())
+        except portmap.PortmapError as e:
+            log.debug("rpcbind: %s", e)
             return False
 
     def _start_rpc_helpers(self) -> None:
-        if self.launcher.run(["rpcinfo", "-p", "127.0.0.1"]).returncode != 0:
+        if not self._rpcbind_answers():
             self._rpcbind_proc = self.launcher.spawn(
                 ["rpcbind", "-f", "-w"], log_file=self.run_dir / "rpcbind.log", nofile=HELPER_NOFILE
             )
             self._wait(
                 "rpcbind",
-                lambda: self.launcher.run(["rpcinfo", "-p", "127.0.0.1"]).returncode == 0,
+                self._rpcbind_answers,
                 proc=self._rpcbind_proc,
                 timeout=10.0,
                 log_path=self.run_dir / "rpcbind.log",
@@ -314,21 +328,24 @@ class GaneshaServer:
         # ("Cannot bind RQUOTA udp6 socket ... Address already in use"): start it again until it is not.
         ganesha_ports = {p.nfs, p.mountd, p.nlm, p.rquota}
         for attempt in range(1, STATD_ATTEMPTS + 1):
+            # -d: statd's messages go to its log file (without it they go to syslog, which a container lacks).
             proc = self.launcher.spawn(
-                ["rpc.statd", "-F", "--no-notify", "-p", str(p.statd), "-o", str(p.statd_outgoing),
+                ["rpc.statd", "-F", "-d", "--no-notify", "-p", str(p.statd), "-o", str(p.statd_outgoing),
                  "-P", str(statd_dir)],
                 log_file=self.run_dir / "statd.log",
                 nofile=HELPER_NOFILE,
             )
             self._statd_proc = proc
             # Registered with rpcbind means past statd_get_socket(): every socket it will hold is bound.
-            self._wait(
-                "rpc.statd",
-                self._statd_registered,
-                proc=proc,
-                timeout=30.0,
-                log_path=self.run_dir / "statd.log",
-            )
+            try:
+                self._wait("rpc.statd", self._statd_registered, proc=proc, timeout=STATD_REGISTER_TIMEOUT,
+                           log_path=self.run_dir / "statd.log")
+            except errors.ServerError as e:
+                if proc.poll() is not None or attempt == STATD_ATTEMPTS:
+                    raise
+                log.warning("%s; starting it again (%d/%d)", e, attempt, STATD_ATTEMPTS)
+                processes.stop(proc, what="rpc.statd", timeout=self.settings.stop_timeout)
+                continue
             clash = processes.bound_ports(proc.pid) & ganesha_ports
             if not clash:
                 return
