@@ -210,8 +210,9 @@ def test_with_nfsv3_a_start_with_nothing_to_reclaim_has_no_grace_period(
 def test_ganesha_is_started_again_while_one_of_its_ports_is_busy_for_a_moment(
     h: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A reserved port Ganesha needs can be held for a moment by a helper's outgoing RPC (seen in CI: 'Cannot
-    bind RQUOTA tcp6 socket ... Address already in use'). Here a process holds rquota's 875 for 2 s."""
+    """A reserved port Ganesha needs can be held by another process's outgoing RPC, or sit in TIME_WAIT after one
+    (seen in CI: 'Cannot bind RQUOTA tcp6 socket ... Address already in use'; the start-up waits' own rpcinfo
+    polls did that until they asked rpcbind over UDP). Here a process holds rquota's 875 for 2 s."""
     ns = h.make_netns(addresses=(f"{ALLOWED}/24",))
     caplog.set_level("INFO", logger="nfs_provisioner.ganesha.server")
     hold = ("import socket, sys, time; s = socket.socket(socket.AF_INET6); s.bind(('::', 875)); s.listen(); "
