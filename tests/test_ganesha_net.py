@@ -14,6 +14,7 @@ import pytest
 
 from nfs_provisioner.ganesha import portmap
 from nfs_provisioner.ganesha.exports import ExportRequest
+from nfs_provisioner.ganesha.server import GaneshaServer
 from nfs_provisioner.ganesha.settings import Ports
 from tests import ganesha_env
 from tests.ganesha_env import Client, Harness
@@ -105,6 +106,13 @@ def test_grace_period_and_recovery_directory_across_restarts(h: Harness) -> None
     assert nfs.put(b"no grace", vol / "c").returncode == 0
 
 
+def assert_serves_nfsv3(h: Harness, srv: GaneshaServer, netns: Path) -> None:
+    """A new export of ``srv`` is read back over NFSv3 from ALLOWED."""
+    vol = h.volume("v", content={"f": b"served\n"})
+    srv.exports.add(ExportRequest(name="v", path=vol, clients=("*",)))
+    assert Client(host=ALLOWED, version=3, netns=netns).cat(vol / "f").stdout == b"served\n"
+
+
 def test_statd_is_started_again_when_its_random_reserved_port_is_one_ganesha_needs(
     h: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -134,9 +142,7 @@ def test_statd_is_started_again_when_its_random_reserved_port_is_one_ganesha_nee
     assert first != second and not Path(f"/proc/{first}").exists(), "the first statd was not stopped"
     assert srv.helper_pids()["rpc.statd"] == second
     assert "rpc.statd took port 875, which Ganesha needs; starting it again (1/5)" in caplog.text
-    vol = h.volume("v", content={"f": b"served\n"})
-    srv.exports.add(ExportRequest(name="v", path=vol, clients=("*",)))
-    assert Client(host=ALLOWED, version=3, netns=ns.path).cat(vol / "f").stdout == b"served\n"
+    assert_serves_nfsv3(h, srv, ns.path)
 
 
 def test_statd_that_does_not_register_is_started_again(
@@ -165,9 +171,7 @@ def test_statd_that_does_not_register_is_started_again(
     assert not Path(f"/proc/{pids[0]}").exists(), "the first statd was not stopped"
     assert "rpc.statd not ready after 1.0s; log tail:" in caplog.text and "starting it again (1/5)" in caplog.text
     assert "Waiting for client connections" in caplog.text, "statd's own log is in the warning"
-    vol = h.volume("v", content={"f": b"served\n"})
-    srv.exports.add(ExportRequest(name="v", path=vol, clients=("*",)))
-    assert Client(host=ALLOWED, version=3, netns=ns.path).cat(vol / "f").stdout == b"served\n"
+    assert_serves_nfsv3(h, srv, ns.path)
 
 
 def test_with_nfsv3_a_start_with_nothing_to_reclaim_has_no_grace_period(
@@ -226,9 +230,7 @@ def test_ganesha_is_started_again_while_one_of_its_ports_is_busy_for_a_moment(
     finally:
         holder.wait(10)
     assert "ganesha.nfsd could not bind a port" in caplog.text and "(attempt 1)" in caplog.text
-    vol = h.volume("v", content={"f": b"served\n"})
-    srv.exports.add(ExportRequest(name="v", path=vol, clients=("*",)))
-    assert Client(host=ALLOWED, version=3, netns=ns.path).cat(vol / "f").stdout == b"served\n"
+    assert_serves_nfsv3(h, srv, ns.path)
 
 
 def test_start_up_waits_leave_no_reserved_port_in_time_wait(h: Harness) -> None:
