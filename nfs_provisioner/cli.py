@@ -239,13 +239,17 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except settings_mod.SettingsError as e:
         print(logs.error_line(str(e), json_lines=s is not None and s.log_json), file=sys.stderr)
         return 2
+    from nfs_provisioner.appliance import lifecycle
+
+    signals = lifecycle.Signals()  # before the heavy imports: a SIGTERM from now on ends in a clean exit 0
+    signals.install()
     from nfs_provisioner.appliance import app
 
     logs.configure(level=s.log_level, json_lines=s.log_json)
     for warning in warnings + settings_mod.warnings(s):
         log.warning("%s", warning)
     try:
-        return app.run(s, env)
+        return app.run(s, env, signals)
     except app.STARTUP_ERRORS as e:
         print(logs.error_line(str(e), json_lines=s.log_json), file=sys.stderr)
         return 1

@@ -7,7 +7,9 @@ ganesha.nfsd starts, the controller's lists and watches of claims and PVs start:
 nothing acts on them yet) -> the state check against the listed PVs
 (``appliance.recovery``: adopt, rebuild, warn) -> the controller's workers. Stop
 (SIGTERM/SIGINT) runs the other way round: the controller stops taking work and
-finishes what runs, then Ganesha is shut down.
+finishes what runs, then Ganesha is shut down. Signals have one owner (``appliance.lifecycle``): a stop signal
+during start-up ends it at the next step or wait (exit 0, everything started is stopped), later it stops the
+controller.
 """
 
 from __future__ import annotations
@@ -15,10 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import shutil
-import signal
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from nfs_provisioner import settings as settings_mod
-from nfs_provisioner.appliance import address, clones, exporters, health, nodes, recovery, state
+from nfs_provisioner.appliance import address, clones, exporters, health, lifecycle, nodes, recovery, state
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.appliance.kernel_exports import KernelExporter
 from nfs_provisioner.controller import controller as ctl
@@ -102,8 +101,10 @@ def controller_settings(s: settings_mod.Settings, *, identity: str) -> ctl_setti
     )
 
 
-def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
-    """Create and start everything except the controller's workers; undone on failure."""
+def build(s: settings_mod.Settings, environ: Mapping[str, str], signals: lifecycle.Signals | None = None) -> Parts:
+    """Create and start everything except the controller's workers; undone on failure (and on a stop request
+    through ``signals``, which ends it with ``lifecycle.Terminated`` at the next step or wait)."""
+    signals = signals or lifecycle.Signals()
     root = s.export_root
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -112,13 +113,14 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str]) -> Parts:
     # Before anything under the root is read or written: one appliance per root, no symlinked own state.
     lock = state.RootLock.acquire(root, environ=environ)
     try:
-        return _build(s, environ, lock)
+        return _build(s, environ, lock, signals)
     except BaseException:
         lock.release()
         raise
 
 
-def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.RootLock) -> Parts:
+def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.RootLock,
+           signals: lifecycle.Signals) -> Parts:
     root = s.export_root
     state.refuse_symlinks(root, names=(CONFIG_DIR, IN_FLIGHT_DIR, RECORDS_DIR, ARCHIVE_DIR, clones.CLONES_DIR,
                                        *sorted(RESERVED)),
@@ -157,10 +159,11 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
                                settings=kube.ClientSettings(qps=s.kube_api_qps, burst=s.kube_api_burst))
         if s.master:
             api = api.with_host(s.master)
-        wait_for_api(api, checks)
+        wait_for_api(api, checks, signals)
         # Who may mount is known before Ganesha serves anything: export files written with another list
         # (e.g. a wider --export-subnet before a restart) are rewritten first.
         node_clients, clients = who_may_mount(s, api)
+        signals.check()
         exporter: prov.Exporter
         if s.use_ganesha:
             gsettings = ServerSettings(
@@ -201,7 +204,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
         # one interpreter); nothing acts on them before the state check below and the workers.
         watching.extend(controller.informers)
         if ganesha is not None and s.run_server:
-            ganesha.start(loaded=controller.watch)
+            ganesha.start(loaded=controller.watch, cancel=signals.stopping)
         elif ganesha is not None:
             ganesha.exports.load()
             controller.watch()
@@ -212,11 +215,12 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
             exporter.set_clients(clients)
         if node_clients is not None:
             node_clients.follow(exporter.set_clients)
-        _check_terminating()  # a signal during Ganesha's start (spawning its processes) may have been lost
-        wait_listed(controller.volumes, checks)
+        signals.check()
+        wait_listed(controller.volumes, checks, signals)
         recovered = recovery.Recovery(api=api, names=frozenset({s.provisioner}), identity=ident,
                                       directories=directories, records=records, exporter=exporter,
                                       server=lambda: server, volumes=controller.volumes.items).run()
+        signals.check()
         if ganesha is not None:
             checked = ganesha
             ganesha_ok = health.BackgroundHealth(lambda: checked.probe(timeout=HEALTH_TIMEOUT, managed=s.run_server),
@@ -227,7 +231,6 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
         if http is not None:
             log.info("serving /metrics, /healthz, /readyz on %s", s.metrics_address)
     except BaseException:
-        _shield_cleanup()
         for informer in watching:
             informer.stop()
         for informer in watching:  # their last log lines before the one-line error
@@ -263,7 +266,7 @@ def _not_ready(why: str) -> tuple[bool, str]:
     return False, why
 
 
-def wait_for_api(api: kube.Client, checks: _Checks, *, retry: float = API_RETRY) -> None:
+def wait_for_api(api: kube.Client, checks: _Checks, signals: lifecycle.Signals, *, retry: float = API_RETRY) -> None:
     """Return once the API server answers (any HTTP answer: what it refuses, later steps report). Until then a
     WARNING line per attempt and /readyz 503 with the same reason; SIGTERM ends the wait."""
     while True:
@@ -276,14 +279,15 @@ def wait_for_api(api: kube.Client, checks: _Checks, *, retry: float = API_RETRY)
             return
         checks.ready = functools.partial(_not_ready, why)
         log.warning("%s", why)
-        time.sleep(retry)
+        signals.sleep(retry)
 
 
-def wait_listed(informer: Informer, checks: _Checks) -> None:
+def wait_listed(informer: Informer, checks: _Checks, signals: lifecycle.Signals) -> None:
     """Until ``informer`` has its first list (/readyz says so meanwhile). A refusal (401, 403) ends start-up like
     any API error at start; anything else the informer retries (logged)."""
     checks.ready = functools.partial(_not_ready, f"listing {informer.name}")
     while not informer.synced.wait(0.1):
+        signals.check()
         e = informer.last_error
         if isinstance(e, ApiError) and e.status in (401, 403):
             raise e
@@ -314,68 +318,47 @@ def _both(a: tuple[bool, str], b: tuple[bool, str]) -> tuple[bool, str]:
     return (a[0] and b[0], a[1] if not a[0] else b[1])
 
 
-_TERMINATING: list[int] = []
-"""Signals that asked the start-up to end. Python drops an exception raised in a handler that runs inside an
-"ignored" callback (e.g. logging's at-fork hook while a child is spawned): start-up looks here too."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    _TERMINATING.append(signum)
-    raise SystemExit(128 + signum)
-
-
-def _check_terminating() -> None:
-    """Raise the SystemExit of a SIGTERM/SIGINT whose handler's exception was lost."""
-    if _TERMINATING:
-        raise SystemExit(128 + _TERMINATING[0])
-
-
-HARMLESS_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
-"""Their default action would kill the process without stopping Ganesha; the appliance has nothing to reload."""
-
-
-def _harmless(signum: int, frame: object) -> None:
-    log.warning("received %s: ignored (the appliance has nothing to reload; SIGTERM stops it)",
-                signal.Signals(signum).name)
-
-
-def _shield_cleanup() -> None:
-    """Once stopping, a second SIGTERM/SIGINT must not abort the cleanup halfway (leaving a bus behind)."""
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
-
-
-def run(s: settings_mod.Settings, environ: Mapping[str, str]) -> int:
-    # Until the controller installs its graceful handler, SIGTERM/SIGINT unwind through build()'s
-    # cleanup (so a pod killed while starting leaves no Ganesha or bus behind).
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _terminate)
-    for sig in HARMLESS_SIGNALS:  # a handler, not SIG_IGN: children get the default back on exec
-        signal.signal(sig, _harmless)
-    parts: Parts | None = None
+def run(s: settings_mod.Settings, environ: Mapping[str, str], signals: lifecycle.Signals | None = None) -> int:
+    """The appliance until a stop signal (or a start-up error, raised). 0 after a stop, at any moment."""
+    if signals is None:
+        signals = lifecycle.Signals()
+        signals.install()
     try:
-        parts = build(s, environ)
-        _check_terminating()
+        parts = build(s, environ, signals)
+    except lifecycle.Terminated as e:
+        log.info("%s: stopped what had started", e)
+        return 0
+    except Exception as e:
+        if not signals.stopping.is_set():
+            raise
+        # A step cut short by the stop (e.g. Ganesha's start, cancelled) fails: the stop is what happened.
+        log.info("%s during start-up (the step it interrupted ended with: %s): stopped what had started",
+                 signals.name, e)
+        return 0
+    try:
         parts.resizer.start()
-        parts.controller.run()
+        signals.on_stop(parts.controller.stop)
+        parts.controller.run(handle_signals=False)
     finally:
-        _shield_cleanup()
-        if parts is not None:
-            steps: list[tuple[str, Callable[[], object]]] = [("resizer", parts.resizer.stop)]
-            if parts.nodes is not None:
-                steps.append(("Node watch", parts.nodes.stop))
-            if parts.http is not None:
-                steps.append(("metrics endpoint", parts.http.stop))
-            if parts.ganesha_health is not None:
-                steps.append(("Ganesha health check", parts.ganesha_health.stop))
-            if parts.ganesha is not None and s.run_server:
-                steps.append(("Ganesha", parts.ganesha.stop))
-            for what, step in steps:  # every step runs, whatever the one before did
-                try:
-                    step()
-                except Exception:
-                    log.exception("stopping the %s failed", what)
-            shutil.rmtree(parts.run_dir, ignore_errors=True)
-            parts.lock.release()
+        teardown(s, parts)
     return 0
+
+
+def teardown(s: settings_mod.Settings, parts: Parts) -> None:
+    """Stop what ``build`` started, the controller's workers excepted (``controller.run`` ends them)."""
+    steps: list[tuple[str, Callable[[], object]]] = [("resizer", parts.resizer.stop)]
+    if parts.nodes is not None:
+        steps.append(("Node watch", parts.nodes.stop))
+    if parts.http is not None:
+        steps.append(("metrics endpoint", parts.http.stop))
+    if parts.ganesha_health is not None:
+        steps.append(("Ganesha health check", parts.ganesha_health.stop))
+    if parts.ganesha is not None and s.run_server:
+        steps.append(("Ganesha", parts.ganesha.stop))
+    for what, step in steps:  # every step runs, whatever the one before did
+        try:
+            step()
+        except Exception:
+            log.exception("stopping the %s failed", what)
+    shutil.rmtree(parts.run_dir, ignore_errors=True)
+    parts.lock.release()

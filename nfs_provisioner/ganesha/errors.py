@@ -17,6 +17,7 @@
     │   ├── ExportNotFound      "Export id not found"
     │   └── DBusUnavailable     no connection, or Ganesha is not on the bus
     └── ServerError             a process could not be started / stopped in time
+        └── StartCancelled      the caller cancelled the start (a stop signal)
 
 Retryable versus permanent is a type (``DBusRetryable``), not a flag.
 """
@@ -82,3 +83,7 @@ class DBusUnavailable(DBusError):
 
 class ServerError(GaneshaError):
     """A managed process failed to start, become ready, or stop."""
+
+
+class StartCancelled(ServerError):
+    """``GaneshaServer.start`` was cancelled by its caller (a stop signal); what it started is stopped."""

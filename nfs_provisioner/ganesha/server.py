@@ -107,6 +107,8 @@ class GaneshaServer:
         self._ganesha: subprocess.Popen[bytes] | None = None
         self._ganesha_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._cancel = threading.Event()
+        """Set by the caller of ``start()`` to end the start at its next wait (``errors.StartCancelled``)."""
         self._supervisor: threading.Thread | None = None
         self._restarted = threading.Condition()
         if metrics is not None:
@@ -123,11 +125,14 @@ class GaneshaServer:
         procs = {"dbus-daemon": self._bus_proc, "rpcbind": self._rpcbind_proc, "rpc.statd": self._statd_proc}
         return {k: p.pid for k, p in procs.items() if p is not None and p.poll() is None}
 
-    def start(self, *, loaded: Callable[[], None] | None = None) -> None:
+    def start(self, *, loaded: Callable[[], None] | None = None, cancel: threading.Event | None = None) -> None:
         """Start everything and return once Ganesha serves; on failure stop what was started.
 
         ``loaded``: called once the export files are loaded, before ganesha.nfsd starts (which takes seconds
-        with thousands of exports: the caller may do other work meanwhile, in its own threads)."""
+        with thousands of exports: the caller may do other work meanwhile, in its own threads).
+        ``cancel``: once set, the start ends at its next wait with ``errors.StartCancelled`` (a stop signal)."""
+        if cancel is not None:
+            self._cancel = cancel
         try:
             self._find_ganesha()
             self._prepare_dirs()
@@ -340,6 +345,8 @@ class GaneshaServer:
             try:
                 self._wait("rpc.statd", self._statd_registered, proc=proc, timeout=STATD_REGISTER_TIMEOUT,
                            log_path=self.run_dir / "statd.log")
+            except errors.StartCancelled:
+                raise
             except errors.ServerError as e:
                 if proc.poll() is not None or attempt == STATD_ATTEMPTS:
                     raise
@@ -411,7 +418,8 @@ class GaneshaServer:
                     raise
                 log.warning("ganesha.nfsd could not bind a port (%s); starting it again in %.0fs (attempt %d)",
                             busy[0].split(":")[-1].strip(), delay, attempt)
-                time.sleep(delay)
+                if self._cancel.wait(delay):
+                    raise errors.StartCancelled("ganesha.nfsd: start cancelled") from e
                 delay = min(delay * 2, 10.0)
 
     def _start_ganesha(self) -> None:
@@ -472,6 +480,8 @@ class GaneshaServer:
         deadline = time.monotonic() + timeout
         delay = 0.005
         while True:
+            if self._cancel.is_set():
+                raise errors.StartCancelled(f"{what}: start cancelled")
             if proc is not None and proc.poll() is not None:
                 raise errors.ServerError(
                     f"{what} exited with code {proc.returncode} while starting; log tail:\n"
@@ -485,7 +495,7 @@ class GaneshaServer:
             if time.monotonic() >= deadline:
                 raise errors.ServerError(f"{what} not ready after {timeout}s"
                                          + (f"; log tail:\n{processes.tail(log_path)}" if log_path else ""))
-            time.sleep(delay)
+            self._cancel.wait(delay)
             delay = min(delay * 2, 0.1)
 
     # --- supervision -------------------------------------------------------------------------------------------
