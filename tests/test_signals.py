@@ -73,6 +73,7 @@ def _assert_clean_stop(appliance: Appliance, sig: int, *, then: int | None = Non
             appliance.proc.send_signal(then)
     code = appliance.proc.wait(GRACE + 10)
     took = time.monotonic() - sent
+    print(f"{signal.Signals(sig).name}: exit {code} after {took:.2f}s")
     assert code == 0, f"exit {code} after {signal.Signals(sig).name}:\n{appliance.log()}"
     assert took < GRACE, f"took {took:.1f}s to stop:\n{appliance.log()}"
     assert appliance.leftovers() == [], appliance.log()
