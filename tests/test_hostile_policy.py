@@ -223,6 +223,21 @@ def test_d1_an_unreadable_recorded_policy_never_deletes(volumes: Volumes, record
         assert got is not None and "not a deletion policy" in got.message and "kept" in got.message
 
 
+@pytest.mark.ganesha
+def test_d1_a_retried_provision_keeps_the_recorded_policy_or_records_one(volumes: Volumes) -> None:
+    """A retry (after a crash before the PV was saved) finds the first attempt's record: its policy stands and
+    the PV shows it; a record of an older version gets the class's."""
+    first = volumes.make("pvc-1", "archive")
+    again = volumes.make("pvc-1", "delete")  # the same claim, its class since made again with another onDelete
+    assert again["metadata"]["annotations"][ANN] == "archive" == first["metadata"]["annotations"][ANN]
+    volumes.make("pvc-2", "retain")
+    volumes.set_record("pvc-2", on_delete=...)  # as an older version's attempt left it
+    assert volumes.make("pvc-2", "retain")["metadata"]["annotations"][ANN] == "retain"
+    assert json.loads((volumes.root / RECORDS_DIR / "pvc-2.json").read_text())["on_delete"] == "retain"
+    assert volumes.p.delete(annotated(again, None)) is not None
+    assert volumes.where("pvc-1") == "archived"
+
+
 # ---------------------------------------------------------------- the appliance, control plane and Ganesha
 
 

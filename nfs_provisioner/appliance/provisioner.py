@@ -186,14 +186,17 @@ class NFSProvisioner(Provisioner):
                 if recorded is not None and recorded.claim_uid != claim_uid:
                     raise ProvisioningError(f"{path} is the volume of claim {recorded.claim_namespace}/"
                                             f"{recorded.claim_name} (uid {recorded.claim_uid}); not reusing it")
+                on_delete = p.on_delete
                 if recorded is None:
                     # Written before the directory exists and removed after it is gone: a directory that is
                     # a volume always has its record (the proof that delete may remove it), and the record
                     # keeps the class's onDelete (what delete does with the data, whatever the PV says later).
                     self.records.write(new_record(pv_name=name, claim=options.claim, identity=self.config.identity,
-                                                  path=path, root_squash=p.root_squash, on_delete=p.on_delete))
-                elif recorded.on_delete is None:  # an attempt of an older version, finished by this one
-                    self.records.write(replace(recorded, on_delete=p.on_delete))
+                                                  path=path, root_squash=p.root_squash, on_delete=on_delete))
+                elif (kept := params.on_delete_policy(recorded.on_delete)) is not None:
+                    on_delete = kept  # an earlier attempt's decision stands (and the PV shows it)
+                else:  # an attempt of an older version (no policy recorded), finished by this one
+                    self.records.write(replace(recorded, on_delete=on_delete))
                 if recorded is None or clones is not None:
                     undo.append(("remove volume record", lambda: self.records.remove(name)))
                 existed = path.exists()
@@ -224,7 +227,7 @@ class NFSProvisioner(Provisioner):
             ANN_EXPORT_ID: str(export_id),
             ANN_EXPORT_BLOCK: block,
             ANN_CREATED_BY: CREATED_BY,
-            ANN_ON_DELETE: p.on_delete,
+            ANN_ON_DELETE: on_delete,
         }
         if project_id is not None:
             annotations[ANN_PROJECT_ID] = str(project_id)
