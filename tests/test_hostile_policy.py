@@ -348,6 +348,7 @@ def test_d1_records_of_older_versions_get_their_policy_at_start_and_unknown_keep
         appliance.start()
         root = appliance.export_root
         volumes = {"archived": bound_volume(core, namespace, classes["archive"], "archived"),
+                   "adopted": bound_volume(core, namespace, classes["archive"], "adopted"),
                    "unknown": bound_volume(core, namespace, classes["delete"], "unknown"),
                    "deleted": bound_volume(core, namespace, classes["delete"], "deleted")}
         for claim, pv in volumes.items():
@@ -358,6 +359,8 @@ def test_d1_records_of_older_versions_get_their_policy_at_start_and_unknown_keep
             data = json.loads(record.read_text())
             data.pop("on_delete", None)
             record.write_text(json.dumps(data))
+        (root / ".volumes" / f"{volumes['adopted']}.json").unlink()  # and of one before records existed
+        set_annotation(core, volumes["adopted"], "Archive")  # a hand edit in another case
         set_annotation(core, volumes["unknown"], None)  # stripped while the older version ran
 
         appliance.start()
@@ -365,14 +368,17 @@ def test_d1_records_of_older_versions_get_their_policy_at_start_and_unknown_keep
         for claim, policy in (("archived", "archive"), ("deleted", "delete")):
             assert f"volume {volumes[claim]}: deletion policy {policy} recorded from its PV" in log, log
             assert json.loads((root / ".volumes" / f"{volumes[claim]}.json").read_text())["on_delete"] == policy
+        assert f"volume {volumes['adopted']}: adopted (made before volume records)" in log, log
+        assert json.loads((root / ".volumes" / f"{volumes['adopted']}.json").read_text())["on_delete"] == "archive"
         assert (f"volume {volumes['unknown']}, once deleted: the volume's record names no deletion policy "
                 f"(the volume was made by an older version) and the PV has no annotation {ANN}: retain") in log, log
-        assert "2 deletion policies recorded" in log
-        set_annotation(core, volumes["archived"], None)  # from now on the annotation changes nothing
+        assert "1 adopted, 2 deletion policies recorded" in log
+        for claim in ("archived", "adopted"):
+            set_annotation(core, volumes[claim], None)  # from now on the annotation changes nothing
 
         delete_claims(core, namespace, volumes, appliance)
         assert {claim: where(root, pv, f"data of {claim}") for claim, pv in volumes.items()} == \
-            {"archived": "archived", "unknown": "kept", "deleted": "deleted"}, appliance.log()
+            {"archived": "archived", "adopted": "archived", "unknown": "kept", "deleted": "deleted"}, appliance.log()
         policy_event(core, volumes["unknown"], "never means delete", f"kept {root / volumes['unknown']}")
     finally:
         for cls in classes.values():

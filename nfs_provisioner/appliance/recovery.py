@@ -137,8 +137,7 @@ class Recovery:
         report.adopted.append(name)
         log.info("volume %s: adopted (made before volume records): claim %s/%s uid %s, path %s, from its export "
                  "and PV", name, claim_ref.get("namespace", ""), claim_ref.get("name", ""), claim_ref.get("uid"),
-                 path)
-        self._warn_unknown_policy(name, annotated)
+                 path)  # no policy named: _record_policy says what a delete will do
 
     def _record_policy(self, pv: Object, name: str, report: Report) -> None:
         """Give a record of an older version (no deletion policy) the one its PV names, if the record is this
@@ -153,7 +152,8 @@ class Recovery:
         annotated = _ann(pv).get(prov.ANN_ON_DELETE)
         policy = params.on_delete_policy(annotated)
         if policy is None:
-            self._warn_unknown_policy(name, annotated)
+            decision = ondelete.decide(recorded=None, annotation=annotated)
+            log.warning("volume %s, once deleted: %s", name, decision.warning)
             return
         try:
             self.records.write(replace(record, on_delete=policy))
@@ -163,13 +163,6 @@ class Recovery:
         report.policies.append(name)
         log.info("volume %s: deletion policy %s recorded from its PV (its record was written by an older version)",
                  name, policy)
-
-    @staticmethod
-    def _warn_unknown_policy(name: str, annotated: object) -> None:
-        """One line for a volume whose record has no policy and whose PV names none: what a delete will do."""
-        decision = ondelete.decide(recorded=None, annotation=annotated)
-        if decision.warning is not None:
-            log.warning("volume %s, once deleted: %s", name, decision.warning)
 
     def _rebuild(self, pv: Object, name: str, report: Report) -> None:
         if self.exporter.has(name):
