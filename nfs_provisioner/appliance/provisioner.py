@@ -8,6 +8,9 @@ only (validated; the directory is ``<export root>/<pv name>``) and from the
 appliance's own records (the volume record must match the PV's name, claim uid,
 identity and path; export by name, quota project by directory); the PV's
 annotations are never trusted to say *what* to delete, only to say whose it is.
+Whether the data is deleted, kept or archived is the policy recorded when the
+volume was made (``nfs_provisioner.volumes.ondelete``: a missing or unreadable
+policy never means delete).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import errno
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -26,6 +29,7 @@ from nfs_provisioner.controller.interface import (
     PVC_KIND,
     IgnoredError,
     InProgress,
+    Notice,
     Object,
     Provisioner,
     ProvisioningError,
@@ -33,7 +37,7 @@ from nfs_provisioner.controller.interface import (
     ProvisionOptions,
 )
 from nfs_provisioner.kube.errors import KubeError
-from nfs_provisioner.volumes import params, quantity
+from nfs_provisioner.volumes import ondelete, params, quantity
 from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
 from nfs_provisioner.volumes.records import VolumeRecords, new_record
 
@@ -48,7 +52,9 @@ ANN_PROJECT_BLOCK = "Project_block"
 ANN_CREATED_BY = "kubernetes.io/createdby"
 CREATED_BY = "nfs-dynamic-provisioner"
 ANN_GID = "pv.beta.kubernetes.io/gid"
-ANN_ON_DELETE = "nfs-provisioner.io/on-delete"
+ANN_ON_DELETE = ondelete.ANNOTATION
+ON_DELETE_POLICY = "OnDeletePolicy"
+"""The reason of the Warning event on a deleted PV whose data was not handled as its annotation says."""
 
 
 class Exporter(Protocol):
@@ -180,11 +186,17 @@ class NFSProvisioner(Provisioner):
                 if recorded is not None and recorded.claim_uid != claim_uid:
                     raise ProvisioningError(f"{path} is the volume of claim {recorded.claim_namespace}/"
                                             f"{recorded.claim_name} (uid {recorded.claim_uid}); not reusing it")
+                on_delete = p.on_delete
                 if recorded is None:
                     # Written before the directory exists and removed after it is gone: a directory that is
-                    # a volume always has its record (the proof that delete may remove it).
+                    # a volume always has its record (the proof that delete may remove it), and the record
+                    # keeps the class's onDelete (what delete does with the data, whatever the PV says later).
                     self.records.write(new_record(pv_name=name, claim=options.claim, identity=self.config.identity,
-                                                  path=path, root_squash=p.root_squash))
+                                                  path=path, root_squash=p.root_squash, on_delete=on_delete))
+                elif (kept := params.on_delete_policy(recorded.on_delete)) is not None:
+                    on_delete = kept  # an earlier attempt's decision stands (and the PV shows it)
+                else:  # an attempt of an older version (no policy recorded), finished by this one
+                    self.records.write(replace(recorded, on_delete=on_delete))
                 if recorded is None or clones is not None:
                     undo.append(("remove volume record", lambda: self.records.remove(name)))
                 existed = path.exists()
@@ -215,7 +227,7 @@ class NFSProvisioner(Provisioner):
             ANN_EXPORT_ID: str(export_id),
             ANN_EXPORT_BLOCK: block,
             ANN_CREATED_BY: CREATED_BY,
-            ANN_ON_DELETE: p.on_delete,
+            ANN_ON_DELETE: on_delete,
         }
         if project_id is not None:
             annotations[ANN_PROJECT_ID] = str(project_id)
@@ -319,7 +331,7 @@ class NFSProvisioner(Provisioner):
 
     # ------------------------------------------------------------------ delete
 
-    def _freeing_space(self, name: str, on_delete: str, step: Callable[[], object]) -> None:
+    def _freeing_space(self, name: str, on_delete: params.OnDelete, step: Callable[[], object]) -> None:
         """Run a bookkeeping step of a deletion (they rewrite files on the export root); if it fails with ENOSPC
         and the volume is to be deleted anyway, remove its data first (the directory stays, still exported,
         until the step succeeds) and run the step again: a full export root can always be freed."""
@@ -333,9 +345,11 @@ class NFSProvisioner(Provisioner):
             self.directories.empty(name)
             step()
 
-    def delete(self, volume: Object) -> None:
+    def delete(self, volume: Object) -> Notice | None:
         """Remove only what this appliance made for *this* PV: its record must match the PV (name, claim uid,
-        identity, path); anything else raises (a ``VolumeFailedDelete`` event) and touches nothing."""
+        identity, path); anything else raises (a ``VolumeFailedDelete`` event) and touches nothing. The data is
+        deleted, kept or archived as :func:`ondelete.decide` says; when that is not what the PV's annotation says
+        (missing, unknown, overruled), a Notice (a Warning event on the PV) says what was done and why."""
         meta = volume.get("metadata") or {}
         name = str(meta.get("name", ""))
         ann = meta.get("annotations") or {}
@@ -350,7 +364,7 @@ class NFSProvisioner(Provisioner):
         if record is None:
             if not self.directories.exists(name) and not self.exporter.has(name):
                 log.info("volume %s: no record, no directory, no export: nothing to delete", name)
-                return  # e.g. a crash after the record was removed, before the PV was
+                return None  # e.g. a crash after the record was removed, before the PV was
             raise RuntimeError(f"this appliance has no record of creating volume {name} (claim uid "
                                f"{claim_uid or '(none)'}); refusing to delete {path}")
         why = record.mismatch(pv_name=name, claim_uid=claim_uid, identity=owner, path=str(path))
@@ -362,22 +376,26 @@ class NFSProvisioner(Provisioner):
             log.warning("volume %s: spec.nfs.path %r is not %s; deleting by name only", name, recorded, path)
         if self.clones is not None:
             self.clones.forget(name)
-        on_delete = ann.get(ANN_ON_DELETE, "delete")
+        decision = ondelete.decide(recorded=record.on_delete, annotation=ann.get(ANN_ON_DELETE))
+        on_delete = decision.action
         self._freeing_space(name, on_delete, lambda: self.exporter.unexport(name))
         quotas = self.quotas
         if quotas is not None:
             self._freeing_space(name, on_delete, lambda: quotas.remove_directory(path))
         if on_delete == "retain":
-            log.info("volume %s: onDelete=retain, keeping %s (no longer a volume: its record is removed)", name, path)
+            done = f"kept {path} (no longer a volume: its export and record are removed)"
         elif on_delete == "archive":
             target = self.directories.archive(name)
-            log.info("volume %s: onDelete=archive, moved to %s", name, target)
-        elif on_delete == "delete":
-            self.directories.delete(name)
+            done = f"moved to {target}" if target is not None else f"{path} was already moved aside"
         else:
-            # Someone edited the annotation: losing data on a guess is worse than keeping it.
-            log.warning("volume %s: unknown %s=%r; keeping %s", name, ANN_ON_DELETE, on_delete, path)
+            self.directories.delete(name)
+            done = f"deleted {path}"
         self.records.remove(name)  # last: until the directory is gone (or kept aside), it proves it is a volume
+        if decision.warning is None:
+            log.info("volume %s: onDelete=%s, %s", name, on_delete, done)
+            return None
+        log.warning("volume %s: %s; %s", name, decision.warning, done)
+        return Notice(ON_DELETE_POLICY, f"{decision.warning}; {done}")
 
 
 def _no_space(e: BaseException | None) -> bool:

@@ -6,7 +6,12 @@ and the appliance's per-volume records (``nfs_provisioner.volumes.records``). Fr
 1. **Adopt** volumes made before records existed: a PV of this identity without a record is adopted only
    when its export exists, serves ``<export root>/<pv name>`` (= ``spec.nfs.path``), its directory is a real
    directory and it has a ``claimRef`` uid; one log line per adopted volume. Anything else stays
-   unrecorded (and so cannot be deleted by a PV).
+   unrecorded (and so cannot be deleted by a PV). The record's deletion policy is the PV's
+   ``nfs-provisioner.io/on-delete`` when that names one, else none (deleting then keeps the data).
+1b. **Record the deletion policy** of records an older version wrote without one, from the PV's annotation
+   when the record matches the PV and the annotation names a policy (from then on, the annotation can no
+   longer change it); else one warning line: deleting that volume will keep its data
+   (``nfs_provisioner.volumes.ondelete``).
 2. **Rebuild** lost exports (e.g. ``.ganesha`` removed): a PV of this identity whose record matches it
    (name, claim uid, path) and whose directory exists gets its export again, with the PV's ``Export_Id``
    when that id is free, so clients' handles stay valid. PVs that cannot be rebuilt are *problems*:
@@ -22,12 +27,13 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.kube import client as kube
+from nfs_provisioner.volumes import ondelete, params
 from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
 from nfs_provisioner.volumes.records import RecordError, VolumeRecords, new_record
 
@@ -43,6 +49,8 @@ Object = dict[str, Any]
 @dataclass
 class Report:
     adopted: list[str] = field(default_factory=list)
+    policies: list[str] = field(default_factory=list)
+    """Volumes whose record got its deletion policy from the PV (records of older versions)."""
     rebuilt: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     """One line per volume this appliance should serve but cannot (each makes /readyz fail)."""
@@ -80,6 +88,7 @@ class Recovery:
             name = str(pv["metadata"]["name"])
             try:
                 self._adopt(pv, name, report)
+                self._record_policy(pv, name, report)
                 self._rebuild(pv, name, report)
             except (RecordError, DirectoryError, OSError) as e:
                 log.error("volume %s: cannot check its state: %s", name, e)
@@ -90,8 +99,9 @@ class Recovery:
                         "this appliance does not serve or delete them; start it with their --export-root to serve "
                         "them again", len(report.elsewhere), ",".join(sorted(self.names)), self.server(),
                         self.directories.export_root, report.elsewhere[0])
-        log.info("state check: %d PVs of this identity, %d adopted, %d exports rebuilt, %d not servable (%.2fs)",
-                 mine, len(report.adopted), len(report.rebuilt), len(report.problems), time.monotonic() - began)
+        log.info("state check: %d PVs of this identity, %d adopted, %d deletion policies recorded, %d exports rebuilt, "
+                 "%d not servable (%.2fs)", mine, len(report.adopted), len(report.policies), len(report.rebuilt),
+                 len(report.problems), time.monotonic() - began)
         return report
 
     def _provisioned_here(self, pv: Object) -> bool:
@@ -120,12 +130,39 @@ class Recovery:
         claim = {"metadata": {"uid": claim_ref.get("uid"), "namespace": claim_ref.get("namespace", ""),
                               "name": claim_ref.get("name", "")}}
         squash = self.exporter.root_squash(name)
+        annotated = _ann(pv).get(prov.ANN_ON_DELETE)
         self.records.write(new_record(pv_name=name, claim=claim, identity=self.identity, path=path,
-                                      root_squash=bool(squash), adopted=True))
+                                      root_squash=bool(squash), on_delete=params.on_delete_policy(annotated),
+                                      adopted=True))
         report.adopted.append(name)
         log.info("volume %s: adopted (made before volume records): claim %s/%s uid %s, path %s, from its export "
                  "and PV", name, claim_ref.get("namespace", ""), claim_ref.get("name", ""), claim_ref.get("uid"),
-                 path)
+                 path)  # no policy named: _record_policy says what a delete will do
+
+    def _record_policy(self, pv: Object, name: str, report: Report) -> None:
+        """Give a record of an older version (no deletion policy) the one its PV names, if the record is this
+        PV's: the policy then stays whatever later happens to the annotation."""
+        record = self.records.read(name)
+        if record is None or record.on_delete is not None:
+            return
+        claim_uid = str(((pv.get("spec") or {}).get("claimRef") or {}).get("uid") or "")
+        if record.mismatch(pv_name=name, claim_uid=claim_uid, identity=self.identity,
+                           path=str(self.directories.path_for(name))) is not None:
+            return  # not this PV's volume: nothing on it may decide anything (deleting it is refused)
+        annotated = _ann(pv).get(prov.ANN_ON_DELETE)
+        policy = params.on_delete_policy(annotated)
+        if policy is None:
+            decision = ondelete.decide(recorded=None, annotation=annotated)
+            log.warning("volume %s, once deleted: %s", name, decision.warning)
+            return
+        try:
+            self.records.write(replace(record, on_delete=policy))
+        except RecordError as e:  # the annotation still decides at delete (ondelete), as for an older version
+            log.warning("volume %s: cannot record its deletion policy %s: %s", name, policy, e)
+            return
+        report.policies.append(name)
+        log.info("volume %s: deletion policy %s recorded from its PV (its record was written by an older version)",
+                 name, policy)
 
     def _rebuild(self, pv: Object, name: str, report: Report) -> None:
         if self.exporter.has(name):

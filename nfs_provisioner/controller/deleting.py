@@ -72,7 +72,7 @@ class Deleting:
         cls = str((volume.get("spec") or {}).get("storageClassName") or "")
         started = time.monotonic()
         try:
-            self.provisioner.delete(volume)
+            notice = self.provisioner.delete(volume)
         except IgnoredError as e:
             log.debug("volume %s ignored by the provisioner: %s", name, e.reason)
             return outcomes.DONE
@@ -82,6 +82,8 @@ class Deleting:
             self.recorder.event(volume, events.WARNING, events.VOLUME_FAILED_DELETE, msg)
             log.warning("volume %s: delete failed: %s", name, msg)
             return outcomes.retry(msg)
+        if notice is not None:
+            self.recorder.event(volume, events.WARNING, notice.reason, notice.message)
         try:
             self.api.delete(kube.volumes_path(name))
         except errors.NotFound:

@@ -45,6 +45,18 @@ class IgnoredError(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class Notice:
+    """What a user must learn about an operation that succeeded, returned by :meth:`Provisioner.delete`: the
+    controller posts it as a ``Warning`` event on the volume (e.g. data kept although its annotation said
+    otherwise)."""
+
+    reason: str
+    """The event's reason, CamelCase (``OnDeletePolicy``)."""
+    message: str
+    """The event's message: what happened and why, in one sentence."""
+
+
 CORE_GROUP = ""
 """The API group of core kinds (``PersistentVolumeClaim``), as ``apiGroup`` leaves it unset."""
 SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
@@ -203,11 +215,12 @@ class Provisioner(abc.ABC):
         any other exception for a final failure of this attempt."""
 
     @abc.abstractmethod
-    def delete(self, volume: Object) -> None:
+    def delete(self, volume: Object) -> Notice | None:
         """Remove the storage asset behind ``volume`` (the PV object is deleted by the controller).
 
         Must succeed when the asset is already gone. Raise :class:`IgnoredError` when it belongs to
-        another instance."""
+        another instance. Return a :class:`Notice` to have a ``Warning`` event posted on the volume
+        (None: nothing to report beyond the deletion)."""
 
     # ---- optional hooks (the Go library's Qualifier, DeletionGuard, BlockProvisioner)
 

@@ -8,7 +8,9 @@ Known parameters (anything else is rejected, as the original appliance did):
 - ``rootSquash``: ``true``/``false`` (default false): root_id_squash instead of
   no_root_squash on the export.
 - ``onDelete``: ``delete`` (default), ``retain`` (directory kept, export
-  removed) or ``archive`` (directory renamed aside under ``.archive/``).
+  removed) or ``archive`` (directory renamed aside under ``.archive/``). Recorded in
+  the volume record when the volume is made; what a delete does is decided by
+  ``nfs_provisioner.volumes.ondelete``.
 - ``mountOptions``: legacy comma-separated mount options, used when the class
   itself has no ``mountOptions``.
 """
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 OnDelete = Literal["delete", "retain", "archive"]
+ON_DELETE: tuple[OnDelete, ...] = ("delete", "retain", "archive")
 KNOWN = ("gid", "rootSquash", "onDelete", "mountOptions")
 MAX_GID = 2**31 - 1
 _ASCII_DIGITS = re.compile(r"[0-9]{1,10}")
@@ -48,6 +51,18 @@ def _bool(name: str, value: str) -> bool:
     raise InvalidParameter(f"invalid value {value!r} for parameter {name}: want true or false")
 
 
+def on_delete_policy(value: object) -> OnDelete | None:
+    """A deletion policy as written anywhere (the class parameter, a volume record, the PV annotation), case and
+    surrounding whitespace ignored (``Archive`` is ``archive``); None when ``value`` is not one."""
+    if not isinstance(value, str):
+        return None
+    v = value.strip().lower()
+    for policy in ON_DELETE:
+        if v == policy:
+            return policy
+    return None
+
+
 def parse(parameters: Mapping[str, str] | None, *, class_mount_options: Sequence[str] | None = None) -> ClassParameters:
     """Validate a StorageClass's ``parameters`` (and its spec ``mountOptions``)."""
     params = dict(parameters or {})
@@ -62,8 +77,8 @@ def parse(parameters: Mapping[str, str] | None, *, class_mount_options: Sequence
                                    f"1-{MAX_GID}")
         gid = int(raw_gid)
     root_squash = _bool("rootSquash", params["rootSquash"]) if "rootSquash" in params else False
-    on_delete = params.get("onDelete", "delete").strip().lower()
-    if on_delete not in ("delete", "retain", "archive"):
+    on_delete = on_delete_policy(params.get("onDelete", "delete"))
+    if on_delete is None:
         raise InvalidParameter(f"invalid value {params['onDelete']!r} for parameter onDelete: want delete, retain "
                                "or archive")
     options: tuple[str, ...] = tuple(class_mount_options or ())
@@ -74,5 +89,4 @@ def parse(parameters: Mapping[str, str] | None, *, class_mount_options: Sequence
     for o in options:
         if any(c.isspace() for c in o):
             raise InvalidParameter(f"invalid mount option {o!r}: must not contain whitespace")
-    return ClassParameters(gid=gid, root_squash=root_squash, on_delete=on_delete,  # type: ignore[arg-type]
-                           mount_options=options)
+    return ClassParameters(gid=gid, root_squash=root_squash, on_delete=on_delete, mount_options=options)

@@ -1,7 +1,9 @@
 """The appliance's own record of each volume: ``<export root>/.volumes/<pv name>.json``.
 
 A record says which claim (uid, namespace/name) a volume directory was made
-for, by which identity, at which path, when, and how it is exported. It is
+for, by which identity, at which path, when, how it is exported, and what
+deleting it does with the data (the class's ``onDelete``, decided then; see
+``nfs_provisioner.volumes.ondelete`` for how it is used). It is
 written (fsynced) *before* the directory is created and removed only *after*
 the directory is gone (deleted or archived) or has stopped being a volume
 (retained), so at every crash point between those steps a directory that is a
@@ -29,6 +31,7 @@ from typing import Any
 
 from nfs_provisioner import fileio
 from nfs_provisioner.volumes.directories import validate_name
+from nfs_provisioner.volumes.params import OnDelete
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,9 @@ class VolumeRecord:
     """Unix time the record was written."""
     adopted: bool = False
     """True when written at start for a volume made before records existed (see ``appliance.recovery``)."""
+    on_delete: str | None = None
+    """The deletion policy decided when the volume was made (``delete``, ``retain`` or ``archive``: the class's
+    ``onDelete``); None in records written before it was recorded. Read only through ``volumes.ondelete``."""
 
     def mismatch(self, *, pv_name: str, claim_uid: str, identity: str, path: str) -> str | None:
         """Why a PV with these fields is not the volume recorded here (None: it is)."""
@@ -130,9 +136,11 @@ class VolumeRecords:
 
 
 def new_record(*, pv_name: str, claim: dict[str, Any], identity: str, path: Path, root_squash: bool,
-               adopted: bool = False, now: float | None = None) -> VolumeRecord:
+               on_delete: OnDelete | None, adopted: bool = False, now: float | None = None) -> VolumeRecord:
+    """The record of a volume about to be made (or adopted); ``on_delete`` None only where no policy is known
+    (an adopted volume whose PV does not name one)."""
     meta = claim.get("metadata") or {}
     return VolumeRecord(pv_name=pv_name, claim_uid=str(meta.get("uid", "")),
                         claim_namespace=str(meta.get("namespace", "")), claim_name=str(meta.get("name", "")),
                         identity=identity, path=str(path), root_squash=root_squash,
-                        created=time.time() if now is None else now, adopted=adopted)
+                        created=time.time() if now is None else now, adopted=adopted, on_delete=on_delete)
