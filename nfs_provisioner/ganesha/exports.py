@@ -145,6 +145,8 @@ class ExportManager(clientlists.ClientLists):
         self._by_id: dict[int, Export] = {}
         self._by_path: dict[Path, Export] = {}
         self._foreign: set[int] = set()
+        self._not_live: set[str] = set()
+        """Exports whose live client list is older than their file's (see ``clientlists``)."""
         self._pending: dict[str, threading.Event] = {}
         """Names whose add or remove is half done (file, D-Bus call and index shard outside the lock)."""
         self._unindexed: set[str] = set()
@@ -554,10 +556,22 @@ class ExportManager(clientlists.ClientLists):
             path=path,
             squash=Squash(data["squash"]),
             access_type=AccessType(data["access_type"]),
-            clients=config.check_clients(data["clients"], allow_empty=True),
+            clients=_loaded_clients(f, data["clients"]),
             config_file=f,
         )
         return export, text  # the block below the header is not trusted: load() renders it again from the header
+
+
+def _loaded_clients(f: Path, given: object) -> tuple[str, ...]:
+    """A header's client list, less the entries Ganesha cannot take (an earlier version wrote e.g. a Node's
+    ``fe80::1%eth0``, which made Ganesha refuse the file): the export is kept, its list only narrowed, and the
+    appliance sets the current list before Ganesha reads the file."""
+    entries = given if isinstance(given, list) else []
+    bad = [c for c in entries if config.client_problem(c) is not None]
+    if bad:
+        log.warning("export file %s: client entries left out (Ganesha cannot take them): %s", f,
+                    ", ".join(repr(str(c)[:80]) for c in bad[:5]))
+    return config.check_clients([c for c in entries if c not in bad], allow_empty=True)
 
 
 def _inside(path: str, directory: str, *, or_equal: bool = False) -> bool:
