@@ -89,7 +89,7 @@ def host_address(value: object) -> str:
     except ValueError:
         raise ValueError("not an IP address") from None
     if ip.is_unspecified:
-        raise ValueError("the unspecified address: Ganesha reads 0.0.0.0 as every client")
+        raise ValueError("the unspecified address, no client's (Ganesha reads 0.0.0.0 as every client)")
     if ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
         raise ValueError("a multicast or broadcast address, never a client's")
     return str(ipaddress.ip_network(ip))
