@@ -188,6 +188,35 @@ def test_d4_a_client_list_ganesha_refuses_is_not_counted_as_applied(
         watcher.stop()
 
 
+@pytest.mark.ganesha
+def test_d4_an_export_ganesha_did_not_update_is_updated_again_with_the_same_list(h: Harness) -> None:
+    # Before: the file had the new list, so the next call with the same list saw nothing to change and the
+    # export served the old list until some other change came.
+    srv = h.server(clients=("127.0.0.1",))
+    srv.exports.add(ExportRequest(name="v", path=h.volume("v", content={"f": CONTENT})))
+    srv.dbus.timeout = 1.0
+    pid = srv.ganesha_pid
+    assert pid is not None
+    new = ("127.0.0.1/32", "127.0.0.45/32")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        first = srv.exports.set_clients(new)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert first.changed == ("v",) and first.failed == ("v",), first
+    again = srv.exports.set_clients(new)
+    assert again.changed == ("v",) and again.failed == (), again
+    assert srv.exports.set_clients(new).changed == (), "once live, nothing to do"
+    # The appliance's adapter says so, so that the Node watch does not count the list as applied.
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        refused = re.escape("refused the client list 127.0.0.1/32 for 1 exports (v)")
+        with pytest.raises(errors.ClientsNotLive, match=refused):
+            exporters.GaneshaExporter(srv.exports).set_clients(("127.0.0.1/32",))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 # --- D5: a Node network longer than /64 --------------------------------------------------------------------------
 
 
