@@ -14,6 +14,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nfs_provisioner.ganesha import config as ganesha_config
+
 # k8s.io/apimachinery/pkg/util/validation: IsQualifiedName's name part and IsDNS1123Subdomain (Go's ``^...$``
 # match the whole string: fullmatch, never ``$``, which also matches before a trailing newline).
 _QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
@@ -156,14 +158,18 @@ def parse_subnets(value: str) -> list[str]:
         if item.lower() in (NODES, NODE_IPS):
             out.append(item.lower())
             continue
-        try:
-            net = ipaddress.ip_network(item, strict=False)
-        except ValueError as e:
-            raise SettingsError(f"--export-subnet: {item!r} is not 'nodes', 'node-ips', '*', an address or a "
-                                "CIDR") from e
-        if net.version == 6 and 64 < net.prefixlen < 128:
-            raise SettingsError(f"--export-subnet: {item!r}: Ganesha cannot parse IPv6 networks longer than /64")
-        out.append(str(net))
+        if "%" not in item:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as e:
+                raise SettingsError(f"--export-subnet: {item!r} is not 'nodes', 'node-ips', '*', an address or a "
+                                    "CIDR") from e
+        # What Ganesha cannot take (a zone id, 0.0.0.0, long IPv6 networks) is refused here, at parse time: in an
+        # export file it would fail every claim and the next start.
+        problem = ganesha_config.client_problem(item)
+        if problem is not None:
+            raise SettingsError(f"--export-subnet: {item!r}: {problem}")
+        out.append(str(ipaddress.ip_network(item, strict=False)))
     return list(dict.fromkeys(out))
 
 

@@ -117,11 +117,14 @@ class Unpacker:
 # --- RPC over TCP with record marking ------------------------------------------------------------------------------
 
 
-def connect(*, host: str, port: int, netns: Path | None = None, timeout: float = 10.0) -> socket.socket:
+def connect(*, host: str, port: int, netns: Path | None = None, timeout: float = 10.0,
+            source: str | None = None) -> socket.socket:
     """A TCP connection; inside network namespace ``netns`` if given (made from a short-lived thread
-    that setns()s itself: the socket stays in that namespace, the test process does not move)."""
+    that setns()s itself: the socket stays in that namespace, the test process does not move).
+    ``source``: the local address to connect from (e.g. another loopback address, 127.0.0.0/8 being local)."""
     if netns is None:
-        return socket.create_connection((host, port), timeout=timeout)
+        return socket.create_connection((host, port), timeout=timeout,
+                                        source_address=None if source is None else (source, 0))
     result: list[Any] = []
 
     def in_netns() -> None:
@@ -151,9 +154,9 @@ class RpcClient:
     """One TCP connection, calls one at a time, AUTH_SYS credentials of ``uid``/``gid``."""
 
     def __init__(self, *, host: str, port: int, program: int, version: int, uid: int = 0, gid: int = 0,
-                 netns: Path | None = None) -> None:
+                 netns: Path | None = None, source: str | None = None) -> None:
         self.program, self.version, self.uid, self.gid = program, version, uid, gid
-        self.sock = connect(host=host, port=port, netns=netns)
+        self.sock = connect(host=host, port=port, netns=netns, source=source)
         self.xid = int.from_bytes(os.urandom(4), "big")
 
     def close(self) -> None:
@@ -240,8 +243,10 @@ class Compound4:
 class Nfs4(RpcClient):
     """NFSv4.0 COMPOUNDs (no state needed: READ uses the anonymous stateid)."""
 
-    def __init__(self, *, host: str, port: int = 2049, uid: int = 0, gid: int = 0, netns: Path | None = None) -> None:
-        super().__init__(host=host, port=port, program=NFS_PROGRAM, version=4, uid=uid, gid=gid, netns=netns)
+    def __init__(self, *, host: str, port: int = 2049, uid: int = 0, gid: int = 0, netns: Path | None = None,
+                 source: str | None = None) -> None:
+        super().__init__(host=host, port=port, program=NFS_PROGRAM, version=4, uid=uid, gid=gid, netns=netns,
+                         source=source)
 
     @staticmethod
     def putrootfh() -> Op4:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nfs_provisioner.ganesha import exports
+from nfs_provisioner.ganesha import errors, exports
 from nfs_provisioner.ganesha.settings import Squash
 
 
@@ -19,8 +19,12 @@ class GaneshaExporter:
         self.manager = manager
 
     def set_clients(self, clients: tuple[str, ...]) -> None:
-        """Who may mount, from now on and for every live export (an empty tuple: nobody)."""
-        self.manager.set_clients(clients)
+        """Who may mount, from now on and for every live export (an empty tuple: nobody). Raises
+        ``errors.ClientsNotLive`` when Ganesha refused the list for some exports (a later call retries them), and
+        ``errors.InvalidRequest`` for a list Ganesha cannot take (nothing changed)."""
+        result = self.manager.set_clients(clients)
+        if result.failed:
+            raise errors.ClientsNotLive(result.failed, clients)
 
     def export(self, *, name: str, path: Path, root_squash: bool, export_id: int | None = None) -> tuple[int, str]:
         squash = Squash.ROOT_ID_SQUASH if root_squash else Squash.NO_ROOT_SQUASH

@@ -69,7 +69,8 @@ class Exporter(Protocol):
         """Withdraw export ``name``; False if there was none."""
 
     def set_clients(self, clients: tuple[str, ...]) -> None:
-        """Who may mount every export, from now on (``nfs_provisioner.appliance.nodes``); empty = nobody."""
+        """Who may mount every export, from now on (``nfs_provisioner.appliance.nodes``); empty = nobody. Raises
+        when the list is not in force for every export (the caller calls again with backoff)."""
 
     def count(self) -> int:
         """Volumes exported now (the pseudo root does not count)."""

@@ -209,10 +209,32 @@ def complete_volume(volume: Object, *, claim: Object, pv_name: str, provisioner:
     return pv
 
 
-def provision_labels(claim: Object) -> tuple[str, str]:
-    """Metric labels ``(class, source)`` of a claim, as the Go library computes them."""
-    source = ((claim.get("spec") or {}).get("dataSource") or {}).get("kind") or ""
-    return str((claim.get("spec") or {}).get("storageClassName") or ""), str(source)
+OTHER_LABEL = "(other)"
+"""The metric label value standing for every class or data-source kind this provisioner does not serve (no class
+or data source can be named so): label values a tenant makes up must not each become a time series."""
+
+
+def provision_labels(claim: Object, *, storage_class: Object | None, names: Collection[str],
+                     supported_source: bool = False) -> tuple[str, str]:
+    """Metric labels ``(class, source)`` of a claim, as the Go library computes them (its class,
+    ``spec.dataSource.kind``) but bounded: the class only if ``storage_class`` (the claim's, from the informer)
+    exists and names one of ``names``; the kind only if empty, a clone or snapshot source, or one the provisioner
+    supports (``supported_source``); else :data:`OTHER_LABEL`. A claim may name any class and any kind (and ask
+    for us by annotation), so without this 200 made-up names make 200 series of ``provision_failed_total``."""
+    spec = claim.get("spec") or {}
+    cls = claim_class(claim)
+    if storage_class is None or storage_class.get("provisioner") not in names or \
+            (storage_class.get("metadata") or {}).get("name") != cls:
+        cls = OTHER_LABEL
+    data_source = spec.get("dataSource")
+    source = DataSource.parse(data_source)
+    if source is None:
+        kind = "" if not data_source else OTHER_LABEL
+    elif source.is_claim or source.is_snapshot or supported_source:
+        kind = source.kind
+    else:
+        kind = OTHER_LABEL
+    return cls, kind
 
 
 def lease_name(provisioner: str) -> str:

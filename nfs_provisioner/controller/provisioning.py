@@ -290,7 +290,7 @@ class Provisioning:
             return outcomes.retry_after(self.settings.retry.save_retry_delay, msg)
         self._attempts.pop(uid, None)
         self._saved[uid] = time.monotonic()
-        cls, source = decisions.provision_labels(claim)
+        cls, source = self._labels(claim)
         self.metrics.provision_total.labels(cls, source).inc()
         self.metrics.provision_duration.labels(cls, source).observe(time.monotonic() - started)
         self.recorder.event(claim, events.NORMAL, events.PROVISIONING_SUCCEEDED,
@@ -423,8 +423,16 @@ class Provisioning:
         return updated
 
     def _failed(self, claim: Object) -> None:
-        cls, source = decisions.provision_labels(claim)
+        cls, source = self._labels(claim)
         self.metrics.provision_failed_total.labels(cls, source).inc()
+
+    def _labels(self, claim: Object) -> tuple[str, str]:
+        """The claim's metric labels, bounded to the classes and data-source kinds served here."""
+        cls_name = decisions.claim_class(claim)
+        source = DataSource.parse((claim.get("spec") or {}).get("dataSource"))
+        supported = source is not None and self.provisioner.supports_data_source(source.kind, source.api_group)
+        return decisions.provision_labels(claim, storage_class=self.classes.get(cls_name) if cls_name else None,
+                                          names=self.names, supported_source=supported)
 
     def forget_saved(self, older_than: float) -> None:
         """Drop memories of saved PVs older than ``older_than`` seconds (bounded memory)."""

@@ -2,7 +2,9 @@
 
 The appliance keeps every export's CLIENT list equal to who may mount (``appliance.nodes``): when that
 changes, :meth:`ClientLists.set_clients` rewrites all changed export files together and has Ganesha
-re-read each one live (UpdateExport); before Ganesha starts it rewrites the files only.
+re-read each one live (UpdateExport); before Ganesha starts it rewrites the files only. A list Ganesha cannot
+take is refused before anything changes (``config.check_clients``); an export whose UpdateExport failed is
+remembered and updated again by the next call, even with the same list.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class ClientLists:
     _clients_lock: threading.Lock
     _pending: dict[str, threading.Event]
     _by_name: dict[str, Export]
+    _not_live: set[str]
+    """Exports whose file has the current list but whose UpdateExport failed (Ganesha serves an older one)."""
 
     def _block(self, export: Export) -> config.ExportBlock:
         raise NotImplementedError
@@ -66,14 +70,16 @@ class ClientLists:
             for event in pending:  # they read the old default: let them finish, then they are updated too
                 event.wait()
             with self._lock:
+                self._not_live &= set(self._by_name)
                 changed = [dataclasses.replace(e, clients=new) for e in self._by_name.values()
-                           if e.clients != new and e.name not in self._pending]
+                           if (e.clients != new or e.name in self._not_live) and e.name not in self._pending]
                 texts = [(e.config_file, e.header() + self.templates.render_export(self._block(e)))
                          for e in changed]
                 fileio.atomic_write_many(texts, durable=self.durable)
                 for e in changed:
                     self._remember(e)
             failed: list[str] = []
+            first_error = ""
             if live:
                 for e in changed:
                     try:
@@ -83,9 +89,15 @@ class ClientLists:
                     except errors.GaneshaError as err:
                         if self.get(e.name) is None:
                             continue  # removed meanwhile
-                        log.error("export %s (id %d): Ganesha refused the new client list: %s", e.name,
+                        log.debug("export %s (id %d): Ganesha refused the new client list: %s", e.name,
                                   e.export_id, err)
+                        first_error = first_error or f"export {e.name} (id {e.export_id}): {err}"
                         failed.append(e.name)
+            if failed:  # one line, however many exports (Ganesha's own message follows its first line)
+                log.error("Ganesha refused the new client list for %d of %d exports; they serve the previous one "
+                          "until the next update: %s", len(failed), len(changed), " | ".join(first_error.splitlines()))
+            with self._lock:
+                self._not_live = (self._not_live - {e.name for e in changed}) | set(failed)
             log.info("client list of %d exports set to %s%s", len(changed), ",".join(new) or "nobody",
                      "" if live else " (files only, before Ganesha serves them)")
             return ClientsResult(changed=tuple(e.name for e in changed), failed=tuple(failed))

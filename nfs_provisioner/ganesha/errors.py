@@ -8,6 +8,8 @@
     ├── TemplateError           a template is missing, has an unfilled placeholder or
     │                           renders a broken block; nothing was written
     ├── ExportIdsExhausted      no free Export_Id left in the configured range
+    ├── ClientsNotLive          Ganesha refused a new client list for some exports (their
+    │                           files have it; the next set_clients tries them again)
     ├── ExportConflict          the name or path is already exported differently
     ├── ExportAddError          AddExport (or a step before it) failed; rolled back
     │   └── ExportIdTaken       the id is live in Ganesha for another path (now reserved)
@@ -39,6 +41,18 @@ class TemplateError(GaneshaError):
 
 class ExportIdsExhausted(GaneshaError):
     """Every Export_Id of the configured range is in use."""
+
+
+class ClientsNotLive(GaneshaError):
+    """Ganesha did not take a new client list for some exports (UpdateExport failed); their files have it, and
+    the next ``set_clients`` updates them again."""
+
+    def __init__(self, names: tuple[str, ...], clients: tuple[str, ...]) -> None:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        super().__init__(f"Ganesha refused the client list {','.join(clients) or '(nobody)'} for {len(names)} "
+                         f"exports ({shown}); they still serve their previous list")
+        self.names = names
+        self.clients = clients
 
 
 class ExportConflict(GaneshaError):

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -145,6 +146,8 @@ class ExportManager(clientlists.ClientLists):
         self._by_id: dict[int, Export] = {}
         self._by_path: dict[Path, Export] = {}
         self._foreign: set[int] = set()
+        self._not_live: set[str] = set()
+        """Exports whose live client list is older than their file's (see ``clientlists``)."""
         self._pending: dict[str, threading.Event] = {}
         """Names whose add or remove is half done (file, D-Bus call and index shard outside the lock)."""
         self._unindexed: set[str] = set()
@@ -530,6 +533,9 @@ class ExportManager(clientlists.ClientLists):
         except errors.TemplateError as e:
             found = f"(unparsable: {e})"
         config.atomic_write(export.config_file, text, durable=self.durable)
+        if _differ_in_clients_only(old, text):  # entries left out at load (its own line said which)
+            log.info("export file %s rewritten with its client list normalised", export.config_file)
+            return
         log.warning("export file %s differed from its own header (block Path %s, header path %s); rewritten from "
                     "the header", export.config_file, found, export.path)
 
@@ -554,10 +560,43 @@ class ExportManager(clientlists.ClientLists):
             path=path,
             squash=Squash(data["squash"]),
             access_type=AccessType(data["access_type"]),
-            clients=config.check_clients(data["clients"], allow_empty=True),
+            clients=_loaded_clients(f, data["clients"]),
             config_file=f,
         )
         return export, text  # the block below the header is not trusted: load() renders it again from the header
+
+
+def _loaded_clients(f: Path, given: object) -> tuple[str, ...]:
+    """A header's client list, less the entries Ganesha cannot take (an earlier version wrote e.g. a Node's
+    ``fe80::1%eth0``, which made Ganesha refuse the file): the export is kept, its list only narrowed, and the
+    appliance sets the current list before Ganesha reads the file."""
+    entries = given if isinstance(given, list) else []
+    bad = [c for c in entries if config.client_problem(c) is not None]
+    if bad:
+        log.warning("export file %s: client entries left out (Ganesha cannot take them): %s", f,
+                    ", ".join(repr(str(c)[:80]) for c in bad[:5]))
+    return config.check_clients([c for c in entries if c not in bad], allow_empty=True)
+
+
+def _differ_in_clients_only(old: str, new: str) -> bool:
+    """Whether two export files are the same but for their client lists (the header's and ``Clients =`` lines)."""
+
+    def without_clients(text: str) -> tuple[str, list[str]] | None:
+        head, _, body = text.partition("\n")
+        try:
+            data = json.loads(head[len(HEADER):]) if head.startswith(HEADER) else None
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        data.pop("clients", None)
+        return json.dumps(data, sort_keys=True), [line for line in body.splitlines() if not _CLIENTS_LINE.match(line)]
+
+    stripped = without_clients(old)
+    return stripped is not None and stripped == without_clients(new)
+
+
+_CLIENTS_LINE = re.compile(r"\s*Clients\s*=", re.IGNORECASE)
 
 
 def _inside(path: str, directory: str, *, or_equal: bool = False) -> bool:
