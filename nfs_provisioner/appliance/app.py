@@ -227,7 +227,8 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
                                                  live=checked.supervised_state if s.run_server else None)
             ganesha_ok.start()
         checks.healthy = lambda: _both(ganesha_health(ganesha_ok), controller.healthy())
-        checks.ready = lambda: _both(_both(ganesha_health(ganesha_ok), recovered.health()), controller.ready())
+        checks.ready = lambda: _both(_both(ganesha_health(ganesha_ok), recovered.health()),
+                                     _both(nodes.health(node_clients), controller.ready()))
         if http is not None:
             log.info("serving /metrics, /healthz, /readyz on %s", s.metrics_address)
     except BaseException:
