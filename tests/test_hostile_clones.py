@@ -291,6 +291,48 @@ def test_d10_reservations_hold_back_space_from_every_check_until_released(tmp_pa
     assert dirs.reserved() == 0
 
 
+@pytest.mark.unit
+def test_d10_a_copy_uses_up_and_releases_its_reservation_when_it_ends_fails_or_is_abandoned(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "data").write_bytes(os.urandom(3 << 20))
+    dirs = VolumeDirectories(tmp_path)
+    source = source_of(src)
+    written: list[int] = []
+
+    def copy(source: Path, target: Path, *, on_written: Callable[[int], None] | None = None,
+             cancel: threading.Event | None = None, **kw: Any) -> copying.Stats:
+        assert on_written is not None and cancel is not None
+        if target.name == "pvc-abandoned":
+            cancel.wait(30)
+            raise copying.Cancelled("the copy was cancelled")
+        if target.name == "pvc-failing":
+            raise OSError(5, "Input/output error")
+
+        def count(n: int) -> None:
+            on_written(n)
+            written.append(dirs.reserved())
+
+        return copying.copy_tree(source, target, on_written=count, cancel=cancel, **kw)
+
+    job = clones.Clones(tmp_path / ".clones", poll=0.05, copy=copy)
+    for name in ("pvc-done", "pvc-failing", "pvc-abandoned"):
+        (tmp_path / name).mkdir()
+        reservation = dirs.reserve(name, source.usage.allocated_bytes, what="a copy")
+        with pytest.raises(InProgress):
+            job.fill(name=name, target=tmp_path / name, source=source, reservation=reservation)
+        if name == "pvc-abandoned":
+            assert dirs.reserved() == source.usage.allocated_bytes  # held while the copy runs
+            job.forget(name)
+        else:
+            assert poll(job, name, tmp_path / name, timeout=10) == ("done" if name == "pvc-done" else
+                                                                    f"cloning {source.describe()} into volume "
+                                                                    f"{name} failed: [Errno 5] Input/output error")
+        assert dirs.reserved() == 0, name
+    # While the real copy wrote, what it had written was no longer held back.
+    assert written and written[-1] <= source.usage.allocated_bytes - (3 << 20)
+
+
 # ------------------------------------------------------------------ D17: errors name the path
 
 @pytest.mark.unit
