@@ -409,9 +409,10 @@ def appliance_on(cluster: kubecluster.Cluster, root: Path, tmp_path: Path, uniqu
 @pytest.mark.kube
 @pytest.mark.ganesha
 def test_d2_clone_of_a_deep_volume_is_bound_and_served(cluster: kubecluster.Cluster, kapi: kube.Client,
-                                                        namespace: str, unique: str, tmp_path: Path) -> None:
+                                                        namespace: str, unique: str, deep_tmp: Path) -> None:
     """A tenant nests 600 directories in its volume, then clones it: the clone is Bound with every level (before
     the fix: Pending forever, "0 % ... after N s" every second)."""
+    tmp_path = deep_tmp
     root = tmp_path / "export"
     root.mkdir()
     a = appliance_on(cluster, root, tmp_path, unique, "deep")
