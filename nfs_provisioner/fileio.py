@@ -1,4 +1,8 @@
-"""Writing files so that readers see the old or the new content, never a mix."""
+"""Writing files so that readers see the old or the new content, never a mix.
+
+Errors name the file: an OSError of a write, flush or fsync on a descriptor names no file (``[Errno 28] No
+space left on device``) or only the descriptor's number; :func:`naming` re-raises it naming the path.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,31 @@ import concurrent.futures
 import contextlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Re-raise an OSError raised inside that names no file, or only a descriptor number, as the same error
+    (class and errno) naming ``path``; any other error is left as it is."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None and not isinstance(e.filename, int):
+            raise
+        raise type(e)(e.errno, e.strerror or str(e), os.fspath(path)) from e
 
 
 def atomic_write(path: Path, text: str, *, durable: bool = True, mode: int = 0o644) -> None:
     """Write ``text`` to ``path`` via a temp file in the same directory and a rename.
 
     Readers see the old or the new content, never a mix; the temp file is
-    removed on any error."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    removed on any error, which names ``path``."""
+    with naming(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with naming(path), os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             if durable:
                 f.flush()
@@ -39,7 +56,8 @@ def private_dir(path: Path, *, mode: int = 0o700) -> None:
     path.mkdir(parents=True, exist_ok=True, mode=mode)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        os.fchmod(fd, mode)
+        with naming(path):
+            os.fchmod(fd, mode)
     finally:
         os.close(fd)
 
@@ -54,9 +72,10 @@ def atomic_write_many(files: Sequence[tuple[Path, str]], *, durable: bool = True
     temps: list[tuple[str, Path]] = []
     try:
         for path, text in files:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            with naming(path):
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             temps.append((tmp, path))
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
+            with naming(path), os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
             os.chmod(tmp, mode)
         if durable and temps:
@@ -75,6 +94,7 @@ def atomic_write_many(files: Sequence[tuple[Path, str]], *, durable: bool = True
 def _fsync_path(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        with naming(path):
+            os.fsync(fd)
     finally:
         os.close(fd)

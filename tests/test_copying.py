@@ -149,6 +149,6 @@ def test_clone_check_refuses_a_source_in_another_namespace_before_reading_anythi
                                  r"team-a/copy .*; no volume is provisioned$"):
         clones.check(claim=claim, source=DataSource(kind="PersistentVolumeClaim", name="live", namespace="team-b"),
                      requested_bytes=1 << 20, sources=sources, identity="id", records=VolumeRecords(tmp_path / "r"),
-                     directories=VolumeDirectories(tmp_path), free_bytes=1 << 30, shares_blocks=False)
+                     directories=VolumeDirectories(tmp_path))
     assert sources.asked == []
     assert os.listdir(tmp_path) == []

@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -26,8 +27,8 @@ from nfs_provisioner.controller import decisions
 from nfs_provisioner.controller.interface import DataSource, InProgress, Object, ProvisioningError
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors
-from nfs_provisioner.volumes import copying, quantity
-from nfs_provisioner.volumes.directories import VolumeDirectories
+from nfs_provisioner.volumes import copying, quantity, space
+from nfs_provisioner.volumes.directories import InsufficientSpace, VolumeDirectories
 from nfs_provisioner.volumes.records import RecordError, VolumeRecords
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,10 @@ def refuse(why: str) -> ProvisioningError:
 
 
 def check(*, claim: Object, source: DataSource, requested_bytes: int, sources: Sources, identity: str,
-          records: VolumeRecords, directories: VolumeDirectories, free_bytes: int, shares_blocks: bool) -> Source:
-    """Validate a clone request; raises :class:`ProvisioningError` (FINISHED) saying why it is refused."""
+          records: VolumeRecords, directories: VolumeDirectories) -> Source:
+    """Validate a clone request; raises :class:`ProvisioningError` (FINISHED) saying why it is refused.
+
+    Room for the copy is not checked here: :func:`reserve` does it and holds the space until the copy ends."""
     ns = str(decisions.meta(claim).get("namespace") or "")
     key = f"{ns}/{source.name}"
     if source.namespace and source.namespace != ns:
@@ -126,16 +129,27 @@ def check(*, claim: Object, source: DataSource, requested_bytes: int, sources: S
     try:
         usage = copying.measure(path)
     except OSError as e:
-        raise refuse(f"cannot read the source volume {pv_name}: {e.strerror or e}") from e
-    if not shares_blocks and usage.allocated_bytes > free_bytes:
-        raise refuse(f"a full copy of {pv_name} needs {usage.allocated_bytes} bytes but only {free_bytes} are free "
-                     "on the export root (its filesystem cannot share blocks)")
+        raise refuse(f"cannot read the source volume {pv_name}: {e.strerror or e} ({e.filename})") from e
     return Source(claim_key=key, pv_name=pv_name, path=path, usage=usage)
+
+
+def reserve(*, name: str, source: Source, directories: VolumeDirectories,
+            shares_blocks: bool) -> space.Reservation | None:
+    """Hold back the space a full copy of ``source`` into volume ``name`` needs from every free-space check
+    until the copy ends (None when blocks are shared: a copy then needs next to nothing); raises
+    :class:`ProvisioningError` (FINISHED) when it is not free beyond what copies in progress will use."""
+    if shares_blocks:
+        return None
+    try:
+        return directories.reserve(name, source.usage.allocated_bytes, what=f"a full copy of {source.pv_name}")
+    except InsufficientSpace as e:
+        raise refuse(f"{e}; its filesystem cannot share blocks") from e
 
 
 @dataclass
 class _Job:
     source: Source
+    reservation: space.Reservation | None = None
     thread: threading.Thread | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.monotonic)
@@ -147,11 +161,22 @@ class _Job:
     reported_tenth: int = -1
 
 
+class Copy(Protocol):
+    """How a tree is copied (:func:`~nfs_provisioner.volumes.copying.copy_tree`)."""
+
+    def __call__(self, source: Path, target: Path, *, on_bytes: Callable[[int], None] | None = None,
+                 on_written: Callable[[int], None] | None = None,
+                 cancel: threading.Event | None = None) -> copying.Stats: ...
+
+
 class Clones:
     """Background copies, one per clone volume, with their markers."""
 
-    def __init__(self, directory: Path, *, report_every: float = 10.0, poll: float = 1.0) -> None:
+    def __init__(self, directory: Path, *, report_every: float = 10.0, poll: float = 1.0,
+                 copy: Copy = copying.copy_tree) -> None:
         self.directory = directory
+        self.copy = copy
+        """Copies one tree into another (the real one; tests pass others)."""
         self.report_every = report_every
         """Seconds between progress events (also one every 10 % of the bytes)."""
         self.poll = poll
@@ -179,11 +204,14 @@ class Clones:
         with self._lock:
             return name in self._jobs
 
-    def fill(self, *, name: str, target: Path, source: Source | None) -> None:
+    def fill(self, *, name: str, target: Path, source: Source | None,
+             reservation: space.Reservation | None = None) -> None:
         """Return once ``target`` holds the finished copy; until then raise :class:`InProgress` (or
-        :class:`ProvisioningError` when the copy failed: the caller rolls the volume back).
+        :class:`ProvisioningError` when the copy failed, whatever made it fail: the caller rolls the volume
+        back).
 
-        ``source`` is needed only to start a copy (None: a copy must be running or done)."""
+        ``source`` is needed only to start a copy (None: a copy must be running or done); ``reservation``: the
+        space held for it, released when the copy ends (done, failed, stopped)."""
         if self.done(name):
             return
         with self._lock:
@@ -191,7 +219,7 @@ class Clones:
         if job is None:
             if source is None:
                 raise ProvisioningError(f"volume {name}: its copy is neither running nor done")
-            self._start(name, target, source)
+            self._start(name, target, source, reservation)
             raise InProgress(f"Cloning {source.describe()} into volume {name}: {source.usage.apparent_bytes} bytes "
                              f"in {source.usage.entries} entries to copy", retry_after=self.poll, report=True)
         if job.error is not None:
@@ -228,35 +256,61 @@ class Clones:
                           f"{job.source.usage.apparent_bytes} bytes) after {now - job.started:.0f} s",
                           retry_after=self.poll, report=report)
 
-    def _start(self, name: str, target: Path, source: Source) -> None:
+    def _start(self, name: str, target: Path, source: Source, reservation: space.Reservation | None) -> None:
         self.ensure_dir()
         if os.path.lexists(self._marker(name, "copying")) or os.listdir(target):
             removed = copying.empty_dir(target)
             log.warning("volume %s: a copy was cut short (a restart); removed %d entries of the half copy, copying "
                         "again from the start", name, removed)
         fileio.atomic_write(self._marker(name, "copying"), f"{source.pv_name}\n", mode=0o600)
-        job = _Job(source=source, reported_at=time.monotonic(), reported_tenth=0)
-
-        def count(n: int) -> None:
-            job.done_bytes += n
-
-        def run() -> None:
-            try:
-                job.stats = copying.copy_tree(source.path, target, on_bytes=count, cancel=job.cancel)
-                job.finished = True
-            except copying.Cancelled as e:
-                job.error = str(e)
-                log.info("volume %s: copy from %s stopped: %s", name, source.describe(), e)
-            except (OSError, copying.CopyError) as e:
-                job.error = str(e)
-                log.error("volume %s: copy from %s failed: %s", name, source.describe(), e)
-
-        job.thread = threading.Thread(target=run, name=f"clone-{name}", daemon=True)
+        job = _Job(source=source, reservation=reservation, reported_at=time.monotonic(), reported_tenth=0)
+        job.thread = threading.Thread(target=self._run, args=(name, target, job), name=f"clone-{name}", daemon=True)
         with self._lock:
             self._jobs[name] = job
         log.info("volume %s: cloning %s (%d bytes, %d entries)", name, source.describe(),
                  source.usage.apparent_bytes, source.usage.entries)
-        job.thread.start()
+        try:
+            job.thread.start()
+        except BaseException:
+            with self._lock:
+                self._jobs.pop(name, None)
+            raise
+
+    def _run(self, name: str, target: Path, job: _Job) -> None:
+        """The copy thread. Whatever ends it (done, an error of the copy, a bug, RecursionError, MemoryError,
+        even SystemExit) is published on the job for the next poll to report, after the reservation is
+        released: a clone never stays "in progress" for a copy that stopped."""
+        source = job.source
+
+        def count(n: int) -> None:
+            job.done_bytes += n
+
+        reservation = job.reservation
+        error: str | None = None
+        stats: copying.Stats | None = None
+        try:
+            stats = self.copy(source.path, target, on_bytes=count,
+                              on_written=reservation.use if reservation is not None else None, cancel=job.cancel)
+        except copying.Cancelled as e:
+            error = str(e)
+            log.info("volume %s: copy from %s stopped: %s", name, source.describe(), e)
+        except (OSError, copying.CopyError) as e:
+            error = str(e)
+            log.error("volume %s: copy from %s failed: %s", name, source.describe(), e)
+        except BaseException as e:  # a bug, RecursionError, MemoryError, SystemExit: the claim fails, never stalls
+            error = f"unexpected {type(e).__name__}: {str(e)[:300] or '(no message)'}"
+            log.error("volume %s: copy from %s failed: %s", name, source.describe(), error)
+            log.debug("volume %s: the copy's traceback", name, exc_info=True)
+        finally:
+            if reservation is not None:
+                reservation.release()
+            if stats is None and error is None:
+                error = "the copy ended without a result"
+            job.stats = stats
+            if error is not None:
+                job.error = error
+            else:
+                job.finished = True
 
     def forget(self, name: str) -> None:
         """The volume is rolled back or deleted: stop its copy and drop its markers."""
@@ -265,5 +319,7 @@ class Clones:
         if job is not None and job.thread is not None:
             job.cancel.set()
             job.thread.join()
+        if job is not None and job.reservation is not None:
+            job.reservation.release()  # the thread did already, unless it never ran
         for kind in ("copying", "done"):
             self._marker(name, kind).unlink(missing_ok=True)

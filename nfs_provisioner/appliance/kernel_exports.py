@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nfs_provisioner import fileio
+
 MARK = "# nfs-provisioner:"
 DISABLED = "#nobody "
 """Prefix of a marked line while no client may mount (the line keeps its path and fsid)."""
@@ -143,7 +145,7 @@ class KernelExporter:
         directory = self.exports_file.parent
         fd, tmp = tempfile.mkstemp(prefix=".exports.", dir=directory)
         try:
-            with os.fdopen(fd, "w") as f:
+            with fileio.naming(self.exports_file), os.fdopen(fd, "w") as f:
                 f.write("".join(t + "\n" for t in lines))
                 f.flush()
                 os.fsync(f.fileno())

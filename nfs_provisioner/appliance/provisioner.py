@@ -37,7 +37,7 @@ from nfs_provisioner.controller.interface import (
     ProvisionOptions,
 )
 from nfs_provisioner.kube.errors import KubeError
-from nfs_provisioner.volumes import ondelete, params, quantity
+from nfs_provisioner.volumes import ondelete, params, quantity, space
 from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
 from nfs_provisioner.volumes.records import VolumeRecords, new_record
 
@@ -166,7 +166,7 @@ class NFSProvisioner(Provisioner):
         except DirectoryError as e:
             raise ProvisioningError(str(e)) from e
         try:
-            clone_source = self._clone_source(options, name, size)
+            clone_source, reservation = self._clone_source(options, name, size)
         except ProvisioningError as e:
             if e.state is ProvisioningState.FINISHED:  # refused: nothing of this clone may stay
                 self._discard_half_clone(options, name, path)
@@ -176,6 +176,8 @@ class NFSProvisioner(Provisioner):
         rolls back all of them, on whichever poll it fails."""
 
         undo: list[tuple[str, Callable[[], object]]] = []
+        if reservation is not None:  # held by the copy once it runs; until then, released by any failure
+            undo.append(("release the space reserved for the copy", reservation.release))
         try:
             # Only a limit needs provisions in series (check, then use the slot); without one they run in parallel.
             with self._slots if self.config.max_exports >= 0 else contextlib.nullcontext():
@@ -212,7 +214,7 @@ class NFSProvisioner(Provisioner):
                 if clones is not None:
                     undo.append(("stop the copy", lambda: clones.forget(name)))
                     # Never exported before the whole copy is done (InProgress until then).
-                    clones.fill(name=name, target=path, source=clone_source)
+                    clones.fill(name=name, target=path, source=clone_source, reservation=reservation)
                 export_id, block = self.exporter.export(name=name, path=path, root_squash=p.root_squash)
                 undo.append(("remove export", lambda: self.exporter.unexport(name)))
         except InProgress:
@@ -274,25 +276,29 @@ class NFSProvisioner(Provisioner):
         log.info("volume %s: removing the clone's half copy, record and quota project", name)
         self._rollback(name, steps)
 
-    def _clone_source(self, options: ProvisionOptions, name: str, size: int) -> clones_mod.Source | None:
-        """The validated source of a clone that must start now (None: not a clone, or its copy is running
-        or done); raises ProvisioningError when the clone is refused."""
+    def _clone_source(self, options: ProvisionOptions, name: str,
+                      size: int) -> tuple[clones_mod.Source | None, space.Reservation | None]:
+        """The validated source of a clone that must start now and the space reserved for its copy (None: not
+        a clone, or its copy is running or done; no reservation where blocks are shared); raises
+        ProvisioningError when the clone is refused (its copy would not fit beside the copies in progress)."""
         source = options.source
         if source is None:
-            return None
+            return None, None
         if not source.is_claim or self.sources is None or self.clones is None:
             raise ProvisioningError(f"data source {source.describe()} is not supported; no volume is provisioned")
         if self.clones.running(name) or self.clones.done(name):
-            return None
+            return None, None
         try:
-            return clones_mod.check(claim=options.claim, source=source, requested_bytes=size, sources=self.sources,
-                                    identity=self.config.identity, records=self.records,
-                                    directories=self.directories, free_bytes=self.directories.free_bytes(),
-                                    shares_blocks=self.clones.shares_blocks(self.directories.export_root))
+            checked = clones_mod.check(claim=options.claim, source=source, requested_bytes=size,
+                                       sources=self.sources, identity=self.config.identity, records=self.records,
+                                       directories=self.directories)
         except KubeError as e:
             # Not a refusal: whatever an earlier attempt made (a half copy after a restart) stays recorded.
             raise ProvisioningError(f"cannot read the clone source {source.describe()}: {e}",
                                     ProvisioningState.NO_CHANGE) from e
+        shares = self.clones.shares_blocks(self.directories.export_root)
+        return checked, clones_mod.reserve(name=name, source=checked, directories=self.directories,
+                                           shares_blocks=shares)
 
     @staticmethod
     def _rollback(name: str, undo: list[tuple[str, Callable[[], object]]]) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nfs_provisioner import fileio
 from nfs_provisioner.quota import errors
 
 FILE_NAME = "projects"
@@ -79,7 +80,7 @@ def write_projects(path: Path, entries: Iterable[ProjectEntry]) -> None:
     data = format_projects(entries).encode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with fileio.naming(path), os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -91,6 +92,7 @@ def write_projects(path: Path, entries: Iterable[ProjectEntry]) -> None:
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(dir_fd)
+        with fileio.naming(path.parent):
+            os.fsync(dir_fd)
     finally:
         os.close(dir_fd)

@@ -25,9 +25,11 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from nfs_provisioner.volumes import directories, walking
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,8 @@ class Usage:
     apparent_bytes: int
     """Sum of regular files' sizes (each hard-linked file once): what progress counts."""
     allocated_bytes: int
-    """Blocks the tree occupies (``st_blocks``): what a full copy needs at most."""
+    """Blocks the tree occupies (``st_blocks`` of its files, each hard-linked file once, directories and
+    symlinks): what a full copy needs, about."""
     entries: int
 
 
@@ -76,29 +79,45 @@ def open_dir(path: Path) -> int:
 
 
 def measure(path: Path) -> Usage:
-    """Walk ``path`` (never following symlinks) and add up what a copy will move."""
+    """Walk ``path`` (never following symlinks, without recursion, with bounded descriptors: see
+    :mod:`~nfs_provisioner.volumes.walking`) and add up what a copy will move. Entries that vanish while it
+    walks are skipped (a live volume changes); OSError naming the path for anything else."""
     seen: set[tuple[int, int]] = set()
     apparent = allocated = entries = 0
-    stack = [open_dir(path)]
-    try:
-        while stack:
-            fd = stack.pop()
-            try:
-                for name in os.listdir(fd):
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                    entries += 1
-                    if stat.S_ISDIR(st.st_mode):
-                        stack.append(os.open(name, _DIR, dir_fd=fd))
-                    elif stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
-                        if st.st_nlink > 1:
-                            seen.add((st.st_dev, st.st_ino))
-                        apparent += st.st_size
-                        allocated += st.st_blocks * 512
-            finally:
-                os.close(fd)
-    finally:
-        for fd in stack:
-            os.close(fd)
+    with walking.OpenPath(path) as walk:
+        with walk.naming():
+            pending = [os.listdir(walk.fd)]
+        while pending:
+            if not pending[-1]:
+                pending.pop()
+                if pending:
+                    with walk.naming():
+                        walk.leave()
+                continue
+            name = pending[-1].pop()
+            with walk.naming(name):
+                try:
+                    st = os.stat(name, dir_fd=walk.fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                entries += 1
+                if stat.S_ISREG(st.st_mode):
+                    if (st.st_dev, st.st_ino) in seen:
+                        continue
+                    if st.st_nlink > 1:
+                        seen.add((st.st_dev, st.st_ino))
+                    apparent += st.st_size
+                allocated += st.st_blocks * 512  # directories' and symlinks' blocks too: a copy makes them
+                if not stat.S_ISDIR(st.st_mode):
+                    continue
+                try:
+                    walk.enter(name)
+                except OSError as e:
+                    if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                        continue  # removed, or replaced by a file or a symlink, since it was listed
+                    raise
+            with walk.naming():
+                pending.append(os.listdir(walk.fd))
     return Usage(apparent_bytes=apparent, allocated_bytes=allocated, entries=entries)
 
 
@@ -139,83 +158,109 @@ def syncfs(path: Path) -> None:
 
 
 def copy_tree(source: Path, target: Path, *, on_bytes: Callable[[int], None] | None = None,
-              cancel: threading.Event | None = None) -> Stats:
+              on_written: Callable[[int], None] | None = None, cancel: threading.Event | None = None) -> Stats:
     """Copy the contents and metadata of directory ``source`` into the existing, empty directory ``target``
-    (whose own owner, mode, times and xattrs become the source's too)."""
-    copier = _Copier(on_bytes or (lambda n: None), cancel or threading.Event())
-    sfd = open_dir(source)
-    try:
-        dfd = open_dir(target)
-        try:
-            if os.listdir(dfd):
+    (whose own owner, mode, times and xattrs become the source's too).
+
+    Without recursion and with bounded descriptors, whatever the tree's depth and breadth
+    (:mod:`~nfs_provisioner.volumes.walking`). ``on_bytes``: apparent bytes done (progress, holes included);
+    ``on_written``: bytes of data actually written to the target (what it now occupies, for the space
+    reserved for the copy). Raises :class:`CopyError` naming the entry (relative to ``source``), or OSError
+    naming ``source`` or ``target`` when they cannot be opened."""
+    nothing: Callable[[int], None] = lambda n: None  # noqa: E731
+    copier = _Copier(on_bytes or nothing, on_written or nothing, cancel or threading.Event())
+    with walking.OpenPath(source) as src, walking.OpenPath(target) as dst:
+        with dst.naming():
+            if os.listdir(dst.fd):
                 raise CopyError(f"{target} is not empty; refusing to copy into it")
-            copier.root = dfd
-            copier.copy_dir(sfd, dfd, "")
-            _metadata(sfd, dfd, os.fstat(sfd), "")
-        finally:
-            os.close(dfd)
-    finally:
-        os.close(sfd)
+        copier.run(src, dst)
     return copier.stats
 
 
 def empty_dir(path: Path) -> int:
-    """Remove everything inside directory ``path`` (never following symlinks), keeping ``path`` itself
-    (and with it its quota project); returns the number of entries removed."""
-    import shutil
-
+    """Remove everything inside directory ``path`` (never following symlinks, without recursion, with bounded
+    descriptors: :func:`~nfs_provisioner.volumes.directories.remove_tree`), keeping ``path`` itself (and with
+    it its quota project); returns the number of entries there were directly in ``path``."""
     fd = open_dir(path)
     try:
-        names = os.listdir(fd)
-        for name in names:
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(name, dir_fd=fd)
-            else:
-                os.unlink(name, dir_fd=fd)
+        count = len(os.listdir(fd))
     finally:
         os.close(fd)
-    return len(names)
+    directories.remove_tree(path, keep_top=True)
+    return count
+
+
+def _shown(path: str, limit: int = 200) -> str:
+    """A relative path for a message: a deep one keeps its first and last parts."""
+    return path if len(path) <= limit else f"{path[:limit // 3]}/.../{path[-(limit * 2 // 3):]}"
 
 
 class _Copier:
-    def __init__(self, on_bytes: Callable[[int], None], cancel: threading.Event) -> None:
+    def __init__(self, on_bytes: Callable[[int], None], on_written: Callable[[int], None],
+                 cancel: threading.Event) -> None:
         self.on_bytes = on_bytes
+        self.on_written = on_written
         self.cancel = cancel
         self.stats = Stats()
-        self.root = -1
         self.links: dict[tuple[int, int], str] = {}
         """(st_dev, st_ino) of a multiply-linked source file -> its first copy's path relative to the target."""
 
-    def copy_dir(self, sfd: int, dfd: int, rel: str) -> None:
-        for name in sorted(os.listdir(sfd)):
-            if self.cancel.is_set():
-                raise Cancelled("the copy was cancelled")
-            path = f"{rel}/{name}" if rel else name
-            try:
-                self._entry(sfd, dfd, name, path)
-            except CopyError:
-                raise
-            except OSError as e:
-                raise CopyError(f"cannot copy {path}: {e.strerror or e}") from e
+    def run(self, src: walking.OpenPath, dst: walking.OpenPath) -> None:
+        """Depth first, one directory's listing per level kept as names (never descriptors); a directory's own
+        metadata is set once everything in it is copied (its mode may forbid writing, its mtime would change)."""
+        pending = [self._listing(src)]
+        while True:
+            if pending[-1]:
+                name = pending[-1].pop()
+                if self.cancel.is_set():
+                    raise Cancelled("the copy was cancelled")
+                with self._naming(src, name):
+                    if self._entry(src, dst, name):
+                        pending.append(self._listing(src))
+                continue
+            pending.pop()
+            with self._naming(src, None):
+                _metadata(src.fd, dst.fd, os.fstat(src.fd), src.relative())
+                if not pending:
+                    return
+                src.leave()
+                dst.leave()
+            self.stats.directories += 1
 
-    def _entry(self, sfd: int, dfd: int, name: str, path: str) -> None:
+    @staticmethod
+    def _listing(src: walking.OpenPath) -> list[str]:
+        """The current source directory's names, last first (popped in order)."""
+        return sorted(os.listdir(src.fd), reverse=True)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _naming(src: walking.OpenPath, name: str | None) -> Iterator[None]:
+        """An OSError inside becomes a CopyError naming entry ``name`` of the directory current when the block
+        began (or that directory), relative to the source."""
+        depth = src.depth
+        try:
+            yield
+        except CopyError:
+            raise
+        except OSError as e:
+            raise CopyError(f"cannot copy {_shown(src.relative(name, depth=depth))}: {e.strerror or e}") from e
+
+    def _entry(self, src: walking.OpenPath, dst: walking.OpenPath, name: str) -> bool:
+        """Copy entry ``name`` of the current directory; True when it is a directory, made in the target and
+        entered on both sides (its contents come next)."""
+        sfd, dfd = src.fd, dst.fd
         st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
         mode = st.st_mode
         if stat.S_ISDIR(mode):
             os.mkdir(name, 0o700, dir_fd=dfd)
-            cs = os.open(name, _DIR, dir_fd=sfd)
+            src.enter(name)
             try:
-                cd = os.open(name, _DIR, dir_fd=dfd)
-                try:
-                    self.copy_dir(cs, cd, path)
-                    _metadata(cs, cd, os.fstat(cs), path)
-                finally:
-                    os.close(cd)
-            finally:
-                os.close(cs)
-            self.stats.directories += 1
-        elif stat.S_ISLNK(mode):
+                dst.enter(name)
+            except BaseException:
+                src.leave()
+                raise
+            return True
+        if stat.S_ISLNK(mode):
             os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
             os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
             os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd, follow_symlinks=False)
@@ -223,12 +268,12 @@ class _Copier:
         elif stat.S_ISREG(mode):
             key = (st.st_dev, st.st_ino)
             if st.st_nlink > 1 and key in self.links:
-                os.link(self.links[key], name, src_dir_fd=self.root, dst_dir_fd=dfd, follow_symlinks=False)
+                os.link(self.links[key], name, src_dir_fd=dst.top, dst_dir_fd=dfd, follow_symlinks=False)
                 self.stats.hard_links += 1
-                return
-            self._file(sfd, dfd, name, path)
+                return False
+            self._file(sfd, dfd, name, src.relative(name))
             if st.st_nlink > 1:
-                self.links[key] = path
+                self.links[key] = dst.relative(name)
         elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             os.mknod(name, stat.S_IFMT(mode) | 0o600, st.st_rdev, dir_fd=dfd)
             # Made just now in a target no client can reach yet: nothing can have swapped it for a symlink.
@@ -237,15 +282,16 @@ class _Copier:
             os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd, follow_symlinks=False)
             self.stats.specials += 1
         else:
-            log.info("copy: skipping socket %s (sockets cannot be copied)", path)
+            log.info("copy: skipping socket %s (sockets cannot be copied)", _shown(src.relative(name)))
             self.stats.skipped_sockets += 1
+        return False
 
     def _file(self, sfd: int, dfd: int, name: str, path: str) -> None:
         src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=sfd)
         try:
             st = os.fstat(src)
             if not stat.S_ISREG(st.st_mode):  # swapped between stat and open
-                raise CopyError(f"{path} changed while it was copied")
+                raise CopyError(f"{_shown(path)} changed while it was copied")
             dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                           dir_fd=dfd)
             try:
@@ -311,6 +357,7 @@ class _Copier:
             if n == 0:  # the file shrank while it was copied
                 return
             self.on_bytes(n)
+            self.on_written(n)
             pos += n
 
 

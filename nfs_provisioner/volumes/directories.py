@@ -6,9 +6,10 @@ one of the appliance's own files. Deletion refuses symlinks and anything that
 is not a directory, and the tree removal (:func:`remove_tree`) works on
 directory file descriptors opened with ``O_NOFOLLOW`` and never follows a
 symlink inside the tree, so nothing outside the volume's own directory can be
-removed. It is iterative and holds a bounded number of descriptors, so no
-depth (a client can nest thousands of directories, beyond ``PATH_MAX``) and no
-number of entries stops it.
+removed. It is iterative and holds a bounded number of descriptors
+(``volumes.walking``), so no depth (a client can nest thousands of
+directories, beyond ``PATH_MAX``) and no number of entries stops it; its
+errors name the full path of what could not be removed.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import os
 import re
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from nfs_provisioner.volumes import identity
+from nfs_provisioner.volumes import identity, space, walking
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,11 @@ class InsufficientSpace(DirectoryError):
     pass
 
 
+def _held(free: int, held: int) -> str:
+    return f" ({free} free, {held} of them reserved for copies in progress)" if held else \
+        " (none of it reserved for copies in progress)"
+
+
 def validate_name(name: str) -> str:
     if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
         raise InvalidVolumeName(f"volume name {name[:80]!r} is not a DNS-1123 subdomain; refusing to use it as a "
@@ -58,18 +64,46 @@ def validate_name(name: str) -> str:
 @dataclass(frozen=True)
 class VolumeDirectories:
     export_root: Path
+    ledger: space.Ledger = field(init=False, repr=False, compare=False)
+    """Space promised to copies in progress (``volumes.space``): every free-space check here holds it back."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ledger", space.Ledger(self._statvfs_free))
 
     def path_for(self, name: str) -> Path:
         return self.export_root / validate_name(name)
 
-    def free_bytes(self) -> int:
+    def _statvfs_free(self) -> int:
         st = os.statvfs(self.export_root)
         return st.f_bavail * st.f_frsize
 
+    def free_bytes(self) -> int:
+        """Bytes free on the export root and not promised to a copy in progress."""
+        free, held = self.ledger.free()
+        return max(0, free - held)
+
+    def reserved(self) -> int:
+        """Bytes promised to copies in progress and not written yet."""
+        return self.ledger.held()
+
     def check_space(self, requested: int) -> None:
-        free = self.free_bytes()
-        if requested > free:
-            raise InsufficientSpace(f"requested {requested} bytes but only {free} bytes are free on the export root")
+        free, held = self.ledger.free()
+        if requested > free - held:
+            raise InsufficientSpace(f"requested {requested} bytes but only {max(0, free - held)} bytes are free on "
+                                    f"the export root{_held(free, held)}")
+
+    def reserve(self, name: str, nbytes: int, *, what: str) -> space.Reservation:
+        """Promise ``nbytes`` of the export root to the copy into volume ``name`` (``what`` it is, for the
+        refusal) until :meth:`release`; InsufficientSpace when they are not free beyond earlier promises."""
+        try:
+            return self.ledger.reserve(name, nbytes)
+        except space.NoRoom as e:
+            raise InsufficientSpace(f"{what} needs {nbytes} bytes but only {e.available} are free on the export "
+                                    f"root{_held(e.free, e.held)}") from e
+
+    def release(self, name: str, *, only: space.Reservation | None = None) -> bool:
+        """The copy into volume ``name`` ended, failed or was abandoned: its promise is void (idempotent)."""
+        return self.ledger.release(name, only=only)
 
     def create(self, name: str, *, gid: int | None) -> Path:
         """Create (or, after a crash, adopt) the volume's directory; mode and group per REFERENCE."""
@@ -153,12 +187,6 @@ class VolumeDirectories:
             raise DirectoryError(f"{path} is {kind}; refusing to use or remove it as a volume directory")
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-MAX_OPEN_DIRS = 32
-"""Directory descriptors held at once while removing a tree; deeper ancestors are re-opened by name from the
-top when the walk climbs back to them."""
-
-
 def _first_subdir(fd: int) -> str | None:
     """Unlink every non-directory in the directory ``fd`` up to its first subdirectory; that subdirectory's
     name, or None when the directory is empty now."""
@@ -185,64 +213,32 @@ def remove_tree(path: Path, *, keep_top: bool = False) -> None:
 
     Every step is relative to a descriptor of the directory above (``unlinkat``/``openat`` with
     ``O_NOFOLLOW``): a symlink is removed, never followed, and names never contain ``/`` or ``..``, so the walk
-    stays inside ``path`` whatever a client renames meanwhile. At most :data:`MAX_OPEN_DIRS` descriptors are
-    open (the shallowest are closed first); when the walk climbs back to a closed one, the directories are
-    re-opened by name from ``path``. ``keep_top``: empty ``path`` but keep it. OSError on failure (the tree is
-    then partly removed)."""
-    names: list[str] = []  # the current directory, relative to path
-    fds: list[int | None] = [os.open(path, _DIR_FLAGS)]  # fds[i]: directory names[:i]; fds[1:low] are closed
-    low = 1
-
-    def push(fd: int) -> None:
-        nonlocal low
-        fds.append(fd)
-        if len(fds) - low > MAX_OPEN_DIRS:
-            old = fds[low]
-            assert old is not None
-            os.close(old)
-            fds[low] = None
-            low += 1
-
-    def current() -> int:
-        nonlocal low
-        if len(fds) <= low:  # climbed back into the closed part: re-open it from the top
-            del fds[1:]
-            low = 1
-            for name in names:
-                parent = fds[-1]
-                assert parent is not None
-                push(os.open(name, _DIR_FLAGS, dir_fd=parent))
-        fd = fds[-1]
-        assert fd is not None
-        return fd
-
-    try:
+    stays inside ``path`` whatever a client renames meanwhile. At most
+    :data:`~nfs_provisioner.volumes.walking.MAX_OPEN_DIRS` descriptors are open below ``path`` (see
+    :class:`~nfs_provisioner.volumes.walking.OpenPath`: a directory moved meanwhile stops the removal rather
+    than being walked elsewhere). ``keep_top``: empty ``path`` but keep it. OSError naming the full path of
+    what could not be removed (the tree is then partly removed)."""
+    with walking.OpenPath(path) as walk:
         while True:
-            fd = current()
-            sub = _first_subdir(fd)
+            with walk.naming():
+                sub = _first_subdir(walk.fd)
             if sub is not None:
-                try:
-                    child = os.open(sub, _DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    continue
-                except OSError as e:
-                    if e.errno not in (errno.ELOOP, errno.ENOTDIR):
-                        raise
-                    os.unlink(sub, dir_fd=fd)  # swapped for a symlink or a file since it was listed
-                    continue
-                names.append(sub)
-                push(child)
+                with walk.naming(sub):
+                    try:
+                        walk.enter(sub)
+                    except FileNotFoundError:
+                        continue
+                    except OSError as e:
+                        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                            raise
+                        os.unlink(sub, dir_fd=walk.fd)  # swapped for a symlink or a file since it was listed
                 continue
-            if not names:
+            if not walk.depth:
                 break
-            os.close(fd)
-            fds.pop()
-            name = names.pop()
-            with contextlib.suppress(FileNotFoundError):
-                os.rmdir(name, dir_fd=current())
-    finally:
-        for held in fds:
-            if held is not None:
-                os.close(held)
+            name = walk.names[-1]
+            with walk.naming():
+                walk.leave()
+            with walk.naming(name), contextlib.suppress(FileNotFoundError):
+                os.rmdir(name, dir_fd=walk.fd)
     if not keep_top:
         os.rmdir(path)

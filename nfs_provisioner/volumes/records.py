@@ -111,8 +111,17 @@ class VolumeRecords:
                 raise RecordError(f"{path} is a symlink; refusing to read it") from e
             raise RecordError(f"cannot read {path}: {e.strerror}") from e
         try:
-            with os.fdopen(fd, encoding="utf-8") as f:
-                data: dict[str, Any] = json.loads(f.read())
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):  # reading it would fail naming only the descriptor
+                    raise RecordError(f"{path} is not a regular file; refusing to read it as a volume record")
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    raw = f.read()
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise RecordError(f"cannot read {path}: {e.strerror or e}") from e
+        try:
+            data: dict[str, Any] = json.loads(raw.decode("utf-8"))
             record = VolumeRecord(**data)
         except (ValueError, TypeError) as e:
             raise RecordError(f"{path} is not a volume record: {e}") from e
