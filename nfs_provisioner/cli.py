@@ -239,11 +239,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except settings_mod.SettingsError as e:
         print(logs.error_line(str(e), json_lines=s is not None and s.log_json), file=sys.stderr)
         return 2
-    from nfs_provisioner.appliance import app
+    from nfs_provisioner.appliance import app, limits
 
     logs.configure(level=s.log_level, json_lines=s.log_json)
     for warning in warnings + settings_mod.warnings(s):
         log.warning("%s", warning)
+    limits.raise_open_files()
     try:
         return app.run(s, env)
     except app.STARTUP_ERRORS as e:
