@@ -9,6 +9,7 @@ queue-depth gauge. The registry is injected (tests pass a fresh one).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -115,7 +116,6 @@ class Server:
         self._pool = ThreadPoolExecutor(max_workers=self.limits.workers, thread_name_prefix="metrics-render")
         self._conns: dict[_Connection, None] = {}
         """Open connections, oldest first (a dict keeps insertion order)."""
-        self._server: asyncio.AbstractServer | None = None
         self._thread = threading.Thread(target=self._run, name="metrics-http", daemon=True)
         self._started = threading.Event()
 
@@ -146,19 +146,46 @@ class Server:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         try:
-            self._server = self._loop.run_until_complete(self._loop.create_server(
-                lambda: _Connection(self), sock=self._sock, backlog=self.limits.backlog))
+            self._sock.setblocking(False)
+            self._loop.add_reader(self._sock.fileno(), self._accept)
             self._started.set()
             self._loop.run_forever()
         finally:
             self._started.set()
-            if self._server is not None:
-                self._server.close()
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._sock.fileno())
             for conn in list(self._conns):
                 conn.abort()
             self._sock.close()
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.run_until_complete(asyncio.sleep(0))  # the aborted transports close their sockets
             self._loop.close()
+
+    def _accept(self) -> None:
+        """One connection per turn of the loop, admitted (or closed) before the next is accepted: the
+        descriptors held never exceed the limit by more than the one or two being closed."""
+        try:
+            sock, addr = self._sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:  # out of descriptors or memory: no busy loop, try again in a second
+            log.warning("http: accepting a connection failed: %s; pausing for 1s", e)
+            self._loop.remove_reader(self._sock.fileno())
+            self._loop.call_later(1.0, self._loop.add_reader, self._sock.fileno(), self._accept)
+            return
+        conn = _Connection(self, peer=str(addr[0]) if isinstance(addr, tuple) else str(addr))
+        if not self._admit(conn):
+            sock.close()
+            return
+        sock.setblocking(False)
+        self._loop.create_task(self._attach(conn, sock))
+
+    async def _attach(self, conn: _Connection, sock: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(lambda: conn, sock)
+        except OSError as e:
+            log.debug("http: connection from %s lost at once: %s", conn.peer, e)
+            self._forget(conn)
+            sock.close()
 
     def _admit(self, conn: _Connection) -> bool:
         """Hold ``conn`` within the limits (closing an older idle one if needed); False: close it at once."""
@@ -179,7 +206,7 @@ class Server:
     def _evict(self, conns: list[_Connection]) -> bool:
         """Close the oldest of ``conns`` still waiting for its request; False if every one is being answered."""
         for c in conns:
-            if not c.answering:
+            if not c.answering and c.attached:
                 log.debug("http: closing an idle connection from %s to make room", c.peer)
                 self._forget(c)  # at once: its connection_lost comes later
                 c.abort()
@@ -226,22 +253,22 @@ REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not All
 class _Connection(asyncio.Protocol):
     """One client connection: its request head is gathered within the limits, then one answer, then closed."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, *, peer: str) -> None:
         self.server = server
-        self.peer = "?"
+        self.peer = peer
         self.answering = False
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._timer: asyncio.TimerHandle | None = None
 
+    @property
+    def attached(self) -> bool:
+        """Whether its transport exists (made on the loop's next turn after the accept)."""
+        return self._transport is not None
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]) if isinstance(peer, tuple) else str(peer)
-        if not self.server._admit(self):
-            transport.abort()
-            return
         self._timer = self.server._loop.call_later(self.server.limits.request_timeout, self._too_slow)
 
     def data_received(self, data: bytes) -> None:
