@@ -180,6 +180,7 @@ class ChildLog:
     def _read(self, r: int) -> None:
         try:
             while chunk := os.read(r, 262144):
+                self._write(chunk)  # first: what is seen below is in the file too (if it could be written)
                 with self._lock:
                     window = self._tail[-self._overlap:] + chunk if self._overlap else chunk
                     for mark, seen in self._marks.items():
@@ -187,7 +188,6 @@ class ChildLog:
                             self._marks[mark] = True
                     self._tail = (self._tail + chunk)[-TAIL_BYTES:]
                     self.received += len(chunk)
-                self._write(chunk)
         except OSError as e:
             log.error("reading the output of %s failed: %s", self.what, e)
         finally:
@@ -243,7 +243,11 @@ class ChildLog:
             self._fd = None
 
     def _shrink_legacy(self, fd: int, size: int) -> None:
-        end = os.pread(fd, self.max_bytes, size - self.max_bytes)
+        rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)  # the same file, for reading
+        try:
+            end = os.pread(rfd, self.max_bytes, size - self.max_bytes)
+        finally:
+            os.close(rfd)
         old = self.path.with_name(self.path.name + ".old")
         tmp = self.path.with_name(self.path.name + ".old.tmp")
         wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
