@@ -54,16 +54,24 @@ def get(port: int, path: str, *, timeout: float = 5.0) -> tuple[int, str, float]
 
 
 def idle_connections(port: int, n: int, *, source: str = "127.0.0.2") -> list[socket.socket]:
-    """``n`` connections that never send a byte (from ``source``, another pod as the endpoint sees it)."""
+    """``n`` connections that never send a byte (from ``source``, another pod as the endpoint sees it), opened
+    one after the other as a client would. A server that no longer accepts (out of descriptors) makes connects
+    time out: after three of those no more are tried."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < n + 256:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 1024), hard))
-    socks = []
-    for _ in range(n):  # not waiting for each: a server that stops accepting must not stall the test here
+    socks: list[socket.socket] = []
+    timeouts = 0
+    while len(socks) < n and timeouts < 3:
         s = socket.socket()
         s.bind((source, 0))
-        s.setblocking(False)
-        s.connect_ex(("127.0.0.1", port))
+        s.settimeout(2)
+        try:
+            s.connect(("127.0.0.1", port))
+        except OSError:  # TimeoutError included
+            s.close()
+            timeouts += 1
+            continue
         socks.append(s)
     return socks
 
@@ -428,6 +436,7 @@ def test_d6_the_appliance_at_1024_open_files_survives_1100_idle_connections(
         storage: client.StorageV1Api, namespace: str) -> None:
     a = Appliance(kubeconfig=cluster.kubeconfig, export_root=tmp_path / "export",
                   provisioner=f"example.com/d6-{unique}", log_dir=tmp_path,
+                  extra=["--export-subnet=127.0.0.1"],  # not the shared cluster's Nodes, whatever tests made them
                   wrapper=lambda argv: ["prlimit", "--nofile=1024:1024", *argv])
     cls = f"d6-{unique}"
     make_class(storage, cls, a.provisioner)
@@ -471,5 +480,8 @@ def test_d6_the_appliance_raises_its_soft_open_files_limit(cluster: kubecluster.
         line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
         assert line.split()[3:5] == ["8192", "8192"], line
         assert "open files limit raised: 1024 -> 8192 (the hard limit)" in a.text()
+        # A SIGTERM right after /readyz turns 200, before the controller's handler is installed, can be lost
+        # (app.py's start-up handler raising inside a weakref callback; the lead is reworking it): not tested here.
+        time.sleep(2)
     finally:
         a.close()
