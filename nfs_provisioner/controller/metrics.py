@@ -260,6 +260,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._timer: asyncio.TimerHandle | None = None
+        self._aborted = False
 
     @property
     def attached(self) -> bool:
@@ -307,6 +308,7 @@ class _Connection(asyncio.Protocol):
         t.close()  # after the buffer is written; abort() above if the client never reads it
 
     def abort(self) -> None:
+        self._aborted = True
         if self._transport is not None:
             self._transport.abort()
 
@@ -323,3 +325,5 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         self.server._forget(self)
+        if exc is not None or not (self.answering or self._aborted):  # a client going away early is routine
+            log.debug("http: client %s disconnected early: %s", self.peer, exc or "closed before its request")
