@@ -30,6 +30,7 @@ from nfs_provisioner.ganesha import errors as ganesha_errors
 from nfs_provisioner.ganesha import processes
 from nfs_provisioner.ganesha.exports import ExportRequest
 from nfs_provisioner.ganesha.server import READY_MARK
+from nfs_provisioner.ganesha.settings import Ports
 from nfs_provisioner.kube import credentials
 from tests import kubecluster, wait
 from tests.appliance_env import Appliance
@@ -245,6 +246,27 @@ def test_d7_garbage_rpc_from_an_unlisted_address_leaves_ganesha_log_bounded(h: H
     assert len((log.parent / "ganesha.log.old").read_bytes()) <= cap + chunk
     assert srv.ready()
     assert h.client().cat(h.export_root / "v1" / "f").stdout == b"still served"
+
+
+@pytest.mark.ganesha
+def test_d7_garbage_at_statd_leaves_its_log_bounded(h: Harness) -> None:
+    """rpc.statd runs with -d (its messages to its log, not syslog) and has no client list: a connection to 662
+    that sends garbage costs a line ("Waiting for client connections"): 23.7 MB in 20 s here before the cap. Its
+    log in the run directory goes through the same capped relay as Ganesha's."""
+    ns = h.make_netns(addresses=("10.77.0.1/24",))
+    srv = h.server(netns=ns.path, mountns=ns.mountns, nfsv3=True, bind_addr=None, ports=Ports(),
+                   export_subnet="10.77.0.0/24")
+    log = srv.run_dir / "statd.log"
+    started = time.monotonic()
+    subprocess.run(["nsenter", f"--net={ns.path}", sys.executable, "-c",
+                    "from tests.test_hostile_resources import garbage; garbage('127.0.0.1', 662, source='127.0.0.1', "
+                    "seconds=20)"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True, timeout=120)
+    size = on_disk(log)
+    print(f"statd's log after {time.monotonic() - started:.1f}s of garbage: {size} bytes")
+    cap, chunk = 1 << 20, 256 * 1024
+    assert size <= 2 * (cap + chunk), f"{size} bytes of statd's log"
+    assert "Waiting for client connections" in log.read_text(errors="replace")
+    assert srv.helper_pids().get("rpc.statd")
 
 
 @pytest.mark.ganesha

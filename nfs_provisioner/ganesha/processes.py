@@ -387,18 +387,6 @@ def describe(pid: int) -> str:
         return f"pid {pid}: {e}"
 
 
-def tail(path: Path, *, lines: int = 20, max_bytes: int = 16384) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read().decode("utf-8", "replace")
-    except OSError as e:
-        return f"(cannot read {path}: {e})"
-    return "\n".join(data.splitlines()[-lines:])
-
-
 def bound_ports(pid: int) -> set[int]:
     """Local TCP/UDP ports (IPv4 and IPv6) of the sockets process ``pid`` holds, read from
     ``/proc/<pid>/net`` (its own network namespace) and its descriptors. Empty if it is gone."""
