@@ -4,6 +4,10 @@ The six ``controller_*`` metrics keep the names and labels of
 sig-storage-lib-external-provisioner (no namespace prefix), so existing
 dashboards and alerts keep working; ``workqueue_depth{name}`` is client-go's
 queue-depth gauge. The registry is injected (tests pass a fresh one).
+
+The endpoint (:class:`Server`) is reachable by whoever can reach a liveness probe's port, so its cost is
+bounded whatever clients do (:class:`Limits`): one event-loop thread, a bounded number of connections (idle
+ones make room for new ones), timeouts on reading a request and on delivering an answer.
 """
 
 from __future__ import annotations
@@ -133,9 +137,11 @@ class Server:
         self._started.wait(10)
 
     def stop(self) -> None:
-        if not self._thread.is_alive():
+        if not self._thread.is_alive():  # never started (or already stopped)
             self._sock.close()
             self._pool.shutdown(wait=False)
+            if not self._loop.is_closed() and not self._loop.is_running():
+                self._loop.close()
             return
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
