@@ -12,6 +12,10 @@ binaries). So a SIGKILLed appliance leaves no Ganesha or bus holding its ports.
 As a second line, every child is recorded in a PID file (:class:`PidFile`) and
 the next start stops those still running that are provably the same processes
 (same PID, start time and command line), never any other.
+
+A child's stdout and stderr go through a pipe to :class:`ChildLog`, a thread of this process that writes
+them to a size-capped file (rotated to ``<name>.old``) and keeps the last lines and watched marks in
+memory: what clients make a child log never fills a filesystem.
 """
 
 from __future__ import annotations
