@@ -243,11 +243,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     signals = lifecycle.Signals()  # before the heavy imports: a SIGTERM from now on ends in a clean exit 0
     signals.install()
-    from nfs_provisioner.appliance import app
+    from nfs_provisioner.appliance import app, limits
 
     logs.configure(level=s.log_level, json_lines=s.log_json)
     for warning in warnings + settings_mod.warnings(s):
         log.warning("%s", warning)
+    limits.raise_open_files()
     try:
         return app.run(s, env, signals)
     except app.STARTUP_ERRORS as e:

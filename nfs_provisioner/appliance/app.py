@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from nfs_provisioner import settings as settings_mod
+from nfs_provisioner import tempdirs
 from nfs_provisioner.appliance import address, clones, exporters, health, lifecycle, nodes, recovery, state
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.appliance.kernel_exports import KernelExporter
@@ -143,7 +142,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
                  "%d failed", len(report.applied), len(report.repaired), len(report.missing_directories),
                  len(report.failed))
         ProjectQuotaCollector(quotas, registry=registry)
-    run_dir = Path(tempfile.mkdtemp(prefix="nfsp-"))  # short: the bus socket path is limited to 108 bytes
+    run_dir = state.make_run_dir()  # short: the bus socket path is limited to 108 bytes
     ganesha: GaneshaServer | None = None
     node_clients: nodes.NodeClients | None = None
     ganesha_ok: health.BackgroundHealth | None = None
@@ -244,7 +243,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
             node_clients.stop()
         if ganesha is not None and s.run_server:
             ganesha.stop()  # safe on a server that never or only half started
-        shutil.rmtree(run_dir, ignore_errors=True)
+        tempdirs.release(run_dir)
         raise
     return Parts(identity=ident, ganesha=ganesha, provisioner=provisioner, controller=controller,
                  resizer=resizer, registry=registry, http=http, run_dir=run_dir, lock=lock, recovered=recovered,
@@ -361,5 +360,5 @@ def teardown(s: settings_mod.Settings, parts: Parts) -> None:
             step()
         except Exception:
             log.exception("stopping the %s failed", what)
-    shutil.rmtree(parts.run_dir, ignore_errors=True)
+    tempdirs.release(parts.run_dir)
     parts.lock.release()

@@ -8,6 +8,8 @@
   ``.volumes``, ``.archive``, the identity, ...) must be what they look like: a symlink anywhere in them
   (outside ``.archive``'s contents, which are user data) makes start-up fail with one line naming it, so
   nothing is ever read from or written to where such a link points.
+- :func:`make_run_dir`: the run directory outside the export root (``$TMPDIR/nfsp-*``), and the removal of
+  those left by appliances that died.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import stat
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from nfs_provisioner import tempdirs
 
 LOCK_FILE = ".nfs-provisioner.lock"
 
@@ -87,3 +91,16 @@ def refuse_symlinks(root: Path, *, names: Iterable[str], walk: Iterable[str]) ->
                 path = Path(where) / entry
                 if os.path.islink(path):
                     raise StateError(f"{path} is a symlink (to {os.readlink(path)}); refusing to follow it")
+
+
+RUN_DIR_PREFIX = "nfsp-"
+"""``$TMPDIR/nfsp-XXXXXXXX``: the run directory of one appliance (short: the bus socket path is limited to 108
+bytes). The library loader's ``nfsp-kubeconfig-*`` directories share the prefix and the clean-up."""
+
+
+def make_run_dir() -> Path:
+    """Remove the run directories of appliances that died without removing theirs (SIGKILL, OOM kill), then
+    make this one's, owned by this process (see :mod:`nfs_provisioner.tempdirs`): a live appliance's
+    directory is never removed, several may run on one host."""
+    tempdirs.remove_dead(RUN_DIR_PREFIX)
+    return tempdirs.create(RUN_DIR_PREFIX)

@@ -12,6 +12,10 @@ binaries). So a SIGKILLed appliance leaves no Ganesha or bus holding its ports.
 As a second line, every child is recorded in a PID file (:class:`PidFile`) and
 the next start stops those still running that are provably the same processes
 (same PID, start time and command line), never any other.
+
+A child's stdout and stderr go through a pipe to :class:`ChildLog`, a thread of this process that writes
+them to a size-capped file (rotated to ``<name>.old``) and keeps the last lines and watched marks in
+memory: what clients make a child log never fills a filesystem.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -115,6 +120,151 @@ def _same_process(entry: dict[str, object]) -> bool:
         return False
 
 
+LOG_MAX_BYTES = 1 << 20
+"""Default size of a child's log file before it is rotated to ``<name>.old`` (so at most about twice this)."""
+TAIL_BYTES = 16384
+"""What :meth:`ChildLog.tail` keeps in memory."""
+PIPE_BYTES = 1 << 20
+"""Pipe buffer asked for (``F_SETPIPE_SZ``; the kernel's default maximum): a child writes on while its reader
+waits for the interpreter."""
+F_SETPIPE_SZ = 1031
+
+
+class ChildLog:
+    """A child's stdout and stderr, read through a pipe by a thread of this process into a size-capped file.
+
+    The file is rotated to ``<name>.old`` (replacing the previous one) whenever it reaches ``max_bytes``, so
+    the child's log never takes more than about twice that, whatever it writes: a client that makes Ganesha
+    log a line per garbage RPC record fills nothing. A write that fails (a full filesystem) drops that part
+    of the log (one WARNING line per failing stretch), never blocks the child. The last ``TAIL_BYTES`` stay
+    in memory for error messages, and ``marks`` (e.g. Ganesha's "ready" line) are watched for in everything
+    the child writes, so a rotation or a failed write never hides them."""
+
+    def __init__(self, path: Path, *, what: str, max_bytes: int = LOG_MAX_BYTES, marks: Sequence[str] = ()) -> None:
+        self.path = path
+        self.what = what
+        self.max_bytes = max_bytes
+        self._marks = {m.encode(): False for m in marks}
+        self._overlap = max((len(m) for m in self._marks), default=1) - 1
+        self._tail = b""
+        self._fd: int | None = None
+        self._ino: tuple[int, int] | None = None
+        self._dropped = 0
+        self.received = 0
+        """Bytes the child has written so far (kept or not)."""
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> int:
+        """The pipe's write end for the child (the caller closes it once the child has it); starts reading."""
+        r, w = os.pipe()
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_BYTES)
+        self._thread = threading.Thread(target=self._read, args=(r,), name=f"log-{self.what}", daemon=True)
+        self._thread.start()
+        return w
+
+    def seen(self, mark: str) -> bool:
+        """Whether the child has written ``mark`` (one of ``marks``) since it started."""
+        with self._lock:
+            return self._marks.get(mark.encode(), False)
+
+    def tail(self, lines: int = 20) -> str:
+        """The child's last ``lines`` lines (from memory: whatever became of the file)."""
+        with self._lock:
+            data = self._tail
+        text = data.decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:]) if text else "(nothing logged)"
+
+    def join(self, timeout: float) -> None:
+        """Wait until everything the child wrote is read (its pipe is closed once it and its children exit)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _read(self, r: int) -> None:
+        try:
+            while chunk := os.read(r, 262144):
+                self._write(chunk)  # first: what is seen below is in the file too (if it could be written)
+                with self._lock:
+                    window = self._tail[-self._overlap:] + chunk if self._overlap else chunk
+                    for mark, seen in self._marks.items():
+                        if not seen and mark in window:
+                            self._marks[mark] = True
+                    self._tail = (self._tail + chunk)[-TAIL_BYTES:]
+                    self.received += len(chunk)
+        except OSError as e:
+            log.error("reading the output of %s failed: %s", self.what, e)
+        finally:
+            os.close(r)
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def _write(self, chunk: bytes) -> None:
+        try:
+            fd = self._current()
+            os.write(fd, chunk)
+            if os.fstat(fd).st_size >= self.max_bytes:
+                self._rotate()
+        except OSError as e:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            if not self._dropped:
+                log.warning("cannot write the log of %s to %s (%s): its output is dropped until it can", self.what,
+                            self.path, e.strerror or e)
+            self._dropped += len(chunk)
+            return
+        if self._dropped:
+            log.info("the log of %s is written to %s again; %d bytes of it were dropped", self.what, self.path,
+                     self._dropped)
+            self._dropped = 0
+
+    def _current(self) -> int:
+        """The descriptor of ``path`` as it is now (reopened when someone else rotated or removed it)."""
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+            now: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            now = None
+        if self._fd is not None and now == self._ino:
+            return self._fd
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        st = os.fstat(fd)
+        self._fd, self._ino = fd, (st.st_dev, st.st_ino)
+        if st.st_size > self.max_bytes:  # an unbounded log of an older version: keep only its end
+            self._shrink_legacy(fd, st.st_size)
+        return fd
+
+    def _rotate(self) -> None:
+        old = self.path.with_name(self.path.name + ".old")
+        os.replace(self.path, old)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _shrink_legacy(self, fd: int, size: int) -> None:
+        rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)  # the same file, for reading
+        try:
+            end = os.pread(rfd, self.max_bytes, size - self.max_bytes)
+        finally:
+            os.close(rfd)
+        old = self.path.with_name(self.path.name + ".old")
+        tmp = self.path.with_name(self.path.name + ".old.tmp")
+        wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(wfd, end)
+        finally:
+            os.close(wfd)
+        os.replace(tmp, old)
+        os.ftruncate(fd, 0)
+        log.info("%s was %d bytes (no cap before): its last %d bytes are kept in %s", self.path, size,
+                 self.max_bytes, old)
+
+
 @dataclasses.dataclass(frozen=True)
 class Launcher:
     netns: Path | None = None
@@ -132,12 +282,13 @@ class Launcher:
         argv: Sequence[str],
         *,
         env: Mapping[str, str] | None = None,
-        log_file: Path | None = None,
+        output: ChildLog | None = None,
         nofile: int | None = None,
     ) -> subprocess.Popen[bytes]:
+        """Start ``argv``; its stdout and stderr go to ``output`` (nowhere if None)."""
         full = self.argv(argv)
         merged = {**os.environ, **(env or {})}
-        out = open(log_file, "ab") if log_file is not None else subprocess.DEVNULL  # noqa: SIM115 - closed below
+        out = output.open() if output is not None else subprocess.DEVNULL
         parent = os.getpid()
 
         def preexec() -> None:
@@ -164,8 +315,8 @@ class Launcher:
         except OSError as e:
             raise errors.ServerError(f"cannot start {full[0]}: {e}") from e
         finally:
-            if log_file is not None and not isinstance(out, int):
-                out.close()
+            if out != subprocess.DEVNULL:
+                os.close(out)  # the child has its copy; the reader sees the end once the child's is closed
         log.info("started %s (pid %d)", " ".join(full), proc.pid)
         if self.pid_file is not None:
             self.pid_file.add(proc.pid, list(argv))  # nsenter execs in place: the program's command line
@@ -238,18 +389,6 @@ def describe(pid: int) -> str:
             return f"pid {pid} {p.status()} threads={p.num_threads()} fds={p.num_fds()} rss={rss // 1024}KiB"
     except psutil.Error as e:
         return f"pid {pid}: {e}"
-
-
-def tail(path: Path, *, lines: int = 20, max_bytes: int = 16384) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read().decode("utf-8", "replace")
-    except OSError as e:
-        return f"(cannot read {path}: {e})"
-    return "\n".join(data.splitlines()[-lines:])
 
 
 def bound_ports(pid: int) -> set[int]:

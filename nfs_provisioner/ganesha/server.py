@@ -11,13 +11,17 @@ Start sequence (``GaneshaServer.start``):
    started again while its random reserved socket sits on a port Ganesha needs;
 4. the export index rebuilt from the export files;
 5. ganesha.conf rendered for this start (graceless when there is no client state to reclaim), then
-   ``ganesha.nfsd -F`` with a bounded RLIMIT_NOFILE and its log to a file; ready when its
+   ``ganesha.nfsd -F`` with a bounded RLIMIT_NOFILE, logging to its stderr; ready when its
    name is on the bus, ShowExports answers and its log says the server is initialized;
 6. the export files are cross-checked against ShowExports; a supervisor thread restarts
    Ganesha with backoff whenever it exits (exports come back from the files).
 
 ``stop()`` asks Ganesha to shut down over D-Bus, then signals it, then stops the
 helpers, each with a bounded wait, all by PID.
+
+Every child's stdout and stderr is read by this process into a size-capped file
+(``processes.ChildLog``): Ganesha's ``ganesha.log`` in the config directory, the
+helpers' in the run directory; none grows without bound, whatever clients do.
 """
 
 from __future__ import annotations
@@ -105,6 +109,8 @@ class GaneshaServer:
         self._rpcbind_proc: subprocess.Popen[bytes] | None = None
         self._statd_proc: subprocess.Popen[bytes] | None = None
         self._ganesha: subprocess.Popen[bytes] | None = None
+        self._ganesha_log: processes.ChildLog | None = None
+        self._bus_log: processes.ChildLog | None = None
         self._ganesha_lock = threading.Lock()
         self._stopping = threading.Event()
         self._cancel = threading.Event()
@@ -273,16 +279,17 @@ class GaneshaServer:
         conf = self.run_dir / "dbus-bus.conf"
         config.atomic_write(conf, self.templates.render_bus(socket_path=self.bus_socket), durable=False)
         self.bus_socket.unlink(missing_ok=True)
+        self._bus_log = self._child_log(self.run_dir / "dbus-daemon.log", "dbus-daemon")
         self._bus_proc = self.launcher.spawn(
             ["dbus-daemon", f"--config-file={conf}", "--nofork", "--nopidfile"],
-            log_file=self.run_dir / "dbus-daemon.log",
+            output=self._bus_log,
         )
         self._wait(
             "the private D-Bus daemon",
             self._bus_answers,
             proc=self._bus_proc,
             timeout=10.0,
-            log_path=self.run_dir / "dbus-daemon.log",
+            output=self._bus_log,
         )
 
     def _bus_answers(self) -> bool:
@@ -312,15 +319,14 @@ class GaneshaServer:
 
     def _start_rpc_helpers(self) -> None:
         if not self._rpcbind_answers():
-            self._rpcbind_proc = self.launcher.spawn(
-                ["rpcbind", "-f", "-w"], log_file=self.run_dir / "rpcbind.log", nofile=HELPER_NOFILE
-            )
+            rpcbind_log = self._child_log(self.run_dir / "rpcbind.log", "rpcbind")
+            self._rpcbind_proc = self.launcher.spawn(["rpcbind", "-f", "-w"], output=rpcbind_log, nofile=HELPER_NOFILE)
             self._wait(
                 "rpcbind",
                 self._rpcbind_answers,
                 proc=self._rpcbind_proc,
                 timeout=10.0,
-                log_path=self.run_dir / "rpcbind.log",
+                output=rpcbind_log,
             )
         else:
             log.info("rpcbind already answers on 127.0.0.1; using it")
@@ -334,17 +340,18 @@ class GaneshaServer:
         ganesha_ports = {p.nfs, p.mountd, p.nlm, p.rquota}
         for attempt in range(1, STATD_ATTEMPTS + 1):
             # -d: statd's messages go to its log file (without it they go to syslog, which a container lacks).
+            statd_log = self._child_log(self.run_dir / "statd.log", "rpc.statd")
             proc = self.launcher.spawn(
                 ["rpc.statd", "-F", "-d", "--no-notify", "-p", str(p.statd), "-o", str(p.statd_outgoing),
                  "-P", str(statd_dir)],
-                log_file=self.run_dir / "statd.log",
+                output=statd_log,
                 nofile=HELPER_NOFILE,
             )
             self._statd_proc = proc
             # Registered with rpcbind means past statd_get_socket(): every socket it will hold is bound.
             try:
                 self._wait("rpc.statd", self._statd_registered, proc=proc, timeout=STATD_REGISTER_TIMEOUT,
-                           log_path=self.run_dir / "statd.log")
+                           output=statd_log)
             except errors.StartCancelled:
                 raise
             except errors.ServerError as e:
@@ -425,13 +432,17 @@ class GaneshaServer:
     def _start_ganesha(self) -> None:
         s = self.settings
         self._write_main_config()
-        log_offset = s.log_path.stat().st_size if s.log_path.exists() else 0
+        # Ganesha logs to its stderr, read by this process into a size-capped file (processes.ChildLog): its
+        # own file logging has no cap, and a client that is not even on the client list can make it log a
+        # line per garbage RPC record.
+        glog = self._child_log(s.log_path, "ganesha.nfsd", marks=(READY_MARK,))
+        self._ganesha_log = glog
         proc = self.launcher.spawn(
             [
                 *self._binary.command,
                 "-F",
                 "-L",
-                str(s.log_path),
+                "STDERR",
                 "-f",
                 str(self.main_config),
                 "-p",
@@ -440,14 +451,14 @@ class GaneshaServer:
                 s.log_level,
             ],
             env={"DBUS_SYSTEM_BUS_ADDRESS": self.bus_address},
-            log_file=self.run_dir / "ganesha.stdout",
+            output=glog,
             nofile=s.nofile_limit,
         )
         self._ganesha = proc
         started = time.monotonic()
 
         def serving() -> bool:
-            if READY_MARK not in self._log_since(log_offset):
+            if not glog.seen(READY_MARK):
                 return False
             if not self.dbus.on_bus():
                 return False
@@ -455,18 +466,13 @@ class GaneshaServer:
             return True
 
         timeout = s.ready_timeout + s.ready_timeout_per_export * len(self.exports)
-        self._wait("ganesha.nfsd", serving, proc=proc, timeout=timeout, log_path=s.log_path)
+        self._wait("ganesha.nfsd", serving, proc=proc, timeout=timeout, output=glog)
         if self.metrics is not None:
             self.metrics.up.set(1)
         log.info("Ganesha ready in %.2fs: %s", time.monotonic() - started, processes.describe(proc.pid))
 
-    def _log_since(self, offset: int) -> str:
-        try:
-            with self.settings.log_path.open("rb") as f:
-                f.seek(offset)
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+    def _child_log(self, path: Path, what: str, *, marks: Sequence[str] = ()) -> processes.ChildLog:
+        return processes.ChildLog(path, what=what, max_bytes=self.settings.log_max_bytes, marks=marks)
 
     def _wait(
         self,
@@ -475,7 +481,7 @@ class GaneshaServer:
         *,
         proc: subprocess.Popen[bytes] | None,
         timeout: float,
-        log_path: Path | None = None,
+        output: processes.ChildLog | None = None,
     ) -> None:
         deadline = time.monotonic() + timeout
         delay = 0.005
@@ -485,7 +491,7 @@ class GaneshaServer:
             if proc is not None and proc.poll() is not None:
                 raise errors.ServerError(
                     f"{what} exited with code {proc.returncode} while starting; log tail:\n"
-                    + (processes.tail(log_path) if log_path else "(no log)")
+                    + (self._final_tail(proc, output) if output else "(no log)")
                 )
             try:
                 if check():
@@ -494,9 +500,16 @@ class GaneshaServer:
                 log.debug("%s not ready yet: %s", what, e)
             if time.monotonic() >= deadline:
                 raise errors.ServerError(f"{what} not ready after {timeout}s"
-                                         + (f"; log tail:\n{processes.tail(log_path)}" if log_path else ""))
+                                         + (f"; log tail:\n{output.tail()}" if output else ""))
             self._cancel.wait(delay)
             delay = min(delay * 2, 0.1)
+
+    @staticmethod
+    def _final_tail(proc: subprocess.Popen[bytes] | None, output: processes.ChildLog) -> str:
+        """The last lines of a child that exited: once its pipe is read to the end (briefly waited for)."""
+        if proc is not None and proc.poll() is not None:
+            output.join(1.0)
+        return output.tail()
 
     # --- supervision -------------------------------------------------------------------------------------------
 
@@ -527,7 +540,7 @@ class GaneshaServer:
             "dbus-daemon (pid %d) exited with code %s; starting a new one. Log tail:\n%s",
             bus.pid,
             bus.returncode,
-            processes.tail(self.run_dir / "dbus-daemon.log"),
+            self._final_tail(bus, self._bus_log) if self._bus_log else "(no log)",
         )
         self._start_bus()
 
@@ -560,7 +573,7 @@ class GaneshaServer:
                 proc.pid,
                 code,
                 backoff,
-                processes.tail(self.settings.log_path),
+                self._final_tail(proc, self._ganesha_log) if self._ganesha_log else "(no log)",
             )
             while not self._stopping.wait(backoff):
                 try:

@@ -69,7 +69,11 @@ class ServerSettings:
     """NFSv4 RecoveryRoot; default ``<config_dir>/recovery`` (under the export root
     so client state survives restarts)."""
     log_file: Path | None = None
-    """Ganesha's log; default ``<config_dir>/ganesha.log``."""
+    """Ganesha's log; default ``<config_dir>/ganesha.log``. Written by the manager from Ganesha's stderr, rotated
+    to ``<name>.old`` at ``log_max_bytes``."""
+    log_max_bytes: int = 1 << 20
+    """Size at which Ganesha's log, and each helper's in the run directory, is rotated to ``<name>.old`` (one
+    kept): each takes at most about twice this, whatever a client makes them log."""
     template_dir: Path | None = None
     """Directory of operator templates overriding the shipped ones (any subset).
     Default: the ``NFS_PROVISIONER_GANESHA_TEMPLATES`` environment variable, if set."""

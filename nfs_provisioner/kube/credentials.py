@@ -6,6 +6,10 @@ kubeconfig whose user is a client certificate or a bearer token (files or inline
 a kubeconfig can say (exec plugins, auth providers, basic auth, impersonation, proxies, several files
 in ``$KUBECONFIG``) goes to the ``kubernetes`` library's loader, imported only then: importing it
 loads every generated API model (~30 MB of the process's memory), which nothing else here uses.
+
+Inline certificate data (``*-data``, a client key included) is never written to a disk: it lives in an
+anonymous in-memory file for the process's life (``/proc/self/fd/<n>``, a path TLS can load). What the
+library loader writes to files is read back into memory and removed at once.
 """
 
 from __future__ import annotations
@@ -13,16 +17,16 @@ from __future__ import annotations
 import atexit
 import base64
 import binascii
+import contextlib
 import json
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nfs_provisioner import tempdirs
 from nfs_provisioner.kube import errors
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -174,20 +178,58 @@ def _from_kubeconfig(path: Path, context: str | None) -> Credentials:
                        verify=verify, token=token)
 
 
-_data_dir: list[str] = []
+_memory_files: list[int] = []
+"""Descriptors of the in-memory files made by :func:`_data_file`, open for the process's life."""
 _data_lock = threading.Lock()
 
 
 def _data_file(key: str, data: bytes) -> str:
-    """Inline certificate data as a private file (urllib3 takes paths), removed when the process exits."""
+    """Inline certificate data as a path urllib3 can load (it takes paths and loads them again for every new
+    connection): an anonymous in-memory file (``memfd``), named ``/proc/self/fd/<n>``. Nothing reaches a
+    disk, nothing outlives the process (a SIGKILL included), and children do not inherit it."""
+    fd = os.memfd_create(f"nfsp-{key}", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        raise
     with _data_lock:
-        if not _data_dir:
-            _data_dir.append(tempfile.mkdtemp(prefix="nfsp-kubeconfig-"))
-            atexit.register(shutil.rmtree, _data_dir[0], True)
-        fd, name = tempfile.mkstemp(prefix=f"{key}-", dir=_data_dir[0])
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return name
+        _memory_files.append(fd)
+    return f"/proc/self/fd/{fd}"
+
+
+LIBRARY_TEMP_PREFIX = "nfsp-kubeconfig-"
+"""The library loader writes inline certificate data to files: into a directory of this prefix made by
+:mod:`nfs_provisioner.tempdirs` (removed at the next start if this process dies without removing it)."""
+
+
+def _into_memory(key: str, path: str | None, where: Path) -> str | None:
+    """``path``, or if the library wrote it under ``where``, its content in memory (the file is removed)."""
+    if not path or not Path(path).resolve().is_relative_to(where.resolve()):
+        return path
+    p = Path(path)
+    memory = _data_file(key, p.read_bytes())
+    p.unlink()
+    return memory
+
+
+def _scrub(where: Path) -> None:
+    """Remove the library's files under ``where`` and forget them in its cache (which would hand out the
+    removed paths again for the same content)."""
+    from kubernetes.config import kube_config
+
+    cache = getattr(kube_config, "_temp_files", None)
+    if isinstance(cache, dict):
+        for k, v in list(cache.items()):
+            if isinstance(v, str) and Path(v).resolve().is_relative_to(where.resolve()):
+                del cache[k]
+    if where.is_dir():
+        for f in where.iterdir():
+            if f.name != tempdirs.OWNER:
+                with contextlib.suppress(OSError):
+                    f.unlink()
 
 
 def _library_loader(kubeconfig: str | None, context: str | None) -> Credentials:
@@ -195,17 +237,27 @@ def _library_loader(kubeconfig: str | None, context: str | None) -> Credentials:
     from kubernetes import config as kconfig
 
     cfg = kclient.Configuration()
-    kconfig.load_kube_config(  # type: ignore[no-untyped-call]
-        config_file=kubeconfig, context=context, client_configuration=cfg)
+    where = tempdirs.create(LIBRARY_TEMP_PREFIX)
+    atexit.register(tempdirs.release, where)
+    try:
+        kconfig.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, context=context, client_configuration=cfg, temp_file_path=str(where))
+        # Each file the library wrote (inline CA, certificate, key) is read back into memory and removed.
+        ca_file, cert_file, key_file = (_into_memory(key, getattr(cfg, attr), where) for key, attr in (
+            ("certificate-authority", "ssl_ca_cert"), ("client-certificate", "cert_file"),
+            ("client-key", "key_file")))
+    finally:
+        _scrub(where)
 
     def token() -> str | None:
         if cfg.refresh_api_key_hook is not None:
             cfg.refresh_api_key_hook(cfg)
+            _scrub(where)  # an exec plugin's new certificate: unused here (the pool keeps the first), not kept
         for key in ("BearerToken", "authorization"):
             value = cfg.get_api_key_with_prefix(key)
             if value:
                 return str(value)
         return None
 
-    return Credentials(host=cfg.host, ca_file=cfg.ssl_ca_cert, cert_file=cfg.cert_file, key_file=cfg.key_file,
+    return Credentials(host=cfg.host, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
                        verify=bool(cfg.verify_ssl), token=token)
