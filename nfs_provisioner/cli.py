@@ -259,3 +259,5 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         # missing permission. str(e) names the errno text and the file.
         print(f"nfs-provisioner: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        signals.finish()  # everything is stopped: a late signal must not kill the exiting interpreter

@@ -53,7 +53,7 @@ def test_a_real_signal_never_raises_in_the_interrupted_code(sig: str) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
         finally:
             done.append(1)
-        assert done == [1] and s.stopping.is_set()
+        assert done == [1] and s.stopping.wait(10)
         try:
             s.check()
         except lifecycle.Terminated as e:

@@ -127,3 +127,19 @@ def test_sigterm_while_waiting_for_the_api_server(appliance: Appliance) -> None:
     sent = time.monotonic()
     _assert_clean_stop(appliance, signal.SIGTERM)
     assert time.monotonic() - sent < 2.0, appliance.log()
+
+
+@pytest.mark.parametrize("when", ["started dbus-daemon", "ready"])
+def test_a_burst_of_signals_exits_0(appliance: Appliance, when: str) -> None:
+    """Fifty SIGTERMs and SIGINTs 1 ms apart: no handler may block on a lock the interrupted code holds (setting
+    an Event from a Python handler hung the appliance on a second SIGTERM during shutdown)."""
+    appliance.start(wait_ready=when == "ready")
+    if when != "ready":
+        _wait_for(appliance, when)
+    assert appliance.proc is not None
+    for i in range(49):
+        if appliance.proc.poll() is not None:
+            break
+        appliance.proc.send_signal(signal.SIGINT if i % 2 else signal.SIGTERM)
+        time.sleep(0.001)
+    _assert_clean_stop(appliance, signal.SIGTERM)

@@ -319,10 +319,19 @@ def _both(a: tuple[bool, str], b: tuple[bool, str]) -> tuple[bool, str]:
 
 
 def run(s: settings_mod.Settings, environ: Mapping[str, str], signals: lifecycle.Signals | None = None) -> int:
-    """The appliance until a stop signal (or a start-up error, raised). 0 after a stop, at any moment."""
+    """The appliance until a stop signal (or a start-up error, raised). 0 after a stop, at any moment.
+    ``signals``: installed by the caller (the CLI, as early as it can); None: installed here."""
     if signals is None:
         signals = lifecycle.Signals()
         signals.install()
+        try:
+            return _run(s, environ, signals)
+        finally:
+            signals.finish()
+    return _run(s, environ, signals)
+
+
+def _run(s: settings_mod.Settings, environ: Mapping[str, str], signals: lifecycle.Signals) -> int:
     try:
         parts = build(s, environ, signals)
     except lifecycle.Terminated as e:

@@ -1,11 +1,16 @@
 """The one owner of the appliance's signals, from start-up to exit.
 
-SIGTERM and SIGINT never raise: the handler records the first signal, sets ``stopping`` and calls what asked to
-be told (the controller's ``stop``). Start-up looks at ``stopping`` between its steps and in each of its waits
-(``check``, ``sleep``, and Ganesha's start watches the same event) and ends with :class:`Terminated`, which the
-appliance turns into a clean stop and exit 0. Nothing is ever unwound by an exception raised from inside a
-handler, so a signal at any moment (between two statements, inside a ``finally``, while a child is spawned)
-cannot leave half a teardown or lose a started Ganesha.
+SIGTERM and SIGINT never raise and their handlers take no lock: Python's C-level handler writes the signal's
+number to a pipe (``signal.set_wakeup_fd``) and a thread of this module reads it, records the first signal, sets
+``stopping`` and calls what asked to be told (the controller's ``stop``). Setting an ``Event`` from a Python
+handler would not do: the handler runs in the main thread, which may hold that very event's lock inside
+``wait()`` (a second SIGTERM during shutdown hung the appliance that way). Start-up looks at ``stopping``
+between its steps and in each of its waits (``check``, ``sleep``; Ganesha's start watches the same event) and
+ends with :class:`Terminated`, which the appliance turns into a clean stop and exit 0. Nothing is ever unwound
+by an exception raised from inside a handler, so a signal at any moment (between two statements, inside a
+``finally``, while a child is spawned) cannot leave half a teardown or lose a started Ganesha. ``finish()``
+ignores both signals once everything is stopped: a signal during the interpreter's exit would otherwise take
+the default action (Python restores it then) and turn exit 0 into death by signal.
 
 SIGHUP, SIGUSR1 and SIGUSR2 would kill the process by default without stopping Ganesha; they are logged and
 ignored.
@@ -14,6 +19,7 @@ ignored.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -38,29 +44,52 @@ def _name(signum: int | None) -> str:
 
 
 class Signals:
-    """SIGTERM/SIGINT as an event. ``install()`` from the main thread; everything else from any thread."""
+    """SIGTERM/SIGINT as an event. ``install()`` and ``finish()`` from the main thread; the rest from any."""
 
     def __init__(self) -> None:
         self.stopping = threading.Event()
         self.signum: int | None = None
         """The first stop signal received (None: none yet, or ``request_stop()``)."""
         self._callbacks: list[Callable[[], object]] = []
+        self._pipe: tuple[int, int] | None = None
 
     def install(self) -> None:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(w, False)  # the C handler must never block; a full pipe only drops repeats
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self._pipe = (r, w)
+        for sig in (*STOP_SIGNALS, *HARMLESS_SIGNALS):  # a handler, not SIG_IGN: children get the default back
+            signal.signal(sig, _recorded_by_the_pipe)
+        threading.Thread(target=self._read_signals, args=(r,), name="signals", daemon=True).start()
+
+    def finish(self) -> None:
+        """Everything is stopped: from now on a stop signal changes nothing (and cannot kill the exiting
+        interpreter)."""
         for sig in STOP_SIGNALS:
-            signal.signal(sig, self._handle)
-        for sig in HARMLESS_SIGNALS:  # a handler, not SIG_IGN: children get the default back on exec
-            signal.signal(sig, _harmless)
+            signal.signal(sig, signal.SIG_IGN)
 
     @property
     def name(self) -> str:
         return _name(self.signum)
 
-    def _handle(self, signum: int, frame: object) -> None:
-        # No logging here: the handler may run in the middle of a write to the same stream.
-        if self.signum is None:
-            self.signum = signum
-        self.request_stop()
+    def _read_signals(self, fd: int) -> None:
+        while True:
+            try:
+                data = os.read(fd, 64)
+            except OSError as e:
+                log.error("cannot read the signal pipe (%s): stop signals are no longer seen", e)
+                return
+            if not data:
+                return
+            for signum in data:
+                if signum in STOP_SIGNALS:
+                    if self.signum is None:
+                        self.signum = signum
+                        log.info("received %s: stopping", signal.Signals(signum).name)
+                    self.request_stop()
+                elif signum in HARMLESS_SIGNALS:
+                    log.warning("received %s: ignored (the appliance has nothing to reload; SIGTERM stops it)",
+                                signal.Signals(signum).name)
 
     def request_stop(self) -> None:
         """What a stop signal does (also for tests and embedders)."""
@@ -70,7 +99,7 @@ class Signals:
 
     def on_stop(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` on the (next) stop request, or at once if one was made already. It may be called
-        twice (a signal between the two steps here): it must be idempotent and must not block."""
+        twice (a stop between the two steps here): it must be idempotent and must not block."""
         self._callbacks.append(callback)
         if self.stopping.is_set():
             callback()
@@ -86,6 +115,5 @@ class Signals:
             raise Terminated(self.signum)
 
 
-def _harmless(signum: int, frame: object) -> None:
-    log.warning("received %s: ignored (the appliance has nothing to reload; SIGTERM stops it)",
-                signal.Signals(signum).name)
+def _recorded_by_the_pipe(signum: int, frame: object) -> None:
+    """Nothing to do in the main thread: the wakeup pipe carries the signal to the ``signals`` thread."""
