@@ -41,6 +41,7 @@ class ClientLists:
     _clients_lock: threading.Lock
     _pending: dict[str, threading.Event]
     _by_name: dict[str, Export]
+    _held: dict[str, str]
 
     def _block(self, export: Export) -> config.ExportBlock:
         raise NotImplementedError
@@ -67,7 +68,7 @@ class ClientLists:
                 event.wait()
             with self._lock:
                 changed = [dataclasses.replace(e, clients=new) for e in self._by_name.values()
-                           if e.clients != new and e.name not in self._pending]
+                           if e.clients != new and e.name not in self._pending and e.name not in self._held]
                 texts = [(e.config_file, e.header() + self.templates.render_export(self._block(e)))
                          for e in changed]
                 fileio.atomic_write_many(texts, durable=self.durable)

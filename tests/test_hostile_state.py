@@ -1,0 +1,223 @@
+"""Hostile review round 3 (issue 28), the appliance's own state: D9 readiness while a volume is not served,
+D11 bounded reads of state files, D12 a crash then a failed retry, D13 a symlinked export root, D14 export
+files nobody recorded, D15 a cross-namespace ``dataSourceRef`` the API server drops.
+
+Each defect has a fast test on real pieces (a real Ganesha where exports are concerned) and, where a user
+sees it through the running appliance, a test against the real appliance process, control plane and
+Ganesha."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nfs_provisioner import fileio
+from nfs_provisioner.controller import inflight
+from nfs_provisioner.controller.interface import ProvisioningError, ProvisioningState
+from nfs_provisioner.ganesha import processes
+from nfs_provisioner.ganesha.exports import Export, ExportRequest
+from nfs_provisioner.ganesha.settings import AccessType, Squash
+from nfs_provisioner.quota import errors as quota_errors
+from nfs_provisioner.quota import projects
+from nfs_provisioner.volumes.records import RECORDS_DIR, RecordError, VolumeRecords, new_record
+from tests.ganesha_env import Harness
+from tests.test_appliance_provisioner import Appliance as ProvAppliance
+from tests.test_appliance_provisioner import options
+
+GiB = 1 << 30
+
+
+def sparse(path: Path, size: int) -> Path:
+    """A sparse file of ``size`` bytes (costs nothing on disk): what a forging client can plant."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def max_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- D11: bounded reads
+
+
+@pytest.mark.unit
+def test_d11_every_state_reader_refuses_a_3gib_file_and_leaves_it(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    rss_before = max_rss_mib()
+    # A volume record.
+    records = VolumeRecords(tmp_path / RECORDS_DIR)
+    records.ensure_dir()
+    big_record = sparse(records.directory / "pvc-1.json", 3 * GiB)
+    with pytest.raises(RecordError, match=rf"{big_record} is {3 * GiB} bytes, more than the 65536 allowed"):
+        records.read("pvc-1")
+    # An in-flight journal record (read at start for a claim that is gone).
+    journal_dir = tmp_path / ".provisioning"
+    journal_dir.mkdir()
+    uid = "0b5e6f1c-0000-4000-8000-000000000001"
+    big_journal = sparse(journal_dir / f"{uid}.json", 3 * GiB)
+    journal = inflight.LocalJournal(journal_dir, legacy=inflight.ClaimFinalizer("f", lambda c, p: c))
+    assert journal.last_known(uid) is None
+    assert f"{big_journal} is {3 * GiB} bytes, more than the 1048576 allowed" in caplog.text
+    # Ganesha's PID file: not read, not replaced, not removed.
+    pid_file = processes.PidFile(sparse(tmp_path / ".ganesha" / "processes.json", 3 * GiB))
+    assert pid_file.stop_leftovers(timeout=1) == []
+    pid_file.add(os.getpid(), ["me"])
+    pid_file.clear()
+    assert caplog.text.count("processes.json is 3221225472 bytes") == 1, "said once"
+    # The quota projects file.
+    big_projects = sparse(tmp_path / "projects", 3 * GiB)
+    with pytest.raises(quota_errors.QuotaStateError, match="is 3221225472 bytes, more than the"):
+        projects.read_projects(big_projects)
+    # A FIFO where a state file should be never blocks the reader.
+    os.mkfifo(records.directory / "pvc-2.json")
+    with pytest.raises(RecordError, match="is not a regular file"):
+        records.read("pvc-2")
+
+    assert max_rss_mib() - rss_before < 100, "nothing was read whole"
+    for f in (big_record, big_journal, pid_file.path, big_projects):
+        assert f.stat().st_size == 3 * GiB, f"{f} left in place"
+
+
+@pytest.mark.unit
+def test_d11_read_limited_reads_at_most_the_limit(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(b"x" * 100)
+    assert fileio.read_limited(f, 100) == b"x" * 100
+    with pytest.raises(fileio.Refused, match=f"{f} is 100 bytes, more than the 99 allowed"):
+        fileio.read_limited(f, 99)
+    (tmp_path / "link").symlink_to(f)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        fileio.read_limited(tmp_path / "link", 100, follow_symlinks=False)
+
+
+@pytest.mark.ganesha
+def test_d11_a_3gib_export_file_is_refused_and_the_others_served(h: Harness,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    srv = h.server()
+    srv.exports.add(ExportRequest(name="vol", path=h.volume("vol", content={"f": b"data"})))
+    srv.stop()
+    big = sparse(srv.exports.exports_dir / "planted.conf", 3 * GiB)
+    caplog.set_level(logging.ERROR, logger="nfs_provisioner.ganesha.exports")
+    rss_before = max_rss_mib()
+    srv2 = h.server()
+    assert max_rss_mib() - rss_before < 100
+    assert f"export file {big} is unreadable, left out of the index: {big} is {3 * GiB} bytes" in caplog.text
+    assert big.stat().st_size == 3 * GiB
+    assert [e.name for e in srv2.exports.list_exports()] == ["vol"]
+    assert h.client().cat(h.export_root / "vol" / "f").stdout == b"data"
+
+
+# ---------------------------------------------------------------- D9: exports Ganesha does not serve
+
+
+def live_paths(srv: Any) -> set[str]:
+    return {e.path for e in srv.dbus.show_exports() if e.export_id != 0}
+
+
+@pytest.mark.ganesha
+def test_d9_an_export_whose_directory_is_gone_or_a_symlink_is_unserved_until_it_is_back(
+        h: Harness, tmp_path: Path) -> None:
+    srv = h.server()
+    for name in ("gone", "linked", "fine"):
+        srv.exports.add(ExportRequest(name=name, path=h.volume(name, content={"f": name.encode()})))
+    srv.stop()
+    root = h.export_root
+    (root / "gone").rename(tmp_path / "gone-aside")
+    (root / "linked").rename(tmp_path / "linked-aside")
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "f").write_text("secret")
+    (root / "linked").symlink_to(tmp_path / "secret")
+
+    srv2 = h.server()
+    unserved = srv2.exports.unserved()
+    assert unserved == {"gone": f"its directory {root / 'gone'} is missing",
+                        "linked": f"{root / 'linked'} is a symlink (to {tmp_path / 'secret'}), not a directory; "
+                                  "never followed"}
+    assert live_paths(srv2) == {str(root / "fine")}
+    assert not any("linked" in str(p) or "gone" in str(p) for p in srv2.exports.index_entries())
+    assert h.client().cat(root / "linked" / "f").returncode != 0, "the symlink's target is never served"
+    assert srv2.exports.serve_again("gone") == f"its directory {root / 'gone'} is missing"
+
+    (tmp_path / "gone-aside").rename(root / "gone")
+    (root / "linked").unlink()
+    (tmp_path / "linked-aside").rename(root / "linked")
+    assert srv2.exports.serve_again("gone") is None
+    assert srv2.exports.serve_again("linked") is None
+    assert srv2.exports.unserved() == {}
+    assert live_paths(srv2) == {str(root / n) for n in ("gone", "linked", "fine")}
+    assert h.client().cat(root / "linked" / "f").stdout == b"linked"
+    assert len(srv2.exports.index_entries()) == 3, "in the index again: the next start serves them"
+    srv2.stop()
+    srv3 = h.server()
+    assert srv3.exports.unserved() == {} and len(live_paths(srv3)) == 3
+
+
+# ---------------------------------------------------------------- D14: export files without a record
+
+
+@pytest.mark.ganesha
+def test_d14_an_export_file_without_a_record_is_kept_but_never_served(
+        h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    a = ProvAppliance(h)
+    a.p.provision(options("pvc-1"))
+    a.server.stop()
+    # A file with a valid header (as the manager writes it) for a directory nobody recorded.
+    planted_dir = h.volume("pvc-planted", content={"f": b"not a volume"})
+    header = Export(name="pvc-planted", export_id=77, path=planted_dir, squash=Squash.NO_ROOT_SQUASH,
+                    access_type=AccessType.RW, clients=("*",), config_file=Path()).header()
+    planted = a.server.exports.exports_dir / "pvc-planted.conf"
+    planted.write_text(header + "EXPORT { Export_Id = 77; }\n")
+
+    caplog.set_level(logging.WARNING, logger="nfs_provisioner.ganesha.exports")
+    for _ in range(2):  # at every start
+        srv = h.server()
+        assert live_paths(srv) == {str(h.export_root / "pvc-1")}
+        assert "no volume record" in srv.exports.unserved()["pvc-planted"]
+        assert h.client().cat(planted_dir / "f").returncode != 0
+        assert planted.exists()
+        srv.stop()
+    lines = [r.getMessage() for r in caplog.records if "pvc-planted" in r.getMessage()]
+    assert len(lines) == 2 and all(f"its file {planted} is kept" in line for line in lines), lines
+
+
+# ---------------------------------------------------------------- D12: a retry owns what a crash left
+
+
+@pytest.mark.ganesha
+def test_d12_a_retry_that_fails_finally_removes_what_a_crashed_attempt_left(h: Harness) -> None:
+    a = ProvAppliance(h, max_exports=1)
+    a.p.provision(options("pvc-1"))
+    # What a SIGKILL between the directory's creation and the PV's save leaves (before the export): the
+    # record, then the directory (tests/test_hostile_state.py's e2e test makes it with a real SIGKILL).
+    opts = options("pvc-2")
+    a.p.records.write(new_record(pv_name="pvc-2", claim=opts.claim, identity=a.p.config.identity,
+                                 path=a.root / "pvc-2", root_squash=False))
+    a.p.directories.create("pvc-2", gid=None)
+    with pytest.raises(ProvisioningError, match=r"maximum number of exports \(1\) is reached") as e:
+        a.p.provision(opts)
+    assert e.value.state is ProvisioningState.FINISHED
+    assert not (a.root / "pvc-2").exists()
+    assert a.p.records.read("pvc-2") is None
+    assert (a.root / "pvc-1").is_dir() and a.p.records.read("pvc-1") is not None
+
+
+@pytest.mark.ganesha
+def test_a_retry_never_removes_what_another_claim_left(h: Harness) -> None:
+    a = ProvAppliance(h, max_exports=1)
+    a.p.provision(options("pvc-1"))
+    other = options("pvc-2")
+    other.claim["metadata"]["uid"] = "someone-else"
+    a.p.records.write(new_record(pv_name="pvc-2", claim=other.claim, identity=a.p.config.identity,
+                                 path=a.root / "pvc-2", root_squash=False))
+    a.p.directories.create("pvc-2", gid=None)
+    with pytest.raises(ProvisioningError, match="maximum number of exports"):
+        a.p.provision(options("pvc-2"))
+    assert (a.root / "pvc-2").is_dir() and a.p.records.read("pvc-2") is not None
