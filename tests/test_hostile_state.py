@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 
 from nfs_provisioner import fileio
+from nfs_provisioner import settings as settings_mod
+from nfs_provisioner.appliance import recovery
+from nfs_provisioner.appliance.exporters import GaneshaExporter
 from nfs_provisioner.controller import inflight
 from nfs_provisioner.controller.interface import ProvisioningError, ProvisioningState
 from nfs_provisioner.ganesha import processes
@@ -221,3 +224,85 @@ def test_a_retry_never_removes_what_another_claim_left(h: Harness) -> None:
     with pytest.raises(ProvisioningError, match="maximum number of exports"):
         a.p.provision(options("pvc-2"))
     assert (a.root / "pvc-2").is_dir() and a.p.records.read("pvc-2") is not None
+
+
+def pv(name: str, *, root: Path, identity: str, phase: str = "Bound") -> dict[str, Any]:
+    """A PV of this appliance as the API server holds it (plain data, as the informer's cache gives it)."""
+    return {"metadata": {"name": name, "annotations": {"pv.kubernetes.io/provisioned-by": "example.com/nfs",
+                                                       "Provisioner_Id": identity}},
+            "spec": {"nfs": {"server": "127.0.0.1", "path": str(root / name)},
+                     "claimRef": {"namespace": "ns", "name": "claim", "uid": name[4:]}},
+            "status": {"phase": phase}}
+
+
+@pytest.mark.ganesha
+def test_d9_readiness_fails_while_a_bound_volume_is_not_served_and_recovers(
+        h: Harness, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    a = ProvAppliance(h)
+    for name in ("pvc-gone", "pvc-fine", "pvc-released"):
+        a.p.provision(options(name))
+    a.server.stop()
+    root = h.export_root
+    (root / "pvc-gone").rename(tmp_path / "aside")
+    (root / "pvc-released").rmdir()
+    volumes = [pv("pvc-gone", root=root, identity=a.p.config.identity),
+               pv("pvc-fine", root=root, identity=a.p.config.identity),
+               pv("pvc-released", root=root, identity=a.p.config.identity, phase="Released")]
+    srv = h.server()
+    caplog.set_level(logging.INFO, logger="nfs_provisioner.appliance.recovery")
+    report = recovery.Recovery(
+        api=None,  # type: ignore[arg-type]  # the PVs come from ``volumes``, as the controller's cache gives them
+        names=frozenset({"example.com/nfs"}), identity=a.p.config.identity, directories=a.p.directories,
+        records=a.p.records, exporter=GaneshaExporter(srv.exports), server=lambda: "127.0.0.1",
+        volumes=lambda: volumes).run()
+    try:
+        assert report.watch is not None
+        ok, why = report.health()
+        assert not ok
+        assert why == f"1 Bound volume(s) of this appliance are not served: pvc-gone: its directory " \
+                      f"{root / 'pvc-gone'} is missing", why
+        assert "volume pvc-gone is Bound but not served by NFS-Ganesha" in caplog.text
+        # Fixed: served again at the next look, readiness back.
+        (tmp_path / "aside").rename(root / "pvc-gone")
+        report.watch.check()
+        assert report.health() == (True, "ok")
+        assert h.client().ls(root / "pvc-gone").returncode == 0
+        assert "volume pvc-gone: served again" in caplog.text
+        # Replaced by a symlink (the export is withdrawn when Ganesha restarts): not served; deleted: ready.
+        srv.stop()
+        (root / "pvc-gone").rename(tmp_path / "aside")
+        (root / "pvc-gone").symlink_to("/etc")
+        srv = h.server()
+        report.watch.exporter = GaneshaExporter(srv.exports)
+        report.watch.check()
+        assert "pvc-gone: /" in report.health()[1] and "is a symlink (to /etc)" in report.health()[1]
+        volumes[0]["status"]["phase"] = "Released"
+        report.watch.check()
+        assert report.health() == (True, "ok")
+        assert "volume pvc-gone: no longer Bound" in caplog.text
+    finally:
+        report.stop()
+
+
+@pytest.mark.unit
+def test_d9_readiness_names_at_most_three_volumes_and_bounds_each_reason() -> None:
+    report = recovery.Report(problems=[f"pvc-{i}: " + "x" * 5000 for i in range(1000)])
+    ok, why = report.health()
+    assert not ok and len(why) < 400 and why.startswith("1000 volume(s) of this appliance are not exported")
+
+
+# ---------------------------------------------------------------- D13: an export root through a symlink
+
+
+@pytest.mark.unit
+def test_d13_an_export_root_through_a_symlink_is_resolved_once_and_said(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    s = settings_mod.Settings(export_root=tmp_path / "link" / "export")
+    resolved, line = settings_mod.resolve_export_root(s)
+    assert resolved.export_root == tmp_path / "real" / "export"
+    assert line is not None and line.startswith(f"--export-root {tmp_path / 'link' / 'export'} goes through a "
+                                                f"symlink; using {tmp_path / 'real' / 'export'}")
+    assert settings_mod.resolve_export_root(resolved) == (resolved, None)
+    kernel = settings_mod.Settings(export_root=tmp_path / "link", use_ganesha=False, run_server=False)
+    assert settings_mod.resolve_export_root(kernel) == (kernel, None), "the kernel server follows symlinks"
