@@ -46,7 +46,7 @@ SERVING_INTERVAL = 5.0
 remains, an AddExport once it is gone)."""
 SHOWN = 3
 """Volumes named in a failing /readyz answer (the rest are counted)."""
-WHY_CHARS = 200
+WHY_CHARS = 300
 """Characters of each reason in a /readyz answer."""
 ANN_PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
 ANN_BETA_PROVISIONED_BY = "volume.beta.kubernetes.io/provisioned-by"
