@@ -324,6 +324,10 @@ def e2e(test: Callable[..., None]) -> Callable[..., None]:
     return pytest.mark.e2e(pytest.mark.kube(pytest.mark.ganesha(test)))
 
 
+LOOPBACK = "--export-subnet=127.0.0.0/8"
+"""Who may mount in these tests: a fixed list, so Nodes other tests leave in the shared cluster play no part."""
+
+
 def readyz_503(a: Appliance, needle: str) -> Callable[[], str | None]:
     def check() -> str | None:
         status, body = a.get("/readyz")
@@ -348,6 +352,7 @@ def test_d9_readyz_fails_while_a_bound_volume_is_not_served_until_fixed_or_delet
         unique: str, tmp_path: Path) -> None:
     cls = f"state-{unique}"
     make_class(storage, cls, appliance.provisioner)
+    appliance.extra = [LOOPBACK]
     appliance.start()
     try:
         vol = bound_volume(core, namespace, cls, "data")
@@ -398,6 +403,7 @@ def test_d11_gigabyte_state_files_are_refused_at_start_without_reading_them(
     cls = f"state-{unique}"
     make_class(storage, cls, appliance.provisioner)
     root = appliance.export_root
+    appliance.extra = [LOOPBACK]
     appliance.start()
     try:
         vol = bound_volume(core, namespace, cls, "data")
@@ -416,10 +422,10 @@ def test_d11_gigabyte_state_files_are_refused_at_start_without_reading_them(
         assert appliance.proc is not None
         body = wait.until(readyz_503(appliance, "could not be rebuilt"), timeout=60,
                           what=lambda: f"/readyz 503\n{appliance.log()}")
-        assert f"{vol.metadata.name}: {record} is {GiB} bytes, more than the 65536 allowed" in body, body
         wait.until(lambda: "in-flight record" in appliance.text(), timeout=30, what="the journal record reported")
         peak = peak_rss_mib(appliance.proc.pid)
         assert peak < 300, f"peak RSS {peak:.0f} MiB"
+        assert f"{vol.metadata.name}: {record} is {GiB} bytes, more than the 65536 allowed" in body, body
         text = appliance.text()
         for f, limit in planted.items():
             assert f"{f} is {GiB} bytes, more than the {limit} allowed" in text, (f, appliance.log())
@@ -445,7 +451,7 @@ def test_d12_sigkill_between_directory_and_pv_then_a_final_failure_leaves_nothin
     cls = f"state-{unique}"
     make_class(storage, cls, appliance.provisioner)
     root = appliance.export_root
-    appliance.extra = ["--max-exports=2"]
+    appliance.extra = [LOOPBACK, "--max-exports=2"]
     appliance.start()
     try:
         bound_volume(core, namespace, cls, "first")
@@ -468,7 +474,7 @@ def test_d12_sigkill_between_directory_and_pv_then_a_final_failure_leaves_nothin
         export_file.unlink()
 
         # The retry fails finally (the limit is reached now): it removes what the crashed attempt left.
-        appliance.extra = ["--max-exports=1"]
+        appliance.extra = [LOOPBACK, "--max-exports=1"]
         appliance.start()
         wait.until(lambda: any(e.reason == "ProvisioningFailed" and "maximum number of exports (1) is reached"
                                in e.message for e in events_for(core, "second")),
@@ -494,11 +500,11 @@ def test_d12_sigkill_between_directory_and_pv_then_a_final_failure_leaves_nothin
 def test_d13_an_export_root_through_a_symlink_is_resolved_and_serves(
         cluster: kubecluster.Cluster, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
         unique: str, tmp_path: Path) -> None:
-    (tmp_path / "disk").mkdir()
-    (tmp_path / "link").symlink_to(tmp_path / "disk")
-    given, real = tmp_path / "link" / "export", tmp_path / "disk" / "export"
+    given, real = tmp_path / "export", tmp_path / "disk" / "export"
+    real.mkdir(parents=True)
+    given.symlink_to(real)  # e.g. a hostPath or a mount point reached through a link
     a = Appliance(kubeconfig=cluster.kubeconfig, export_root=given, provisioner=f"example.com/nfs-{unique}",
-                  log_dir=tmp_path)
+                  log_dir=tmp_path, extra=[LOOPBACK])
     cls = f"state-{unique}"
     make_class(storage, cls, a.provisioner)
     try:
@@ -507,7 +513,7 @@ def test_d13_an_export_root_through_a_symlink_is_resolved_and_serves(
         vol = bound_volume(core, namespace, cls, "data")
         assert vol.spec.nfs.path == str(real / vol.metadata.name)
         assert a.client().put(b"through the link", Path(vol.spec.nfs.path) / "f").returncode == 0
-        assert (given / vol.metadata.name / "f").read_bytes() == b"through the link"
+        assert (real / vol.metadata.name / "f").read_bytes() == b"through the link"
         # A restart through the same symlink keeps serving the volume at the path its PV names.
         assert a.stop() == 0
         a.start()
@@ -527,6 +533,7 @@ def test_d14_an_export_file_nobody_recorded_is_not_served_at_any_start(
     cls = f"state-{unique}"
     make_class(storage, cls, appliance.provisioner)
     root = appliance.export_root
+    appliance.extra = [LOOPBACK]
     appliance.start()
     try:
         vol = bound_volume(core, namespace, cls, "data")
@@ -543,10 +550,10 @@ def test_d14_an_export_file_nobody_recorded_is_not_served_at_any_start(
         before = planted.read_bytes()
         for start in (1, 2):
             appliance.start()
+            assert appliance.client().cat(target / "f").returncode != 0, f"start {start}: not served"
             lines = [line for line in appliance.text().splitlines() if "pvc-planted" in line]
             assert len(lines) == 1 and "export pvc-planted (id 4242" in lines[0] and "no volume record" in lines[0] \
                 and f"its file {planted} is kept" in lines[0], (start, lines)
-            assert appliance.client().cat(target / "f").returncode != 0, f"start {start}: not served"
             assert appliance.client().ls(vol.spec.nfs.path).returncode == 0
             assert planted.read_bytes() == before
             assert appliance.stop() == 0
