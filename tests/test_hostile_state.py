@@ -25,7 +25,7 @@ from nfs_provisioner import fileio
 from nfs_provisioner import settings as settings_mod
 from nfs_provisioner.appliance import recovery
 from nfs_provisioner.appliance.exporters import GaneshaExporter
-from nfs_provisioner.controller import inflight
+from nfs_provisioner.controller import decisions, inflight, watching
 from nfs_provisioner.controller.interface import ProvisioningError, ProvisioningState
 from nfs_provisioner.ganesha import processes
 from nfs_provisioner.ganesha.exports import Export, ExportRequest
@@ -557,6 +557,81 @@ def test_d14_an_export_file_nobody_recorded_is_not_served_at_any_start(
             assert appliance.client().ls(vol.spec.nfs.path).returncode == 0
             assert planted.read_bytes() == before
             assert appliance.stop() == 0
+    finally:
+        appliance.stop()
+        for pv in core.list_persistent_volume().items:
+            if pv.spec.storage_class_name == cls:
+                remove_pv(core, pv.metadata.name)
+        storage.delete_storage_class(cls)
+
+
+# ---------------------------------------------------------------- D15: a cross-namespace data source dropped
+
+
+def stored_claim(*, spec_ref: dict[str, Any] | None, managed_ref: dict[str, Any] | None) -> dict[str, Any]:
+    """A claim as kube-apiserver 1.35 stores it (measured: kubectl create of a claim whose dataSourceRef names a
+    namespace, with the CrossNamespaceVolumeDataSource gate off: spec without it, managedFields with it)."""
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Mi"}},
+                            "storageClassName": "nfs", "volumeMode": "Filesystem"}
+    if spec_ref is not None:
+        spec["dataSourceRef"] = spec_ref
+    fields: dict[str, Any] = {"f:accessModes": {}, "f:storageClassName": {}}
+    if managed_ref is not None:
+        fields["f:dataSourceRef"] = managed_ref
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "xns", "namespace": "ns", "uid": "u", "managedFields": [
+                {"apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": fields},
+                 "manager": "kubectl-create", "operation": "Update"}]},
+            "spec": spec}
+
+
+@pytest.mark.unit
+def test_d15_a_dropped_cross_namespace_source_is_seen_in_managed_fields() -> None:
+    with_ns = {".": {}, "f:apiGroup": {}, "f:kind": {}, "f:name": {}, "f:namespace": {}}
+    dropped = stored_claim(spec_ref=None, managed_ref=with_ns)
+    assert decisions.dropped_source(dropped) == "kubectl-create"
+    # What the informer caches keeps that much of managedFields (and drops the rest).
+    informer = watching.Informer(None, name="claims", path="/", kind="PersistentVolumeClaim",  # type: ignore[arg-type]
+                                 api_version="v1", key=lambda o: "", on_change=lambda a, b: None)
+    cached = informer._normalise(json.loads(json.dumps(dropped)))
+    assert decisions.dropped_source(cached) == "kubectl-create"
+    assert cached["metadata"]["managedFields"] == [{"manager": "kubectl-create", "operation": "Update",
+                                                    "fieldsV1": {"f:spec": {"f:dataSourceRef": with_ns}}}]
+    ordinary = informer._normalise(stored_claim(spec_ref=None, managed_ref=None))
+    assert "managedFields" not in ordinary["metadata"]
+    # Not dropped: kept with its namespace (the gate on), an empty namespace (the claim's own), none asked.
+    src = {"apiGroup": "", "kind": "PersistentVolumeClaim", "name": "src"}
+    assert decisions.dropped_source(stored_claim(spec_ref={**src, "namespace": "other"}, managed_ref=with_ns)) is None
+    assert decisions.dropped_source(stored_claim(spec_ref={**src, "namespace": ""}, managed_ref=with_ns)) is None
+    no_ns = {k: v for k, v in with_ns.items() if k != "f:namespace"}
+    assert decisions.dropped_source(stored_claim(spec_ref=src, managed_ref=no_ns)) is None
+
+
+@e2e
+def test_d15_a_claim_whose_cross_namespace_source_was_dropped_gets_no_empty_volume(
+        appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
+        unique: str) -> None:
+    cls = f"state-{unique}"
+    make_class(storage, cls, appliance.provisioner)
+    appliance.extra = [LOOPBACK]
+    appliance.start()
+    try:
+        bound_volume(core, namespace, cls, "plain")  # a claim without a data source is provisioned as ever
+        core.create_namespaced_persistent_volume_claim(namespace, {
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "xns"},
+            "spec": {"storageClassName": cls, "accessModes": ["ReadWriteMany"],
+                     "resources": {"requests": {"storage": "1Mi"}},
+                     "dataSourceRef": {"apiGroup": "", "kind": "PersistentVolumeClaim", "name": "src",
+                                       "namespace": "default"}}})
+        stored = core.read_namespaced_persistent_volume_claim("xns", namespace)
+        assert stored.spec.data_source_ref is None and stored.spec.data_source is None, "what the API server does"
+        event = wait.until(lambda: next((e for e in events_for(core, "xns") if e.reason == "ProvisioningFailed"),
+                                        None), timeout=60, what=lambda: f"ProvisioningFailed\n{appliance.log()}")
+        assert "spec.dataSourceRef named another namespace (set by" in event.message
+        assert "no volume is provisioned" in event.message
+        time.sleep(2)
+        assert core.read_namespaced_persistent_volume_claim("xns", namespace).status.phase == "Pending"
+        assert not [e for e in events_for(core, "xns") if e.reason == "ProvisioningSucceeded"]
     finally:
         appliance.stop()
         for pv in core.list_persistent_volume().items:
