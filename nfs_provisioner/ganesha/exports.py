@@ -111,7 +111,7 @@ class ReconcileResult:
     readded: tuple[int, ...]
     """Ids of our exports Ganesha did not have, added again."""
     failed: tuple[int, ...]
-    """Ids of our exports Ganesha refused to add again (see the log)."""
+    """Ids of our exports not served: Ganesha refused to add them again, or they are held (see the log)."""
     foreign: tuple[int, ...]
     """Ids live in Ganesha that are not ours (kept reserved, never reused)."""
 
@@ -239,8 +239,11 @@ class ExportManager(clientlists.ClientLists):
             readded: list[int] = []
             failed: list[int] = []
             for export in self.list_exports():
-                if export.name in self._pending or export.name in self._held:
-                    continue  # its own add makes it live (or undoes it); held: never live
+                if export.name in self._pending:
+                    continue  # its own add makes it live (or undoes it)
+                if export.name in self._held:
+                    failed.append(export.export_id)  # never live while held (said when it was held)
+                    continue
                 live_path = live.get(export.export_id)
                 if live_path is None:
                     why = self._why_held(export, self._recorded_names())
