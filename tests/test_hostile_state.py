@@ -8,6 +8,7 @@ Ganesha."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from nfs_provisioner.ganesha.exports import Export, ExportRequest
 from nfs_provisioner.ganesha.settings import AccessType, Squash
 from nfs_provisioner.quota import errors as quota_errors
 from nfs_provisioner.quota import projects
-from nfs_provisioner.volumes.records import RECORDS_DIR, RecordError, VolumeRecords, new_record
+from nfs_provisioner.volumes.records import RECORDS_DIR, RecordError, VolumeRecords
 from tests import kubecluster, wait
 from tests.appliance_env import Appliance
 from tests.ganesha_env import Harness
@@ -203,16 +204,22 @@ def test_d14_an_export_file_without_a_record_is_kept_but_never_served(
 # ---------------------------------------------------------------- D12: a retry owns what a crash left
 
 
+def leftovers(a: ProvAppliance, name: str, *, claim_uid: str) -> None:
+    """The record (as the appliance writes them: the one of pvc-1, renamed) and the directory of ``name``."""
+    record = a.p.records.read("pvc-1")
+    assert record is not None
+    a.p.records.write(dataclasses.replace(record, pv_name=name, claim_uid=claim_uid, path=str(a.root / name)))
+    a.p.directories.create(name, gid=None)
+
+
 @pytest.mark.ganesha
 def test_d12_a_retry_that_fails_finally_removes_what_a_crashed_attempt_left(h: Harness) -> None:
     a = ProvAppliance(h, max_exports=1)
     a.p.provision(options("pvc-1"))
     # What a SIGKILL between the directory's creation and the PV's save leaves (before the export): the
-    # record, then the directory (tests/test_hostile_state.py's e2e test makes it with a real SIGKILL).
+    # record, then the directory (the e2e test below makes it with a real SIGKILL).
     opts = options("pvc-2")
-    a.p.records.write(new_record(pv_name="pvc-2", claim=opts.claim, identity=a.p.config.identity,
-                                 path=a.root / "pvc-2", root_squash=False))
-    a.p.directories.create("pvc-2", gid=None)
+    leftovers(a, "pvc-2", claim_uid="2")
     with pytest.raises(ProvisioningError, match=r"maximum number of exports \(1\) is reached") as e:
         a.p.provision(opts)
     assert e.value.state is ProvisioningState.FINISHED
@@ -225,11 +232,7 @@ def test_d12_a_retry_that_fails_finally_removes_what_a_crashed_attempt_left(h: H
 def test_a_retry_never_removes_what_another_claim_left(h: Harness) -> None:
     a = ProvAppliance(h, max_exports=1)
     a.p.provision(options("pvc-1"))
-    other = options("pvc-2")
-    other.claim["metadata"]["uid"] = "someone-else"
-    a.p.records.write(new_record(pv_name="pvc-2", claim=other.claim, identity=a.p.config.identity,
-                                 path=a.root / "pvc-2", root_squash=False))
-    a.p.directories.create("pvc-2", gid=None)
+    leftovers(a, "pvc-2", claim_uid="someone-else")
     with pytest.raises(ProvisioningError, match="maximum number of exports"):
         a.p.provision(options("pvc-2"))
     assert (a.root / "pvc-2").is_dir() and a.p.records.read("pvc-2") is not None
