@@ -234,6 +234,7 @@ class ExportManager(clientlists.ClientLists):
         """Cross-check our files against Ganesha's ShowExports; re-add what it lacks (held exports stay out, and
         one whose directory is gone meanwhile is held)."""
         unindexed: list[int] = []
+        recorded: frozenset[str] | None = None
         with self._lock:
             live = {e.export_id: e.path for e in self.dbus.show_exports()}
             readded: list[int] = []
@@ -246,7 +247,9 @@ class ExportManager(clientlists.ClientLists):
                     continue
                 live_path = live.get(export.export_id)
                 if live_path is None:
-                    why = self._why_held(export, self._recorded_names())
+                    if recorded is None:
+                        recorded = self._recorded_names()
+                    why = self._why_held(export, recorded)
                     if why is not None:
                         self._held[export.name] = why
                         self._refused.pop(export.name, None)
@@ -298,12 +301,13 @@ class ExportManager(clientlists.ClientLists):
 
     def serve_again(self, name: str) -> str | None:
         """Serve an unserved export whose cause is gone (its directory back, its record written): AddExport and
-        its index line. None: it is served now (or no longer exists); else why it still is not."""
+        its index line (a held file is first rewritten from its header, with the current client list). None: it
+        is served now (or no longer exists); else why it still is not."""
         with self._settled(name):
             export = self._by_name.get(name)
             if export is None or (name not in self._held and name not in self._refused):
                 return None
-            why = self._why_held(export, self._recorded_names())
+            why = self._why_held(export, self._recorded_names(only=name))
             if why is not None:
                 self._held[name] = why
                 self._refused.pop(name, None)
@@ -333,11 +337,13 @@ class ExportManager(clientlists.ClientLists):
             log.info("export %s (id %d, path %s) is served again", name, export.export_id, export.path)
         return why
 
-    def _recorded_names(self) -> frozenset[str] | None:
-        """Names with a volume record (``<name>.json`` in ``records_dir``); None: no records directory (every
-        export is admitted)."""
-        if self.records_dir is None:
+    def _recorded_names(self, *, only: str | None = None) -> frozenset[str] | None:
+        """Names with a volume record (``<name>.json`` in ``records_dir``; ``only``: that one name, looked up
+        alone instead of listing them all); None: no records directory (every export is admitted)."""
+        if self.records_dir is None or not os.path.isdir(self.records_dir):
             return None
+        if only is not None:
+            return frozenset({only}) if os.path.lexists(self.records_dir / f"{only}.json") else frozenset()
         try:
             entries = os.listdir(self.records_dir)
         except (FileNotFoundError, NotADirectoryError):
