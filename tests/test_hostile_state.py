@@ -291,7 +291,7 @@ def test_d9_readiness_fails_while_a_bound_volume_is_not_served_and_recovers(
         volumes[0]["status"]["phase"] = "Released"
         report.watch.check()
         assert report.health() == (True, "ok")
-        assert "volume pvc-gone: no longer Bound" in caplog.text
+        assert "volume pvc-gone: no longer a Bound volume of this appliance" in caplog.text
     finally:
         report.stop()
 

@@ -111,7 +111,7 @@ class ServingWatch:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(self.interval + 5)
+            self._thread.join(2.0)  # a daemon thread: a look in progress (a D-Bus call) need not be waited for
 
     def unserved(self) -> dict[str, str]:
         with self._lock:
@@ -147,7 +147,11 @@ class ServingWatch:
                 log.warning("volume %s is Bound but not served by NFS-Ganesha: %s; /readyz fails until it is "
                             "served or its PV is deleted", name, why)
         for name in sorted(set(before) - set(now)):
-            log.info("volume %s: %s", name, "served again" if name not in unserved else "no longer Bound")
+            if name in unserved:
+                how = "no longer a Bound volume of this appliance"
+            else:
+                how = "served again" if self.exporter.has(name) else "its export is removed (the volume is deleted)"
+            log.info("volume %s: %s", name, how)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
