@@ -248,6 +248,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     logs.configure(level=s.log_level, json_lines=s.log_json)
     for warning in warnings + settings_mod.warnings(s):
         log.warning("%s", warning)
+    s, resolved = settings_mod.resolve_export_root(s)
+    if resolved:
+        log.warning("%s", resolved)
     limits.raise_open_files()
     try:
         return app.run(s, env, signals)

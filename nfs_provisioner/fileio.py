@@ -1,4 +1,4 @@
-"""Writing files so that readers see the old or the new content, never a mix.
+"""Writing files so that readers see the old or the new content, never a mix; reading them within a bound.
 
 Errors name the file: an OSError of a write, flush or fsync on a descriptor names no file (``[Errno 28] No
 space left on device``) or only the descriptor's number; :func:`naming` re-raises it naming the path.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -45,6 +46,51 @@ def atomic_write(path: Path, text: str, *, durable: bool = True, mode: int = 0o6
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+class Refused(ValueError):
+    """A file :func:`read_limited` will not read (larger than allowed, or not a regular file); the message is
+    one line naming the file and why. The file is left as it is."""
+
+
+def read_limited(path: Path, limit: int, *, follow_symlinks: bool = True) -> bytes:
+    """The whole content of the regular file ``path``, if it holds at most ``limit`` bytes.
+
+    For the appliance's state under the export root, which NFS clients that forge file handles may write: a
+    file of any size (a 3 GiB sparse one costs nothing on disk) is refused by its size before anything is
+    read, and at most ``limit + 1`` bytes are ever read (a file growing meanwhile is refused too). Not a
+    regular file (a FIFO would block the reader, a directory or a device is no state file): refused.
+    Raises :class:`Refused` for those, ``OSError`` when it cannot be opened (``FileNotFoundError``: no file;
+    ``ELOOP`` for a symlink with ``follow_symlinks=False``)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY | (0 if follow_symlinks else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Refused(f"{path} is not a regular file; refusing to read it")
+        if st.st_size > limit:
+            raise Refused(f"{path} is {st.st_size} bytes, more than the {limit} allowed for it; refusing to read "
+                          "it (left in place)")
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise Refused(f"{path} grew beyond the {limit} bytes allowed for it while being read; refusing it "
+                      "(left in place)")
+    return data
+
+
+def read_text_limited(path: Path, limit: int, *, follow_symlinks: bool = True) -> str:
+    """:func:`read_limited` decoded as UTF-8 (``UnicodeDecodeError``, a ``ValueError``, for other bytes)."""
+    return read_limited(path, limit, follow_symlinks=follow_symlinks).decode("utf-8")
 
 
 def private_dir(path: Path, *, mode: int = 0o700) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nfs_provisioner.ganesha import config as ganesha_config
@@ -242,6 +243,27 @@ def validate(s: Settings, *, in_cluster: bool) -> None:
             raise SettingsError("--leader-elect-retry-period must be positive and less than the renew deadline")
     if s.ganesha_templates is not None and not s.ganesha_templates.is_dir():
         raise SettingsError(f"--ganesha-templates {s.ganesha_templates} is not a directory")
+
+
+def resolve_export_root(s: Settings) -> tuple[Settings, str | None]:
+    """The settings with the export root resolved once, when a symlink is on its path and Ganesha serves it, and
+    the line that says so (None: nothing to resolve).
+
+    NFS-Ganesha cannot serve through a symlink: the export root's file handle would be the link's, and
+    ``open_by_handle_at`` fails with ELOOP ("Too many levels of symbolic links"). The resolved path is what
+    everything uses from then on: volume directories, export paths (Ganesha's ``Path`` and ``Pseudo``) and the
+    ``spec.nfs.path`` of new PVs. PVs that name a path through the symlink were never served by Ganesha (it
+    refused such a root), and start-up warns about them as lying under another export root. The kernel NFS
+    server (``--use-ganesha=false``) serves through symlinks, and its PVs name the path as given: kept."""
+    if not s.use_ganesha:
+        return s, None
+    given = Path(os.path.normpath(s.export_root))
+    real = Path(os.path.realpath(given))
+    if real == given:
+        return s, None
+    return replace(s, export_root=real), (
+        f"--export-root {s.export_root} goes through a symlink; using {real}, where it leads now (NFS-Ganesha "
+        f"cannot serve through a symlink): volumes, exports and new PVs name paths under {real}")
 
 
 def warnings(s: Settings) -> list[str]:

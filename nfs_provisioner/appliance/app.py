@@ -146,6 +146,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
     ganesha: GaneshaServer | None = None
     node_clients: nodes.NodeClients | None = None
     ganesha_ok: health.BackgroundHealth | None = None
+    recovered: recovery.Report | None = None
     checks = _Checks()
     http = None
     watching: list[Informer] = []
@@ -216,9 +217,9 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
             node_clients.follow(exporter.set_clients)
         signals.check()
         wait_listed(controller.volumes, checks, signals)
-        recovered = recovery.Recovery(api=api, names=frozenset({s.provisioner}), identity=ident,
-                                      directories=directories, records=records, exporter=exporter,
-                                      server=lambda: server, volumes=controller.volumes.items).run()
+        recovered = done = recovery.Recovery(
+            api=api, names=frozenset({s.provisioner}), identity=ident, directories=directories, records=records,
+            exporter=exporter, server=lambda: server, volumes=controller.volumes.items).run()
         signals.check()
         if ganesha is not None:
             checked = ganesha
@@ -226,7 +227,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
                                                  live=checked.supervised_state if s.run_server else None)
             ganesha_ok.start()
         checks.healthy = lambda: _both(ganesha_health(ganesha_ok), controller.healthy())
-        checks.ready = lambda: _both(_both(ganesha_health(ganesha_ok), recovered.health()),
+        checks.ready = lambda: _both(_both(ganesha_health(ganesha_ok), done.health()),
                                      _both(nodes.health(node_clients), controller.ready()))
         if http is not None:
             log.info("serving /metrics, /healthz, /readyz on %s", s.metrics_address)
@@ -239,6 +240,8 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
             http.stop()
         if ganesha_ok is not None:
             ganesha_ok.stop()
+        if recovered is not None:
+            recovered.stop()
         if node_clients is not None:
             node_clients.stop()
         if ganesha is not None and s.run_server:
@@ -246,7 +249,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
         tempdirs.release(run_dir)
         raise
     return Parts(identity=ident, ganesha=ganesha, provisioner=provisioner, controller=controller,
-                 resizer=resizer, registry=registry, http=http, run_dir=run_dir, lock=lock, recovered=recovered,
+                 resizer=resizer, registry=registry, http=http, run_dir=run_dir, lock=lock, recovered=done,
                  nodes=node_clients, ganesha_health=ganesha_ok)
 
 
@@ -362,6 +365,7 @@ def teardown(s: settings_mod.Settings, parts: Parts) -> None:
         steps.append(("metrics endpoint", parts.http.stop))
     if parts.ganesha_health is not None:
         steps.append(("Ganesha health check", parts.ganesha_health.stop))
+    steps.append(("volume serving watch", parts.recovered.stop))
     if parts.ganesha is not None and s.run_server:
         steps.append(("Ganesha", parts.ganesha.stop))
     for what, step in steps:  # every step runs, whatever the one before did

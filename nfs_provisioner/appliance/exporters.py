@@ -29,7 +29,7 @@ class GaneshaExporter:
     def export(self, *, name: str, path: Path, root_squash: bool, export_id: int | None = None) -> tuple[int, str]:
         squash = Squash.ROOT_ID_SQUASH if root_squash else Squash.NO_ROOT_SQUASH
         export = self.manager.add(exports.ExportRequest(name=name, path=path, squash=squash, export_id=export_id))
-        text = export.config_file.read_text()
+        text = exports.read_export_file(export.config_file)
         block = "".join(line for line in text.splitlines(keepends=True) if not line.startswith(exports.HEADER))
         return export.export_id, block
 
@@ -49,3 +49,9 @@ class GaneshaExporter:
     def path_of(self, name: str) -> Path | None:
         export = self.manager.get(name)
         return None if export is None else export.path
+
+    def unserved(self) -> dict[str, str]:
+        return self.manager.unserved()
+
+    def serve_again(self, name: str) -> str | None:
+        return self.manager.serve_again(name)

@@ -3,7 +3,10 @@ optional XFS project quota per volume.
 
 Provision validates everything first (class parameters, selector, size, free
 space, the export limit), then creates record -> directory -> quota -> export with
-an undo stack, so any failure leaves nothing behind. Delete works from the PV *name*
+an undo stack, so any failure leaves nothing behind. A retry owns what an earlier
+attempt for the same claim left (a crash between the directory and the PV leaves
+the record, the directory, maybe the export): when it fails finally, it removes
+those too, as a fresh attempt's undo stack would (``_discard_leftovers``). Delete works from the PV *name*
 only (validated; the directory is ``<export root>/<pv name>``) and from the
 appliance's own records (the volume record must match the PV's name, claim uid,
 identity and path; export by name, quota project by directory); the PV's
@@ -39,7 +42,7 @@ from nfs_provisioner.controller.interface import (
 from nfs_provisioner.kube.errors import KubeError
 from nfs_provisioner.volumes import ondelete, params, quantity, space
 from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
-from nfs_provisioner.volumes.records import VolumeRecords, new_record
+from nfs_provisioner.volumes.records import RecordError, VolumeRecords, new_record
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,13 @@ class Exporter(Protocol):
 
     def path_of(self, name: str) -> Path | None:
         """The directory export ``name`` serves (None: no such export)."""
+
+    def unserved(self) -> dict[str, str]:
+        """Exports that exist but the NFS server does not serve now, each with why (no I/O: asked often)."""
+
+    def serve_again(self, name: str) -> str | None:
+        """Serve export ``name`` if it is unserved and its cause is gone; None: served (or no such export), else
+        why it still is not."""
 
 
 class Quotas(Protocol):
@@ -137,6 +147,18 @@ class NFSProvisioner(Provisioner):
     # ------------------------------------------------------------------ provision
 
     def provision(self, options: ProvisionOptions) -> Object:
+        """Called only while no PV of the claim exists (the controller's contract): what an earlier attempt for
+        this claim left is this attempt's, and a final failure removes it (``_discard_leftovers``)."""
+        try:
+            return self._provision(options)
+        except (InProgress, IgnoredError):
+            raise
+        except Exception as e:
+            if not isinstance(e, ProvisioningError) or e.state is ProvisioningState.FINISHED:  # as the controller
+                self._discard_leftovers(options, reason=str(e) or type(e).__name__)
+            raise
+
+    def _provision(self, options: ProvisionOptions) -> Object:
         claim_spec = options.claim.get("spec") or {}
         if claim_spec.get("selector"):
             raise ProvisioningError("claim Selector is not supported: remove spec.selector from the claim")
@@ -158,19 +180,14 @@ class NFSProvisioner(Provisioner):
             if options.rolling_back and options.source is not None and self.clones is not None \
                     and not self.clones.done(name):  # the claim is gone: never copy for nobody
                 log.info("volume %s: clone cancelled, its claim is deleted; removing any half copy", name)
-                self._discard_half_clone(options, name, path)
                 raise ProvisioningError(f"volume {name}: clone cancelled, its claim is deleted; any half copy is "
                                         "removed")
             if not copy_started:  # a running copy uses the space it needs
                 self.directories.check_space(size)
         except DirectoryError as e:
             raise ProvisioningError(str(e)) from e
-        try:
-            clone_source, reservation = self._clone_source(options, name, size)
-        except ProvisioningError as e:
-            if e.state is ProvisioningState.FINISHED:  # refused: nothing of this clone may stay
-                self._discard_half_clone(options, name, path)
-            raise
+        # Refused (FINISHED): nothing of this clone may stay (provision() discards what an earlier attempt left).
+        clone_source, reservation = self._clone_source(options, name, size)
         clones = self.clones if options.source is not None else None
         """Set for a clone: its record and directory are this claim's (checked below), so a failed copy
         rolls back all of them, on whichever poll it fails."""
@@ -258,22 +275,34 @@ class NFSProvisioner(Provisioner):
         """Clones (a PersistentVolumeClaim source) when a source reader and the copier are given."""
         return kind == PVC_KIND and api_group == "" and self.sources is not None and self.clones is not None
 
-    def _discard_half_clone(self, options: ProvisionOptions, name: str, path: Path) -> None:
-        """A clone refused on a later attempt (e.g. a restart after a crash mid-copy, the source gone since):
-        remove what the first attempt made, if it is this claim's (its record says so)."""
-        clones = self.clones
-        record = self.records.read(name) if clones is not None else None
-        if clones is None or record is None:
-            return
-        if record.claim_uid != str((options.claim.get("metadata") or {}).get("uid", "")):
+    def _discard_leftovers(self, options: ProvisionOptions, *, reason: str) -> None:
+        """This attempt failed finally: remove what an earlier attempt for the same claim left (its record says
+        so: a crash between the directory and the PV, a clone's half copy, a clone refused after a restart), as
+        that attempt's own undo stack would have. A record that cannot be read is kept, and so is the in-flight
+        record (``IN_BACKGROUND``): what it may prove is never deleted on a guess, nor forgotten."""
+        name = options.pv_name
+        try:
+            path = self.directories.path_for(name)
+            record = self.records.read(name)
+        except (RecordError, DirectoryError) as e:
+            raise ProvisioningError(f"{reason}; what an earlier attempt may have left for volume {name} cannot be "
+                                    f"checked ({e}): kept", ProvisioningState.IN_BACKGROUND) from e
+        claim_uid = str((options.claim.get("metadata") or {}).get("uid", ""))
+        if record is None or record.mismatch(pv_name=name, claim_uid=claim_uid, identity=self.config.identity,
+                                             path=str(path)) is not None:
             return
         steps: list[tuple[str, Callable[[], object]]] = [("remove volume record", lambda: self.records.remove(name)),
                                                           ("remove directory", lambda: self.directories.delete(name))]
         quotas = self.quotas
         if quotas is not None:
             steps.append(("remove quota project", lambda: quotas.remove_directory(path)))
-        steps.append(("stop the copy", lambda: clones.forget(name)))
-        log.info("volume %s: removing the clone's half copy, record and quota project", name)
+        clones = self.clones
+        if clones is not None:
+            steps.append(("stop the copy", lambda: clones.forget(name)))
+        steps.append(("remove export", lambda: self.exporter.unexport(name)))
+        log.info("volume %s: this attempt failed finally (%s); removing what an earlier attempt for claim %s/%s "
+                 "left (export, quota project, directory %s, record)", name, reason, record.claim_namespace,
+                 record.claim_name, path)
         self._rollback(name, steps)
 
     def _clone_source(self, options: ProvisionOptions, name: str,

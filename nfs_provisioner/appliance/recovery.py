@@ -18,6 +18,11 @@ and the appliance's per-volume records (``nfs_provisioner.volumes.records``). Fr
    ``/readyz`` fails naming them.
 3. **Warn** about PVs of this provisioner name, on this server address, whose path lies under another
    export root (a changed ``--export-root``): they are no longer served from here.
+4. **Watch** what is not served: an export whose file exists but that NFS-Ganesha does not serve (its directory
+   missing or replaced by a symlink, no record of it, Ganesha refused it: ``Exporter.unserved``) is offered
+   to the exporter again every ``SERVING_INTERVAL`` seconds in a thread (:class:`ServingWatch`). While a
+   *Bound* PV of this identity is not served, ``/readyz`` fails naming it and why (one WARNING line when it
+   starts, one INFO line when it ends: served again, or its PV is no longer Bound).
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,13 +40,20 @@ from typing import Any
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.volumes import ondelete, params
-from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
+from nfs_provisioner.volumes.directories import VolumeDirectories
 from nfs_provisioner.volumes.records import RecordError, VolumeRecords, new_record
 
 log = logging.getLogger(__name__)
 
 PAGE = 500
 """PVs per list request at start-up."""
+SERVING_INTERVAL = 5.0
+"""Seconds between two looks at the exports that are not served (each costs an ``lstat`` while the cause
+remains, an AddExport once it is gone)."""
+SHOWN = 3
+"""Volumes named in a failing /readyz answer (the rest are counted)."""
+WHY_CHARS = 300
+"""Characters of each reason in a /readyz answer."""
 ANN_PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
 ANN_BETA_PROVISIONED_BY = "volume.beta.kubernetes.io/provisioned-by"
 Object = dict[str, Any]
@@ -55,12 +68,105 @@ class Report:
     problems: list[str] = field(default_factory=list)
     """One line per volume this appliance should serve but cannot (each makes /readyz fail)."""
     elsewhere: list[str] = field(default_factory=list)
+    watch: ServingWatch | None = None
+    """Keeps /readyz current about Bound volumes that are not served (None: only the start's ``problems``)."""
 
     def health(self) -> tuple[bool, str]:
-        if not self.problems:
+        """For /readyz: no I/O (the watch's last verdict)."""
+        problems = self.problems if self.watch is None else self.watch.rebuild_problems()
+        unserved = {} if self.watch is None else self.watch.unserved()
+        if not problems and not unserved:
             return True, "ok"
-        return False, (f"{len(self.problems)} volume(s) of this appliance are not exported and could not be "
-                       f"rebuilt, e.g. {self.problems[0]}")
+        parts = []
+        if problems:
+            parts.append(f"{len(problems)} volume(s) of this appliance are not exported and could not be "
+                         f"rebuilt, e.g. {_short(problems[0])}")
+        if unserved:
+            shown = "; ".join(f"{name}: {_short(why)}" for name, why in sorted(unserved.items())[:SHOWN])
+            more = f" (and {len(unserved) - SHOWN} more)" if len(unserved) > SHOWN else ""
+            parts.append(f"{len(unserved)} Bound volume(s) of this appliance are not served: {shown}{more}")
+        return False, "; ".join(parts)
+
+    def stop(self) -> None:
+        """Stop the watch's thread (at shutdown; it is a daemon thread otherwise)."""
+        if self.watch is not None:
+            self.watch.stop()
+
+
+class ServingWatch:
+    """Offers every unserved export to the exporter again, every ``interval`` seconds, and keeps which Bound
+    volumes of this appliance are not served (the verdict /readyz reads, no I/O there)."""
+
+    def __init__(self, *, exporter: prov.Exporter, bound_mine: Callable[[Collection[str]], set[str]],
+                 problems: list[str], interval: float = SERVING_INTERVAL) -> None:
+        self.exporter = exporter
+        self.bound_mine = bound_mine
+        """Which of the given PV names are Bound PVs of this identity (lists PVs only when asked)."""
+        self.interval = interval
+        self._problems = {p.split(":", 1)[0]: p for p in problems}
+        """The start's problems (volumes not rebuilt), by volume name; dropped once their PV is not Bound."""
+        self._unserved: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Look once (so the first /readyz answer is real), then keep looking in a thread."""
+        self.check()
+        self._thread = threading.Thread(target=self._loop, name="serving-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(2.0)  # a daemon thread: a look in progress (a D-Bus call) need not be waited for
+
+    def unserved(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._unserved)
+
+    def rebuild_problems(self) -> list[str]:
+        with self._lock:
+            return list(self._problems.values())
+
+    def check(self) -> None:
+        """Serve what can be served again; find the Bound volumes of this appliance that are still not served."""
+        for name in list(self.exporter.unserved()):
+            if self._stop.is_set():
+                return
+            try:
+                self.exporter.serve_again(name)
+            except Exception as e:  # noqa: BLE001 - one export must not stop the others' retries
+                log.error("export %s: serving it again failed: %s", name, e)
+        unserved = self.exporter.unserved()
+        with self._lock:
+            problems = dict(self._problems)
+        bound = self.bound_mine(set(unserved) | set(problems)) if unserved or problems else set()
+        now = {name: why for name, why in unserved.items() if name in bound}
+        with self._lock:
+            before = self._unserved
+            self._unserved = now
+            for name in [n for n in self._problems if n not in bound]:
+                log.info("volume %s: no longer a Bound volume of this appliance; its start-up problem is dropped",
+                         name)
+                del self._problems[name]
+        for name, why in sorted(now.items()):
+            if before.get(name) != why:
+                log.warning("volume %s is Bound but not served by NFS-Ganesha: %s; /readyz fails until it is "
+                            "served or its PV is deleted", name, why)
+        for name in sorted(set(before) - set(now)):
+            if name in unserved:
+                how = "no longer a Bound volume of this appliance"
+            else:
+                how = "served again" if self.exporter.has(name) else "its export is removed (the volume is deleted)"
+            log.info("volume %s: %s", name, how)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check()
+            except Exception:  # the watch keeps going; its verdict stays the last one
+                log.exception("checking which volumes are not served failed")
 
 
 @dataclass(frozen=True)
@@ -82,7 +188,7 @@ class Recovery:
         mine = 0
         for pv in self.volumes() if self.volumes is not None else self._volumes():
             self._warn_elsewhere(pv, report)
-            if not (self._provisioned_here(pv) and _ann(pv).get(prov.ANN_IDENTITY) == self.identity):
+            if not self._mine(pv):
                 continue
             mine += 1
             name = str(pv["metadata"]["name"])
@@ -90,7 +196,7 @@ class Recovery:
                 self._adopt(pv, name, report)
                 self._record_policy(pv, name, report)
                 self._rebuild(pv, name, report)
-            except (RecordError, DirectoryError, OSError) as e:
+            except Exception as e:  # noqa: BLE001 - one volume (a record, a directory, an export) never stops the start
                 log.error("volume %s: cannot check its state: %s", name, e)
                 if _phase(pv) == "Bound":  # a claim uses it; a stray (e.g. hand-made, Released) PV must not
                     report.problems.append(f"{name}: {e}")
@@ -99,10 +205,21 @@ class Recovery:
                         "this appliance does not serve or delete them; start it with their --export-root to serve "
                         "them again", len(report.elsewhere), ",".join(sorted(self.names)), self.server(),
                         self.directories.export_root, report.elsewhere[0])
+        report.watch = ServingWatch(exporter=self.exporter, bound_mine=self._bound_mine, problems=report.problems)
+        report.watch.start()
         log.info("state check: %d PVs of this identity, %d adopted, %d deletion policies recorded, %d exports rebuilt, "
-                 "%d not servable (%.2fs)", mine, len(report.adopted), len(report.policies), len(report.rebuilt),
-                 len(report.problems), time.monotonic() - began)
+                 "%d not servable, %d Bound but not served (%.2fs)", mine, len(report.adopted), len(report.policies),
+                 len(report.rebuilt), len(report.problems), len(report.watch.unserved()), time.monotonic() - began)
         return report
+
+    def _mine(self, pv: Object) -> bool:
+        return self._provisioned_here(pv) and _ann(pv).get(prov.ANN_IDENTITY) == self.identity
+
+    def _bound_mine(self, names: Collection[str]) -> set[str]:
+        """Which of ``names`` are Bound PVs of this identity (one pass over the PVs)."""
+        wanted = set(names)
+        return {str(pv["metadata"]["name"]) for pv in (self.volumes() if self.volumes is not None else self._volumes())
+                if str((pv.get("metadata") or {}).get("name")) in wanted and _phase(pv) == "Bound" and self._mine(pv)}
 
     def _provisioned_here(self, pv: Object) -> bool:
         ann = _ann(pv)
@@ -138,6 +255,10 @@ class Recovery:
         log.info("volume %s: adopted (made before volume records): claim %s/%s uid %s, path %s, from its export "
                  "and PV", name, claim_ref.get("namespace", ""), claim_ref.get("name", ""), claim_ref.get("uid"),
                  path)  # no policy named: _record_policy says what a delete will do
+        if name in self.exporter.unserved():  # held at load for want of a record, which it has now
+            why = self.exporter.serve_again(name)
+            if why is not None:
+                log.warning("volume %s: adopted but not served: %s", name, why)
 
     def _record_policy(self, pv: Object, name: str, report: Report) -> None:
         """Give a record of an older version (no deletion policy) the one its PV names, if the record is this
@@ -224,6 +345,10 @@ def _real_dir(path: Path) -> bool:
         return stat.S_ISDIR(os.lstat(path).st_mode)
     except FileNotFoundError:
         return False
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= WHY_CHARS else text[: WHY_CHARS - 3] + "..."
 
 
 def _int(value: str | None) -> int | None:

@@ -97,6 +97,26 @@ def claim_source(claim: Object) -> DataSource | None:
     return DataSource.parse(spec.get("dataSourceRef")) or DataSource.parse(spec.get("dataSource"))
 
 
+def dropped_source(claim: Object) -> str | None:
+    """The manager (client) that set a ``spec.dataSourceRef`` naming another namespace which the API server
+    dropped; None: nothing was dropped.
+
+    With the ``CrossNamespaceVolumeDataSource`` feature gate off (alpha since Kubernetes 1.26, off by default)
+    the API server removes a ``dataSourceRef`` that names a namespace, stores the claim without any data source
+    and answers without a warning (measured with kube-apiserver 1.35 and ``kubectl create``, ``apply`` and
+    ``apply --server-side``). Only the claim's ``managedFields`` still show it: ``f:dataSourceRef`` with
+    ``f:namespace`` for the manager that set it."""
+    ref = (claim.get("spec") or {}).get("dataSourceRef")
+    if isinstance(ref, dict) and "namespace" in ref:
+        return None  # kept (the gate is on, or an empty namespace: the claim's own): there to be judged
+    for entry in meta(claim).get("managedFields") or []:
+        spec = ((entry.get("fieldsV1") or {}).get("f:spec") or {}) if isinstance(entry, dict) else {}
+        fields = spec.get("f:dataSourceRef") if isinstance(spec, dict) else None
+        if isinstance(fields, dict) and "f:namespace" in fields:
+            return str(entry.get("manager") or "an unnamed client")
+    return None
+
+
 def selected_node(claim: Object) -> str | None:
     return annotations_of(claim).get(ANN_SELECTED_NODE) or None
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nfs_provisioner.controller import decisions
-from nfs_provisioner.fileio import atomic_write, private_dir
+from nfs_provisioner.fileio import atomic_write, private_dir, read_limited
 from nfs_provisioner.kube import errors
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,9 @@ class LocalJournal(InFlight):
     Ganesha export files; the directory entry is not synced separately)."""
 
     SUFFIX = ".json"
+    MAX_BYTES = 1024 * 1024
+    """A record is the claim's spec and metadata (annotations are at most 256 KiB): a bigger file is not one
+    and is never read whole (a sparse file of gigabytes costs nothing on disk); it is reported and left."""
 
     def __init__(self, directory: Path, legacy: ClaimFinalizer) -> None:
         self.directory = directory
@@ -140,9 +143,9 @@ class LocalJournal(InFlight):
             return None
         path = self._path(uid)
         try:
-            record = json.loads(path.read_text())
+            record = json.loads(read_limited(path, self.MAX_BYTES, follow_symlinks=False))
             why = _unusable(record, uid)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError) as e:  # fileio.Refused (too big, not a regular file) is a ValueError
             why = str(e)
         if why is None:
             return record  # type: ignore[no-any-return]

@@ -147,6 +147,9 @@ class Provisioning:
                                 f"{self.settings.provisioner_name} does not support block volume provisioning")
             return outcomes.DONE
 
+        dropped_by = decisions.dropped_source(claim)
+        if dropped_by is not None and not ours:
+            return self._dropped_source(claim, dropped_by)
         source = decisions.claim_source(claim)
         if source is not None and not ours and not self.provisioner.supports_data_source(source.kind, source.api_group):
             return self._unsupported_source(claim, source)
@@ -234,6 +237,19 @@ class Provisioning:
         self._failed(claim)
         self.recorder.event(claim, events.WARNING, events.PROVISIONING_FAILED, msg)
         log.warning("claim %s: %s", key, msg)
+        return self._release(claim, settle=True)
+
+    def _dropped_source(self, claim: Object, manager: str) -> Outcome:
+        """The claim asked for a data source in another namespace and the API server dropped it (see
+        ``decisions.dropped_source``): never an empty volume that looks like a copy. One ``ProvisioningFailed``
+        event, settled (``spec.dataSourceRef`` cannot change: the claim must be made again)."""
+        msg = (f"the claim's spec.dataSourceRef named another namespace (set by {manager}, as its managedFields "
+               "show) and the API server dropped it: data sources in another namespace need the "
+               "CrossNamespaceVolumeDataSource feature gate; no volume is provisioned (an empty one would pass for "
+               "a copy): create the claim again with a data source in its own namespace, or none")
+        self._failed(claim)
+        self.recorder.event(claim, events.WARNING, events.PROVISIONING_FAILED, msg)
+        log.warning("claim %s: %s", decisions.claim_key(claim), msg)
         return self._release(claim, settle=True)
 
     def _provision_failed(self, claim: Object, e: Exception, *, recorded_before: bool = False) -> Outcome:

@@ -43,6 +43,7 @@ class ClientLists:
     _clients_lock: threading.Lock
     _pending: dict[str, threading.Event]
     _by_name: dict[str, Export]
+    _held: dict[str, str]
     _not_live: set[str]
     """Exports whose file has the current list but whose UpdateExport failed (Ganesha serves an older one)."""
 
@@ -72,7 +73,8 @@ class ClientLists:
             with self._lock:
                 self._not_live &= set(self._by_name)
                 changed = [dataclasses.replace(e, clients=new) for e in self._by_name.values()
-                           if (e.clients != new or e.name in self._not_live) and e.name not in self._pending]
+                           if (e.clients != new or e.name in self._not_live) and e.name not in self._pending
+                           and e.name not in self._held]
                 texts = [(e.config_file, e.header() + self.templates.render_export(self._block(e)))
                          for e in changed]
                 fileio.atomic_write_many(texts, durable=self.durable)

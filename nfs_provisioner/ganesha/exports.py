@@ -11,7 +11,14 @@ failure undoes the done steps. A crash before the shard is rewritten leaves a fi
 index lacks: ``load()`` rebuilds the index from ``exports.d``. Remove = RemoveExport -> rewrite the shard ->
 delete file, idempotent. The header line makes ids recoverable after a restart
 whatever the (operator) template looks like; ``reconcile()`` cross-checks the
-files against what Ganesha reports. Every method is safe to call from any
+files against what Ganesha reports.
+
+Export files are read at most ``MAX_FILE_BYTES`` each (a bigger one is refused with one line and left in
+place). An export whose directory is missing or is no longer a real directory (a symlink in its place), or,
+with the appliance's volume records (``records_dir``), one without a record, is *held*: its file and id are
+kept, but it is left out of the index and never added live (one line each), so Ganesha never serves what it
+points at. Held exports and those Ganesha refused are *unserved* (:meth:`ExportManager.unserved`, with why);
+:meth:`ExportManager.serve_again` serves one once its cause is gone. Every method is safe to call from any
 thread (one lock, held for microseconds around the bookkeeping; file writes,
 D-Bus calls and shard rewrites run outside it, so adds and removes overlap).
 """
@@ -24,12 +31,14 @@ import json
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from nfs_provisioner import fileio
 from nfs_provisioner.ganesha import clientlists, config, errors, ids
 from nfs_provisioner.ganesha.dbus import GaneshaDBus
 from nfs_provisioner.ganesha.settings import RESERVED_EXPORT_IDS, AccessType, Squash
@@ -43,6 +52,9 @@ SHARDS_DIR = "exports.idx"
 #: The index includes this many shard files; an export lives in shard ``id % INDEX_SHARDS``, so
 #: an add or remove rewrites one small shard (a few lines) instead of an index of every export.
 INDEX_SHARDS = 256
+#: An export file is a header and a block listing the clients (thousands of Node addresses take ~200 KB): a
+#: bigger file is not one of ours and is never read whole (a sparse file of gigabytes costs nothing on disk).
+MAX_FILE_BYTES = 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +112,7 @@ class ReconcileResult:
     readded: tuple[int, ...]
     """Ids of our exports Ganesha did not have, added again."""
     failed: tuple[int, ...]
-    """Ids of our exports Ganesha refused to add again (see the log)."""
+    """Ids of our exports not served: Ganesha refused to add them again, or they are held (see the log)."""
     foreign: tuple[int, ...]
     """Ids live in Ganesha that are not ours (kept reserved, never reused)."""
 
@@ -121,6 +133,7 @@ class ExportManager(clientlists.ClientLists):
         durable: bool = True,
         on_count: Callable[[int], None] | None = None,
         on_add: Callable[[float], None] | None = None,
+        records_dir: Path | None = None,
     ) -> None:
         lo, hi = id_range
         if not (config.EXPORT_ID_MIN <= lo <= hi <= config.EXPORT_ID_MAX):
@@ -156,6 +169,12 @@ class ExportManager(clientlists.ClientLists):
         self._shard_locks = [threading.Lock() for _ in range(INDEX_SHARDS)]
         """One per index shard: its file is rewritten under it, outside ``_lock`` (taken before ``_lock``)."""
         self._ids = ids.IdAllocator(low=lo, high=hi, reserved=RESERVED_EXPORT_IDS)
+        self.records_dir = records_dir
+        """The appliance's volume records: while this directory exists, an export without a record is held."""
+        self._held: dict[str, str] = {}
+        """Exports kept (file, id) but left out of the index and never added live, with why (see the module)."""
+        self._refused: dict[str, str] = {}
+        """Exports in the index that Ganesha does not serve (it refused to add them again), with why."""
 
     # --- queries -----------------------------------------------------------------------------------------------
 
@@ -181,7 +200,10 @@ class ExportManager(clientlists.ClientLists):
             self._by_name.clear()
             self._by_id.clear()
             self._by_path.clear()
+            self._held.clear()
+            self._refused.clear()
             self._ids.reset(self._foreign)
+            recorded = self._recorded_names()
             for f in sorted(self.exports_dir.glob("*.conf")):
                 try:
                     export, text = self._read_file(f)
@@ -192,6 +214,13 @@ class ExportManager(clientlists.ClientLists):
                 if clash is not None:
                     log.error("export file %s clashes with %s (same id or path), left out", f, clash.config_file)
                     continue
+                why = self._why_held(export, recorded)
+                if why is not None:  # kept as it is (id reserved), never given to Ganesha
+                    self._remember(export)
+                    self._held[export.name] = why
+                    log.warning("export %s (id %d, path %s) is not served: %s; its file %s is kept", export.name,
+                                export.export_id, export.path, why, f)
+                    continue
                 try:
                     self._rerender(export, text)
                 except (errors.GaneshaError, OSError) as e:
@@ -200,12 +229,15 @@ class ExportManager(clientlists.ClientLists):
                 self._remember(export)
             self._write_index()
             self._count_changed()
-            log.info("loaded %d exports from %s in %.2fs", len(self._by_name), self.exports_dir,
-                     time.monotonic() - began)
+            log.info("loaded %d exports from %s in %.2fs%s", len(self._by_name), self.exports_dir,
+                     time.monotonic() - began, f" ({len(self._held)} not served, see above)" if self._held else "")
             return self.list_exports()
 
     def reconcile(self) -> ReconcileResult:
-        """Cross-check our files against Ganesha's ShowExports; re-add what it lacks."""
+        """Cross-check our files against Ganesha's ShowExports; re-add what it lacks (held exports stay out, and
+        one whose directory is gone meanwhile is held)."""
+        unindexed: list[int] = []
+        recorded: frozenset[str] | None = None
         with self._lock:
             live = {e.export_id: e.path for e in self.dbus.show_exports()}
             readded: list[int] = []
@@ -213,13 +245,29 @@ class ExportManager(clientlists.ClientLists):
             for export in self.list_exports():
                 if export.name in self._pending:
                     continue  # its own add makes it live (or undoes it)
+                if export.name in self._held:
+                    failed.append(export.export_id)  # never live while held (said when it was held)
+                    continue
                 live_path = live.get(export.export_id)
                 if live_path is None:
+                    if recorded is None:
+                        recorded = self._recorded_names()
+                    why = self._why_held(export, recorded)
+                    if why is not None:
+                        self._held[export.name] = why
+                        self._refused.pop(export.name, None)
+                        unindexed.append(export.export_id)
+                        log.error("export %s (id %d) is not served: %s; left out of the index, its file %s is kept",
+                                  export.name, export.export_id, why, export.config_file)
+                        failed.append(export.export_id)
+                        continue
                     try:
                         self._add_live(export)
                         readded.append(export.export_id)
+                        self._refused.pop(export.name, None)
                     except errors.GaneshaError as e:
                         log.error("export %s (id %d) could not be added again: %s", export.name, export.export_id, e)
+                        self._refused[export.name] = f"NFS-Ganesha refused it: {e}"
                         failed.append(export.export_id)
                 elif live_path != str(export.path):
                     log.error(
@@ -229,7 +277,10 @@ class ExportManager(clientlists.ClientLists):
                         export.config_file,
                         export.path,
                     )
+                    self._refused[export.name] = f"NFS-Ganesha serves its id {export.export_id} as {live_path}"
                     failed.append(export.export_id)
+                else:
+                    self._refused.pop(export.name, None)
             foreign = {i for i in live if i != 0 and i not in self._by_id}
             for gone in self._foreign - foreign:
                 self._ids.release(gone)
@@ -238,7 +289,94 @@ class ExportManager(clientlists.ClientLists):
             self._foreign = foreign
             if self._foreign:
                 log.warning("Ganesha serves exports we did not write (ids reserved): %s", sorted(self._foreign))
-            return ReconcileResult(readded=tuple(readded), failed=tuple(failed), foreign=tuple(sorted(self._foreign)))
+            result = ReconcileResult(readded=tuple(readded), failed=tuple(failed),
+                                     foreign=tuple(sorted(self._foreign)))
+        for export_id in unindexed:
+            self._sync_shard(export_id)
+        return result
+
+    # --- exports not served ------------------------------------------------------------------------------------
+
+    def unserved(self) -> dict[str, str]:
+        """Exports that exist (file, id) but Ganesha does not serve, with why (no I/O: cheap to ask often)."""
+        with self._lock:
+            return {**self._refused, **self._held}
+
+    def serve_again(self, name: str) -> str | None:
+        """Serve an unserved export whose cause is gone (its directory back, its record written): AddExport and
+        its index line (a held file is first rewritten from its header, with the current client list). None: it
+        is served now (or no longer exists); else why it still is not."""
+        with self._settled(name):
+            export = self._by_name.get(name)
+            if export is None or (name not in self._held and name not in self._refused):
+                return None
+            why = self._why_held(export, self._recorded_names(only=name))
+            if why is not None:
+                self._held[name] = why
+                self._refused.pop(name, None)
+                return why
+            if name in self._held:  # its file was left as found: what Ganesha reads is rendered from the header
+                if export.clients != self.default_clients:
+                    export = dataclasses.replace(export, clients=self.default_clients)
+                    self._remember(export)
+                try:
+                    self._rerender(export, read_export_file(export.config_file))
+                except (errors.GaneshaError, OSError, ValueError) as e:
+                    why = f"its file {export.config_file} cannot be rewritten from its header: {e}"
+                    self._held[name] = why
+                    return why
+            was_held = self._held.pop(name, None) is not None  # in the index from now on, live or not
+            try:
+                self._add_live(export)
+            except errors.GaneshaError as e:
+                why = f"NFS-Ganesha refused it: {e}"
+            if why is None:
+                self._refused.pop(name, None)
+            else:
+                self._refused[name] = why
+        if was_held:
+            self._sync_shard(export.export_id)
+        if why is None:
+            log.info("export %s (id %d, path %s) is served again", name, export.export_id, export.path)
+        return why
+
+    def _recorded_names(self, *, only: str | None = None) -> frozenset[str] | None:
+        """Names with a volume record (``<name>.json`` in ``records_dir``; ``only``: that one name, looked up
+        alone instead of listing them all); None: no records directory (every export is admitted)."""
+        if self.records_dir is None or not os.path.isdir(self.records_dir):
+            return None
+        if only is not None:
+            return frozenset({only}) if os.path.lexists(self.records_dir / f"{only}.json") else frozenset()
+        try:
+            entries = os.listdir(self.records_dir)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return frozenset(e[:-5] for e in entries if e.endswith(".json") and not e.startswith("."))
+
+    def _why_held(self, export: Export, recorded: frozenset[str] | None) -> str | None:
+        """Why ``export`` must not be given to Ganesha (None: it may be): its directory is not a real directory,
+        or (``recorded``: names with a volume record) no record of it exists."""
+        if recorded is not None:
+            if export.path != self.export_root / export.name:
+                return f"the appliance exports only {self.export_root / export.name} under this name"
+            if export.name not in recorded:
+                return (f"no volume record {self.records_dir}/{export.name}.json (not made by this appliance, or "
+                        "left from a volume since removed)")
+        try:
+            st = os.lstat(export.path)
+        except FileNotFoundError:
+            return f"its directory {export.path} is missing"
+        except OSError as e:
+            return f"its directory {export.path} cannot be looked at: {e.strerror}"
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                target = os.readlink(export.path)
+            except OSError:
+                target = "?"
+            return f"{export.path} is a symlink (to {target}), not a directory; never followed"
+        if not stat.S_ISDIR(st.st_mode):
+            return f"{export.path} is not a directory"
+        return None
 
     # --- add / remove ------------------------------------------------------------------------------------------
 
@@ -253,6 +391,10 @@ class ExportManager(clientlists.ClientLists):
         if request.clients is not None:
             config.check_clients(request.clients)
         path = config.check_path_inside(request.path, root=self.export_root, exclude=[self.config_dir])
+        if name in self.unserved():  # its file exists (e.g. left by a crash): serve it, or say why not
+            why = self.serve_again(name)
+            if why is not None:
+                raise errors.ExportAddError(f"export {name!r} exists but is not served: {why}")
         started = time.perf_counter()
         with self._settled(name, path):
             clients = self._clients_for(request)  # read under the lock: set_clients() sees this add as pending
@@ -372,7 +514,7 @@ class ExportManager(clientlists.ClientLists):
             new = dataclasses.replace(old, squash=squash, access_type=access, clients=clients)
             if new == old:
                 return old
-            old_text = old.config_file.read_text(encoding="utf-8")
+            old_text = read_export_file(old.config_file)
             config.atomic_write(
                 new.config_file, new.header() + self.templates.render_export(self._block(new)), durable=self.durable
             )
@@ -429,6 +571,8 @@ class ExportManager(clientlists.ClientLists):
         with self._lock:
             self._forget(export)
             self._unindexed.discard(name)
+            self._held.pop(name, None)
+            self._refused.pop(name, None)
             self._pending.pop(name, None)
             done.set()
         self._count_changed()
@@ -477,7 +621,7 @@ class ExportManager(clientlists.ClientLists):
         shard = export_id % INDEX_SHARDS
         ids = range(shard or INDEX_SHARDS, config.EXPORT_ID_MAX + 1, INDEX_SHARDS)
         files = [e.config_file for e in (self._by_id.get(i) for i in ids)
-                 if e is not None and e.name not in self._unindexed]
+                 if e is not None and e.name not in self._unindexed and e.name not in self._held]
         self._write_if(self._shard_file(shard), config.render_index(files), only_if_changed=only_if_changed)
 
     def _sync_shard(self, export_id: int) -> None:
@@ -490,13 +634,13 @@ class ExportManager(clientlists.ClientLists):
         with self._shard_locks[shard]:
             with self._lock:
                 files = [e.config_file for e in (self._by_id.get(i) for i in ids)
-                         if e is not None and e.name not in self._unindexed]
+                         if e is not None and e.name not in self._unindexed and e.name not in self._held]
             self._write_if(self._shard_file(shard), config.render_index(files), only_if_changed=False)
 
     def _write_if(self, path: Path, text: str, *, only_if_changed: bool) -> None:
         if only_if_changed:
-            with contextlib.suppress(OSError):
-                if path.read_text(encoding="utf-8") == text:
+            with contextlib.suppress(OSError, ValueError):  # a file too big to be this text: rewritten
+                if fileio.read_limited(path, len(text.encode())) == text.encode():
                     return
         # The index is derived data: load() rebuilds it from exports.d after a crash, so it
         # needs atomic renames but no fsync (the export files themselves are fsynced).
@@ -540,8 +684,8 @@ class ExportManager(clientlists.ClientLists):
                     "the header", export.config_file, found, export.path)
 
     def _read_file(self, f: Path) -> tuple[Export, str]:
-        """The export its header describes, and the file's whole text (read once)."""
-        text = f.read_text(encoding="utf-8")
+        """The export its header describes, and the file's whole text (read once, at most ``MAX_FILE_BYTES``)."""
+        text = read_export_file(f)
         first = text.split("\n", 1)[0]
         if not first.startswith(HEADER):
             raise errors.InvalidRequest("missing nfs-provisioner header line")
@@ -614,9 +758,15 @@ def _options(request: ExportRequest) -> tuple[Squash, AccessType]:
         raise errors.InvalidRequest(f"export {request.name!r}: {e}") from e
 
 
+def read_export_file(path: Path) -> str:
+    """An export (or index) file's text; ``fileio.Refused`` (a ValueError naming the file and its size) for one
+    larger than ``MAX_FILE_BYTES`` or not a regular file; symlinks are not followed."""
+    return fileio.read_text_limited(path, MAX_FILE_BYTES, follow_symlinks=False)
+
+
 def _includes(index: Path) -> list[Path]:
     prefix = "%include "
-    lines = index.read_text(encoding="utf-8").splitlines()
+    lines = read_export_file(index).splitlines()
     return [Path(line[len(prefix) :].strip().strip('"')) for line in lines if line.startswith(prefix)]
 
 

@@ -53,16 +53,35 @@ class PidFile:
     """``<path>``: JSON list of the children started (pid, start time, command line), rewritten on every start
     of one (best effort: a full or read-only disk costs only this second line of defence)."""
 
+    MAX_BYTES = 1024 * 1024
+    """A handful of entries; a bigger file is not read (see :meth:`_read`)."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._refused = False
+        """A file is there that is never read nor replaced (too big, not a regular file): said once."""
 
-    def _read(self) -> list[dict[str, object]]:
+    def _read(self) -> list[dict[str, object]] | None:
+        """The recorded entries; None: the file is refused (too big, or not a regular file), and is left as it is:
+        the PID file is then not used (said once; the children still die with this process, PDEATHSIG)."""
         try:
-            entries = json.loads(self.path.read_text())
+            raw = fileio.read_limited(self.path, self.MAX_BYTES, follow_symlinks=False)
         except FileNotFoundError:
+            self._refused = False
             return []
-        except (OSError, ValueError) as e:
+        except fileio.Refused as e:
+            if not self._refused:
+                log.warning("%s; the PID file is not used until it is removed", e)
+            self._refused = True
+            return None
+        except OSError as e:
+            log.warning("ignoring the unreadable PID file %s: %s", self.path, e)
+            return []
+        self._refused = False
+        try:
+            entries = json.loads(raw)
+        except ValueError as e:
             log.warning("ignoring the unreadable PID file %s: %s", self.path, e)
             return []
         return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
@@ -73,7 +92,10 @@ class PidFile:
         except psutil.Error:
             return  # already gone
         with self._lock:
-            entries = [e for e in self._read() if _same_process(e)]
+            recorded = self._read()
+            if recorded is None:
+                return
+            entries = [e for e in recorded if _same_process(e)]
             entries.append({"pid": pid, "create_time": started, "cmdline": list(cmdline)})
             try:
                 fileio.atomic_write(self.path, json.dumps(entries), durable=False, mode=0o600)
@@ -84,9 +106,12 @@ class PidFile:
         """Stop the recorded processes that still run (left by a run that died without stopping them);
         returns their PIDs. A PID now used by another process (other start time or command line) is left
         alone."""
-        stopped = []
+        stopped: list[int] = []
         with self._lock:
-            for e in self._read():
+            recorded = self._read()
+            if recorded is None:
+                return stopped
+            for e in recorded:
                 if not _same_process(e):
                     continue
                 pid = int(str(e["pid"]))
@@ -106,7 +131,8 @@ class PidFile:
 
     def clear(self) -> None:
         with self._lock, contextlib.suppress(OSError):
-            self.path.unlink(missing_ok=True)
+            if not self._refused:
+                self.path.unlink(missing_ok=True)
 
 
 def _same_process(entry: dict[str, object]) -> bool:

@@ -98,6 +98,7 @@ class GaneshaServer:
             durable=settings.durable_writes,
             on_count=metrics.set_exports if metrics else None,
             on_add=metrics.observe_add if metrics else None,
+            records_dir=settings.records_path,
         )
         self.restarts = 0
         self.restarting = False

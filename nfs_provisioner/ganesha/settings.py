@@ -12,6 +12,8 @@ import enum
 import os
 from pathlib import Path
 
+from nfs_provisioner.volumes.records import RECORDS_DIR
+
 #: Environment variable naming a directory whose templates override the shipped ones.
 TEMPLATES_ENV = "NFS_PROVISIONER_GANESHA_TEMPLATES"
 #: Environment variable naming an unpacked NFS-Ganesha tree to run instead of the installed one.
@@ -74,6 +76,11 @@ class ServerSettings:
     log_max_bytes: int = 1 << 20
     """Size at which Ganesha's log, and each helper's in the run directory, is rotated to ``<name>.old`` (one
     kept): each takes at most about twice this, whatever a client makes them log."""
+    records_dir: Path | None = None
+    """The appliance's volume records (``nfs_provisioner.volumes.records``); default ``<export_root>/.volumes``.
+    While that directory exists, an export file is served only if it exports ``<export_root>/<name>`` and
+    ``<name>.json`` is there: an export file nobody recorded (planted, or left from a volume gone) is kept but
+    never given to Ganesha. Without the directory (Ganesha managed on its own) every export file is served."""
     template_dir: Path | None = None
     """Directory of operator templates overriding the shipped ones (any subset).
     Default: the ``NFS_PROVISIONER_GANESHA_TEMPLATES`` environment variable, if set."""
@@ -138,6 +145,10 @@ class ServerSettings:
     @property
     def recovery_path(self) -> Path:
         return self.recovery_dir or self.config_path / "recovery"
+
+    @property
+    def records_path(self) -> Path:
+        return self.records_dir or self.export_root / RECORDS_DIR
 
     @property
     def log_path(self) -> Path:

@@ -19,6 +19,8 @@ from nfs_provisioner.quota import errors
 FILE_NAME = "projects"
 MIN_PROJECT_ID = 1
 MAX_PROJECT_ID = 2**32 - 2  # 0 is the default project; xfs_quota refuses 2**32 - 1
+MAX_BYTES = 32 * 1024 * 1024
+"""One line of ~100 bytes per volume (at most 65535 exports): a bigger file is refused, never read whole."""
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,11 @@ def format_projects(entries: Iterable[ProjectEntry]) -> str:
 def read_projects(path: Path) -> list[ProjectEntry]:
     """The file's entries; a missing file is an empty list."""
     try:
-        text = path.read_text()
+        text = fileio.read_text_limited(path, MAX_BYTES)
     except FileNotFoundError:
         return []
+    except (fileio.Refused, UnicodeDecodeError) as e:
+        raise errors.QuotaStateError(str(e) if isinstance(e, fileio.Refused) else f"{path} is not text: {e}") from e
     except OSError as e:
         raise errors.QuotaStateError(f"cannot read {path}: {e}") from e
     return parse_projects(text, source=str(path))

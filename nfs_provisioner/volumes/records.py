@@ -11,8 +11,9 @@ volume has a record. Deleting requires the PV to match the record (name,
 ``spec.claimRef.uid``, identity): annotations and names on a PV are only what
 someone wrote, the record is what this appliance did.
 
-Records are read without following symlinks (``O_NOFOLLOW``) and written
-through a temp file and a rename in the same directory.
+Records are read without following symlinks (``O_NOFOLLOW``) and only up to
+``MAX_BYTES`` (a bigger file is refused, left in place), and written through
+a temp file and a rename in the same directory.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 RECORDS_DIR = ".volumes"
 """Under the export root: one record per volume."""
 SUFFIX = ".json"
+MAX_BYTES = 64 * 1024
+"""A record is a few hundred bytes; a bigger file is not one and is not read (``fileio.read_limited``)."""
 
 
 class RecordError(RuntimeError):
@@ -103,23 +106,15 @@ class VolumeRecords:
         """The record of ``pv_name``; None if there is none. Raises RecordError for a damaged one."""
         path = self._file(pv_name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            raw = fileio.read_limited(path, MAX_BYTES, follow_symlinks=False)
         except FileNotFoundError:
             return None
+        except fileio.Refused as e:
+            raise RecordError(str(e)) from e
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise RecordError(f"{path} is a symlink; refusing to read it") from e
             raise RecordError(f"cannot read {path}: {e.strerror}") from e
-        try:
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):  # reading it would fail naming only the descriptor
-                    raise RecordError(f"{path} is not a regular file; refusing to read it as a volume record")
-                with os.fdopen(os.dup(fd), "rb") as f:
-                    raw = f.read()
-            finally:
-                os.close(fd)
-        except OSError as e:
-            raise RecordError(f"cannot read {path}: {e.strerror or e}") from e
         try:
             data: dict[str, Any] = json.loads(raw.decode("utf-8"))
             record = VolumeRecord(**data)
