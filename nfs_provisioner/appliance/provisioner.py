@@ -1,5 +1,5 @@
-"""The NFS appliance's :class:`Provisioner`: a directory, an export and an
-optional XFS project quota per volume.
+"""The NFS appliance's :class:`Provisioner`: a directory (or, with ``isolation: filesystem``, a filesystem of
+its own: ``nfs_provisioner.volumes.filesystems``), an export and an optional XFS project quota per volume.
 
 Provision validates everything first (class parameters, selector, size, free
 space, the export limit), then creates record -> directory -> quota -> export with
@@ -33,6 +33,7 @@ from nfs_provisioner.controller.interface import (
     ProvisionOptions,
 )
 from nfs_provisioner.kube.errors import KubeError
+from nfs_provisioner.volumes import filesystems as fs_mod
 from nfs_provisioner.volumes import params, quantity
 from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
 from nfs_provisioner.volumes.records import VolumeRecords, new_record
@@ -49,6 +50,8 @@ ANN_CREATED_BY = "kubernetes.io/createdby"
 CREATED_BY = "nfs-dynamic-provisioner"
 ANN_GID = "pv.beta.kubernetes.io/gid"
 ANN_ON_DELETE = "nfs-provisioner.io/on-delete"
+ANN_ISOLATION = "nfs-provisioner.io/isolation"
+ANN_FS_TYPE = "nfs-provisioner.io/fs-type"
 
 
 class Exporter(Protocol):
@@ -115,6 +118,7 @@ class NFSProvisioner(Provisioner):
         quotas: Quotas | None = None,
         sources: clones_mod.Sources | None = None,
         clones: clones_mod.Clones | None = None,
+        filesystems: fs_mod.FilesystemVolumes | None = None,
     ) -> None:
         self.config = config
         self.directories = directories
@@ -124,6 +128,10 @@ class NFSProvisioner(Provisioner):
         self.sources = sources
         """Reads clone sources (claims and PVs); with ``clones``, claims of a PVC data source are cloned."""
         self.clones = clones
+        self.filesystems = filesystems
+        """Filesystem volumes (``isolation: filesystem``); None: this appliance makes directory volumes only."""
+        self._probed: dict[str, str | None] | None = None
+        self._probe_lock = threading.Lock()
         # Serialises the "limit not reached yet" check with the export that uses the slot.
         self._slots = threading.Lock()
 
@@ -145,6 +153,8 @@ class NFSProvisioner(Provisioner):
         except quantity.InvalidQuantity as e:
             raise ProvisioningError(f"requested storage {e}") from e
         name = options.pv_name
+        if p.isolation == "filesystem":
+            self._check_filesystem(options, p, size)
         copy_started = self.clones is not None and (self.clones.running(name) or self.clones.done(name))
         try:
             path = self.directories.path_for(name)
@@ -180,19 +190,32 @@ class NFSProvisioner(Provisioner):
                 if recorded is not None and recorded.claim_uid != claim_uid:
                     raise ProvisioningError(f"{path} is the volume of claim {recorded.claim_namespace}/"
                                             f"{recorded.claim_name} (uid {recorded.claim_uid}); not reusing it")
+                if recorded is not None and recorded.filesystem != p.fs_type:
+                    raise ProvisioningError(f"{path} was begun as a {recorded.filesystem or 'directory'} volume; "
+                                            f"the class now asks for {p.fs_type or 'a directory'}; not reusing it")
                 if recorded is None:
                     # Written before the directory exists and removed after it is gone: a directory that is
                     # a volume always has its record (the proof that delete may remove it).
                     self.records.write(new_record(pv_name=name, claim=options.claim, identity=self.config.identity,
-                                                  path=path, root_squash=p.root_squash))
+                                                  path=path, root_squash=p.root_squash, filesystem=p.fs_type))
                 if recorded is None or clones is not None:
                     undo.append(("remove volume record", lambda: self.records.remove(name)))
-                existed = path.exists()
-                self.directories.create(name, gid=p.gid)
-                if not existed or clones is not None:
-                    undo.append(("remove directory", lambda: self.directories.delete(name)))
+                filesystems = self.filesystems
+                if p.fs_type is not None and filesystems is not None:
+                    fs_type = p.fs_type
+                    existed = filesystems.image_for(name).exists()
+                    if not existed:
+                        undo.append(("remove the volume's filesystem", lambda: filesystems.delete(name)))
+                    filesystems.create(name, size=size, fs_type=fs_type, gid=p.gid)
+                    if filesystems.mounted(name) is None:  # never export the mount point's own directory
+                        raise ProvisioningError(f"volume {name}: its filesystem is not mounted at {path}")
+                else:
+                    existed = path.exists()
+                    self.directories.create(name, gid=p.gid)
+                    if not existed or clones is not None:
+                        undo.append(("remove directory", lambda: self.directories.delete(name)))
                 project_id = None
-                quotas = self.quotas
+                quotas = self.quotas if p.fs_type is None else None  # a filesystem volume is its own limit
                 if quotas is not None:
                     project_id = quotas.add(path, size)
                     undo.append(("remove quota project", lambda: quotas.remove_directory(path)))
@@ -217,6 +240,9 @@ class NFSProvisioner(Provisioner):
             ANN_CREATED_BY: CREATED_BY,
             ANN_ON_DELETE: p.on_delete,
         }
+        if p.fs_type is not None:
+            annotations[ANN_ISOLATION] = "filesystem"
+            annotations[ANN_FS_TYPE] = p.fs_type
         if project_id is not None:
             annotations[ANN_PROJECT_ID] = str(project_id)
             annotations[ANN_PROJECT_BLOCK] = f"{project_id}:{path}:{size}"
@@ -238,6 +264,40 @@ class NFSProvisioner(Provisioner):
             "metadata": {"name": name, "annotations": annotations},
             "spec": spec,
         }
+
+    def probe_filesystems(self) -> dict[str, str | None]:
+        """Per filesystem type, what stops this appliance from making filesystem volumes (None: nothing);
+        probed once (attach and mount a small image), then remembered."""
+        with self._probe_lock:
+            if self._probed is None:
+                if self.filesystems is None:
+                    self._probed = dict.fromkeys(params.FS_TYPES, "this appliance is not set up for filesystem "
+                                                                  "volumes")
+                else:
+                    self._probed = self.filesystems.probe()
+                    for fs_type, problem in self._probed.items():
+                        if problem is None:
+                            log.info("filesystem volumes (%s): supported", fs_type)
+                        else:
+                            log.warning("filesystem volumes (%s): not possible here: %s", fs_type, problem)
+            return dict(self._probed)
+
+    def _check_filesystem(self, options: ProvisionOptions, p: params.ClassParameters, size: int) -> None:
+        """Refuse a ``filesystem`` claim this appliance cannot make (one event, nothing made, never a directory
+        volume instead)."""
+        assert p.fs_type is not None
+        klass = options.storage_class["metadata"]["name"]
+        problem = self.probe_filesystems().get(p.fs_type)
+        if problem is not None:
+            raise ProvisioningError(f"StorageClass {klass} asks for isolation: filesystem ({p.fs_type}), which this "
+                                    f"appliance cannot provide: {problem}; no volume is provisioned")
+        try:
+            fs_mod.check_size(p.fs_type, size)
+        except fs_mod.TooSmall as e:
+            raise ProvisioningError(f"StorageClass {klass}: {e}") from e
+        if options.source is not None:
+            raise ProvisioningError(f"StorageClass {klass}: cloning into a filesystem volume is not supported yet; no "
+                                    "volume is provisioned")
 
     def supports_data_source(self, kind: str, api_group: str) -> bool:
         """Clones (a PersistentVolumeClaim source) when a source reader and the copier are given."""
@@ -308,6 +368,10 @@ class NFSProvisioner(Provisioner):
         if owner != self.config.identity:
             raise RuntimeError(f"volume {name} belongs to provisioner instance {owner}, not {self.config.identity}")
         path = self.directories.path_for(name)
+        record = self.records.read(name)
+        if record is not None and record.filesystem is not None:
+            self._grow_filesystem(volume, name, record.filesystem, new_bytes, record.root_squash)
+            return
         if self.quotas is None:
             log.info("volume %s: no quotas enabled; recording the new size %d only", name, new_bytes)
             return
@@ -316,6 +380,32 @@ class NFSProvisioner(Provisioner):
             raise RuntimeError(f"volume {name} has no quota project to raise")
         self.quotas.set_limit(project_id, new_bytes)
         log.info("volume %s: quota project %d raised to %d bytes", name, project_id, new_bytes)
+
+    def _grow_filesystem(self, volume: Object, name: str, fs_type: str, new_bytes: int, root_squash: bool) -> None:
+        """Grow a filesystem volume: online where the filesystem can (XFS; ext4 with CAP_SYS_RESOURCE), else
+        unexported for the few milliseconds of an offline resize, then exported again with the same id on the
+        same loop device (clients' handles stay valid; their calls wait or are retried meanwhile)."""
+        filesystems = self.filesystems
+        if filesystems is None:
+            raise RuntimeError(f"volume {name} is a filesystem volume, but this appliance has no filesystem volumes")
+        try:
+            try:
+                filesystems.grow(name, size=new_bytes, fs_type=fs_type)
+                return
+            except fs_mod.OfflineOnly as e:
+                log.info("%s: growing it offline (unexported meanwhile)", e)
+            filesystems.check_growth(name, new_bytes)
+            wanted = _int_or_none(((volume.get("metadata") or {}).get("annotations") or {}).get(ANN_EXPORT_ID))
+            self.exporter.unexport(name)
+            try:
+                filesystems.unmount(name)
+                filesystems.grow_offline(name, size=new_bytes, fs_type=fs_type)
+            finally:
+                # Whatever happened: mounted and exported again (a failed resize leaves the old size).
+                path = filesystems.mount(name, fs_type=fs_type)
+                self.exporter.export(name=name, path=path, root_squash=root_squash, export_id=wanted)
+        except fs_mod.FilesystemError as e:
+            raise RuntimeError(str(e)) from e
 
     # ------------------------------------------------------------------ delete
 
@@ -363,6 +453,9 @@ class NFSProvisioner(Provisioner):
         if self.clones is not None:
             self.clones.forget(name)
         on_delete = ann.get(ANN_ON_DELETE, "delete")
+        if record.filesystem is not None:
+            self._delete_filesystem(name, on_delete)
+            return
         self._freeing_space(name, on_delete, lambda: self.exporter.unexport(name))
         quotas = self.quotas
         if quotas is not None:
@@ -378,6 +471,35 @@ class NFSProvisioner(Provisioner):
             # Someone edited the annotation: losing data on a guess is worse than keeping it.
             log.warning("volume %s: unknown %s=%r; keeping %s", name, ANN_ON_DELETE, on_delete, path)
         self.records.remove(name)  # last: until the directory is gone (or kept aside), it proves it is a volume
+
+
+    def _delete_filesystem(self, name: str, on_delete: str) -> None:
+        """Unexport, then unmount and delete, retain or archive the image; the record goes last."""
+        filesystems = self.filesystems
+        if filesystems is None:
+            raise RuntimeError(f"volume {name} is a filesystem volume, but this appliance has no filesystem volumes; "
+                               "keeping it")
+        self.exporter.unexport(name)
+        try:
+            if on_delete == "delete":
+                filesystems.delete(name)
+            elif on_delete == "archive":
+                log.info("volume %s: onDelete=archive, image moved to %s (unmounted)", name, filesystems.archive(name))
+            else:
+                if on_delete != "retain":
+                    log.warning("volume %s: unknown %s=%r; keeping its image", name, ANN_ON_DELETE, on_delete)
+                log.info("volume %s: onDelete=retain, image kept as %s (unmounted; no longer a volume)", name,
+                         filesystems.retain(name))
+        except fs_mod.FilesystemError as e:
+            raise RuntimeError(str(e)) from e
+        self.records.remove(name)
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _no_space(e: BaseException | None) -> bool:

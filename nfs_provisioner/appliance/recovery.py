@@ -13,6 +13,12 @@ and the appliance's per-volume records (``nfs_provisioner.volumes.records``). Fr
    ``/readyz`` fails naming them.
 3. **Warn** about PVs of this provisioner name, on this server address, whose path lies under another
    export root (a changed ``--export-root``): they are no longer served from here.
+
+Before all that, and before NFS-Ganesha loads its exports, :func:`remount` mounts every filesystem volume
+(``isolation: filesystem``) of this identity that is not mounted (a container restart gets a fresh mount
+namespace), from the records alone and in parallel; one that cannot be mounted is a problem, and its export is
+withdrawn as soon as Ganesha runs (:func:`withdraw`): an export must never serve the bare mount point, a
+directory of the export root's filesystem.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,7 @@ from typing import Any
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
+from nfs_provisioner.volumes.filesystems import FilesystemError, FilesystemVolumes
 from nfs_provisioner.volumes.records import RecordError, VolumeRecords, new_record
 
 log = logging.getLogger(__name__)
@@ -67,6 +75,8 @@ class Recovery:
     server: Callable[[], str]
     volumes: Callable[[], Iterable[Object]] | None = None
     """Every PV (e.g. the controller's informer cache, read only); None: listed from the API server here."""
+    filesystems: FilesystemVolumes | None = None
+    """Filesystem volumes: mounted before their export is rebuilt."""
 
     def run(self) -> Report:
         report = Report()
@@ -81,7 +91,7 @@ class Recovery:
             try:
                 self._adopt(pv, name, report)
                 self._rebuild(pv, name, report)
-            except (RecordError, DirectoryError, OSError) as e:
+            except (RecordError, DirectoryError, FilesystemError, OSError) as e:
                 log.error("volume %s: cannot check its state: %s", name, e)
                 if _phase(pv) == "Bound":  # a claim uses it; a stray (e.g. hand-made, Released) PV must not
                     report.problems.append(f"{name}: {e}")
@@ -146,6 +156,10 @@ class Recovery:
                 report.problems.append(f"{name}: {why}")
             return
         assert record is not None
+        if record.filesystem is not None:
+            if self.filesystems is None:
+                raise FilesystemError(f"{path} is a filesystem volume and this appliance has no filesystem volumes")
+            self.filesystems.mount(name, fs_type=record.filesystem)  # never export the bare mount point
         wanted = _int(_ann(pv).get(prov.ANN_EXPORT_ID))
         export_id, _ = self.exporter.export(name=name, path=path, root_squash=record.root_squash, export_id=wanted)
         report.rebuilt.append(name)
@@ -168,6 +182,58 @@ class Recovery:
         if (self._provisioned_here(pv) and path and ((pv.get("spec") or {}).get("nfs") or {}).get("server")
                 == self.server() and Path(path).parent != root):
             report.elsewhere.append(f"{pv['metadata']['name']} at {path}")
+
+
+REMOUNT_THREADS = 8
+"""Filesystem volumes mounted at once at start (each is a few ioctls and a mount(2): the kernel's work)."""
+
+
+def remount(*, records: VolumeRecords, filesystems: FilesystemVolumes, identity: str) -> dict[str, str]:
+    """Mount every filesystem volume of ``identity`` (from the records) that is not mounted; returns the volumes
+    that could not be, with why (each is logged)."""
+    began = time.monotonic()
+    names = records.names()
+
+    def one(name: str) -> tuple[str, str | None, bool]:
+        try:
+            record = records.read(name)
+            if record is None or record.filesystem is None or record.identity != identity:
+                return name, None, False
+            was = filesystems.mounted(name) is not None
+            filesystems.mount(name, fs_type=record.filesystem)
+            return name, None, not was
+        except (RecordError, FilesystemError, OSError) as e:
+            return name, str(e), False
+
+    failed: dict[str, str] = {}
+    mounted = 0
+    with ThreadPoolExecutor(max_workers=REMOUNT_THREADS, thread_name_prefix="remount") as pool:
+        for name, problem, done in pool.map(one, names):
+            mounted += done
+            if problem is not None:
+                log.error("volume %s: its filesystem cannot be mounted: %s; its export is withdrawn", name, problem)
+                failed[name] = problem
+    if mounted or failed:
+        log.info("filesystem volumes: %d mounted again, %d failed (%.2fs)", mounted, len(failed),
+                 time.monotonic() - began)
+    return failed
+
+
+def withdraw(failed: dict[str, str], *, exporter: prov.Exporter, filesystems: FilesystemVolumes,
+             report: Report) -> None:
+    """Withdraw the export of each filesystem volume that :func:`remount` could not mount and that is not mounted
+    now (its export would serve the bare mount point) and make each a readiness problem."""
+    for name, problem in sorted(failed.items()):
+        try:
+            if filesystems.mounted(name) is not None:
+                continue
+        except FilesystemError as e:
+            problem = f"{problem}; {e}"
+        try:
+            exporter.unexport(name)
+        except Exception as e:  # noqa: BLE001 - reported below with the volume
+            problem = f"{problem}; withdrawing its export failed too: {e}"
+        report.problems.append(f"{name}: {problem}")
 
 
 def _ann(pv: Object) -> dict[str, str]:

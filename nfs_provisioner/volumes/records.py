@@ -54,6 +54,10 @@ class VolumeRecord:
     """Unix time the record was written."""
     adopted: bool = False
     """True when written at start for a volume made before records existed (see ``appliance.recovery``)."""
+    filesystem: str | None = None
+    """``ext4`` or ``xfs`` for a volume with a filesystem of its own (``isolation: filesystem``: an image
+    under ``.images/``, mounted at ``path``; ``nfs_provisioner.volumes.filesystems``); None for a directory
+    volume (and in records written before this field existed)."""
 
     def mismatch(self, *, pv_name: str, claim_uid: str, identity: str, path: str) -> str | None:
         """Why a PV with these fields is not the volume recorded here (None: it is)."""
@@ -130,9 +134,9 @@ class VolumeRecords:
 
 
 def new_record(*, pv_name: str, claim: dict[str, Any], identity: str, path: Path, root_squash: bool,
-               adopted: bool = False, now: float | None = None) -> VolumeRecord:
+               adopted: bool = False, now: float | None = None, filesystem: str | None = None) -> VolumeRecord:
     meta = claim.get("metadata") or {}
     return VolumeRecord(pv_name=pv_name, claim_uid=str(meta.get("uid", "")),
                         claim_namespace=str(meta.get("namespace", "")), claim_name=str(meta.get("name", "")),
                         identity=identity, path=str(path), root_squash=root_squash,
-                        created=time.time() if now is None else now, adopted=adopted)
+                        created=time.time() if now is None else now, adopted=adopted, filesystem=filesystem)
