@@ -85,7 +85,8 @@ def test_claims_below_the_filesystems_minimum_are_refused_naming_it() -> None:
 def test_a_volume_is_a_mounted_filesystem_of_the_claims_size(root: Path, fs_type: str, size: int) -> None:
     vols = FilesystemVolumes(root)
     path = vols.create("pvc-one", size=size, fs_type=fs_type, gid=4321)
-    assert path == root / "pvc-one" and os.path.ismount(path)
+    assert path == root / ".filesystems" / "pvc-one" and os.path.ismount(path)
+    assert os.path.ismount(root / ".filesystems"), "the volumes' mount points lie in a tmpfs of their own"
     device = vols.mounted("pvc-one")
     assert device is not None and loops.backing_file(device.name) == str(root / ".images" / "pvc-one.img")
     st = path.stat()
@@ -130,9 +131,9 @@ def test_create_is_idempotent_and_finishes_what_a_crash_left(root: Path) -> None
 
 
 def test_something_else_mounted_at_a_volumes_path_is_refused(root: Path, tmp_path: Path) -> None:
-    (root / "pvc-x").mkdir()
-    with smallfs.mounted(root / "pvc-x", image=tmp_path / "other.img"):
-        vols = FilesystemVolumes(root)
+    vols = FilesystemVolumes(root)
+    vols.ensure_tree()
+    with smallfs.mounted(root / ".filesystems" / "pvc-x", image=tmp_path / "other.img"):
         vols.make_image("pvc-x", size=8 * MiB, fs_type="ext4")
         with pytest.raises(FilesystemError, match="is a mount point, but not of the image"):
             vols.mount("pvc-x", fs_type="ext4")
@@ -144,8 +145,9 @@ def test_something_else_mounted_at_a_volumes_path_is_refused(root: Path, tmp_pat
 
 def test_a_symlink_at_a_volumes_path_is_refused(root: Path, tmp_path: Path) -> None:
     (tmp_path / "elsewhere").mkdir()
-    (root / "pvc-l").symlink_to(tmp_path / "elsewhere")
     vols = FilesystemVolumes(root)
+    vols.ensure_tree()
+    (root / ".filesystems" / "pvc-l").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(FilesystemError, match="is a symlink; refusing to mount a volume on it"):
         vols.create("pvc-l", size=8 * MiB, fs_type="ext4", gid=None)
     assert not os.path.ismount(tmp_path / "elsewhere")
@@ -229,15 +231,17 @@ def test_remount_at_start_mounts_every_filesystem_volume_of_this_identity(root: 
     records = VolumeRecords(root / ".volumes", durable=False)
     claim = {"metadata": {"uid": "u", "namespace": "ns", "name": "c"}}
     for name, identity, fs in (("pvc-1", "me", "ext4"), ("pvc-2", "me", "xfs"), ("pvc-3", "other", "ext4")):
-        records.write(new_record(pv_name=name, claim=claim, identity=identity, path=root / name, root_squash=False,
-                                 filesystem=fs))
+        records.write(new_record(pv_name=name, claim=claim, identity=identity, path=vols.path_for(name),
+                                 root_squash=False, filesystem=fs))
         vols.create(name, size=300 * MiB if fs == "xfs" else 8 * MiB, fs_type=fs, gid=None)
-        (root / name / "f").write_text(name)
+        (vols.path_for(name) / "f").write_text(name)
         vols.unmount(name)
-    records.write(new_record(pv_name="pvc-4", claim=claim, identity="me", path=root / "pvc-4", root_squash=False,
-                             filesystem="ext4"))  # its image is gone
+    records.write(new_record(pv_name="pvc-4", claim=claim, identity="me", path=vols.path_for("pvc-4"),
+                             root_squash=False, filesystem="ext4"))  # its image is gone
+    loops.unmount(root / ".filesystems")  # a container's fresh mount namespace: the tmpfs is gone too
     failed = recovery.remount(records=records, filesystems=vols, identity="me")
     assert set(failed) == {"pvc-4"} and "image" in failed["pvc-4"] and "missing" in failed["pvc-4"]
-    assert (root / "pvc-1" / "f").read_text() == "pvc-1" and (root / "pvc-2" / "f").read_text() == "pvc-2"
-    assert not os.path.ismount(root / "pvc-3"), "another identity's volume is not this appliance's to mount"
+    assert (vols.path_for("pvc-1") / "f").read_text() == "pvc-1"
+    assert (vols.path_for("pvc-2") / "f").read_text() == "pvc-2"
+    assert not os.path.ismount(vols.path_for("pvc-3")), "another identity's volume is not this appliance's to mount"
     assert recovery.remount(records=records, filesystems=vols, identity="me").keys() == {"pvc-4"}, "again: no-op"

@@ -123,7 +123,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
            signals: lifecycle.Signals) -> Parts:
     root = s.export_root
     state.refuse_symlinks(root, names=(CONFIG_DIR, IN_FLIGHT_DIR, RECORDS_DIR, ARCHIVE_DIR, clones.CLONES_DIR,
-                                       filesystems.IMAGES_DIR, *sorted(RESERVED)),
+                                       filesystems.IMAGES_DIR, filesystems.MOUNTS_DIR, *sorted(RESERVED)),
                           walk=(CONFIG_DIR, IN_FLIGHT_DIR, RECORDS_DIR, filesystems.IMAGES_DIR))
     try:
         ident = identity.load_or_create(root)

@@ -158,6 +158,8 @@ class NFSProvisioner(Provisioner):
         copy_started = self.clones is not None and (self.clones.running(name) or self.clones.done(name))
         try:
             path = self.directories.path_for(name)
+            if p.fs_type is not None and self.filesystems is not None:
+                path = self.filesystems.path_for(name)
             if options.rolling_back and options.source is not None and self.clones is not None \
                     and not self.clones.done(name):  # the claim is gone: never copy for nobody
                 log.info("volume %s: clone cancelled, its claim is deleted; removing any half copy", name)
@@ -437,6 +439,8 @@ class NFSProvisioner(Provisioner):
         path = self.directories.path_for(name)  # raises for names that are not ours to touch
         claim_uid = str(((volume.get("spec") or {}).get("claimRef") or {}).get("uid") or "")
         record = self.records.read(name)
+        if record is not None and record.filesystem is not None and self.filesystems is not None:
+            path = self.filesystems.path_for(name)
         if record is None:
             if not self.directories.exists(name) and not self.exporter.has(name):
                 log.info("volume %s: no record, no directory, no export: nothing to delete", name)

@@ -36,7 +36,7 @@ from typing import Any
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
-from nfs_provisioner.volumes.filesystems import FilesystemError, FilesystemVolumes
+from nfs_provisioner.volumes.filesystems import MOUNTS_DIR, FilesystemError, FilesystemVolumes
 from nfs_provisioner.volumes.records import RecordError, VolumeRecords, new_record
 
 log = logging.getLogger(__name__)
@@ -142,12 +142,14 @@ class Recovery:
             return
         path = self.directories.path_for(name)
         record = self.records.read(name)
+        if record is not None and record.filesystem is not None and self.filesystems is not None:
+            path = self.filesystems.path_for(name)
         claim_uid = str(((pv.get("spec") or {}).get("claimRef") or {}).get("uid") or "")
         if record is None:
             why: str | None = "it has no export and no record of this appliance"
         else:
             why = record.mismatch(pv_name=name, claim_uid=claim_uid, identity=self.identity, path=str(path))
-        if why is None and not _real_dir(path):
+        if why is None and record is not None and record.filesystem is None and not _real_dir(path):
             why = f"its directory {path} is missing"
         if why is not None:
             phase = _phase(pv)
@@ -180,7 +182,7 @@ class Recovery:
         root = self.directories.export_root
         path = _nfs_path(pv)
         if (self._provisioned_here(pv) and path and ((pv.get("spec") or {}).get("nfs") or {}).get("server")
-                == self.server() and Path(path).parent != root):
+                == self.server() and Path(path).parent not in (root, root / MOUNTS_DIR)):
             report.elsewhere.append(f"{pv['metadata']['name']} at {path}")
 
 

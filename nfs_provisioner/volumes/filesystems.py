@@ -3,7 +3,11 @@
 Layout (docs/filesystem-volumes.md): the image of PV ``<name>`` is ``<export root>/.images/<name>.img``
 (directory 0700, image 0600: the appliance's own state, never under an export); it is attached to a loop
 device (:mod:`nfs_provisioner.volumes.loops`, autoclear) and mounted (nosuid, nodev, noexec) at
-``<export root>/<name>``, the path the volume's export serves.
+``<export root>/.filesystems/<name>``, the path the volume's export serves. ``.filesystems`` is a tmpfs of the
+appliance's own: NFS-Ganesha accepts a file handle of every filesystem *above* an exported one up to the first it
+cannot serve (measured: a handle with a volume's export id and the export root's or the host's filesystem id
+opened their files when the volume was mounted straight on the export root), and it serves no tmpfs, so a tmpfs
+between the export root and the volumes ends the chain at each volume's own filesystem.
 
 Every step can be run again from any point a crash left (what exists is reused, what is half made is
 removed first):
@@ -38,13 +42,17 @@ from pathlib import Path
 from typing import Protocol
 
 from nfs_provisioner import fileio
-from nfs_provisioner.volumes import loops
+from nfs_provisioner.volumes import containment, loops
 from nfs_provisioner.volumes.directories import ARCHIVE_DIR, MODE_GROUP, MODE_OPEN, remove_tree, validate_name
 
 log = logging.getLogger(__name__)
 
 IMAGES_DIR = ".images"
 """Under the export root: one image per filesystem volume, and retained images."""
+MOUNTS_DIR = ".filesystems"
+"""Under the export root: a tmpfs holding one mount point per filesystem volume (see the module docstring)."""
+MOUNTS_OPTIONS = "size=16m,mode=0755"
+"""The tmpfs holds empty directories only (mount points)."""
 SUFFIX = ".img"
 PART = ".part"
 DEVICE = ".loop"
@@ -129,14 +137,39 @@ class FilesystemVolumes:
     def __init__(self, export_root: Path, *, runner: Runner = run) -> None:
         self.export_root = export_root
         self.images = export_root / IMAGES_DIR
+        self.mounts = export_root / MOUNTS_DIR
         self.archive_dir = export_root / ARCHIVE_DIR
         self.run = runner
 
     # ------------------------------------------------------------------ paths
 
     def path_for(self, name: str) -> Path:
-        """Where the volume is mounted (and exported): ``<export root>/<name>``."""
-        return self.export_root / validate_name(name)
+        """Where the volume is mounted (and exported): ``<export root>/.filesystems/<name>``."""
+        return self.mounts / validate_name(name)
+
+    def is_path(self, path: Path) -> bool:
+        """Whether ``path`` is where a filesystem volume is mounted (``<export root>/.filesystems/<a name>``)."""
+        return path.parent == self.mounts
+
+    def ensure_tree(self) -> Path:
+        """The tmpfs the volumes are mounted in, mounted when it is not (a fresh mount namespace after a container
+        restart); refuses anything but a tmpfs there."""
+        top = self.mounts
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(top, 0o755)
+        st = os.lstat(top)
+        if not stat.S_ISDIR(st.st_mode):
+            raise FilesystemError(f"{top} is not a directory; refusing to mount filesystem volumes in it")
+        if st.st_dev == os.lstat(self.export_root).st_dev:
+            try:
+                loops.mount(Path("nfsp-filesystems"), top, "tmpfs", data=MOUNTS_OPTIONS)
+            except OSError as e:
+                raise FilesystemError(f"cannot mount a tmpfs at {top}: {e}") from e
+            log.info("filesystem volumes: tmpfs mounted at %s", top)
+        elif (fs := containment.mount_of(top).fstype) != "tmpfs":
+            raise FilesystemError(f"{top} is a {fs} mount, not the appliance's tmpfs; refusing to mount filesystem "
+                                  "volumes in it")
+        return top
 
     def image_for(self, name: str) -> Path:
         return self.images / f"{validate_name(name)}{SUFFIX}"
@@ -254,9 +287,9 @@ class FilesystemVolumes:
             fileio.atomic_write(self.images / f"{name}{DEVICE}", f"{loops.device_number(device)}\n", mode=0o600,
                                durable=False)  # a hint
 
-    @staticmethod
-    def _mount_point(path: Path) -> None:
+    def _mount_point(self, path: Path) -> None:
         """The directory the image is mounted on: root's only (0700) underneath the mount."""
+        self.ensure_tree()
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
