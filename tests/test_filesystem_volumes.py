@@ -76,6 +76,8 @@ def test_claims_below_the_filesystems_minimum_are_refused_naming_it() -> None:
     with pytest.raises(filesystems.TooSmall, match=r"a ext4 volume needs at least 4Mi; the claim requests 1048576"):
         filesystems.check_size("ext4", MiB)
     filesystems.check_size("ext4", 4 * MiB)
+    doc = (Path(__file__).parent.parent / "docs" / "filesystem-volumes.md").read_text()
+    assert "**4Mi for\next4**" in doc and "**300Mi for XFS**" in doc, "the documented minimums are these"
 
 
 # --- the module on real loop devices -------------------------------------------------------------------------------

@@ -281,7 +281,7 @@ class NFSProvisioner(Provisioner):
                         if problem is None:
                             log.info("filesystem volumes (%s): supported", fs_type)
                         else:
-                            log.warning("filesystem volumes (%s): not possible here: %s", fs_type, problem)
+                            log.info("filesystem volumes (%s): not possible here: %s", fs_type, problem)
             return dict(self._probed)
 
     def _check_filesystem(self, options: ProvisionOptions, p: params.ClassParameters, size: int) -> None:
@@ -395,8 +395,11 @@ class NFSProvisioner(Provisioner):
                 filesystems.grow(name, size=new_bytes, fs_type=fs_type)
                 return
             except fs_mod.OfflineOnly as e:
+                filesystems.check_growth(name, new_bytes)
+                if not filesystems.needs_growth(name, new_bytes, fs_type):
+                    log.info("volume %s: already %d bytes", name, new_bytes)
+                    return
                 log.info("%s: growing it offline (unexported meanwhile)", e)
-            filesystems.check_growth(name, new_bytes)
             wanted = _int_or_none(((volume.get("metadata") or {}).get("annotations") or {}).get(ANN_EXPORT_ID))
             self.exporter.unexport(name)
             try:

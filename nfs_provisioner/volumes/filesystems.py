@@ -312,6 +312,16 @@ class FilesystemVolumes:
                                   f"supported (asked for {size} bytes)")
         return target
 
+    def needs_growth(self, name: str, size: int, fs_type: str) -> bool:
+        """Whether the volume's filesystem is smaller than ``size`` (its ext4 superblock says; XFS: the image),
+        so a repeated expansion (the resizer retries, a restart) does not unexport and unmount it again."""
+        target = image_bytes(size)
+        if self.size(name) < target:
+            return True
+        if fs_type != "ext4":
+            return True  # xfs_growfs on a grown filesystem changes nothing, online
+        return ext4_bytes(self.image_for(name)) < target
+
     @staticmethod
     def grows_online(fs_type: str, *, status: Path = Path("/proc/self/status")) -> bool:
         """Whether a mounted ``fs_type`` can grow here: XFS always; ext4's online resize needs CAP_SYS_RESOURCE
@@ -499,6 +509,19 @@ class FilesystemVolumes:
                 if os.path.ismount(mnt):
                     loops.unmount(mnt)
             shutil.rmtree(where, ignore_errors=True)
+
+
+def ext4_bytes(image: Path) -> int:
+    """The size of the ext4 filesystem in ``image`` from its superblock (offset 1024: s_blocks_count_lo at 4,
+    s_log_block_size at 24, s_feature_incompat at 96 with 64bit = 0x80, s_blocks_count_hi at 336)."""
+    with open(image, "rb") as f:
+        sb = os.pread(f.fileno(), 1024, 1024)
+    if len(sb) < 340 or int.from_bytes(sb[56:58], "little") != 0xEF53:
+        raise FilesystemError(f"{image} holds no ext4 superblock")
+    blocks = int.from_bytes(sb[4:8], "little")
+    if int.from_bytes(sb[96:100], "little") & 0x80:
+        blocks |= int.from_bytes(sb[336:340], "little") << 32
+    return blocks * (1024 << int.from_bytes(sb[24:28], "little"))
 
 
 def _exists(path: Path) -> bool:
