@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests import filesystem_env, nfsraw, wait
 from tests.appliance_env import Appliance
@@ -104,6 +105,13 @@ def test_a_filesystem_volume_is_served_sized_and_deleted(fs_appliance: Appliance
     st = os.statvfs(path)  # what Ganesha answers a client's statfs with: the volume's own filesystem
     assert df_at_least * claim_bytes < st.f_blocks * st.f_frsize <= claim_bytes
     assert fill_over_nfs(a, path) <= claim_bytes, "the volume holds no more than the claim"
+    status, metrics = a.get("/metrics")
+    assert status == 200
+    samples = {(s.name, s.labels.get("volume")): s.value for f in text_string_to_metric_families(metrics)
+               for s in f.samples}
+    st = os.statvfs(path)
+    assert samples[("nfs_provisioner_volume_filesystem_size_bytes", pv.metadata.name)] == st.f_blocks * st.f_frsize
+    assert samples[("nfs_provisioner_volume_filesystem_free_bytes", pv.metadata.name)] == st.f_bavail * st.f_frsize
 
     core.delete_namespaced_persistent_volume_claim("data", namespace)
     wait.until(lambda: not core.list_persistent_volume(field_selector=f"metadata.name={pv.metadata.name}").items,

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from nfs_provisioner.appliance import recovery
-from nfs_provisioner.volumes import filesystems, loops, params
+from nfs_provisioner.volumes import filesystems, loops, params, usage_metrics
 from nfs_provisioner.volumes.filesystems import FilesystemError, FilesystemVolumes
 from nfs_provisioner.volumes.records import VolumeRecords, new_record
 from tests import filesystem_env, smallfs
@@ -247,3 +248,22 @@ def test_remount_at_start_mounts_every_filesystem_volume_of_this_identity(root: 
     assert (vols.path_for("pvc-2") / "f").read_text() == "pvc-2"
     assert not os.path.ismount(vols.path_for("pvc-3")), "another identity's volume is not this appliance's to mount"
     assert recovery.remount(records=records, filesystems=vols, identity="me").keys() == {"pvc-4"}, "again: no-op"
+
+
+def test_usage_gauges_are_each_mounted_volumes_statvfs(root: Path) -> None:
+    vols = FilesystemVolumes(root)
+    registry = CollectorRegistry()
+    usage_metrics.FilesystemUsageCollector(vols, registry=registry)
+    assert registry.get_sample_value(usage_metrics.SIZE, {"volume": "pvc-m"}) is None
+    path = vols.create("pvc-m", size=16 * MiB, fs_type="ext4", gid=None)
+    vols.create("pvc-n", size=8 * MiB, fs_type="ext4", gid=None)
+    (path / "f").write_bytes(os.urandom(3 * MiB))
+    os.sync()
+    st = os.statvfs(path)
+    assert registry.get_sample_value(usage_metrics.SIZE, {"volume": "pvc-m"}) == st.f_blocks * st.f_frsize
+    used = registry.get_sample_value(usage_metrics.USED, {"volume": "pvc-m"})
+    assert used is not None and 3 * MiB <= used < 4 * MiB
+    assert registry.get_sample_value(usage_metrics.FREE, {"volume": "pvc-m"}) == st.f_bavail * st.f_frsize
+    assert registry.get_sample_value(usage_metrics.SIZE, {"volume": "pvc-n"}) is not None
+    vols.unmount("pvc-n")
+    assert registry.get_sample_value(usage_metrics.SIZE, {"volume": "pvc-n"}) is None, "not mounted: no sample"

@@ -42,7 +42,7 @@ from nfs_provisioner.kube.errors import ApiError, KubeError, TransportError
 from nfs_provisioner.quota.errors import QuotaError
 from nfs_provisioner.quota.manager import ProjectQuotas
 from nfs_provisioner.quota.metrics import ProjectQuotaCollector
-from nfs_provisioner.volumes import containment, filesystems, identity
+from nfs_provisioner.volumes import containment, filesystems, identity, usage_metrics
 from nfs_provisioner.volumes.directories import ARCHIVE_DIR, RESERVED, VolumeDirectories
 from nfs_provisioner.volumes.records import RECORDS_DIR, RecordError, VolumeRecords
 
@@ -184,6 +184,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
         records = VolumeRecords(root / RECORDS_DIR)
         records.ensure_dir()
         fs_volumes = filesystems.FilesystemVolumes(root)
+        usage_metrics.FilesystemUsageCollector(fs_volumes, registry=registry)
         provisioner = prov.NFSProvisioner(
             config=prov.ApplianceConfig(identity=ident, server=lambda: server, max_exports=s.max_exports),
             directories=directories,
