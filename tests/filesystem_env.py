@@ -42,6 +42,12 @@ def clean(top: Path) -> None:
     for device in devices_under(top):
         with contextlib.suppress(OSError):
             loops.detach(device)
+    # Devices the appliance made for its images (LOOP_CTL_ADD of the numbers in .images/<pv>.loop), now unbound.
+    for remembered in top.rglob("*.loop"):
+        with contextlib.suppress(OSError, ValueError):
+            number = int(remembered.read_text())
+            if loops.backing_file(f"loop{number}") is None:
+                loops.remove(number)
 
 
 @contextlib.contextmanager

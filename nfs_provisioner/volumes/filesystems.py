@@ -37,6 +37,7 @@ import stat
 import subprocess
 import tempfile
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -59,6 +60,8 @@ DEVICE = ".loop"
 """``.images/<name>.loop``: the loop device number the image was last attached to, taken again when free (so a
 remount keeps the device number, and NFS-Ganesha, which derives file handles from it, keeps clients' handles)."""
 CAP_SYS_RESOURCE = 24
+PREFERRED_BASE, PREFERRED_SPAN = 4096, 2**19
+"""Loop device numbers asked for first: 4096 to 4096 + 2**19 (the kernel allows minors up to 2**20)."""
 MiB = 2**20
 MIN_BYTES = {"ext4": 4 * MiB, "xfs": 300 * MiB}
 """The smallest claim per filesystem: mke2fs 1.47 makes no journal below 3 MiB (a margin is kept for other
@@ -276,14 +279,27 @@ class FilesystemVolumes:
         self._remember_device(name, device)
         return path
 
-    def _last_device(self, name: str) -> int | None:
+    def _last_device(self, name: str) -> int:
+        """The loop device number to ask for: the one the image had last, else one derived from the name, far
+        above the numbers ``LOOP_CTL_GET_FREE`` hands out (the lowest free ones), so that after a restart it is
+        still free (measured: with first-free numbers, another program took the number meanwhile and the
+        clients' handles went stale)."""
         try:
             return int((self.images / f"{name}{DEVICE}").read_text())
         except (FileNotFoundError, ValueError):
-            return None
+            return PREFERRED_BASE + zlib.crc32(name.encode()) % PREFERRED_SPAN
+
+    def _forget_device(self, name: str) -> None:
+        """After the volume is unmounted for good: remove its loop device from the kernel when it is one of the
+        numbers this module asks for (a device made for it), and the remembered number."""
+        number = self._last_device(name)
+        if PREFERRED_BASE <= number < PREFERRED_BASE + PREFERRED_SPAN and not loops.backing_file(f"loop{number}"):
+            loops.remove(number)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.images / f"{name}{DEVICE}")
 
     def _remember_device(self, name: str, device: Path) -> None:
-        if self._last_device(name) != loops.device_number(device):
+        if not (self.images / f"{name}{DEVICE}").exists() or self._last_device(name) != loops.device_number(device):
             fileio.atomic_write(self.images / f"{name}{DEVICE}", f"{loops.device_number(device)}\n", mode=0o600,
                                durable=False)  # a hint
 
@@ -410,9 +426,9 @@ class FilesystemVolumes:
         with contextlib.suppress(FileNotFoundError):
             _require_file(image)
             os.unlink(image)
-        for left in (self.images / f".{name}{SUFFIX}{PART}", self.images / f"{name}{DEVICE}"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(left)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.images / f".{name}{SUFFIX}{PART}")
+        self._forget_device(name)
         self._remove_mount_point(name)
         return found
 
@@ -444,8 +460,7 @@ class FilesystemVolumes:
                 n += 1
             os.rename(image, target)
             _fsync_dir(where)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.images / f"{name}{DEVICE}")
+        self._forget_device(name)
         self._remove_mount_point(name)
         return target
 

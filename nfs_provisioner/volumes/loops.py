@@ -26,6 +26,7 @@ from pathlib import Path
 LOOP_CONTROL = Path("/dev/loop-control")
 SYS_BLOCK = Path("/sys/block")
 LOOP_CTL_ADD = 0x4C80
+LOOP_CTL_REMOVE = 0x4C81
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
 LOOP_SET_CAPACITY = 0x4C07
@@ -71,11 +72,16 @@ def attach(image: Path, *, read_only: bool = False, prefer: int | None = None) -
         control = os.open(LOOP_CONTROL, os.O_RDWR | os.O_CLOEXEC)
         try:
             for attempt in range(ATTEMPTS):
+                number = -1
                 if attempt == 0 and prefer is not None:
-                    number = prefer
-                    with contextlib.suppress(FileExistsError):  # EEXIST: it exists, maybe free
-                        fcntl.ioctl(control, LOOP_CTL_ADD, number)
-                else:
+                    try:
+                        fcntl.ioctl(control, LOOP_CTL_ADD, prefer)
+                        number = prefer
+                    except FileExistsError:  # it exists, maybe free
+                        number = prefer
+                    except OSError:  # e.g. beyond the kernel's max_loop: any free one
+                        pass
+                if number < 0:
                     number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
                 node = _device_node(number)
                 fd = os.open(node, flags | os.O_CLOEXEC)
@@ -140,6 +146,19 @@ def detach(device: Path) -> None:
             raise LoopError(e.errno, f"LOOP_CLR_FD {device}: {e.strerror}") from e
     finally:
         os.close(fd)
+
+
+def remove(number: int) -> bool:
+    """``LOOP_CTL_REMOVE``: remove the (detached) loop device ``number`` from the kernel; False when it is in use
+    or gone."""
+    control = os.open(LOOP_CONTROL, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(control, LOOP_CTL_REMOVE, number)
+    except OSError:
+        return False
+    finally:
+        os.close(control)
+    return True
 
 
 def set_capacity(device: Path) -> None:
