@@ -14,6 +14,7 @@ import pytest
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
+from nfs_provisioner.volumes import loops
 from tests import filesystem_env, nfsraw, wait
 from tests.appliance_env import Appliance
 
@@ -184,7 +185,9 @@ def test_expansion_is_seen_through_nfs_with_handles_kept(fs_appliance: Appliance
 
 def test_after_sigkill_and_a_fresh_mount_namespace_volumes_are_mounted_and_served_again(
         fs_appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
-        unique: str) -> None:
+        unique: str, tmp_path: Path) -> None:
+    """Clients keep their file handles: the volumes are mounted on the same loop devices again, though another
+    program attached one meanwhile (Ganesha's filesystem id in a handle is the device number)."""
     a = fs_appliance
     cls = f"fs-restart-{unique}"
     make_class(storage, cls, a.provisioner)
@@ -204,16 +207,23 @@ def test_after_sigkill_and_a_fresh_mount_namespace_volumes_are_mounted_and_serve
         wait.until(lambda p=p: subprocess.run(["umount", str(p)], capture_output=True).returncode == 0,  # type: ignore[misc]
                    timeout=10, what=f"umount {p}")
     wait.until(lambda: not filesystem_env.devices_under(a.export_root), timeout=10, what="loop devices detached")
-
-    a.start()
-    assert "filesystem volumes: 2 mounted again, 0 failed" in a.text(), a.log()
-    for p in paths:
-        assert os.path.ismount(p)
-        assert a.client().cat(p / "f").stdout == p.name.encode()
-    with nfsraw.Nfs4(host="127.0.0.1", port=a.nfs_port) as c:
-        for p, fh in zip(paths, handles, strict=True):
-            r = c.compound([c.putfh(fh), c.read()])
-            assert r.status_name == "NFS4_OK" and r.last(nfsraw.OP_READ).data == p.name.encode(), r.status_name
+    # Meanwhile another program attaches a loop device (the lowest free one, as losetup -f does).
+    scratch = tmp_path / "other-program.img"
+    with open(scratch, "wb") as f:
+        f.truncate(MiB)
+    _, held = loops.attach(scratch)
+    try:
+        a.start()
+        assert "filesystem volumes: 2 mounted again, 0 failed" in a.text(), a.log()
+        for p in paths:
+            assert os.path.ismount(p)
+            assert a.client().cat(p / "f").stdout == p.name.encode()
+        with nfsraw.Nfs4(host="127.0.0.1", port=a.nfs_port) as c:
+            for p, fh in zip(paths, handles, strict=True):
+                r = c.compound([c.putfh(fh), c.read()])
+                assert r.status_name == "NFS4_OK" and r.last(nfsraw.OP_READ).data == p.name.encode(), r.status_name
+    finally:
+        os.close(held)  # autoclear: detached
     storage.delete_storage_class(cls)
 
 
