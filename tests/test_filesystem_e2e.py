@@ -282,3 +282,34 @@ def test_an_appliance_that_cannot_make_filesystems_says_so_and_makes_no_director
     assert not [p for p in core.list_persistent_volume().items if p.spec.storage_class_name == cls]
     storage.delete_storage_class(cls)
 
+
+
+def test_a_clone_of_a_filesystem_volume_is_its_data_in_a_filesystem_of_its_own(
+        fs_appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
+        unique: str) -> None:
+    a = fs_appliance
+    cls = f"fs-clone-{unique}"
+    make_class(storage, cls, a.provisioner)
+    a.start()
+    make_claim(core, namespace, cls, "8Mi", name="source")
+    src = bound_volume(core, namespace, a, "source")
+    src_path = Path(src.spec.nfs.path)
+    nfs = a.client()
+    assert nfs.put(b"source data\n", src_path / "f").returncode == 0
+    core.create_namespaced_persistent_volume_claim(namespace, client.V1PersistentVolumeClaim(
+        metadata=client.V1ObjectMeta(name="clone"),
+        spec=client.V1PersistentVolumeClaimSpec(
+            access_modes=["ReadWriteMany"], storage_class_name=cls,
+            data_source=client.V1TypedLocalObjectReference(kind="PersistentVolumeClaim", name="source"),
+            resources=client.V1VolumeResourceRequirements(requests={"storage": "16Mi"}))))
+    clone = bound_volume(core, namespace, a, "clone")
+    path = Path(clone.spec.nfs.path)
+    assert clone.metadata.annotations["nfs-provisioner.io/cloned-from"] == "source"
+    assert os.path.ismount(path) and os.stat(path).st_dev != os.stat(src_path).st_dev, "a filesystem of its own"
+    assert nfs.cat(path / "f").stdout == b"source data\n"
+    assert nfs.put(b"clone's own\n", path / "g").returncode == 0
+    assert nfs.cat(src_path / "g").returncode != 0, "the source does not see the clone's writes"
+    st = os.statvfs(path)
+    assert st.f_blocks * st.f_frsize > 13 * MiB, "grown to the claim (the 8Mi source: < 8 MiB)"
+    assert "sparse copy" in a.text() or "reflink" in a.text()
+    storage.delete_storage_class(cls)

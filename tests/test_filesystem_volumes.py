@@ -6,8 +6,10 @@ tests/test_filesystem_handles.py."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -267,3 +269,62 @@ def test_usage_gauges_are_each_mounted_volumes_statvfs(root: Path) -> None:
     assert registry.get_sample_value(usage_metrics.SIZE, {"volume": "pvc-n"}) is not None
     vols.unmount("pvc-n")
     assert registry.get_sample_value(usage_metrics.SIZE, {"volume": "pvc-n"}) is None, "not mounted: no sample"
+
+
+# --- clones ----------------------------------------------------------------------------------------------------------
+
+
+def test_a_clone_is_a_consistent_copy_grown_to_its_claim(root: Path) -> None:
+    """The host's ext4 shares no blocks: a sparse copy of the frozen source."""
+    vols = FilesystemVolumes(root)
+    src = vols.create("pvc-src", size=16 * MiB, fs_type="ext4", gid=None)
+    (src / "f").write_bytes(b"x" * (2 * MiB))
+    with open(src / "open-for-writing", "wb") as writer:  # a writer keeps going after the copy
+        path = vols.create("pvc-clone", size=32 * MiB, fs_type="ext4", gid=None, clone_of="pvc-src")
+        writer.write(b"after the copy")
+    assert (path / "f").read_bytes() == b"x" * (2 * MiB)
+    assert (path / "open-for-writing").read_bytes() == b"", "the clone is the source as it was when frozen"
+    usage = vols.usage("pvc-clone")
+    assert usage is not None and usage.size > 28 * MiB, "grown to the claim"
+    assert (root / ".images" / "pvc-clone.img").stat().st_blocks * 512 < 8 * MiB, "the copy stays sparse"
+    assert not vols.thaw("pvc-src"), "the source is thawed"
+    (src / "g").write_text("the source is writable")
+
+
+def test_a_clone_on_an_export_root_that_shares_blocks_is_a_reflink(tmp_path: Path) -> None:
+    root = tmp_path / "xfs-root"
+    root.mkdir()
+    image = tmp_path / "xfs-root.img"
+    with open(image, "wb") as f:
+        f.truncate(1024 * MiB)
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
+    with filesystem_env.cleaned(tmp_path):
+        subprocess.run(["mount", "-o", "loop", str(image), str(root)], check=True)
+        vols = FilesystemVolumes(root)
+        for fs_type, size in (("ext4", 8 * MiB), ("xfs", 300 * MiB)):
+            src = vols.create(f"pvc-{fs_type}", size=size, fs_type=fs_type, gid=None)
+            (src / "f").write_text(fs_type)
+            part = os.open(root / "copy", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                assert vols.copy_image(f"pvc-{fs_type}", part) == "reflink"
+            finally:
+                os.close(part)
+                os.unlink(root / "copy")
+            clone = vols.create(f"pvc-{fs_type}-clone", size=size, fs_type=fs_type, gid=None,
+                                clone_of=f"pvc-{fs_type}")
+            assert (clone / "f").read_text() == fs_type
+            assert os.path.ismount(src) and os.path.ismount(clone), "XFS: the clone has a UUID of its own"
+            vols.delete(f"pvc-{fs_type}-clone")
+            vols.delete(f"pvc-{fs_type}")
+
+
+def test_a_volume_left_frozen_is_thawed(root: Path) -> None:
+    vols = FilesystemVolumes(root)
+    path = vols.create("pvc-f", size=8 * MiB, fs_type="ext4", gid=None)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, filesystems.FIFREEZE, 0)  # as a crash in the middle of a clone's copy leaves it
+    finally:
+        os.close(fd)
+    assert vols.thaw("pvc-f") and not vols.thaw("pvc-f")
+    (path / "f").write_text("writable")

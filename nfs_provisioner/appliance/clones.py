@@ -27,7 +27,6 @@ from nfs_provisioner.controller.interface import DataSource, InProgress, Object,
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors
 from nfs_provisioner.volumes import copying, quantity
-from nfs_provisioner.volumes.directories import VolumeDirectories
 from nfs_provisioner.volumes.records import RecordError, VolumeRecords
 
 log = logging.getLogger(__name__)
@@ -35,6 +34,13 @@ log = logging.getLogger(__name__)
 CLONES_DIR = ".clones"
 ANN_CLONED_FROM = "nfs-provisioner.io/cloned-from"
 ANN_IDENTITY = "Provisioner_Id"
+
+
+class Paths(Protocol):
+    """Where a volume of a given PV name lives (``VolumeDirectories``, or ``FilesystemVolumes`` for clones of
+    filesystem volumes)."""
+
+    def path_for(self, name: str) -> Path: ...
 
 
 class Sources(Protocol):
@@ -77,7 +83,7 @@ def refuse(why: str) -> ProvisioningError:
 
 
 def check(*, claim: Object, source: DataSource, requested_bytes: int, sources: Sources, identity: str,
-          records: VolumeRecords, directories: VolumeDirectories, free_bytes: int, shares_blocks: bool) -> Source:
+          records: VolumeRecords, directories: Paths, free_bytes: int, shares_blocks: bool) -> Source:
     """Validate a clone request; raises :class:`ProvisioningError` (FINISHED) saying why it is refused."""
     ns = str(decisions.meta(claim).get("namespace") or "")
     key = f"{ns}/{source.name}"

@@ -33,8 +33,8 @@ from nfs_provisioner.controller.interface import (
     ProvisionOptions,
 )
 from nfs_provisioner.kube.errors import KubeError
+from nfs_provisioner.volumes import copying, params, quantity
 from nfs_provisioner.volumes import filesystems as fs_mod
-from nfs_provisioner.volumes import params, quantity
 from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
 from nfs_provisioner.volumes.records import VolumeRecords, new_record
 
@@ -161,7 +161,7 @@ class NFSProvisioner(Provisioner):
             if p.fs_type is not None and self.filesystems is not None:
                 path = self.filesystems.path_for(name)
             if options.rolling_back and options.source is not None and self.clones is not None \
-                    and not self.clones.done(name):  # the claim is gone: never copy for nobody
+                    and p.fs_type is None and not self.clones.done(name):  # the claim is gone: never copy for nobody
                 log.info("volume %s: clone cancelled, its claim is deleted; removing any half copy", name)
                 self._discard_half_clone(options, name, path)
                 raise ProvisioningError(f"volume {name}: clone cancelled, its claim is deleted; any half copy is "
@@ -170,13 +170,14 @@ class NFSProvisioner(Provisioner):
                 self.directories.check_space(size)
         except DirectoryError as e:
             raise ProvisioningError(str(e)) from e
+        fs_clone = self._filesystem_clone_source(options, p, size) if p.fs_type is not None else None
         try:
-            clone_source = self._clone_source(options, name, size)
+            clone_source = self._clone_source(options, name, size) if p.fs_type is None else None
         except ProvisioningError as e:
             if e.state is ProvisioningState.FINISHED:  # refused: nothing of this clone may stay
                 self._discard_half_clone(options, name, path)
             raise
-        clones = self.clones if options.source is not None else None
+        clones = self.clones if options.source is not None and p.fs_type is None else None
         """Set for a clone: its record and directory are this claim's (checked below), so a failed copy
         rolls back all of them, on whichever poll it fails."""
 
@@ -208,7 +209,7 @@ class NFSProvisioner(Provisioner):
                     existed = filesystems.image_for(name).exists()
                     if not existed:
                         undo.append(("remove the volume's filesystem", lambda: filesystems.delete(name)))
-                    filesystems.create(name, size=size, fs_type=fs_type, gid=p.gid)
+                    filesystems.create(name, size=size, fs_type=fs_type, gid=p.gid, clone_of=fs_clone)
                     if filesystems.mounted(name) is None:  # never export the mount point's own directory
                         raise ProvisioningError(f"volume {name}: its filesystem is not mounted at {path}")
                 else:
@@ -297,9 +298,32 @@ class NFSProvisioner(Provisioner):
             fs_mod.check_size(p.fs_type, size)
         except fs_mod.TooSmall as e:
             raise ProvisioningError(f"StorageClass {klass}: {e}") from e
-        if options.source is not None:
-            raise ProvisioningError(f"StorageClass {klass}: cloning into a filesystem volume is not supported yet; no "
-                                    "volume is provisioned")
+
+    def _filesystem_clone_source(self, options: ProvisionOptions, p: params.ClassParameters, size: int) -> str | None:
+        """The source volume of a clone into a filesystem volume (None: not a clone): a filesystem volume of this
+        appliance of the same type, under the same rules as directory clones (``clones.check``); its image is
+        copied synchronously (a reflink where blocks are shared, else a sparse copy) while it is frozen."""
+        source = options.source
+        filesystems = self.filesystems
+        if source is None:
+            return None
+        if not source.is_claim or self.sources is None or filesystems is None:
+            raise ProvisioningError(f"data source {source.describe()} is not supported; no volume is provisioned")
+        root = self.directories.export_root
+        shares = self.clones.shares_blocks(root) if self.clones is not None else copying.shares_blocks(root)
+        try:
+            src = clones_mod.check(claim=options.claim, source=source, requested_bytes=size, sources=self.sources,
+                                   identity=self.config.identity, records=self.records, directories=filesystems,
+                                   free_bytes=self.directories.free_bytes(), shares_blocks=shares)
+        except KubeError as e:
+            raise ProvisioningError(f"cannot read the clone source {source.describe()}: {e}",
+                                    ProvisioningState.NO_CHANGE) from e
+        record = self.records.read(src.pv_name)
+        if record is None or record.filesystem != p.fs_type:
+            kind = "directory" if record is None or record.filesystem is None else record.filesystem
+            raise clones_mod.refuse(f"the source volume {src.pv_name} is a {kind} volume; a {p.fs_type} volume is "
+                                    f"cloned only from a {p.fs_type} volume")
+        return src.pv_name
 
     def supports_data_source(self, kind: str, api_group: str) -> bool:
         """Clones (a PersistentVolumeClaim source) when a source reader and the copier are given."""

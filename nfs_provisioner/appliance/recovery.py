@@ -203,6 +203,8 @@ def remount(*, records: VolumeRecords, filesystems: FilesystemVolumes, identity:
                 return name, None, False
             was = filesystems.mounted(name) is not None
             filesystems.mount(name, fs_type=record.filesystem)
+            if was:
+                filesystems.thaw(name)  # a clone's copy interrupted by a crash left it frozen
             return name, None, not was
         except (RecordError, FilesystemError, OSError) as e:
             return name, str(e), False

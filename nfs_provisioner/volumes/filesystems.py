@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Protocol
 
 from nfs_provisioner import fileio
-from nfs_provisioner.volumes import containment, loops
+from nfs_provisioner.volumes import containment, copying, loops
 from nfs_provisioner.volumes.directories import ARCHIVE_DIR, MODE_GROUP, MODE_OPEN, remove_tree, validate_name
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,9 @@ DEVICE = ".loop"
 """``.images/<name>.loop``: the loop device number the image was last attached to, taken again when free (so a
 remount keeps the device number, and NFS-Ganesha, which derives file handles from it, keeps clients' handles)."""
 CAP_SYS_RESOURCE = 24
+FIFREEZE, FITHAW = 0xC0045877, 0xC0045878
+MOUNT_DATA = {"xfs": "nouuid"}
+"""A clone of an XFS volume has its source's UUID, which XFS would otherwise refuse to mount twice."""
 PREFERRED_BASE, PREFERRED_SPAN = 4096, 2**19
 """Loop device numbers asked for first: 4096 to 4096 + 2**19 (the kernel allows minors up to 2**20)."""
 MiB = 2**20
@@ -188,12 +192,14 @@ class FilesystemVolumes:
 
     # ------------------------------------------------------------------ create and mount
 
-    def create(self, name: str, *, size: int, fs_type: str, gid: int | None) -> Path:
-        """Make (or, after a crash, finish) the volume: image, filesystem, mount point, mount, root's group and
-        mode. Returns the mount point."""
+    def create(self, name: str, *, size: int, fs_type: str, gid: int | None, clone_of: str | None = None) -> Path:
+        """Make (or, after a crash, finish) the volume: image (new, or a copy of volume ``clone_of``), mount point,
+        mount, root's group and mode. Returns the mount point."""
         check_size(fs_type, size)
-        self.make_image(name, size=size, fs_type=fs_type)
+        self.make_image(name, size=size, fs_type=fs_type, clone_of=clone_of)
         path = self.mount(name, fs_type=fs_type)
+        if clone_of is not None and fs_type == "xfs" and self.needs_growth(name, size, fs_type):
+            self.grow(name, size=size, fs_type=fs_type)  # the copy is the source's size; XFS grows mounted
         mode = MODE_OPEN if gid is None else MODE_GROUP
         try:
             if gid is not None:
@@ -203,8 +209,9 @@ class FilesystemVolumes:
             raise FilesystemError(f"cannot set owner/mode of {path}: {e.strerror}") from e
         return path
 
-    def make_image(self, name: str, *, size: int, fs_type: str) -> Path:
-        """The volume's formatted image (kept when it exists: a whole filesystem, see the module docstring)."""
+    def make_image(self, name: str, *, size: int, fs_type: str, clone_of: str | None = None) -> Path:
+        """The volume's formatted image (kept when it exists: a whole filesystem, see the module docstring);
+        ``clone_of``: a copy of that mounted volume's filesystem instead of a new one (:meth:`copy_image`)."""
         image = self.image_for(name)
         if _exists(image):
             _require_file(image)
@@ -215,14 +222,21 @@ class FilesystemVolumes:
             os.unlink(part)  # a crash's half-formatted image
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            os.ftruncate(fd, image_bytes(size))
-        except OSError as e:
+            if clone_of is not None:
+                self.copy_image(clone_of, fd)
+            os.ftruncate(fd, max(image_bytes(size), os.fstat(fd).st_size))
+        except BaseException as e:
             os.close(fd)
             os.unlink(part)
-            raise FilesystemError(f"cannot create the image {part}: {e.strerror}") from e
+            if isinstance(e, OSError):
+                raise FilesystemError(f"cannot create the image {part}: {e.strerror or e}") from e
+            raise
         os.close(fd)
         try:
-            self.run(mkfs_argv(fs_type, part, size))
+            if clone_of is None:
+                self.run(mkfs_argv(fs_type, part, size))
+            else:
+                self._adjust_clone(part, fs_type)
             fd = os.open(part, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 os.fsync(fd)
@@ -236,6 +250,55 @@ class FilesystemVolumes:
         _fsync_dir(self.images)
         log.info("volume %s: %s image of %d bytes made (%s)", name, fs_type, image_bytes(size), image)
         return image
+
+    def copy_image(self, source: str, fd: int) -> str:
+        """Copy the image of the mounted volume ``source`` into ``fd``, with the source's filesystem frozen
+        (FIFREEZE: its writers wait, none fails; the frozen filesystem's journal is clean, so the copy is a whole,
+        consistent filesystem). A reflink (FICLONE, constant time) where the export root's filesystem shares
+        blocks, else a sparse copy of the image's data extents. Returns which."""
+        if self.mounted(source) is None:
+            raise FilesystemError(f"the clone source {source} is not mounted")
+        src = os.open(self.image_for(source), os.O_RDONLY | os.O_CLOEXEC)
+        frozen = os.open(self.path_for(source), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(frozen, FIFREEZE, 0)
+            try:
+                try:
+                    fcntl.ioctl(fd, copying.FICLONE, src)
+                    how = "reflink"
+                except OSError:
+                    _sparse_copy(src, fd)
+                    how = "sparse copy"
+            finally:
+                fcntl.ioctl(frozen, FITHAW, 0)
+            os.fsync(fd)
+        finally:
+            os.close(frozen)
+            os.close(src)
+        log.info("volume image of %s copied (%s)", source, how)
+        return how
+
+    def _adjust_clone(self, part: Path, fs_type: str) -> None:
+        """A copied ext4 grown to its image (the claim may be larger than the source; XFS grows once mounted).
+        A copied XFS keeps the source's UUID (its log is not clean after a freeze, so ``xfs_admin -U`` refuses):
+        XFS volumes are mounted with ``nouuid``."""
+        if fs_type == "ext4" and ext4_bytes(part) < os.lstat(part).st_size:
+            self.run(["e2fsck", "-f", "-p", str(part)], ok=(0, 1))
+            self.run(["resize2fs", str(part)])
+
+    def thaw(self, name: str) -> bool:
+        """Thaw the volume's filesystem if a crash left it frozen during a clone; whether it was frozen."""
+        fd = os.open(self.path_for(name), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, FITHAW, 0)
+        except OSError as e:
+            if e.errno == errno.EINVAL:  # not frozen
+                return False
+            raise
+        finally:
+            os.close(fd)
+        log.warning("volume %s: its filesystem was frozen (a clone interrupted); thawed", name)
+        return True
 
     def mounted(self, name: str) -> Path | None:
         """The loop device of the volume's image mounted at its path; None when it is not mounted there.
@@ -270,7 +333,7 @@ class FilesystemVolumes:
             loops.detach(stale)
         device, fd = loops.attach(image, prefer=self._last_device(name))
         try:
-            loops.mount(device, path, fs_type)
+            loops.mount(device, path, fs_type, data=MOUNT_DATA.get(fs_type, ""))
         except OSError as e:
             raise FilesystemError(f"volume {name}: {e}") from e
         finally:
@@ -537,6 +600,28 @@ def ext4_bytes(image: Path) -> int:
     if int.from_bytes(sb[96:100], "little") & 0x80:
         blocks |= int.from_bytes(sb[336:340], "little") << 32
     return blocks * (1024 << int.from_bytes(sb[24:28], "little"))
+
+
+def _sparse_copy(src: int, dst: int) -> None:
+    """Copy the data extents of ``src`` into ``dst`` at the same offsets (holes stay holes)."""
+    size = os.fstat(src).st_size
+    os.ftruncate(dst, size)
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(src, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # only a hole is left
+                return
+            raise
+        end = os.lseek(src, start, os.SEEK_HOLE)
+        position = start
+        while position < end:
+            n = os.copy_file_range(src, dst, end - position, position, position)
+            if n == 0:
+                break
+            position += n
+        offset = end
 
 
 def _exists(path: Path) -> bool:
