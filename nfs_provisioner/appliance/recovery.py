@@ -35,6 +35,7 @@ from typing import Any
 
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.kube import client as kube
+from nfs_provisioner.volumes import loops
 from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
 from nfs_provisioner.volumes.filesystems import MOUNTS_DIR, FilesystemError, FilesystemVolumes
 from nfs_provisioner.volumes.records import RecordError, VolumeRecords, new_record
@@ -195,6 +196,7 @@ def remount(*, records: VolumeRecords, filesystems: FilesystemVolumes, identity:
     that could not be, with why (each is logged)."""
     began = time.monotonic()
     names = records.names()
+    attached = loops.attachments()
 
     def one(name: str) -> tuple[str, str | None, bool]:
         try:
@@ -202,7 +204,7 @@ def remount(*, records: VolumeRecords, filesystems: FilesystemVolumes, identity:
             if record is None or record.filesystem is None or record.identity != identity:
                 return name, None, False
             was = filesystems.mounted(name) is not None
-            filesystems.mount(name, fs_type=record.filesystem)
+            filesystems.mount(name, fs_type=record.filesystem, attached=attached)
             if was:
                 filesystems.thaw(name)  # a clone's copy interrupted by a crash left it frozen
             return name, None, not was

@@ -311,15 +311,15 @@ class FilesystemVolumes:
             return None
         if dev == parent:
             return None
-        for device in loops.backing_devices(self.image_for(name)):
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(device).st_rdev == dev:
-                    return device
+        device = loops.device_of(dev)
+        if device is not None and loops.backing_file(device.name) == str(self.image_for(name)):
+            return device
         raise FilesystemError(f"{path} is a mount point, but not of the image {self.image_for(name)}; refusing "
                               "to use it")
 
-    def mount(self, name: str, *, fs_type: str) -> Path:
-        """Mount the volume's image at its path (nothing to do when it is); returns the path."""
+    def mount(self, name: str, *, fs_type: str, attached: dict[str, list[Path]] | None = None) -> Path:
+        """Mount the volume's image at its path (nothing to do when it is); returns the path. ``attached``: every
+        attached loop device by image (``loops.attachments()``, read once when many volumes are mounted)."""
         path = self.path_for(name)
         image = self.image_for(name)
         if not _exists(image):
@@ -328,9 +328,13 @@ class FilesystemVolumes:
         self._mount_point(path)
         if self.mounted(name) is not None:
             return path
-        for stale in loops.backing_devices(image):  # attached but not mounted here: not ours to keep
-            log.warning("volume %s: %s is attached to its image but not mounted; detaching it", name, stale)
-            loops.detach(stale)
+        stale = attached.get(str(image), []) if attached is not None else loops.backing_devices(image)
+        for device in stale:  # attached but not mounted here: detached, unless it is in use
+            log.warning("volume %s: %s is attached to its image but not mounted here; detaching it", name, device)
+            loops.detach(device)
+            if not loops.wait_device_detached(device, image, timeout=2.0):
+                raise FilesystemError(f"volume {name}: its image {image} is attached to {device}, which is in use "
+                                      "(mounted in another mount namespace?); refusing to mount it twice")
         device, fd = loops.attach(image, prefer=self._last_device(name))
         try:
             loops.mount(device, path, fs_type, data=MOUNT_DATA.get(fs_type, ""))
@@ -454,12 +458,15 @@ class FilesystemVolumes:
         """Unmount the volume and wait until its loop device is detached; False when it was not mounted."""
         path = self.path_for(name)
         image = self.image_for(name)
-        was = self.mounted(name) is not None
-        if was:
+        device = self.mounted(name)
+        was = device is not None
+        if device is not None:
             try:
                 loops.unmount(path)
             except OSError as e:
                 raise FilesystemError(f"volume {name}: {e}") from e
+            if loops.wait_device_detached(device, image):
+                return True
         for left in loops.wait_detached(image):
             log.warning("volume %s: %s still attached to its image after unmount; detaching it", name, left)
             loops.detach(left)

@@ -124,6 +124,36 @@ def backing_devices(image: Path) -> list[Path]:
     return sorted(found)
 
 
+def device_of(dev: int) -> Path | None:
+    """The loop device whose number (``st_dev`` of a file on it) is ``dev``; None when it is no loop device."""
+    try:
+        name = os.readlink(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}").rsplit("/", 1)[-1]
+    except OSError:
+        return None
+    return Path("/dev") / name if name.startswith("loop") else None
+
+
+def attachments() -> dict[str, list[Path]]:
+    """Every attached loop device by its image (one pass over ``/sys/block``)."""
+    found: dict[str, list[Path]] = {}
+    for entry in SYS_BLOCK.glob("loop[0-9]*"):
+        backing = backing_file(entry.name)
+        if backing is not None:
+            found.setdefault(backing, []).append(Path("/dev") / entry.name)
+    return found
+
+
+def wait_device_detached(device: Path, image: Path, *, timeout: float = 10.0) -> bool:
+    """Wait until ``device`` is no longer attached to ``image`` (autoclear after ``umount`` is asynchronous);
+    whether it is detached."""
+    deadline = time.monotonic() + timeout
+    while backing_file(device.name) == str(image):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
 def wait_detached(image: Path, *, timeout: float = 10.0) -> list[Path]:
     """Wait until no loop device is attached to ``image`` (an autoclear device detaches asynchronously after
     ``umount``); the devices still attached after ``timeout`` seconds (empty: all gone)."""
