@@ -228,7 +228,8 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
                                       directories=directories, records=records, exporter=exporter,
                                       server=lambda: server, volumes=controller.volumes.items,
                                       filesystems=fs_volumes).run()
-        recovery.withdraw(unmountable, exporter=exporter, filesystems=fs_volumes, report=recovered)
+        recovery.withdraw(unmountable, exporter=exporter, filesystems=fs_volumes, report=recovered,
+                          volumes=controller.volumes.items())
         signals.check()
         if ganesha is not None:
             checked = ganesha

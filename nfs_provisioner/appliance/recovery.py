@@ -203,6 +203,8 @@ def remount(*, records: VolumeRecords, filesystems: FilesystemVolumes, identity:
             record = records.read(name)
             if record is None or record.filesystem is None or record.identity != identity:
                 return name, None, False
+            if not filesystems.image_for(name).exists() and not filesystems.path_for(name).exists():
+                return name, None, False  # a provision a crash cut short before its image: it is made again
             was = filesystems.mounted(name) is not None
             filesystems.mount(name, fs_type=record.filesystem, attached=attached)
             if was:
@@ -226,9 +228,13 @@ def remount(*, records: VolumeRecords, filesystems: FilesystemVolumes, identity:
 
 
 def withdraw(failed: dict[str, str], *, exporter: prov.Exporter, filesystems: FilesystemVolumes,
-             report: Report) -> None:
+             report: Report, volumes: Iterable[Object]) -> None:
     """Withdraw the export of each filesystem volume that :func:`remount` could not mount and that is not mounted
-    now (its export would serve the bare mount point) and make each a readiness problem."""
+    now (its export would serve the bare mount point); each whose PV is Bound (a claim uses it) is a readiness
+    problem, not one being deleted or released."""
+    bound = {str(pv["metadata"]["name"]) for pv in volumes
+             if pv["metadata"].get("name") in failed and _phase(pv) == "Bound"
+             and not pv["metadata"].get("deletionTimestamp")}
     for name, problem in sorted(failed.items()):
         try:
             if filesystems.mounted(name) is not None:
@@ -239,7 +245,8 @@ def withdraw(failed: dict[str, str], *, exporter: prov.Exporter, filesystems: Fi
             exporter.unexport(name)
         except Exception as e:  # noqa: BLE001 - reported below with the volume
             problem = f"{problem}; withdrawing its export failed too: {e}"
-        report.problems.append(f"{name}: {problem}")
+        if name in bound:
+            report.problems.append(f"{name}: {problem}")
 
 
 def _ann(pv: Object) -> dict[str, str]:
