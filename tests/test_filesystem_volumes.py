@@ -241,8 +241,8 @@ def test_remount_at_start_mounts_every_filesystem_volume_of_this_identity(root: 
         vols.create(name, size=300 * MiB if fs == "xfs" else 8 * MiB, fs_type=fs, gid=None)
         (vols.path_for(name) / "f").write_text(name)
         vols.unmount(name)
-    # pvc-4: a provision a crash cut short after the record (made again by the controller: not a failure);
-    # pvc-5: a volume whose image was lost.
+    # pvc-4: a provision a crash cut short after the record; pvc-5: a volume whose image was lost. Both are not
+    # mounted (withdraw() makes a readiness problem of those whose PV is Bound).
     for name in ("pvc-4", "pvc-5"):
         records.write(new_record(pv_name=name, claim=claim, identity="me", path=vols.path_for(name),
                                  root_squash=False, filesystem="ext4"))
@@ -251,11 +251,11 @@ def test_remount_at_start_mounts_every_filesystem_volume_of_this_identity(root: 
     vols.image_for("pvc-5").unlink()
     loops.unmount(root / ".filesystems")  # a container's fresh mount namespace: the tmpfs is gone too
     failed = recovery.remount(records=records, filesystems=vols, identity="me")
-    assert set(failed) == {"pvc-5"} and "image" in failed["pvc-5"] and "missing" in failed["pvc-5"], failed
+    assert set(failed) == {"pvc-4", "pvc-5"} and "image" in failed["pvc-5"] and "missing" in failed["pvc-5"], failed
     assert (vols.path_for("pvc-1") / "f").read_text() == "pvc-1"
     assert (vols.path_for("pvc-2") / "f").read_text() == "pvc-2"
     assert not os.path.ismount(vols.path_for("pvc-3")), "another identity's volume is not this appliance's to mount"
-    assert recovery.remount(records=records, filesystems=vols, identity="me").keys() == {"pvc-5"}, "again: no-op"
+    assert recovery.remount(records=records, filesystems=vols, identity="me").keys() == {"pvc-4", "pvc-5"}
 
 
 def test_usage_gauges_are_each_mounted_volumes_statvfs(root: Path) -> None:

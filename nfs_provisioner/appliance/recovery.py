@@ -203,8 +203,6 @@ def remount(*, records: VolumeRecords, filesystems: FilesystemVolumes, identity:
             record = records.read(name)
             if record is None or record.filesystem is None or record.identity != identity:
                 return name, None, False
-            if not filesystems.image_for(name).exists() and not filesystems.path_for(name).exists():
-                return name, None, False  # a provision a crash cut short before its image: it is made again
             was = filesystems.mounted(name) is not None
             filesystems.mount(name, fs_type=record.filesystem, attached=attached)
             if was:
@@ -219,7 +217,8 @@ def remount(*, records: VolumeRecords, filesystems: FilesystemVolumes, identity:
         for name, problem, done in pool.map(one, names):
             mounted += done
             if problem is not None:
-                log.error("volume %s: its filesystem cannot be mounted: %s; its export is withdrawn", name, problem)
+                log.warning("volume %s: its filesystem is not mounted: %s; any export of it is withdrawn (a provision "
+                            "cut short by a crash makes it again; a Bound volume fails readiness)", name, problem)
                 failed[name] = problem
     if mounted or failed:
         log.info("filesystem volumes: %d mounted again, %d failed (%.2fs)", mounted, len(failed),
@@ -246,6 +245,7 @@ def withdraw(failed: dict[str, str], *, exporter: prov.Exporter, filesystems: Fi
         except Exception as e:  # noqa: BLE001 - reported below with the volume
             problem = f"{problem}; withdrawing its export failed too: {e}"
         if name in bound:
+            log.error("volume %s: Bound, and its filesystem cannot be mounted: %s", name, problem)
             report.problems.append(f"{name}: {problem}")
 
 
