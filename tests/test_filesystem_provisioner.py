@@ -131,3 +131,14 @@ def test_expand_grows_and_refuses_to_shrink(a: Appliance) -> None:
     with pytest.raises(RuntimeError, match="shrinking a filesystem volume is not supported"):
         a.p.expand(pv, 8 * MiB)
     assert a.server.exports.get("pvc-1") is not None and os.path.ismount(a.fs.path_for("pvc-1"))
+
+
+def test_gid_root_squash_and_mount_options_as_for_a_directory_volume(a: Appliance) -> None:
+    opts = options(params={**FS, "gid": "2345", "rootSquash": "true"}, size="8Mi", mount_options=["vers=4.1"])
+    pv = a.p.provision(opts)
+    path = a.fs.path_for("pvc-1")
+    assert pv["spec"]["mountOptions"] == ["vers=4.1"]
+    assert pv["metadata"]["annotations"][prov.ANN_GID] == "2345"
+    assert (path.stat().st_gid, path.stat().st_mode & 0o7777) == (2345, 0o2071)
+    assert a.exporter.root_squash("pvc-1") is True
+    assert "root_id_squash" in pv["metadata"]["annotations"][prov.ANN_EXPORT_BLOCK].lower()
