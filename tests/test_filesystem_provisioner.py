@@ -19,9 +19,10 @@ from nfs_provisioner.volumes.filesystems import FilesystemVolumes
 from nfs_provisioner.volumes.records import RECORDS_DIR, VolumeRecords
 from tests import filesystem_env
 from tests.ganesha_env import Harness
-from tests.test_appliance_provisioner import IDENTITY, claimed, options
+from tests.test_appliance_provisioner import IDENTITY, claimed, options, small_root
 
 pytestmark = pytest.mark.ganesha
+__all__ = ["small_root"]  # the fixture, shared with tests/test_appliance_provisioner.py
 MiB = 2**20
 FS = {"isolation": "filesystem"}
 
@@ -142,3 +143,12 @@ def test_gid_root_squash_and_mount_options_as_for_a_directory_volume(a: Applianc
     assert (path.stat().st_gid, path.stat().st_mode & 0o7777) == (2345, 0o2071)
     assert a.exporter.root_squash("pvc-1") is True
     assert "root_id_squash" in pv["metadata"]["annotations"][prov.ANN_EXPORT_BLOCK].lower()
+
+
+def test_a_claim_larger_than_the_export_roots_free_space_makes_nothing(small_root: Path, h: Harness) -> None:
+    """The export root is an 8 MiB ext4 of its own (tests/smallfs.py; unmounted after the server stops)."""
+    a = Appliance(h)
+    with pytest.raises(ProvisioningError, match="bytes are free on the export root"):
+        a.p.provision(options(params=FS, size="16Mi"))
+    a.nothing_left("pvc-1")
+    assert not (a.root / ".images").exists() or list((a.root / ".images").iterdir()) == []
