@@ -274,3 +274,35 @@ def test_forged_v3_handles_stay_in_their_filesystem_volume(setup: Setup) -> None
         assert CANARY not in read and SECRET_B not in read and ARCHIVED not in read, read
         assert not listed & {"canary", "vol-b", ".images", ".archive", "export"}, listed
     assert setup.outside() == before, "nothing outside volume A was created, changed or removed"
+
+
+# --- what does not hold: directory volumes beside filesystem volumes -------------------------------------------------
+
+MIXED = ("open: directory volumes' exports claim the export root's filesystem, where the images lie; a client of one "
+         "that forges handles walks to .images and reads a filesystem volume's image (docs/filesystem-volumes.md, "
+         "Limits)")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=MIXED)
+def test_beside_directory_volumes_a_forged_handle_reads_nothing_of_a_filesystem_volume(setup: Setup) -> None:
+    h = setup.h
+    srv = h.server()
+    secret = b"filesystem volume's secret, " * 4
+    path = setup.vols.create("vol-fs", size=8 * MiB, fs_type="ext4", gid=None)
+    (path / "secret").write_bytes(secret)
+    srv.exports.add(ExportRequest(name="vol-fs", path=path))
+    ids = {}
+    for name in ("dir-1", "dir-2"):
+        (h.export_root / name / "sub").mkdir(parents=True)
+        ids[name] = srv.exports.add(ExportRequest(name=name, path=h.export_root / name)).export_id
+    os.sync()
+    with nfsraw.Nfs4(host="127.0.0.1", port=h.port) as c:
+        forged = nfsraw.with_export_id(_v4_fh(c, h.export_root / "dir-1" / "sub"), ids["dir-2"])
+        image = b""
+        for offset in range(0, 8 * MiB, 65536):
+            r = c.compound([c.putfh(forged), c.lookupp(), c.lookupp(), c.lookup(".images"), c.lookup("vol-fs.img"),
+                            c.read(offset=offset)])
+            if r.status != nfsraw.NFS4_OK:
+                break
+            image += r.last(nfsraw.OP_READ).data
+    assert secret not in image, "a directory volume's client read a filesystem volume's data from its image"
