@@ -231,7 +231,8 @@ def test_the_probe_says_what_is_missing(root: Path) -> None:
     assert found["ext4"] is not None and "mkfs.ext4" in found["ext4"], found
 
 
-def test_remount_at_start_mounts_every_filesystem_volume_of_this_identity(root: Path) -> None:
+def test_remount_at_start_mounts_every_filesystem_volume_of_this_identity(root: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
     vols = FilesystemVolumes(root)
     records = VolumeRecords(root / ".volumes", durable=False)
     claim = {"metadata": {"uid": "u", "namespace": "ns", "name": "c"}}
@@ -256,6 +257,11 @@ def test_remount_at_start_mounts_every_filesystem_volume_of_this_identity(root: 
     assert (vols.path_for("pvc-2") / "f").read_text() == "pvc-2"
     assert not os.path.ismount(vols.path_for("pvc-3")), "another identity's volume is not this appliance's to mount"
     assert recovery.remount(records=records, filesystems=vols, identity="me").keys() == {"pvc-4", "pvc-5"}
+    assert "beside filesystem volumes" not in caplog.text
+    records.write(new_record(pv_name="pvc-dir", claim=claim, identity="me", path=root / "pvc-dir",
+                             root_squash=False))
+    recovery.remount(records=records, filesystems=vols, identity="me")
+    assert "directory volumes beside filesystem volumes: a client of a directory volume that forges" in caplog.text
 
 
 def test_usage_gauges_are_each_mounted_volumes_statvfs(root: Path) -> None:

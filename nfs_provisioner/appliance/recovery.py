@@ -198,9 +198,13 @@ def remount(*, records: VolumeRecords, filesystems: FilesystemVolumes, identity:
     names = records.names()
     attached = loops.attachments()
 
+    kinds: set[str] = set()
+
     def one(name: str) -> tuple[str, str | None, bool]:
         try:
             record = records.read(name)
+            if record is not None and record.identity == identity:
+                kinds.add("directory" if record.filesystem is None else "filesystem")
             if record is None or record.filesystem is None or record.identity != identity:
                 return name, None, False
             was = filesystems.mounted(name) is not None
@@ -223,6 +227,11 @@ def remount(*, records: VolumeRecords, filesystems: FilesystemVolumes, identity:
     if mounted or failed:
         log.info("filesystem volumes: %d mounted again, %d failed (%.2fs)", mounted, len(failed),
                  time.monotonic() - began)
+    if kinds == {"directory", "filesystem"}:
+        log.warning("this export root holds directory volumes beside filesystem volumes: a client of a directory "
+                    "volume that forges NFS file handles can read the filesystem volumes' images; keep tenants that "
+                    "must not see each other on an appliance with filesystem volumes only "
+                    "(docs/filesystem-volumes.md, Limits)")
     return failed
 
 
