@@ -354,3 +354,32 @@ def test_sigkill_while_provisioning_and_deleting_leaves_no_orphan(
     assert [p for p in (a.export_root / ".volumes").iterdir() if not p.name.endswith(".tmp")] == []
     assert not filesystem_env.devices_under(a.export_root)
     storage.delete_storage_class(cls)
+
+
+def test_a_bound_volume_whose_image_is_lost_fails_readiness_and_is_not_served(
+        fs_appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
+        unique: str) -> None:
+    """Never the bare mount point instead: its export is withdrawn and /readyz names the volume."""
+    a = fs_appliance
+    cls = f"fs-lost-{unique}"
+    make_class(storage, cls, a.provisioner)
+    a.start()
+    make_claim(core, namespace, cls, "8Mi")
+    pv = bound_volume(core, namespace, a)
+    path = Path(pv.spec.nfs.path)
+    assert a.client().put(b"data", path / "f").returncode == 0
+    assert a.stop() == 0
+    for p in (path, a.export_root / ".filesystems"):  # a container restart
+        subprocess.run(["umount", str(p)], check=True)
+    (a.export_root / ".images" / f"{pv.metadata.name}.img").unlink()
+    a.start(wait_ready=False)
+
+    def not_ready() -> str | None:
+        status, text = a.get("/readyz")
+        return text if status == 503 and pv.metadata.name in text else None
+
+    text = wait.until(not_ready, timeout=60, what=lambda: f"/readyz 503 naming the volume\n{a.log()}")
+    assert "image" in text and "missing" in text, text
+    assert f"volume {pv.metadata.name}: Bound, and its filesystem cannot be mounted" in a.text()
+    assert a.client().ls(path).returncode != 0, "nothing is served at its path"
+    storage.delete_storage_class(cls)
