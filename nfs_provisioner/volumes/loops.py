@@ -178,17 +178,22 @@ def detach(device: Path) -> None:
         os.close(fd)
 
 
-def remove(number: int) -> bool:
-    """``LOOP_CTL_REMOVE``: remove the (detached) loop device ``number`` from the kernel; False when it is in use
-    or gone."""
+def remove(number: int, *, timeout: float = 1.0) -> bool:
+    """``LOOP_CTL_REMOVE``: remove the (detached) loop device ``number`` from the kernel, retrying while it is
+    briefly busy (just detached, or opened by a device prober); False when it is still in use or gone."""
+    deadline = time.monotonic() + timeout
     control = os.open(LOOP_CONTROL, os.O_RDWR | os.O_CLOEXEC)
     try:
-        fcntl.ioctl(control, LOOP_CTL_REMOVE, number)
-    except OSError:
-        return False
+        while True:
+            try:
+                fcntl.ioctl(control, LOOP_CTL_REMOVE, number)
+                return True
+            except OSError as e:
+                if e.errno != errno.EBUSY or time.monotonic() >= deadline:
+                    return False
+            time.sleep(0.01)
     finally:
         os.close(control)
-    return True
 
 
 def set_capacity(device: Path) -> None:
