@@ -34,7 +34,9 @@ def devices_under(top: Path) -> list[Path]:
 
 
 def clean(top: Path) -> None:
-    for point in mounts_under(top):
+    """Unmount everything below ``top`` (``top`` itself stays mounted), detach its images' loop devices and remove
+    the devices the appliance made for them."""
+    for point in [p for p in mounts_under(top) if p != top]:
         subprocess.run(["umount", "-l", str(point)], check=False, capture_output=True)
     deadline = time.monotonic() + 5
     while devices_under(top) and time.monotonic() < deadline:

@@ -17,7 +17,7 @@ from nfs_provisioner.controller.interface import ProvisioningError
 from nfs_provisioner.volumes.directories import VolumeDirectories
 from nfs_provisioner.volumes.filesystems import FilesystemVolumes
 from nfs_provisioner.volumes.records import RECORDS_DIR, VolumeRecords
-from tests import filesystem_env
+from tests import filesystem_env, smallfs
 from tests.ganesha_env import Harness
 from tests.test_appliance_provisioner import IDENTITY, claimed, options, small_root
 
@@ -152,3 +152,21 @@ def test_a_claim_larger_than_the_export_roots_free_space_makes_nothing(small_roo
         a.p.provision(options(params=FS, size="16Mi"))
     a.nothing_left("pvc-1")
     assert not (a.root / ".images").exists() or list((a.root / ".images").iterdir()) == []
+
+
+def test_d1_deleting_a_filesystem_volume_frees_a_full_export_root(small_root: Path, h: Harness,
+                                                                   tmp_path: Path) -> None:
+    """The export root (8 MiB) is full, mostly with the volume's image: its delete must free the space (the export
+    index rewrite needs space itself), as for a directory volume (test_delete_frees_a_full_export_root)."""
+    with filesystem_env.cleaned(tmp_path / "export"):  # before small_root unmounts the export root
+        a = Appliance(h)
+        pv = claimed(a.p.provision(options("pvc-full", params=FS, size="4Mi")))
+        assert smallfs.fill(a.fs.path_for("pvc-full")) > 2 * MiB
+        smallfs.fill(a.root / ".images" / "..")  # the rest of the export root, from outside every volume
+        with pytest.raises(OSError, match="No space left"):
+            (a.root / "probe").write_bytes(b"x" * 4096)
+        free_before = VolumeDirectories(a.root).free_bytes()
+        a.p.delete(pv)
+        a.nothing_left("pvc-full")
+        assert VolumeDirectories(a.root).free_bytes() > free_before + 2 * MiB
+        h.close()

@@ -510,7 +510,20 @@ class NFSProvisioner(Provisioner):
         if filesystems is None:
             raise RuntimeError(f"volume {name} is a filesystem volume, but this appliance has no filesystem volumes; "
                                "keeping it")
-        self.exporter.unexport(name)
+        try:
+            self.exporter.unexport(name)
+        except Exception as e:
+            # The export index rewrite needs space on the export root. Ganesha has let go of the volume already
+            # (RemoveExport comes first), so a volume to be deleted can be unmounted and its image removed first.
+            if on_delete != "delete" or not _no_space(e):
+                raise
+            log.warning("volume %s: no space left on the export root (%s); removing the volume's image first",
+                        name, e)
+            try:
+                filesystems.delete(name)
+            except fs_mod.FilesystemError as again:
+                raise RuntimeError(f"{e}; freeing the export root by removing the image failed: {again}") from e
+            self.exporter.unexport(name)
         try:
             if on_delete == "delete":
                 filesystems.delete(name)
