@@ -15,6 +15,7 @@ from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from nfs_provisioner.volumes import loops
+from nfs_provisioner.volumes.filesystems import FilesystemVolumes
 from tests import filesystem_env, nfsraw, wait
 from tests.appliance_env import Appliance
 
@@ -152,16 +153,19 @@ def test_archive_and_retain_keep_the_image_unmounted(fs_appliance: Appliance, co
     storage.delete_storage_class(cls)
 
 
+@pytest.mark.parametrize(("fs_type", "size", "grown", "more"), [("ext4", "16Mi", "48Mi", 28 * MiB),
+                                                                   ("xfs", "300Mi", "600Mi", 290 * MiB)])
 def test_expansion_is_seen_through_nfs_with_handles_kept(fs_appliance: Appliance, core: client.CoreV1Api,
                                                          storage: client.StorageV1Api, namespace: str,
-                                                         unique: str) -> None:
-    """ext4: grown offline here (no CAP_SYS_RESOURCE: unexported for the resize, exported again with the same id
-    on the same loop device); a handle the client held before still works."""
+                                                         unique: str, fs_type: str, size: str, grown: str,
+                                                         more: int) -> None:
+    """XFS grows online (the export stays); ext4 offline here (no CAP_SYS_RESOURCE: unexported for the resize,
+    exported again with the same id on the same loop device). A handle the client held before still works."""
     a = fs_appliance
     cls = f"fs-grow-{unique}"
-    make_class(storage, cls, a.provisioner)
+    make_class(storage, cls, a.provisioner, fsType=fs_type)
     a.start()
-    make_claim(core, namespace, cls, "16Mi")
+    make_claim(core, namespace, cls, size)
     pv = bound_volume(core, namespace, a)
     path = Path(pv.spec.nfs.path)
     assert a.client().put(b"before\n", path / "f").returncode == 0
@@ -169,17 +173,19 @@ def test_expansion_is_seen_through_nfs_with_handles_kept(fs_appliance: Appliance
         fh = c.path_fh(*path.parts[1:], "f")
     before = os.statvfs(path).f_blocks * os.statvfs(path).f_frsize
     core.patch_namespaced_persistent_volume_claim("data", namespace,
-                                                  {"spec": {"resources": {"requests": {"storage": "48Mi"}}}})
+                                                  {"spec": {"resources": {"requests": {"storage": grown}}}})
     wait.until(lambda: (core.read_namespaced_persistent_volume_claim("data", namespace).status.capacity or {})
-               .get("storage") == "48Mi", timeout=60, what=lambda: f"claim capacity 48Mi\n{a.log()}")
+               .get("storage") == grown, timeout=60, what=lambda: f"claim capacity {grown}\n{a.log()}")
     after = os.statvfs(path).f_blocks * os.statvfs(path).f_frsize
-    assert after > before + 28 * MiB, (before, after)
+    assert after > before + more, (before, after)
     assert a.client().cat(path / "f").stdout == b"before\n"
     with nfsraw.Nfs4(host="127.0.0.1", port=a.nfs_port) as c:
         r = c.compound([c.putfh(fh), c.read()])
         assert r.status_name == "NFS4_OK" and r.last(nfsraw.OP_READ).data == b"before\n", r.status_name
     reasons = [e.reason for e in events(core, namespace)]
     assert "VolumeResizeSuccessful" in reasons
+    offline = "growing it offline (unexported meanwhile)" in a.text()
+    assert offline == (fs_type == "ext4" and not FilesystemVolumes.grows_online("ext4")), a.log()
     storage.delete_storage_class(cls)
 
 
