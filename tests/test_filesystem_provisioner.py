@@ -170,3 +170,23 @@ def test_d1_deleting_a_filesystem_volume_frees_a_full_export_root(small_root: Pa
         a.nothing_left("pvc-full")
         assert VolumeDirectories(a.root).free_bytes() > free_before + 2 * MiB
         h.close()
+
+
+@pytest.mark.parametrize("left", ["unexported", "unmounted", "image grown"])
+def test_expand_finishes_what_a_crash_left(a: Appliance, left: str) -> None:
+    """ext4 grown offline (this host has no CAP_SYS_RESOURCE): the states between unexport -> unmount -> image
+    grown -> resize -> mount -> export, then the resizer's next call."""
+    if FilesystemVolumes.grows_online("ext4"):
+        pytest.skip("ext4 grows online here: no offline steps")
+    pv: dict[str, Any] = claimed(a.p.provision(options(params=FS, size="8Mi")))
+    (a.fs.path_for("pvc-1") / "f").write_text("kept")
+    a.server.exports.remove("pvc-1")
+    if left in ("unmounted", "image grown"):
+        a.fs.unmount("pvc-1")
+    if left == "image grown":
+        os.truncate(a.fs.image_for("pvc-1"), 24 * MiB)
+    a.p.expand(pv, 24 * MiB)
+    assert os.path.ismount(a.fs.path_for("pvc-1")) and a.server.exports.get("pvc-1") is not None
+    st = os.statvfs(a.fs.path_for("pvc-1"))
+    assert st.f_blocks * st.f_frsize > 20 * MiB
+    assert (a.fs.path_for("pvc-1") / "f").read_text() == "kept"
