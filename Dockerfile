@@ -28,7 +28,7 @@ RUN set -e; \
     echo "deb $uri trixie-backports main" > /etc/apt/sources.list.d/backports.list; \
     apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 dbus rpcbind nfs-common xfsprogs netbase \
+      python3 dbus rpcbind nfs-common xfsprogs e2fsprogs mount netbase \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends -t trixie-backports \
       nfs-ganesha nfs-ganesha-vfs \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \

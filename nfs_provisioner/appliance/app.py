@@ -41,7 +41,7 @@ from nfs_provisioner.kube.errors import ApiError, KubeError, TransportError
 from nfs_provisioner.quota.errors import QuotaError
 from nfs_provisioner.quota.manager import ProjectQuotas
 from nfs_provisioner.quota.metrics import ProjectQuotaCollector
-from nfs_provisioner.volumes import containment, identity
+from nfs_provisioner.volumes import containment, filesystems, identity, usage_metrics
 from nfs_provisioner.volumes.directories import ARCHIVE_DIR, RESERVED, VolumeDirectories
 from nfs_provisioner.volumes.records import RECORDS_DIR, RecordError, VolumeRecords
 
@@ -122,8 +122,8 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
            signals: lifecycle.Signals) -> Parts:
     root = s.export_root
     state.refuse_symlinks(root, names=(CONFIG_DIR, IN_FLIGHT_DIR, RECORDS_DIR, ARCHIVE_DIR, clones.CLONES_DIR,
-                                       *sorted(RESERVED)),
-                          walk=(CONFIG_DIR, IN_FLIGHT_DIR, RECORDS_DIR))
+                                       filesystems.IMAGES_DIR, filesystems.MOUNTS_DIR, *sorted(RESERVED)),
+                          walk=(CONFIG_DIR, IN_FLIGHT_DIR, RECORDS_DIR, filesystems.IMAGES_DIR))
     try:
         ident = identity.load_or_create(root)
     except (OSError, identity.IdentityError) as e:
@@ -183,6 +183,8 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
         directories = VolumeDirectories(root)
         records = VolumeRecords(root / RECORDS_DIR)
         records.ensure_dir()
+        fs_volumes = filesystems.FilesystemVolumes(root)
+        usage_metrics.FilesystemUsageCollector(fs_volumes, registry=registry)
         provisioner = prov.NFSProvisioner(
             config=prov.ApplianceConfig(identity=ident, server=lambda: server, max_exports=s.max_exports),
             directories=directories,
@@ -191,7 +193,12 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
             quotas=quotas,
             sources=clones.KubeSources(api),
             clones=clones.Clones(root / clones.CLONES_DIR),
+            filesystems=fs_volumes,
         )
+        provisioner.probe_filesystems()
+        # Before Ganesha loads the exports: an export of a filesystem volume must serve its mount.
+        unmountable = recovery.remount(records=records, filesystems=fs_volumes, identity=ident)
+        signals.check()
         csettings = controller_settings(s, identity=ident)
         controller = ctl.ProvisionController(provisioner, csettings, api=api, registry=registry)
         resizer = resizing.Resizer(api=api, expander=provisioner, names=(s.provisioner,), claims=controller.claims,
@@ -219,7 +226,9 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
         wait_listed(controller.volumes, checks, signals)
         recovered = done = recovery.Recovery(
             api=api, names=frozenset({s.provisioner}), identity=ident, directories=directories, records=records,
-            exporter=exporter, server=lambda: server, volumes=controller.volumes.items).run()
+            exporter=exporter, server=lambda: server, volumes=controller.volumes.items, filesystems=fs_volumes).run()
+        recovery.withdraw(unmountable, exporter=exporter, filesystems=fs_volumes, report=done,
+                          volumes=controller.volumes.items())
         signals.check()
         if ganesha is not None:
             checked = ganesha

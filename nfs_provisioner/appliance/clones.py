@@ -38,6 +38,13 @@ ANN_CLONED_FROM = "nfs-provisioner.io/cloned-from"
 ANN_IDENTITY = "Provisioner_Id"
 
 
+class Paths(Protocol):
+    """Where a volume of a given PV name lives (``VolumeDirectories``, or ``FilesystemVolumes`` for clones of
+    filesystem volumes)."""
+
+    def path_for(self, name: str) -> Path: ...
+
+
 class Sources(Protocol):
     """Reads the source claim and its volume (fresh, not from a cache)."""
 
@@ -78,7 +85,7 @@ def refuse(why: str) -> ProvisioningError:
 
 
 def check(*, claim: Object, source: DataSource, requested_bytes: int, sources: Sources, identity: str,
-          records: VolumeRecords, directories: VolumeDirectories) -> Source:
+          records: VolumeRecords, directories: Paths) -> Source:
     """Validate a clone request; raises :class:`ProvisioningError` (FINISHED) saying why it is refused.
 
     Room for the copy is not checked here: :func:`reserve` does it and holds the space until the copy ends."""

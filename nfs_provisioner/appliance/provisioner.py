@@ -1,5 +1,5 @@
-"""The NFS appliance's :class:`Provisioner`: a directory, an export and an
-optional XFS project quota per volume.
+"""The NFS appliance's :class:`Provisioner`: a directory (or, with ``isolation: filesystem``, a filesystem of
+its own: ``nfs_provisioner.volumes.filesystems``), an export and an optional XFS project quota per volume.
 
 Provision validates everything first (class parameters, selector, size, free
 space, the export limit), then creates record -> directory -> quota -> export with
@@ -40,7 +40,8 @@ from nfs_provisioner.controller.interface import (
     ProvisionOptions,
 )
 from nfs_provisioner.kube.errors import KubeError
-from nfs_provisioner.volumes import ondelete, params, quantity, space
+from nfs_provisioner.volumes import copying, ondelete, params, quantity, space
+from nfs_provisioner.volumes import filesystems as fs_mod
 from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
 from nfs_provisioner.volumes.records import RecordError, VolumeRecords, new_record
 
@@ -58,6 +59,8 @@ ANN_GID = "pv.beta.kubernetes.io/gid"
 ANN_ON_DELETE = ondelete.ANNOTATION
 ON_DELETE_POLICY = "OnDeletePolicy"
 """The reason of the Warning event on a deleted PV whose data was not handled as its annotation says."""
+ANN_ISOLATION = "nfs-provisioner.io/isolation"
+ANN_FS_TYPE = "nfs-provisioner.io/fs-type"
 
 
 class Exporter(Protocol):
@@ -132,6 +135,7 @@ class NFSProvisioner(Provisioner):
         quotas: Quotas | None = None,
         sources: clones_mod.Sources | None = None,
         clones: clones_mod.Clones | None = None,
+        filesystems: fs_mod.FilesystemVolumes | None = None,
     ) -> None:
         self.config = config
         self.directories = directories
@@ -141,6 +145,10 @@ class NFSProvisioner(Provisioner):
         self.sources = sources
         """Reads clone sources (claims and PVs); with ``clones``, claims of a PVC data source are cloned."""
         self.clones = clones
+        self.filesystems = filesystems
+        """Filesystem volumes (``isolation: filesystem``); None: this appliance makes directory volumes only."""
+        self._probed: dict[str, str | None] | None = None
+        self._probe_lock = threading.Lock()
         # Serialises the "limit not reached yet" check with the export that uses the slot.
         self._slots = threading.Lock()
 
@@ -174,11 +182,15 @@ class NFSProvisioner(Provisioner):
         except quantity.InvalidQuantity as e:
             raise ProvisioningError(f"requested storage {e}") from e
         name = options.pv_name
+        if p.isolation == "filesystem":
+            self._check_filesystem(options, p, size)
         copy_started = self.clones is not None and (self.clones.running(name) or self.clones.done(name))
         try:
             path = self.directories.path_for(name)
+            if p.fs_type is not None and self.filesystems is not None:
+                path = self.filesystems.path_for(name)
             if options.rolling_back and options.source is not None and self.clones is not None \
-                    and not self.clones.done(name):  # the claim is gone: never copy for nobody
+                    and p.fs_type is None and not self.clones.done(name):  # the claim is gone: never copy for nobody
                 log.info("volume %s: clone cancelled, its claim is deleted; removing any half copy", name)
                 raise ProvisioningError(f"volume {name}: clone cancelled, its claim is deleted; any half copy is "
                                         "removed")
@@ -187,8 +199,12 @@ class NFSProvisioner(Provisioner):
         except DirectoryError as e:
             raise ProvisioningError(str(e)) from e
         # Refused (FINISHED): nothing of this clone may stay (provision() discards what an earlier attempt left).
-        clone_source, reservation = self._clone_source(options, name, size)
-        clones = self.clones if options.source is not None else None
+        fs_clone, reservation = (self._filesystem_clone_source(options, p, name, size) if p.fs_type is not None
+                                 else (None, None))
+        clone_source = None
+        if p.fs_type is None:
+            clone_source, reservation = self._clone_source(options, name, size)
+        clones = self.clones if options.source is not None and p.fs_type is None else None
         """Set for a clone: its record and directory are this claim's (checked below), so a failed copy
         rolls back all of them, on whichever poll it fails."""
 
@@ -207,24 +223,42 @@ class NFSProvisioner(Provisioner):
                     raise ProvisioningError(f"{path} is the volume of claim {recorded.claim_namespace}/"
                                             f"{recorded.claim_name} (uid {recorded.claim_uid}); not reusing it")
                 on_delete = p.on_delete
+                if recorded is not None and recorded.filesystem != p.fs_type:
+                    raise ProvisioningError(f"{path} was begun as a {recorded.filesystem or 'directory'} volume; "
+                                            f"the class now asks for {p.fs_type or 'a directory'}; not reusing it")
                 if recorded is None:
                     # Written before the directory exists and removed after it is gone: a directory that is
                     # a volume always has its record (the proof that delete may remove it), and the record
                     # keeps the class's onDelete (what delete does with the data, whatever the PV says later).
                     self.records.write(new_record(pv_name=name, claim=options.claim, identity=self.config.identity,
-                                                  path=path, root_squash=p.root_squash, on_delete=on_delete))
+                                                  path=path, root_squash=p.root_squash, on_delete=on_delete,
+                                                  filesystem=p.fs_type))
                 elif (kept := params.on_delete_policy(recorded.on_delete)) is not None:
                     on_delete = kept  # an earlier attempt's decision stands (and the PV shows it)
                 else:  # an attempt of an older version (no policy recorded), finished by this one
                     self.records.write(replace(recorded, on_delete=on_delete))
                 if recorded is None or clones is not None:
                     undo.append(("remove volume record", lambda: self.records.remove(name)))
-                existed = path.exists()
-                self.directories.create(name, gid=p.gid)
-                if not existed or clones is not None:
-                    undo.append(("remove directory", lambda: self.directories.delete(name)))
+                filesystems = self.filesystems
+                if p.fs_type is not None and filesystems is not None:
+                    fs_type = p.fs_type
+                    existed = filesystems.image_for(name).exists()
+                    if not existed:
+                        undo.append(("remove the volume's filesystem", lambda: filesystems.delete(name)))
+                    try:
+                        filesystems.create(name, size=size, fs_type=fs_type, gid=p.gid, clone_of=fs_clone)
+                    finally:
+                        if reservation is not None:  # the image copy is made within this call
+                            reservation.release()
+                    if filesystems.mounted(name) is None:  # never export the mount point's own directory
+                        raise ProvisioningError(f"volume {name}: its filesystem is not mounted at {path}")
+                else:
+                    existed = path.exists()
+                    self.directories.create(name, gid=p.gid)
+                    if not existed or clones is not None:
+                        undo.append(("remove directory", lambda: self.directories.delete(name)))
                 project_id = None
-                quotas = self.quotas
+                quotas = self.quotas if p.fs_type is None else None  # a filesystem volume is its own limit
                 if quotas is not None:
                     project_id = quotas.add(path, size)
                     undo.append(("remove quota project", lambda: quotas.remove_directory(path)))
@@ -249,6 +283,9 @@ class NFSProvisioner(Provisioner):
             ANN_CREATED_BY: CREATED_BY,
             ANN_ON_DELETE: on_delete,
         }
+        if p.fs_type is not None:
+            annotations[ANN_ISOLATION] = "filesystem"
+            annotations[ANN_FS_TYPE] = p.fs_type
         if project_id is not None:
             annotations[ANN_PROJECT_ID] = str(project_id)
             annotations[ANN_PROJECT_BLOCK] = f"{project_id}:{path}:{size}"
@@ -271,6 +308,66 @@ class NFSProvisioner(Provisioner):
             "spec": spec,
         }
 
+    def probe_filesystems(self) -> dict[str, str | None]:
+        """Per filesystem type, what stops this appliance from making filesystem volumes (None: nothing);
+        probed once (attach and mount a small image), then remembered."""
+        with self._probe_lock:
+            if self._probed is None:
+                if self.filesystems is None:
+                    self._probed = dict.fromkeys(params.FS_TYPES, "this appliance is not set up for filesystem "
+                                                                  "volumes")
+                else:
+                    self._probed = self.filesystems.probe()
+                    for fs_type, problem in self._probed.items():
+                        if problem is None:
+                            log.info("filesystem volumes (%s): supported", fs_type)
+                        else:
+                            log.info("filesystem volumes (%s): not possible here: %s", fs_type, problem)
+            return dict(self._probed)
+
+    def _check_filesystem(self, options: ProvisionOptions, p: params.ClassParameters, size: int) -> None:
+        """Refuse a ``filesystem`` claim this appliance cannot make (one event, nothing made, never a directory
+        volume instead)."""
+        assert p.fs_type is not None
+        klass = options.storage_class["metadata"]["name"]
+        problem = self.probe_filesystems().get(p.fs_type)
+        if problem is not None:
+            raise ProvisioningError(f"StorageClass {klass} asks for isolation: filesystem ({p.fs_type}), which this "
+                                    f"appliance cannot provide: {problem}; no volume is provisioned")
+        try:
+            fs_mod.check_size(p.fs_type, size)
+        except fs_mod.TooSmall as e:
+            raise ProvisioningError(f"StorageClass {klass}: {e}") from e
+
+    def _filesystem_clone_source(self, options: ProvisionOptions, p: params.ClassParameters, name: str,
+                                 size: int) -> tuple[str | None, space.Reservation | None]:
+        """The source volume of a clone into filesystem volume ``name`` (None: not a clone), a filesystem volume
+        of this appliance of the same type under the same rules as directory clones (``clones.check``), and the
+        export root's space reserved for the image copy (None where blocks are shared). The image is copied
+        within the provisioning call (a reflink where blocks are shared, else a sparse copy) while the source is
+        frozen; the caller releases the reservation when that copy ends."""
+        source = options.source
+        filesystems = self.filesystems
+        if source is None:
+            return None, None
+        if not source.is_claim or self.sources is None or filesystems is None:
+            raise ProvisioningError(f"data source {source.describe()} is not supported; no volume is provisioned")
+        root = self.directories.export_root
+        shares = self.clones.shares_blocks(root) if self.clones is not None else copying.shares_blocks(root)
+        try:
+            src = clones_mod.check(claim=options.claim, source=source, requested_bytes=size, sources=self.sources,
+                                   identity=self.config.identity, records=self.records, directories=filesystems)
+        except KubeError as e:
+            raise ProvisioningError(f"cannot read the clone source {source.describe()}: {e}",
+                                    ProvisioningState.NO_CHANGE) from e
+        record = self.records.read(src.pv_name)
+        if record is None or record.filesystem != p.fs_type:
+            kind = "directory" if record is None or record.filesystem is None else record.filesystem
+            raise clones_mod.refuse(f"the source volume {src.pv_name} is a {kind} volume; a {p.fs_type} volume is "
+                                    f"cloned only from a {p.fs_type} volume")
+        return src.pv_name, clones_mod.reserve(name=name, source=src, directories=self.directories,
+                                               shares_blocks=shares)
+
     def supports_data_source(self, kind: str, api_group: str) -> bool:
         """Clones (a PersistentVolumeClaim source) when a source reader and the copier are given."""
         return kind == PVC_KIND and api_group == "" and self.sources is not None and self.clones is not None
@@ -288,13 +385,19 @@ class NFSProvisioner(Provisioner):
             raise ProvisioningError(f"{reason}; what an earlier attempt may have left for volume {name} cannot be "
                                     f"checked ({e}): kept", ProvisioningState.IN_BACKGROUND) from e
         claim_uid = str((options.claim.get("metadata") or {}).get("uid", ""))
+        filesystems = self.filesystems
+        if record is not None and record.filesystem is not None and filesystems is not None:
+            path = filesystems.path_for(name)
         if record is None or record.mismatch(pv_name=name, claim_uid=claim_uid, identity=self.config.identity,
                                              path=str(path)) is not None:
             return
-        steps: list[tuple[str, Callable[[], object]]] = [("remove volume record", lambda: self.records.remove(name)),
-                                                          ("remove directory", lambda: self.directories.delete(name))]
+        steps: list[tuple[str, Callable[[], object]]] = [("remove volume record", lambda: self.records.remove(name))]
+        if record.filesystem is not None and filesystems is not None:
+            steps.append(("remove the volume's filesystem", lambda: filesystems.delete(name)))
+        else:
+            steps.append(("remove directory", lambda: self.directories.delete(name)))
         quotas = self.quotas
-        if quotas is not None:
+        if quotas is not None and record.filesystem is None:
             steps.append(("remove quota project", lambda: quotas.remove_directory(path)))
         clones = self.clones
         if clones is not None:
@@ -356,6 +459,10 @@ class NFSProvisioner(Provisioner):
         if owner != self.config.identity:
             raise RuntimeError(f"volume {name} belongs to provisioner instance {owner}, not {self.config.identity}")
         path = self.directories.path_for(name)
+        record = self.records.read(name)
+        if record is not None and record.filesystem is not None:
+            self._grow_filesystem(volume, name, record.filesystem, new_bytes, record.root_squash)
+            return
         if self.quotas is None:
             log.info("volume %s: no quotas enabled; recording the new size %d only", name, new_bytes)
             return
@@ -364,6 +471,35 @@ class NFSProvisioner(Provisioner):
             raise RuntimeError(f"volume {name} has no quota project to raise")
         self.quotas.set_limit(project_id, new_bytes)
         log.info("volume %s: quota project %d raised to %d bytes", name, project_id, new_bytes)
+
+    def _grow_filesystem(self, volume: Object, name: str, fs_type: str, new_bytes: int, root_squash: bool) -> None:
+        """Grow a filesystem volume: online where the filesystem can (XFS; ext4 with CAP_SYS_RESOURCE), else
+        unexported for the few milliseconds of an offline resize, then exported again with the same id on the
+        same loop device (clients' handles stay valid; their calls wait or are retried meanwhile)."""
+        filesystems = self.filesystems
+        if filesystems is None:
+            raise RuntimeError(f"volume {name} is a filesystem volume, but this appliance has no filesystem volumes")
+        try:
+            try:
+                filesystems.grow(name, size=new_bytes, fs_type=fs_type)
+                return
+            except fs_mod.OfflineOnly as e:
+                filesystems.check_growth(name, new_bytes)
+                if not filesystems.needs_growth(name, new_bytes, fs_type):
+                    log.info("volume %s: already %d bytes", name, new_bytes)
+                    return
+                log.info("%s: growing it offline (unexported meanwhile)", e)
+            wanted = _int_or_none(((volume.get("metadata") or {}).get("annotations") or {}).get(ANN_EXPORT_ID))
+            self.exporter.unexport(name)
+            try:
+                filesystems.unmount(name)
+                filesystems.grow_offline(name, size=new_bytes, fs_type=fs_type)
+            finally:
+                # Whatever happened: mounted and exported again (a failed resize leaves the old size).
+                path = filesystems.mount(name, fs_type=fs_type)
+                self.exporter.export(name=name, path=path, root_squash=root_squash, export_id=wanted)
+        except fs_mod.FilesystemError as e:
+            raise RuntimeError(str(e)) from e
 
     # ------------------------------------------------------------------ delete
 
@@ -397,6 +533,8 @@ class NFSProvisioner(Provisioner):
         path = self.directories.path_for(name)  # raises for names that are not ours to touch
         claim_uid = str(((volume.get("spec") or {}).get("claimRef") or {}).get("uid") or "")
         record = self.records.read(name)
+        if record is not None and record.filesystem is not None and self.filesystems is not None:
+            path = self.filesystems.path_for(name)
         if record is None:
             if not self.directories.exists(name) and not self.exporter.has(name):
                 log.info("volume %s: no record, no directory, no export: nothing to delete", name)
@@ -414,6 +552,8 @@ class NFSProvisioner(Provisioner):
             self.clones.forget(name)
         decision = ondelete.decide(recorded=record.on_delete, annotation=ann.get(ANN_ON_DELETE))
         on_delete = decision.action
+        if record.filesystem is not None:
+            return self._delete_filesystem(name, decision)
         self._freeing_space(name, on_delete, lambda: self.exporter.unexport(name))
         quotas = self.quotas
         if quotas is not None:
@@ -432,6 +572,53 @@ class NFSProvisioner(Provisioner):
             return None
         log.warning("volume %s: %s; %s", name, decision.warning, done)
         return Notice(ON_DELETE_POLICY, f"{decision.warning}; {done}")
+
+
+    def _delete_filesystem(self, name: str, decision: ondelete.Decision) -> Notice | None:
+        """Unexport, then unmount and delete, retain or archive the image as ``decision`` says (the one rule of
+        :mod:`~nfs_provisioner.volumes.ondelete`); the record goes last."""
+        on_delete = decision.action
+        filesystems = self.filesystems
+        if filesystems is None:
+            raise RuntimeError(f"volume {name} is a filesystem volume, but this appliance has no filesystem volumes; "
+                               "keeping it")
+        try:
+            self.exporter.unexport(name)
+        except Exception as e:
+            # The export index rewrite needs space on the export root. Ganesha has let go of the volume already
+            # (RemoveExport comes first), so a volume to be deleted can be unmounted and its image removed first.
+            if on_delete != "delete" or not _no_space(e):
+                raise
+            log.warning("volume %s: no space left on the export root (%s); removing the volume's image first",
+                        name, e)
+            try:
+                filesystems.delete(name)
+            except fs_mod.FilesystemError as again:
+                raise RuntimeError(f"{e}; freeing the export root by removing the image failed: {again}") from e
+            self.exporter.unexport(name)
+        try:
+            if on_delete == "delete":
+                filesystems.delete(name)
+                done = "deleted its image"
+            elif on_delete == "archive":
+                done = f"image moved to {filesystems.archive(name)} (unmounted)"
+            else:
+                done = f"image kept as {filesystems.retain(name)} (unmounted; no longer a volume)"
+        except fs_mod.FilesystemError as e:
+            raise RuntimeError(str(e)) from e
+        self.records.remove(name)
+        if decision.warning is None:
+            log.info("volume %s: onDelete=%s, %s", name, on_delete, done)
+            return None
+        log.warning("volume %s: %s; %s", name, decision.warning, done)
+        return Notice(ON_DELETE_POLICY, f"{decision.warning}; {done}")
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _no_space(e: BaseException | None) -> bool:

@@ -23,6 +23,12 @@ and the appliance's per-volume records (``nfs_provisioner.volumes.records``). Fr
    to the exporter again every ``SERVING_INTERVAL`` seconds in a thread (:class:`ServingWatch`). While a
    *Bound* PV of this identity is not served, ``/readyz`` fails naming it and why (one WARNING line when it
    starts, one INFO line when it ends: served again, or its PV is no longer Bound).
+
+Before all that, and before NFS-Ganesha loads its exports, :func:`remount` mounts every filesystem volume
+(``isolation: filesystem``) of this identity that is not mounted (a container restart gets a fresh mount
+namespace), from the records alone and in parallel; one that cannot be mounted is a problem, and its export is
+withdrawn as soon as Ganesha runs (:func:`withdraw`): an export must never serve the bare mount point, a
+directory of the export root's filesystem.
 """
 
 from __future__ import annotations
@@ -33,14 +39,16 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.kube import client as kube
-from nfs_provisioner.volumes import ondelete, params
+from nfs_provisioner.volumes import loops, ondelete, params
 from nfs_provisioner.volumes.directories import VolumeDirectories
+from nfs_provisioner.volumes.filesystems import MOUNTS_DIR, FilesystemError, FilesystemVolumes
 from nfs_provisioner.volumes.records import RecordError, VolumeRecords, new_record
 
 log = logging.getLogger(__name__)
@@ -129,6 +137,11 @@ class ServingWatch:
         with self._lock:
             return list(self._problems.values())
 
+    def add_problem(self, line: str) -> None:
+        """A problem found after the start's check (``NAME: why``): kept until its PV is not Bound."""
+        with self._lock:
+            self._problems[line.split(":", 1)[0]] = line
+
     def check(self) -> None:
         """Serve what can be served again; find the Bound volumes of this appliance that are still not served."""
         for name in list(self.exporter.unserved()):
@@ -181,6 +194,8 @@ class Recovery:
     server: Callable[[], str]
     volumes: Callable[[], Iterable[Object]] | None = None
     """Every PV (e.g. the controller's informer cache, read only); None: listed from the API server here."""
+    filesystems: FilesystemVolumes | None = None
+    """Filesystem volumes: mounted before their export is rebuilt."""
 
     def run(self) -> Report:
         report = Report()
@@ -290,12 +305,14 @@ class Recovery:
             return
         path = self.directories.path_for(name)
         record = self.records.read(name)
+        if record is not None and record.filesystem is not None and self.filesystems is not None:
+            path = self.filesystems.path_for(name)
         claim_uid = str(((pv.get("spec") or {}).get("claimRef") or {}).get("uid") or "")
         if record is None:
             why: str | None = "it has no export and no record of this appliance"
         else:
             why = record.mismatch(pv_name=name, claim_uid=claim_uid, identity=self.identity, path=str(path))
-        if why is None and not _real_dir(path):
+        if why is None and record is not None and record.filesystem is None and not _real_dir(path):
             why = f"its directory {path} is missing"
         if why is not None:
             phase = _phase(pv)
@@ -304,6 +321,10 @@ class Recovery:
                 report.problems.append(f"{name}: {why}")
             return
         assert record is not None
+        if record.filesystem is not None:
+            if self.filesystems is None:
+                raise FilesystemError(f"{path} is a filesystem volume and this appliance has no filesystem volumes")
+            self.filesystems.mount(name, fs_type=record.filesystem)  # never export the bare mount point
         wanted = _int(_ann(pv).get(prov.ANN_EXPORT_ID))
         export_id, _ = self.exporter.export(name=name, path=path, root_squash=record.root_squash, export_id=wanted)
         report.rebuilt.append(name)
@@ -324,8 +345,81 @@ class Recovery:
         root = self.directories.export_root
         path = _nfs_path(pv)
         if (self._provisioned_here(pv) and path and ((pv.get("spec") or {}).get("nfs") or {}).get("server")
-                == self.server() and Path(path).parent != root):
+                == self.server() and Path(path).parent not in (root, root / MOUNTS_DIR)):
             report.elsewhere.append(f"{pv['metadata']['name']} at {path}")
+
+
+REMOUNT_THREADS = 8
+"""Filesystem volumes mounted at once at start (each is a few ioctls and a mount(2): the kernel's work)."""
+
+
+def remount(*, records: VolumeRecords, filesystems: FilesystemVolumes, identity: str) -> dict[str, str]:
+    """Mount every filesystem volume of ``identity`` (from the records) that is not mounted; returns the volumes
+    that could not be, with why (each is logged)."""
+    began = time.monotonic()
+    names = records.names()
+    attached = loops.attachments()
+
+    kinds: set[str] = set()
+
+    def one(name: str) -> tuple[str, str | None, bool]:
+        try:
+            record = records.read(name)
+            if record is not None and record.identity == identity:
+                kinds.add("directory" if record.filesystem is None else "filesystem")
+            if record is None or record.filesystem is None or record.identity != identity:
+                return name, None, False
+            was = filesystems.mounted(name) is not None
+            filesystems.mount(name, fs_type=record.filesystem, attached=attached)
+            if was:
+                filesystems.thaw(name)  # a clone's copy interrupted by a crash left it frozen
+            return name, None, not was
+        except (RecordError, FilesystemError, OSError) as e:
+            return name, str(e), False
+
+    failed: dict[str, str] = {}
+    mounted = 0
+    with ThreadPoolExecutor(max_workers=REMOUNT_THREADS, thread_name_prefix="remount") as pool:
+        for name, problem, done in pool.map(one, names):
+            mounted += done
+            if problem is not None:
+                log.warning("volume %s: its filesystem is not mounted: %s; any export of it is withdrawn (a provision "
+                            "cut short by a crash makes it again; a Bound volume fails readiness)", name, problem)
+                failed[name] = problem
+    if mounted or failed:
+        log.info("filesystem volumes: %d mounted again, %d failed (%.2fs)", mounted, len(failed),
+                 time.monotonic() - began)
+    if kinds == {"directory", "filesystem"}:
+        log.warning("this export root holds directory volumes beside filesystem volumes: a client of a directory "
+                    "volume that forges NFS file handles can read the filesystem volumes' images; keep tenants that "
+                    "must not see each other on an appliance with filesystem volumes only "
+                    "(docs/filesystem-volumes.md, Limits)")
+    return failed
+
+
+def withdraw(failed: dict[str, str], *, exporter: prov.Exporter, filesystems: FilesystemVolumes,
+             report: Report, volumes: Iterable[Object]) -> None:
+    """Withdraw the export of each filesystem volume that :func:`remount` could not mount and that is not mounted
+    now (its export would serve the bare mount point); each whose PV is Bound (a claim uses it) is a readiness
+    problem, not one being deleted or released."""
+    bound = {str(pv["metadata"]["name"]) for pv in volumes
+             if pv["metadata"].get("name") in failed and _phase(pv) == "Bound"
+             and not pv["metadata"].get("deletionTimestamp")}
+    for name, problem in sorted(failed.items()):
+        try:
+            if filesystems.mounted(name) is not None:
+                continue
+        except FilesystemError as e:
+            problem = f"{problem}; {e}"
+        try:
+            exporter.unexport(name)
+        except Exception as e:  # noqa: BLE001 - reported below with the volume
+            problem = f"{problem}; withdrawing its export failed too: {e}"
+        if name in bound:
+            log.error("volume %s: Bound, and its filesystem cannot be mounted: %s", name, problem)
+            report.problems.append(f"{name}: {problem}")
+            if report.watch is not None:
+                report.watch.add_problem(f"{name}: {problem}")
 
 
 def _ann(pv: Object) -> dict[str, str]:

@@ -42,6 +42,7 @@ from nfs_provisioner import fileio
 from nfs_provisioner.ganesha import clientlists, config, errors, ids
 from nfs_provisioner.ganesha.dbus import GaneshaDBus
 from nfs_provisioner.ganesha.settings import RESERVED_EXPORT_IDS, AccessType, Squash
+from nfs_provisioner.volumes.filesystems import MOUNTS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -357,8 +358,9 @@ class ExportManager(clientlists.ClientLists):
         """Why ``export`` must not be given to Ganesha (None: it may be): its directory is not a real directory,
         or (``recorded``: names with a volume record) no record of it exists."""
         if recorded is not None:
-            if export.path != self.export_root / export.name:
-                return f"the appliance exports only {self.export_root / export.name} under this name"
+            own = (self.export_root / export.name, self.export_root / MOUNTS_DIR / export.name)
+            if export.path not in own:
+                return f"the appliance exports only {own[0]} or {own[1]} under this name"
             if export.name not in recorded:
                 return (f"no volume record {self.records_dir}/{export.name}.json (not made by this appliance, or "
                         "left from a volume since removed)")

@@ -78,7 +78,8 @@ class ServerSettings:
     kept): each takes at most about twice this, whatever a client makes them log."""
     records_dir: Path | None = None
     """The appliance's volume records (``nfs_provisioner.volumes.records``); default ``<export_root>/.volumes``.
-    While that directory exists, an export file is served only if it exports ``<export_root>/<name>`` and
+    While that directory exists, an export file is served only if it exports ``<export_root>/<name>`` (or
+    ``<export_root>/.filesystems/<name>``, a filesystem volume's mount) and
     ``<name>.json`` is there: an export file nobody recorded (planted, or left from a volume gone) is kept but
     never given to Ganesha. Without the directory (Ganesha managed on its own) every export file is served."""
     template_dir: Path | None = None

@@ -13,6 +13,10 @@ Known parameters (anything else is rejected, as the original appliance did):
   ``nfs_provisioner.volumes.ondelete``.
 - ``mountOptions``: legacy comma-separated mount options, used when the class
   itself has no ``mountOptions``.
+- ``isolation``: ``directory`` (default: a directory of the export root's
+  filesystem) or ``filesystem`` (a filesystem of its own per volume, in a
+  sparse image on a loop device: docs/filesystem-volumes.md).
+- ``fsType``: ``ext4`` (default) or ``xfs``; only with ``isolation: filesystem``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,11 @@ from typing import Literal
 
 OnDelete = Literal["delete", "retain", "archive"]
 ON_DELETE: tuple[OnDelete, ...] = ("delete", "retain", "archive")
-KNOWN = ("gid", "rootSquash", "onDelete", "mountOptions")
+Isolation = Literal["directory", "filesystem"]
+FsType = Literal["ext4", "xfs"]
+KNOWN = ("gid", "rootSquash", "onDelete", "mountOptions", "isolation", "fsType")
+ISOLATIONS = ("directory", "filesystem")
+FS_TYPES = ("ext4", "xfs")
 MAX_GID = 2**31 - 1
 _ASCII_DIGITS = re.compile(r"[0-9]{1,10}")
 """A numeric parameter: ASCII digits only (``str.isdigit`` also takes ``²`` and ``١٢٣``), short enough for int()."""
@@ -40,6 +48,9 @@ class ClassParameters:
     root_squash: bool = False
     on_delete: OnDelete = "delete"
     mount_options: tuple[str, ...] = field(default_factory=tuple)
+    isolation: Isolation = "directory"
+    fs_type: FsType | None = None
+    """The filesystem of a ``filesystem`` volume (``ext4`` when not given); None for a directory volume."""
 
 
 def _bool(name: str, value: str) -> bool:
@@ -89,4 +100,24 @@ def parse(parameters: Mapping[str, str] | None, *, class_mount_options: Sequence
     for o in options:
         if any(c.isspace() for c in o):
             raise InvalidParameter(f"invalid mount option {o!r}: must not contain whitespace")
-    return ClassParameters(gid=gid, root_squash=root_squash, on_delete=on_delete, mount_options=options)
+    isolation, fs_type = _isolation(params)
+    return ClassParameters(gid=gid, root_squash=root_squash, on_delete=on_delete, mount_options=options,
+                           isolation=isolation, fs_type=fs_type)
+
+
+def _isolation(params: Mapping[str, str]) -> tuple[Isolation, FsType | None]:
+    """``isolation`` and ``fsType``: a ``fsType`` without ``isolation: filesystem`` is refused (it would be
+    silently ignored, and the user would believe the volume has a filesystem of its own)."""
+    isolation = params.get("isolation", "directory").strip().lower()
+    if isolation not in ISOLATIONS:
+        raise InvalidParameter(f"invalid value {params['isolation']!r} for parameter isolation: want directory or "
+                               "filesystem")
+    if "fsType" in params and isolation != "filesystem":
+        raise InvalidParameter("parameter fsType needs isolation: filesystem (a directory volume lies on the export "
+                               "root's filesystem)")
+    if isolation == "directory":
+        return "directory", None
+    fs_type = params.get("fsType", "ext4").strip().lower()
+    if fs_type not in FS_TYPES:
+        raise InvalidParameter(f"invalid value {params['fsType']!r} for parameter fsType: want ext4 or xfs")
+    return "filesystem", fs_type  # type: ignore[return-value]

@@ -63,6 +63,10 @@ class VolumeRecord:
     on_delete: str | None = None
     """The deletion policy decided when the volume was made (``delete``, ``retain`` or ``archive``: the class's
     ``onDelete``); None in records written before it was recorded. Read only through ``volumes.ondelete``."""
+    filesystem: str | None = None
+    """``ext4`` or ``xfs`` for a volume with a filesystem of its own (``isolation: filesystem``: an image
+    under ``.images/``, mounted at ``path``; ``nfs_provisioner.volumes.filesystems``); None for a directory
+    volume (and in records written before this field existed)."""
 
     def mismatch(self, *, pv_name: str, claim_uid: str, identity: str, path: str) -> str | None:
         """Why a PV with these fields is not the volume recorded here (None: it is)."""
@@ -140,11 +144,13 @@ class VolumeRecords:
 
 
 def new_record(*, pv_name: str, claim: dict[str, Any], identity: str, path: Path, root_squash: bool,
-               on_delete: OnDelete | None, adopted: bool = False, now: float | None = None) -> VolumeRecord:
+               on_delete: OnDelete | None, adopted: bool = False, now: float | None = None,
+               filesystem: str | None = None) -> VolumeRecord:
     """The record of a volume about to be made (or adopted); ``on_delete`` None only where no policy is known
     (an adopted volume whose PV does not name one)."""
     meta = claim.get("metadata") or {}
     return VolumeRecord(pv_name=pv_name, claim_uid=str(meta.get("uid", "")),
                         claim_namespace=str(meta.get("namespace", "")), claim_name=str(meta.get("name", "")),
                         identity=identity, path=str(path), root_squash=root_squash,
-                        created=time.time() if now is None else now, adopted=adopted, on_delete=on_delete)
+                        created=time.time() if now is None else now, adopted=adopted, on_delete=on_delete,
+                        filesystem=filesystem)
