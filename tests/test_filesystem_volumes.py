@@ -60,8 +60,9 @@ def test_the_record_says_which_filesystem_and_old_records_read_as_directories(tm
     records = VolumeRecords(tmp_path / ".volumes", durable=False)
     claim = {"metadata": {"uid": "u1", "namespace": "ns", "name": "c"}}
     records.write(new_record(pv_name="pvc-a", claim=claim, identity="i", path=tmp_path / "pvc-a", root_squash=False,
-                             filesystem="xfs"))
-    records.write(new_record(pv_name="pvc-b", claim=claim, identity="i", path=tmp_path / "pvc-b", root_squash=False))
+                             on_delete="delete", filesystem="xfs"))
+    records.write(new_record(pv_name="pvc-b", claim=claim, identity="i", path=tmp_path / "pvc-b", root_squash=False,
+                             on_delete="delete"))
     a, b = records.read("pvc-a"), records.read("pvc-b")
     assert a is not None and a.filesystem == "xfs"
     assert b is not None and b.filesystem is None
@@ -238,7 +239,7 @@ def test_remount_at_start_mounts_every_filesystem_volume_of_this_identity(root: 
     claim = {"metadata": {"uid": "u", "namespace": "ns", "name": "c"}}
     for name, identity, fs in (("pvc-1", "me", "ext4"), ("pvc-2", "me", "xfs"), ("pvc-3", "other", "ext4")):
         records.write(new_record(pv_name=name, claim=claim, identity=identity, path=vols.path_for(name),
-                                 root_squash=False, filesystem=fs))
+                                 root_squash=False, on_delete="delete", filesystem=fs))
         vols.create(name, size=300 * MiB if fs == "xfs" else 8 * MiB, fs_type=fs, gid=None)
         (vols.path_for(name) / "f").write_text(name)
         vols.unmount(name)
@@ -246,7 +247,7 @@ def test_remount_at_start_mounts_every_filesystem_volume_of_this_identity(root: 
     # mounted (withdraw() makes a readiness problem of those whose PV is Bound).
     for name in ("pvc-4", "pvc-5"):
         records.write(new_record(pv_name=name, claim=claim, identity="me", path=vols.path_for(name),
-                                 root_squash=False, filesystem="ext4"))
+                                 root_squash=False, on_delete="delete", filesystem="ext4"))
     vols.create("pvc-5", size=8 * MiB, fs_type="ext4", gid=None)
     vols.unmount("pvc-5")
     vols.image_for("pvc-5").unlink()
@@ -259,7 +260,7 @@ def test_remount_at_start_mounts_every_filesystem_volume_of_this_identity(root: 
     assert recovery.remount(records=records, filesystems=vols, identity="me").keys() == {"pvc-4", "pvc-5"}
     assert "beside filesystem volumes" not in caplog.text
     records.write(new_record(pv_name="pvc-dir", claim=claim, identity="me", path=root / "pvc-dir",
-                             root_squash=False))
+                             root_squash=False, on_delete="delete"))
     recovery.remount(records=records, filesystems=vols, identity="me")
     assert "directory volumes beside filesystem volumes: a client of a directory volume that forges" in caplog.text
 
