@@ -112,11 +112,8 @@ class VolumeDirectories:
             os.mkdir(path)
         except FileExistsError:
             self._require_real_dir(path)
-        mode = MODE_OPEN if gid is None else MODE_GROUP
         try:
-            if gid is not None:
-                os.chown(path, -1, gid)
-            os.chmod(path, mode)
+            set_top_mode(path, gid)
         except OSError as e:
             raise DirectoryError(f"cannot set owner/mode of {path}: {e.strerror}") from e
         return path
@@ -242,3 +239,11 @@ def remove_tree(path: Path, *, keep_top: bool = False) -> None:
                 os.rmdir(name, dir_fd=walk.fd)
     if not keep_top:
         os.rmdir(path)
+
+
+def set_top_mode(path: Path, gid: int | None) -> None:
+    """A volume's top directory (a directory volume's, or a filesystem volume's root): MODE_OPEN, or MODE_GROUP
+    with the class's ``gid`` as its group. Raises OSError as the calls do."""
+    if gid is not None:
+        os.chown(path, -1, gid)
+    os.chmod(path, MODE_OPEN if gid is None else MODE_GROUP)

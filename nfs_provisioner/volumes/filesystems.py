@@ -45,7 +45,7 @@ from typing import Protocol
 
 from nfs_provisioner import fileio
 from nfs_provisioner.volumes import containment, copying, loops
-from nfs_provisioner.volumes.directories import ARCHIVE_DIR, MODE_GROUP, MODE_OPEN, remove_tree, validate_name
+from nfs_provisioner.volumes.directories import ARCHIVE_DIR, remove_tree, set_top_mode, validate_name
 
 log = logging.getLogger(__name__)
 
@@ -200,11 +200,8 @@ class FilesystemVolumes:
         path = self.mount(name, fs_type=fs_type)
         if clone_of is not None and fs_type == "xfs" and self.needs_growth(name, size, fs_type):
             self.grow(name, size=size, fs_type=fs_type)  # the copy is the source's size; XFS grows mounted
-        mode = MODE_OPEN if gid is None else MODE_GROUP
         try:
-            if gid is not None:
-                os.chown(path, -1, gid)
-            os.chmod(path, mode)
+            set_top_mode(path, gid)
         except OSError as e:
             raise FilesystemError(f"cannot set owner/mode of {path}: {e.strerror}") from e
         return path
