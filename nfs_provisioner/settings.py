@@ -250,8 +250,6 @@ def warnings(s: Settings) -> list[str]:
         # The Go provisioner refuses this; a warning keeps a manifest that sets both working.
         out.append(f"--grace-period {s.grace_period} has no effect with --run-server=false: the grace period is "
                    "the NFS server's, and this process does not run that server")
-    if not s.nfsv3 and not s.nfsv3_locking:
-        out.append("--nfsv3-locking=false has no effect with --nfsv3=false: NFSv4 has its own locks, always on")
     return out
 
 

@@ -7,6 +7,8 @@ kernel client's view of it is measured in tests/uml_kclient.py (step ``grace_and
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 import time
@@ -19,8 +21,9 @@ from nfs_provisioner import settings as settings_mod
 from nfs_provisioner.ganesha import config
 from nfs_provisioner.ganesha.server import GaneshaServer
 from nfs_provisioner.ganesha.settings import Ports, ServerSettings
-from tests import nfs42_client
+from tests import kubecluster, nfs42_client
 from tests.ganesha_env import Harness
+from tests.helm_env import CHART, Helm
 
 ALLOWED = "10.79.0.1"
 GRACE = 30
@@ -58,9 +61,8 @@ def test_nfsv3_locking_flag_and_env() -> None:
     assert cli.parse([*base, "--nfsv3-locking=false"], {}).nfsv3_locking is False
     env = {"NFS_PROVISIONER_NFSV3_LOCKING": "false"}
     assert cli.parse(base, env).nfsv3_locking is False
-    v4 = settings_mod.Settings(nfsv3=False, nfsv3_locking=False)
-    assert any("--nfsv3-locking=false has no effect" in w for w in settings_mod.warnings(v4))
-    assert not settings_mod.warnings(settings_mod.Settings(nfsv3=True, nfsv3_locking=False))
+    # Helm passes it with --nfsv3=false too: no warning for that.
+    assert not settings_mod.warnings(settings_mod.Settings(nfsv3=False, nfsv3_locking=False))
 
 
 def reclaim(h: Harness, srv: GaneshaServer, netns: Path | None) -> None:
@@ -131,3 +133,40 @@ def test_d24_nfsv3_without_nlm_grace_ends_once_reclaimed_and_with_nlm_it_does_no
     assert set(srv.helper_pids()) == {"dbus-daemon", "rpcbind", "rpc.statd"}
     assert lifted is None, f"with NLM Ganesha ended grace {lifted} s after reclaim"
     assert srv.dbus.get_grace() is True
+
+
+def workload_args(cluster: kubecluster.Cluster, namespace: str, name: str) -> list[str]:
+    sts = json.loads(cluster.kubectl("get", "statefulset", name, "-n", namespace, "-o", "json").stdout)
+    (c,) = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "nfs-provisioner"]
+    return list(c["args"])
+
+
+@pytest.mark.helm
+@pytest.mark.kube
+def test_helm_upgrade_keeps_nlm_and_a_new_install_serves_nfsv3_without_it(
+        tmp_path: Path, cluster: kubecluster.Cluster, namespace: str) -> None:
+    """``nfsv3Locking`` unset: a new install runs --nfsv3-locking=false; an upgrade keeps what the release's
+    workload runs with, and a release made by a chart before the value (no such argument) keeps NLM. Installed
+    without waiting (no node needed: only the StatefulSet's arguments are read)."""
+    helm = Helm(tmp_path, kubeconfig=cluster.kubeconfig)
+    old = tmp_path / "old-chart"
+    shutil.copytree(CHART, old)
+    pod = old / "templates" / "_pod.tpl"
+    pod.write_text("".join(line for line in pod.read_text().splitlines(keepends=True)
+                           if "--nfsv3-locking" not in line))  # the chart as it was before the value
+    releases = {"before": old, "fresh": CHART}
+    try:
+        for release, chart in releases.items():
+            helm("install", release, str(chart), "-n", namespace)
+        assert not [a for a in workload_args(cluster, namespace, "before-nfs-provisioner") if "locking" in a]
+        assert "--nfsv3-locking=false" in workload_args(cluster, namespace, "fresh-nfs-provisioner")
+        for release in releases:
+            helm("upgrade", release, str(CHART), "-n", namespace, "--set", "gracePeriod=60")
+        before = workload_args(cluster, namespace, "before-nfs-provisioner")
+        assert "--nfsv3-locking=true" in before and "--grace-period=60" in before, "the upgrade dropped NLM"
+        assert "--nfsv3-locking=false" in workload_args(cluster, namespace, "fresh-nfs-provisioner")
+        helm("upgrade", "before", str(CHART), "-n", namespace, "--reuse-values", "--set", "nfsv3Locking=false")
+        assert "--nfsv3-locking=false" in workload_args(cluster, namespace, "before-nfs-provisioner")
+    finally:
+        for release in releases:
+            helm("uninstall", release, "-n", namespace, check=False)
