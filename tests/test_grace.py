@@ -49,8 +49,8 @@ def test_nfsv3_without_nlm_turns_nlm_off_and_keeps_v3(tmp_path: Path) -> None:
 @pytest.mark.unit
 def test_lease_paces_the_reaper_that_ends_grace(tmp_path: Path) -> None:
     """Lease_Lifetime < 20 makes Ganesha's reaper (the only thread that ends grace early) run every lease/2 s
-    instead of every 10 s: 8 s lets grace end within 4 s of the last RECLAIM_COMPLETE."""
-    assert "Lease_Lifetime = 8;" in main_config(tmp_path, grace_period=90)
+    instead of every 10 s: 6 s lets grace end within 3 s of the last RECLAIM_COMPLETE."""
+    assert "Lease_Lifetime = 6;" in main_config(tmp_path, grace_period=90)
     assert "Lease_Lifetime = 5;" in main_config(tmp_path, grace_period=5), "still capped by a shorter grace"
 
 
@@ -96,10 +96,10 @@ def restart_and_reclaim(h: Harness, kw: dict[str, object], netns: Path | None) -
 
 @pytest.mark.ganesha
 def test_d24_nfsv4_only_grace_ends_once_the_recorded_client_reclaimed(h: Harness) -> None:
-    """NFSv4 only: the restart's 30 s grace period ends within one reaper period (4 s with the 8 s lease; with
+    """NFSv4 only: the restart's 30 s grace period ends within one reaper period (3 s with the 6 s lease; with
     Ganesha's 60 s lease it was up to 10 s) of the only recorded client's RECLAIM_COMPLETE."""
     srv, lifted = restart_and_reclaim(h, {"grace_period": GRACE}, None)
-    assert lifted is not None and lifted <= 4.5, f"grace not lifted within 4.5 s of reclaim: {lifted}"
+    assert lifted is not None and lifted <= 3.5, f"grace not lifted within 3.5 s of reclaim: {lifted}"
     log = srv.settings.log_path.read_text(errors="replace")
     assert "reclaim complete(1) clid count(1)" in log and "NOT IN GRACE" in log
 
@@ -116,7 +116,7 @@ def test_d24_nfsv3_without_nlm_grace_ends_once_reclaimed_and_with_nlm_it_does_no
     rpcinfo = subprocess.run(["nsenter", f"--net={ns.path}", "rpcinfo", "-p", "127.0.0.1"],
                              capture_output=True, text=True, check=True).stdout
     assert " nfs" in rpcinfo and "mountd" in rpcinfo and "nlockmgr" not in rpcinfo and "status" not in rpcinfo
-    assert lifted is not None and lifted <= 4.5, f"grace not lifted within 4.5 s of reclaim: {lifted}"
+    assert lifted is not None and lifted <= 3.5, f"grace not lifted within 3.5 s of reclaim: {lifted}"
     srv.stop()
     # A statd host from an earlier run with NLM is nothing to reclaim without it: that start has no grace.
     for sub in ("v4recov", "v4old"):

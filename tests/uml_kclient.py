@@ -450,6 +450,9 @@ class Flow(uml_appliance.Flow):
         on at once, but the lock is lost (EIO; the kernel client marks the state lost rather than risk a
         conflicting write) and a new open and lock go on."""
         out: dict[str, Any] = {}
+        kube_config = REPO / "deploy" / "kube-config"  # the example claim (made by the classic step, if it ran)
+        self.kubectl("apply", "-f", str(kube_config / "class.yaml"), "-f", str(kube_config / "claim.yaml"),
+                     "-n", "default")
         pv = self.volume("nfs")
         lines = []
         for case, flags in FAILOVER_CASES.items():
@@ -470,8 +473,13 @@ class Flow(uml_appliance.Flow):
         this case's holder is recorded), ended by ``sig``, then started with ``--grace-period=grace``."""
         server_file = Path(pv["spec"]["nfs"]["path"]) / "locked"
         url = f"nfs://127.0.0.1{pv['spec']['nfs']['path']}/locked?version=4"
-        # Graceless first: no client recorded by an earlier case (libnfs leaves its record behind) is waited for.
+        # Only this case's holder recorded: every libnfs probe of an earlier case is a client of its own,
+        # recorded when its id was confirmed (even when its OPEN got NFS4ERR_GRACE), that never reclaims; a
+        # graceless start keeps such records. On a node the clients are its kernel's, which come back.
         self.stop_appliance()
+        for top in ("v4recov", "v4old"):
+            for record in (self.export / ".ganesha" / "recovery" / top).glob("*"):
+                shutil.rmtree(record) if record.is_dir() else record.unlink()
         self.start_appliance(extra=[*flags, "--grace-period=0"])
         with self.mounted(pv) as mnt:
             holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(mnt / "locked")],
