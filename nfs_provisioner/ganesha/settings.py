@@ -95,8 +95,8 @@ class ServerSettings:
     reaper, the only thread that ends a grace period early: it runs every ``min(10, lease // 2)`` seconds
     (nfs_reaper_thread.c; 9.14 alike), so 6 s lets grace end within 3 s of the last client's
     RECLAIM_COMPLETE (with Ganesha's own 60: up to 10 s; with 8, 3.8-4.4 s from serving to another
-    client's open through the kernel client, too close to the 5 s aimed at). Clients renew every 2/3 of it when idle, and
-    notice a restart as soon; a client silent for longer than the lease stays "courteous" (its state kept
+    client's open through the kernel client, too close to the 5 s aimed at). Clients renew every 2/3 of it
+    when idle, and notice a restart as soon; a client silent for longer than the lease stays "courteous" (its state kept
     until another client conflicts, up to Expired_Client_Threshold = 16 such clients)."""
     device_based_fsids: bool = True
     """``fsid_device`` in NFS_CORE_PARAM."""
