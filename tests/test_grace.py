@@ -19,10 +19,11 @@ import pytest
 from nfs_provisioner import cli
 from nfs_provisioner import settings as settings_mod
 from nfs_provisioner.ganesha import config
+from nfs_provisioner.ganesha.exports import ExportRequest
 from nfs_provisioner.ganesha.server import GaneshaServer
 from nfs_provisioner.ganesha.settings import Ports, ServerSettings
 from tests import kubecluster, nfs42_client
-from tests.ganesha_env import Harness
+from tests.ganesha_env import Client, Harness
 from tests.helm_env import CHART, Helm
 
 ALLOWED = "10.79.0.1"
@@ -118,6 +119,11 @@ def test_d24_nfsv3_without_nlm_grace_ends_once_reclaimed_and_with_nlm_it_does_no
     programs = {line.split()[4] for line in rpcinfo.splitlines()[1:] if len(line.split()) >= 5}
     assert {"portmapper", "nfs", "mountd", "rquotad"} <= programs and not {"nlockmgr", "status"} & programs
     assert lifted is not None and lifted <= 3.5, f"grace not lifted within 3.5 s of reclaim: {lifted}"
+    vol = h.volume("v3", content={"f": b"served over NFSv3 without NLM\n"})
+    srv.exports.add(ExportRequest(name="v3", path=vol, clients=("*",)))
+    v3 = Client(host=ALLOWED, version=3, netns=ns.path)
+    assert v3.cat(vol / "f").stdout == b"served over NFSv3 without NLM\n"
+    assert v3.put(b"written", vol / "g").returncode == 0 and (vol / "g").read_bytes() == b"written"
     srv.stop()
     # A statd host from an earlier run with NLM is nothing to reclaim without it: that start has no grace.
     for sub in ("v4recov", "v4old"):
