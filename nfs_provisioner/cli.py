@@ -112,6 +112,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("nfs-bind-address", "nfs_bind_address", _optional_str, "address Ganesha listens on (default all)"),
     Flag("nfs-port", "nfs_port", parse_int, "NFS port (default 2049)"),
     Flag("nfsv3", "nfsv3", parse_bool, "serve NFSv3 too, with rpcbind and rpc.statd (default true)"),
+    Flag("nfsv3-locking", "nfsv3_locking", parse_bool,
+         "with --nfsv3: NLM locks (rpc.statd); false = v3 clients mount with nolock and a restart's grace ends "
+         "as soon as NFSv4 clients have reclaimed (default true)"),
     Flag("metrics-address", "metrics_address", str, "host:port for /metrics and health, '' = off (default :9090)"),
     Flag("kube-api-qps", "kube_api_qps", parse_float, "client QPS to the API server (default 1000)"),
     Flag("kube-api-burst", "kube_api_burst", parse_int, "client burst to the API server (default 2000)"),

@@ -81,6 +81,11 @@ class Settings:
     nfsv3: bool = True
     """Serve NFSv3 as well as v4 (starts rpcbind on port 111 and rpc.statd on 662; needs its own network
     namespace, i.e. a pod). Turn off to serve NFSv4 only, e.g. out of cluster on a shared host."""
+    nfsv3_locking: bool = True
+    """With NFSv3: serve its lock protocol NLM (and rpc.statd). NLM keeps every restart's grace period at its
+    full length (Ganesha cannot tell when NLM clients are done); false serves NFSv3 without locks (clients
+    mount with ``nolock``; their locks are only local to each client) and lets grace end once every NFSv4.1+
+    client has reclaimed. No effect without ``nfsv3``."""
     metrics_address: str = ":9090"
     """host:port of the HTTP endpoint serving /metrics, /healthz and /readyz; empty disables it."""
     kube_api_qps: float = 1000.0

@@ -85,7 +85,10 @@ class ReadPlus:
 
 
 class Client:
-    def __init__(self, *, host: str, port: int, timeout: float = 10.0) -> None:
+    def __init__(self, *, host: str, port: int, timeout: float = 10.0, owner: bytes | None = None) -> None:
+        """``owner``: the client owner (verifier + id) to present; the same one after a server restart is the
+        same client, whose record lets it reclaim (default: a new client each time)."""
+        self.owner = owner or os.urandom(8) + b"nfsp-read-plus-" + os.urandom(4).hex().encode()
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.xid = int.from_bytes(os.urandom(4), "big")
         self.session = b""
@@ -147,7 +150,7 @@ class Client:
     # --- session -----------------------------------------------------------------------------------------------
 
     def _exchange_and_create_session(self) -> None:
-        owner = Packer().fixed(os.urandom(8)).opaque(b"nfsp-read-plus-" + os.urandom(4).hex().encode())
+        owner = Packer().fixed(self.owner[:8]).opaque(self.owner[8:])
         args = owner.u32(0).u32(0).u32(0).bytes()  # flags, SP4_NONE, no impl id
         u = self._compound([(OP_EXCHANGE_ID, args)])
         self._status(u, OP_EXCHANGE_ID)

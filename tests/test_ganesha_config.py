@@ -59,7 +59,7 @@ def test_packaged_templates_are_found_and_main_config_carries_the_settings(tmp_p
 def test_nfsv4_only_and_grace_zero_is_graceless(tmp_path: Path) -> None:
     text = config.Templates().render_main(settings(tmp_path, grace_period=0), export_index=Path("/x/i.conf"))
     assert "Protocols = 4;" in text and "Enable_NLM = false;" in text and "MNT_Port" not in text
-    assert "Graceless = true;" in text and "Lease_Lifetime = 60;" in text
+    assert "Graceless = true;" in text and "Lease_Lifetime = 6;" in text
     assert "fsid_device = true;" in text
     assert "Dbus_Name_Prefix" not in text
 

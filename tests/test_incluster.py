@@ -180,11 +180,12 @@ def test_pod_yaml_alone_gives_a_working_provisioner(cluster: kubecluster.Cluster
     nfs_roundtrip(node, pod.status.pod_ip, pv.spec.nfs.path, version=4)
     nfs_roundtrip(node, pod.status.pod_ip, pv.spec.nfs.path, version=3, name="v3")
 
-    # Defaults as shipped: NFSv3 with rpcbind and statd inside the pod.
+    # Defaults as shipped: NFSv3 with rpcbind inside the pod, without NLM (--nfsv3-locking=false: no statd).
     rpc = node.ns(["rpcinfo", "-p", pod.status.pod_ip])
     assert rpc.returncode == 0, rpc.stderr
     programs = {line.split()[4] for line in rpc.stdout.splitlines()[1:] if len(line.split()) >= 5}
-    assert {"portmapper", "nfs", "mountd", "nlockmgr", "status", "rquotad"} <= programs, rpc.stdout
+    assert {"portmapper", "nfs", "mountd", "rquotad"} <= programs, rpc.stdout
+    assert not {"nlockmgr", "status"} & programs, rpc.stdout
     shown = node.ns(["showmount", "-e", pod.status.pod_ip])
     assert shown.returncode == 0 and pv.spec.nfs.path in shown.stdout, shown
 

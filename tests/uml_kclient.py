@@ -15,12 +15,14 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import traceback
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +44,16 @@ NFS_KERNEL_SERVER = Path(os.environ.get("NFSP_CACHE_DIR", Path.home() / ".cache"
 """exportfs, rpc.nfsd and rpc.mountd, unpacked by hack/install-deps."""
 GRACE = 90
 """Seconds of grace in the grace step: the default of --grace-period."""
+FAILOVER_CASES = {
+    "nfsv4-only": ("--nfsv3=false",),
+    "nfsv3-without-nlm": ("--nfsv3=true", "--nfsv3-locking=false"),
+    "nfsv3-with-nlm": ("--nfsv3=true", "--nfsv3-locking=true"),
+}
+"""The ways of serving NFSv3 whose failover the grace step measures (each after SIGKILL and SIGTERM)."""
+FAST_CASES = ("nfsv4-only", "nfsv3-without-nlm")
+"""Without NLM: grace ends once every recorded client has reclaimed."""
+FAST_OPEN = 5.0
+"""Seconds from Ganesha serving again to another client's first new open, at most, without NLM."""
 USER, OTHER, GROUP = 1000, 1001, 4321
 OWN_NAMES = (".ganesha", ".volumes", ".provisioning", ".nfs-provisioner.lock", ".archive")
 """What the export root holds besides volumes: never visible to a client."""
@@ -427,102 +439,150 @@ class Flow(uml_appliance.Flow):
 
 
     def grace(self) -> dict[str, Any]:
-        """A client holding an fcntl lock across a restart reclaims it during the grace period (the default
-        90 s); another client (libnfs, a different NFSv4 client id) gets NFS4ERR_GRACE until grace ends and
-        opens then. Without grace the others go on at once and the lock is lost: its holder's next write
-        fails with EIO (the kernel client marks the state lost rather than risk a conflicting write) and a
-        new open and lock go on. Measured from the kill (SIGTERM): the seconds until the holder's first
-        successful write and until the other client's first successful open."""
+        """Failover as clients see it, for each way of serving NFSv3 (``FAILOVER_CASES``) and each way the
+        appliance ends (SIGKILL of it and everything it started, as a pod's death; SIGTERM), at the default
+        grace period: a kernel client holding an fcntl lock across the restart reclaims it and writes on;
+        another client (libnfs, a different NFSv4 client id) gets NFS4ERR_GRACE until grace ends. Without NLM
+        Ganesha ends grace as soon as every recorded client has sent RECLAIM_COMPLETE (its reaper checks every
+        ``min(10, Lease_Lifetime / 2)`` s): the other client opens within ``FAST_OPEN`` s of Ganesha serving
+        again and the log shows the lift by reclaim (``reclaim complete(N) clid count(N)``), not by the
+        timeout; with NLM it waits for the whole period. Then the graceless case (--grace-period=0): others go
+        on at once, but the lock is lost (EIO; the kernel client marks the state lost rather than risk a
+        conflicting write) and a new open and lock go on."""
         out: dict[str, Any] = {}
+        kube_config = REPO / "deploy" / "kube-config"  # the example claim (made by the classic step, if it ran)
+        self.kubectl("apply", "-f", str(kube_config / "class.yaml"), "-f", str(kube_config / "claim.yaml"),
+                     "-n", "default")
         pv = self.volume("nfs")
+        lines = []
+        for case, flags in FAILOVER_CASES.items():
+            for sig in (signal.SIGKILL, signal.SIGTERM):
+                r = out[f"{case} {sig.name}"] = self.failover(pv, case, list(flags), sig, GRACE)
+                lines.append(r["line"])
+                print(r["line"], flush=True)
+        r = out["graceless SIGTERM"] = self.failover(pv, "graceless", ["--nfsv3=true"], signal.SIGTERM, 0)
+        lines.append(r["line"])
+        out["lines"] = lines
+        self.stop_appliance()
+        self.start_appliance()  # the appliance runs on as FLAGS has it
+        return out
+
+    def failover(self, pv: dict[str, Any], case: str, flags: list[str], sig: signal.Signals,
+                 grace: int) -> dict[str, Any]:
+        """One restart with ``flags`` (a previous run with the same flags and no grace period, so that only
+        this case's holder is recorded), ended by ``sig``, then started with ``--grace-period=grace``."""
         server_file = Path(pv["spec"]["nfs"]["path"]) / "locked"
         url = f"nfs://127.0.0.1{pv['spec']['nfs']['path']}/locked?version=4"
-        # Back to the defaults first (the appliance may run with another --device-based-fsids, whose change
-        # would make every handle stale); its own grace period (FLAGS: none) does not matter: the lock is
-        # taken before the restart, and the restart is made with the grace period under test.
+        # Only this case's holder recorded: every libnfs probe of an earlier case is a client of its own,
+        # recorded when its id was confirmed (even when its OPEN got NFS4ERR_GRACE), that never reclaims; a
+        # graceless start keeps such records. On a node the clients are its kernel's, which come back.
         self.stop_appliance()
-        self.start_appliance()
-        for grace in (GRACE, 0):
-            with self.mounted(pv) as mnt:
-                holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(mnt / "locked")],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for top in ("v4recov", "v4old"):
+            for record in (self.export / ".ganesha" / "recovery" / top).glob("*"):
+                shutil.rmtree(record) if record.is_dir() else record.unlink()
+        self.start_appliance(extra=[*flags, "--grace-period=0"])
+        with self.mounted(pv) as mnt:
+            holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(mnt / "locked")],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert holder.stdin is not None and holder.stdout is not None
+
+            def ask(line: str) -> list[str]:
                 assert holder.stdin is not None and holder.stdout is not None
+                holder.stdin.write(line + "\n")
+                holder.stdin.flush()
+                return holder.stdout.readline().split()
+            try:
+                assert holder.stdout.readline().strip() == "locked"
+                assert ask("before")[:1] == ["ok"], "the holder could not write before the restart"
+                assert self.server_locks(server_file), "the lock is not held on the server"
+                glog = self.export / ".ganesha" / "ganesha.log"
+                offset = glog.stat().st_size
+                killed = time.monotonic()
+                self.stop_appliance(sig)
+                self.start_appliance(extra=[*flags, f"--grace-period={grace}"], wait=False)
 
-                def ask(line: str, holder: subprocess.Popen[str] = holder) -> list[str]:
-                    assert holder.stdin is not None and holder.stdout is not None
-                    holder.stdin.write(line + "\n")
-                    holder.stdin.flush()
-                    return holder.stdout.readline().split()
-                try:
-                    assert holder.stdout.readline().strip() == "locked"
-                    before = self.server_locks(server_file)
-                    assert before, "the lock is not held on the server"
-                    glog = self.export / ".ganesha" / "ganesha.log"
-                    offset = glog.stat().st_size
-                    killed = time.monotonic()
-                    self.stop_appliance()
-                    self.start_appliance(extra=[f"--grace-period={grace}"], wait=False)
-
-                    def since(glog: Path = glog, offset: int = offset) -> str:
-                        with glog.open("rb") as f:
-                            f.seek(offset)
-                            return f.read().decode(errors="replace")
-                    self.until(lambda: "NFS SERVER INITIALIZED" in since(), "Ganesha to serve again")
-                    serving = round(time.monotonic() - killed, 2)
-                    # The other client opens as soon as Ganesha serves, then again each second until it can.
-                    other = self.sh("nfs-cat", url, check=False, timeout=60)
-                    first_other = "ok" if other.returncode == 0 else other.stderr.strip()[-160:]
-                    log_at_first_other = since()
-                    other_open_s = round(time.monotonic() - killed, 2) if other.returncode == 0 else None
-                    self.wait_ready()
-                    answer = ask("after restart")
-                    holder_io_s = round(time.monotonic() - killed, 2) if answer[:1] == ["ok"] else None
-                    first_holder = answer
-                    if holder_io_s is None:  # the lock is lost: a new open and lock go on
-                        answer = ask("reopen")
-                        if answer[:1] == ["ok"]:
-                            holder_io_s = round(time.monotonic() - killed, 2)
-                    refused = 1 if other_open_s is None else 0
-                    deadline = time.monotonic() + grace + 60
-                    while other_open_s is None and time.monotonic() < deadline:
-                        time.sleep(1)
+                def since() -> str:
+                    with glog.open("rb") as f:
+                        f.seek(offset)
+                        return f.read().decode(errors="replace")
+                self.until(lambda: "NFS SERVER INITIALIZED" in since(), "Ganesha to serve again", timeout=180)
+                serving_at = time.monotonic()
+                # The other client opens as soon as Ganesha serves, then again every half second until it can;
+                # the holder writes once the appliance is ready (its kernel client reclaims on its own as soon
+                # as it reconnects: its lease renewal, every 2/3 of the lease, retries through the restart).
+                other = self.sh("nfs-cat", url, check=False, timeout=60)
+                first_other = "ok" if other.returncode == 0 else other.stderr.strip()[-160:]
+                opened_at = time.monotonic() if other.returncode == 0 else None
+                log_at_open = since() if opened_at else ""
+                refused = 0 if opened_at else 1
+                holder_at: float | None = None
+                first_holder: list[str] = []
+                answer: list[str] = []
+                deadline = serving_at + grace + 60
+                while time.monotonic() < deadline and (opened_at is None or holder_at is None):
+                    if holder_at is None and not first_holder and self.ready():
+                        answer = first_holder = ask("after restart")
+                        if answer[:1] != ["ok"]:  # the lock is lost: a new open and lock go on
+                            answer = ask("reopen")
+                        holder_at = time.monotonic() if answer[:1] == ["ok"] else None
+                    if opened_at is None:
+                        time.sleep(0.5)
                         other = self.sh("nfs-cat", url, check=False, timeout=60)
                         if other.returncode == 0:
-                            other_open_s = round(time.monotonic() - killed, 2)
+                            opened_at, log_at_open = time.monotonic(), since()
                         else:
                             refused += 1
-                    log = since()
-                    r = out[f"grace={grace}"] = {
-                        "seconds_from_kill_to_ganesha_serving": serving,
-                        "holder_first_write_after_restart": first_holder,
-                        "holder_after_reopen": answer if first_holder[:1] != ["ok"] else None,
-                        "seconds_from_kill_to_holder_first_successful_write": holder_io_s,
-                        "other_client_first_open": first_other,
-                        "other_client_opens_refused": refused,
-                        "seconds_from_kill_to_other_client_first_open": other_open_s,
-                        "lock_on_server_after": bool(self.server_locks(server_file)),
-                        "grace_started": "Now IN GRACE" in log,
-                        "grace_lifted_before_first_other_open": "Now NOT IN GRACE" in log_at_first_other,
-                        "grace_lifted": "Now NOT IN GRACE" in log,
-                    }
-                    assert holder_io_s is not None and other_open_s is not None, out
-                    if grace:  # reclaimed: the holder goes on, others wait for the end of grace
-                        assert first_holder[:1] == ["ok"], out
-                        assert r["lock_on_server_after"], "the lock was not reclaimed"
-                        assert r["grace_started"], log[-2000:]
-                        # Refused while in grace; it may open only once the log says grace is over
-                        # (lifted early when every recorded client has reclaimed).
-                        assert "NFS4ERR_GRACE" in first_other or r["grace_lifted_before_first_other_open"], (
-                            f"another client opened during the {grace}s grace period:\n{log[-2000:]}")
-                        assert r["grace_lifted"], log[-2000:]
-                    else:  # graceless: others go on at once, the lock is lost and its holder gets EIO
-                        assert first_holder[:2] == ["error", str(errno.EIO)], out
-                        assert first_other == "ok", out
-                        assert not r["grace_started"], log[-2000:]
-                finally:
-                    holder.stdin.close()
-                    holder.wait(30)
-        return out  # the appliance runs on with --grace-period=0, as FLAGS has it
+                    elif holder_at is None:
+                        time.sleep(0.3)
+                log = since()
+                checks = re.findall(r"reclaim complete\((\d+)\) clid count\((\d+)\)", log_at_open)
+                r = {
+                    "flags": flags, "signal": sig.name, "grace_period": grace,
+                    "seconds_kill_to_serving": round(serving_at - killed, 2),
+                    "seconds_serving_to_other_client_first_open":
+                        round(opened_at - serving_at, 2) if opened_at else None,
+                    "seconds_kill_to_holder_first_successful_write":
+                        round(holder_at - killed, 2) if holder_at else None,
+                    "holder_first_write_after_restart": first_holder,
+                    "holder_after_reopen": answer if first_holder[:1] != ["ok"] else None,
+                    "other_client_first_open": first_other,
+                    "other_client_opens_refused": refused,
+                    "lock_on_server_after": bool(self.server_locks(server_file)),
+                    "grace_started": "Now IN GRACE" in log,
+                    "grace_lifted_before_first_other_open": "Now NOT IN GRACE" in log_at_open,
+                    "reaper_checks_before_first_other_open": checks[-3:],
+                }
+                r["line"] = (f"failover {case} {sig.name}: kill->serving {r['seconds_kill_to_serving']} s, "
+                             f"serving->first new open {r['seconds_serving_to_other_client_first_open']} s, "
+                             f"holder write {r['seconds_kill_to_holder_first_successful_write']} s")
+                assert holder_at is not None and opened_at is not None, r
+                if grace:  # reclaimed: the holder keeps its lock and goes on
+                    assert first_holder[:1] == ["ok"], r
+                    assert r["lock_on_server_after"], f"the lock was not reclaimed: {r}"
+                    assert r["grace_started"], log[-2000:]
+                    assert "NFS4ERR_GRACE" in first_other or r["grace_lifted_before_first_other_open"], (
+                        f"another client opened during the grace period:\n{log[-2000:]}")
+                    if case in FAST_CASES:  # lifted by reclaim (every recorded client done), not by the timeout
+                        assert checks and checks[-1][0] == checks[-1][1] != "0", (r, log[-3000:])
+                        assert opened_at - serving_at <= FAST_OPEN, (r, log[-3000:])
+                    else:  # NLM: Ganesha waits for the whole period
+                        assert opened_at - serving_at >= grace - 10, (r, log[-3000:])
+                else:  # graceless: others go on at once, the lock is lost and its holder gets EIO
+                    assert first_holder[:2] == ["error", str(errno.EIO)], r
+                    assert first_other == "ok", r
+                    assert not r["grace_started"], log[-2000:]
+                return r
+            finally:
+                holder.stdin.close()
+                holder.wait(30)
+
+    def ready(self) -> bool:
+        """The appliance's /readyz says ready (once, no wait)."""
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:9090/readyz", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
 
     def kernel_server(self) -> dict[str, Any]:
         """--use-ganesha=false --run-server=false: the kernel's nfsd (the kernel's own module) serves a new
@@ -638,6 +698,8 @@ def main() -> int:
     parser.add_argument("--xfs", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--results", type=Path, required=True)
+    parser.add_argument("--steps", default=",".join(STEPS),
+                        help="comma-separated steps to run (by hand: start plus the ones under work)")
     args = parser.parse_args()
     flow = Flow(xfs=args.xfs, work=args.work, flags=FLAGS)
     flow.mounts.mkdir(parents=True, exist_ok=True)
@@ -660,8 +722,10 @@ def main() -> int:
         "kernel_server_mode": flow.kernel_server,
     }
     assert tuple(steps) == STEPS
+    chosen = args.steps.split(",")
+    assert set(chosen) <= set(STEPS) and chosen[0] == "start", f"unknown steps or no start first: {chosen}"
     try:
-        for name, fn in steps.items():
+        for name, fn in ((n, f) for n, f in steps.items() if n in chosen):
             try:
                 flow.step(name, fn)
             except BaseException:  # noqa: BLE001 - recorded; later steps still run unless the start failed

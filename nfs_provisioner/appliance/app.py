@@ -168,7 +168,8 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
         if s.use_ganesha:
             gsettings = ServerSettings(
                 export_root=root, run_dir=run_dir, ports=replace(Ports(), nfs=s.nfs_port),
-                bind_addr=s.nfs_bind_address, nfsv3=s.nfsv3, grace_period=s.grace_period,
+                bind_addr=s.nfs_bind_address, nfsv3=s.nfsv3, nlm=s.nfsv3_locking,
+                grace_period=s.grace_period,
                 device_based_fsids=s.device_based_fsids, template_dir=s.ganesha_templates, clients=clients,
                 dbus_address=None if s.run_server else environ.get("DBUS_SYSTEM_BUS_ADDRESS"),
             )

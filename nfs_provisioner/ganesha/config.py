@@ -313,6 +313,7 @@ class Templates:
                 "ports": settings.ports,
                 "bind_addr": settings.bind_addr,
                 "nfsv3": settings.nfsv3,
+                "nlm": settings.nfsv3 and settings.nlm,
                 "device_based_fsids": settings.device_based_fsids,
                 "dbus_name_prefix": settings.dbus_name_prefix,
                 "grace_period": settings.grace_period,

@@ -7,8 +7,8 @@ Start sequence (``GaneshaServer.start``):
 1. directories under the export root (config, recovery) and the run directory;
 2. a private ``dbus-daemon`` (own config and socket) unless ``dbus_address`` is given;
    wait until it answers ``ListNames`` (Ganesha never reconnects to a late bus);
-3. with NFSv3: ``rpcbind -f -w`` unless one already answers, then ``rpc.statd`` on port 662 (outgoing 2020),
-   started again while its random reserved socket sits on a port Ganesha needs;
+3. with NFSv3: ``rpcbind -f -w`` unless one already answers, then (with NLM) ``rpc.statd`` on port 662
+   (outgoing 2020), started again while its random reserved socket sits on a port Ganesha needs;
 4. the export index rebuilt from the export files;
 5. ganesha.conf rendered for this start (graceless when there is no client state to reclaim), then
    ``ganesha.nfsd -F`` with a bounded RLIMIT_NOFILE, logging to its stderr; ready when its
@@ -331,6 +331,12 @@ class GaneshaServer:
             )
         else:
             log.info("rpcbind already answers on 127.0.0.1; using it")
+        if self.settings.nlm:
+            self._start_statd()
+        else:
+            log.info("NFSv3 without NLM (--nfsv3-locking=false): no rpc.statd; v3 clients mount with nolock")
+
+    def _start_statd(self) -> None:
         p = self.settings.ports
         statd_dir = self.config_dir / "statd"
         (statd_dir / "sm").mkdir(parents=True, exist_ok=True)
@@ -383,14 +389,16 @@ class GaneshaServer:
             for e in entries(self.settings.recovery_path / top):
                 v4 += len(entries(e)) if e.is_dir() and NODE_DIR.fullmatch(e.name) else 1
         nlm = 0
-        if self.settings.nfsv3:
+        if self.settings.nfsv3 and self.settings.nlm:  # without NLM, statd's hosts have nothing to reclaim
             nlm = sum(len(entries(self.config_dir / "statd" / sub)) for sub in ("sm", "sm.bak"))
         return v4, nlm
 
     def _write_main_config(self) -> None:
-        """ganesha.conf for this start. With NFSv3 Ganesha never ends the grace period early (NLM clients
+        """ganesha.conf for this start. With NLM on Ganesha never ends the grace period early (NLM clients
         cannot say they are done), so a start with nothing to reclaim would refuse every new OPEN and lock
-        for the whole period: then this start is graceless. Any recorded client restores the period."""
+        for the whole period: then this start is graceless. Any recorded client restores the period (with
+        NLM off it then ends once every recorded NFSv4.1+ client has reclaimed). Without NLM a start with
+        nothing to reclaim is graceless too: Ganesha would otherwise wait for its reaper's next run."""
         s = self.settings
         grace = s.grace_period
         if grace:

@@ -50,7 +50,7 @@ class Ports:
     rquota: int = 875
     """Rquota_Port (NFSv3 only)."""
     statd: int = 662
-    """rpc.statd's port (NFSv3 only)."""
+    """rpc.statd's port (NFSv3 with NLM only)."""
     statd_outgoing: int = 2020
     """rpc.statd's source port for its notifications (NFSv3 only). Its socket to lockd still takes a random
     reserved port of 127.0.0.1; the server starts statd again when that lands on one of Ganesha's."""
@@ -94,11 +94,22 @@ class ServerSettings:
     bind_addr: str | None = None
     """Address Ganesha binds; None = all (the appliance). Tests use 127.0.0.1."""
     nfsv3: bool = False
-    """Serve NFSv3 too (needs rpcbind and rpc.statd, started by the manager)."""
+    """Serve NFSv3 too (needs rpcbind, started by the manager; and rpc.statd with ``nlm``)."""
+    nlm: bool = True
+    """With ``nfsv3``: serve NLM, NFSv3's lock protocol (rpc.statd is started for it). Ganesha never ends a
+    grace period early while NLM is on (its clients cannot say they are done reclaiming); without it, v3
+    clients must mount with ``nolock`` (their locks are then local to each client) and a grace period ends
+    as soon as every recorded NFSv4.1+ client has sent RECLAIM_COMPLETE. Ignored without ``nfsv3``."""
     grace_period: int = 90
     """NFSv4 grace period in seconds, 0..180; 0 means Graceless (no grace at all)."""
-    lease_lifetime: int = 60
-    """NFSv4 lease in seconds (capped at a non-zero grace period that is smaller)."""
+    lease_lifetime: int = 6
+    """NFSv4 lease in seconds (capped at a non-zero grace period that is smaller). It also paces Ganesha's
+    reaper, the only thread that ends a grace period early: it runs every ``min(10, lease // 2)`` seconds
+    (nfs_reaper_thread.c; 9.14 alike), so 6 s lets grace end within 3 s of the last client's
+    RECLAIM_COMPLETE (with Ganesha's own 60: up to 10 s; with 8, 3.8-4.4 s from serving to another
+    client's open through the kernel client, too close to the 5 s aimed at). Clients renew every 2/3 of it
+    when idle, and notice a restart as soon; a client silent for longer than the lease stays "courteous" (its state kept
+    until another client conflicts, up to Expired_Client_Threshold = 16 such clients)."""
     device_based_fsids: bool = True
     """``fsid_device`` in NFS_CORE_PARAM."""
     dbus_name_prefix: str = ""

@@ -84,3 +84,30 @@ prefix, '/', a name). */}}
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* --nfsv3-locking: the value when set. Unset (null): a new install serves NFSv3 without NLM (a restart's grace
+ends once every NFSv4.1+ client has reclaimed); an upgrade keeps what the release's workload runs with, and a
+workload without the argument (made by a chart before this value) or that cannot be read (--dry-run, helm
+template --is-upgrade) keeps NLM, as it had. docs/appliance.md, "Availability". */}}
+{{- define "nfs-provisioner.nfsv3Locking" -}}
+{{- if kindIs "bool" .Values.nfsv3Locking -}}
+{{ .Values.nfsv3Locking }}
+{{- else if .Release.IsUpgrade -}}
+{{- $locking := "true" -}}
+{{- $old := lookup "apps/v1" .Values.kind .Release.Namespace (include "nfs-provisioner.fullname" .) -}}
+{{- if $old -}}
+{{- range $c := $old.spec.template.spec.containers -}}
+{{- if eq $c.name "nfs-provisioner" -}}
+{{- range $a := $c.args -}}
+{{- if hasPrefix "--nfsv3-locking=" $a -}}
+{{- $locking = trimPrefix "--nfsv3-locking=" $a -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $locking -}}
+{{- else -}}
+false
+{{- end -}}
+{{- end }}

@@ -50,6 +50,7 @@ spec:
         - --export-subnet={{ .Values.exportSubnet }}
         - --max-exports={{ .Values.maxExports }}
         - --nfsv3={{ .Values.nfsv3 }}
+        - --nfsv3-locking={{ include "nfs-provisioner.nfsv3Locking" . }}
         - --device-based-fsids={{ .Values.deviceBasedFsids }}
         - --threadiness={{ .Values.threadiness }}
         - --kube-api-qps={{ .Values.kubeApiQps }}
