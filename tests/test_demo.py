@@ -52,7 +52,7 @@ def run_in_cluster_demo(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
     for expected in ("pod/nfs-provisioner created", "pod/nfs-provisioner condition met",
-                     "persistentvolumeclaim/nfs   Bound", "(the pod's address)", "nlockmgr", "Export list for",
+                     "persistentvolumeclaim/nfs   Bound", "(the pod's address)", "mountd", "Export list for",
                      "copied ", "read back: hello from the in-cluster demo", "deleted", "Done in"):
         assert expected in out, out
     assert "stopped kubelet" in r.stderr, r.stderr[-3000:]
