@@ -317,14 +317,7 @@ class _Copier:
             if e.errno not in _NO_SHARE:
                 raise
         pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(src, pos, os.SEEK_DATA)
-            except OSError as e:
-                if e.errno == errno.ENXIO:  # only a hole is left
-                    break
-                raise
-            end = min(os.lseek(src, start, os.SEEK_HOLE), size)
+        for start, end in data_extents(src, size):
             self.on_bytes(start - pos)
             self._range(src, dst, start, end)
             pos = end
@@ -375,3 +368,19 @@ def _metadata(src: int, dst: int, st: os.stat_result, path: str) -> None:
                 log.debug("copy: extended attribute %s of %s not copied: %s", attr, path or ".", e.strerror)
     os.fchmod(dst, stat.S_IMODE(st.st_mode))
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """The data extents ``(start, end)`` of the first ``size`` bytes of ``fd``, in order (holes are skipped;
+    a filesystem without SEEK_DATA reports the whole file as data)."""
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # only a hole is left
+                return
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, end
+        pos = end

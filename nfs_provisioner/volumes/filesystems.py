@@ -610,22 +610,13 @@ def _sparse_copy(src: int, dst: int) -> None:
     """Copy the data extents of ``src`` into ``dst`` at the same offsets (holes stay holes)."""
     size = os.fstat(src).st_size
     os.ftruncate(dst, size)
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(src, offset, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno == errno.ENXIO:  # only a hole is left
-                return
-            raise
-        end = os.lseek(src, start, os.SEEK_HOLE)
+    for start, end in copying.data_extents(src, size):
         position = start
         while position < end:
             n = os.copy_file_range(src, dst, end - position, position, position)
             if n == 0:
                 break
             position += n
-        offset = end
 
 
 def _exists(path: Path) -> bool:
