@@ -349,6 +349,15 @@ def peak_rss_mib(pid: int) -> float:
     raise AssertionError(f"no VmHWM for pid {pid}")
 
 
+
+def stop_and_clean(appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, cls: str) -> None:
+    """The end of an end-to-end test: the appliance stopped, then every PV of class ``cls`` and the class."""
+    appliance.stop()
+    for pv in core.list_persistent_volume().items:
+        if pv.spec.storage_class_name == cls:
+            remove_pv(core, pv.metadata.name)
+    storage.delete_storage_class(cls)
+
 @e2e
 def test_d9_readyz_fails_while_a_bound_volume_is_not_served_until_fixed_or_deleted(
         appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
@@ -392,11 +401,7 @@ def test_d9_readyz_fails_while_a_bound_volume_is_not_served_until_fixed_or_delet
         wait.until(lambda: readyz_ok(appliance), timeout=60, what=lambda: f"/readyz 200\n{appliance.log()}")
         assert (tmp_path / "secret" / "f").read_text() == "not for clients"
     finally:
-        appliance.stop()
-        for pv in core.list_persistent_volume().items:
-            if pv.spec.storage_class_name == cls:
-                remove_pv(core, pv.metadata.name)
-        storage.delete_storage_class(cls)
+        stop_and_clean(appliance, core, storage, cls)
 
 
 @e2e
@@ -440,11 +445,7 @@ def test_d11_gigabyte_state_files_are_refused_at_start_without_reading_them(
         appliance.start()
         assert appliance.client().ls(vol.spec.nfs.path).returncode == 0
     finally:
-        appliance.stop()
-        for pv in core.list_persistent_volume().items:
-            if pv.spec.storage_class_name == cls:
-                remove_pv(core, pv.metadata.name)
-        storage.delete_storage_class(cls)
+        stop_and_clean(appliance, core, storage, cls)
 
 
 @e2e
@@ -492,11 +493,7 @@ def test_d12_sigkill_between_directory_and_pv_then_a_final_failure_leaves_nothin
         assert sorted(p.name for p in root.iterdir() if p.name.startswith("pvc-")) == \
             [core.read_namespaced_persistent_volume_claim("first", namespace).spec.volume_name]
     finally:
-        appliance.stop()
-        for pv in core.list_persistent_volume().items:
-            if pv.spec.storage_class_name == cls:
-                remove_pv(core, pv.metadata.name)
-        storage.delete_storage_class(cls)
+        stop_and_clean(appliance, core, storage, cls)
 
 
 @e2e
@@ -561,11 +558,7 @@ def test_d14_an_export_file_nobody_recorded_is_not_served_at_any_start(
             assert planted.read_bytes() == before
             assert appliance.stop() == 0
     finally:
-        appliance.stop()
-        for pv in core.list_persistent_volume().items:
-            if pv.spec.storage_class_name == cls:
-                remove_pv(core, pv.metadata.name)
-        storage.delete_storage_class(cls)
+        stop_and_clean(appliance, core, storage, cls)
 
 
 # ---------------------------------------------------------------- D15: a cross-namespace data source dropped
@@ -636,8 +629,4 @@ def test_d15_a_claim_whose_cross_namespace_source_was_dropped_gets_no_empty_volu
         assert core.read_namespaced_persistent_volume_claim("xns", namespace).status.phase == "Pending"
         assert not [e for e in events_for(core, "xns") if e.reason == "ProvisioningSucceeded"]
     finally:
-        appliance.stop()
-        for pv in core.list_persistent_volume().items:
-            if pv.spec.storage_class_name == cls:
-                remove_pv(core, pv.metadata.name)
-        storage.delete_storage_class(cls)
+        stop_and_clean(appliance, core, storage, cls)
