@@ -137,6 +137,11 @@ def atomic_write_many(files: Sequence[tuple[Path, str]], *, durable: bool = True
                 os.unlink(tmp)  # left only by a failure
 
 
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory ``path`` (a rename into or out of it) durable."""
+    _fsync_path(str(path))
+
+
 def _fsync_path(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

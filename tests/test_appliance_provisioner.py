@@ -124,6 +124,27 @@ def test_on_delete_retain_and_archive_keep_the_data(h: Harness, on_delete: str, 
     assert len(found) == 1 and found[0].read_text() == "data"
 
 
+@pytest.mark.parametrize("on_delete", ["retain", "archive", "delete"])
+def test_deletion_retried_after_its_last_step_finds_it_done(h: Harness, on_delete: str) -> None:
+    """A crash after the deletion's last step (the record removed, or retired for ``retain``) and before the PV
+    is deleted makes the controller call delete again: that must succeed and change nothing (it used to raise
+    "no record" forever for a retained volume, whose directory stays: VolumeFailedDelete on every retry)."""
+    a = Appliance(h)
+    pv = claimed(a.p.provision(options(params={"onDelete": on_delete})))
+    (a.root / "pvc-1" / "f").write_text("data")
+    a.p.delete(pv)
+    before = sorted(str(p.relative_to(a.root)) for p in a.root.rglob("*") if ".ganesha" not in p.parts)
+    assert a.p.delete(pv) is None  # the retry after the crash
+    assert sorted(str(p.relative_to(a.root)) for p in a.root.rglob("*") if ".ganesha" not in p.parts) == before
+    if on_delete == "retain":
+        assert (a.root / "pvc-1" / "f").read_text() == "data"
+        other = copy.deepcopy(pv)  # another claim's PV of the same name is not the one retired here
+        other["spec"]["claimRef"]["uid"] = "someone-else"
+        with pytest.raises(RuntimeError, match="no record"):
+            a.p.delete(other)
+        assert (a.root / "pvc-1" / "f").read_text() == "data"
+
+
 @pytest.mark.parametrize(
     ("opts", "message"),
     [
@@ -254,7 +275,8 @@ def test_delete_removes_only_what_this_appliance_made_for_that_pv(h: Harness) ->
     with pytest.raises(RuntimeError, match=r"no record of creating volume victimdir .*refusing to delete"):
         a.p.delete(forged("victimdir", "no-such-claim"))
     with pytest.raises(RuntimeError, match=r"no record of creating volume pvc-kept"):
-        a.p.delete(forged("pvc-kept", "kept"))
+        a.p.delete(forged("pvc-kept", "another-claim"))
+    assert a.p.delete(forged("pvc-kept", "kept")) is None  # its own PV again (a retry): done already, kept
     with pytest.raises(RuntimeError, match=r"made for claim ns/claim \(uid victim\).*uid other"):
         a.p.delete(forged("pvc-victim", "other"))
     assert snapshot(a.root) == before

@@ -536,6 +536,8 @@ class NFSProvisioner(Provisioner):
         if record is not None and record.filesystem is not None and self.filesystems is not None:
             path = self.filesystems.path_for(name)
         if record is None:
+            if self._retired(name, claim_uid=claim_uid, identity=owner):
+                return None  # a crash after the data was kept, before the PV was deleted
             if not self.directories.exists(name) and not self.exporter.has(name):
                 log.info("volume %s: no record, no directory, no export: nothing to delete", name)
                 return None  # e.g. a crash after the record was removed, before the PV was
@@ -566,13 +568,30 @@ class NFSProvisioner(Provisioner):
         else:
             self.directories.delete(name)
             done = f"deleted {path}"
-        self.records.remove(name)  # last: until the directory is gone (or kept aside), it proves it is a volume
+        self._let_go(name, on_delete)  # last: until the directory is gone (or kept aside), it proves it is a volume
         if decision.warning is None:
             log.info("volume %s: onDelete=%s, %s", name, on_delete, done)
             return None
         log.warning("volume %s: %s; %s", name, decision.warning, done)
         return Notice(ON_DELETE_POLICY, f"{decision.warning}; {done}")
 
+
+    def _let_go(self, name: str, on_delete: str) -> None:
+        """The last step of a deletion: the record goes, or, when the data was kept (``retain``), moves aside
+        (:meth:`VolumeRecords.retire`) so that a retry of this deletion knows the data is no longer a volume."""
+        if on_delete == "retain":
+            self.records.retire(name)
+        else:
+            self.records.remove(name)
+
+    def _retired(self, name: str, *, claim_uid: str, identity: str) -> bool:
+        """Whether this PV's volume was already deleted here with its data kept (its retired record matches)."""
+        retired = self.records.read_retired(name)
+        if retired is None or retired.mismatch(pv_name=name, claim_uid=claim_uid, identity=identity,
+                                               path=retired.path) is not None:
+            return False
+        log.info("volume %s: already deleted with its data kept at %s (retain); nothing more to do", name, retired.path)
+        return True
 
     def _delete_filesystem(self, name: str, decision: ondelete.Decision) -> Notice | None:
         """Unexport, then unmount and delete, retain or archive the image as ``decision`` says (the one rule of
@@ -606,7 +625,7 @@ class NFSProvisioner(Provisioner):
                 done = f"image kept as {filesystems.retain(name)} (unmounted; no longer a volume)"
         except fs_mod.FilesystemError as e:
             raise RuntimeError(str(e)) from e
-        self.records.remove(name)
+        self._let_go(name, on_delete)
         if decision.warning is None:
             log.info("volume %s: onDelete=%s, %s", name, on_delete, done)
             return None

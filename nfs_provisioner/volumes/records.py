@@ -6,8 +6,8 @@ deleting it does with the data (the class's ``onDelete``, decided then; see
 ``nfs_provisioner.volumes.ondelete`` for how it is used). It is
 written (fsynced) *before* the directory is created and removed only *after*
 the directory is gone (deleted or archived) or has stopped being a volume
-(retained), so at every crash point between those steps a directory that is a
-volume has a record. Deleting requires the PV to match the record (name,
+(retained: the record then moves to ``.retired/``), so at every crash point
+between those steps a directory that is a volume has a record. Deleting requires the PV to match the record (name,
 ``spec.claimRef.uid``, identity): annotations and names on a PV are only what
 someone wrote, the record is what this appliance did.
 
@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 RECORDS_DIR = ".volumes"
 """Under the export root: one record per volume."""
+RETIRED_DIR = ".retired"
+"""Under the records directory: the records of volumes deleted with their data kept (``retain``), moved there by
+one rename as the last step of the deletion, so a retried deletion (a crash before the PV was deleted) still finds
+what this appliance did. One small file per retained volume, beside its kept data; deleting both is the operator's."""
 SUFFIX = ".json"
 MAX_BYTES = 64 * 1024
 """A record is a few hundred bytes; a bigger file is not one and is not read (``fileio.read_limited``)."""
@@ -134,6 +138,30 @@ class VolumeRecords:
         except FileNotFoundError:
             return False
         return True
+
+    def retire(self, pv_name: str) -> bool:
+        """Move the record of a volume whose data is kept (``retain``) to :data:`RETIRED_DIR`, atomically (one
+        rename, made durable); False if there was no record. Until then the record proves a volume, after it
+        :meth:`read_retired` proves this appliance let go of it."""
+        retired = self.directory / RETIRED_DIR
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(retired, 0o700)
+        if not stat.S_ISDIR(os.lstat(retired).st_mode):
+            raise RecordError(f"{retired} is not a directory; refusing to keep retired records in it")
+        try:
+            os.rename(self._file(pv_name), retired / self._file(pv_name).name)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise RecordError(f"cannot retire the record of volume {pv_name}: {e}") from e
+        if self.durable:
+            fileio.fsync_dir(retired)
+            fileio.fsync_dir(self.directory)
+        return True
+
+    def read_retired(self, pv_name: str) -> VolumeRecord | None:
+        """The retired record of ``pv_name`` (its data was kept by a deletion); None if there is none."""
+        return VolumeRecords(self.directory / RETIRED_DIR, durable=self.durable).read(pv_name)
 
     def names(self) -> list[str]:
         try:
