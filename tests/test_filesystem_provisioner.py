@@ -121,6 +121,22 @@ def test_delete_finishes_what_a_crash_left(a: Appliance, left: str) -> None:
     a.p.delete(pv)  # again: nothing to do
 
 
+@pytest.mark.parametrize("on_delete", ["retain", "archive"])
+def test_a_kept_volumes_deletion_retried_after_a_crash_finds_it_done(a: Appliance, on_delete: str) -> None:
+    """As for directory volumes (tests/test_appliance_provisioner.py): the controller calls delete again when it
+    crashed before deleting the PV; the kept image is left as it is and the retry succeeds."""
+    pv = claimed(a.p.provision(options(params={**FS, "onDelete": on_delete}, size="8Mi")))
+    a.p.delete(pv)
+    def files() -> list[str]:
+        return sorted(str(p.relative_to(a.root)) for p in a.root.rglob("*")
+                      if ".ganesha" not in p.parts and p.is_file())
+    kept = files()
+    assert [f for f in kept if f.endswith(".img")], kept
+    assert a.p.delete(pv) is None
+    assert files() == kept
+    assert not filesystem_env.devices_under(a.root)
+
+
 def test_expand_grows_and_refuses_to_shrink(a: Appliance) -> None:
     pv: dict[str, Any] = claimed(a.p.provision(options(params=FS, size="8Mi")))
     (a.fs.path_for("pvc-1") / "f").write_text("kept")
