@@ -198,9 +198,11 @@ class FakeApi(kube.Client):
             self._cond.notify_all()
 
     def compact(self) -> None:
-        """Versions up to now are compacted: a watch or list from one of them gets HTTP 410 Gone."""
+        """Every version up to now is compacted: a watch from one of them gets HTTP 410 Gone (a list gives a newer
+        one: the counter moves on, as etcd's revision does with writes to other resources)."""
         with self._cond:
             self._compacted = self._version
+            self._version += 1
 
     def objects(self, resource: str, namespace: str | None = None) -> list[Object]:
         """Copies of the stored objects of a resource (plural)."""
@@ -422,28 +424,25 @@ class FakeWatch(kube.WatchStream):
             rule = api._rule("WATCH", target)
             if rule is not None:
                 raise rule.error
-            if self._after < api._compacted:
+            if self._after <= api._compacted:
                 raise _status(errors.Gone, 410, "Expired", f"too old resource version: {self._after} "
                                                           f"({api._compacted})")
             api._watches.add(self)
         try:
             while True:
                 with api._cond:
+                    if self.expired:  # at once: what changed since is not delivered any more
+                        break
                     batch = self._pending()
                     if not batch:
-                        if self._closed:
+                        left = self._deadline - time.monotonic()
+                        if self._closed or left <= 0:
                             return
-                        if self.expired:
-                            batch = [{"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
-                                                                 "message": "too old resource version"}}]
-                            self._closed = True
-                        else:
-                            left = self._deadline - time.monotonic()
-                            if left <= 0:
-                                return
-                            api._cond.wait(left)
-                            continue
+                        api._cond.wait(left)
+                        continue
                 yield from batch
+            yield {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
+                                               "message": "too old resource version"}}
         finally:
             with api._cond:
                 api._watches.discard(self)
