@@ -45,6 +45,11 @@ class MemoryExporter:
             err = error or errors.ExportAddError(f"{method} failed (MemoryExporter told to fail)")
             self._failures.setdefault(method, []).extend([err] * times)
 
+    def recover(self) -> None:
+        """Forget the failures still queued by :meth:`fail`."""
+        with self._lock:
+            self._failures.clear()
+
     def unserve(self, name: str, why: str) -> None:
         """Mark export ``name`` as existing but not served (as a held export: its directory went away)."""
         with self._lock:
