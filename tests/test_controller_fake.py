@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nfs_provisioner.controller import (
+    LeaderElectionSettings,
     ProvisionController,
     ProvisioningError,
     ProvisioningState,
@@ -17,6 +19,7 @@ from nfs_provisioner.controller import (
     RetrySettings,
     decisions,
     inflight,
+    resizing,
 )
 from nfs_provisioner.controller.testing import FakeApi, MemoryProvisioner
 from nfs_provisioner.kube import client as kube
@@ -228,3 +231,78 @@ def test_a_failed_delete_is_reported_on_the_volume_and_retried_with_its_finalize
         wait.until(lambda: volume(api, name) is None, timeout=5, what="the PV gone after a retry")
     assert p.deleted == [name, name] and p.assets == {}
     assert api.events_about(name) == [("Warning", "VolumeFailedDelete", "device busy")]
+
+
+def test_only_the_leader_provisions_and_a_standby_takes_over_when_it_stops() -> None:
+    """Real: tests/test_controller_crash.py::test_leader_election_only_the_leader_provisions_and_failover."""
+    api = FakeApi()
+    make_class("c", NAME, api=api)
+    a, b = MemoryProvisioner(), MemoryProvisioner()
+
+    def election(identity: str) -> LeaderElectionSettings:
+        return LeaderElectionSettings(enabled=True, namespace="kube-system", name="fake-lease", identity=identity,
+                                      lease_duration=1.0, renew_deadline=0.6, retry_period=0.1)
+    with running(api, a, leader_election=election("a")) as first:
+        wait.until(lambda: first.leading, timeout=5, what="a leading")
+        with running(api, b, leader_election=election("b")) as second:
+            name = pv_name(make_claim(NS, "one", "c", provisioner=NAME, api=api))
+            wait.until(lambda: volume(api, name), timeout=5, what="the PV")
+            assert a.provisioned == [name] and b.provisioned == [] and not second.leading
+            first.stop(wait=True)  # releases the Lease: the standby need not wait for it to expire
+            wait.until(lambda: second.leading, timeout=5, what="b leading")
+            other = pv_name(make_claim(NS, "two", "c", provisioner=NAME, api=api))
+            wait.until(lambda: volume(api, other), timeout=5, what="the second PV")
+            assert b.provisioned == [other] and a.provisioned == [name]
+    assert api.get(kube.leases_path("kube-system", "fake-lease"))["spec"]["holderIdentity"] == ""  # b released it
+
+
+def stored_claim(api: FakeApi) -> dict[str, Any]:
+    """The one claim as stored (read without a request: the test's own reads would hide the resizer's)."""
+    [claim] = api.objects("persistentvolumeclaims", NS)
+    return claim
+
+
+class Growing:
+    """An Expander recording what it was asked to grow (``controller.resizing.Expander``)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def expand(self, volume: dict[str, Any], new_bytes: int) -> None:
+        self.calls.append((volume["metadata"]["name"], new_bytes))
+
+
+def test_a_bigger_request_is_resized_through_a_conflict_and_a_smaller_one_refused() -> None:
+    """The claim's status in progress, the asset grown, the PV's and the claim's capacity set, a 409 on the claim's
+    status retried from the fresh claim; shrinking refused with one event. Real: tests/test_appliance_e2e.py::
+    test_expansion_is_finished_the_way_kubernetes_expects and tests/test_stalls.py::
+    test_expansion_reports_no_conflict_and_refuses_an_impossible_size."""
+    api, p, grower = FakeApi(), MemoryProvisioner(), Growing()
+    make_class("c", NAME, expansion=True, api=api)
+    with running(api, p) as c:
+        resizer = resizing.Resizer(api=api, expander=grower, names=(NAME,), claims=c.claims, volumes=c.volumes,
+                                   classes=c.classes, recorder=c.recorder, retry=c.settings.retry)
+        c.claims.on_change = resizing.chain(c.claims.on_change, resizer.on_claim)  # as the appliance wires it
+        resizer.start()
+        try:
+            name = pv_name(make_claim(NS, "c", "c", provisioner=NAME, api=api))
+            wait.until(lambda: volume(api, name), timeout=5, what="the PV")
+            api.bind(NS, "c", name)
+            api.fail(errors.Conflict(409, "Conflict", "the object has been modified"), method="PATCH",
+                     resource="persistentvolumeclaims", name="c", subresource="status")
+            api.patch(kube.claims_path(NS, "c"), {"spec": {"resources": {"requests": {"storage": "2Mi"}}}})
+            wait.until(lambda: stored_claim(api)["status"].get("capacity") == {"storage": "2Mi"}, timeout=5,
+                       what="the claim's capacity")
+            assert grower.calls == [(name, 2 * 1024 * 1024)]
+            assert ("GET", kube.claims_path(NS)) in api.requests  # the 409's retry read the claim afresh (by list)
+            assert (volume(api, name) or {})["spec"]["capacity"] == {"storage": "2Mi"}
+            status = stored_claim(api)["status"]
+            assert status.get("allocatedResourceStatuses") is None
+            assert status["allocatedResources"] == {"storage": "2Mi"}
+            api.patch(kube.claims_path(NS, "c"), {"spec": {"resources": {"requests": {"storage": "1Mi"}}}})
+            wait.until(lambda: "VolumeResizeFailed" in reasons(api, "c"), timeout=5, what="the refusal")
+        finally:
+            resizer.stop()
+    assert [r for r in reasons(api, "c") if "Resiz" in r] == ["Resizing", "VolumeResizeSuccessful",
+                                                                "VolumeResizeFailed"]
+    assert "shrinking is not supported" in api.events_about("c")[-1][2] and len(grower.calls) == 1

@@ -142,13 +142,15 @@ class _Rule:
     method: str | None
     resource: str | None
     name: str | None
+    subresource: str | None
     times: int
     after: bool
 
     def matches(self, method: str, target: Target) -> bool:
         return ((self.method is None or self.method == method) and self.times > 0
                 and (self.resource is None or self.resource == target.resource.plural)
-                and (self.name is None or self.name == target.name))
+                and (self.name is None or self.name == target.name)
+                and (self.subresource is None or self.subresource == target.subresource))
 
 
 @dataclass(frozen=True)
@@ -181,12 +183,13 @@ class FakeApi(kube.Client):
     # ------------------------------------------------------------------ what tests use
 
     def fail(self, error: Exception, *, method: str | None = None, resource: str | None = None,
-             name: str | None = None, times: int = 1, after: bool = False) -> None:
+             name: str | None = None, subresource: str | None = None, times: int = 1,
+             after: bool = False) -> None:
         """Make the next ``times`` requests matching ``method`` (GET, POST, PUT, PATCH, DELETE, WATCH),
-        ``resource`` (plural) and ``name`` raise ``error``; ``after``: once the request has been applied (its
-        answer lost)."""
+        ``resource`` (plural), ``name`` and ``subresource`` (``status``) raise ``error``; ``after``: once the
+        request has been applied (its answer lost)."""
         with self._cond:
-            self._rules.append(_Rule(error, method, resource, name, times, after))
+            self._rules.append(_Rule(error, method, resource, name, subresource, times, after))
 
     def expire_watches(self) -> None:
         """Every open watch ends with an ``ERROR`` event of code 410 (its version expired), as after a compaction
@@ -216,9 +219,13 @@ class FakeApi(kube.Client):
                 if (e.get("involvedObject") or {}).get("name") == name]
 
     def bind(self, namespace: str, claim: str, volume: str) -> None:
-        """What the PV binder does once a PV for the claim exists: both Bound to each other."""
+        """What the PV binder does once a PV for the claim exists: both Bound to each other, the claim's status
+        showing the PV's capacity and access modes."""
         c = self.patch(kube.claims_path(namespace, claim), {"spec": {"volumeName": volume}})
-        self.patch(kube.claims_path(namespace, claim) + "/status", {"status": {"phase": "Bound"}})
+        pv = self.get(kube.volumes_path(volume))
+        self.patch(kube.claims_path(namespace, claim) + "/status", {"status": {
+            "phase": "Bound", "capacity": (pv.get("spec") or {}).get("capacity"),
+            "accessModes": (pv.get("spec") or {}).get("accessModes")}}, patch_type=kube.MERGE_PATCH)
         self.patch(kube.volumes_path(volume), {"spec": {"claimRef": {
             "kind": "PersistentVolumeClaim", "apiVersion": "v1", "namespace": namespace, "name": claim,
             "uid": c["metadata"]["uid"]}}}, patch_type=kube.MERGE_PATCH)
