@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 
 from nfs_provisioner.appliance import provisioner as prov
+from nfs_provisioner.appliance.exporters import GaneshaExporter
 from nfs_provisioner.appliance.testing import MemoryExporter
 from nfs_provisioner.controller.testing import FakeApi
+from nfs_provisioner.ganesha import config
+from nfs_provisioner.ganesha.exports import ExportManager
+from nfs_provisioner.ganesha.testing import FakeGaneshaDBus
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.volumes.directories import VolumeDirectories
 from nfs_provisioner.volumes.records import RECORDS_DIR, VolumeRecords
@@ -101,3 +105,33 @@ def test_a_failed_export_rolls_back_the_directory_and_the_retry_makes_the_volume
     with running(api, p):
         wait.until(lambda: volume(api, name), timeout=5, what="the PV once exports work")
     assert (root / name).is_dir() and exporter.has(name)
+
+
+def test_the_whole_export_stack_without_ganesha_file_index_and_live_table(tmp_path: Path) -> None:
+    """The appliance's provisioner -> GaneshaExporter -> a real ExportManager -> FakeGaneshaDBus: the export file,
+    its index line and the live export follow the claim, and go with it. Real: tests/test_appliance_e2e.py::
+    test_classic_flow."""
+    root = tmp_path / "export"
+    root.mkdir()
+    dbus = FakeGaneshaDBus()
+    manager = ExportManager(export_root=root, config_dir=root / ".ganesha", dbus=dbus, templates=config.Templates(),
+                            durable=False, records_dir=root / RECORDS_DIR)
+    manager.load()
+    p = prov.NFSProvisioner(config=prov.ApplianceConfig(identity=IDENTITY, server=lambda: "192.0.2.10"),
+                            directories=VolumeDirectories(root), records=VolumeRecords(root / RECORDS_DIR),
+                            exporter=GaneshaExporter(manager))
+    api = FakeApi()
+    make_class("nfs", NAME, api=api)
+    with running(api, p):
+        name = pv_name(make_claim(NS, "data", "nfs", provisioner=NAME, api=api))
+        pv = wait.until(lambda: volume(api, name), timeout=5, what="the PV")
+        export = manager.get(name)
+        assert export is not None and dbus.live == {export.export_id: str(root / name)}
+        assert manager.index_entries() == [export.config_file]
+        assert 'Path = "' + str(root / name) + '"' in pv["metadata"]["annotations"][prov.ANN_EXPORT_BLOCK]
+        api.bind(NS, "data", name)
+        api.delete(kube.claims_path(NS, "data"))
+        api.release(name)
+        wait.until(lambda: volume(api, name) is None, timeout=5, what="the PV gone")
+    assert dbus.live == {} and manager.index_entries() == [] and not export.config_file.exists()
+    assert not (root / name).exists()

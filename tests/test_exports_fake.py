@@ -5,12 +5,14 @@ the real Ganesha (tests/test_ganesha_exports.py)."""
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from nfs_provisioner.appliance.exporters import GaneshaExporter
 from nfs_provisioner.ganesha import config, errors
 from nfs_provisioner.ganesha.exports import ExportManager, ExportRequest, temp_files
 from nfs_provisioner.ganesha.testing import FakeGaneshaDBus
@@ -193,3 +195,58 @@ def test_adds_and_removes_sharing_one_index_shard_keep_it_exact(env: Env) -> Non
     assert len(exports) == 8 * (6 - 3 + 2)
     assert env.m.index_entries() == sorted(e.config_file for e in exports)
     assert env.live() == {e.export_id: str(e.path) for e in exports}
+
+
+def test_update_rewrites_the_file_and_keeps_the_old_one_when_ganesha_refuses(env: Env) -> None:
+    """Real: test_update_changes_clients_of_a_live_export."""
+    vol = env.volume("v")
+    e = env.m.add(ExportRequest(name="v", path=vol))
+    narrowed = env.m.update(ExportRequest(name="v", path=vol, clients=("10.0.0.0/8",)))
+    assert narrowed.export_id == e.export_id and "10.0.0.0/8" in e.config_file.read_text()
+    before = e.config_file.read_text()
+    env.dbus.fail("UpdateExport", errors.DBusError(method="UpdateExport", name="x", message="refused"))
+    with pytest.raises(errors.ExportAddError, match="old block kept"):
+        env.m.update(ExportRequest(name="v", path=vol, clients=("192.168.0.0/16",)))
+    assert e.config_file.read_text() == before and env.m.get("v") == narrowed
+    with pytest.raises(errors.ExportConflict):
+        env.m.update(ExportRequest(name="v", path=env.volume("w")))
+    assert env.manager(FakeGaneshaDBus()).get("v") == narrowed  # it lives in the file
+
+
+def test_a_client_list_ganesha_refused_is_not_counted_as_applied_and_is_sent_again(env: Env) -> None:
+    """Real: tests/test_hostile_addresses.py::test_d4_a_client_list_ganesha_refuses_is_not_counted_as_applied and
+    test_d4_an_export_ganesha_did_not_update_is_updated_again_with_the_same_list."""
+    a = env.m.add(ExportRequest(name="a", path=env.volume("a")))
+    env.m.add(ExportRequest(name="b", path=env.volume("b")))
+    exporter = GaneshaExporter(env.m)
+    env.dbus.fail("UpdateExport", errors.DBusError(method="UpdateExport", name="x", message="Unexpected character"))
+    with pytest.raises(errors.ClientsNotLive) as info:
+        exporter.set_clients(("10.1.0.0/16",))
+    assert len(info.value.names) == 1
+    refused = info.value.names[0]
+    calls = len(env.dbus.calls)
+    exporter.set_clients(("10.1.0.0/16",))  # the same list again: only the refused export is sent again
+    assert env.dbus.calls[calls:] == [("UpdateExport", env.m.get(refused).export_id)]  # type: ignore[union-attr]
+    assert all(e.clients == ("10.1.0.0/16",) for e in env.m.list_exports())
+    with pytest.raises(errors.InvalidRequest):
+        exporter.set_clients(("fe80::1%eth0/128",))  # a list Ganesha cannot take changes nothing
+    assert env.m.get("a") == dataclasses.replace(a, clients=("10.1.0.0/16",))
+
+
+def test_an_export_without_a_volume_record_is_held_and_never_given_to_ganesha(env: Env) -> None:
+    """With the appliance's records directory, an export file without its record is kept but not served. Real:
+    tests/test_hostile_state.py::test_d14_an_export_file_without_a_record_is_kept_but_never_served."""
+    records = env.root / ".volumes"
+    records.mkdir()
+    (records / "a.json").write_text("{}")
+    env.m.add(ExportRequest(name="a", path=env.volume("a")))
+    env.m.add(ExportRequest(name="b", path=env.volume("b")))
+    fresh = FakeGaneshaDBus()
+    m = ExportManager(export_root=env.root, config_dir=env.config_dir, dbus=fresh, templates=config.Templates(),
+                      durable=False, records_dir=records)
+    m.load()
+    assert "no volume record" in m.unserved()["b"] and m.index_entries() == [m.get("a").config_file]  # type: ignore[union-attr]
+    result = m.reconcile()
+    assert result.readded == (m.get("a").export_id,) and fresh.live == {1: str(env.root / "a")}  # type: ignore[union-attr]
+    (records / "b.json").write_text("{}")
+    assert m.serve_again("b") is None and sorted(fresh.live) == [1, 2]
