@@ -1,25 +1,16 @@
 """In-memory fakes of what the controller talks to, shipped for tests (ours and a library user's).
 
-:class:`FakeApi` is a :class:`nfs_provisioner.kube.client.Client` that keeps objects in memory and answers
-the requests the controller, its informers, its event recorder and its leader election send, as the API
-server answers them: claims, volumes, classes, events, nodes and leases; get, list (paged, ``metadata.name``
-/ ``metadata.namespace`` field selectors), create, replace, merge and strategic-merge patch (``metadata``
-``finalizers`` merged, ``$deleteFromPrimitiveList``), delete, the ``status`` subresource; one
-resourceVersion counter for all of them; 409 ``AlreadyExists`` on a create of an existing name, 409
-``Conflict`` on a replace or patch carrying a stale ``metadata.resourceVersion``, 404 for what does not
-exist, 422 for a new finalizer on an object being deleted; ``deletionTimestamp`` + ``finalizers`` (a delete
-of an object with finalizers only marks it, the write that empties them removes it); watches that deliver
-``ADDED``/``MODIFIED``/``DELETED`` in resourceVersion order from the version asked for, and end after their
-``timeoutSeconds``. Tests can make the next matching requests fail (:meth:`FakeApi.fail`), expire every open
-watch (``ERROR`` 410, :meth:`FakeApi.expire_watches`) or every old version (HTTP 410, :meth:`FakeApi.compact`).
-
-What it is not: kube-controller-manager (nothing binds or releases; :meth:`FakeApi.bind` and
-:meth:`FakeApi.release` play the PV binder's part when a test says so), admission (no ``pvc-protection``
-finalizers, no validation of specs), or a JSON-patch server. The same behaviour is proven against the real
-control plane by the ``kube`` tests; this fake lets the controller's logic run in milliseconds.
-
-:class:`MemoryProvisioner` is a :class:`Provisioner` whose assets are entries of a dict, which can be told to
-fail.
+:class:`FakeApi` is a :class:`nfs_provisioner.kube.client.Client` keeping claims, volumes, classes, events, nodes
+and leases in memory, answering as the API server does: get, paged list (``metadata.name``/``namespace`` field
+selectors), create, replace, merge and strategic-merge patch (finalizers merged, ``$deleteFromPrimitiveList``),
+delete, ``/status``; one resourceVersion counter; 409 ``AlreadyExists``, 409 ``Conflict`` for a stale
+``metadata.resourceVersion``, 404, 422 for a new finalizer on an object being deleted; a delete of an object with
+finalizers only marks it (``deletionTimestamp``), the write that empties them removes it; watches deliver
+``ADDED``/``MODIFIED``/``DELETED`` in version order and end after ``timeoutSeconds``. :meth:`FakeApi.fail` makes
+requests fail, :meth:`FakeApi.expire_watches` and :meth:`FakeApi.compact` inject 410 Gone in its two shapes. It is
+not kube-controller-manager (:meth:`FakeApi.bind`/:meth:`FakeApi.release` play the PV binder when a test says
+so), nor admission (no ``pvc-protection`` finalizers), nor a JSON-patch server; tests/test_fake_api.py holds it
+to the real API server's contract. :class:`MemoryProvisioner` is a :class:`Provisioner` over a dict.
 """
 
 from __future__ import annotations
@@ -93,8 +84,7 @@ def parse_path(path: str) -> Target:
         raise _not_found(path)
     name = rest[1] if len(rest) > 1 else None
     sub = rest[2] if len(rest) > 2 else None
-    if (resource.namespaced and namespace is None and name is not None) or (sub and (sub != "status"
-                                                                                     or not resource.status)):
+    if (resource.namespaced and namespace is None and name) or (sub and (sub != "status" or not resource.status)):
         raise _not_found(path)
     return Target(resource, namespace, name, sub)
 
@@ -177,8 +167,6 @@ class FakeApi(kube.Client):
         self._watches: set[FakeWatch] = set()
         self.requests: list[tuple[str, str]] = []
         """Every request as (method, path), watches as ``("WATCH", path)``, in order."""
-        self.watched_from: list[str] = []
-        """The resourceVersion of every watch request."""
 
     # ------------------------------------------------------------------ what tests use
 
@@ -265,7 +253,6 @@ class FakeApi(kube.Client):
         target = parse_path(path)
         with self._cond:
             self.requests.append(("WATCH", path))
-            self.watched_from.append(resource_version)
             start = int(resource_version) if resource_version else self._version
             stream = FakeWatch(self, target, start, timeout_seconds)
         return stream
