@@ -3,13 +3,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST := hack/pytest
 
-.PHONY: bench help deps lint test test-unit test-kube demo demo-down cluster-up cluster-down clean
+.PHONY: bench help deps lint test test-fast coverage-fast test-unit test-kube demo demo-down cluster-up cluster-down clean
 
 help:
 	@echo "make demo       local control plane up, show it working (see README)"
 	@echo "make test       install what is missing, lint, run every test"
 	@echo "make bench      provisioning + Ganesha benchmarks (prints a table, writes bench/results.json)"
 	@echo "make lint       ruff + mypy (strict on nfs_provisioner/) + the layer contracts (hack/check_layers.py)"
+	@echo "make test-fast  the fast lane: unit tests, no root, no servers, under 90 s (after make deps once)"
+	@echo "make coverage-fast  the fast lane under coverage.py: line coverage of controller/ and ganesha/exports*"
 	@echo "make test-unit | test-kube   one marker group only"
 
 deps:
@@ -23,6 +25,19 @@ lint: deps
 
 test: deps lint
 	$(PYTEST) tests
+
+# The fast lane: no deps run (the virtualenv must exist), no root needed, no server started.
+FAST := -m "unit and not root" -q -p no:cacheprovider tests
+
+test-fast:
+	@test -x $(PY) || { echo "make test-fast: no $(PY); run make deps once"; exit 1; }
+	$(PYTEST) $(FAST)
+
+coverage-fast:
+	@test -x $(VENV)/bin/coverage || { echo "make coverage-fast: no coverage in $(VENV); run make deps once"; exit 1; }
+	$(VENV)/bin/coverage erase
+	$(VENV)/bin/coverage run --source=nfs_provisioner -m pytest $(FAST)
+	$(VENV)/bin/coverage report --include='nfs_provisioner/controller/*,nfs_provisioner/ganesha/exports*,nfs_provisioner/ganesha/clientlists.py' --omit='*/testing.py'
 
 test-unit: deps
 	$(PYTEST) -m unit tests

@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 units in one layer do not import each other."""
 
 CONTROLLER_LAYERS: tuple[tuple[str, ...], ...] = (
-    ("controller",),
+    ("controller", "testing"),  # testing: the in-memory fakes (FakeApi, MemoryProvisioner), for tests
     ("provisioning", "deleting", "leadership", "resizing"),
     ("inflight", "watching", "queueing", "events", "metrics"),
     ("decisions",),

@@ -178,6 +178,7 @@ def test_glog_flags_are_accepted_with_one_warning_each() -> None:
     assert cli.parse(["-v=4", "--log-level=ERROR"], {}).log_level == "ERROR", "--log-level beats -v"
 
 
+@pytest.mark.root  # the appliance's start checks open_by_handle_at: CAP_DAC_READ_SEARCH
 def test_glog_flags_do_not_stop_the_appliance(tmp_path: Path) -> None:
     """Before: exit 2 (unrecognized arguments). Now one warning line each, then the usual start-up (which stops
     here with exit 1 at the missing kubeconfig)."""

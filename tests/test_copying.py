@@ -62,6 +62,7 @@ def describe(root: Path) -> dict[str, tuple[object, ...]]:
     return out
 
 
+@pytest.mark.root  # chown to other owners
 def test_copy_reproduces_every_kind_of_entry_and_never_follows_symlinks(tmp_path: Path) -> None:
     src, dst, outside = tmp_path / "src", tmp_path / "dst", tmp_path / "outside"
     src.mkdir()

@@ -88,6 +88,7 @@ def test_claims_below_the_filesystems_minimum_are_refused_naming_it() -> None:
 
 
 @pytest.mark.parametrize(("fs_type", "size"), [("ext4", 16 * MiB), ("xfs", 300 * MiB)])
+@pytest.mark.root  # loop devices and mounts
 def test_a_volume_is_a_mounted_filesystem_of_the_claims_size(root: Path, fs_type: str, size: int) -> None:
     vols = FilesystemVolumes(root)
     path = vols.create("pvc-one", size=size, fs_type=fs_type, gid=4321)
@@ -116,6 +117,7 @@ def test_a_volume_is_a_mounted_filesystem_of_the_claims_size(root: Path, fs_type
     assert not vols.delete("pvc-one"), "a second delete finds nothing"
 
 
+@pytest.mark.root  # loop devices and mounts
 def test_create_is_idempotent_and_finishes_what_a_crash_left(root: Path) -> None:
     vols = FilesystemVolumes(root)
     # A crash during mkfs: a half-made image under its temporary name.
@@ -136,6 +138,7 @@ def test_create_is_idempotent_and_finishes_what_a_crash_left(root: Path) -> None
     assert vols.mounted("pvc-c") == device, "the same loop device: NFS-Ganesha's file handles depend on it"
 
 
+@pytest.mark.root  # loop devices and mounts
 def test_something_else_mounted_at_a_volumes_path_is_refused(root: Path, tmp_path: Path) -> None:
     vols = FilesystemVolumes(root)
     vols.ensure_tree()
@@ -149,6 +152,7 @@ def test_something_else_mounted_at_a_volumes_path_is_refused(root: Path, tmp_pat
     assert (root / ".images" / "pvc-x.img").exists()
 
 
+@pytest.mark.root  # loop devices and mounts
 def test_a_symlink_at_a_volumes_path_is_refused(root: Path, tmp_path: Path) -> None:
     (tmp_path / "elsewhere").mkdir()
     vols = FilesystemVolumes(root)
@@ -159,6 +163,7 @@ def test_a_symlink_at_a_volumes_path_is_refused(root: Path, tmp_path: Path) -> N
     assert not os.path.ismount(tmp_path / "elsewhere")
 
 
+@pytest.mark.root  # loop devices and mounts
 def test_xfs_grows_online(root: Path) -> None:
     vols = FilesystemVolumes(root)
     path = vols.create("pvc-g", size=300 * MiB, fs_type="xfs", gid=None)
@@ -175,6 +180,7 @@ def test_xfs_grows_online(root: Path) -> None:
     assert vols.size("pvc-g") == 600 * MiB
 
 
+@pytest.mark.root  # loop devices and mounts
 def test_ext4_grows_offline_where_online_resize_is_not_allowed(root: Path) -> None:
     vols = FilesystemVolumes(root)
     path = vols.create("pvc-e", size=16 * MiB, fs_type="ext4", gid=None)
@@ -194,6 +200,7 @@ def test_ext4_grows_offline_where_online_resize_is_not_allowed(root: Path) -> No
 
 
 @pytest.mark.parametrize("how", ["archive", "retain"])
+@pytest.mark.root  # loop devices and mounts
 def test_archive_and_retain_keep_the_image_unmounted(root: Path, how: str) -> None:
     vols = FilesystemVolumes(root)
     path = vols.create("pvc-k", size=8 * MiB, fs_type="ext4", gid=None)
@@ -221,6 +228,7 @@ def test_archive_and_retain_keep_the_image_unmounted(root: Path, how: str) -> No
         loops.unmount(check)
 
 
+@pytest.mark.root  # loop devices and mounts
 def test_the_probe_says_what_is_missing(root: Path) -> None:
     assert FilesystemVolumes(root).probe() == {"ext4": None, "xfs": None}
     assert not filesystem_env.devices_under(root) and list((root / ".images").iterdir()) == []
@@ -232,6 +240,7 @@ def test_the_probe_says_what_is_missing(root: Path) -> None:
     assert found["ext4"] is not None and "mkfs.ext4" in found["ext4"], found
 
 
+@pytest.mark.root  # loop devices and mounts
 def test_remount_at_start_mounts_every_filesystem_volume_of_this_identity(root: Path,
                                                                          caplog: pytest.LogCaptureFixture) -> None:
     vols = FilesystemVolumes(root)
@@ -265,6 +274,7 @@ def test_remount_at_start_mounts_every_filesystem_volume_of_this_identity(root: 
     assert "directory volumes beside filesystem volumes: a client of a directory volume that forges" in caplog.text
 
 
+@pytest.mark.root  # loop devices and mounts
 def test_usage_gauges_are_each_mounted_volumes_statvfs(root: Path) -> None:
     vols = FilesystemVolumes(root)
     registry = CollectorRegistry()
@@ -287,6 +297,7 @@ def test_usage_gauges_are_each_mounted_volumes_statvfs(root: Path) -> None:
 # --- clones ----------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.root  # loop devices and mounts
 def test_a_clone_is_a_consistent_copy_grown_to_its_claim(root: Path) -> None:
     """The host's ext4 shares no blocks: a sparse copy of the frozen source."""
     vols = FilesystemVolumes(root)
@@ -304,6 +315,7 @@ def test_a_clone_is_a_consistent_copy_grown_to_its_claim(root: Path) -> None:
     (src / "g").write_text("the source is writable")
 
 
+@pytest.mark.root  # loop devices and mounts
 def test_a_clone_on_an_export_root_that_shares_blocks_is_a_reflink(tmp_path: Path) -> None:
     root = tmp_path / "xfs-root"
     root.mkdir()
@@ -331,6 +343,7 @@ def test_a_clone_on_an_export_root_that_shares_blocks_is_a_reflink(tmp_path: Pat
             vols.delete(f"pvc-{fs_type}")
 
 
+@pytest.mark.root  # loop devices and mounts
 def test_a_volume_left_frozen_is_thawed(root: Path) -> None:
     vols = FilesystemVolumes(root)
     path = vols.create("pvc-f", size=8 * MiB, fs_type="ext4", gid=None)

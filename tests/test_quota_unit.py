@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from nfs_provisioner.quota import commands, errors, manager, metrics, mountinfo, projects, report
 
-pytestmark = [pytest.mark.quota, pytest.mark.unit]
+pytestmark = pytest.mark.unit  # no quota marker: nothing here needs XFS quotas or UML
 
 MOUNTINFO = r"""22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw
 25 1 259:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw,errors=remount-ro

@@ -83,6 +83,7 @@ def test_hostile_names_never_become_paths(tmp_path: Path, name: str) -> None:
         dirs.path_for(name)
 
 
+@pytest.mark.root  # chown to the class's gid
 def test_create_sets_mode_and_group(tmp_path: Path) -> None:
     dirs = VolumeDirectories(tmp_path)
     p = dirs.create("pvc-1", gid=None)
