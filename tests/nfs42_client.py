@@ -176,6 +176,11 @@ class Client:
         for _ in range(5):
             u.u32()
 
+    def renew(self) -> None:
+        """A SEQUENCE alone: renews the lease, and fails once the server has forgotten the session."""
+        u = self._compound([self._sequence()])
+        self._sequence_reply(u)
+
     # --- READ_PLUS ---------------------------------------------------------------------------------------------
 
     def read_plus(self, path: str, *, offset: int, count: int) -> ReadPlus:
