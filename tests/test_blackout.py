@@ -13,6 +13,7 @@ the whole grace period."""
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import threading
@@ -48,6 +49,8 @@ class Prober:
         self.node, self.server, self.path = node, server, path
         self.ok: list[float] = []
         self.failures: dict[str, int] = {}
+        self.outcomes: list[tuple[float, str]] = []
+        """(time, "ok" or how it failed) of every attempt."""
         self._client: nfs42_client.Client | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="prober", daemon=True)
@@ -65,14 +68,25 @@ class Prober:
                                                        netns=self.node.netns)
                 self._client.create(self.path, f"probe-{self._n}")
                 self.ok.append(time.monotonic())
+                self.outcomes.append((time.monotonic(), "ok"))
             except nfs42_client.NfsError as e:
                 why = "NFS4ERR_GRACE" if e.status == nfs42_client.NFS4ERR_GRACE else f"status {e.status}"
                 self.failures[why] = self.failures.get(why, 0) + 1
+                self.outcomes.append((time.monotonic(), why))
             except (OSError, AssertionError) as e:  # no connection, or a reply that is not one
                 self.failures[type(e).__name__] = self.failures.get(type(e).__name__, 0) + 1
+                self.outcomes.append((time.monotonic(), type(e).__name__))
                 if self._client is not None:
                     self._client.close()
                 self._client = None
+
+    def seen(self, since: float) -> str:
+        """When each kind of outcome was first seen after ``since`` (seconds), in order."""
+        firsts: dict[str, float] = {}
+        for t, kind in self.outcomes:
+            if t > since:
+                firsts.setdefault(kind, t - since)
+        return ", ".join(f"{kind} {t:.2f}" for kind, t in sorted(firsts.items(), key=lambda kv: kv[1]))
 
     def since(self, t: float) -> int:
         return sum(1 for x in self.ok if x > t)
@@ -89,13 +103,61 @@ class Prober:
             self._client.close()
 
 
+class Logs:
+    """Keeps a copy of every container log of the StatefulSet's pods (the kubelet removes a deleted pod's logs)."""
+
+    def __init__(self, node: Node, namespace: str) -> None:
+        self.node, self.namespace = node, namespace
+        self.text: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="pod-logs", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            for f in (self.node.state_dir / "node" / "pod-logs").glob(f"{self.namespace}_{POD}_*/*/*.log"):
+                try:
+                    uid = f.parent.parent.name.rsplit("_", 1)[1]
+                    self.text[uid] = f.read_text(errors="replace")
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def log_times(logs: Logs, uid: str) -> list[tuple[float, str]]:
+    """(wall-clock time, message) of every line of the pod's container log (the CRI log's own timestamps)."""
+    out = []
+    for line in logs.text.get(uid, "").splitlines():
+        ts, _, rest = line.partition(" ")
+        stamp = datetime.datetime.fromisoformat(ts[:26].rstrip("Z") + "+00:00") if "T" in ts else None
+        if stamp is not None:
+            out.append((stamp.timestamp(), rest.split(" ", 2)[-1]))
+    return out
+
+
+def timeline(logs: Logs, old: client.V1Pod, new: client.V1Pod, event: float) -> str:
+    """Seconds from the event (wall clock) to each step of the replacement, from the two pods' logs."""
+    def first(lines: list[tuple[float, str]], text: str, last: bool = False) -> str:
+        hits = [t for t, m in lines if text in m]
+        return f"{(hits[-1] if last else hits[0]) - event:.2f}" if hits else "?"
+
+    before, after = log_times(logs, old.metadata.uid), log_times(logs, new.metadata.uid)
+    return (f"SIGTERM received {first(before, 'received SIGTERM')}, old exited {first(before, 'stopped', True)}, "
+            f"new started {f'{after[0][0] - event:.2f}' if after else '?'}, Ganesha serving "
+            f"{first(after, 'Ganesha ready in')}, listed {first(after, 'volumes: listed')}, state check "
+            f"{first(after, 'state check:')}")
+
+
 def replaced(core: client.CoreV1Api, namespace: str, node: Node, before: client.V1Pod) -> client.V1Pod:
     return wait.until(lambda: (p := pod_ready(core, namespace, POD)) and p.metadata.uid != before.metadata.uid
                       and p, timeout=180, what=lambda: describe_pod(core, namespace, POD, node))
 
 
-def measure(what: str, prober: Prober, event: float, core: client.CoreV1Api, namespace: str, node: Node,
-            before: client.V1Pod) -> tuple[client.V1Pod, float]:
+def measure(what: str, prober: Prober, logs: Logs, event: float, wall: float, core: client.CoreV1Api,
+            namespace: str, node: Node, before: client.V1Pod) -> tuple[client.V1Pod, float]:
     pod = replaced(core, namespace, node, before)
     ready = time.monotonic()
     wait.until(lambda: prober.since(ready) >= 4, timeout=120,
@@ -103,6 +165,9 @@ def measure(what: str, prober: Prober, event: float, core: client.CoreV1Api, nam
                             f"{describe_pod(core, namespace, POD, node)}")
     took = prober.blackout(event)
     figure(f"{what}: no new open from the node for (s)", took)
+    time.sleep(1.0)  # the new pod's log lines so far are copied
+    figure(f"{what}: timeline (s)", timeline(logs, before, pod, wall))
+    figure(f"{what}: the client first saw (s)", prober.seen(event))
     return pod, took
 
 
@@ -121,6 +186,7 @@ def test_blackout_of_a_helm_upgrade_and_of_the_statefulset_pod_deleted(
     values.write_text(json.dumps({"persistence": {"storageClass": "-"}, "storageClass": {"name": klass}}))
     kept_pvs: list[str] = []
     prober: Prober | None = None
+    logs = Logs(node, namespace)
     try:
         out = helm("install", RELEASE, str(CHART), "-n", namespace, "-f", str(values), "--wait", "--timeout",
                    "180s", check=False)
@@ -137,19 +203,21 @@ def test_blackout_of_a_helm_upgrade_and_of_the_statefulset_pod_deleted(
         assert (disk / pv.metadata.name / "probe-1").exists() or list((disk / pv.metadata.name).glob("probe-*"))
         assert list((disk / ".ganesha" / "recovery").rglob("*")), "the node's client is not recorded"
 
-        event = time.monotonic()
+        event, wall = time.monotonic(), time.time()
         helm("upgrade", RELEASE, str(CHART), "-n", namespace, "--reuse-values", "--set", "logLevel=DEBUG")
-        second, upgrade = measure("helm upgrade (the pod rolled)", prober, event, core, namespace, node, first)
+        second, upgrade = measure("helm upgrade (the pod rolled)", prober, logs, event, wall, core, namespace, node,
+                                  first)
         assert "--log-level=DEBUG" in second.spec.containers[0].args
 
-        event = time.monotonic()
+        event, wall = time.monotonic(), time.time()
         core.delete_namespaced_pod(POD, namespace)
-        _, deleted = measure("StatefulSet pod deleted", prober, event, core, namespace, node, second)
+        _, deleted = measure("StatefulSet pod deleted", prober, logs, event, wall, core, namespace, node, second)
         figure("blackout probe failures (kind: count)", json.dumps(prober.failures, sort_keys=True))
         assert upgrade < BOUND_S and deleted < BOUND_S, (upgrade, deleted, prober.failures)
     finally:
         if prober is not None:
             prober.close()
+        logs.close()
         helm("uninstall", RELEASE, "-n", namespace, "--wait", check=False)
         cluster.kubectl("delete", "pvc", "--all", "-n", namespace, "--wait=false", check=False)
         for name in kept_pvs:  # provisioned volumes whose provisioner is gone: only the finalizer holds them
