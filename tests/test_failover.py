@@ -50,7 +50,7 @@ class Setup:
         """A Bound claim's volume holding a file."""
         make_claim(self.core, self.ns, self.cls)
         wait.until(lambda: self.core.read_namespaced_persistent_volume_claim("nfs", self.ns).status.phase == "Bound",
-                   timeout=60, what=lambda: f"claim Bound\n{self.a.log()}")
+                   timeout=180, what=lambda: f"claim Bound\n{self.a.log()}")
         vol = self.a.export_root / self.core.read_namespaced_persistent_volume_claim("nfs", self.ns).spec.volume_name
         (vol / "f").write_bytes(CONTENT)
         return vol
