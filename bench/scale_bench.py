@@ -30,6 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench import failover_bench
 from bench.provision_bench import Bench, claim_body, cold_restart, metric, own_rss_mb, pct, provision_run
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube.errors import NotFound
@@ -41,6 +42,8 @@ LEVELS = (1000, 5000, 10000)
 ADDED = re.compile(r"export (\S+) added: id \d+ .* in ([0-9.]+) ms$", re.MULTILINE)
 LISTED = re.compile(r"\b(claims|volumes): listed (\d+) objects in ([0-9.]+)s", re.MULTILINE)
 SCRAPES = 5
+FAILOVER_AT = 1000
+"""Live volumes at which the appliance is killed and started again (and at the top): bench/failover_bench.py."""
 
 
 def levels(scale_max: int) -> list[int]:
@@ -133,6 +136,8 @@ def scale_section(b: Bench) -> dict[str, Any]:
                      f"max {row['add_max_ms']:.2f} ms" if probes else ""), file=sys.stderr)
             if live in report:
                 out[str(live)] = {k: v for k, v in row.items() if k != "live"}
+            if live in (FAILOVER_AT, top):
+                out.setdefault(str(live), {}).update(failover_bench.kill_and_serve(appliance, live))
         at_top = out[str(top)]
         assert appliance.proc is not None
         at_top["rss_mb"] = own_rss_mb(appliance.proc.pid)
@@ -187,6 +192,9 @@ def show_scale(r: dict[str, Any]) -> None:
                  else "(no one-at-a-time adds)")
         print(f"  {live:6d} live  {alone}   in bursts p50 {row['burst_add_p50_ms']:6.1f} ms  "
               f"p99 {row['burst_add_p99_ms']:6.1f} ms")
+    print("failover (SIGKILL, then the appliance started again; grace period 0: its own start)")
+    for live in levels(int(s["max"])):
+        failover_bench.show(live, s[str(live)])
     top = s[str(s["max"])]
     print(f"  {s['max']} volumes: cold restart {top['restart_s']:.2f} s (list/watch {top['list_watch_s']:.2f} s, "
           f"spurious provisions {top['restart_spurious_provisions']:.0f}); RSS appliance {top['rss_mb']:.0f} MB, "

@@ -14,9 +14,14 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from pathlib import Path
+
+from tests import nfsraw
 
 NFS_PROGRAM, NFS_V4, COMPOUND = 100003, 4, 1
-OP_LOOKUP, OP_PUTROOTFH = 15, 24
+OP_LOOKUP, OP_OPEN, OP_PUTROOTFH = 15, 18, 24
+OPEN4_SHARE_ACCESS_WRITE, OPEN4_SHARE_ACCESS_WANT_NO_DELEG, OPEN4_CREATE, UNCHECKED4, CLAIM_NULL = 2, 0x400, 1, 0, 0
+NFS4ERR_GRACE = 10013
 OP_EXCHANGE_ID, OP_CREATE_SESSION, OP_SEQUENCE, OP_RECLAIM_COMPLETE, OP_READ_PLUS = 42, 43, 53, 58, 68
 CONTENT_DATA, CONTENT_HOLE = 0, 1
 
@@ -85,13 +90,16 @@ class ReadPlus:
 
 
 class Client:
-    def __init__(self, *, host: str, port: int, timeout: float = 10.0, owner: bytes | None = None) -> None:
+    def __init__(self, *, host: str, port: int, timeout: float = 10.0, owner: bytes | None = None,
+                 netns: Path | None = None) -> None:
         """``owner``: the client owner (verifier + id) to present; the same one after a server restart is the
-        same client, whose record lets it reclaim (default: a new client each time)."""
+        same client, whose record lets it reclaim (default: a new client each time). ``netns``: connect from
+        inside that network namespace (the test process stays where it is)."""
         self.owner = owner or os.urandom(8) + b"nfsp-read-plus-" + os.urandom(4).hex().encode()
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock: socket.socket = nfsraw.connect(host=host, port=port, netns=netns, timeout=timeout)
         self.xid = int.from_bytes(os.urandom(4), "big")
         self.session = b""
+        self.clientid = 0
         self.slot_seq = 0
         self._exchange_and_create_session()
 
@@ -155,6 +163,7 @@ class Client:
         u = self._compound([(OP_EXCHANGE_ID, args)])
         self._status(u, OP_EXCHANGE_ID)
         clientid, seq = u.u64(), u.u32()
+        self.clientid = clientid
         cs = Packer().u64(clientid).u32(seq).u32(0)
         _channel_attrs(cs)
         _channel_attrs(cs)
@@ -175,6 +184,30 @@ class Client:
         u.fixed(16)
         for _ in range(5):
             u.u32()
+
+    def renew(self) -> None:
+        """A SEQUENCE alone: renews the lease, and fails once the server has forgotten the session."""
+        u = self._compound([self._sequence()])
+        self._sequence_reply(u)
+
+    def create(self, path: str, name: str) -> None:
+        """OPEN ``name`` in directory ``path`` for writing, creating it (UNCHECKED4, CLAIM_NULL): a new open, which
+        a server in its grace period refuses (``NfsError`` with ``NFS4ERR_GRACE``). The open is left to the
+        lease (no CLOSE)."""
+        ops = [self._sequence(), (OP_PUTROOTFH, b"")]
+        names = [c for c in path.split("/") if c]
+        ops += [(OP_LOOKUP, Packer().opaque(n.encode()).bytes()) for n in names]
+        args = (Packer().u32(0).u32(OPEN4_SHARE_ACCESS_WRITE | OPEN4_SHARE_ACCESS_WANT_NO_DELEG).u32(0)
+                .u64(self.clientid).opaque(b"nfsp-open-owner")
+                .u32(OPEN4_CREATE).u32(UNCHECKED4).u32(0).opaque(b"")  # no attributes: empty bitmap and values
+                .u32(CLAIM_NULL).opaque(name.encode()))
+        ops.append((OP_OPEN, args.bytes()))
+        u = self._compound(ops)
+        self._sequence_reply(u)
+        self._status(u, OP_PUTROOTFH)
+        for _ in names:
+            self._status(u, OP_LOOKUP)
+        self._status(u, OP_OPEN)
 
     # --- READ_PLUS ---------------------------------------------------------------------------------------------
 

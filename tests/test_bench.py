@@ -25,7 +25,8 @@ def required_keys() -> list[str]:
     for n in (N,):
         keys += [f"sizes.{n}.created_per_s", f"sizes.{n}.fraction_of_pipeline", f"backlog.{n}.drain_per_s",
                  f"backlog.{n}.fraction_of_null", f"delete.{n}.per_s", f"delete.{n}.fraction_of_null"]
-    keys += [f"scale.{SCALE}.add_p99_ms"]
+    keys += [f"scale.{SCALE}.add_p99_ms", f"scale.{SCALE}.failover_first_io_s", f"scale.{SCALE}.failover_listed_s",
+             f"scale.{SCALE}.failover_ready_s"]
     return keys
 
 
@@ -48,5 +49,5 @@ def test_every_section_writes_its_figures_under_the_stable_keys(tmp_path: Path) 
     for key in required_keys():
         value = lookup(results, key)
         assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (key, value)
-    for title in ("created+exported", "delete", "backlog", "scale"):  # the printed table has every section
+    for title in ("created+exported", "delete", "backlog", "scale", "failover"):  # the printed table has every section
         assert title in run.stdout, run.stdout

@@ -221,6 +221,9 @@ def test_service_and_pod_are_those_of_statefulset_yaml(helm: Helm, tmp_path: Pat
     objs = render(helm, tmp_path, {})
     raw = {d["kind"]: d for d in shipped("statefulset.yaml")}
     assert by_kind(objs, "Service")[0]["spec"]["ports"] == raw["Service"]["spec"]["ports"]
+    # A restarted pod gets NFS as soon as Ganesha listens, not once ready (tests/test_blackout.py)
+    assert by_kind(objs, "Service")[0]["spec"]["publishNotReadyAddresses"] is True
+    assert raw["Service"]["spec"]["publishNotReadyAddresses"] is True
     raw_pod = raw["StatefulSet"]["spec"]["template"]["spec"]
     pod = by_kind(objs, "StatefulSet")[0]["spec"]["template"]["spec"]
     c, raw_c = pod["containers"][0], raw_pod["containers"][0]

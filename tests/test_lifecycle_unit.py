@@ -64,3 +64,23 @@ def test_a_real_signal_never_raises_in_the_interrupted_code(sig: str) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"{sig} during start-up"
+
+
+def test_log_level_signals_switch_to_debug_and_back_to_the_started_level() -> None:
+    """What SIGUSR1 and SIGUSR2 do (the real signals: tests/test_no_restart.py, tests/test_stalls.py)."""
+    import logging
+
+    root = logging.getLogger()
+    was = root.level
+    try:
+        root.setLevel(logging.WARNING)
+        s = lifecycle.Signals()
+        s.change_log_level(debug=False)  # SIGUSR2 first: the level it started with, unchanged
+        assert root.level == logging.WARNING
+        s.change_log_level(debug=True)
+        assert root.level == logging.DEBUG
+        s.change_log_level(debug=True)
+        s.change_log_level(debug=False)
+        assert root.level == logging.WARNING
+    finally:
+        root.setLevel(was)

@@ -80,9 +80,9 @@ def test_helpers_die_with_the_appliance_and_other_signals_are_harmless(appliance
     assert appliance.proc is not None
     helpers = appliance.leftovers()
     assert len(helpers) >= 2, appliance.log()  # dbus-daemon and ganesha.nfsd at least
-    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+    for sig, said in ((signal.SIGHUP, "ignored"), (signal.SIGUSR1, "log level DEBUG"), (signal.SIGUSR2, "log level")):
         os.kill(appliance.proc.pid, sig)
-        wait.until(lambda sig=sig: f"received {sig.name}: ignored" in appliance.text(), timeout=5,
+        wait.until(lambda sig=sig, said=said: f"received {sig.name}: {said}" in appliance.text(), timeout=5,
                    what=f"{sig.name} logged")
     assert appliance.proc.poll() is None and appliance.get("/healthz")[0] == 200
     assert appliance.leftovers() == helpers

@@ -196,7 +196,6 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
             clones=clones.Clones(root / clones.CLONES_DIR),
             filesystems=fs_volumes,
         )
-        provisioner.probe_filesystems()
         # Before Ganesha loads the exports: an export of a filesystem volume must serve its mount.
         unmountable = recovery.remount(records=records, filesystems=fs_volumes, identity=ident)
         signals.check()
@@ -223,6 +222,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
             exporter.set_clients(clients)
         if node_clients is not None:
             node_clients.follow(exporter.set_clients)
+        provisioner.probe_filesystems()  # once NFS is served (a loop mount: half a second on a busy machine)
         signals.check()
         wait_listed(controller.volumes, checks, signals)
         recovered = done = recovery.Recovery(

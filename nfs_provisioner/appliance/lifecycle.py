@@ -12,8 +12,9 @@ by an exception raised from inside a handler, so a signal at any moment (between
 ignores both signals once everything is stopped: a signal during the interpreter's exit would otherwise take
 the default action (Python restores it then) and turn exit 0 into death by signal.
 
-SIGHUP, SIGUSR1 and SIGUSR2 would kill the process by default without stopping Ganesha; they are logged and
-ignored.
+SIGUSR1 and SIGUSR2 change the appliance's log level at run time, without a restart of anything: SIGUSR1 makes it
+DEBUG, SIGUSR2 puts back the level it started with (``--log-level``); each is logged at WARNING. SIGHUP would kill
+the process by default without stopping Ganesha; it is logged and ignored (there is nothing to reload).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-HARMLESS_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
-"""Their default action would kill the process without stopping Ganesha; the appliance has nothing to reload."""
+HARMLESS_SIGNALS = (signal.SIGHUP,)
+"""Its default action would kill the process without stopping Ganesha; the appliance has nothing to reload."""
+LOG_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+"""SIGUSR1: log at DEBUG; SIGUSR2: back to the level of the start (:func:`change_log_level`)."""
 
 
 class Terminated(Exception):
@@ -52,13 +55,16 @@ class Signals:
         """The first stop signal received (None: none yet, or ``request_stop()``)."""
         self._callbacks: list[Callable[[], object]] = []
         self._pipe: tuple[int, int] | None = None
+        self._started_level: int | None = None
+        """The root logger's level before the first SIGUSR1 (what SIGUSR2 restores)."""
 
     def install(self) -> None:
         r, w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(w, False)  # the C handler must never block; a full pipe only drops repeats
         signal.set_wakeup_fd(w, warn_on_full_buffer=False)
         self._pipe = (r, w)
-        for sig in (*STOP_SIGNALS, *HARMLESS_SIGNALS):  # a handler, not SIG_IGN: children get the default back
+        # A handler, not SIG_IGN: children get the default back.
+        for sig in (*STOP_SIGNALS, *HARMLESS_SIGNALS, *LOG_SIGNALS):
             signal.signal(sig, _recorded_by_the_pipe)
         threading.Thread(target=self._read_signals, args=(r,), name="signals", daemon=True).start()
 
@@ -90,6 +96,20 @@ class Signals:
                 elif signum in HARMLESS_SIGNALS:
                     log.warning("received %s: ignored (the appliance has nothing to reload; SIGTERM stops it)",
                                 signal.Signals(signum).name)
+                elif signum in LOG_SIGNALS:
+                    self.change_log_level(debug=signum == signal.SIGUSR1)
+
+    def change_log_level(self, *, debug: bool) -> None:
+        """What SIGUSR1 (``debug``) and SIGUSR2 do: the appliance's own log level, nothing else (NFS-Ganesha and
+        the controller go on as they are; Ganesha's own log keeps its level)."""
+        root = logging.getLogger()
+        if self._started_level is None:
+            self._started_level = root.level
+        level = logging.DEBUG if debug else self._started_level
+        root.setLevel(level)
+        log.warning("received %s: log level %s (SIGUSR1: DEBUG, SIGUSR2: back to %s)",
+                    "SIGUSR1" if debug else "SIGUSR2", logging.getLevelName(level),
+                    logging.getLevelName(self._started_level))
 
     def request_stop(self) -> None:
         """What a stop signal does (also for tests and embedders)."""

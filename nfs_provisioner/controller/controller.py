@@ -173,9 +173,11 @@ class ProvisionController:
             self.elector.stop()
             if self._elector_thread is not None:
                 self._elector_thread.join(self.settings.shutdown_grace + 5)
-        self._stop_workers()
+        # Shut down first: an idle worker's get() then ends at once (else it waits out its 0.5 s poll); a running
+        # sync finishes (``done`` and re-adds on a shut-down queue are no-ops).
         self.claim_queue.shut_down()
         self.volume_queue.shut_down()
+        self._stop_workers()
         for informer in self.informers:
             informer.stop()
         for informer in self.informers:
