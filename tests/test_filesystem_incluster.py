@@ -166,6 +166,14 @@ def delete_claim(core: client.CoreV1Api, namespace: str, name: str, served: Serv
                .items, timeout=60, what="the PV deleted")
 
 
+def remove_cluster_rbac(cluster: kubecluster.Cluster) -> None:
+    """The ClusterRole and ClusterRoleBinding of rbac.yaml (and pod.yaml): deleting the namespace leaves them, and
+    the next `kubectl create -f pod.yaml` (tests/test_incluster.py) would find them."""
+    for obj in docs("rbac.yaml"):
+        if obj["kind"].startswith("Cluster"):
+            cluster.kubectl("delete", obj["kind"].lower(), obj["metadata"]["name"], "--ignore-not-found", check=False)
+
+
 def test_statefulset_isolated_yaml_serves_filesystem_volumes_from_a_privileged_pod(
         cluster: kubecluster.Cluster, core: client.CoreV1Api, storage: client.StorageV1Api, kube_node: Node,
         appliance_ns: str, namespace: str, tmp_path: Path) -> None:
@@ -196,10 +204,11 @@ def test_statefulset_isolated_yaml_serves_filesystem_volumes_from_a_privileged_p
         restart(core, node, appliance_ns, pod.metadata.name, served, fh, data, "statefulset-isolated.yaml")
         delete_claim(core, namespace, "nfs-isolated", served)
     finally:
-        storage.delete_storage_class(klass["metadata"]["name"])
+        cluster.kubectl("delete", "storageclass", klass["metadata"]["name"], "--ignore-not-found", check=False)
         cluster.kubectl("delete", "statefulset", "nfs-provisioner", "-n", appliance_ns, "--wait=true", check=False)
         cluster.kubectl("delete", "pvc", "--all", "-n", appliance_ns, "--wait=false", check=False)
         cluster.kubectl("delete", "pv", pv_name, "--wait=false", check=False)
+        remove_cluster_rbac(cluster)
 
 
 @pytest.mark.helm
@@ -284,4 +293,5 @@ def test_pod_yaml_without_privileges_refuses_a_filesystem_claim_with_one_clear_e
         assert empty_dir.is_dir() and not list(empty_dir.glob("pvc-*")), sorted(os.listdir(empty_dir))
         assert not list((empty_dir / ".images").iterdir())
     finally:
-        storage.delete_storage_class(klass["metadata"]["name"])
+        cluster.kubectl("delete", "storageclass", klass["metadata"]["name"], "--ignore-not-found", check=False)
+        remove_cluster_rbac(cluster)
