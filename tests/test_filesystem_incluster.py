@@ -184,6 +184,7 @@ def test_statefulset_isolated_yaml_serves_filesystem_volumes_from_a_privileged_p
     export_pv = local_pv(pv_name, disk, node, NAMESPACE, "export-volume-nfs-provisioner-0")
     objs = docs("namespace.yaml") + docs("rbac.yaml") + docs("statefulset-isolated.yaml")
     (klass,) = [o for o in objs if o["kind"] == "StorageClass"]
+    remove_cluster_rbac(cluster)  # a leftover of an earlier test would not be ours to keep
     try:
         started = time.monotonic()
         kubectl_apply(cluster, [export_pv, *objs])
@@ -265,6 +266,7 @@ def test_pod_yaml_without_privileges_refuses_a_filesystem_claim_with_one_clear_e
     claim stays Pending with a ProvisioningFailed event saying what is missing, and no directory is made instead."""
     node = kube_node
     (klass,) = [d for d in docs("statefulset-isolated.yaml") if d["kind"] == "StorageClass"]
+    remove_cluster_rbac(cluster)  # tests/test_incluster.py leaves them, and `kubectl create` would find them
     try:
         cluster.kubectl("create", "-f", str(Path(__file__).resolve().parent.parent / "deploy" / "kube-config"
                                             / "pod.yaml"))
