@@ -184,7 +184,7 @@ def test_statefulset_isolated_yaml_serves_filesystem_volumes_from_a_privileged_p
     export_pv = local_pv(pv_name, disk, node, NAMESPACE, "export-volume-nfs-provisioner-0")
     objs = docs("namespace.yaml") + docs("rbac.yaml") + docs("statefulset-isolated.yaml")
     (klass,) = [o for o in objs if o["kind"] == "StorageClass"]
-    remove_cluster_rbac(cluster)  # a leftover of an earlier test would not be ours to keep
+    remove_cluster_rbac(cluster)  # leftovers of an earlier test (tests/test_incluster.py leaves them)
     try:
         started = time.monotonic()
         kubectl_apply(cluster, [export_pv, *objs])
