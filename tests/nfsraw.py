@@ -2,7 +2,7 @@
 
 Enough of NFSv4.0 (one COMPOUND per call: PUTROOTFH, PUTFH, LOOKUP, LOOKUPP,
 GETFH, GETATTR, READ with the anonymous stateid, CREATE of a directory) and
-of NFSv3 + MOUNT (MNT, LOOKUP, READ, MKDIR, READDIRPLUS) to send what a
+of NFSv3 + MOUNT (MNT, LOOKUP, READ, WRITE, CREATE, MKDIR, READDIRPLUS, FSSTAT) to send what a
 hostile userspace client sends: file handles it made up itself. Nothing here
 interprets a handle; the tests rewrite its bytes.
 
@@ -43,9 +43,10 @@ NFS4ERR_NAMES = {
 }
 
 # NFSv3 procedures (RFC 1813) and MOUNT v3.
-V3_LOOKUP, V3_READ, V3_MKDIR, V3_READDIRPLUS = 3, 6, 9, 17
+V3_LOOKUP, V3_READ, V3_WRITE, V3_CREATE, V3_MKDIR, V3_READDIRPLUS, V3_FSSTAT = 3, 6, 7, 8, 9, 17, 18
 MNT_MNT = 1
-NFS3_OK, NFS3ERR_STALE = 0, 70
+NFS3_OK, NFS3ERR_NOSPC, NFS3ERR_DQUOT, NFS3ERR_STALE = 0, 28, 69, 70
+FILE_SYNC = 2
 
 
 _Client = TypeVar("_Client", bound="RpcClient")
@@ -340,6 +341,10 @@ class Reply3:
     data: bytes = b""
     names: dict[str, bytes] = dataclasses.field(default_factory=dict)
     """READDIRPLUS: name -> handle (empty when the server sent none)."""
+    count: int = 0
+    """WRITE: the bytes the server wrote."""
+    space: dict[str, int] = dataclasses.field(default_factory=dict)
+    """FSSTAT: tbytes, fbytes, abytes (what statvfs, and so ``df``, shows of the export's filesystem)."""
 
 
 def _post_op_attr(u: Unpacker) -> None:
@@ -383,6 +388,34 @@ class Nfs3(RpcClient):
         u.u32()  # count
         u.u32()  # eof
         return Reply3(status=status, data=u.opaque())
+
+    def write(self, fh: bytes, data: bytes, *, offset: int = 0) -> Reply3:
+        """One FILE_SYNC WRITE (the data is on the server's disk when it answers NFS3_OK)."""
+        u = self.call(V3_WRITE, Packer().opaque(fh).u64(offset).u32(len(data)).u32(FILE_SYNC).opaque(data).bytes())
+        status = u.u32()
+        _wcc_data(u)
+        if status != NFS3_OK:
+            return Reply3(status=status)
+        return Reply3(status=status, count=u.u32())
+
+    def create(self, dir_fh: bytes, name: str, *, mode: int = 0o644) -> Reply3:
+        """CREATE UNCHECKED (an existing file is kept); the new file's handle."""
+        sattr = Packer().u32(1).u32(mode).u32(0).u32(0).u32(0).u32(0).u32(0).bytes()
+        u = self.call(V3_CREATE, Packer().opaque(dir_fh).string(name).u32(0).fixed(sattr).bytes())
+        status = u.u32()
+        if status != NFS3_OK:
+            return Reply3(status=status)
+        fh = u.opaque() if u.u32() else b""
+        return Reply3(status=status, fh=fh)
+
+    def fsstat(self, fh: bytes) -> Reply3:
+        """FSSTAT: the size, free and available bytes of the filesystem ``fh`` is on."""
+        u = self.call(V3_FSSTAT, Packer().opaque(fh).bytes())
+        status = u.u32()
+        _post_op_attr(u)
+        if status != NFS3_OK:
+            return Reply3(status=status)
+        return Reply3(status=status, space={"tbytes": u.u64(), "fbytes": u.u64(), "abytes": u.u64()})
 
     def mkdir(self, dir_fh: bytes, name: str, *, mode: int = 0o755) -> Reply3:
         # sattr3: set mode; uid, gid, size unset; atime, mtime DONT_CHANGE.

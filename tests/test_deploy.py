@@ -17,6 +17,7 @@ pytestmark = pytest.mark.kube
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kube-config"
 NAMESPACE = "nfs-provisioner"
 WORKLOADS = ["pod.yaml", "deployment.yaml", "statefulset.yaml", "daemonset.yaml"]
+ISOLATED = "statefulset-isolated.yaml"  # filesystem volumes: statefulset.yaml, privileged, and its class
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def dry_run(cluster: kubecluster.Cluster, *args: str, input: str | None = None) 
     return r.stdout
 
 
-@pytest.mark.parametrize("manifest", ["namespace.yaml", "rbac.yaml", "class.yaml", *WORKLOADS])
+@pytest.mark.parametrize("manifest", ["namespace.yaml", "rbac.yaml", "class.yaml", *WORKLOADS, ISOLATED])
 def test_manifest_passes_server_side_dry_run(cluster: kubecluster.Cluster, appliance_namespace: str,
                                              manifest: str) -> None:
     out = dry_run(cluster, "-f", str(DEPLOY / manifest))
@@ -42,7 +43,7 @@ def test_manifest_passes_server_side_dry_run(cluster: kubecluster.Cluster, appli
     assert len(out.split()) == len(kinds)
 
 
-@pytest.mark.parametrize("manifest", ["claim.yaml", "write-pod.yaml", "read-pod.yaml"])
+@pytest.mark.parametrize("manifest", ["claim.yaml", "claim-isolated.yaml", "write-pod.yaml", "read-pod.yaml"])
 def test_example_workload_passes_dry_run(cluster: kubecluster.Cluster, namespace: str, manifest: str) -> None:
     dry_run(cluster, "-n", namespace, "-f", str(DEPLOY / manifest))
 
@@ -55,7 +56,7 @@ def test_kustomization_renders_and_is_accepted(cluster: kubecluster.Cluster, app
     dry_run(cluster, "-k", str(DEPLOY))
 
 
-@pytest.mark.parametrize("manifest", WORKLOADS)
+@pytest.mark.parametrize("manifest", [*WORKLOADS, ISOLATED])
 def test_workloads_need_privileged_pod_security_and_say_why(cluster: kubecluster.Cluster, namespace: str,
                                                             manifest: str) -> None:
     # The same workload in a namespace enforcing "baseline" is refused for its added capability.
@@ -66,6 +67,9 @@ def test_workloads_need_privileged_pod_security_and_say_why(cluster: kubecluster
     if manifest == "pod.yaml":
         assert r.returncode != 0
         assert "DAC_READ_SEARCH" in r.stderr
+    elif manifest == ISOLATED:
+        assert 'privileged (container "nfs-provisioner" must not set securityContext.privileged=true)' in r.stderr, \
+            r.stderr
     else:
         # Controllers are admitted (with a warning); their pods would be refused.
         assert "DAC_READ_SEARCH" in r.stderr, r.stderr
@@ -112,3 +116,26 @@ def test_pod_yaml_is_self_contained_and_its_namespace_and_rbac_are_the_shared_on
                                          "ServiceAccount", "Pod"]
     shared = [d for f in ("namespace.yaml", "rbac.yaml") for d in yaml.safe_load_all((DEPLOY / f).read_text()) if d]
     assert docs[:5] == shared
+
+
+def test_the_isolated_statefulset_is_statefulset_yaml_privileged_with_a_filesystem_class() -> None:
+    """statefulset-isolated.yaml differs from statefulset.yaml only where filesystem volumes need it: the container
+    is privileged (loop devices and mount(2)), and it brings the class example-nfs-isolated; no directory class
+    of the same provisioner (a directory volume's export would reach the images)."""
+    base = {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "statefulset.yaml").read_text()) if d}
+    docs = [d for d in yaml.safe_load_all((DEPLOY / ISOLATED).read_text()) if d]
+    assert [d["kind"] for d in docs] == ["ServiceAccount", "Service", "StatefulSet", "StorageClass"]
+    got = {d["kind"]: d for d in docs}
+    assert got["ServiceAccount"] == base["ServiceAccount"] and got["Service"] == base["Service"]
+    (c,) = got["StatefulSet"]["spec"]["template"]["spec"]["containers"]
+    assert c.pop("securityContext") == {"privileged": True, "allowPrivilegeEscalation": True}
+    base["StatefulSet"]["spec"]["template"]["spec"]["containers"][0].pop("securityContext")
+    assert got["StatefulSet"] == base["StatefulSet"]
+    # The volumes' mounts stay in the container's mount namespace (they go, and their loop devices detach, with it).
+    assert all("mountPropagation" not in m for m in c["volumeMounts"])
+    klass = got["StorageClass"]
+    assert klass["parameters"] == {"isolation": "filesystem", "fsType": "ext4"}
+    assert klass["provisioner"] == base["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]["args"][0] \
+        .removeprefix("--provisioner=")
+    claim = yaml.safe_load((DEPLOY / "claim-isolated.yaml").read_text())
+    assert claim["spec"]["storageClassName"] == klass["metadata"]["name"]

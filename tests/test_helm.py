@@ -31,6 +31,7 @@ MODES: dict[str, dict[str, Any]] = {
     "two-replicas": {"replicas": 2, "leaderElect": True},
     "nfsv4-only": {"nfsv3": False, "exportSubnet": "nodes,10.1.0.0/16", "maxExports": 100},
     "servicemonitor": {"metrics": {"serviceMonitor": {"enabled": True}}},
+    "filesystem-volumes": {"isolation": "filesystem", "fsType": "xfs"},
 }
 
 
@@ -134,6 +135,18 @@ def test_each_mode_renders_what_it_says(helm: Helm, tmp_path: Path) -> None:
     assert args_of(v4)["nfsv3"] == "false" and args_of(v4)["export-subnet"] == "nodes,10.1.0.0/16"
     assert {p["port"] for p in by_kind(v4, "Service")[0]["spec"]["ports"]} == {2049, 875}
 
+    fs = render(helm, tmp_path, MODES["filesystem-volumes"])
+    assert by_kind(fs, "StorageClass")[0]["parameters"] == {
+        "onDelete": "delete", "gid": "none", "rootSquash": "false", "isolation": "filesystem", "fsType": "xfs"}
+    # Loop devices and mount(2): privileged (which implies privilege escalation); everything else as set.
+    assert container(fs)["securityContext"] == {"privileged": True, "allowPrivilegeEscalation": True,
+                                                "capabilities": {"add": ["DAC_READ_SEARCH"]}}
+    assert by_kind(fs, "StatefulSet")[0]["spec"]["template"]["spec"]["securityContext"] == {
+        "seccompProfile": {"type": "RuntimeDefault"}}
+    # With the user's own class (storageClass.create=false) the pod is privileged all the same.
+    own = render(helm, tmp_path, {**MODES["filesystem-volumes"], "storageClass": {"create": False}})
+    assert not by_kind(own, "StorageClass") and container(own)["securityContext"]["privileged"] is True
+
     sm = render(helm, tmp_path, MODES["servicemonitor"])
     (monitor,) = by_kind(sm, "ServiceMonitor")
     (metrics_svc,) = [s for s in by_kind(sm, "Service") if s["metadata"]["name"].endswith("-metrics")]
@@ -164,6 +177,8 @@ def test_extra_args_env_and_scheduling_values_reach_the_pod(helm: Helm, tmp_path
     ("provisionerName=nfs", "at '/provisionerName': 'nfs' does not match pattern"),
     ("gracePerod=5", "additional properties 'gracePerod' not allowed"),
     ("logLevel=LOUD", "at '/logLevel': value must be one of"),
+    ("isolation=volume", "at '/isolation': value must be one of 'directory', 'filesystem'"),
+    ("fsType=btrfs", "at '/fsType': value must be one of 'ext4', 'xfs'"),
 ])
 def test_a_wrong_value_is_refused_with_a_clear_message(helm: Helm, set_arg: str, message: str) -> None:
     r = helm("template", "nfs", str(CHART), "--set", set_arg, check=False)
@@ -196,6 +211,10 @@ def test_notes_tell_how_to_claim_and_what_the_namespace_needs(tmp_path: Path, cl
     assert "storageClassName: nfs-nfs-provisioner" in text and "kind: PersistentVolumeClaim" in text
     assert "kubectl label namespace store pod-security.kubernetes.io/enforce=privileged" in text
     assert "export-volume-nfs-nfs-provisioner-0" in text  # kept by helm uninstall
+    assert "storage: 1Mi" in text and "privileged (isolation: filesystem" not in text
+    text = notes(helm, "isolation=filesystem")
+    assert "storage: 64Mi" in text and "The pod is privileged (isolation: filesystem" in text  # ext4's minimum: 4Mi
+    assert "storage: 300Mi" in notes(helm, "isolation=filesystem", "fsType=xfs")
     text = notes(helm, "storageClass.create=false", "provisionerName=example.com/nfs")
     assert "No StorageClass was created" in text and "example.com/nfs" in text and "storageClassName" not in text
 
@@ -345,6 +364,9 @@ def test_release_namespace_needs_privileged_pod_security(helm: Helm, tmp_path: P
     cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=baseline")
     r = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=text, check=False)
     assert r.returncode == 0 and "DAC_READ_SEARCH" in r.stderr, r.stderr
+    fs = yaml.safe_dump_all(render(helm, tmp_path, MODES["filesystem-volumes"], release="psa-fs", namespace=namespace))
+    r = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=fs, check=False)
+    assert r.returncode == 0 and 'privileged (container "nfs-provisioner" must not set' in r.stderr, r.stderr
     cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=privileged", "--overwrite")
     r = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=text, check=False)
     assert r.returncode == 0 and "DAC_READ_SEARCH" not in r.stderr, r.stderr

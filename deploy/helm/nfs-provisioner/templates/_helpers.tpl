@@ -111,3 +111,15 @@ template --is-upgrade) keeps NLM, as it had. docs/appliance.md, "Availability". 
 false
 {{- end -}}
 {{- end }}
+
+{{/* The container's securityContext: the value, privileged with isolation: filesystem (the appliance attaches loop
+devices and mounts filesystems; CAP_SYS_ADMIN alone is not enough, the runtime's device cgroup gives no loop device
+to a container that is not privileged). docs/filesystem-volumes.md, "Where users run it". */}}
+{{- define "nfs-provisioner.securityContext" -}}
+{{- $sc := deepCopy (.Values.securityContext | default dict) -}}
+{{- if eq .Values.isolation "filesystem" -}}
+{{- $_ := set $sc "privileged" true -}}
+{{- $_ := set $sc "allowPrivilegeEscalation" true -}}
+{{- end -}}
+{{- toYaml $sc -}}
+{{- end }}

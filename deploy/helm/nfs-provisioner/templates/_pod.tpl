@@ -105,7 +105,7 @@ spec:
         {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
-      {{- with .Values.securityContext }}
+      {{- with (include "nfs-provisioner.securityContext" . | fromYaml) }}
       securityContext:
         {{- toYaml . | nindent 8 }}
       {{- end }}
