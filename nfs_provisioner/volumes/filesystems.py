@@ -560,8 +560,8 @@ class FilesystemVolumes:
 
     def _probe_mount(self) -> str | None:
         if not loops.LOOP_CONTROL.exists():
-            return (f"{loops.LOOP_CONTROL} is missing: filesystem volumes need loop devices (a privileged pod, or "
-                    "the device and CAP_SYS_ADMIN)")
+            return (f"{loops.LOOP_CONTROL} is missing: filesystem volumes need loop devices (in Kubernetes a "
+                    "privileged pod: deploy/kube-config/statefulset-isolated.yaml or Helm isolation=filesystem)")
         if shutil.which("mkfs.ext4") is None:
             return "mkfs.ext4 not found in PATH (install e2fsprogs)"
         where = Path(tempfile.mkdtemp(prefix=".probe-", dir=self.images))
