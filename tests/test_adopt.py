@@ -119,9 +119,9 @@ class Legacy:
             pv["spec"]["storageClassName"] = self.cls(old["spec"]["storageClassName"])
             pv.pop("status", None)
             change(claim, pv)
-            self.core.create_persistent_volume(pv)
+            _create_pv(self.core, pv)
         wait.until(lambda: all(self.core.read_namespaced_persistent_volume_claim(c, self.namespace).status.phase
-                               == "Bound" for c in FIXTURE_PVS), timeout=60, what="the fixture's claims Bound")
+                               == "Bound" for c in FIXTURE_PVS), timeout=180, what="the fixture's claims Bound")
         for claim, old in FIXTURE_PVS.items():
             self.pvs[claim] = self.core.read_persistent_volume(old["metadata"]["name"]).to_dict()
 
@@ -157,6 +157,19 @@ class _gone:
 
     def __exit__(self, typ: object, e: object, tb: object) -> bool:
         return isinstance(e, ApiException) and e.status == 404
+
+
+def _create_pv(core: client.CoreV1Api, body: dict[str, Any], *, timeout: float = 600) -> None:
+    """Create the PV, waiting while another run holds its name (the fixture's names are fixed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            core.create_persistent_volume(body)
+            return
+        except ApiException as e:
+            if e.status != 409 or time.monotonic() > deadline:
+                raise
+        time.sleep(1)
 
 
 def _exists(core: client.CoreV1Api, name: str) -> bool:
@@ -207,7 +220,7 @@ def test_refused_volumes_get_one_warning_and_one_event_and_nothing_changes(
             "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": legacy.cls("example-nfs"),
                      "resources": {"requests": {"storage": "1Mi"}}}})
         ours = wait.until(lambda: core.read_namespaced_persistent_volume_claim("ours", legacy.namespace).spec
-                          .volume_name, timeout=60, what="our own claim provisioned")
+                          .volume_name, timeout=180, what="our own claim provisioned")
         assert core.read_persistent_volume(ours).metadata.annotations["Export_Id"] == "1"
         assert a.stop() == 0
         keep_dir = FIXTURE_PVS["keep"]["metadata"]["name"]
@@ -271,6 +284,15 @@ def test_refused_volumes_get_one_warning_and_one_event_and_nothing_changes(
         assert (root / "vfs.conf").read_bytes() == conf  # kept in place: nothing adopted
         assert _exports(root) == {ours: 1}
         assert sorted(os.listdir(root / ".volumes")) == [f"{ours}.json"]
+        assert "Export_Ids 2,3,4,5 of volumes not adopted are kept free for them" in a.text()
+        # A new volume takes none of the refused volumes' ids (1 is ours; 2-5 are kept for them).
+        core.create_namespaced_persistent_volume_claim(legacy.namespace, {
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "fresh"},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": legacy.cls("example-nfs"),
+                     "resources": {"requests": {"storage": "1Mi"}}}})
+        fresh = wait.until(lambda: core.read_namespaced_persistent_volume_claim("fresh", legacy.namespace).spec
+                           .volume_name, timeout=180, what="a new claim provisioned")
+        assert core.read_persistent_volume(fresh).metadata.annotations["Export_Id"] == "6"
         nfs = nfsraw.Nfs4(host="127.0.0.1", port=a.nfs_port, uid=1000, gid=1234)
         with nfs:
             for claim in FIXTURE_PVS:
@@ -412,7 +434,7 @@ def test_a_clone_of_an_adopted_volume_takes_a_new_id(adopted: Adopted) -> None:
                  "dataSource": {"kind": "PersistentVolumeClaim", "name": "squashed"},
                  "resources": {"requests": {"storage": "1Mi"}}}})
     wait.until(lambda: legacy.core.read_namespaced_persistent_volume_claim("copy", legacy.namespace).status.phase
-               == "Bound", timeout=60, what=lambda: f"the clone Bound\n{a.log()}")
+               == "Bound", timeout=180, what=lambda: f"the clone Bound\n{a.log()}")
     name = legacy.core.read_namespaced_persistent_volume_claim("copy", legacy.namespace).spec.volume_name
     pv = legacy.core.read_persistent_volume(name)
     assert int(pv.metadata.annotations["Export_Id"]) == 5  # 1..4 are the adopted volumes'
@@ -427,7 +449,7 @@ def test_an_adopted_volume_expands(adopted: Adopted) -> None:
     legacy.core.patch_namespaced_persistent_volume_claim("shared", legacy.namespace,
                                                         {"spec": {"resources": {"requests": {"storage": "10Mi"}}}})
     wait.until(lambda: (legacy.core.read_namespaced_persistent_volume_claim("shared", legacy.namespace).status
-                        .capacity or {}).get("storage") == "10Mi", timeout=60,
+                        .capacity or {}).get("storage") == "10Mi", timeout=180,
                what=lambda: f"the claim's capacity 10Mi\n{adopted.appliance.log()}")
     assert legacy.pv("shared").spec.capacity["storage"] == "10Mi"
 
@@ -437,10 +459,10 @@ def test_adopted_volumes_are_deleted_or_kept_as_their_reclaim_policy_says(adopte
     data, keep = FIXTURE_PVS["data"]["metadata"]["name"], FIXTURE_PVS["keep"]["metadata"]["name"]
     legacy.core.delete_namespaced_persistent_volume_claim("data", legacy.namespace)
     legacy.core.delete_namespaced_persistent_volume_claim("keep", legacy.namespace)
-    wait.until(lambda: not _exists(legacy.core, data), timeout=60, what=lambda: f"the Delete PV gone\n{a.log()}")
+    wait.until(lambda: not _exists(legacy.core, data), timeout=180, what=lambda: f"the Delete PV gone\n{a.log()}")
     assert not (root / data).exists() and data not in _exports(root)
     assert not (root / ".volumes" / f"{data}.json").exists()
-    wait.until(lambda: legacy.pv("keep").status.phase == "Released", timeout=60, what="the Retain PV Released")
+    wait.until(lambda: legacy.pv("keep").status.phase == "Released", timeout=180, what="the Retain PV Released")
     assert (root / keep / "hello.txt").exists() and keep in _exports(root)
     with nfsraw.Nfs4(host="127.0.0.1", port=a.nfs_port, uid=1000, gid=1234) as nfs:
         assert nfs.compound([*_lookup(nfs, f"{data}/hello.txt"), nfs.read()]).status != nfsraw.NFS4_OK
