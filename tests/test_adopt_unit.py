@@ -71,7 +71,7 @@ def _block(pv: dict[str, Any]) -> str:
      "malformed"),
     (lambda pv: pv["metadata"]["annotations"].update(EXPORT_block=_block(pv)[:-3]), "malformed"),
     (lambda pv: pv["metadata"]["annotations"].update(EXPORT_block="{" * 50), "malformed"),
-    (lambda pv: pv["metadata"]["annotations"].update(EXPORT_block="x" * 5000), "5000 characters"),
+    (lambda pv: pv["metadata"]["annotations"].update(EXPORT_block=_block(pv) + "#" + "x" * 5000), "(at most 4096)"),
     (lambda pv: pv["metadata"]["annotations"].update(EXPORT_block=_block(pv).replace("1.1", "9.9")), "Filesystem_id"),
     (lambda pv: pv["metadata"]["annotations"].update(EXPORT_block=_block(pv).replace(
         "Path = /export/pvc", "Path = /etc/../export/pvc")), "serves Path"),
@@ -200,7 +200,9 @@ def test_a_crash_between_record_and_export_is_finished_at_the_next_start(tmp_pat
     a.records.write(adoption.new_record(pv_name=name, claim={"metadata": {"uid": pvs[2]["spec"]["claimRef"]["uid"]}},
                                         identity=IDENTITY, path=root / name, root_squash=cand.export.root_squash,
                                         on_delete="delete", adopted=True))
+    written = (root / ".volumes" / f"{name}.json").read_bytes()
     report = a.run(pvs)
+    assert (root / ".volumes" / f"{name}.json").read_bytes() == written  # finished, not written again
     assert sorted(report.adopted) == sorted(p["metadata"]["name"] for p in pvs[2:])
     assert len(report.earlier) == 2 and not report.refused
     assert second.exports[name][2] == int(pvs[2]["metadata"]["annotations"]["Export_Id"])
