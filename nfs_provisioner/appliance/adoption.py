@@ -155,12 +155,12 @@ class Adoption:
             record = self.records.read(name)
         except RecordError as e:
             return f"its volume record is unusable: {e}"
-        if record is not None:
-            if not record.adopted:
-                return None  # this appliance's own volume: the state check's
-            if self.exporter.has(name):
+        if record is not None and not record.adopted:
+            return None  # this appliance's own volume: the state check's
+        if self.exporter.has(name):
+            if record is not None:
                 report.earlier.append(name)
-                return None
+            return None  # without a record: made by this appliance before it kept records (the state check's)
         verdict = golayout.check(pv, root=self.root, config=config, config_error=config_error)
         if isinstance(verdict, str):
             return verdict
@@ -176,8 +176,6 @@ class Adoption:
         holder = ids.get(verdict.export.export_id)
         if holder is not None and holder != name:
             return f"Export_Id {verdict.export.export_id} is taken: this appliance serves it as {holder}"
-        if record is None and self.exporter.has(name):
-            return f"an export named {name} exists already without a volume record"
         if self.quotas is not None:
             try:
                 problem = golayout.quota_problem(verdict.project_id, self.quotas.recorded(), path)
