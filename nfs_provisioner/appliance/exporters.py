@@ -50,6 +50,14 @@ class GaneshaExporter:
         export = self.manager.get(name)
         return None if export is None else export.path
 
+    def export_ids(self) -> dict[int, str]:
+        """Export_Id -> name of every export (held ones included: their ids are taken)."""
+        return {e.export_id: e.name for e in self.manager.list_exports()}
+
+    def reserve_ids(self, export_ids: list[int]) -> list[int]:
+        """Keep these ids from new exports (see ``ExportManager.reserve``); returns those reserved."""
+        return self.manager.reserve(export_ids)
+
     def unserved(self) -> dict[str, str]:
         return self.manager.unserved()
 

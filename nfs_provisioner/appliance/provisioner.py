@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from nfs_provisioner.appliance import clones as clones_mod
+from nfs_provisioner.appliance import golayout
 from nfs_provisioner.controller.interface import (
     PVC_KIND,
     IgnoredError,
@@ -446,6 +447,16 @@ class NFSProvisioner(Provisioner):
             raise ProvisioningError(f"creating volume {name} failed and its rollback failed too ({'; '.join(failed)})",
                                     ProvisioningState.IN_BACKGROUND)
 
+    def should_delete(self, volume: Object) -> bool:
+        """False for a PV of the Go nfs-provisioner that this appliance has not adopted (no volume record: refused
+        at start, or another identity's; ``appliance.adoption``): the controller leaves it exactly as it is."""
+        if not golayout.is_go_volume(volume):
+            return True
+        try:
+            return self.records.read(str((volume.get("metadata") or {}).get("name", ""))) is not None
+        except (RecordError, DirectoryError):
+            return True  # delete() refuses it with an event, saying why
+
     def owns(self, volume: Object) -> bool | None:
         owner = ((volume.get("metadata") or {}).get("annotations") or {}).get(ANN_IDENTITY)
         return None if owner is None else owner == self.config.identity
@@ -458,6 +469,9 @@ class NFSProvisioner(Provisioner):
         owner = ((volume.get("metadata") or {}).get("annotations") or {}).get(ANN_IDENTITY)
         if owner != self.config.identity:
             raise RuntimeError(f"volume {name} belongs to provisioner instance {owner}, not {self.config.identity}")
+        if not self.should_delete(volume):
+            raise RuntimeError(f"volume {name} is the Go nfs-provisioner's and was not adopted (see its "
+                               "AdoptionRefused event); it is left as it is")
         path = self.directories.path_for(name)
         record = self.records.read(name)
         if record is not None and record.filesystem is not None:
