@@ -446,6 +446,10 @@ class NFSProvisioner(Provisioner):
             raise ProvisioningError(f"creating volume {name} failed and its rollback failed too ({'; '.join(failed)})",
                                     ProvisioningState.IN_BACKGROUND)
 
+    def should_delete(self, volume: Object) -> bool:
+        """Instances sharing a class (a pool) leave each other's volumes alone: no finalizer write, no event."""
+        return self.owns(volume) is not False
+
     def owns(self, volume: Object) -> bool | None:
         owner = ((volume.get("metadata") or {}).get("annotations") or {}).get(ANN_IDENTITY)
         return None if owner is None else owner == self.config.identity
