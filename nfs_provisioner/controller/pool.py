@@ -238,6 +238,14 @@ class Pool:
             address=status.address or (mine.address if mine else ""), up=True)
         return list(members.values())
 
+    def _down_in(self, member: str) -> float:
+        """Seconds until ``member`` is counted down if its Lease stops changing now (at most a timeout)."""
+        with self._lock:
+            seen = self._seen.get(member)
+        if seen is None:
+            return self.member_timeout
+        return min(self.member_timeout, max(0.0, self.member_timeout - (self._clock() - seen[1])))
+
     def fresh(self) -> bool:
         """Whether our own Lease was renewed recently enough that no other member can count us down."""
         return self._clock() - self._renewed < self.member_timeout - self.heartbeat
@@ -257,8 +265,8 @@ class Pool:
         members = {m.name: m for m in self.members()}
         if assigned:
             member = members.get(assigned)
-            if member is not None and member.up:
-                return Route(False, claim, outcomes.retry_after(self.member_timeout,
+            if member is not None and member.up:  # look again when it could be counted down
+                return Route(False, claim, outcomes.retry_after(self._down_in(assigned) + self.heartbeat,
                                                                 f"pool {self.pool}: assigned to member {assigned}"))
             try:
                 self.api.get(kube.volumes_path(pv_name))
@@ -306,7 +314,8 @@ class Pool:
             log.info("claim %s: assigned to pool member %s", key, member)
         if member == self.identity:
             return Route(True, updated)
-        return Route(False, updated, outcomes.retry_after(self.member_timeout, f"assigned to member {member}"))
+        return Route(False, updated, outcomes.retry_after(self._down_in(member) + self.heartbeat,
+                                                          f"assigned to member {member}"))
 
     def confirm(self, claim: Object) -> bool:
         """After the in-flight record is written, before anything is made: does the claim, read from the API
