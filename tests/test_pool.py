@@ -112,9 +112,12 @@ def test_members_publish_themselves(pool: Pool, kapi: object) -> None:
     from nfs_provisioner.kube import client as kube
 
     assert isinstance(kapi, kube.Client)
-    leases = kapi.get(kube.leases_path(pool.namespace), labelSelector=f"{pool_mod.LABEL_POOL}={pool.name}")["items"]
-    published = {lease["spec"]["holderIdentity"]: lease["metadata"]["annotations"] for lease in leases}
-    assert set(published) == {pool.identity(a) for a in pool.members}
+
+    def all_published() -> dict[str, dict[str, str]] | None:  # /readyz is 200 once listed, a moment before this
+        leases = kapi.get(kube.leases_path(pool.namespace), labelSelector=f"{pool_mod.LABEL_POOL}={pool.name}")
+        found = {lease["spec"]["holderIdentity"]: lease["metadata"]["annotations"] for lease in leases["items"]}
+        return found if set(found) == {pool.identity(a) for a in pool.members} else None
+    published = wait.until(all_published, timeout=30, what="three members' Leases")
     for i, a in enumerate(pool.members):
         ann = published[pool.identity(a)]
         assert ann[pool_mod.ANN_ADDRESS] == f"127.0.0.{i + 2}"
@@ -124,7 +127,7 @@ def test_members_publish_themselves(pool: Pool, kapi: object) -> None:
         texts = [a.get("/metrics")[1] for a in pool.members]
         return all(f'nfs_provisioner_pool_member_up{{address="127.0.0.{i + 2}",member="{pool.identity(a)}",'
                    f'pool="{pool.name}"}} 1.0' in text for text in texts for i, a in enumerate(pool.members))
-    wait.until(all_up, timeout=10, what=lambda: pool.members[0].get("/metrics")[1][-3000:])
+    wait.until(all_up, timeout=30, what=lambda: pool.members[0].get("/metrics")[1][-3000:])
 
 
 def test_rate_of_a_pool_of_three_vs_one_appliance(pool: Pool, cluster: kubecluster.Cluster,
@@ -135,6 +138,7 @@ def test_rate_of_a_pool_of_three_vs_one_appliance(pool: Pool, cluster: kubeclust
     wait.until(lambda: _bound(core, pool.namespace, "rate-", n), timeout=400, interval=0.5,
                what=f"{n} claims Bound by the pool")
     pool_s = time.monotonic() - started
+    pool_span = _save_span([a.text() for a in pool.members], "rate-")
     per_member = collections.Counter(c.metadata.annotations.get(pool_mod.ANN_MEMBER)
                                      for c in _claims(core, pool.namespace, "rate-"))
 
@@ -151,8 +155,11 @@ def test_rate_of_a_pool_of_three_vs_one_appliance(pool: Pool, cluster: kubeclust
         wait.until(lambda: _bound(core, pool.namespace, "one-", n), timeout=400, interval=0.5,
                    what=f"{n} claims Bound by one appliance")
         one_s = time.monotonic() - started
+        one_span = _save_span([one.text()], "one-")
         print(f"\nFIGURE rate: {n} claims Bound by a pool of 3 in {pool_s:.1f}s ({n / pool_s:.1f}/s), "
-              f"by one appliance in {one_s:.1f}s ({n / one_s:.1f}/s); pool distribution {dict(per_member)}")
+              f"by one appliance in {one_s:.1f}s ({n / one_s:.1f}/s); the provisioners' own span (first to last "
+              f"volume made, from their logs): pool {pool_span:.1f}s ({n / pool_span:.1f}/s), one appliance "
+              f"{one_span:.1f}s ({n / one_span:.1f}/s); pool distribution {sorted(per_member.values())}")
         for prefix in ("rate-", "one-"):
             for c in _claims(core, pool.namespace, prefix):
                 core.delete_namespaced_persistent_volume_claim(c.metadata.name, pool.namespace)
@@ -165,6 +172,7 @@ def test_rate_of_a_pool_of_three_vs_one_appliance(pool: Pool, cluster: kubeclust
     assert len(per_member) == 3 and all(v >= n // 6 for v in per_member.values()), per_member
 
 
+@pytest.mark.timeout(1200)  # ~2 min alone; the binder (kube-controller-manager) is slow on a busy machine
 def test_300_claims_exactly_once_with_a_member_killed_mid_burst(pool: Pool) -> None:
     core, ns, n = pool.core, pool.namespace, 300
     identities = [pool.identity(a) for a in pool.members]
@@ -182,16 +190,19 @@ def test_300_claims_exactly_once_with_a_member_killed_mid_burst(pool: Pool) -> N
     ganesha.suspend()
     with ThreadPoolExecutor(1) as ex:  # the second half of the burst arrives meanwhile
         second_half = ex.submit(_make_claims, core, ns, pool.cls, names[n // 2:])
-        wait.until(lambda: len(_volumes(victim.export_root)["in flight"]) >= 3, timeout=60, interval=0.01,
+        # (an AddExport that gets no answer fails after its D-Bus timeout and is undone: kill at the first one seen)
+        wait.until(lambda: _volumes(victim.export_root)["in flight"], timeout=300, interval=0.01,
                    what="provisions of the victim in flight")
         victim.kill()
         in_flight_at_kill = _volumes(victim.export_root)["in flight"]
         killed, killed_at = time.monotonic(), datetime.datetime.now()  # the logs' clock: local time
         second_half.result()
 
-    def stranded() -> list[str]:
+    def stranded() -> list[str]:  # the dead member's claims without a PV (a saved PV waits for the binder only)
+        pvs = {p.metadata.name for p in core.list_persistent_volume().items if p.spec.storage_class_name == pool.cls}
         return [c.metadata.name for c in _claims(core, ns, "c")
-                if c.status.phase != "Bound" and (c.metadata.annotations or {}).get(pool_mod.ANN_MEMBER) == dead]
+                if (c.metadata.annotations or {}).get(pool_mod.ANN_MEMBER) == dead and c.status.phase != "Bound"
+                and f"pvc-{c.metadata.uid}" not in pvs]
     first_stranded = stranded()
     wait.until(lambda: not stranded(), timeout=120, interval=0.2, what=lambda: f"claims of the dead member "
                f"reassigned (still {stranded()[:5]}...)")
@@ -230,7 +241,7 @@ def test_300_claims_exactly_once_with_a_member_killed_mid_burst(pool: Pool) -> N
     first, last = ((min(moves) - killed_at).total_seconds(), (max(moves) - killed_at).total_seconds()) if moves \
         else (-1.0, -1.0)
     print(f"\nFIGURE burst: {n} claims, member {dead[:8]} SIGKILLed after {n // 2} were created; "
-          f"{len(first_stranded)} of its claims were pending at the kill, {len(in_flight_at_kill)} in flight in "
+          f"{len(first_stranded)} of its claims had no PV at the kill, {len(in_flight_at_kill)} in flight in "
           f"its journal, {undone} of those undone after its restart; its claims reassigned from "
           f"{first:.1f}s to {last:.1f}s after the kill (member timeout {LEASE_DURATION}s, heartbeat 1s; the test saw "
           f"none left {seen_routed:.1f}s after it); all {n} Bound in {all_bound:.1f}s; "
@@ -250,6 +261,82 @@ def test_300_claims_exactly_once_with_a_member_killed_mid_burst(pool: Pool) -> N
                                            "in flight": set()}
 
 
+def _save_span(logs: list[str], prefix: str) -> float:
+    """Seconds from the first to the last "volume ... provisioned" line for claims named ``prefix*``."""
+    times = [datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for text in logs
+             for line in text.splitlines() if f"/{prefix}" in line and "provisioned, saving the PV" in line]
+    assert times, f"no volume of {prefix}* made"
+    return max(0.001, (max(times) - min(times)).total_seconds())
+
+
 def _summary(have: dict[str, set[str]], want: set[str]) -> str:
     return "; ".join(f"{k}: {len(v)} (extra {sorted(v - want)[:3]}, missing {sorted(want - v)[:3]})"
                      for k, v in have.items())
+
+
+def _claim_body(name: str, cls: str, source: str | None = None) -> dict[str, object]:
+    spec: dict[str, object] = {"accessModes": ["ReadWriteMany"], "storageClassName": cls,
+                               "resources": {"requests": {"storage": "1Mi"}}}
+    if source is not None:
+        spec["dataSource"] = {"kind": "PersistentVolumeClaim", "name": source}
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name}, "spec": spec}
+
+
+def test_pinned_class_and_clones_on_their_source_s_member(pool: Pool, storage: client.StorageV1Api) -> None:
+    core, ns = pool.core, pool.namespace
+    identities = [pool.identity(a) for a in pool.members]
+    pinned = f"{pool.cls}-pinned"  # pinned by the member's server address, as `spec.nfs.server` shows it
+    storage.create_storage_class(client.V1StorageClass(metadata=client.V1ObjectMeta(name=pinned),
+                                                       provisioner=pool.provisioner,
+                                                       parameters={pool_mod.PARAM_MEMBER: "127.0.0.4"}))
+    try:
+        for i in range(6):
+            core.create_namespaced_persistent_volume_claim(ns, _claim_body(f"pin-{i}", pinned))
+        wait.until(lambda: _bound(core, ns, "pin-", 6), timeout=400, interval=0.5, what="6 pinned claims Bound")
+        owners = {core.read_persistent_volume(c.spec.volume_name).metadata.annotations["Provisioner_Id"]
+                  for c in _claims(core, ns, "pin-")}
+        assert owners == {identities[2]}
+
+        # A clone of a volume of the pool's class goes to the member that serves its source.
+        src = next(c for c in _claims(core, ns, "pin-"))
+        core.create_namespaced_persistent_volume_claim(ns, _claim_body("clone-ok", pinned, src.metadata.name))
+        wait.until(lambda: _bound(core, ns, "clone-ok", 1), timeout=400, interval=0.5, what="the clone Bound")
+        clone = core.read_namespaced_persistent_volume_claim("clone-ok", ns)
+        pv = core.read_persistent_volume(clone.spec.volume_name)
+        assert pv.metadata.annotations["Provisioner_Id"] == identities[2]
+
+        # A class pinned to another member than the source's: refused with one clear event, nothing made.
+        other = f"{pool.cls}-other"
+        storage.create_storage_class(client.V1StorageClass(metadata=client.V1ObjectMeta(name=other),
+                                                           provisioner=pool.provisioner,
+                                                           parameters={pool_mod.PARAM_MEMBER: identities[0]}))
+        try:
+            # A claim of a class pinned to member 0 cloning a volume served by member 2: placement refuses it before
+            # anything else (a copy is made on its source's member only).
+            core.create_namespaced_persistent_volume_claim(ns, _claim_body("clone-far", other, src.metadata.name))
+
+            def refused() -> str | None:
+                for e in core.list_namespaced_event(ns, field_selector="involvedObject.name=clone-far").items:
+                    if e.reason == "ProvisioningFailed":
+                        return str(e.message)
+                return None
+            message = wait.until(refused, timeout=120, interval=0.5, what="the clone-far refusal event")
+            assert f"is served by member {identities[2]}, but the class pins member {identities[0]}" in message
+            assert "copying between members is not supported" in message
+            time.sleep(2)
+            events = [e for e in core.list_namespaced_event(ns, field_selector="involvedObject.name=clone-far").items
+                      if e.reason == "ProvisioningFailed"]
+            assert len(events) == 1, [e.message for e in events]  # one member says it, not three
+            claim = core.read_namespaced_persistent_volume_claim("clone-far", ns)
+            assert claim.status.phase == "Pending"
+            assert pool_mod.ANN_MEMBER not in (claim.metadata.annotations or {})
+        finally:
+            core.delete_namespaced_persistent_volume_claim("clone-far", ns)
+            storage.delete_storage_class(other)
+    finally:
+        for c in _claims(core, ns, "pin-") + _claims(core, ns, "clone-ok"):
+            core.delete_namespaced_persistent_volume_claim(c.metadata.name, ns)
+        wait.until(lambda: not [p for p in core.list_persistent_volume().items
+                                if p.spec.storage_class_name in (pinned, f"{pool.cls}-other")],
+                   timeout=400, interval=0.5, what="the pinned classes' PVs deleted")
+        storage.delete_storage_class(pinned)
