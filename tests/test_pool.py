@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -139,6 +140,7 @@ def test_rate_of_a_pool_of_three_vs_one_appliance(pool: Pool, cluster: kubeclust
                what=f"{n} claims Bound by the pool")
     pool_s = time.monotonic() - started
     pool_span = _save_span([a.text() for a in pool.members], "rate-")
+    _made_once([a.text() for a in pool.members], "rate-", n)
     per_member = collections.Counter(c.metadata.annotations.get(pool_mod.ANN_MEMBER)
                                      for c in _claims(core, pool.namespace, "rate-"))
 
@@ -234,6 +236,8 @@ def test_300_claims_exactly_once_with_a_member_killed_mid_burst(pool: Pool) -> N
             "directories": want, "records": want, "exports": want, "in flight": set()}, timeout=30,
             what=lambda a=a, want=want: f"member {a.export_root.name} holding exactly its "
                                         f"{len(want)} volumes: {_summary(_volumes(a.export_root), want)}")
+    _made_once([(a.log_dir / f"appliance-{k}.log").read_text(errors="replace") for a in pool.members
+                for k in range(1, a.starts + 1)], "c", n)
     per_member = collections.Counter(pv.metadata.annotations["Provisioner_Id"] for pv in pvs.values())
     moves = [datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for a in pool.members
              for line in a.text().splitlines() if "reassigned to" in line]
@@ -248,8 +252,9 @@ def test_300_claims_exactly_once_with_a_member_killed_mid_burst(pool: Pool) -> N
           f"volumes per member {[per_member[i] for i in identities]}; {reassigned} reassignments logged")
     assert all(per_member[i] > 0 for i in identities)
     assert first_stranded and reassigned, "the kill stranded no claim: nothing was proven about routing around it"
-    # never before the member could be counted down (its last heartbeat was at most 1 s before the kill), and soon
-    assert first >= LEASE_DURATION - 1 and last < 4 * LEASE_DURATION, (first, last)
+    # never before the member could be counted down (its last heartbeat was at most 1 s before the kill), and within
+    # a bounded wait: 7-11 s measured on a quiet machine, up to 32 s with the 2 cores shared by other test runs
+    assert first >= LEASE_DURATION - 1 and last < 10 * LEASE_DURATION, (first, last)
 
     # Deletion by each volume's owner: every PV and every volume gone from every root.
     for c in claims:
@@ -267,6 +272,15 @@ def _save_span(logs: list[str], prefix: str) -> float:
              for line in text.splitlines() if f"/{prefix}" in line and "provisioned, saving the PV" in line]
     assert times, f"no volume of {prefix}* made"
     return max(0.001, (max(times) - min(times)).total_seconds())
+
+
+def _made_once(logs: list[str], prefix: str, n: int) -> None:
+    """Every claim ``prefix*`` had its volume made exactly once in the whole pool, ever: one "provisioned" line in
+    all the members' logs, and no member ever found its volume surplus (another member's PV saved first)."""
+    made = collections.Counter(re.findall(rf"claim \S+/({prefix}\S*): volume \S+ provisioned, saving the PV",
+                                          "\n".join(logs)))
+    assert len(made) == n and set(made.values()) == {1}, [(k, v) for k, v in made.items() if v != 1][:5] or len(made)
+    assert not any("was saved by another instance" in text for text in logs)
 
 
 def _summary(have: dict[str, set[str]], want: set[str]) -> str:
