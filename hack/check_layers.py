@@ -36,9 +36,9 @@ units in one layer do not import each other."""
 CONTROLLER_LAYERS: tuple[tuple[str, ...], ...] = (
     ("controller", "testing"),  # testing: the in-memory fakes (FakeApi, MemoryProvisioner), for tests
     ("provisioning", "deleting", "leadership", "resizing"),
-    ("inflight", "watching", "queueing", "events", "metrics"),
+    ("inflight", "watching", "queueing", "events", "metrics", "pool"),
     ("decisions",),
-    ("interface", "settings", "outcomes"),
+    ("interface", "settings", "outcomes", "placement"),
 )
 """``nfs_provisioner.controller``'s own order (its docstring: "imports only go downwards"); units of one layer
 may not import each other either. The package ``__init__`` is the public face and may import any of them."""

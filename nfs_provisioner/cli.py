@@ -126,6 +126,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("leader-elect-retry-period", "leader_election.retry_period", parse_duration, "default 2s"),
     Flag("leader-elect-namespace", "leader_election.namespace", _optional_str,
          "namespace of the Lease (default POD_NAMESPACE, the service account's, else default)"),
+    Flag("pool", "pool", _optional_str,
+         "pool name: instances with the same provisioner and pool share its classes, each claim made by one"),
     Flag("log-level", "log_level", lambda v: v.upper(), "DEBUG, INFO, WARNING, ERROR (default INFO)"),
     Flag("log-json", "log_json", parse_bool, "JSON log lines (default false)"),
 )

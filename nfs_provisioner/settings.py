@@ -97,6 +97,9 @@ class Settings:
     ganesha_templates: Path | None = None
     """Directory of operator templates overriding the shipped Ganesha templates."""
     leader_election: LeaderElection = field(default_factory=LeaderElection)
+    pool: str | None = None
+    """Name of the pool this appliance is a member of: instances with the same provisioner and pool share the
+    class, each claim provisioned by exactly one (docs/scaling.md). None: no pool."""
     log_level: str = "INFO"
     """DEBUG, INFO, WARNING or ERROR."""
     log_json: bool = False
@@ -246,8 +249,29 @@ def validate(s: Settings, *, in_cluster: bool) -> None:
             raise SettingsError("--leader-elect-lease-duration must be greater than --leader-elect-renew-deadline")
         if not 0 < le.retry_period < le.renew_deadline:
             raise SettingsError("--leader-elect-retry-period must be positive and less than the renew deadline")
+    if s.pool is not None:
+        check_pool(s)
     if s.ganesha_templates is not None and not s.ganesha_templates.is_dir():
         raise SettingsError(f"--ganesha-templates {s.ganesha_templates} is not a directory")
+
+
+POOL_NAME_MAX = 40
+"""Longest pool name: it is a label value and part of each member's Lease name (with the 36-character identity)."""
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def check_pool(s: Settings) -> None:
+    pool = s.pool or ""
+    if not (_DNS1123_LABEL.fullmatch(pool) and len(pool) <= POOL_NAME_MAX):
+        raise SettingsError(f"--pool {pool!r}: want lowercase letters, digits and '-', at most {POOL_NAME_MAX} "
+                            "characters, starting and ending with a letter or digit")
+    le = s.leader_election
+    if le.enabled:
+        raise SettingsError("--pool and --leader-elect exclude each other: a pool member works on its own claims and "
+                            "volumes (the Lease mode keeps one active instance of a single appliance)")
+    if not le.lease_duration > le.retry_period > 0:
+        raise SettingsError("--pool: --leader-elect-lease-duration (after which a silent member is down) must be "
+                            "greater than --leader-elect-retry-period (its heartbeat)")
 
 
 def resolve_export_root(s: Settings) -> tuple[Settings, str | None]:

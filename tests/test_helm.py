@@ -29,6 +29,7 @@ MODES: dict[str, dict[str, Any]] = {
     "emptydir": {"persistence": {"enabled": False}, "emptyDir": {"sizeLimit": "1Gi"}},
     "quotas": {"enableXfsQuota": True, "storageClass": {"parameters": {"gid": 2000, "rootSquash": True}}},
     "two-replicas": {"replicas": 2, "leaderElect": True},
+    "pool": {"replicas": 3, "pool": "store"},
     "nfsv4-only": {"nfsv3": False, "exportSubnet": "nodes,10.1.0.0/16", "maxExports": 100},
     "servicemonitor": {"metrics": {"serviceMonitor": {"enabled": True}}},
     "filesystem-volumes": {"isolation": "filesystem", "fsType": "xfs"},
@@ -131,6 +132,13 @@ def test_each_mode_renders_what_it_says(helm: Helm, tmp_path: Path) -> None:
     # No Service: it would spread NFS over pods with different export roots; each PV names its pod.
     assert not by_kind(two, "Service") and "SERVICE_NAME" not in {e["name"] for e in container(two)["env"]}
 
+    pool = render(helm, tmp_path, MODES["pool"])
+    assert by_kind(pool, "StatefulSet")[0]["spec"]["replicas"] == 3
+    a = args_of(pool)
+    assert a["pool"] == "store" and a["leader-elect"] == "false"
+    assert a["leader-elect-lease-duration"] == "15s" and a["leader-elect-retry-period"] == "2s"  # heartbeat, timeout
+    assert "pool" not in args_of(two)
+
     v4 = render(helm, tmp_path, MODES["nfsv4-only"])
     assert args_of(v4)["nfsv3"] == "false" and args_of(v4)["export-subnet"] == "nodes,10.1.0.0/16"
     assert {p["port"] for p in by_kind(v4, "Service")[0]["spec"]["ports"]} == {2049, 875}
@@ -179,6 +187,7 @@ def test_extra_args_env_and_scheduling_values_reach_the_pod(helm: Helm, tmp_path
     ("logLevel=LOUD", "at '/logLevel': value must be one of"),
     ("isolation=volume", "at '/isolation': value must be one of 'directory', 'filesystem'"),
     ("fsType=btrfs", "at '/fsType': value must be one of 'ext4', 'xfs'"),
+    ("pool=Store", "at '/pool': 'Store' does not match pattern"),
 ])
 def test_a_wrong_value_is_refused_with_a_clear_message(helm: Helm, set_arg: str, message: str) -> None:
     r = helm("template", "nfs", str(CHART), "--set", set_arg, check=False)
@@ -191,6 +200,7 @@ def test_a_wrong_value_is_refused_with_a_clear_message(helm: Helm, set_arg: str,
 @pytest.mark.parametrize(("set_args", "message"), [
     (["replicas=2"], "replicas > 1 needs leaderElect: true"),
     (["kind=DaemonSet"], "kind DaemonSet needs persistence.enabled: false"),
+    (["pool=store", "leaderElect=true"], "pool and leaderElect exclude each other"),
 ])
 def test_a_wrong_combination_fails_with_one_line(helm: Helm, set_args: list[str], message: str) -> None:
     r = helm("template", "nfs", str(CHART), *[a for s in set_args for a in ("--set", s)], check=False)

@@ -24,7 +24,18 @@ from prometheus_client import CollectorRegistry
 
 from nfs_provisioner import settings as settings_mod
 from nfs_provisioner import tempdirs
-from nfs_provisioner.appliance import address, adoption, clones, exporters, health, lifecycle, nodes, recovery, state
+from nfs_provisioner.appliance import (
+    address,
+    adoption,
+    clones,
+    exporters,
+    health,
+    lifecycle,
+    nodes,
+    pool_member,
+    recovery,
+    state,
+)
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.appliance.kernel_exports import KernelExporter
 from nfs_provisioner.controller import controller as ctl
@@ -200,11 +211,13 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
         unmountable = recovery.remount(records=records, filesystems=fs_volumes, identity=ident)
         signals.check()
         csettings = controller_settings(s, identity=ident)
-        controller = ctl.ProvisionController(provisioner, csettings, api=api, registry=registry)
+        pool = pool_member.build(s, api=api, identity=ident, provisioner=provisioner, server=lambda: server,
+                                 registry=registry)
+        controller = ctl.ProvisionController(provisioner, csettings, api=api, registry=registry, pool=pool)
         resizer = resizing.Resizer(api=api, expander=provisioner, names=(s.provisioner,), claims=controller.claims,
                                    volumes=controller.volumes, classes=controller.classes,
                                    recorder=controller.recorder, retry=csettings.retry,
-                                   leading=lambda: controller.leading)
+                                   leading=lambda: controller.leading, owns=provisioner.owns)
         controller.claims.on_change = resizing.chain(controller.claims.on_change, resizer.on_claim)
         # The claims and PVs are listed while ganesha.nfsd starts (10,000 of each take seconds, and so does
         # Ganesha with 10,000 exports), after the export files are loaded (the lists would slow that down:

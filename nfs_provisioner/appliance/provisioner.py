@@ -448,8 +448,12 @@ class NFSProvisioner(Provisioner):
                                     ProvisioningState.IN_BACKGROUND)
 
     def should_delete(self, volume: Object) -> bool:
-        """False for a PV of the Go nfs-provisioner that this appliance has not adopted (no volume record: refused
-        at start, or another identity's; ``appliance.adoption``): the controller leaves it exactly as it is."""
+        """False for another pool member's volume (instances sharing a class leave each other's volumes alone: no
+        finalizer write, no event), and for a PV of the Go nfs-provisioner that this appliance has not adopted (no
+        volume record: refused at start, or another identity's; ``appliance.adoption``): the controller leaves it
+        exactly as it is."""
+        if self.owns(volume) is False:
+            return False
         if not golayout.is_go_volume(volume):
             return True
         try:

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from nfs_provisioner.controller import decisions, deleting, events, leadership, outcomes, provisioning
 from nfs_provisioner.controller.interface import Provisioner
 from nfs_provisioner.controller.metrics import Metrics, Server
+from nfs_provisioner.controller.pool import Pool
 from nfs_provisioner.controller.queueing import RateLimiter, ShutDown, WorkQueue
 from nfs_provisioner.controller.settings import ControllerSettings
 from nfs_provisioner.controller.watching import Informer
@@ -41,12 +42,18 @@ class ProvisionController:
         ``kubeconfig`` (or in-cluster credentials) with ``settings.client``.
     :param registry: Prometheus registry for the metrics (a fresh one by default, see ``.registry``).
     :param volume_name: hook naming the PV of a claim (default ``pvc-<claim uid>``); must be deterministic.
+    :param pool: makes this instance a member of a pool (``controller.pool``): it provisions only the claims
+        assigned to it; incompatible with leader election.
     """
 
     def __init__(self, provisioner: Provisioner, settings: ControllerSettings, *, api: kube.Client | None = None,
                  kubeconfig: str | None = None, registry: CollectorRegistry | None = None,
-                 volume_name: Callable[[Object], str] = decisions.default_volume_name) -> None:
+                 volume_name: Callable[[Object], str] = decisions.default_volume_name,
+                 pool: Pool | None = None) -> None:
+        if pool is not None and settings.leader_election.enabled:
+            raise ValueError("a pool member works on its own claims and volumes: leader election must be off")
         self.provisioner = provisioner
+        self.pool = pool
         self.settings = settings
         self.api = api or kube.Client.load(kubeconfig, settings=settings.client)
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -72,7 +79,7 @@ class ProvisionController:
 
         self.provisioning = provisioning.Provisioning(
             api=self.api, provisioner=provisioner, settings=settings, claims=self.claims, volumes=self.volumes,
-            classes=self.classes, recorder=self.recorder, metrics=self.metrics, volume_name=volume_name)
+            classes=self.classes, recorder=self.recorder, metrics=self.metrics, volume_name=volume_name, pool=pool)
         self.deleting = deleting.Deleting(api=self.api, provisioner=provisioner, settings=settings,
                                           volumes=self.volumes, recorder=self.recorder, metrics=self.metrics)
 
@@ -130,6 +137,8 @@ class ProvisionController:
         if self.server is not None:
             self.server.start()
         threading.Thread(target=self._resync_loop, name="resync", daemon=True).start()
+        if self.pool is not None:
+            self.pool.start()
         if self.elector is not None:
             self._elector_thread = threading.Thread(target=self.elector.run, name="leader-election", daemon=True)
             self._elector_thread.start()
@@ -178,6 +187,8 @@ class ProvisionController:
         self.claim_queue.shut_down()
         self.volume_queue.shut_down()
         self._stop_workers()
+        if self.pool is not None and self._started:
+            self.pool.stop()  # after the workers: the others route around this member from now on
         for informer in self.informers:
             informer.stop()
         for informer in self.informers:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nfs_provisioner.controller import decisions, events, inflight, outcomes
+from nfs_provisioner.controller import pool as pool_mod
 from nfs_provisioner.controller.interface import (
     DataSource,
     IgnoredError,
@@ -32,6 +33,7 @@ from nfs_provisioner.controller.interface import (
 )
 from nfs_provisioner.controller.metrics import Metrics
 from nfs_provisioner.controller.outcomes import Outcome
+from nfs_provisioner.controller.pool import Pool
 from nfs_provisioner.controller.settings import ControllerSettings
 from nfs_provisioner.controller.watching import Informer
 from nfs_provisioner.kube import client as kube
@@ -59,8 +61,10 @@ class Attempt:
 class Provisioning:
     def __init__(self, *, api: kube.Client, provisioner: Provisioner, settings: ControllerSettings,
                  claims: Informer, volumes: Informer, classes: Informer, recorder: events.EventRecorder,
-                 metrics: Metrics, volume_name: Callable[[Object], str]) -> None:
+                 metrics: Metrics, volume_name: Callable[[Object], str], pool: Pool | None = None) -> None:
         self.api = api
+        self.pool = pool
+        """A pool member provisions only the claims assigned to it (see ``controller.pool``)."""
         self.provisioner = provisioner
         self.settings = settings
         self.claims = claims
@@ -154,6 +158,19 @@ class Provisioning:
         if source is not None and not ours and not self.provisioner.supports_data_source(source.kind, source.api_group):
             return self._unsupported_source(claim, source)
 
+        if self.pool is not None:
+            route = self.pool.route(claim, storage_class, pv_name)
+            if not route.mine:
+                if ours and not route.held:  # begun here, then the claim went to another member
+                    return self._lost(claim, pv_name)
+                if route.refusal is not None:
+                    self._failed(claim)
+                    if route.report:
+                        self.recorder.event(claim, events.WARNING, events.PROVISIONING_FAILED, route.refusal)
+                        log.warning("claim %s: %s", decisions.claim_key(claim), route.refusal)
+                return route.outcome
+            claim = route.claim
+
         node: Object | None = None
         node_name = decisions.selected_node(claim)
         if node_name:
@@ -171,6 +188,7 @@ class Provisioning:
                 return outcomes.retry(msg)
 
         self._versions.setdefault(uid, set()).add(decisions.meta(claim).get("resourceVersion", ""))
+        begun_before = ours
         if not ours:
             try:
                 claim = self.inflight.begin(claim)
@@ -187,6 +205,8 @@ class Provisioning:
                 self.recorder.event(claim, events.WARNING, events.PROVISIONING_FAILED, msg)
                 log.warning("claim %s: %s", decisions.claim_key(claim), msg)
                 return outcomes.retry(msg)
+        if self.pool is not None and (refused := self._confirm(claim, pv_name, begun_before)) is not None:
+            return refused
 
         self.remember_class(storage_class)
         options = ProvisionOptions(storage_class=storage_class, pv_name=pv_name, claim=claim, selected_node=node)
@@ -209,6 +229,9 @@ class Provisioning:
         except (ValueError, TypeError, AttributeError, KeyError) as e:
             return self._provision_failed(claim, ProvisioningError(f"provisioner returned an unusable volume: {e}",
                                                                    ProvisioningState.IN_BACKGROUND))
+        if self.pool is not None:  # `kubectl get pv` can show which member serves it
+            pv["metadata"].setdefault("annotations", {}).update(
+                {pool_mod.ANN_MEMBER: self.pool.identity, pool_mod.ANN_POOL: self.pool.pool})
         self._attempts[uid] = Attempt(volume=pv, started=started)
         log.info("claim %s: volume %s provisioned, saving the PV", decisions.claim_key(claim), pv_name)
         return self._save(claim, pv, started)
@@ -420,6 +443,33 @@ class Provisioning:
         self._release(claim, settle=True)
 
     # ------------------------------------------------------------------ helpers
+
+    def _confirm(self, claim: Object, pv_name: str, begun_before: bool) -> Outcome | None:
+        """Pool: None when the claim, read after the in-flight record is written, still names this member;
+        else what to do instead (nothing made yet: drop the record; begun in an earlier attempt: roll back)."""
+        assert self.pool is not None
+        try:
+            if self.pool.confirm(claim):
+                return None
+        except errors.KubeError as e:
+            return outcomes.retry_after(1.0, f"cannot read claim {decisions.claim_key(claim)} back: {e}")
+        log.info("claim %s: assigned to another pool member meanwhile; not provisioning it here",
+                 decisions.claim_key(claim))
+        return self._lost(claim, pv_name) if begun_before else self._release(claim)
+
+    def _lost(self, claim: Object, pv_name: str) -> Outcome:
+        """Pool: this member began the claim's provision, and the claim went to another member (this one was
+        counted down): remove what was made here, unless the claim's PV is this member's own."""
+        try:
+            existing = self.volumes.get(pv_name) or self.api.get(kube.volumes_path(pv_name))
+        except errors.NotFound:
+            existing = None
+        except errors.KubeError as e:
+            return outcomes.retry_after(1.0, f"cannot read PV {pv_name}: {e}")
+        if existing is not None and self.provisioner.owns(existing) is not False:
+            return self._release(claim)  # saved by this member before it lost the claim: the PV is the volume
+        log.info("claim %s: now another pool member's; removing what this member had begun", decisions.claim_key(claim))
+        return self._undo(claim, pv_name)
 
     def _volume_exists(self, name: str) -> bool:
         if self.volumes.get(name) is not None:

@@ -74,8 +74,11 @@ def _storage(obj: Object, *path: str) -> str | None:
 class Resizer:
     def __init__(self, *, api: kube.Client, expander: Expander, names: Collection[str], claims: Informer,
                  volumes: Informer, classes: Informer, recorder: events.EventRecorder, retry: RetrySettings,
-                 leading: Callable[[], bool] = lambda: True) -> None:
+                 leading: Callable[[], bool] = lambda: True,
+                 owns: Callable[[Object], bool | None] = lambda volume: None) -> None:
         self.api, self.expander, self.names = api, expander, tuple(names)
+        self.owns = owns
+        """``Provisioner.owns``: a volume another instance made (``False``) is that instance's to resize."""
         self.claims, self.volumes, self.classes = claims, volumes, classes
         self.recorder = recorder
         self.leading = leading
@@ -154,7 +157,7 @@ class Resizer:
         if claim is None or not self.wanted(claim):
             return True
         volume = self.volumes.get(str((claim.get("spec") or {}).get("volumeName") or ""))
-        if volume is None or not decisions.is_ours(volume, self.names):
+        if volume is None or not decisions.is_ours(volume, self.names) or self.owns(volume) is False:
             return True
         cls = self.classes.get(decisions.claim_class(claim))
         if cls is None or not cls.get("allowVolumeExpansion"):

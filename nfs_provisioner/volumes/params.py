@@ -17,6 +17,8 @@ Known parameters (anything else is rejected, as the original appliance did):
   filesystem) or ``filesystem`` (a filesystem of its own per volume, in a
   sparse image on a loop device: docs/filesystem-volumes.md).
 - ``fsType``: ``ext4`` (default) or ``xfs``; only with ``isolation: filesystem``.
+- ``poolMember``: with ``--pool``, the member (identity or server address) that makes every volume of the
+  class; read by the pool's placement (``nfs_provisioner.controller.pool``), accepted and unused here.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ OnDelete = Literal["delete", "retain", "archive"]
 ON_DELETE: tuple[OnDelete, ...] = ("delete", "retain", "archive")
 Isolation = Literal["directory", "filesystem"]
 FsType = Literal["ext4", "xfs"]
-KNOWN = ("gid", "rootSquash", "onDelete", "mountOptions", "isolation", "fsType")
+KNOWN = ("gid", "rootSquash", "onDelete", "mountOptions", "isolation", "fsType", "poolMember")
 ISOLATIONS = ("directory", "filesystem")
 FS_TYPES = ("ext4", "xfs")
 MAX_GID = 2**31 - 1

@@ -64,8 +64,11 @@ prefix, '/', a name). */}}
 
 {{/* Combinations the schema cannot say; each fails the install with one line. */}}
 {{- define "nfs-provisioner.validate" -}}
-{{- if and (gt (int .Values.replicas) 1) (not .Values.leaderElect) }}
-{{- fail "replicas > 1 needs leaderElect: true (only the lease holder may provision)" }}
+{{- if and (gt (int .Values.replicas) 1) (not .Values.leaderElect) (not .Values.pool) }}
+{{- fail "replicas > 1 needs leaderElect: true (only the lease holder may provision) or a pool (each pod a member)" }}
+{{- end }}
+{{- if and .Values.pool .Values.leaderElect }}
+{{- fail "pool and leaderElect exclude each other: a pool member works on its own claims and volumes" }}
 {{- end }}
 {{- if and (eq .Values.kind "DaemonSet") .Values.persistence.enabled }}
 {{- fail "kind DaemonSet needs persistence.enabled: false (a DaemonSet has no claim per pod); set hostPath.path for the export root" }}

@@ -56,7 +56,10 @@ spec:
         - --kube-api-qps={{ .Values.kubeApiQps }}
         - --kube-api-burst={{ .Values.kubeApiBurst }}
         - --leader-elect={{ .Values.leaderElect }}
-        {{- if .Values.leaderElect }}
+        {{- with .Values.pool }}
+        - --pool={{ . }}
+        {{- end }}
+        {{- if or .Values.leaderElect .Values.pool }}
         - --leader-elect-lease-duration={{ .Values.leaderElectLeaseDuration }}
         - --leader-elect-renew-deadline={{ .Values.leaderElectRenewDeadline }}
         - --leader-elect-retry-period={{ .Values.leaderElectRetryPeriod }}
