@@ -1,7 +1,7 @@
 """A raw NFS client for the suite: ONC RPC over TCP, AUTH_SYS, XDR by hand.
 
 Enough of NFSv4.0 (one COMPOUND per call: PUTROOTFH, PUTFH, LOOKUP, LOOKUPP,
-GETFH, GETATTR, READ with the anonymous stateid, CREATE of a directory) and
+GETFH, GETATTR, READ with the anonymous stateid, READLINK, CREATE of a directory) and
 of NFSv3 + MOUNT (MNT, LOOKUP, READ, MKDIR, READDIRPLUS) to send what a
 hostile userspace client sends: file handles it made up itself. Nothing here
 interprets a handle; the tests rewrite its bytes.
@@ -29,7 +29,7 @@ CLONE_NEWNET = 0x40000000
 
 # NFSv4 operation numbers (RFC 7530) and the attribute bits we ask for.
 OP_CREATE, OP_GETATTR, OP_GETFH, OP_LOOKUP, OP_LOOKUPP = 6, 9, 10, 15, 16
-OP_PUTFH, OP_PUTROOTFH, OP_READ = 22, 24, 25
+OP_PUTFH, OP_PUTROOTFH, OP_READ, OP_READLINK = 22, 24, 25, 27
 FATTR4_TYPE, FATTR4_FILEID = 1, 20
 NF4REG, NF4DIR = 1, 2
 NFS4_OK = 0
@@ -223,7 +223,7 @@ class Op4:
     attrs: dict[str, int] = dataclasses.field(default_factory=dict)
     """GETATTR: {'type': NF4DIR, 'fileid': ...}."""
     data: bytes = b""
-    """READ: the data read."""
+    """READ: the data read; READLINK: the link's target."""
 
 
 @dataclasses.dataclass
@@ -278,6 +278,10 @@ class Nfs4(RpcClient):
         return Op4(OP_READ, anonymous.u64(offset).u32(count).bytes())
 
     @staticmethod
+    def readlink() -> Op4:
+        return Op4(OP_READLINK)
+
+    @staticmethod
     def mkdir(name: str) -> Op4:
         # createtype4 NF4DIR, objname, createattrs = empty fattr4 (no bitmap words, no values).
         return Op4(OP_CREATE, Packer().u32(NF4DIR).string(name).u32(0).opaque(b"").bytes())
@@ -314,6 +318,8 @@ class Nfs4(RpcClient):
                 o.attrs["fileid"] = values.u64()
         elif o.op == OP_READ:
             u.u32()  # eof
+            o.data = u.opaque()
+        elif o.op == OP_READLINK:
             o.data = u.opaque()
         elif o.op == OP_CREATE:
             u.skip(4 + 8 + 8)  # change_info4
