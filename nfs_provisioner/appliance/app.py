@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from nfs_provisioner import settings as settings_mod
 from nfs_provisioner import tempdirs
-from nfs_provisioner.appliance import address, clones, exporters, health, lifecycle, nodes, recovery, state
+from nfs_provisioner.appliance import address, adoption, clones, exporters, health, lifecycle, nodes, recovery, state
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.appliance.kernel_exports import KernelExporter
 from nfs_provisioner.controller import controller as ctl
@@ -225,9 +225,13 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
             node_clients.follow(exporter.set_clients)
         signals.check()
         wait_listed(controller.volumes, checks, signals)
+        went = adoption.adopt(volumes=controller.volumes.items, root=root, identity=ident,  # the Go provisioner's
+                              names=frozenset({s.provisioner}), records=records, exporter=exporter,
+                              events=controller.recorder, quotas=quotas, registry=registry)
         recovered = done = recovery.Recovery(
             api=api, names=frozenset({s.provisioner}), identity=ident, directories=directories, records=records,
-            exporter=exporter, server=lambda: server, volumes=controller.volumes.items, filesystems=fs_volumes).run()
+            exporter=exporter, server=lambda: server, volumes=controller.volumes.items, filesystems=fs_volumes,
+            refused=went.refused).run()
         recovery.withdraw(unmountable, exporter=exporter, filesystems=fs_volumes, report=done,
                           volumes=controller.volumes.items())
         signals.check()
@@ -237,8 +241,8 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
                                                  live=checked.supervised_state if s.run_server else None)
             ganesha_ok.start()
         checks.healthy = lambda: _both(ganesha_health(ganesha_ok), controller.healthy())
-        checks.ready = lambda: _both(_both(ganesha_health(ganesha_ok), done.health()),
-                                     _both(nodes.health(node_clients), controller.ready()))
+        checks.ready = lambda: went.annotate(_both(_both(ganesha_health(ganesha_ok), done.health()),
+                                                   _both(nodes.health(node_clients), controller.ready())))
         if http is not None:
             log.info("serving /metrics, /healthz, /readyz on %s", s.metrics_address)
     except BaseException:

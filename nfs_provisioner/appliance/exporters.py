@@ -50,6 +50,10 @@ class GaneshaExporter:
         export = self.manager.get(name)
         return None if export is None else export.path
 
+    def export_ids(self) -> dict[int, str]:
+        """Export_Id -> name of every export (held ones included: their ids are taken)."""
+        return {e.export_id: e.name for e in self.manager.list_exports()}
+
     def unserved(self) -> dict[str, str]:
         return self.manager.unserved()
 

@@ -38,7 +38,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -196,6 +196,9 @@ class Recovery:
     """Every PV (e.g. the controller's informer cache, read only); None: listed from the API server here."""
     filesystems: FilesystemVolumes | None = None
     """Filesystem volumes: mounted before their export is rebuilt."""
+    refused: Mapping[str, str] = field(default_factory=dict)
+    """Volumes of the Go nfs-provisioner not adopted (``appliance.adoption``, which logged why): a Bound one is a
+    problem, nothing else is said or done about it here."""
 
     def run(self) -> Report:
         report = Report()
@@ -207,6 +210,10 @@ class Recovery:
                 continue
             mine += 1
             name = str(pv["metadata"]["name"])
+            if name in self.refused:
+                if _phase(pv) == "Bound":
+                    report.problems.append(f"{name}: not adopted from the Go nfs-provisioner: {self.refused[name]}")
+                continue
             try:
                 self._adopt(pv, name, report)
                 self._record_policy(pv, name, report)
