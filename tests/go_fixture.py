@@ -91,11 +91,11 @@ def data_of(r: nfsraw.Compound4) -> bytes:
     return r.ops[-1].data
 
 
-def take_v4(exports: list[GoExport], *, port: int, netns: Path | None = None) -> list[Taken]:
+def take_v4(exports: list[GoExport], *, port: int, netns: Path | None = None, host: str = "127.0.0.1") -> list[Taken]:
     """Every fixture file, directory and symlink of every export: its handle (LOOKUP from the pseudo root along
     the export's path) and what reads through it."""
     taken = []
-    with nfsraw.Nfs4(host="127.0.0.1", port=port, uid=CLIENT_UID, gid=CLIENT_GID, netns=netns) as c:
+    with nfsraw.Nfs4(host=host, port=port, uid=CLIENT_UID, gid=CLIENT_GID, netns=netns) as c:
         for e in exports:
             for rel in (*DIRS, *FILES, SYMLINK):
                 names = [*e.path.parts[1:], *(p for p in rel.split("/") if p)]
@@ -104,10 +104,10 @@ def take_v4(exports: list[GoExport], *, port: int, netns: Path | None = None) ->
     return taken
 
 
-def reread_v4(taken: list[Taken], *, port: int, netns: Path | None = None) -> dict[str, str]:
+def reread_v4(taken: list[Taken], *, port: int, netns: Path | None = None, host: str = "127.0.0.1") -> dict[str, str]:
     """Read through each taken handle again: path -> "same", or what went wrong."""
     out = {}
-    with nfsraw.Nfs4(host="127.0.0.1", port=port, uid=CLIENT_UID, gid=CLIENT_GID, netns=netns) as c:
+    with nfsraw.Nfs4(host=host, port=port, uid=CLIENT_UID, gid=CLIENT_GID, netns=netns) as c:
         for t in taken:
             r = read_through(c, t.fh, t.path.split("/", 1)[1])
             out[t.path] = ("same" if r.status == nfsraw.NFS4_OK and r.ops[-1].data == t.data
@@ -129,10 +129,10 @@ def take_v3(exports: list[GoExport], *, port: int, mnt_port: int, netns: Path) -
     return taken
 
 
-def reread_v3(taken: list[Taken], *, port: int, netns: Path) -> dict[str, str]:
+def reread_v3(taken: list[Taken], *, port: int, netns: Path, host: str = "127.0.0.1") -> dict[str, str]:
     """A v3 root handle is checked by a LOOKUP of hello.txt through it, a file's by READ."""
     out = {}
-    with nfsraw.Nfs3(host="127.0.0.1", port=port, uid=CLIENT_UID, gid=CLIENT_GID, netns=netns) as c:
+    with nfsraw.Nfs3(host=host, port=port, uid=CLIENT_UID, gid=CLIENT_GID, netns=netns) as c:
         files = {t.path: t for t in taken if not t.path.endswith("/")}
         for t in taken:
             if t.path.endswith("/"):
