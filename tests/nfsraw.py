@@ -31,6 +31,8 @@ CLONE_NEWNET = 0x40000000
 OP_CREATE, OP_GETATTR, OP_GETFH, OP_LOOKUP, OP_LOOKUPP = 6, 9, 10, 15, 16
 OP_PUTFH, OP_PUTROOTFH, OP_READ, OP_READLINK = 22, 24, 25, 27
 FATTR4_TYPE, FATTR4_FILEID = 1, 20
+FATTR4_MODE, FATTR4_OWNER, FATTR4_OWNER_GROUP = 33, 36, 37
+"""In the bitmap's second word (bit n - 32); owners are numbers as strings (Only_Numeric_Owners)."""
 NF4REG, NF4DIR = 1, 2
 NFS4_OK = 0
 NFS4ERR_NAMES = {
@@ -221,7 +223,7 @@ class Op4:
     fh: bytes = b""
     """GETFH: the file handle."""
     attrs: dict[str, int] = dataclasses.field(default_factory=dict)
-    """GETATTR: {'type': NF4DIR, 'fileid': ...}."""
+    """GETATTR: {'type': NF4DIR, 'fileid': ...}; :meth:`Nfs4.stat`: {'type', 'mode', 'uid', 'gid'}."""
     data: bytes = b""
     """READ: the data read; READLINK: the link's target."""
 
@@ -273,6 +275,16 @@ class Nfs4(RpcClient):
         return Op4(OP_GETATTR, Packer().u32(1).u32((1 << FATTR4_TYPE) | (1 << FATTR4_FILEID)).bytes())
 
     @staticmethod
+    def stat() -> Op4:
+        """GETATTR of type, mode (permission bits with setuid/setgid/sticky) and the numeric owner and group."""
+        high = (1 << (FATTR4_MODE - 32)) | (1 << (FATTR4_OWNER - 32)) | (1 << (FATTR4_OWNER_GROUP - 32))
+        return Op4(OP_GETATTR, Packer().u32(2).u32(1 << FATTR4_TYPE).u32(high).bytes())
+
+    @staticmethod
+    def readlink() -> Op4:
+        return Op4(OP_READLINK)
+
+    @staticmethod
     def read(offset: int = 0, count: int = 65536) -> Op4:
         anonymous = Packer().u32(0).fixed(b"\0" * 12)
         return Op4(OP_READ, anonymous.u64(offset).u32(count).bytes())
@@ -316,6 +328,13 @@ class Nfs4(RpcClient):
                 o.attrs["type"] = values.u32()
             if mask & (1 << FATTR4_FILEID):
                 o.attrs["fileid"] = values.u64()
+            high = words[1] if len(words) > 1 else 0
+            if high & (1 << (FATTR4_MODE - 32)):
+                o.attrs["mode"] = values.u32()
+            if high & (1 << (FATTR4_OWNER - 32)):
+                o.attrs["uid"] = int(values.opaque())
+            if high & (1 << (FATTR4_OWNER_GROUP - 32)):
+                o.attrs["gid"] = int(values.opaque())
         elif o.op == OP_READ:
             u.u32()  # eof
             o.data = u.opaque()

@@ -71,7 +71,7 @@ def _block(pv: dict[str, Any]) -> str:
      "malformed"),
     (lambda pv: pv["metadata"]["annotations"].update(EXPORT_block=_block(pv)[:-3]), "malformed"),
     (lambda pv: pv["metadata"]["annotations"].update(EXPORT_block="{" * 50), "malformed"),
-    (lambda pv: pv["metadata"]["annotations"].update(EXPORT_block="x" * 5000), "5000 characters"),
+    (lambda pv: pv["metadata"]["annotations"].update(EXPORT_block=_block(pv) + "#" + "x" * 5000), "(at most 4096)"),
     (lambda pv: pv["metadata"]["annotations"].update(EXPORT_block=_block(pv).replace("1.1", "9.9")), "Filesystem_id"),
     (lambda pv: pv["metadata"]["annotations"].update(EXPORT_block=_block(pv).replace(
         "Path = /export/pvc", "Path = /etc/../export/pvc")), "serves Path"),
@@ -200,7 +200,9 @@ def test_a_crash_between_record_and_export_is_finished_at_the_next_start(tmp_pat
     a.records.write(adoption.new_record(pv_name=name, claim={"metadata": {"uid": pvs[2]["spec"]["claimRef"]["uid"]}},
                                         identity=IDENTITY, path=root / name, root_squash=cand.export.root_squash,
                                         on_delete="delete", adopted=True))
+    written = (root / ".volumes" / f"{name}.json").read_bytes()
     report = a.run(pvs)
+    assert (root / ".volumes" / f"{name}.json").read_bytes() == written  # finished, not written again
     assert sorted(report.adopted) == sorted(p["metadata"]["name"] for p in pvs[2:])
     assert len(report.earlier) == 2 and not report.refused
     assert second.exports[name][2] == int(pvs[2]["metadata"]["annotations"]["Export_Id"])
@@ -224,3 +226,25 @@ def test_refusals_send_one_event_each_and_change_nothing(tmp_path: Path) -> None
     kept = [n for n in listing if n != "vfs.conf"] + ["vfs.conf.go-nfs-provisioner", ".volumes"]
     assert sorted(os.listdir(root)) == sorted(kept)
     assert sorted(n for n in os.listdir(root) if n.startswith("pvc-")) == [n for n in listing if n.startswith("pvc-")]
+
+
+def test_this_appliances_own_pvs_are_never_taken_for_the_go_provisioners() -> None:
+    ours = {"metadata": {"name": "pvc-1", "annotations": {
+        "EXPORT_block": 'EXPORT {\n    Export_Id = 7;\n    Path = "/export/pvc-1";\n}\n', "Export_Id": "7",
+        "Provisioner_Id": IDENTITY}}}
+    assert not golayout.is_go_volume(ours)  # an old version's PV: no on-delete annotation, its own block form
+    ours["metadata"]["annotations"]["nfs-provisioner.io/on-delete"] = "delete"
+    assert not golayout.is_go_volume(ours)
+    assert not golayout.is_go_volume({**_pvs()["data"], "metadata": {**_pvs()["data"]["metadata"], "annotations": {
+        **_pvs()["data"]["metadata"]["annotations"], "nfs-provisioner.io/on-delete": "delete"}}})
+
+
+def test_a_go_pv_whose_name_this_appliance_exports_without_a_record_is_left_to_the_state_check(
+        tmp_path: Path) -> None:
+    root, pvs = _root(tmp_path)
+    name = pvs[0]["metadata"]["name"]
+    exporter, events = FakeExporter({9: name}), Events()
+    exporter.exports[name] = (root / name, False, 9)
+    report = _adoption(root, exporter, events).run(pvs)
+    assert name not in report.adopted and name not in report.refused and len(report.adopted) == 3
+    assert not events.sent and exporter.exports[name][2] == 9

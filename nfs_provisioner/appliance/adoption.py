@@ -119,6 +119,7 @@ class Adoption:
                 self._adopt(pv, cand, report)
             if report.adopted or report.earlier:
                 report.kept = self._keep_config()
+            self._reserve(pvs, report)
         report.seconds = time.monotonic() - began
         if pvs:
             log.info("%s (%.2fs)%s", report.summary(), report.seconds,
@@ -154,12 +155,12 @@ class Adoption:
             record = self.records.read(name)
         except RecordError as e:
             return f"its volume record is unusable: {e}"
-        if record is not None:
-            if not record.adopted:
-                return None  # this appliance's own volume: the state check's
-            if self.exporter.has(name):
+        if record is not None and not record.adopted:
+            return None  # this appliance's own volume: the state check's
+        if self.exporter.has(name):
+            if record is not None:
                 report.earlier.append(name)
-                return None
+            return None  # without a record: made by this appliance before it kept records (the state check's)
         verdict = golayout.check(pv, root=self.root, config=config, config_error=config_error)
         if isinstance(verdict, str):
             return verdict
@@ -175,8 +176,6 @@ class Adoption:
         holder = ids.get(verdict.export.export_id)
         if holder is not None and holder != name:
             return f"Export_Id {verdict.export.export_id} is taken: this appliance serves it as {holder}"
-        if record is None and self.exporter.has(name):
-            return f"an export named {name} exists already without a volume record"
         if self.quotas is not None:
             try:
                 problem = golayout.quota_problem(verdict.project_id, self.quotas.recorded(), path)
@@ -236,10 +235,24 @@ class Adoption:
             self._refuse(pv, f"adopting it failed: {e}", report)
             return
         report.adopted.append(name)
-        log.info("volume %s: adopted from the Go nfs-provisioner: Export_Id %d, %s, path %s, claim %s; deleting it "
-                 "(reclaim policy Delete) deletes %s", name, export_id,
-                 "root_id_squash" if root_squash else "no_root_squash", path,
-                 _claim(pv), path)
+        policy = str((pv.get("spec") or {}).get("persistentVolumeReclaimPolicy") or "")
+        log.info("volume %s: adopted from the Go nfs-provisioner: Export_Id %d, %s, path %s, claim %s, reclaim policy "
+                 "%s (%s)", name, export_id, "root_id_squash" if root_squash else "no_root_squash", path, _claim(pv),
+                 policy or "none", f"deleting its claim deletes {path}" if policy == "Delete" else
+                 "its directory stays when its claim is deleted")
+
+    def _reserve(self, pvs: list[Object], report: Report) -> None:
+        """Keep the Export_Ids of the refused volumes free: adopted at a later start (once fixed), they get theirs,
+        and their clients' handles stay valid."""
+        wanted = []
+        for pv in pvs:
+            raw = golayout.annotations_of(pv).get(golayout.ANN_EXPORT_ID, "")
+            if _name(pv) in report.refused and raw.isdigit() and len(raw) <= 5:
+                wanted.append(int(raw))
+        reserve: Callable[[list[int]], list[int]] | None = getattr(self.exporter, "reserve_ids", None)
+        if wanted and reserve is not None and (done := reserve(sorted(set(wanted)))):
+            log.info("Export_Ids %s of volumes not adopted are kept free for them (new volumes take others)",
+                     ",".join(map(str, done)))
 
     def _keep_config(self) -> Path | None:
         """Rename ``vfs.conf`` to the first free kept name (link + unlink: never over an existing file)."""

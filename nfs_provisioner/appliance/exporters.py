@@ -54,6 +54,10 @@ class GaneshaExporter:
         """Export_Id -> name of every export (held ones included: their ids are taken)."""
         return {e.export_id: e.name for e in self.manager.list_exports()}
 
+    def reserve_ids(self, export_ids: list[int]) -> list[int]:
+        """Keep these ids from new exports (see ``ExportManager.reserve``); returns those reserved."""
+        return self.manager.reserve(export_ids)
+
     def unserved(self) -> dict[str, str]:
         return self.manager.unserved()
 

@@ -215,10 +215,17 @@ def annotations_of(pv: Object) -> dict[str, str]:
     return {str(k): str(v) for k, v in ann.items()} if isinstance(ann, dict) else {}
 
 
+GO_BLOCK_START = "\nEXPORT\n{"
+"""How every ``EXPORT_block`` of the Go provisioner begins (its ``CreateExportBlock``); this appliance's blocks
+(``EXPORT {`` from its template) never do."""
+
+
 def is_go_volume(pv: Object) -> bool:
-    """A PV the Go provisioner made: its export block annotation, none of this appliance's policy annotation."""
+    """A PV the Go provisioner made: its export block annotation as it writes them, and none of this appliance's
+    policy annotation (which every PV it makes carries; PVs of its oldest versions lack it, not their block's
+    form)."""
     ann = annotations_of(pv)
-    return ANN_EXPORT_BLOCK in ann and ANN_ON_DELETE not in ann
+    return ann.get(ANN_EXPORT_BLOCK, "").startswith(GO_BLOCK_START) and ANN_ON_DELETE not in ann
 
 
 def nfs_path(pv: Object) -> str:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from nfs_provisioner.appliance import clones as clones_mod
+from nfs_provisioner.appliance import golayout
 from nfs_provisioner.controller.interface import (
     PVC_KIND,
     IgnoredError,
@@ -445,6 +446,16 @@ class NFSProvisioner(Provisioner):
         if failed:
             raise ProvisioningError(f"creating volume {name} failed and its rollback failed too ({'; '.join(failed)})",
                                     ProvisioningState.IN_BACKGROUND)
+
+    def should_delete(self, volume: Object) -> bool:
+        """False for a PV of the Go nfs-provisioner that this appliance has not adopted (no volume record: refused
+        at start, or another identity's; ``appliance.adoption``): the controller leaves it exactly as it is."""
+        if not golayout.is_go_volume(volume):
+            return True
+        try:
+            return self.records.read(str((volume.get("metadata") or {}).get("name", ""))) is not None
+        except (RecordError, DirectoryError):
+            return True  # delete() refuses it with an event, saying why
 
     def owns(self, volume: Object) -> bool | None:
         owner = ((volume.get("metadata") or {}).get("annotations") or {}).get(ANN_IDENTITY)

@@ -52,6 +52,8 @@ class Deleting:
         volume = self.volumes.get(name)
         if volume is None or not decisions.is_ours(volume, self.names) or name in self._deleted:
             return outcomes.DONE
+        if not self.provisioner.should_delete(volume):
+            return outcomes.DONE  # the guard leaves the PV alone: no finalizer added or removed either
         change = decisions.finalizer_change(volume, self.names, add_finalizer=self.settings.add_finalizer)
         if change is not None:
             try:
@@ -60,7 +62,7 @@ class Deleting:
                 return outcomes.DONE
             except errors.KubeError as e:
                 return outcomes.retry(f"failed to {'add' if change else 'remove'} the finalizer of {name}: {e}")
-        if not decisions.should_delete(volume, self.names) or not self.provisioner.should_delete(volume):
+        if not decisions.should_delete(volume, self.names):
             return outcomes.DONE
         if decisions.PV_FINALIZER not in decisions.finalizers(volume):
             try:  # the in-flight record of this delete

@@ -229,7 +229,8 @@ class Provisioner(abc.ABC):
         return True
 
     def should_delete(self, volume: Object) -> bool:
-        """Deletion guard; ``False`` keeps a Released volume (and its asset) untouched."""
+        """Deletion guard; ``False`` leaves the volume alone: a Released one (and its asset) is not deleted, and the
+        controller adds or removes no finalizer on it. Asked at every sync of the PV: keep it cheap."""
         return True
 
     def owns(self, volume: Object) -> bool | None:

@@ -34,7 +34,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -379,6 +379,19 @@ class ExportManager(clientlists.ClientLists):
         if not stat.S_ISDIR(st.st_mode):
             return f"{export.path} is not a directory"
         return None
+
+    def reserve(self, export_ids: Iterable[int]) -> list[int]:
+        """Keep ``export_ids`` from new exports for this process's life (the ids of volumes that are not served
+        yet but will want theirs: a refused volume of the Go nfs-provisioner). Returns the ids reserved (one in
+        use, out of range or reserved by Ganesha is left as it is)."""
+        done = []
+        with self._lock:
+            for i in export_ids:
+                if (self.id_range[0] <= i <= self.id_range[1] and i not in self._ids and i not in RESERVED_EXPORT_IDS
+                        and i not in self._foreign):
+                    self._ids.take(i)
+                    done.append(i)
+        return done
 
     # --- add / remove ------------------------------------------------------------------------------------------
 
