@@ -290,10 +290,6 @@ class Nfs4(RpcClient):
         return Op4(OP_READ, anonymous.u64(offset).u32(count).bytes())
 
     @staticmethod
-    def readlink() -> Op4:
-        return Op4(OP_READLINK)
-
-    @staticmethod
     def mkdir(name: str) -> Op4:
         # createtype4 NF4DIR, objname, createattrs = empty fattr4 (no bitmap words, no values).
         return Op4(OP_CREATE, Packer().u32(NF4DIR).string(name).u32(0).opaque(b"").bytes())
