@@ -132,8 +132,9 @@ def test_the_go_statefulset_switched_to_our_image_keeps_volumes_and_handles(
         cluster.kubectl("-n", ns, "scale", "statefulset/nfs-provisioner", "--replicas=1")
         pod = only_pod(core, ns, node, timeout=180)
         figure("scale to 1 with our image -> pod Ready (s)", time.monotonic() - started)
-        log = pod_log(node, ns, pod.metadata.name, tail=400)
-        assert "Go nfs-provisioner volumes: 4 adopted (4 at this start), 0 refused" in log, log
+        adopted = "Go nfs-provisioner volumes: 4 adopted (4 at this start), 0 refused"
+        wait.until(lambda: adopted in pod_log(node, ns, pod.metadata.name, tail=400), timeout=30,
+                   what=lambda: f"the adoption's line in the pod's log\n{pod_log(node, ns, pod.metadata.name)}")
 
         # 4. From the node's network namespace, through the Go Service's ClusterIP.
         def old_handles_read() -> dict[str, str] | None:
