@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ import yaml
 from kubernetes import client
 
 from tests import go_fixture, kubecluster, wait
+from tests.container_env import Podman
 from tests.go_objects import Legacy
 from tests.kubenode import Node
 from tests.test_incluster import docs, kubectl_apply, namespace_gone, only_pod, pod_log
@@ -86,6 +88,21 @@ def our_rbac(namespace: str, suffix: str) -> list[dict[str, Any]]:
     return objs
 
 
+@pytest.fixture(scope="module")
+def own_image(kube_node: Node) -> Iterator[str]:
+    """The image built from this tree under a name of this run's own, imported into the node's containerd: the
+    shared name (nfs-provisioner:0.1.0) may be re-imported by another run between the import and the pod's start."""
+    podman = Podman()
+    tag = podman.build(f"localhost/nfs-provisioner:migration-{uuid.uuid4().hex[:8]}")
+    try:
+        kube_node.import_image(podman.global_args, tag)
+        yield tag
+    finally:
+        subprocess.run([str(kube_node.ctr), "--address", str(kube_node.containerd_socket), "-n", "k8s.io", "images",
+                        "rm", tag], capture_output=True, check=False)
+        podman("rmi", tag, check=False)
+
+
 @pytest.fixture
 def switched(cluster: kubecluster.Cluster, core: client.CoreV1Api, kube_node: Node) -> Iterator[dict[str, str]]:
     suffix = uuid.uuid4().hex[:8]
@@ -99,7 +116,7 @@ def switched(cluster: kubecluster.Cluster, core: client.CoreV1Api, kube_node: No
 
 def test_the_go_statefulset_switched_to_our_image_keeps_volumes_and_handles(
         cluster: kubecluster.Cluster, core: client.CoreV1Api, storage: client.StorageV1Api, kube_node: Node,
-        image: str, switched: dict[str, str], tmp_path: Path) -> None:
+        own_image: str, switched: dict[str, str], tmp_path: Path) -> None:
     node, ns, suffix = kube_node, switched["namespace"], switched["suffix"]
     root = go_fixture.extract(tmp_path / "root")
     exports = go_fixture.go_exports((root / "vfs.conf").read_text())
@@ -128,13 +145,13 @@ def test_the_go_statefulset_switched_to_our_image_keeps_volumes_and_handles(
 
         # 3. The switch: our image, then the StatefulSet scaled back to 1.
         started = time.monotonic()
-        cluster.kubectl("-n", ns, "set", "image", "statefulset/nfs-provisioner", f"nfs-provisioner={image}")
+        cluster.kubectl("-n", ns, "set", "image", "statefulset/nfs-provisioner", f"nfs-provisioner={own_image}")
         cluster.kubectl("-n", ns, "scale", "statefulset/nfs-provisioner", "--replicas=1")
-        pod = only_pod(core, ns, node, timeout=180)
-        figure("scale to 1 with our image -> pod Ready (s)", time.monotonic() - started)
+        pod = only_pod(core, ns, node, timeout=180)  # running: the Go manifest has no readiness probe
         adopted = "Go nfs-provisioner volumes: 4 adopted (4 at this start), 0 refused"
-        wait.until(lambda: adopted in pod_log(node, ns, pod.metadata.name, tail=400), timeout=30,
+        wait.until(lambda: adopted in pod_log(node, ns, pod.metadata.name, tail=400), timeout=60,
                    what=lambda: f"the adoption's line in the pod's log\n{pod_log(node, ns, pod.metadata.name)}")
+        figure("scale to 1 with our image -> adoption logged (s)", time.monotonic() - started)
 
         # 4. From the node's network namespace, through the Go Service's ClusterIP.
         def old_handles_read() -> dict[str, str] | None:
