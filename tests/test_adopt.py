@@ -264,6 +264,12 @@ def test_refused_volumes_get_one_warning_and_one_event_and_nothing_changes(
                "squashed": "is not this export root's identity",
                "shared": "its EXPORT_block and the block with Export_Id 4 in vfs.conf disagree",
                "outside": f"its spec.nfs.path '/srv/{outside}' is not /export/{outside}"}
+        # Expanding a refused volume is refused too (its PV keeps its size and everything else).
+        core.patch_namespaced_persistent_volume_claim("shared", legacy.namespace,
+                                                      {"spec": {"resources": {"requests": {"storage": "6Mi"}}}})
+        wait.until(lambda: [e for e in core.list_namespaced_event(
+            legacy.namespace, field_selector="involvedObject.name=shared").items if e.reason == "VolumeResizeFailed"
+            and "was not adopted" in e.message], timeout=180, what=lambda: f"the refused expansion\n{a.log()}")
         warnings = _warnings(a)
         assert len(warnings) == 5, "\n".join(warnings)
         wait.until(lambda: all(legacy.events(pv, "AdoptionRefused") for pv in pvs.values()), timeout=30,

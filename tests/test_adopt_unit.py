@@ -248,3 +248,36 @@ def test_a_go_pv_whose_name_this_appliance_exports_without_a_record_is_left_to_t
     report = _adoption(root, exporter, events).run(pvs)
     assert name not in report.adopted and name not in report.refused and len(report.adopted) == 3
     assert not events.sent and exporter.exports[name][2] == 9
+
+
+class Quotas:
+    """What adoption reads of ``quota.manager.ProjectQuotas``: the projects file's lines."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def recorded(self) -> list[projects.ProjectEntry]:
+        return projects.parse_projects(self.text)
+
+
+def test_with_quotas_the_go_projects_file_must_agree_with_project_id(tmp_path: Path) -> None:
+    root, pvs = _root(tmp_path)
+    by_claim = {pv["spec"]["claimRef"]["name"]: pv for pv in pvs}
+    data, keep = (by_claim[c]["metadata"]["name"] for c in ("data", "keep"))
+    for claim, pid in (("data", 1), ("keep", 2)):
+        name = by_claim[claim]["metadata"]["name"]
+        by_claim[claim]["metadata"]["annotations"].update(Project_Id=str(pid),
+                                                          Project_block=f"\n{pid}:{root}/{name}:1048576\n")
+    # As quota.go's AddProject appends them: the second line gives keep's directory another id than its PV.
+    text = f"\n1:{root}/{data}:1048576\n\n3:{root}/{keep}:2097152\n"
+    a = adoption.Adoption(root=root, identity=IDENTITY, names=frozenset({"example.com/nfs"}),
+                          records=VolumeRecords(root / ".volumes"), exporter=FakeExporter(), events=Events(),
+                          quotas=Quotas(text))  # type: ignore[arg-type]
+    report = a.run(pvs)
+    assert data in report.adopted and len(report.adopted) == 3
+    assert list(report.refused) == [keep]
+    assert f"its Project_Id is 2 but the projects file gives {root}/{keep} project 3" in report.refused[keep]
+    broken = adoption.Adoption(root=root, identity=IDENTITY, names=frozenset({"example.com/nfs"}),
+                               records=VolumeRecords(root / ".volumes"), exporter=FakeExporter(), events=Events(),
+                               quotas=Quotas("1:relative:5\n")).run(pvs)  # type: ignore[arg-type]
+    assert "the projects file cannot be read" in broken.refused[keep]

@@ -41,6 +41,7 @@ from nfs_provisioner.appliance import golayout
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.quota.errors import QuotaError
 from nfs_provisioner.quota.manager import ProjectQuotas
+from nfs_provisioner.quota.projects import ProjectEntry
 from nfs_provisioner.volumes.directories import DirectoryError, validate_name
 from nfs_provisioner.volumes.params import OnDelete
 from nfs_provisioner.volumes.records import RecordError, VolumeRecords, new_record
@@ -101,10 +102,11 @@ class Adoption:
         if pvs:
             config, config_error = self._config()
             ids = _ids_in_use(self.exporter)
+            quota = self._projects()
             wanted: dict[int, list[str]] = {}
             todo: list[tuple[Object, golayout.Candidate]] = []
             for pv in sorted(pvs, key=_name):
-                verdict = self._check(pv, config, config_error, ids, report)
+                verdict = self._check(pv, config, config_error, ids, quota, report)
                 if isinstance(verdict, str):
                     self._refuse(pv, verdict, report)
                 elif verdict is not None:
@@ -134,7 +136,8 @@ class Adoption:
         return any(ann.get(a) in self.names for a in ANN_PROVISIONED_BY)
 
     def _check(self, pv: Object, config: golayout.GoConfig | None, config_error: str | None,
-               ids: Mapping[int, str] | None, report: Report) -> golayout.Candidate | str | None:
+               ids: Mapping[int, str] | None, quota: list[ProjectEntry] | str | None,
+               report: Report) -> golayout.Candidate | str | None:
         """A candidate to adopt (its record may exist already: a start cut short before its export); None:
         nothing to do (adopted earlier, or not ours to judge); a string: why it is refused."""
         name = _name(pv)
@@ -176,14 +179,20 @@ class Adoption:
         holder = ids.get(verdict.export.export_id)
         if holder is not None and holder != name:
             return f"Export_Id {verdict.export.export_id} is taken: this appliance serves it as {holder}"
-        if self.quotas is not None:
-            try:
-                problem = golayout.quota_problem(verdict.project_id, self.quotas.recorded(), path)
-            except QuotaError as e:
-                problem = f"the projects file cannot be read: {e}"
-            if problem is not None:
-                return problem
+        if isinstance(quota, str):
+            return quota
+        if quota is not None and (problem := golayout.quota_problem(verdict.project_id, quota, path)) is not None:
+            return problem
         return verdict
+
+    def _projects(self) -> list[ProjectEntry] | str | None:
+        """The ``projects`` file's lines (read once per start), why it cannot be read, or None: quotas are off."""
+        if self.quotas is None:
+            return None
+        try:
+            return self.quotas.recorded()
+        except QuotaError as e:
+            return f"the projects file cannot be read: {e}"
 
     def _config(self) -> tuple[golayout.GoConfig | None, str | None]:
         """The Go provisioner's ``vfs.conf`` (or the copy kept at an earlier start), parsed."""

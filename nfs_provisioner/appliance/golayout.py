@@ -103,7 +103,7 @@ def parse_config(text: str) -> list[Block]:
             i += 1
             continue
         if tok in "{=;,":
-            raise ConfigError(f"unexpected {tok!r}")
+            raise ConfigError(f"unexpected {tok[:40]!r}")
         nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
         if nxt == "{":
             if len(stack) > MAX_DEPTH:
@@ -117,23 +117,23 @@ def parse_config(text: str) -> list[Block]:
             i += 2
             continue
         if nxt != "=" or len(stack) == 1:
-            raise ConfigError(f"expected 'NAME {{' or 'key = value;' at {tok!r}")
+            raise ConfigError(f"expected 'NAME {{' or 'key = value;' at {tok[:40]!r}")
         j = i + 2
         parts: list[str] = []
         while j < len(tokens) and tokens[j] != ";":
             if tokens[j] in "{}=":
-                raise ConfigError(f"value of {tok!r} is not terminated by ';'")
+                raise ConfigError(f"value of {tok[:40]!r} is not terminated by ';'")
             parts.append(tokens[j])
             j += 1
         if j == len(tokens) or not parts:
-            raise ConfigError(f"value of {tok!r} is missing or not terminated by ';'")
+            raise ConfigError(f"value of {tok[:40]!r} is missing or not terminated by ';'")
         key = tok.lower()
         if key in stack[-1].values:
-            raise ConfigError(f"{tok} is set twice in block {stack[-1].name}")
+            raise ConfigError(f"{tok[:40]} is set twice in block {stack[-1].name[:40]}")
         stack[-1].values[key] = "".join(parts)
         i = j + 1
     if len(stack) != 1:
-        raise ConfigError(f"block {stack[-1].name} is not closed")
+        raise ConfigError(f"block {stack[-1].name[:40]} is not closed")
     return top.blocks
 
 

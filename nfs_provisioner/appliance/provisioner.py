@@ -469,6 +469,9 @@ class NFSProvisioner(Provisioner):
         owner = ((volume.get("metadata") or {}).get("annotations") or {}).get(ANN_IDENTITY)
         if owner != self.config.identity:
             raise RuntimeError(f"volume {name} belongs to provisioner instance {owner}, not {self.config.identity}")
+        if not self.should_delete(volume):
+            raise RuntimeError(f"volume {name} is the Go nfs-provisioner's and was not adopted (see its "
+                               "AdoptionRefused event); it is left as it is")
         path = self.directories.path_for(name)
         record = self.records.read(name)
         if record is not None and record.filesystem is not None:
