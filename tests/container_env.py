@@ -32,8 +32,8 @@ class Podman:
             raise AssertionError(f"podman {' '.join(args[:3])} failed ({r.returncode}):\n{r.stderr[-4000:]}")
         return r
 
-    def build(self) -> str:
-        """Import the base image under the Dockerfile's FROM name, build the real Dockerfile; returns the tag."""
+    def build(self, tag: str = IMAGE) -> str:
+        """Import the base image under the Dockerfile's FROM name, build the real Dockerfile as ``tag``; returns it."""
         base = subprocess.run([str(REPO / "hack" / "base-image"), "import", *self.global_args],
                               capture_output=True, text=True, timeout=900)
         if base.returncode != 0:
@@ -43,10 +43,10 @@ class Podman:
         bundle = Path("/etc/ssl/certs/ca-certificates.crt")
         if bundle.exists():
             build_args += ["--volume", f"{bundle}:/host-ca.crt:ro", "--build-arg", "PIP_CERT=/host-ca.crt"]
-        self("build", "--isolation=chroot", "--pull=never", "--network=host", *build_args, "-t", IMAGE,
+        self("build", "--isolation=chroot", "--pull=never", "--network=host", *build_args, "-t", tag,
              str(REPO))
         self("image", "prune", "-f", check=False)
-        return IMAGE
+        return tag
 
     def image_size(self, image: str) -> int:
         return int(self("image", "inspect", "--format", "{{.Size}}", image).stdout.strip())

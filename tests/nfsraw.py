@@ -1,7 +1,7 @@
 """A raw NFS client for the suite: ONC RPC over TCP, AUTH_SYS, XDR by hand.
 
 Enough of NFSv4.0 (one COMPOUND per call: PUTROOTFH, PUTFH, LOOKUP, LOOKUPP,
-GETFH, GETATTR, READ with the anonymous stateid, CREATE of a directory) and
+GETFH, GETATTR, READ with the anonymous stateid, READLINK, CREATE of a directory) and
 of NFSv3 + MOUNT (MNT, LOOKUP, READ, WRITE, CREATE, MKDIR, READDIRPLUS, FSSTAT) to send what a
 hostile userspace client sends: file handles it made up itself. Nothing here
 interprets a handle; the tests rewrite its bytes.

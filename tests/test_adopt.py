@@ -36,7 +36,7 @@ from tests.appliance_env import Appliance
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
 
-FIXTURE = Path(os.environ.get("NFSP_GO_FIXTURE", "/work/shared/fixtures/go-nfs-provisioner"))
+FIXTURE = Path(os.environ.get("NFSP_GO_FIXTURE", Path(__file__).parent / "fixtures" / "go-nfs-provisioner"))
 IDENTITY = "edc408b1-fe92-41bd-a6ca-0a96628c453b"
 EXPORT = Path("/export")
 OURS = (".nfs-provisioner.lock", ".ganesha", ".volumes", ".provisioning", ".archive", ".clones", ".images",

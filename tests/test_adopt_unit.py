@@ -1,5 +1,6 @@
 """The Go nfs-provisioner's layout read as hostile input, and the adoption's decisions, on the real fixture
-(../shared/fixtures/go-nfs-provisioner: its vfs.conf and PVs) and on copies of it broken one thing at a time."""
+(tests/fixtures/go-nfs-provisioner, a copy of ../shared/fixtures/go-nfs-provisioner: its vfs.conf and PVs) and
+on copies of it broken one thing at a time."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from nfs_provisioner.volumes.records import VolumeRecords
 
 pytestmark = [pytest.mark.unit]
 
-FIXTURE = Path(os.environ.get("NFSP_GO_FIXTURE", "/work/shared/fixtures/go-nfs-provisioner"))
+FIXTURE = Path(os.environ.get("NFSP_GO_FIXTURE", Path(__file__).parent / "fixtures" / "go-nfs-provisioner"))
 ROOT = Path("/export")
 IDENTITY = "edc408b1-fe92-41bd-a6ca-0a96628c453b"
 

@@ -46,7 +46,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* Unique per release: <release>.<namespace>.nfs-provisioner.local/nfs (a qualified name: DNS-subdomain
 prefix, '/', a name). */}}
 {{- define "nfs-provisioner.provisionerName" -}}
-{{- default (printf "%s.%s.nfs-provisioner.local/nfs" .Release.Name .Release.Namespace) .Values.provisionerName }}
+{{- $generated := printf "%s.%s.nfs-provisioner.local/nfs" .Release.Name .Release.Namespace }}
+{{- default (default $generated .Values.storageClass.provisionerName) .Values.provisionerName }}
+{{- end }}
+
+{{/* The pods of the StatefulSet: replicas, or the Go chart's name for it, replicaCount, when given
+(docs/migration.md). */}}
+{{- define "nfs-provisioner.replicas" -}}
+{{- if kindIs "invalid" .Values.replicaCount }}{{ .Values.replicas }}{{ else }}{{ .Values.replicaCount }}{{ end }}
 {{- end }}
 
 {{- define "nfs-provisioner.storageClassName" -}}
@@ -55,16 +62,20 @@ prefix, '/', a name). */}}
 
 {{/* The PVs name the Service's ClusterIP: a StatefulSet of one pod. */}}
 {{- define "nfs-provisioner.serviceMode" -}}
-{{- if and (eq .Values.kind "StatefulSet") (eq (int .Values.replicas) 1) }}true{{ end }}
+{{- if and (eq .Values.kind "StatefulSet") (eq (int (include "nfs-provisioner.replicas" .)) 1) }}true{{ end }}
 {{- end }}
 
 {{- define "nfs-provisioner.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* Combinations the schema cannot say; each fails the install with one line. */}}
 {{- define "nfs-provisioner.validate" -}}
-{{- if and (gt (int .Values.replicas) 1) (not .Values.leaderElect) (not .Values.pool) }}
+{{- if and (gt (int (include "nfs-provisioner.replicas" .)) 1) (not .Values.leaderElect) (not .Values.pool) }}
 {{- fail "replicas > 1 needs leaderElect: true (only the lease holder may provision) or a pool (each pod a member)" }}
 {{- end }}
 {{- if and .Values.pool .Values.leaderElect }}
@@ -73,8 +84,11 @@ prefix, '/', a name). */}}
 {{- if and (eq .Values.kind "DaemonSet") .Values.persistence.enabled }}
 {{- fail "kind DaemonSet needs persistence.enabled: false (a DaemonSet has no claim per pod); set hostPath.path for the export root" }}
 {{- end }}
-{{- if and (eq .Values.kind "DaemonSet") (ne (int .Values.replicas) 1) }}
+{{- if and (eq .Values.kind "DaemonSet") (ne (int (include "nfs-provisioner.replicas" .)) 1) }}
 {{- fail "replicas is for kind StatefulSet; a DaemonSet runs one pod per selected node" }}
+{{- end }}
+{{- if and .Values.persistence.existingClaim (gt (int (include "nfs-provisioner.replicas" .)) 1) }}
+{{- fail "persistence.existingClaim is one claim: it serves one pod (replicas: 1)" }}
 {{- end }}
 {{- end }}
 

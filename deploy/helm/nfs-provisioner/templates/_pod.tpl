@@ -67,8 +67,15 @@ spec:
         - --metrics-address=:{{ .Values.metrics.port }}
         - --log-level={{ .Values.logLevel }}
         - --log-json={{ .Values.logJson }}
+        {{- if kindIs "map" .Values.extraArgs }}
+        {{- /* The Go chart's form: {flag: value} -> -flag=value (Go-style flags are accepted). */}}
+        {{- range $flag, $value := .Values.extraArgs }}
+        - {{ printf "-%s=%v" $flag $value | quote }}
+        {{- end }}
+        {{- else }}
         {{- with .Values.extraArgs }}
         {{- toYaml . | nindent 8 }}
+        {{- end }}
         {{- end }}
       ports:
         {{- range (include "nfs-provisioner.nfsPorts" . | fromYamlArray) }}
@@ -131,10 +138,13 @@ spec:
       volumeMounts:
         - name: export-volume
           mountPath: /export
-  {{- if not (and (eq .Values.kind "StatefulSet") .Values.persistence.enabled) }}
+  {{- if not (and (eq .Values.kind "StatefulSet") .Values.persistence.enabled (not .Values.persistence.existingClaim)) }}
   volumes:
     - name: export-volume
-      {{- if .Values.hostPath.path }}
+      {{- if and .Values.persistence.enabled .Values.persistence.existingClaim }}
+      persistentVolumeClaim:
+        claimName: {{ .Values.persistence.existingClaim }}
+      {{- else if .Values.hostPath.path }}
       hostPath:
         path: {{ .Values.hostPath.path }}
         type: {{ .Values.hostPath.type }}

@@ -1,0 +1,190 @@
+"""The Go chart's values on ours (docs/migration.md "Helm values").
+
+The Go chart is pinned byte for byte in tests/fixtures/go-nfs-server-provisioner-chart (its SOURCE names the
+commit). Its values are every key of its values.yaml, the keys it documents commented out (``# existingClaim:``)
+and every ``.Values.x`` its templates read; docs/migration.md must map each one onto a value of ours (that our
+chart's schema knows) or say it is not carried. Rendered with helm: the Go names our chart accepts do what the
+Go chart did with them, and a value not carried is refused with one line naming it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helm_env import CHART, Helm
+
+REPO = Path(__file__).resolve().parent.parent
+GO_CHART = Path(__file__).parent / "fixtures" / "go-nfs-server-provisioner-chart"
+DOC = REPO / "docs" / "migration.md"
+
+
+K8S_OBJECTS = {"securityContext"}
+"""Values that are a Kubernetes object as a whole (its keys are the object's, not the chart's)."""
+
+
+def leaves(values: dict[str, Any], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        out |= leaves(v, f"{key}.") if isinstance(v, dict) and v and key not in K8S_OBJECTS else {key}
+    return out
+
+
+def commented_keys(text: str, real: set[str]) -> set[str]:
+    """``# key:`` lines (one ``#``: two are prose), placed under the real keys above them by indentation; those
+    under a value that is itself a leaf (``resources: {}``'s ``# limits:``) are examples of its content."""
+    stack: list[tuple[int, str]] = []
+    out: set[str] = set()
+    for line in text.splitlines():
+        m = re.match(r"^(\s*)(#\s?)?([A-Za-z][A-Za-z0-9]*):", line)
+        if not m or line.lstrip().startswith("##"):
+            continue
+        indent = len(m.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([k for _, k in stack] + [m.group(3)])
+        if m.group(2) is None:
+            stack.append((indent, m.group(3)))
+        elif not stack or ".".join(k for _, k in stack) not in real:
+            out.add(path)
+    return out
+
+
+def go_values() -> set[str]:
+    text = (GO_CHART / "values.yaml").read_text()
+    real = leaves(yaml.safe_load(text))
+    read = {m for t in (GO_CHART / "templates").iterdir()
+            for m in re.findall(r"\.Values\.([A-Za-z0-9.]+[A-Za-z0-9])", t.read_text())}
+    found = real | commented_keys(text, real) | read
+    return {k for k in found if not any(other.startswith(k + ".") for other in found)}
+
+
+def table() -> dict[str, tuple[str, str]]:
+    rows = re.findall(r"^\| `([A-Za-z0-9.]+)` \| (`[A-Za-z0-9.]+`|not carried) \| (.*) \|$", DOC.read_text(), re.M)
+    names = [r[0] for r in rows]
+    assert len(names) == len(set(names)), "a Go value is in the table twice"
+    return {r[0]: (r[1].strip("`"), r[2]) for r in rows}
+
+
+def schema_knows(key: str) -> bool:
+    node: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text())
+    for part in key.split("."):
+        props = node.get("properties", {})
+        if part not in props:
+            return False
+        node = props[part]
+    return True
+
+
+@pytest.mark.unit
+def test_go_values_are_those_of_the_pinned_chart() -> None:
+    found = go_values()
+    # What the pinned chart's values.yaml and templates hold (a spot check of each source of keys).
+    assert {"replicaCount", "image.digest", "persistence.existingClaim", "storageClass.provisionerName",
+            "service.nfsNodePort", "podSecurityContext", "extraArgs", "resources"} <= found
+    assert not {k for k in found if k.startswith(("resources.", "extraArgs."))}
+    assert "7027d6505a510673579c03db589bcb02cc8eda0b" in (GO_CHART / "SOURCE").read_text()
+
+
+@pytest.mark.unit
+def test_every_go_value_is_mapped_or_listed_as_not_carried() -> None:
+    rows = table()
+    assert sorted(go_values() - rows.keys()) == [], "Go values missing from docs/migration.md"
+    assert sorted(rows.keys() - go_values()) == [], "rows for values the Go chart does not have"
+    for go, (ours, note) in rows.items():
+        if ours == "not carried":
+            assert note.strip(), f"{go}: say why it is not carried"
+        else:
+            assert schema_knows(ours), f"{go} -> {ours}: not a value of our chart"
+
+
+def render(helm: Helm, tmp: Path, values: dict[str, Any], check: bool = True) -> Any:
+    f = tmp / f"values-{len(list(tmp.glob('values-*')))}.yaml"
+    f.write_text(yaml.safe_dump(values))
+    r = helm("template", "nfs", str(CHART), "--namespace", "nfs", "-f", str(f), check=check)
+    return r if not check else [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+def kind(objs: list[dict[str, Any]], k: str) -> dict[str, Any]:
+    [o] = [o for o in objs if o["kind"] == k]
+    return o
+
+
+@pytest.mark.helm
+def test_the_go_names_our_chart_accepts_do_what_they_did(tmp_path: Path) -> None:
+    helm = Helm(tmp_path / "helm")
+    objs = render(helm, tmp_path, {
+        "replicaCount": 1,
+        "image": {"repository": "reg/nfsp", "digest": "sha256:" + "ab" * 32},
+        "extraArgs": {"device-based-fsids": False, "grace-period": 0},
+        "storageClass": {"provisionerName": "cluster.local/nfs-nfs-server-provisioner", "name": "nfs"},
+        "persistence": {"enabled": True, "existingClaim": "data-nfs-nfs-server-provisioner-0",
+                        "accessMode": "ReadWriteOnce"},
+        "service": {"clusterIP": "10.96.0.50", "externalIPs": ["192.0.2.7"]},
+    })
+    sts = kind(objs, "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    [c] = [c for c in pod["containers"] if c["name"] == "nfs-provisioner"]
+    assert c["image"] == "reg/nfsp@sha256:" + "ab" * 32
+    assert {"-device-based-fsids=false", "-grace-period=0"} <= set(c["args"])
+    assert "--provisioner=cluster.local/nfs-nfs-server-provisioner" in c["args"]
+    assert kind(objs, "StorageClass")["provisioner"] == "cluster.local/nfs-nfs-server-provisioner"
+    assert "volumeClaimTemplates" not in sts["spec"]
+    assert {"name": "export-volume", "persistentVolumeClaim": {"claimName": "data-nfs-nfs-server-provisioner-0"}} \
+        in pod["volumes"]
+    svc = kind(objs, "Service")["spec"]
+    assert svc["clusterIP"] == "10.96.0.50" and svc["externalIPs"] == ["192.0.2.7"]
+
+    vct = kind(render(helm, tmp_path, {"replicaCount": 2, "leaderElect": True,
+                                       "persistence": {"accessMode": "ReadWriteOncePod"}}), "StatefulSet")["spec"]
+    assert vct["replicas"] == 2 and vct["volumeClaimTemplates"][0]["spec"]["accessModes"] == ["ReadWriteOncePod"]
+    r = render(helm, tmp_path, {"replicaCount": 2, "leaderElect": True,
+                                "persistence": {"existingClaim": "data-x-0"}}, check=False)
+    assert r.returncode != 0 and "persistence.existingClaim is one claim" in r.stderr
+
+
+def pop(values: dict[str, Any], key: str) -> Any:
+    *parents, leaf = key.split(".")
+    node = values
+    for part in parents:
+        node = node.get(part, {})
+    return node.pop(leaf, None)
+
+
+def put(values: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = values
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+@pytest.mark.helm
+def test_the_go_values_file_renders_once_moved_to_our_names(tmp_path: Path) -> None:
+    """The Go chart's own values.yaml: refused as it is (naming the values not carried), rendered once those are
+    taken out and the renamed ones moved to our names, keeping what the Go values say."""
+    helm = Helm(tmp_path / "helm")
+    go = yaml.safe_load((GO_CHART / "values.yaml").read_text())
+    r = render(helm, tmp_path, go, check=False)
+    assert r.returncode != 0 and "priorityClass" in r.stderr and "nfsPort" in r.stderr, r.stderr
+    ignored = {"rbac.serviceAccountName"} if go["rbac"]["create"] else set()  # the Go chart reads it only then
+    for go_key, (ours, _) in table().items():
+        if ours != go_key:
+            value = pop(go, go_key)
+            if ours != "not carried" and value is not None and go_key not in ignored:
+                put(go, ours, value)
+    go = {k: v for k, v in go.items() if v != {}}  # sections left empty (priorityClass)
+    objs = render(helm, tmp_path, go)
+    sc = kind(objs, "StorageClass")
+    assert sc["metadata"]["name"] == "nfs" and sc["mountOptions"] == ["vers=3", "retrans=2", "timeo=30"]
+    assert sc["reclaimPolicy"] == "Delete" and sc["allowVolumeExpansion"] is True
+    sts = kind(objs, "StatefulSet")
+    assert sts["spec"]["replicas"] == 1 and "volumeClaimTemplates" not in sts["spec"], "persistence.enabled: false"
+    image = sts["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "registry.k8s.io/sig-storage/nfs-provisioner:v4.0.8"
+    assert kind(objs, "ServiceAccount")["metadata"]["name"] == "nfs-nfs-provisioner"
