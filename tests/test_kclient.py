@@ -23,11 +23,11 @@ XFS_MOUNT = "/run/xfs"
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("uml-kclient")
-    disk = uml.Disk(image=uml.make_xfs_image(work / "export.img", size_mb=300), mount_point=XFS_MOUNT)
+    disk = uml.Disk(image=uml.make_xfs_image(work / "export.img", size_mb=1024), mount_point=XFS_MOUNT)
     out = work / "results.json"
     result = uml.run([sys.executable, "-m", "tests.uml_kclient", "--xfs", XFS_MOUNT, "--work", str(work),
                       "--results", str(out)], workdir=work, disks=[disk], mem_mb=2048, timeout=2000,
-                     modules=["nfsv4", "nfsv3", "nfsd"], env={"NFSP_CACHE_DIR": str(uml.CACHE)})
+                     modules=["nfsv4", "nfsv3", "nfsd", "loop"], env={"NFSP_CACHE_DIR": str(uml.CACHE)})
     print(f"UML run took {result.seconds:.1f}s, exit code {result.returncode}\n{result.output[-5000:]}")
     if not out.exists():
         result.check()
