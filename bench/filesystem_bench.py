@@ -32,6 +32,7 @@ from typing import Any
 
 from bench.provision_bench import Bench, cold_restart, own_rss_mb, provision_run, put, stop, tree_rss, wait_for
 from nfs_provisioner.kube import client as kube
+from nfs_provisioner.kube import errors as kube_errors
 from nfs_provisioner.volumes import copying, loops
 from nfs_provisioner.volumes.filesystems import FilesystemVolumes
 from tests import filesystem_env
@@ -51,7 +52,7 @@ def private_mounts(argv: list[str]) -> list[str]:
 
 
 def ensure_class(b: Bench) -> None:
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(kube_errors.AlreadyExists):  # an earlier section or run made it
         b.api.create(kube.classes_path(), {
             "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": FS_CLASS},
             "provisioner": b.provisioner, "allowVolumeExpansion": True,
