@@ -13,8 +13,8 @@ import pytest
 from tests import uml, uml_kclient
 
 # One UML boot runs every step (control plane, appliance restarts, failover with the 90 s grace period with NLM,
-# twice): 10-12 min with 9.14 on 2 cores before the failover cases, ~5 more with them (UML makes its syscalls
-# dear), so the first test may wait that long.
+# twice): 10-12 min with 9.14 on 2 cores before the failover cases, ~5 more with them, ~1.5 more for the two steps
+# of filesystem volumes (UML makes its syscalls dear), so the first test may wait that long.
 pytestmark = [pytest.mark.kclient, pytest.mark.uml, pytest.mark.e2e, pytest.mark.timeout(2100)]
 
 XFS_MOUNT = "/run/xfs"

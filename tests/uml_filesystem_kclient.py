@@ -49,7 +49,28 @@ def sized_and_grown(flow: Flow) -> dict[str, Any]:
     volume's own filesystem (at most the claim, at least 75% of it; the export root's is another size); writes
     through the mount stop with ENOSPC with no more than the claim written; the claim is expanded and the same
     mount (same superblock, a file open since before still readable) shows the new size and takes more writes."""
-    return {fs_type: _sized_and_grown(flow, fs_type, size, grown) for fs_type, size, grown in CASES}
+    out = {}
+    try:
+        for fs_type, size, grown in CASES:
+            out[fs_type] = _sized_and_grown(flow, fs_type, size, grown)
+    finally:  # later steps (the kernel-server mode exports every volume) find none of these
+        delete_claims(flow, [f"fs-{fs_type}-kc" for fs_type, _, _ in CASES])
+    return out
+
+
+def delete_claims(flow: Flow, claims: list[str]) -> None:
+    """Delete ``claims`` (those that exist) and wait until their PVs are gone (the appliance removed the volumes)."""
+    for claim in claims:
+        pv = flow.sh("kubectl", "get", "pvc", claim, "-o", "jsonpath={.spec.volumeName}", check=False)
+        if pv.returncode != 0:
+            continue
+        flow.kubectl("delete", "pvc", claim, "--wait=false")
+        if pv.stdout:
+            name = pv.stdout
+
+            def gone(name: str = name) -> bool:
+                return flow.sh("kubectl", "get", "pv", name, check=False).returncode != 0
+            flow.until(gone, f"PV {name} of claim {claim} deleted")
 
 
 def _sized_and_grown(flow: Flow, fs_type: str, size: str, grown: str) -> dict[str, Any]:
@@ -222,6 +243,17 @@ def forged_handles(flow: Flow) -> dict[str, Any]:
     A's export naming B's filesystem, the export root's, the mount points' tmpfs; C's and D's kept handles, as
     themselves and naming A's export. ``..`` from A's root is the client's own directory, and a mount of
     ``<A>/..`` or ``<A>/../..`` shows none of the appliance's files (v3: nor B)."""
+    # The forgeries of a filesystem's id below are Ganesha's device-based ids (its default): an earlier step may
+    # have left the appliance running with --device-based-fsids=false.
+    flow.stop_appliance()
+    flow.start_appliance()
+    try:
+        return _forged_handles(flow)
+    finally:  # later steps (the kernel-server mode exports every volume) find none of these
+        delete_claims(flow, [f"forge-{v}" for v in "abcd"])
+
+
+def _forged_handles(flow: Flow) -> dict[str, Any]:
     from tests.uml_kclient import OWN_NAMES
 
     pvs = {v: flow.class_and_claim(f"forge-{v}", params={**FS_PARAMS, "onDelete": "archive" if v == "d" else
@@ -238,11 +270,7 @@ def forged_handles(flow: Flow) -> dict[str, Any]:
         assert a_fh[6:14] == os.major(a_dev).to_bytes(4, "little") + os.minor(a_dev).to_bytes(4, "little"), (
             f"A's handle {a_fh.hex()} ({label}) does not carry its device {os.major(a_dev)}:{os.minor(a_dev)} at "
             "bytes 6-13: the forgeries below would not mean what they say")
-    for v, how in (("c", "delete"), ("d", "archive")):
-        name = pvs[v]["metadata"]["name"]
-        flow.kubectl("delete", "pvc", f"forge-{v}", "--wait=false")
-        flow.until(lambda n=name: flow.sh("kubectl", "get", "pv", n, check=False).returncode != 0,
-                   f"PV {name} deleted ({how})")
+    delete_claims(flow, ["forge-c", "forge-d"])  # C deleted, D archived (its class's onDelete)
     out: dict[str, Any] = {"server_handle_bytes": len(server_fh(kept["vers=4.1"]["a"][1]))}
     others = [secrets[v] for v in "bcd"]
     for label in versions:
