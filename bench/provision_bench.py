@@ -151,10 +151,10 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def claim_body(name: str, cls: str) -> dict[str, Any]:
+def claim_body(name: str, cls: str, size: str = "1Mi") -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
             "spec": {"storageClassName": cls, "accessModes": ["ReadWriteMany"],
-                     "resources": {"requests": {"storage": "1Mi"}}}}
+                     "resources": {"requests": {"storage": size}}}}
 
 
 def new_namespace(api: kube.Client, prefix: str) -> str:
@@ -187,7 +187,7 @@ def post_events(api: kube.Client, ns: str, involved: dict[str, str], *, count: i
 
 
 def provision_run(api: kube.Client, pool: cf.ThreadPoolExecutor, *, n: int, cls: str, provisioner: str,
-                  keep: bool = False) -> tuple[dict[str, float], str]:
+                  keep: bool = False, size: str = "1Mi") -> tuple[dict[str, float], str]:
     ns = new_namespace(api, "bench")
     w = Watcher(api, ns)
     w.start()
@@ -196,7 +196,7 @@ def provision_run(api: kube.Client, pool: cf.ThreadPoolExecutor, *, n: int, cls:
     t0 = time.monotonic()
 
     def create(i: int) -> None:
-        obj = api.create(kube.claims_path(ns), claim_body(f"c{i}", cls))
+        obj = api.create(kube.claims_path(ns), claim_body(f"c{i}", cls, size))
         created[obj["metadata"]["uid"]] = time.monotonic()
 
     list(pool.map(create, range(n)))
@@ -348,18 +348,26 @@ class Bench:
     """Volumes present for the memory and cold-restart figures of the sizes section."""
     scale_max: int = 10000
     """Live volumes the ``scale`` section provisions up to (bench/scale_bench.py)."""
+    fs_clone_mb: int = 1024
+    """Size of the filesystem volume the ``filesystems`` section clones (a quarter of it data)."""
     later_sections: list[str] = field(default_factory=list)
     """The sections still to run after the current one (none: it need not clean up after itself)."""
 
     def new_appliance(self, export_root: Path | None = None, extra: list[str] | None = None,
-                      step_times: Path | None = None) -> Appliance:
+                      step_times: Path | None = None,
+                      wrapper: Callable[[list[str]], list[str]] | None = None) -> Appliance:
         """An appliance (not started) of the bench class; the section stops and closes it.
 
-        ``step_times``: run it under :mod:`bench.step_timer`, which writes per-step wall-clock totals there."""
-        wrapper, env = None, None
+        ``step_times``: run it under :mod:`bench.step_timer`, which writes per-step wall-clock totals there;
+        ``wrapper``: turns its argv into the command run (e.g. in a mount namespace of its own)."""
+        env = None
         if step_times is not None:
-            def wrapper(argv: list[str]) -> list[str]:
-                return [argv[0], "-m", "bench.step_timer", *argv[3:]]  # instead of -m nfs_provisioner
+            outer = wrapper
+
+            def timed(argv: list[str]) -> list[str]:
+                argv = [argv[0], "-m", "bench.step_timer", *argv[3:]]  # instead of -m nfs_provisioner
+                return argv if outer is None else outer(argv)
+            wrapper = timed
             env = {"NFSP_STEP_TIMES": str(step_times), "PYTHONPATH": str(REPO)}
         return Appliance(kubeconfig=self.cluster.kubeconfig, export_root=export_root or self.work / "export",
                          provisioner=self.provisioner, log_dir=self.work,
@@ -384,11 +392,13 @@ def own_rss_mb(pid: int) -> float:
     return float(psutil.Process(pid).memory_info().rss) / 2**20
 
 
-def cold_restart(appliance: Appliance, exports: int, timeout: float = 120) -> tuple[float, float]:
-    """Stop the appliance, start it again: seconds from process start until /readyz answers 200, Ganesha
-    serves all ``exports`` and the work queues are empty; and the provision calls it made (0 = none spurious,
-    counted 1 s later)."""
-    stop(appliance)
+def cold_restart(appliance: Appliance, exports: int, timeout: float = 120,
+                 stopped: bool = False) -> tuple[float, float]:
+    """Stop the appliance (unless ``stopped``), start it again: seconds from process start until /readyz answers
+    200, Ganesha serves all ``exports`` and the work queues are empty; and the provision calls it made (0 = none
+    spurious, counted 1 s later)."""
+    if not stopped:
+        stop(appliance)
     t = time.monotonic()
     appliance.start(wait_ready=False)
 
@@ -480,11 +490,12 @@ class Section:
 
 def sections() -> dict[str, Section]:
     """Every section, in the order ``make bench`` runs them."""
-    from bench import backlog_bench, delete_bench, scale_bench  # they import this module's helpers
+    from bench import backlog_bench, delete_bench, filesystem_bench, scale_bench  # they import this module's helpers
 
     return {"sizes": Section(sizes_section, show_sizes),
             "delete": Section(delete_bench.delete_section, delete_bench.show_delete),
             "backlog": Section(backlog_bench.backlog_section, backlog_bench.show_backlog),
+            "filesystems": Section(filesystem_bench.filesystems_section, filesystem_bench.show_filesystems),
             "scale": Section(scale_bench.scale_section, scale_bench.show_scale)}
 
 
@@ -498,6 +509,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     parser.add_argument("--scale-max", type=int, default=10000,
                         help="live volumes the scale section provisions up to (in bursts of 1000)")
+    parser.add_argument("--fs-clone-mb", type=int, default=1024,
+                        help="size of the filesystem volume the filesystems section clones (a quarter of it data)")
     parser.add_argument("--appliance-args", default="", help="extra flags for the appliance, space separated")
     args = parser.parse_args()
     chosen = args.sections.split(",")
@@ -523,7 +536,7 @@ def main() -> int:
             b = Bench(api=api, pool=pool, cluster=cluster, work=work, appliance=None,  # type: ignore[arg-type]
                       sizes=[int(s) for s in args.sizes.split(",")], repeats=args.repeats,
                       appliance_extra=args.appliance_args.split(), present=args.present,
-                      scale_max=args.scale_max)
+                      scale_max=args.scale_max, fs_clone_mb=args.fs_clone_mb)
             appliance = b.appliance = b.new_appliance()
             appliance.start()
             time.sleep(1.0)

@@ -18,6 +18,8 @@ pytestmark = [pytest.mark.bench, pytest.mark.kube, pytest.mark.ganesha, pytest.m
 
 REPO = Path(__file__).resolve().parent.parent
 N, PRESENT, SCALE = 20, 30, 150
+CLONE_MB = 64
+"""The filesystem volume the filesystems section clones (1024 in make bench)."""
 
 
 def required_keys() -> list[str]:
@@ -27,6 +29,9 @@ def required_keys() -> list[str]:
                  f"backlog.{n}.fraction_of_null", f"delete.{n}.per_s", f"delete.{n}.fraction_of_null"]
     keys += [f"scale.{SCALE}.add_p99_ms", f"scale.{SCALE}.failover_first_io_s", f"scale.{SCALE}.failover_listed_s",
              f"scale.{SCALE}.failover_ready_s"]
+    keys += [f"filesystems.{N}.created_per_s", f"filesystems.{N}.p50_s", f"filesystems.{N}.p99_s",
+             "filesystems.cold_restart_s", "filesystems.remount_s", "filesystems.rss_mb",
+             "filesystems.clone_reflink_s", "filesystems.clone_sparse_s"]
     return keys
 
 
@@ -41,7 +46,7 @@ def lookup(results: dict[str, Any], dotted: str) -> Any:
 def test_every_section_writes_its_figures_under_the_stable_keys(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     argv = [sys.executable, "-m", "bench.provision_bench", f"--sizes={N}", "--repeats=1", f"--present={PRESENT}",
-            f"--scale-max={SCALE}", f"--out={out}"]
+            f"--scale-max={SCALE}", f"--fs-clone-mb={CLONE_MB}", f"--out={out}"]
     run = subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
                          text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
@@ -49,5 +54,6 @@ def test_every_section_writes_its_figures_under_the_stable_keys(tmp_path: Path) 
     for key in required_keys():
         value = lookup(results, key)
         assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (key, value)
-    for title in ("created+exported", "delete", "backlog", "scale", "failover"):  # the printed table has every section
+    # the printed table has every section
+    for title in ("created+exported", "delete", "backlog", "scale", "failover", "filesystem volumes"):
         assert title in run.stdout, run.stdout

@@ -275,6 +275,36 @@ def test_remount_at_start_mounts_every_filesystem_volume_of_this_identity(root: 
 
 
 @pytest.mark.root  # loop devices and mounts
+def test_the_tmpfs_of_the_mount_points_is_mounted_once_when_many_threads_need_it(root: Path) -> None:
+    """The start-up remount and the provision workers make mount points in parallel: the tmpfs is mounted once, and
+    no mount point is made in the export root's directory under it (measured before the fix: with 1000 volumes
+    remounted by 8 threads, one volume's mount point went under a second tmpfs mounted over the first, and its mount
+    failed with ENOENT)."""
+    import threading
+
+    for attempt in range(10):
+        vols = FilesystemVolumes(root)
+        start = threading.Barrier(16)
+
+        def make(i: int, vols: FilesystemVolumes = vols, start: threading.Barrier = start) -> None:
+            start.wait()
+            vols._mount_point(vols.path_for(f"pvc-{i}"))
+
+        threads = [threading.Thread(target=make, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        top = root / ".filesystems"
+        stacked = [p for p in filesystem_env.mounts_under(root) if p == top]
+        assert len(stacked) == 1, f"attempt {attempt}: {len(stacked)} tmpfs mounted at {top}"
+        assert sorted(os.listdir(top)) == sorted(f"pvc-{i}" for i in range(16)), f"attempt {attempt}"
+        loops.unmount(top)
+        for name in os.listdir(top):  # what went under the tmpfs (none, unless the race struck)
+            os.rmdir(top / name)
+
+
+@pytest.mark.root  # loop devices and mounts
 def test_usage_gauges_are_each_mounted_volumes_statvfs(root: Path) -> None:
     vols = FilesystemVolumes(root)
     registry = CollectorRegistry()

@@ -13,8 +13,8 @@ import pytest
 from tests import uml, uml_kclient
 
 # One UML boot runs every step (control plane, appliance restarts, failover with the 90 s grace period with NLM,
-# twice): 10-12 min with 9.14 on 2 cores before the failover cases, ~5 more with them (UML makes its syscalls
-# dear), so the first test may wait that long.
+# twice): 10-12 min with 9.14 on 2 cores before the failover cases, ~5 more with them, ~1.5 more for the two steps
+# of filesystem volumes (UML makes its syscalls dear), so the first test may wait that long.
 pytestmark = [pytest.mark.kclient, pytest.mark.uml, pytest.mark.e2e, pytest.mark.timeout(2100)]
 
 XFS_MOUNT = "/run/xfs"
@@ -23,11 +23,11 @@ XFS_MOUNT = "/run/xfs"
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("uml-kclient")
-    disk = uml.Disk(image=uml.make_xfs_image(work / "export.img", size_mb=300), mount_point=XFS_MOUNT)
+    disk = uml.Disk(image=uml.make_xfs_image(work / "export.img", size_mb=1024), mount_point=XFS_MOUNT)
     out = work / "results.json"
     result = uml.run([sys.executable, "-m", "tests.uml_kclient", "--xfs", XFS_MOUNT, "--work", str(work),
                       "--results", str(out)], workdir=work, disks=[disk], mem_mb=2048, timeout=2000,
-                     modules=["nfsv4", "nfsv3", "nfsd"], env={"NFSP_CACHE_DIR": str(uml.CACHE)})
+                     modules=["nfsv4", "nfsv3", "nfsd", "loop"], env={"NFSP_CACHE_DIR": str(uml.CACHE)})
     print(f"UML run took {result.seconds:.1f}s, exit code {result.returncode}\n{result.output[-5000:]}")
     if not out.exists():
         result.check()

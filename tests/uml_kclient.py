@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests import uml_appliance
+from tests import uml_appliance, uml_filesystem_kclient
 from tests.uml_appliance import REPO, MiB
 
 # The defaults a user runs with (no quotas), NFSv3 on, no grace period; the quota step restarts with quotas on.
@@ -37,7 +37,9 @@ STEPS = ("start", "classic_flow_as_the_kubelet_mounts_it", "gid_and_root_squash_
          "volume_boundary_through_the_mount", "mounts_of_dotdot_paths_stay_out_of_the_export_root",
          "restarts_keep_handles_valid",
          "restarts_keep_handles_valid_without_device_fsids",
-         "delete_and_archive_while_mounted", "grace_and_lock_reclaim", "quota_writes_and_df_through_the_mount",
+         "delete_and_archive_while_mounted", "filesystem_volume_df_enospc_and_expansion_through_the_mount",
+         "filesystem_volume_forged_handles_from_the_kernel_mount", "grace_and_lock_reclaim",
+         "quota_writes_and_df_through_the_mount",
          "kernel_server_mode")
 NFS_KERNEL_SERVER = Path(os.environ.get("NFSP_CACHE_DIR", Path.home() / ".cache" / "nfs-provisioner")) / \
     "nfs-kernel-server" / "root" / "usr" / "sbin"
@@ -717,6 +719,9 @@ def main() -> int:
         "restarts_keep_handles_valid_without_device_fsids": lambda: flow.restarts(
             extra=["--device-based-fsids=false"]),
         "delete_and_archive_while_mounted": flow.delete_while_mounted,
+        "filesystem_volume_df_enospc_and_expansion_through_the_mount": lambda: uml_filesystem_kclient.sized_and_grown(
+            flow),
+        "filesystem_volume_forged_handles_from_the_kernel_mount": lambda: uml_filesystem_kclient.forged_handles(flow),
         "grace_and_lock_reclaim": flow.grace,
         "quota_writes_and_df_through_the_mount": flow.quota,
         "kernel_server_mode": flow.kernel_server,

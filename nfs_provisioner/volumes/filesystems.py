@@ -37,6 +37,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Sequence
@@ -147,6 +148,9 @@ class FilesystemVolumes:
         self.mounts = export_root / MOUNTS_DIR
         self.archive_dir = export_root / ARCHIVE_DIR
         self.run = runner
+        self._tree_lock = threading.Lock()
+        self._tree_dev: int | None = None
+        """The device of the tmpfs :meth:`ensure_tree` mounted or checked (checked once, not per volume)."""
 
     # ------------------------------------------------------------------ paths
 
@@ -160,22 +164,28 @@ class FilesystemVolumes:
 
     def ensure_tree(self) -> Path:
         """The tmpfs the volumes are mounted in, mounted when it is not (a fresh mount namespace after a container
-        restart); refuses anything but a tmpfs there."""
+        restart); refuses anything but a tmpfs there. One thread at a time (the start-up remount and the provision
+        workers call it in parallel: two would stack two tmpfs, and a mount point made meanwhile would end up under
+        the second), and the mount table is read only when the device there is new (it holds a line per volume)."""
         top = self.mounts
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(top, 0o755)
-        st = os.lstat(top)
-        if not stat.S_ISDIR(st.st_mode):
-            raise FilesystemError(f"{top} is not a directory; refusing to mount filesystem volumes in it")
-        if st.st_dev == os.lstat(self.export_root).st_dev:
-            try:
-                loops.mount(Path("nfsp-filesystems"), top, "tmpfs", data=MOUNTS_OPTIONS)
-            except OSError as e:
-                raise FilesystemError(f"cannot mount a tmpfs at {top}: {e}") from e
-            log.info("filesystem volumes: tmpfs mounted at %s", top)
-        elif (fs := containment.mount_of(top).fstype) != "tmpfs":
-            raise FilesystemError(f"{top} is a {fs} mount, not the appliance's tmpfs; refusing to mount filesystem "
-                                  "volumes in it")
+        with self._tree_lock:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(top, 0o755)
+            st = os.lstat(top)
+            if not stat.S_ISDIR(st.st_mode):
+                raise FilesystemError(f"{top} is not a directory; refusing to mount filesystem volumes in it")
+            if st.st_dev == os.lstat(self.export_root).st_dev:
+                try:
+                    loops.mount(Path("nfsp-filesystems"), top, "tmpfs", data=MOUNTS_OPTIONS)
+                except OSError as e:
+                    raise FilesystemError(f"cannot mount a tmpfs at {top}: {e}") from e
+                log.info("filesystem volumes: tmpfs mounted at %s", top)
+                self._tree_dev = os.lstat(top).st_dev
+            elif st.st_dev != self._tree_dev:
+                if (fs := containment.mount_of(top).fstype) != "tmpfs":
+                    raise FilesystemError(f"{top} is a {fs} mount, not the appliance's tmpfs; refusing to mount "
+                                          "filesystem volumes in it")
+                self._tree_dev = st.st_dev
         return top
 
     def image_for(self, name: str) -> Path:
