@@ -49,6 +49,24 @@ def bound_all(core: client.CoreV1Api, namespace: str, names: list[str]) -> dict[
         volumes, timeout=120, what=lambda: f"claims {names} Bound").items()}
 
 
+def member_up(node: Node, pod_ip: str, member: str) -> str | None:
+    """``nfs_provisioner_pool_member_up`` of ``member`` as the member at ``pod_ip`` sees it (None: not listed),
+    from its /metrics, inside the node's network namespace."""
+    for line in node.http_get(f"http://{pod_ip}:9090/metrics").splitlines():
+        if line.startswith("nfs_provisioner_pool_member_up{") and f'member="{member}"' in line:
+            return line.rsplit(" ", 1)[1]
+    return None
+
+
+def read_again(node: Node, server: str, files: list[tuple[str, bytes]]) -> None:
+    """Each volume's file written before, read again through ``server`` (retried while the server comes up)."""
+    nfs = Client(host=server, version=4, netns=node.netns)
+    for path, data in files:
+        got = wait.until(lambda p=path: nfs.cat(f"{p}/before").stdout or None, timeout=60, interval=0.2,
+                         what=lambda p=path: f"{p}/before read again through {server}: {nfs.cat(f'{p}/before')}")
+        assert got == data, path
+
+
 def pool_leases(coordination: client.CoordinationV1Api, namespace: str) -> dict[str, client.V1Lease]:
     return {lease.metadata.name: lease for lease in coordination.list_namespaced_lease(
         namespace, label_selector=f"{LABEL_POOL}={POOL}").items}
@@ -90,6 +108,10 @@ def test_a_pool_of_two_pods_each_behind_its_own_service(
         for ident, pod in identity.items():
             lease = leases[lease_name(POOL, ident)]
             assert lease.metadata.annotations[ANN_ADDRESS] == ips[pod], (pod, lease.metadata.annotations, ips)
+            # Owned by the member's Service: the garbage collector removes it at helm uninstall.
+            (owner,) = lease.metadata.owner_references
+            assert (owner.kind, owner.name, owner.uid) == ("Service", pod, core.read_namespaced_service(
+                pod, namespace).metadata.uid)
         version = leases[lease_name(POOL, next(iter(identity)))].metadata.resource_version
         wait.until(lambda: pool_leases(coordination, namespace)[lease_name(POOL, next(iter(identity)))]
                    .metadata.resource_version != version, timeout=30, what="a Lease renewed (patched)")
@@ -114,16 +136,38 @@ def test_a_pool_of_two_pods_each_behind_its_own_service(
             data[n] = nfs_roundtrip(node, ips[pod], pv.spec.nfs.path, name="before")
             assert (disk_of[pod] / pv.metadata.name / "before").read_bytes() == data[n]
 
-        # Member 1's pod deleted: it stops gracefully (its Lease deleted), claims made meanwhile go to member 0,
-        # and it comes back behind the same Service address with its volumes.
+        # Member 1's pod deleted: it stops gracefully (its Lease deleted) and comes back on its claim behind the
+        # same Service address, with a new pod IP; every volume of it is read again there.
         down = PODS[1]
         (down_identity,) = [i for i, p in identity.items() if p == down]
+        theirs = [n for n, pod in member.items() if pod == down]
         before = core.read_namespaced_pod(down, namespace)
         deleted = time.monotonic()
         core.delete_namespaced_pod(down, namespace)
         wait.until(lambda: lease_name(POOL, down_identity) not in pool_leases(coordination, namespace), timeout=60,
                    interval=0.1, what=f"the Lease of {down} deleted at its graceful stop")
         figure("pod deleted to its Lease gone (s)", time.monotonic() - deleted)
+        back = wait.until(lambda: (p := pod_ready(core, namespace, down)) and p.metadata.uid != before.metadata.uid
+                          and p, timeout=180, what=lambda: describe_pod(core, namespace, down, node))
+        figure("pod deleted to the member Ready again (s)", time.monotonic() - deleted)
+        figure("the member's pod IP before / after", f"{before.status.pod_ip} / {back.status.pod_ip}")
+        assert core.read_namespaced_service(down, namespace).spec.cluster_ip == ips[down]
+        read_again(node, ips[down], [(pvs[n].spec.nfs.path, data[n]) for n in theirs])
+        figure(f"pod deleted to its {len(theirs)} volumes read again at the same address (s)",
+               time.monotonic() - deleted)
+        assert lease_name(POOL, down_identity) in pool_leases(coordination, namespace)  # created again
+
+        # Member 1 kept down (the StatefulSet scaled to 1; a deleted pod comes back within seconds, faster than a
+        # member's view of the others is refreshed): once member 0 counts it down, new claims all go to member 0.
+        # Scaled back to 2, member 1 serves its volumes again at the same address.
+        stopped = time.monotonic()
+        cluster.kubectl("scale", "statefulset", FULLNAME, "-n", namespace, "--replicas=1")
+        wait.until(lambda: lease_name(POOL, down_identity) not in pool_leases(coordination, namespace), timeout=90,
+                   interval=0.1, what=f"the Lease of {down} deleted at its graceful stop")
+        first = core.read_namespaced_pod(PODS[0], namespace).status.pod_ip
+        wait.until(lambda: member_up(node, first, down_identity) in (None, "0.0"), timeout=60, interval=0.2,
+                   what=lambda: f"{PODS[0]} counting {down} down: {member_up(node, first, down_identity)}")
+        figure("scaled down to the other member counting it down (s)", time.monotonic() - stopped)
         during = [f"during{i}" for i in range(DURING)]
         made = time.monotonic()
         for n in during:
@@ -135,36 +179,28 @@ def test_a_pool_of_two_pods_each_behind_its_own_service(
             assert identity[pv.metadata.annotations[ANN_MEMBER]] == PODS[0], (n, pv.metadata.annotations)
             assert pv.spec.nfs.server == ips[PODS[0]] and (disks[0] / pv.metadata.name).is_dir()
             assert not (disks[1] / pv.metadata.name).exists()
-
-        back = wait.until(lambda: (p := pod_ready(core, namespace, down)) and p.metadata.uid != before.metadata.uid
-                          and p, timeout=180, what=lambda: describe_pod(core, namespace, down, node))
-        figure("pod deleted to the member Ready again (s)", time.monotonic() - deleted)
-        figure("the member's pod IP before / after", f"{before.status.pod_ip} / {back.status.pod_ip}")
+        scaled = time.monotonic()
+        cluster.kubectl("scale", "statefulset", FULLNAME, "-n", namespace, f"--replicas={MEMBERS}")
+        wait.until(lambda: pod_ready(core, namespace, down), timeout=180,
+                   what=lambda: describe_pod(core, namespace, down, node))
         assert core.read_namespaced_service(down, namespace).spec.cluster_ip == ips[down]
-        theirs = [n for n, pod in member.items() if pod == down]
-        nfs = Client(host=ips[down], version=4, netns=node.netns)
-        for n in theirs:
-            path = f"{pvs[n].spec.nfs.path}/before"
-            got = wait.until(lambda p=path: nfs.cat(p).stdout or None, timeout=60, interval=0.2,
-                             what=lambda p=path: f"{p} read again through {ips[down]}: {nfs.cat(p)}")
-            assert got == data[n]
-        figure(f"pod deleted to its {len(theirs)} volumes read again at the same address (s)",
-               time.monotonic() - deleted)
-        assert lease_name(POOL, down_identity) in pool_leases(coordination, namespace)  # created again
+        read_again(node, ips[down], [(pvs[n].spec.nfs.path, data[n]) for n in theirs])
+        figure(f"scaled up to its {len(theirs)} volumes read again at the same address (s)",
+               time.monotonic() - scaled)
         for pod in PODS:  # the chart's RBAC was enough: no request of either member was refused
             log = pod_log(node, namespace, pod, tail=100000)
             assert "forbidden" not in log.lower(), log[-3000:]
 
-        # helm uninstall removes every object of the release. The members' Leases stay (docs/scaling.md): helm
-        # deletes the Role and ServiceAccount with the StatefulSet, so the stopping members may no longer delete
-        # them; the documented command does.
+        # helm uninstall removes every object of the release, and the members' Leases go with their Services
+        # (helm deletes the Role with the StatefulSet: a stopping member may no longer delete its Lease itself).
         assert {k for k, _, _ in manifest_objects(helm, namespace, RELEASE)} == {
             "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "StorageClass", "Service",
             "StatefulSet"}
+        uninstalled = time.monotonic()
         uninstall_removes_everything(helm, cluster, core, RELEASE, namespace)
-        assert set(pool_leases(coordination, namespace)) <= {lease_name(POOL, i) for i in identity}
-        cluster.kubectl("delete", "lease", "-n", namespace, "-l", f"{LABEL_POOL}={POOL}")
-        assert pool_leases(coordination, namespace) == {}
+        wait.until(lambda: not pool_leases(coordination, namespace), timeout=60,
+                   what=lambda: f"the members' Leases gone: {list(pool_leases(coordination, namespace))}")
+        figure("helm uninstall to the members' Leases gone (s)", time.monotonic() - uninstalled)
     finally:
         helm("uninstall", RELEASE, "-n", namespace, "--wait", check=False)
         cluster.kubectl("delete", "pvc", "--all", "-n", namespace, "--wait=false", check=False)
