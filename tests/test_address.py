@@ -31,3 +31,32 @@ def test_node_name_wins_then_pod_ip() -> None:
 def test_missing_environment_is_a_clear_error(env: dict[str, str], message: str) -> None:
     with pytest.raises(address.AddressError, match=message):
         address.resolve(environ=env, api=None, out_of_cluster=False, server_hostname=None)
+
+
+class _Services:
+    """The API server's answer for one Service (the real one: tests/test_pool_incluster.py)."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    def get(self, path: str, **query: object) -> dict[str, object]:
+        self.paths.append(path)
+        return {"metadata": {"name": path.rsplit("/", 1)[1], "uid": "u-1"}}
+
+
+@pytest.mark.parametrize(("env", "owned"), [
+    ({"SERVICE_NAME": "nfs-0", "POD_NAMESPACE": "ns"}, True),
+    ({"SERVICE_NAME": "nfs-0", "POD_NAMESPACE": "other"}, False),  # a Lease elsewhere: no owner (GC would delete it)
+    ({"SERVICE_NAME": "nfs-0", "POD_NAMESPACE": "ns", "NODE_NAME": "n"}, False),  # a DaemonSet: no Service
+    ({"POD_NAMESPACE": "ns"}, False),
+])
+def test_a_pool_member_s_lease_is_owned_by_its_service_in_its_namespace(env: dict[str, str], owned: bool) -> None:
+    from nfs_provisioner.appliance import pool_member
+
+    api = _Services()
+    got = pool_member.lease_owner(api, environ=env, namespace="ns")  # type: ignore[arg-type]
+    if owned:
+        assert got == {"apiVersion": "v1", "kind": "Service", "name": "nfs-0", "uid": "u-1"}
+        assert api.paths == ["/api/v1/namespaces/ns/services/nfs-0"]
+    else:
+        assert got is None and api.paths == []

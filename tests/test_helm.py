@@ -138,6 +138,20 @@ def test_each_mode_renders_what_it_says(helm: Helm, tmp_path: Path) -> None:
     assert a["pool"] == "store" and a["leader-elect"] == "false"
     assert a["leader-elect-lease-duration"] == "15s" and a["leader-elect-retry-period"] == "2s"  # heartbeat, timeout
     assert "pool" not in args_of(two)
+    # A Service per pod, named and selecting as the pod; each pod's SERVICE_NAME is its own (the kubelet
+    # expands $(POD_NAME)), so each member's PVs name its Service's ClusterIP.
+    svcs = by_kind(pool, "Service")
+    assert [s["metadata"]["name"] for s in svcs] == [f"nfs-nfs-provisioner-{i}" for i in range(3)]
+    for s in svcs:
+        assert s["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == s["metadata"]["name"]
+        assert s["spec"]["publishNotReadyAddresses"] is True and "clusterIP" not in s["spec"]
+    env = container(pool)["env"]
+    names = [e["name"] for e in env]
+    assert names.index("POD_NAME") < names.index("SERVICE_NAME")
+    assert {e["name"]: e for e in env}["SERVICE_NAME"]["value"] == "$(POD_NAME)"
+    # One member is a pool all the same: its Service is the per-pod one, so scaling up keeps its address.
+    one = render(helm, tmp_path, {"pool": "store", "service": {"clusterIP": "10.0.0.9"}})
+    assert [s["metadata"]["name"] for s in by_kind(one, "Service")] == ["nfs-nfs-provisioner-0"]
 
     v4 = render(helm, tmp_path, MODES["nfsv4-only"])
     assert args_of(v4)["nfsv3"] == "false" and args_of(v4)["export-subnet"] == "nodes,10.1.0.0/16"

@@ -126,7 +126,7 @@ class Setup:
         self.cluster.kubectl("delete", "--ignore-not-found", "-f", "-",
                              input=yaml.safe_dump_all(rbac_for(self.ns, self.unique)), check=False)
 
-    def appliance(self, run: int) -> Appliance:
+    def appliance(self, run: int, extra: list[str] | None = None) -> Appliance:
         token = self.cluster.kubectl("create", "token", "nfs-provisioner", "-n", self.ns).stdout.strip()
         work = self.tmp_path / f"run{run}"
         work.mkdir()
@@ -135,7 +135,7 @@ class Setup:
                                                   "POD_IP": POD_IP})
         return Appliance(kubeconfig=None, export_root=self.tmp_path / "export", provisioner=self.provisioner,
                          log_dir=work, in_cluster=in_cluster,
-                         extra=["--leader-elect", "--leader-elect-retry-period=500ms"])
+                         extra=extra or ["--leader-elect", "--leader-elect-retry-period=500ms"])
 
     def claim(self, name: str, *, clone_of: str | None = None) -> None:
         source = None if clone_of is None else client.V1TypedLocalObjectReference(
@@ -283,3 +283,51 @@ def test_a_status_conflict_is_retried_with_the_verbs_rbac_grants(setup: Setup) -
     finally:
         api.close()
         setup.core.delete_namespaced_persistent_volume_claim("stale", setup.ns)
+
+
+def test_a_pool_member_needs_each_lease_verb(setup: Setup) -> None:
+    """A pool member (--pool) with rbac.yaml's Lease rule: its Lease created, renewed (patch), the members listed,
+    the Lease owned by its Service and deleted at its graceful stop, no 403. Without list, patch or delete on
+    Leases, that step is refused (the chart's Role has the same rule: tests/test_helm.py; the pool of pods on the
+    kubelet node, tests/test_pool_incluster.py, runs with it)."""
+    pool = ["--pool=p", "--leader-elect-retry-period=500ms"]
+    lease_verbs = ["get", "list", "create", "update", "patch", "delete"]
+    setup.apply_rbac()
+    a = setup.appliance(0, pool)
+    coordination = client.CoordinationV1Api(setup.core.api_client)
+    try:
+        a.start()
+        (lease,) = coordination.list_namespaced_lease(setup.ns, label_selector="nfs-provisioner.io/pool=p").items
+        version = lease.metadata.resource_version
+        (owner,) = lease.metadata.owner_references
+        assert (owner.kind, owner.name) == ("Service", "nfs-provisioner")
+        wait.until(lambda: coordination.read_namespaced_lease(lease.metadata.name, setup.ns).metadata
+                   .resource_version != version, timeout=30, what=lambda: f"the Lease renewed\n{a.log()}")
+        assert a.stop() == 0
+        assert not coordination.list_namespaced_lease(setup.ns, label_selector="nfs-provisioner.io/pool=p").items
+        assert not FORBIDDEN.search(a.log_file.read_text()), a.log()
+    finally:
+        a.close()
+    expected = {"list": "cannot list the members", "patch": "cannot renew this member's Lease",
+                "delete": "could not delete this member's Lease"}
+    for run, (verb, message) in enumerate(expected.items(), start=1):
+        setup.apply_rbac(verbs={"leases": [v for v in lease_verbs if v != verb]})
+        refused_without(setup, setup.appliance(run, pool), verb, message)
+
+
+def refused_without(setup: Setup, a: Appliance, verb: str, message: str) -> None:
+    """The pool member ``a``, run without ``verb`` on Leases, logs ``message`` with a 403."""
+    coordination = client.CoordinationV1Api(setup.core.api_client)
+    selector = "nfs-provisioner.io/pool=p"
+    try:
+        a.start(wait_ready=False)
+        if verb == "delete":
+            wait.until(lambda: coordination.list_namespaced_lease(setup.ns, label_selector=selector).items,
+                       timeout=60, what=lambda: a.log())
+            a.stop()
+        lines = wait.until(lambda: [x for x in a.log_file.read_text(errors="replace").splitlines() if message in x]
+                           or None, timeout=60, what=lambda: f"without {verb} on Leases: {message!r}\n{a.log()}")
+        assert FORBIDDEN.search(lines[0]), lines[0]
+    finally:
+        a.close()
+        coordination.delete_collection_namespaced_lease(setup.ns, label_selector=selector)

@@ -212,7 +212,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
         signals.check()
         csettings = controller_settings(s, identity=ident)
         pool = pool_member.build(s, api=api, identity=ident, provisioner=provisioner, server=lambda: server,
-                                 registry=registry)
+                                 registry=registry, environ=environ)
         controller = ctl.ProvisionController(provisioner, csettings, api=api, registry=registry, pool=pool)
         resizer = resizing.Resizer(api=api, expander=provisioner, names=(s.provisioner,), claims=controller.claims,
                                    volumes=controller.volumes, classes=controller.classes,

@@ -11,8 +11,9 @@ filesystem type of an ``isolation: filesystem`` class, and for a clone the membe
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry
 
@@ -23,6 +24,7 @@ from nfs_provisioner.controller import decisions, leadership
 from nfs_provisioner.controller.interface import DataSource
 from nfs_provisioner.controller.pool import Demand, Pool, Status
 from nfs_provisioner.kube import client as kube
+from nfs_provisioner.kube.errors import KubeError
 from nfs_provisioner.volumes import params, quantity
 
 log = logging.getLogger(__name__)
@@ -67,18 +69,37 @@ def demand(claim: Object, storage_class: Object, *, sources: clones.Sources) -> 
                   home_why=f"the clone source {source.namespace or ns}/{source.name} (volume {pv_name})")
 
 
+def lease_owner(api: kube.Client, *, environ: Mapping[str, str], namespace: str) -> Object | None:
+    """An ownerReference to this member's Service (``SERVICE_NAME``, the chart's Service per pod) when it is in
+    the Lease's ``namespace`` (an owner elsewhere would make the garbage collector delete the Lease at once);
+    None otherwise, or when the Service cannot be read (the Lease then has no owner, as before)."""
+    service, pod_namespace = environ.get("SERVICE_NAME"), environ.get("POD_NAMESPACE")
+    if not service or environ.get("NODE_NAME") or pod_namespace != namespace:
+        return None
+    try:
+        svc = api.get(f"/api/v1/namespaces/{quote(namespace, safe='')}/services/{quote(service, safe='')}")
+    except KubeError as e:
+        log.warning("pool: cannot read Service %s/%s to own this member's Lease: %s", namespace, service, e)
+        return None
+    uid = (svc.get("metadata") or {}).get("uid")
+    return {"apiVersion": "v1", "kind": "Service", "name": service, "uid": uid} if uid else None
+
+
 def build(s: settings_mod.Settings, *, api: kube.Client, identity: str, provisioner: prov.NFSProvisioner,
-          server: Callable[[], str], registry: CollectorRegistry) -> Pool | None:
-    """The pool membership the settings ask for (None: no ``--pool``)."""
+          server: Callable[[], str], registry: CollectorRegistry,
+          environ: Mapping[str, str] | None = None) -> Pool | None:
+    """The pool membership the settings ask for (None: no ``--pool``). In a cluster (``environ``: the
+    downward-API environment) the member's Lease is owned by its Service, see :func:`lease_owner`."""
     if not s.pool:
         return None
     le = s.leader_election
+    namespace = le.namespace or leadership.default_namespace()
+    owner = None if s.out_of_cluster or environ is None else lease_owner(api, environ=environ, namespace=namespace)
     sources = clones.KubeSources(api)
-    pool = Pool(api, pool=s.pool, provisioner=s.provisioner, identity=identity,
-                namespace=le.namespace or leadership.default_namespace(),
+    pool = Pool(api, pool=s.pool, provisioner=s.provisioner, identity=identity, namespace=namespace,
                 status=lambda: status(provisioner, server=server, quota=s.enable_xfs_quota),
                 demand=lambda claim, cls: demand(claim, cls, sources=sources),
-                heartbeat=le.retry_period, member_timeout=le.lease_duration, registry=registry)
+                heartbeat=le.retry_period, member_timeout=le.lease_duration, owner=owner, registry=registry)
     log.info("pool %s: member %s (server %s), heartbeat every %.0fs, a member is down after %.0fs without one",
              s.pool, identity, server(), le.retry_period, le.lease_duration)
     return pool

@@ -119,10 +119,14 @@ class Pool:
 
     def __init__(self, api: kube.Client, *, pool: str, provisioner: str, identity: str, namespace: str,
                  status: Callable[[], Status], demand: Callable[[Object, Object], Demand],
-                 heartbeat: float = 2.0, member_timeout: float = 15.0,
+                 heartbeat: float = 2.0, member_timeout: float = 15.0, owner: Object | None = None,
                  registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.api, self.pool, self.provisioner, self.identity = api, pool, provisioner, identity
         self.namespace = namespace
+        self.owner = owner
+        """An ownerReference (an object in ``namespace``) our Lease carries: deleted with it by the garbage
+        collector, e.g. the member's own Service at ``helm uninstall``, when this member may no longer delete
+        its Lease itself."""
         self.status, self.demand = status, demand
         self.heartbeat, self.member_timeout = heartbeat, member_timeout
         self._clock = clock
@@ -174,7 +178,7 @@ class Pool:
             log.warning("pool %s: cannot list the members: %s", self.pool, e)
 
     def _lease(self, status: Status) -> Object:
-        return {
+        lease: Object = {
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": lease_name(self.pool, self.identity), "namespace": self.namespace,
                          "labels": {LABEL_POOL: self.pool},
@@ -184,14 +188,17 @@ class Pool:
             "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": max(1, round(self.member_timeout)),
                      "renewTime": _micro_now()},
         }
+        if self.owner is not None:
+            lease["metadata"]["ownerReferences"] = [self.owner]
+        return lease
 
     def _renew(self) -> None:
         started = self._clock()
         lease = self._lease(self.status())
         path = kube.leases_path(self.namespace, lease["metadata"]["name"])
         try:
-            self.api.patch(path, {"metadata": {"annotations": lease["metadata"]["annotations"]},
-                                  "spec": lease["spec"]}, patch_type=kube.MERGE_PATCH)
+            meta = {k: v for k, v in lease["metadata"].items() if k in ("annotations", "ownerReferences")}
+            self.api.patch(path, {"metadata": meta, "spec": lease["spec"]}, patch_type=kube.MERGE_PATCH)
         except errors.NotFound:
             self.api.create(kube.leases_path(self.namespace), lease)
         self._renewed = started

@@ -60,9 +60,16 @@ prefix, '/', a name). */}}
 {{- default (include "nfs-provisioner.fullname" .) .Values.storageClass.name }}
 {{- end }}
 
-{{/* The PVs name the Service's ClusterIP: a StatefulSet of one pod. */}}
+{{/* The PVs name the Service's ClusterIP: a StatefulSet of one pod, not in a pool. */}}
 {{- define "nfs-provisioner.serviceMode" -}}
-{{- if and (eq .Values.kind "StatefulSet") (eq (int (include "nfs-provisioner.replicas" .)) 1) }}true{{ end }}
+{{- if and (eq .Values.kind "StatefulSet") (eq (int (include "nfs-provisioner.replicas" .)) 1) (not .Values.pool) }}true{{ end }}
+{{- end }}
+
+{{/* A pool of StatefulSet pods: a Service per pod, named as the pod (<fullname>-<ordinal>); each member's PVs
+name its own Service's ClusterIP (SERVICE_NAME=$(POD_NAME)), which outlives the pod's restarts and the
+StatefulSet's scaling. */}}
+{{- define "nfs-provisioner.poolServices" -}}
+{{- if and (eq .Values.kind "StatefulSet") .Values.pool }}true{{ end }}
 {{- end }}
 
 {{- define "nfs-provisioner.image" -}}

@@ -112,6 +112,15 @@ spec:
         - name: SERVICE_NAME
           value: {{ include "nfs-provisioner.fullname" . }}
         {{- end }}
+        {{- if include "nfs-provisioner.poolServices" . }}
+        - name: POD_NAME
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        # The pod's own Service (service.yaml): the kubelet expands $(POD_NAME) from the entry above.
+        - name: SERVICE_NAME
+          value: $(POD_NAME)
+        {{- end }}
         {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
