@@ -329,9 +329,9 @@ def test_pinned_class_and_clones_on_their_source_s_member(pool: Pool, storage: c
             # anything else (a copy is made on its source's member only).
             core.create_namespaced_persistent_volume_claim(ns, _claim_body("clone-far", other, src.metadata.name))
 
-            def refused() -> str | None:
+            def refused() -> str | None:  # kube-controller-manager may first say the just-made class is not found
                 for e in core.list_namespaced_event(ns, field_selector="involvedObject.name=clone-far").items:
-                    if e.reason == "ProvisioningFailed":
+                    if e.reason == "ProvisioningFailed" and "copying between members" in str(e.message):
                         return str(e.message)
                 return None
             message = wait.until(refused, timeout=120, interval=0.5, what="the clone-far refusal event")
@@ -339,7 +339,7 @@ def test_pinned_class_and_clones_on_their_source_s_member(pool: Pool, storage: c
             assert "copying between members is not supported" in message
             time.sleep(2)
             events = [e for e in core.list_namespaced_event(ns, field_selector="involvedObject.name=clone-far").items
-                      if e.reason == "ProvisioningFailed"]
+                      if e.reason == "ProvisioningFailed" and "not found" not in str(e.message)]
             assert len(events) == 1, [e.message for e in events]  # one member says it, not three
             claim = core.read_namespaced_persistent_volume_claim("clone-far", ns)
             assert claim.status.phase == "Pending"
