@@ -297,7 +297,10 @@ def test_a_pool_member_needs_each_lease_verb(setup: Setup) -> None:
     coordination = client.CoordinationV1Api(setup.core.api_client)
     try:
         a.start()
-        (lease,) = coordination.list_namespaced_lease(setup.ns, label_selector="nfs-provisioner.io/pool=p").items
+        # the member joins the pool in the controller's start, which may come after /readyz (NFS is served first)
+        (lease,) = wait.until(lambda: coordination.list_namespaced_lease(
+            setup.ns, label_selector="nfs-provisioner.io/pool=p").items, timeout=30,
+            what=lambda: f"this member's Lease\n{a.log()}")
         version = lease.metadata.resource_version
         (owner,) = lease.metadata.owner_references
         assert (owner.kind, owner.name) == ("Service", "nfs-provisioner")
