@@ -139,10 +139,18 @@ class Members:
         return sum(sum(cpu_seconds(a.proc.pid).values()) for a in self.procs if a.proc is not None)
 
     def close(self) -> None:
+        """SIGTERM every member (each must exit 0), then close each whatever the others did."""
+        failed: list[SystemExit] = []
         for a in self.procs:
-            if a.proc is not None and a.proc.poll() is None:
-                stop(a)
-            a.close()
+            try:
+                if a.proc is not None and a.proc.poll() is None:
+                    stop(a)
+            except SystemExit as e:
+                failed.append(e)
+            finally:
+                a.close()
+        if failed:
+            raise failed[0]
 
 
 def drain(b: Bench, ns: str, n: int, cls: str) -> None:
@@ -185,15 +193,17 @@ def route_around(b: Bench, members: Members, victim: int) -> dict[str, float]:
     killed = time.monotonic()
     uids = list(b.pool.map(lambda i: str(b.api.create(kube.claims_path(ns), claim_body(f"c{i}", CLASS))
                                          ["metadata"]["uid"]), range(ROUTE_CLAIMS)))
-    wait_for(lambda: all(f"pvc-{uid}" in w.pv_seen and f"pvc-{uid}" in w.pv_member for uid in uids), 300,
-             f"{ROUTE_CLAIMS} PVs with a member killed")
-    w.stop()
+    wait_for(lambda: all(f"pvc-{uid}" in w.pv_seen and f"pvc-{uid}" in w.pv_member and uid in w.members
+                         for uid in uids), 300, f"{ROUTE_CLAIMS} PVs with a member killed")
+    if any(w.pv_member[f"pvc-{uid}"] == dead for uid in uids):
+        raise SystemExit("bench: a PV names the killed member as its server")
     stranded = [uid for uid in uids if w.members[uid][0][1] == dead]
     if not stranded:
         raise SystemExit(f"bench: none of {ROUTE_CLAIMS} claims went to the killed member (counted down before the "
                          "binder handed them over?): nothing measured")
-    if any(w.pv_member[f"pvc-{uid}"] == dead for uid in uids):
-        raise SystemExit("bench: a PV names the killed member as its server")
+    # their PVs are another member's: their reassignment comes on the claims' watch, maybe after the PV's
+    wait_for(lambda: all(len(w.members[uid]) > 1 for uid in stranded), 30, "the reassignments seen")
+    w.stop()
     others = [w.pv_seen[f"pvc-{uid}"] - killed for uid in uids if uid not in stranded]
     out = {"stranded": float(len(stranded)),
            "reassigned_first_s": min(w.members[uid][1][0] for uid in stranded) - killed,
