@@ -1,6 +1,6 @@
-"""Who writes a claim's assignment in a pool (``controller.pool.Pool.route``), against the real API server: three
-members (``Pool`` objects of the controller library, their Leases real) route the same claim as their informers
-would hand it to them.
+"""Who writes a claim's assignment in a pool (``controller.pool.Pool.route``): three members (``Pool`` objects of the
+controller library) route the same claim as their informers would hand it to them, against the real API server
+(kube) and against ``controller.testing.FakeApi`` (unit, the same checks; the fake also counts the requests).
 
 The member placement chooses assigns the claim to itself and provisions at once; the others write nothing for a
 heartbeat (before, every member wrote the same assignment at once: two of three writes were refused with 409, and
@@ -11,17 +11,17 @@ chosen member's write (slow, or down and not yet counted down), any other member
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from nfs_provisioner.controller import outcomes, placement
 from nfs_provisioner.controller.pool import ANN_MEMBER, Demand, Pool, Status
+from nfs_provisioner.controller.testing import FakeApi
 from nfs_provisioner.kube import client as kube
-
-pytestmark = pytest.mark.kube
 
 HEARTBEAT = 1.0
 
@@ -36,8 +36,8 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def members(kapi: kube.Client, namespace: str) -> Iterator[tuple[list[Pool], Clock]]:
+@contextlib.contextmanager
+def pool_of_three(kapi: kube.Client, namespace: str) -> Iterator[tuple[list[Pool], Clock]]:
     clock = Clock()
     name, provisioner = f"r{uuid.uuid4().hex[:8]}", f"example.com/route-{uuid.uuid4().hex[:8]}"
 
@@ -51,9 +51,11 @@ def members(kapi: kube.Client, namespace: str) -> Iterator[tuple[list[Pool], Clo
         for p in pools:
             p._tick()
     assert all(len([m for m in p.members() if m.up]) == 3 for p in pools)
-    yield pools, clock
-    for p in pools:
-        p.stop()
+    try:
+        yield pools, clock
+    finally:
+        for p in pools:
+            p.stop()
 
 
 def claim(kapi: kube.Client, namespace: str, name: str) -> dict[str, Any]:
@@ -72,45 +74,70 @@ def chosen_and_others(pools: list[Pool], obj: dict[str, Any]) -> tuple[Pool, lis
     return chosen, [p for p in pools if p is not chosen]
 
 
-def test_the_member_placed_assigns_itself_and_the_others_write_nothing(
-        members: tuple[list[Pool], Clock], kapi: kube.Client, namespace: str) -> None:
-    pools, _ = members
-    cls: dict[str, Any] = {"metadata": {"name": "unused"}}
+Check = Callable[[list[Pool], Clock, kube.Client, str], None]
+CLS: dict[str, Any] = {"metadata": {"name": "unused"}}
+
+
+def the_member_placed_assigns_itself_and_the_others_write_nothing(pools: list[Pool], clock: Clock,
+                                                                   api: kube.Client, namespace: str) -> None:
     for i in range(6):  # each member is the chosen one for some of them
-        obj = claim(kapi, namespace, f"c{i}")
+        obj = claim(api, namespace, f"c{i}")
         chosen, others = chosen_and_others(pools, obj)
-        version = obj["metadata"]["resourceVersion"]
+        version, pv = obj["metadata"]["resourceVersion"], f"pvc-{obj['metadata']['uid']}"
         for p in others:  # the handover event reaches every member; the others route it first here
-            r = p.route(obj, cls, f"pvc-{obj['metadata']['uid']}")
+            r = p.route(obj, CLS, pv)
             assert not r.mine and r.outcome.next is outcomes.Next.RETRY_AFTER and r.outcome.delay == HEARTBEAT, r
             assert chosen.identity in r.outcome.reason
-        current = kapi.get(kube.claims_path(namespace, f"c{i}"))
-        assert current["metadata"]["resourceVersion"] == version  # nothing written
-        r = chosen.route(obj, cls, f"pvc-{obj['metadata']['uid']}")
+        assert api.get(kube.claims_path(namespace, f"c{i}"))["metadata"]["resourceVersion"] == version  # no write
+        r = chosen.route(obj, CLS, pv)
         assert r.mine and r.claim["metadata"]["annotations"][ANN_MEMBER] == chosen.identity
-        for p in others:  # the assigned claim's event: wait for the member named, write nothing
-            again = p.route(r.claim, cls, f"pvc-{obj['metadata']['uid']}")
+        clock.now += 2 * HEARTBEAT
+        for p in others:  # the assigned claim's event, later: wait for the member named, write nothing
+            again = p.route(r.claim, CLS, pv)
             assert not again.mine and "assigned to member" in again.outcome.reason
-        assert kapi.get(kube.claims_path(namespace, f"c{i}"))["metadata"]["resourceVersion"] == \
+        assert api.get(kube.claims_path(namespace, f"c{i}"))["metadata"]["resourceVersion"] == \
             r.claim["metadata"]["resourceVersion"]
-    written = {p.identity: p.assignments.labels(p.pool, p.identity, "assigned")._value.get() for p in pools}
-    assert sum(written.values()) == 6  # one write per claim, each by the member it names
+    written = [p.assignments.labels(p.pool, q.identity, "assigned")._value.get() for p in pools for q in pools]
+    assert sum(written) == 6  # one write per claim, each by the member it names
+    assert all(p.assignments.labels(p.pool, q.identity, "assigned")._value.get() == 0
+               for p in pools for q in pools if q is not p)
 
 
-def test_after_a_heartbeat_without_the_chosen_member_s_write_another_member_writes_it(
-        members: tuple[list[Pool], Clock], kapi: kube.Client, namespace: str) -> None:
-    pools, clock = members
-    cls: dict[str, Any] = {"metadata": {"name": "unused"}}
-    obj = claim(kapi, namespace, "slow")
+def after_a_heartbeat_without_the_chosen_member_s_write_another_member_writes_it(
+        pools: list[Pool], clock: Clock, api: kube.Client, namespace: str) -> None:
+    obj = claim(api, namespace, "slow")
     chosen, others = chosen_and_others(pools, obj)
     pv = f"pvc-{obj['metadata']['uid']}"
-    first = others[0].route(obj, cls, pv)
+    first = others[0].route(obj, CLS, pv)
     assert not first.mine and first.outcome.delay == HEARTBEAT
     clock.now += HEARTBEAT / 2
-    assert others[0].route(obj, cls, pv).outcome.delay == pytest.approx(HEARTBEAT / 2)
+    assert others[0].route(obj, CLS, pv).outcome.delay == pytest.approx(HEARTBEAT / 2)
     clock.now += HEARTBEAT / 2  # the chosen member never routed it: the other writes the same assignment
-    late = others[0].route(obj, cls, pv)
+    late = others[0].route(obj, CLS, pv)
     assert not late.mine and late.claim["metadata"]["annotations"][ANN_MEMBER] == chosen.identity
-    current = kapi.get(kube.claims_path(namespace, "slow"))
+    current = api.get(kube.claims_path(namespace, "slow"))
     assert current["metadata"]["annotations"][ANN_MEMBER] == chosen.identity
-    assert chosen.route(current, cls, pv).mine  # and the chosen member provisions it when it gets there
+    current.setdefault("kind", "PersistentVolumeClaim")
+    assert chosen.route(current, CLS, pv).mine  # and the chosen member provisions it when it gets there
+
+
+CHECKS = [the_member_placed_assigns_itself_and_the_others_write_nothing,
+          after_a_heartbeat_without_the_chosen_member_s_write_another_member_writes_it]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+def test_on_the_fake_api(check: Check) -> None:
+    """The same checks as on the real API server (below); the fake also counts the claim writes."""
+    api = FakeApi()
+    with pool_of_three(api, "ns") as (pools, clock):
+        check(pools, clock, api, "ns")
+    claim_patches = [path for method, path in api.requests if method == "PATCH" and "/persistentvolumeclaims/" in path]
+    assert len(claim_patches) == (6 if check is CHECKS[0] else 1)  # no write refused, none repeated
+
+
+@pytest.mark.kube
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+def test_on_the_real_api_server(check: Check, kapi: kube.Client, namespace: str) -> None:
+    with pool_of_three(kapi, namespace) as (pools, clock):
+        check(pools, clock, kapi, namespace)
