@@ -310,8 +310,9 @@ class Pool:
 
     def _defer(self, uid: str) -> float:
         """Seconds this member still leaves the assignment of claim ``uid`` to the member placement chose (one
-        ``heartbeat`` from the first time it did); 0: write it now. Entries of claims assigned meanwhile are
-        dropped by :meth:`route`; of claims deleted unassigned, when they are a timeout old."""
+        ``heartbeat`` from the first time it did); 0: write it now. The entry of a claim is dropped once the claim
+        names a member (:meth:`route`, :meth:`_assign`); entries of claims deleted unassigned, once more than 1024
+        are kept and they are a member timeout old."""
         now = self._clock()
         with self._lock:
             first = self._deferred.setdefault(uid, now)
