@@ -39,6 +39,7 @@ from typing import Any
 
 import psutil
 
+from bench import flame
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors as kube_errors
 from tests import ganesha_env, kubecluster
@@ -373,6 +374,11 @@ class Bench:
                          provisioner=self.provisioner, log_dir=self.work,
                          extra=["--log-level=INFO", *self.appliance_extra, *(extra or [])], wrapper=wrapper, env=env)
 
+    def appliance_pid(self) -> int | None:
+        """The running appliance's process id (None: stopped); what the flame graphs follow."""
+        proc = self.appliance.proc if self.appliance is not None else None
+        return proc.pid if proc is not None and proc.poll() is None else None
+
     def replace_appliance(self, new: Appliance) -> None:
         """Stop (and close) the running appliance, start ``new`` on the same export root in its place."""
         stop(self.appliance)
@@ -511,6 +517,8 @@ def main() -> int:
                         help="live volumes the scale section provisions up to (in bursts of 1000)")
     parser.add_argument("--fs-clone-mb", type=int, default=1024,
                         help="size of the filesystem volume the filesystems section clones (a quarter of it data)")
+    parser.add_argument("--no-flames", dest="flames", action="store_false",
+                        help="no py-spy flame graph per section (flame-<section>.svg/.txt beside --out)")
     parser.add_argument("--appliance-args", default="", help="extra flags for the appliance, space separated")
     args = parser.parse_args()
     chosen = args.sections.split(",")
@@ -546,7 +554,8 @@ def main() -> int:
             for i, name in enumerate(chosen):
                 b.later_sections = chosen[i + 1:]
                 t = time.monotonic()
-                results.update(sections()[name].run(b))
+                with flame.recording(b.appliance_pid, args.out.parent / f"flame-{name}", enabled=args.flames):
+                    results.update(sections()[name].run(b))
                 print(f"section {name}: {time.monotonic() - t:.0f}s", file=sys.stderr)
             appliance = b.appliance
     finally:

@@ -1,0 +1,171 @@
+"""Flame graphs of the appliance during a bench section (py-spy, a development dependency).
+
+:func:`recording` follows the section's appliance: every appliance process the section starts (the backlog
+and delete sections start several) is sampled by its own ``py-spy record --pid`` (``--idle``: threads waiting
+in a syscall are sampled too, so the graph shows where the wall-clock time of the workers goes, not only
+their CPU; ``--nonblocking``: the process is never paused). At the end the collapsed stacks of every process
+are summed into ``<out>.txt`` (one ``frame;frame;... count`` line per stack, for grep) and drawn as
+``<out>.svg``. py-spy needs ptrace permission over the appliance (root, as the bench runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+RATE = 97
+"""Samples per second and thread (not a multiple of the workers' timers)."""
+
+
+def py_spy() -> str:
+    """The py-spy executable beside this Python (the virtualenv's), else on PATH; SystemExit if none."""
+    here = Path(sys.executable).parent / "py-spy"
+    found = str(here) if here.exists() else shutil.which("py-spy")
+    if not found:
+        raise SystemExit("bench: py-spy is missing (a development dependency: hack/install-deps installs it); "
+                         "or run with --no-flames")
+    return found
+
+
+class _Follower:
+    """Starts one py-spy per appliance process seen, until stopped."""
+
+    def __init__(self, current_pid: Callable[[], int | None], out: Path) -> None:
+        self.current_pid, self.out = current_pid, out
+        self.exe = py_spy()
+        self.recorders: list[subprocess.Popen[bytes]] = []
+        self._seen: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flame-follower", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pid = self.current_pid()
+            if pid is not None and pid not in self._seen and _alive(pid):
+                self._seen.add(pid)
+                self._attach(pid)
+            self._stop.wait(0.05)
+
+    def _attach(self, pid: int) -> None:
+        """py-spy on ``pid``; retried while the interpreter is too young to be found (the first ~0.3 s)."""
+        raw = self.out.with_name(f"{self.out.name}.{pid}.raw")
+        deadline = time.monotonic() + 5
+        while not self._stop.is_set() and _alive(pid) and time.monotonic() < deadline:
+            proc = subprocess.Popen([self.exe, "record", "--pid", str(pid), "--idle", "--nonblocking",
+                                     "--rate", str(RATE), "--format", "raw", "--output", str(raw)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(0.5)
+            if proc.returncode is None:  # sampling
+                self.recorders.append(proc)
+                return
+            time.sleep(0.05)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop following; every recorder writes its file (SIGINT, as Ctrl-C)."""
+        self._stop.set()
+        self._thread.join()
+        for proc in self.recorders:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in self.recorders:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def merge(files: list[Path]) -> dict[str, int]:
+    """Collapsed stacks of several py-spy raw files, summed."""
+    stacks: dict[str, int] = {}
+    for f in files:
+        for line in f.read_text(errors="replace").splitlines():
+            stack, _, count = line.rpartition(" ")
+            if stack and count.isdigit():
+                stacks[stack] = stacks.get(stack, 0) + int(count)
+    return stacks
+
+
+def _tree(stacks: dict[str, int]) -> dict[str, Any]:
+    root: dict[str, Any] = {"n": 0, "kids": {}}
+    for stack, count in stacks.items():
+        node = root
+        node["n"] += count
+        for frame in stack.split(";"):
+            node = node["kids"].setdefault(frame, {"n": 0, "kids": {}})
+            node["n"] += count
+    return root
+
+
+def svg(stacks: dict[str, int], title: str, width: int = 1800, row: int = 16) -> str:
+    """A flame graph (root at the bottom) of collapsed ``stacks``: each frame's width is its share of samples;
+    hovering shows its name and count (the SVG ``<title>``). Frames under 0.05 % are left out."""
+    root = _tree(stacks)
+    total = max(1, root["n"])
+    boxes: list[tuple[float, float, int, str, int]] = []
+
+    def walk(node: dict[str, Any], name: str, x: float, depth: int) -> None:
+        w = node["n"] / total * width
+        if w < width * 0.0005:
+            return
+        boxes.append((x, w, depth, name, node["n"]))
+        kx = x
+        for kid_name, kid in sorted(node["kids"].items()):
+            walk(kid, kid_name, kx, depth + 1)
+            kx += kid["n"] / total * width
+
+    walk(root, f"all ({title})", 0.0, 0)
+    height = (max(b[2] for b in boxes) + 2) * row
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           'font-family="monospace" font-size="11">']
+    for x, w, depth, name, n in boxes:
+        y = height - (depth + 1) * row
+        label = f'<text x="{x + 2:.1f}" y="{y + row - 4}">{html.escape(name[: int(w / 7)])}</text>' if w > 30 else ""
+        out.append(f'<g><title>{html.escape(name)} ({n} samples, {n * 100 / total:.2f} %)</title>'
+                   f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row - 1}" '
+                   f'fill="hsl({sum(map(ord, name.split(" (")[0])) % 60 + 10},80%,60%)"/>{label}</g>')
+    return "\n".join(out) + "\n</svg>\n"
+
+
+@contextlib.contextmanager
+def recording(current_pid: Callable[[], int | None], out: Path, *, enabled: bool = True) -> Iterator[None]:
+    """Sample every appliance process ``current_pid()`` names while the block runs; write ``out``.txt/.svg."""
+    if not enabled:
+        yield
+        return
+    follower = _Follower(current_pid, out)
+    follower.start()
+    try:
+        yield
+    finally:
+        follower.stop()
+        files = sorted(out.parent.glob(f"{out.name}.*.raw"))
+        stacks = merge(files)
+        for f in files:
+            f.unlink()
+        out.with_suffix(".txt").write_text("".join(f"{s} {n}\n" for s, n in sorted(stacks.items())))
+        out.with_suffix(".svg").write_text(svg(stacks, out.name))
+        print(f"flame graph: {out.with_suffix('.svg')} ({sum(stacks.values())} samples of {len(files)} "
+              "appliance process(es))", file=sys.stderr)
