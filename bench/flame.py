@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 RATE = 97
 """Samples per second and thread (not a multiple of the workers' timers)."""
 
@@ -44,6 +46,8 @@ class _Follower:
         self.current_pid, self.out = current_pid, out
         self.exe = py_spy()
         self.recorders: list[subprocess.Popen[bytes]] = []
+        self.cpu_s = 0.0
+        """CPU seconds the recorders used (those still running at the end: the others are not counted)."""
         self._seen: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flame-follower", daemon=True)
@@ -79,6 +83,9 @@ class _Follower:
         self._stop.set()
         self._thread.join()
         for proc in self.recorders:
+            with contextlib.suppress(psutil.Error):
+                t = psutil.Process(proc.pid).cpu_times()
+                self.cpu_s += t.user + t.system
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
         for proc in self.recorders:
@@ -168,4 +175,4 @@ def recording(current_pid: Callable[[], int | None], out: Path, *, enabled: bool
         out.with_suffix(".txt").write_text("".join(f"{s} {n}\n" for s, n in sorted(stacks.items())))
         out.with_suffix(".svg").write_text(svg(stacks, out.name))
         print(f"flame graph: {out.with_suffix('.svg')} ({sum(stacks.values())} samples of {len(files)} "
-              "appliance process(es))", file=sys.stderr)
+              f"appliance process(es); py-spy used {follower.cpu_s:.1f} s of CPU at the end)", file=sys.stderr)
