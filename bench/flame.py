@@ -6,10 +6,16 @@ in a syscall are sampled too, so the graph shows where the wall-clock time of th
 their CPU; ``--nonblocking``: the process is never paused). At the end the collapsed stacks of every process
 are summed into ``<out>.txt`` (one ``frame;frame;... count`` line per stack, for grep) and drawn as
 ``<out>.svg``. py-spy needs ptrace permission over the appliance (root, as the bench runs).
+
+    .venv/bin/python -m bench.flame bench/flame-backlog.txt --under Provisioning.sync [--depth 3] [--top 15]
+
+prints where the samples under a frame go (the call paths below it, by share), as docs/benchmark.md cites them.
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
 import contextlib
 import html
 import os
@@ -176,3 +182,37 @@ def recording(current_pid: Callable[[], int | None], out: Path, *, enabled: bool
         out.with_suffix(".svg").write_text(svg(stacks, out.name))
         print(f"flame graph: {out.with_suffix('.svg')} ({sum(stacks.values())} samples of {len(files)} "
               f"appliance process(es); py-spy used {follower.cpu_s:.1f} s of CPU at the end)", file=sys.stderr)
+
+
+def below(stacks: dict[str, int], frame: str, depth: int) -> collections.Counter[str]:
+    """Samples of the stacks through ``frame`` (a function name as py-spy prints it, e.g. ``Provisioning.sync``),
+    by the ``depth`` frames from it down (function@line each)."""
+    out: collections.Counter[str] = collections.Counter()
+    for stack, count in stacks.items():
+        frames = stack.split(";")
+        names = [f.split(" (")[0] for f in frames]
+        if frame not in names:
+            continue
+        i = names.index(frame)
+        out[" > ".join(f"{names[k]}@{frames[k].rsplit(':', 1)[-1].rstrip(')')}"
+                       for k in range(i, min(len(frames), i + depth)))] += count
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="where the samples under a frame go")
+    parser.add_argument("stacks", type=Path, help="a flame-<section>.txt")
+    parser.add_argument("--under", required=True, help="a function as py-spy names it, e.g. Provisioning.sync")
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+    counts = below(merge([args.stacks]), args.under, args.depth)
+    total = sum(counts.values())
+    print(f"{total} samples through {args.under}")
+    for path, n in counts.most_common(args.top):
+        print(f"{n * 100 / max(1, total):5.1f} %  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
