@@ -110,6 +110,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
+PARKED: tuple[tuple[str, str], ...] = (
+    ("WorkQueue.get", ""), ("EventRecorder._send_loop;Queue.get", ""), ("step_timer._writer", ""),
+    ("ProvisionController._resync_loop;Event.wait", ""), ("NodeClients._run;Event.wait", ""),
+    ("ServingWatch._loop;Event.wait", ""), ("BackgroundHealth._loop;Event.wait", ""),
+    ("ProvisionController.run;Event.wait", ""), ("ChildLog._read", ""), ("Signals._read_signals", ""),
+    ("GaneshaServer._supervise_loop", ""), ("BaseEventLoop.run_forever", ""), ("Informer._watch", "SSLSocket.read"))
+"""(frames, leaf) of threads parked until there is work (``a;b``: a calling b; leaf "": any): a worker waiting
+for the next item of its queue, an informer for the next watch event, the event sender for the next event, the
+periodic loops between rounds, the log readers, the bench's step timer. The SVG leaves their stacks out (they
+are most of the samples of an ``--idle`` profile and say nothing about a figure); ``<out>.txt`` keeps every
+stack."""
+
+
+def parked(stack: str) -> bool:
+    frames = stack.split(";")
+    names = [f"step_timer.{f.split(' (')[0]}" if "bench/step_timer.py" in f else f.split(" (")[0] for f in frames]
+    joined = ";".join(names)
+    return any(frames in joined and (not leaf or names[-1] == leaf) for frames, leaf in PARKED)
+
+
 def merge(files: list[Path]) -> dict[str, int]:
     """Collapsed stacks of several py-spy raw files, summed."""
     stacks: dict[str, int] = {}
@@ -179,7 +199,8 @@ def recording(current_pid: Callable[[], int | None], out: Path, *, enabled: bool
         for f in files:
             f.unlink()
         out.with_suffix(".txt").write_text("".join(f"{s} {n}\n" for s, n in sorted(stacks.items())))
-        out.with_suffix(".svg").write_text(svg(stacks, out.name))
+        busy = {k: v for k, v in stacks.items() if not parked(k)}
+        out.with_suffix(".svg").write_text(svg(busy, f"{out.name}, threads parked for work left out"))
         print(f"flame graph: {out.with_suffix('.svg')} ({sum(stacks.values())} samples of {len(files)} "
               f"appliance process(es); py-spy used {follower.cpu_s:.1f} s of CPU at the end)", file=sys.stderr)
 
