@@ -19,7 +19,7 @@ deps:
 
 lint: deps
 	$(VENV)/bin/ruff check nfs_provisioner tests bench hack/cluster hack/helm hack/cluster_node.py hack/node_host.py hack/node_image.py hack/check_layers.py examples
-	$(VENV)/bin/mypy --strict examples/hostpath/hostpath_provisioner.py hack/check_layers.py bench/provision_bench.py bench/harness.py bench/pool_bench.py bench/delete_bench.py bench/backlog_bench.py bench/step_timer.py bench/scale_bench.py bench/failover_bench.py bench/filesystem_bench.py
+	$(VENV)/bin/mypy --strict examples/hostpath/hostpath_provisioner.py hack/check_layers.py bench/provision_bench.py bench/harness.py bench/pool_bench.py bench/delete_bench.py bench/backlog_bench.py bench/step_timer.py bench/scale_bench.py bench/failover_bench.py bench/filesystem_bench.py bench/flame.py bench/fsync_bench.py
 	$(VENV)/bin/mypy
 	$(PY) hack/check_layers.py
 

@@ -325,6 +325,11 @@ class Bench:
                          provisioner=self.provisioner, log_dir=self.work,
                          extra=["--log-level=INFO", *self.appliance_extra, *(extra or [])], wrapper=wrapper, env=env)
 
+    def appliance_pid(self) -> int | None:
+        """The running appliance's process id (None: stopped); what the flame graphs follow."""
+        proc = self.appliance.proc if self.appliance is not None else None
+        return proc.pid if proc is not None and proc.poll() is None else None
+
     def replace_appliance(self, new: Appliance) -> None:
         """Stop (and close) the running appliance, start ``new`` on the same export root in its place."""
         stop(self.appliance)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import backlog_bench, delete_bench, filesystem_bench, pool_bench, scale_bench
+from bench import backlog_bench, delete_bench, filesystem_bench, flame, pool_bench, scale_bench
 from bench.harness import (
     NULL_CLASS,
     NULL_PROVISIONER,
@@ -192,6 +192,8 @@ def main() -> int:
                         help="live volumes the scale section provisions up to (in bursts of 1000)")
     parser.add_argument("--fs-clone-mb", type=int, default=1024,
                         help="size of the filesystem volume the filesystems section clones (a quarter of it data)")
+    parser.add_argument("--no-flames", dest="flames", action="store_false",
+                        help="no py-spy flame graph per section (flame-<section>.svg/.txt beside --out)")
     parser.add_argument("--appliance-args", default="", help="extra flags for the appliance, space separated")
     args = parser.parse_args()
     chosen = args.sections.split(",")
@@ -227,7 +229,8 @@ def main() -> int:
             for i, name in enumerate(chosen):
                 b.later_sections = chosen[i + 1:]
                 t = time.monotonic()
-                results.update(sections()[name].run(b))
+                with flame.recording(b.appliance_pid, args.out.parent / f"flame-{name}", enabled=args.flames):
+                    results.update(sections()[name].run(b))
                 print(f"section {name}: {time.monotonic() - t:.0f}s", file=sys.stderr)
             appliance = b.appliance
     finally:

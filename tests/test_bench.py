@@ -63,6 +63,11 @@ def test_every_section_writes_its_figures_under_the_stable_keys(tmp_path: Path) 
     pool = results["pool"]
     assert [sum(counts) for counts in lookup(results, f"pool.{N}.distribution_runs")] == [N]
     assert pool["reassigned_first_s"] >= pool["lease_duration_s"] - 2 * pool["heartbeat_s"], pool
+    # a flame graph of the appliance per section (bench/flame.py: py-spy, a development dependency)
+    for section in ("sizes", "delete", "backlog", "filesystems", "scale"):
+        stacks = (tmp_path / f"flame-{section}.txt").read_text()
+        assert "nfs_provisioner" in stacks, (section, stacks[:500])
+        assert (tmp_path / f"flame-{section}.svg").read_text().startswith("<svg"), section
     # the printed table has every section
     for title in ("created+exported", "delete", "backlog", "scale", "failover", "filesystem volumes", "pool of 3"):
         assert title in run.stdout, run.stdout
