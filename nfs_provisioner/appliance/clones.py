@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from nfs_provisioner import fileio
+from nfs_provisioner import fileio, threads
 from nfs_provisioner.controller import decisions
 from nfs_provisioner.controller.interface import DataSource, InProgress, Object, ProvisioningError
 from nfs_provisioner.kube import client as kube
@@ -271,13 +271,12 @@ class Clones:
                         "again from the start", name, removed)
         fileio.atomic_write(self._marker(name, "copying"), f"{source.pv_name}\n", mode=0o600)
         job = _Job(source=source, reservation=reservation, reported_at=time.monotonic(), reported_tenth=0)
-        job.thread = threading.Thread(target=self._run, args=(name, target, job), name=f"clone-{name}", daemon=True)
         with self._lock:
             self._jobs[name] = job
         log.info("volume %s: cloning %s (%d bytes, %d entries)", name, source.describe(),
                  source.usage.apparent_bytes, source.usage.entries)
         try:
-            job.thread.start()
+            job.thread = threads.spawn(self._run, name, target, job, name=f"clone-{name}", kind="clone")
         except BaseException:
             with self._lock:
                 self._jobs.pop(name, None)

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from nfs_provisioner import threads
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.volumes import loops, ondelete, params
@@ -121,8 +122,7 @@ class ServingWatch:
     def start(self) -> None:
         """Look once (so the first /readyz answer is real), then keep looking in a thread."""
         self.check()
-        self._thread = threading.Thread(target=self._loop, name="serving-watch", daemon=True)
-        self._thread.start()
+        self._thread = threads.spawn(self._loop, name="serving-watch")
 
     def stop(self) -> None:
         self._stop.set()

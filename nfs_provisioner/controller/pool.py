@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from nfs_provisioner import threads
 from nfs_provisioner.controller import decisions, outcomes, placement
 from nfs_provisioner.controller.outcomes import Outcome
 from nfs_provisioner.kube import client as kube
@@ -150,8 +151,7 @@ class Pool:
     def start(self) -> None:
         """Publish and list once (so the first claims are routed with a view), then keep doing it."""
         self._tick()
-        self._thread = threading.Thread(target=self._loop, name="pool", daemon=True)
-        self._thread.start()
+        self._thread = threads.spawn(self._loop, name="pool")
 
     def stop(self) -> None:
         """Stop renewing and delete our Lease: the others route around this member at once."""

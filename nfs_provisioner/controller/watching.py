@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from nfs_provisioner import threads
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors
 
@@ -58,8 +59,7 @@ class Informer:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"informer-{self.name}", daemon=True)
-        self._thread.start()
+        self._thread = threads.spawn(self._run, name=f"informer-{self.name}")
 
     def stop(self) -> None:
         self._stop.set()
