@@ -275,10 +275,12 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
 
 
 def stop_watching(informers: tuple[Informer, ...]) -> None:
-    """Stop the controller's watches (``controller.run`` does once it has run; this is for a failed start)."""
-    for informer in informers:
+    """Stop the controller's watches still running: ``controller.run`` stops them once it has run, this is for a
+    failed start (a closed watch stream is not closed twice)."""
+    running = [informer for informer in informers if informer.alive()]
+    for informer in running:
         informer.stop()
-    for informer in informers:  # their last log lines before what the caller says next
+    for informer in running:  # their last log lines before what the caller says next
         informer.join(5)
 
 
