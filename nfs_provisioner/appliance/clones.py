@@ -27,6 +27,7 @@ from nfs_provisioner.controller import decisions
 from nfs_provisioner.controller.interface import DataSource, InProgress, Object, ProvisioningError
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors
+from nfs_provisioner.kube.objects import ANN_IDENTITY
 from nfs_provisioner.volumes import copying, quantity, space
 from nfs_provisioner.volumes.directories import InsufficientSpace, VolumeDirectories
 from nfs_provisioner.volumes.records import RecordError, VolumeRecords
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 
 CLONES_DIR = ".clones"
 ANN_CLONED_FROM = "nfs-provisioner.io/cloned-from"
-ANN_IDENTITY = "Provisioner_Id"
 
 
 class Paths(Protocol):

@@ -37,17 +37,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from nfs_provisioner import threads
 from nfs_provisioner.controller import events, watching
 from nfs_provisioner.ganesha import errors as ganesha_errors
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors as kube_errors
+from nfs_provisioner.kube.objects import Object
 
 log = logging.getLogger(__name__)
-
-Object = dict[str, Any]
 ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 Apply = Callable[[tuple[str, ...]], None]
 

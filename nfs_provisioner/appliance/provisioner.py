@@ -41,6 +41,13 @@ from nfs_provisioner.controller.interface import (
     ProvisionOptions,
 )
 from nfs_provisioner.kube.errors import KubeError
+from nfs_provisioner.kube.objects import (
+    ANN_EXPORT_BLOCK,
+    ANN_EXPORT_ID,
+    ANN_IDENTITY,
+    ANN_PROJECT_BLOCK,
+    ANN_PROJECT_ID,
+)
 from nfs_provisioner.volumes import copying, ondelete, params, quantity, space
 from nfs_provisioner.volumes import filesystems as fs_mod
 from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
@@ -48,12 +55,7 @@ from nfs_provisioner.volumes.records import RecordError, VolumeRecords, new_reco
 
 log = logging.getLogger(__name__)
 
-# PV annotations, compatible with the Go appliance where it had them.
-ANN_IDENTITY = "Provisioner_Id"
-ANN_EXPORT_ID = "Export_Id"
-ANN_EXPORT_BLOCK = "EXPORT_block"
-ANN_PROJECT_ID = "Project_Id"
-ANN_PROJECT_BLOCK = "Project_block"
+# PV annotations (the ones shared with other modules: ``kube.objects``).
 ANN_CREATED_BY = "kubernetes.io/createdby"
 CREATED_BY = "nfs-dynamic-provisioner"
 ANN_GID = "pv.beta.kubernetes.io/gid"

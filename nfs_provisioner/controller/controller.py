@@ -15,7 +15,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -28,10 +27,9 @@ from nfs_provisioner.controller.queueing import RateLimiter, ShutDown, WorkQueue
 from nfs_provisioner.controller.settings import ControllerSettings
 from nfs_provisioner.controller.watching import Informer
 from nfs_provisioner.kube import client as kube
+from nfs_provisioner.kube.objects import Object
 
 log = logging.getLogger(__name__)
-
-Object = dict[str, Any]
 
 
 class ProvisionController:

@@ -15,15 +15,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from nfs_provisioner import threads
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors
+from nfs_provisioner.kube.objects import Object
 
 log = logging.getLogger(__name__)
-
-Object = dict[str, Any]
 
 NORMAL = "Normal"
 WARNING = "Warning"

@@ -13,7 +13,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-Object = dict[str, Any]
+from nfs_provisioner.kube.objects import Object as Object
+
 """A Kubernetes object as a ``dict`` (``apiVersion``, ``kind``, ``metadata``, ``spec``, ...)."""
 
 

@@ -31,7 +31,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
@@ -42,10 +41,9 @@ from nfs_provisioner.controller import decisions, outcomes, placement
 from nfs_provisioner.controller.outcomes import Outcome
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors
+from nfs_provisioner.kube.objects import Object
 
 log = logging.getLogger(__name__)
-
-Object = dict[str, Any]
 
 ANN_MEMBER = "nfs-provisioner.io/pool-member"
 """On a claim: the member that provisions it. On a PV: the member that serves it (its identity)."""

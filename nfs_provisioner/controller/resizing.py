@@ -34,11 +34,10 @@ from nfs_provisioner.controller.settings import RetrySettings
 from nfs_provisioner.controller.watching import Informer, OnChange
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors
+from nfs_provisioner.kube.objects import Object
 from nfs_provisioner.volumes import quantity
 
 log = logging.getLogger(__name__)
-
-Object = dict[str, Any]
 
 RESIZING = "Resizing"
 RESIZE_SUCCESSFUL = "VolumeResizeSuccessful"

@@ -18,10 +18,9 @@ from typing import Any
 from nfs_provisioner import threads
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors
+from nfs_provisioner.kube.objects import Object
 
 log = logging.getLogger(__name__)
-
-Object = dict[str, Any]
 OnChange = Callable[[Object | None, Object | None], None]
 
 
