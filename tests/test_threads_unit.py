@@ -1,5 +1,6 @@
 """Background threads started one way (``nfs_provisioner.threads.spawn``), the appliance's ordered stop
-(``appliance.lifecycle.Stack``) and the controller's resync crash guard: fast, no servers."""
+(``appliance.lifecycle.Stack``), the controller's resync crash guard and why its resync may share the provisioning
+memories without a lock: fast, no servers."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from prometheus_client import CollectorRegistry
 
 from nfs_provisioner import threads
 from nfs_provisioner.appliance import lifecycle
-from nfs_provisioner.controller import ControllerSettings, ProvisionController, metrics
+from nfs_provisioner.controller import ControllerSettings, ProvisionController, metrics, outcomes
 from nfs_provisioner.controller.testing import FakeApi, MemoryProvisioner
 from nfs_provisioner.kube.client import ClientSettings
 from tests import wait
-from tests.fakes import NAME
+from tests.builders import make_claim, make_class
+from tests.fakes import NAME, NS, pv_name, reasons, running
 
 pytestmark = pytest.mark.unit
 
@@ -123,3 +125,24 @@ def test_a_failing_resync_is_logged_and_the_resyncs_go_on(caplog: pytest.LogCapt
     failed = [r for r in caplog.records if r.getMessage().startswith("resync failed")]
     assert len(failed) == 1 and failed[0].threadName == "resync"
     assert failed[0].exc_info is not None and "a bug in one resync" in str(failed[0].exc_info[1])
+
+
+def test_memories_forgotten_by_the_resync_cost_no_second_volume() -> None:
+    """``Provisioning`` shares its memories with the resync thread without a lock: the resync only drops them,
+    and a claim whose memory of its saved PV is gone is looked at again and left alone (its PV is in the cache
+    long before the resync may drop that memory: 300 s at the earliest)."""
+    api, p = FakeApi(), MemoryProvisioner()
+    make_class("c", NAME, api=api)
+    with running(api, p) as c:
+        claim = make_claim(NS, "data", "c", provisioner=NAME, api=api)
+        uid, name = claim["metadata"]["uid"], pv_name(claim)
+        wait.until(lambda: c.volumes.get(name), timeout=5, what="the PV in the controller's cache")
+        wait.until(lambda: reasons(api, "data") == ["Provisioning", "ProvisioningSucceeded"], timeout=5,
+                   what="the two events")
+        assert uid in c.provisioning._saved
+        c.provisioning.forget_saved(0.0)  # what the resync does to a memory older than it keeps them
+        assert uid not in c.provisioning._saved
+        assert c.provisioning.sync(uid).next is outcomes.Next.DONE
+        time.sleep(0.3)
+    assert p.provisioned == [name]
+    assert reasons(api, "data") == ["Provisioning", "ProvisioningSucceeded"]

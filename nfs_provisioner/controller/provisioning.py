@@ -14,7 +14,6 @@ asset is never deleted because of a failed write.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +58,16 @@ class Attempt:
 
 
 class Provisioning:
+    """The provisioning state machine of claims: ``sync(uid)``, run by the claim workers.
+
+    Its memories are shared by threads without a lock, each safe for its own reason: ``_attempts``,
+    ``_versions``, ``_settled`` and ``_saved`` hold one entry per claim uid, read and written only by the worker
+    syncing that uid (``_patch_claim`` runs inside that sync), and the work queue hands a uid to one worker at a
+    time; the resync thread (``forget_saved``) only drops whole entries, one dict operation each on a copy of the
+    keys, and each entry is a memory whose loss costs at most one more look, as after a restart;
+    ``_known_classes`` gets one assignment per class from the class watch and one ``get`` from a worker
+    (tests/test_threads_unit.py::test_memories_forgotten_by_the_resync_cost_no_second_volume)."""
+
     def __init__(self, *, api: kube.Client, provisioner: Provisioner, settings: ControllerSettings,
                  claims: Informer, volumes: Informer, classes: Informer, recorder: events.EventRecorder,
                  metrics: Metrics, volume_name: Callable[[Object], str], pool: Pool | None = None) -> None:
@@ -86,7 +95,6 @@ class Provisioning:
         self._settled: dict[str, set[str]] = {}
         """uid -> those versions, for claims ignored or given up: events about our own writes (which may
         arrive late) must not trigger another attempt; a change by anyone else does, as in the Go library."""
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ filters
 
