@@ -45,18 +45,17 @@ from nfs_provisioner.controller import metrics as ctl_metrics
 from nfs_provisioner.controller import resizing
 from nfs_provisioner.controller import settings as ctl_settings
 from nfs_provisioner.controller.watching import Informer
-from nfs_provisioner.ganesha.errors import GaneshaError
+from nfs_provisioner.errors import NFSProvisionerError, Permanent
 from nfs_provisioner.ganesha.metrics import GaneshaMetrics
 from nfs_provisioner.ganesha.server import GaneshaServer
 from nfs_provisioner.ganesha.settings import Ports, ServerSettings
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube.errors import ApiError, KubeError, TransportError
-from nfs_provisioner.quota.errors import QuotaError
 from nfs_provisioner.quota.manager import ProjectQuotas
 from nfs_provisioner.quota.metrics import ProjectQuotaCollector
 from nfs_provisioner.volumes import containment, filesystems, identity, usage_metrics
 from nfs_provisioner.volumes.directories import ARCHIVE_DIR, RESERVED, VolumeDirectories
-from nfs_provisioner.volumes.records import RECORDS_DIR, RecordError, VolumeRecords
+from nfs_provisioner.volumes.records import RECORDS_DIR, VolumeRecords
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +63,13 @@ IN_FLIGHT_DIR = ".provisioning"
 """Under the export root: one record per provision in flight (see ``nfs_provisioner.controller.inflight``)."""
 
 
-class StartupError(RuntimeError):
+class StartupError(Permanent, RuntimeError):
     """The appliance cannot start; the message is one line for the user."""
 
 
-STARTUP_ERRORS: tuple[type[Exception], ...] = (StartupError, GaneshaError, KubeError, address.AddressError,
-                                                QuotaError, state.StateError, RecordError, nodes.NodesError)
-"""Failures during start-up that end the process with their message (exit 1), not a traceback."""
+STARTUP_ERRORS = NFSProvisionerError
+"""Failures during start-up that end the process with their message (exit 1), not a traceback: the root of the
+package's errors (``nfs_provisioner.errors``)."""
 
 CONFIG_DIR = ".ganesha"
 """Ganesha's config, export files and recovery data under the export root (``ServerSettings.config_path``)."""

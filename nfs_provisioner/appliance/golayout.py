@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nfs_provisioner.errors import Permanent
 from nfs_provisioner.kube.objects import (
     ANN_EXPORT_BLOCK,
     ANN_EXPORT_ID,
@@ -54,7 +55,7 @@ PSEUDO_ROOT_FSID = 152
 """Ganesha's pseudo root uses Filesystem_Id 152.152: an export with that id is never served here."""
 
 
-class ConfigError(ValueError):
+class ConfigError(Permanent, ValueError):
     """A config text that is not a Ganesha config this module reads; the message is one line."""
 
 

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable
 
 from nfs_provisioner import threads
 from nfs_provisioner.controller import events, watching
+from nfs_provisioner.errors import NFSProvisionerError
 from nfs_provisioner.ganesha import errors as ganesha_errors
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors as kube_errors
@@ -50,7 +51,7 @@ ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 Apply = Callable[[tuple[str, ...]], None]
 
 
-class NodesError(RuntimeError):
+class NodesError(NFSProvisionerError, RuntimeError):
     """The Nodes could not be listed at start (the message is one line for the user)."""
 
 
