@@ -58,15 +58,10 @@ class Attempt:
 
 
 class Provisioning:
-    """The provisioning state machine of claims: ``sync(uid)``, run by the claim workers.
-
-    Its memories are shared by threads without a lock, each safe for its own reason: ``_attempts``,
-    ``_versions``, ``_settled`` and ``_saved`` hold one entry per claim uid, read and written only by the worker
-    syncing that uid (``_patch_claim`` runs inside that sync), and the work queue hands a uid to one worker at a
-    time; the resync thread (``forget_saved``) only drops whole entries, one dict operation each on a copy of the
-    keys, and each entry is a memory whose loss costs at most one more look, as after a restart;
-    ``_known_classes`` gets one assignment per class from the class watch and one ``get`` from a worker
-    (tests/test_threads_unit.py::test_memories_forgotten_by_the_resync_cost_no_second_volume)."""
+    """The provisioning state machine of claims (``sync(uid)``, run by the claim workers). No lock: ``_attempts``,
+    ``_versions``, ``_settled``, ``_saved`` are per-uid memories used by the one worker the queue gives that uid;
+    the resync thread only drops whole entries (each loss costs one more look: tests/test_threads_unit.py::
+    test_memories_forgotten_by_the_resync_cost_no_second_volume); the class watch only sets ``_known_classes``."""
 
     def __init__(self, *, api: kube.Client, provisioner: Provisioner, settings: ControllerSettings,
                  claims: Informer, volumes: Informer, classes: Informer, recorder: events.EventRecorder,
