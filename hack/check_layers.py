@@ -30,7 +30,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("controller", "ganesha"),  # independent of each other
     ("quota", "volumes", "kube"),  # independent; "volumes ... never [touch] the Kubernetes API or Ganesha",
     # quota: "Nothing here knows about Kubernetes or Ganesha"
-    ("logs", "fileio", "tempdirs"),
+    ("logs", "fileio", "tempdirs", "threads"),
+    ("errors",),  # the one root of the package's errors: below everything that raises
 )
 """The top-level layer order (nfs_provisioner/*): a module imports only from its own unit or from lower layers;
 units in one layer do not import each other."""

@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from nfs_provisioner.errors import Permanent
+
 
 @contextlib.contextmanager
 def naming(path: str | os.PathLike[str]) -> Iterator[None]:
@@ -48,7 +50,7 @@ def atomic_write(path: Path, text: str, *, durable: bool = True, mode: int = 0o6
         raise
 
 
-class Refused(ValueError):
+class Refused(Permanent, ValueError):
     """A file :func:`read_limited` will not read (larger than allowed, or not a regular file); the message is
     one line naming the file and why. The file is left as it is."""
 

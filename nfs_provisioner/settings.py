@@ -15,6 +15,7 @@ import urllib.parse
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from nfs_provisioner.errors import Permanent
 from nfs_provisioner.ganesha import config as ganesha_config
 
 # k8s.io/apimachinery/pkg/util/validation: IsQualifiedName's name part and IsDNS1123Subdomain (Go's ``^...$``
@@ -23,7 +24,7 @@ _QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
-class SettingsError(ValueError):
+class SettingsError(Permanent, ValueError):
     """An invalid flag value or combination; the message is one line for the user."""
 
 

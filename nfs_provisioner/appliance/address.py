@@ -24,10 +24,12 @@ from urllib.parse import quote
 
 import psutil
 
+from nfs_provisioner.errors import NFSProvisionerError
+
 log = logging.getLogger(__name__)
 
 
-class AddressError(RuntimeError):
+class AddressError(NFSProvisionerError, RuntimeError):
     """No usable server address; the message says which setting to fix."""
 
 

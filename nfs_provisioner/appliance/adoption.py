@@ -39,6 +39,8 @@ from prometheus_client import CollectorRegistry, Gauge
 from nfs_provisioner import fileio
 from nfs_provisioner.appliance import golayout
 from nfs_provisioner.appliance import provisioner as prov
+from nfs_provisioner.kube import objects
+from nfs_provisioner.kube.objects import Object
 from nfs_provisioner.quota.errors import QuotaError
 from nfs_provisioner.quota.manager import ProjectQuotas
 from nfs_provisioner.quota.projects import ProjectEntry
@@ -50,12 +52,10 @@ log = logging.getLogger(__name__)
 
 REASON = "AdoptionRefused"
 """The reason of the Warning event on a PV that is not adopted."""
-ANN_PROVISIONED_BY = ("pv.kubernetes.io/provisioned-by", "volume.beta.kubernetes.io/provisioned-by")
+PROVISIONED_BY = (objects.ANN_PROVISIONED_BY, objects.ANN_BETA_PROVISIONED_BY)
 ON_DELETE: OnDelete = "delete"
 """The deletion policy recorded for an adopted volume: what the Go provisioner's Delete did (``os.RemoveAll``
 of the directory). Kubernetes asks for it only for a PV whose reclaim policy is Delete."""
-Object = dict[str, Any]
-
 
 class Events(Protocol):
     def event(self, obj: Object, event_type: str, reason: str, message: str) -> None: ...
@@ -133,7 +133,7 @@ class Adoption:
 
     def _provisioned_here(self, pv: Object) -> bool:
         ann = golayout.annotations_of(pv)
-        return any(ann.get(a) in self.names for a in ANN_PROVISIONED_BY)
+        return any(ann.get(a) in self.names for a in PROVISIONED_BY)
 
     def _check(self, pv: Object, config: golayout.GoConfig | None, config_error: str | None,
                ids: Mapping[int, str] | None, quota: list[ProjectEntry] | str | None,
@@ -142,10 +142,10 @@ class Adoption:
         nothing to do (adopted earlier, or not ours to judge); a string: why it is refused."""
         name = _name(pv)
         ann = golayout.annotations_of(pv)
-        owner = ann.get(golayout.ANN_IDENTITY, "")
+        owner = ann.get(objects.ANN_IDENTITY, "")
         if owner != self.identity:
             if golayout.inside(golayout.nfs_path(pv), self.root):
-                return (f"its {golayout.ANN_IDENTITY} {owner[:60]!r} is not this export root's identity "
+                return (f"its {objects.ANN_IDENTITY} {owner[:60]!r} is not this export root's identity "
                         f"{self.identity} (nfs-provisioner.identity)")
             return None  # another instance's volume elsewhere
         try:
@@ -255,7 +255,7 @@ class Adoption:
         and their clients' handles stay valid."""
         wanted = []
         for pv in pvs:
-            raw = golayout.annotations_of(pv).get(golayout.ANN_EXPORT_ID, "")
+            raw = golayout.annotations_of(pv).get(objects.ANN_EXPORT_ID, "")
             if _name(pv) in report.refused and raw.isdigit() and len(raw) <= 5:
                 wanted.append(int(raw))
         reserve: Callable[[list[int]], list[int]] | None = getattr(self.exporter, "reserve_ids", None)

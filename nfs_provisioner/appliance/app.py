@@ -7,7 +7,9 @@ ganesha.nfsd starts, the controller's lists and watches of claims and PVs start:
 nothing acts on them yet) -> the state check against the listed PVs
 (``appliance.recovery``: adopt, rebuild, warn) -> the controller's workers. Stop
 (SIGTERM/SIGINT) runs the other way round: the controller stops taking work and
-finishes what runs, then Ganesha is shut down. Signals have one owner (``appliance.lifecycle``): a stop signal
+finishes what runs, then the rest is stopped, last started first, Ganesha after what uses it. Every part
+registers its stop in one ``lifecycle.Stack`` as soon as it has started: a failed start-up and the stop unwind
+the same list. Signals have one owner (``appliance.lifecycle``): a stop signal
 during start-up ends it at the next step or wait (exit 0, everything started is stopped), later it stops the
 controller.
 """
@@ -43,18 +45,17 @@ from nfs_provisioner.controller import metrics as ctl_metrics
 from nfs_provisioner.controller import resizing
 from nfs_provisioner.controller import settings as ctl_settings
 from nfs_provisioner.controller.watching import Informer
-from nfs_provisioner.ganesha.errors import GaneshaError
+from nfs_provisioner.errors import NFSProvisionerError, Permanent
 from nfs_provisioner.ganesha.metrics import GaneshaMetrics
 from nfs_provisioner.ganesha.server import GaneshaServer
 from nfs_provisioner.ganesha.settings import Ports, ServerSettings
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube.errors import ApiError, KubeError, TransportError
-from nfs_provisioner.quota.errors import QuotaError
 from nfs_provisioner.quota.manager import ProjectQuotas
 from nfs_provisioner.quota.metrics import ProjectQuotaCollector
 from nfs_provisioner.volumes import containment, filesystems, identity, usage_metrics
 from nfs_provisioner.volumes.directories import ARCHIVE_DIR, RESERVED, VolumeDirectories
-from nfs_provisioner.volumes.records import RECORDS_DIR, RecordError, VolumeRecords
+from nfs_provisioner.volumes.records import RECORDS_DIR, VolumeRecords
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,13 @@ IN_FLIGHT_DIR = ".provisioning"
 """Under the export root: one record per provision in flight (see ``nfs_provisioner.controller.inflight``)."""
 
 
-class StartupError(RuntimeError):
+class StartupError(Permanent, RuntimeError):
     """The appliance cannot start; the message is one line for the user."""
 
 
-STARTUP_ERRORS: tuple[type[Exception], ...] = (StartupError, GaneshaError, KubeError, address.AddressError,
-                                                QuotaError, state.StateError, RecordError, nodes.NodesError)
-"""Failures during start-up that end the process with their message (exit 1), not a traceback."""
+STARTUP_ERRORS = NFSProvisionerError
+"""Failures during start-up that end the process with their message (exit 1), not a traceback: the root of the
+package's errors (``nfs_provisioner.errors``)."""
 
 CONFIG_DIR = ".ganesha"
 """Ganesha's config, export files and recovery data under the export root (``ServerSettings.config_path``)."""
@@ -88,6 +89,8 @@ class Parts:
     run_dir: Path
     lock: state.RootLock
     recovered: recovery.Report
+    stops: lifecycle.Stack
+    """The stop of every started part, unwound by :func:`teardown` (last started first)."""
     nodes: nodes.NodeClients | None = None
     """Follows the Nodes' addresses into every export's client list (None: a fixed ``--export-subnet``)."""
     ganesha_health: health.BackgroundHealth | None = None
@@ -120,17 +123,19 @@ def build(s: settings_mod.Settings, environ: Mapping[str, str], signals: lifecyc
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StartupError(f"export root {root}: {e}") from e
+    stops = lifecycle.Stack()
     # Before anything under the root is read or written: one appliance per root, no symlinked own state.
     lock = state.RootLock.acquire(root, environ=environ)
+    stops.push("export root's lock", lock.release)
     try:
-        return _build(s, environ, lock, signals)
+        return _build(s, environ, lock, signals, stops)
     except BaseException:
-        lock.release()
+        stops.close()
         raise
 
 
 def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.RootLock,
-           signals: lifecycle.Signals) -> Parts:
+           signals: lifecycle.Signals, stops: lifecycle.Stack) -> Parts:
     root = s.export_root
     state.refuse_symlinks(root, names=(CONFIG_DIR, IN_FLIGHT_DIR, RECORDS_DIR, ARCHIVE_DIR, clones.CLONES_DIR,
                                        filesystems.IMAGES_DIR, filesystems.MOUNTS_DIR, *sorted(RESERVED)),
@@ -154,130 +159,128 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
                  len(report.failed))
         ProjectQuotaCollector(quotas, registry=registry)
     run_dir = state.make_run_dir()  # short: the bus socket path is limited to 108 bytes
+    stops.push("run directory", lambda: tempdirs.release(run_dir))
     ganesha: GaneshaServer | None = None
-    node_clients: nodes.NodeClients | None = None
     ganesha_ok: health.BackgroundHealth | None = None
-    recovered: recovery.Report | None = None
     checks = _Checks()
     http = None
-    watching: list[Informer] = []
-    try:
-        if s.metrics_address:  # from now on: /readyz says what start-up waits for
-            http = ctl_metrics.Server(s.metrics_address, registry, healthy=lambda: checks.healthy(),
-                                      ready=lambda: checks.ready())
-            http.start()
-        api = kube.Client.load(str(s.kubeconfig) if s.kubeconfig else None,
-                               settings=kube.ClientSettings(qps=s.kube_api_qps, burst=s.kube_api_burst))
-        if s.master:
-            api = api.with_host(s.master)
-        wait_for_api(api, checks, signals)
-        # Who may mount is known before Ganesha serves anything: export files written with another list
-        # (e.g. a wider --export-subnet before a restart) are rewritten first.
-        node_clients, clients = who_may_mount(s, api)
-        signals.check()
-        exporter: prov.Exporter
-        if s.use_ganesha:
-            gsettings = ServerSettings(
-                export_root=root, run_dir=run_dir, ports=replace(Ports(), nfs=s.nfs_port),
-                bind_addr=s.nfs_bind_address, nfsv3=s.nfsv3, nlm=s.nfsv3_locking,
-                grace_period=s.grace_period,
-                device_based_fsids=s.device_based_fsids, template_dir=s.ganesha_templates, clients=clients,
-                dbus_address=None if s.run_server else environ.get("DBUS_SYSTEM_BUS_ADDRESS"),
-            )
-            ganesha = GaneshaServer(gsettings, metrics=GaneshaMetrics(registry=registry))
-            exporter = exporters.GaneshaExporter(ganesha.exports)
-        else:
-            exporter = KernelExporter(clients=clients)
-            log.info("exporting through the kernel NFS server (/etc/exports, exportfs -r)")
-        server = address.resolve(environ=environ, api=api, out_of_cluster=s.out_of_cluster,
-                                 server_hostname=s.server_hostname, nfs_port=s.nfs_port)
-        log.info("NFS server address in PVs: %s", server)
-        directories = VolumeDirectories(root)
-        records = VolumeRecords(root / RECORDS_DIR)
-        records.ensure_dir()
-        fs_volumes = filesystems.FilesystemVolumes(root)
-        usage_metrics.FilesystemUsageCollector(fs_volumes, registry=registry)
-        provisioner = prov.NFSProvisioner(
-            config=prov.ApplianceConfig(identity=ident, server=lambda: server, max_exports=s.max_exports),
-            directories=directories,
-            records=records,
-            exporter=exporter,
-            quotas=quotas,
-            sources=clones.KubeSources(api),
-            clones=clones.Clones(root / clones.CLONES_DIR),
-            filesystems=fs_volumes,
+    if s.metrics_address:  # from now on: /readyz says what start-up waits for
+        http = ctl_metrics.Server(s.metrics_address, registry, healthy=lambda: checks.healthy(),
+                                  ready=lambda: checks.ready())
+        stops.push("metrics endpoint", http.stop)
+        http.start()
+    api = kube.Client.load(str(s.kubeconfig) if s.kubeconfig else None,
+                           settings=kube.ClientSettings(qps=s.kube_api_qps, burst=s.kube_api_burst))
+    if s.master:
+        api = api.with_host(s.master)
+    wait_for_api(api, checks, signals)
+    # Who may mount is known before Ganesha serves anything: export files written with another list
+    # (e.g. a wider --export-subnet before a restart) are rewritten first.
+    node_clients, clients = who_may_mount(s, api)
+    if node_clients is not None:
+        stops.push("Node watch", node_clients.stop)
+    signals.check()
+    exporter: prov.Exporter
+    if s.use_ganesha:
+        gsettings = ServerSettings(
+            export_root=root, run_dir=run_dir, ports=replace(Ports(), nfs=s.nfs_port),
+            bind_addr=s.nfs_bind_address, nfsv3=s.nfsv3, nlm=s.nfsv3_locking,
+            grace_period=s.grace_period,
+            device_based_fsids=s.device_based_fsids, template_dir=s.ganesha_templates, clients=clients,
+            dbus_address=None if s.run_server else environ.get("DBUS_SYSTEM_BUS_ADDRESS"),
         )
-        # Before Ganesha loads the exports: an export of a filesystem volume must serve its mount.
-        unmountable = recovery.remount(records=records, filesystems=fs_volumes, identity=ident)
-        signals.check()
-        csettings = controller_settings(s, identity=ident)
-        pool = pool_member.build(s, api=api, identity=ident, provisioner=provisioner, server=lambda: server,
-                                 registry=registry, environ=environ)
-        controller = ctl.ProvisionController(provisioner, csettings, api=api, registry=registry, pool=pool)
-        resizer = resizing.Resizer(api=api, expander=provisioner, names=(s.provisioner,), claims=controller.claims,
-                                   volumes=controller.volumes, classes=controller.classes,
-                                   recorder=controller.recorder, retry=csettings.retry,
-                                   leading=lambda: controller.leading, owns=provisioner.owns)
-        controller.claims.on_change = resizing.chain(controller.claims.on_change, resizer.on_claim)
-        # The claims and PVs are listed while ganesha.nfsd starts (10,000 of each take seconds, and so does
-        # Ganesha with 10,000 exports), after the export files are loaded (the lists would slow that down:
-        # one interpreter); nothing acts on them before the state check below and the workers.
-        watching.extend(controller.informers)
-        if ganesha is not None and s.run_server:
-            ganesha.start(loaded=controller.watch, cancel=signals.stopping)
-        elif ganesha is not None:
-            ganesha.exports.load()
-            controller.watch()
-            ganesha.exports.reconcile()
-            ganesha.exports.set_clients(clients)  # a Ganesha run elsewhere already serves the files
-        else:
-            controller.watch()
-            exporter.set_clients(clients)
-        if node_clients is not None:
-            node_clients.follow(exporter.set_clients)
-        provisioner.probe_filesystems()  # once NFS is served (a loop mount: half a second on a busy machine)
-        signals.check()
-        wait_listed(controller.volumes, checks, signals)
-        went = adoption.adopt(volumes=controller.volumes.items, root=root, identity=ident,  # the Go provisioner's
-                              names=frozenset({s.provisioner}), records=records, exporter=exporter,
-                              events=controller.recorder, quotas=quotas, registry=registry)
-        recovered = done = recovery.Recovery(
-            api=api, names=frozenset({s.provisioner}), identity=ident, directories=directories, records=records,
-            exporter=exporter, server=lambda: server, volumes=controller.volumes.items, filesystems=fs_volumes,
-            refused=went.refused).run()
-        recovery.withdraw(unmountable, exporter=exporter, filesystems=fs_volumes, report=done,
-                          volumes=controller.volumes.items())
-        signals.check()
-        if ganesha is not None:
-            checked = ganesha
-            ganesha_ok = health.BackgroundHealth(lambda: checked.probe(timeout=HEALTH_TIMEOUT, managed=s.run_server),
-                                                 live=checked.supervised_state if s.run_server else None)
-            ganesha_ok.start()
-        checks.healthy = lambda: _both(ganesha_health(ganesha_ok), controller.healthy())
-        checks.ready = lambda: went.annotate(_both(_both(ganesha_health(ganesha_ok), done.health()),
-                                                   _both(nodes.health(node_clients), controller.ready())))
-        if http is not None:
-            log.info("serving /metrics, /healthz, /readyz on %s", s.metrics_address)
-    except BaseException:
-        for informer in watching:
-            informer.stop()
-        for informer in watching:  # their last log lines before the one-line error
-            informer.join(5)
-        if http is not None:
-            http.stop()
-        if ganesha_ok is not None:
-            ganesha_ok.stop()
-        if recovered is not None:
-            recovered.stop()
-        if node_clients is not None:
-            node_clients.stop()
-        if ganesha is not None and s.run_server:
-            ganesha.stop()  # safe on a server that never or only half started
-        tempdirs.release(run_dir)
-        raise
+        ganesha = GaneshaServer(gsettings, metrics=GaneshaMetrics(registry=registry))
+        if s.run_server:
+            stops.push("Ganesha", ganesha.stop)  # safe on a server that never or only half started
+        exporter = exporters.GaneshaExporter(ganesha.exports)
+    else:
+        exporter = KernelExporter(clients=clients)
+        log.info("exporting through the kernel NFS server (/etc/exports, exportfs -r)")
+    server = address.resolve(environ=environ, api=api, out_of_cluster=s.out_of_cluster,
+                             server_hostname=s.server_hostname, nfs_port=s.nfs_port)
+    log.info("NFS server address in PVs: %s", server)
+    directories = VolumeDirectories(root)
+    records = VolumeRecords(root / RECORDS_DIR)
+    records.ensure_dir()
+    fs_volumes = filesystems.FilesystemVolumes(root)
+    usage_metrics.FilesystemUsageCollector(fs_volumes, registry=registry)
+    provisioner = prov.NFSProvisioner(
+        config=prov.ApplianceConfig(identity=ident, server=lambda: server, max_exports=s.max_exports),
+        directories=directories,
+        records=records,
+        exporter=exporter,
+        quotas=quotas,
+        sources=clones.KubeSources(api),
+        clones=clones.Clones(root / clones.CLONES_DIR),
+        filesystems=fs_volumes,
+    )
+    # Before Ganesha loads the exports: an export of a filesystem volume must serve its mount.
+    unmountable = recovery.remount(records=records, filesystems=fs_volumes, identity=ident)
+    signals.check()
+    csettings = controller_settings(s, identity=ident)
+    pool = pool_member.build(s, api=api, identity=ident, provisioner=provisioner, server=lambda: server,
+                             registry=registry, environ=environ)
+    controller = ctl.ProvisionController(provisioner, csettings, api=api, registry=registry, pool=pool)
+    resizer = resizing.Resizer(api=api, expander=provisioner, names=(s.provisioner,), claims=controller.claims,
+                               volumes=controller.volumes, classes=controller.classes,
+                               recorder=controller.recorder, retry=csettings.retry,
+                               leading=lambda: controller.leading, owns=provisioner.owns)
+    controller.claims.on_change = resizing.chain(controller.claims.on_change, resizer.on_claim)
+    # The claims and PVs are listed while ganesha.nfsd starts (10,000 of each take seconds, and so does
+    # Ganesha with 10,000 exports), after the export files are loaded (the lists would slow that down:
+    # one interpreter); nothing acts on them before the state check below and the workers.
+    stops.push("watches", functools.partial(stop_watching, controller.informers))
+    if ganesha is not None and s.run_server:
+        ganesha.start(loaded=controller.watch, cancel=signals.stopping)
+    elif ganesha is not None:
+        ganesha.exports.load()
+        controller.watch()
+        ganesha.exports.reconcile()
+        ganesha.exports.set_clients(clients)  # a Ganesha run elsewhere already serves the files
+    else:
+        controller.watch()
+        exporter.set_clients(clients)
+    if node_clients is not None:
+        stops.push("Node watch's client lists", node_clients.stop_following)  # before what they go to
+        node_clients.follow(exporter.set_clients)
+    provisioner.probe_filesystems()  # once NFS is served (a loop mount: half a second on a busy machine)
+    signals.check()
+    wait_listed(controller.volumes, checks, signals)
+    went = adoption.adopt(volumes=controller.volumes.items, root=root, identity=ident,  # the Go provisioner's
+                          names=frozenset({s.provisioner}), records=records, exporter=exporter,
+                          events=controller.recorder, quotas=quotas, registry=registry)
+    done = recovery.Recovery(
+        api=api, names=frozenset({s.provisioner}), identity=ident, directories=directories, records=records,
+        exporter=exporter, server=lambda: server, volumes=controller.volumes.items, filesystems=fs_volumes,
+        refused=went.refused).run()
+    stops.push("volume serving watch", done.stop)
+    recovery.withdraw(unmountable, exporter=exporter, filesystems=fs_volumes, report=done,
+                      volumes=controller.volumes.items())
+    signals.check()
+    if ganesha is not None:
+        checked = ganesha
+        ganesha_ok = health.BackgroundHealth(lambda: checked.probe(timeout=HEALTH_TIMEOUT, managed=s.run_server),
+                                             live=checked.supervised_state if s.run_server else None)
+        stops.push("Ganesha health check", ganesha_ok.stop)
+        ganesha_ok.start()
+    checks.healthy = lambda: _both(ganesha_health(ganesha_ok), controller.healthy())
+    checks.ready = lambda: went.annotate(_both(_both(ganesha_health(ganesha_ok), done.health()),
+                                               _both(nodes.health(node_clients), controller.ready())))
+    if http is not None:
+        log.info("serving /metrics, /healthz, /readyz on %s", s.metrics_address)
     return Parts(identity=ident, ganesha=ganesha, provisioner=provisioner, controller=controller,
                  resizer=resizer, registry=registry, http=http, run_dir=run_dir, lock=lock, recovered=done,
-                 nodes=node_clients, ganesha_health=ganesha_ok)
+                 stops=stops, nodes=node_clients, ganesha_health=ganesha_ok)
+
+
+def stop_watching(informers: tuple[Informer, ...]) -> None:
+    """Stop the controller's watches still running: ``controller.run`` stops them once it has run, this is for a
+    failed start (a closed watch stream is not closed twice)."""
+    running = [informer for informer in informers if informer.alive()]
+    for informer in running:
+        informer.stop()
+    for informer in running:  # their last log lines before what the caller says next
+        informer.join(5)
 
 
 class _Checks:
@@ -375,30 +378,16 @@ def _run(s: settings_mod.Settings, environ: Mapping[str, str], signals: lifecycl
                  signals.name, e)
         return 0
     try:
+        parts.stops.push("resizer", parts.resizer.stop)
         parts.resizer.start()
         signals.on_stop(parts.controller.stop)
         parts.controller.run(handle_signals=False)
     finally:
-        teardown(s, parts)
+        teardown(parts)
     return 0
 
 
-def teardown(s: settings_mod.Settings, parts: Parts) -> None:
-    """Stop what ``build`` started, the controller's workers excepted (``controller.run`` ends them)."""
-    steps: list[tuple[str, Callable[[], object]]] = [("resizer", parts.resizer.stop)]
-    if parts.nodes is not None:
-        steps.append(("Node watch", parts.nodes.stop))
-    if parts.http is not None:
-        steps.append(("metrics endpoint", parts.http.stop))
-    if parts.ganesha_health is not None:
-        steps.append(("Ganesha health check", parts.ganesha_health.stop))
-    steps.append(("volume serving watch", parts.recovered.stop))
-    if parts.ganesha is not None and s.run_server:
-        steps.append(("Ganesha", parts.ganesha.stop))
-    for what, step in steps:  # every step runs, whatever the one before did
-        try:
-            step()
-        except Exception:
-            log.exception("stopping the %s failed", what)
-    tempdirs.release(parts.run_dir)
-    parts.lock.release()
+def teardown(parts: Parts) -> None:
+    """Stop what ``build`` (and ``run``) started, last started first; the controller's workers excepted
+    (``controller.run`` ends them)."""
+    parts.stops.close()

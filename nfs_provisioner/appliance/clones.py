@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from nfs_provisioner import fileio
+from nfs_provisioner import fileio, threads
 from nfs_provisioner.controller import decisions
 from nfs_provisioner.controller.interface import DataSource, InProgress, Object, ProvisioningError
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors
+from nfs_provisioner.kube.objects import ANN_IDENTITY
 from nfs_provisioner.volumes import copying, quantity, space
 from nfs_provisioner.volumes.directories import InsufficientSpace, VolumeDirectories
 from nfs_provisioner.volumes.records import RecordError, VolumeRecords
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 
 CLONES_DIR = ".clones"
 ANN_CLONED_FROM = "nfs-provisioner.io/cloned-from"
-ANN_IDENTITY = "Provisioner_Id"
 
 
 class Paths(Protocol):
@@ -271,13 +271,12 @@ class Clones:
                         "again from the start", name, removed)
         fileio.atomic_write(self._marker(name, "copying"), f"{source.pv_name}\n", mode=0o600)
         job = _Job(source=source, reservation=reservation, reported_at=time.monotonic(), reported_tenth=0)
-        job.thread = threading.Thread(target=self._run, args=(name, target, job), name=f"clone-{name}", daemon=True)
         with self._lock:
             self._jobs[name] = job
         log.info("volume %s: cloning %s (%d bytes, %d entries)", name, source.describe(),
                  source.usage.apparent_bytes, source.usage.entries)
         try:
-            job.thread.start()
+            job.thread = threads.spawn(self._run, name, target, job, name=f"clone-{name}", kind="clone")
         except BaseException:
             with self._lock:
                 self._jobs.pop(name, None)

@@ -23,9 +23,17 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from nfs_provisioner.errors import Permanent
+from nfs_provisioner.kube.objects import (
+    ANN_EXPORT_BLOCK,
+    ANN_EXPORT_ID,
+    ANN_PROJECT_BLOCK,
+    ANN_PROJECT_ID,
+    Object,
+)
 from nfs_provisioner.quota.projects import ProjectEntry
+from nfs_provisioner.volumes import ondelete
 
 VFS_CONF = "vfs.conf"
 """The Go provisioner's Ganesha config under its export root (``-ganesha-config``'s default)."""
@@ -39,22 +47,15 @@ MAX_DEPTH = 4
 MAX_BLOCKS = 70000
 MAX_TOKEN = 4096
 
-ANN_EXPORT_BLOCK = "EXPORT_block"
-ANN_EXPORT_ID = "Export_Id"
-ANN_PROJECT_ID = "Project_Id"
-ANN_PROJECT_BLOCK = "Project_block"
-ANN_IDENTITY = "Provisioner_Id"
-ANN_ON_DELETE = "nfs-provisioner.io/on-delete"
+ANN_ON_DELETE = ondelete.ANNOTATION
 """Set on every PV this appliance makes, never by the Go provisioner: a PV with it is not the Go one's."""
 SQUASHES = {"no_root_squash": False, "root_id_squash": True}
 """The Go provisioner's two squash values (its ``CreateExportBlock``) -> root squash."""
 PSEUDO_ROOT_FSID = 152
 """Ganesha's pseudo root uses Filesystem_Id 152.152: an export with that id is never served here."""
 
-Object = dict[str, Any]
 
-
-class ConfigError(ValueError):
+class ConfigError(Permanent, ValueError):
     """A config text that is not a Ganesha config this module reads; the message is one line."""
 
 

@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from nfs_provisioner import threads
+
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], tuple[bool, str]]
@@ -38,8 +40,7 @@ class BackgroundHealth:
     def start(self) -> None:
         """Check once (so the first answer is real), then keep checking in a thread."""
         self._check()
-        self._thread = threading.Thread(target=self._loop, name="ganesha-health", daemon=True)
-        self._thread.start()
+        self._thread = threads.spawn(self._loop, name="ganesha-health")
 
     def stop(self) -> None:
         self._stop.set()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nfs_provisioner import fileio
+from nfs_provisioner.errors import NFSProvisionerError
 
 MARK = "# nfs-provisioner:"
 DISABLED = "#nobody "
@@ -31,7 +32,7 @@ _FSID = re.compile(r"fsid=(\d+)")
 Runner = Callable[[Sequence[str]], subprocess.CompletedProcess[str]]
 
 
-class KernelExportError(RuntimeError):
+class KernelExportError(NFSProvisionerError, RuntimeError):
     pass
 
 

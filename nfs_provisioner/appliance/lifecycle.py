@@ -12,6 +12,9 @@ by an exception raised from inside a handler, so a signal at any moment (between
 ignores both signals once everything is stopped: a signal during the interpreter's exit would otherwise take
 the default action (Python restores it then) and turn exit 0 into death by signal.
 
+What has started is stopped by one :class:`Stack` (``contextlib.ExitStack``'s habit): each part registers its stop
+as soon as it has started, and the stop of the appliance, or a failed start-up, unwinds them, last first.
+
 SIGUSR1 and SIGUSR2 change the appliance's log level at run time, without a restart of anything: SIGUSR1 makes it
 DEBUG, SIGUSR2 puts back the level it started with (``--log-level``); each is logged at WARNING. SIGHUP would kill
 the process by default without stopping Ganesha; it is logged and ignored (there is nothing to reload).
@@ -24,6 +27,8 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+
+from nfs_provisioner import threads
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +71,7 @@ class Signals:
         # A handler, not SIG_IGN: children get the default back.
         for sig in (*STOP_SIGNALS, *HARMLESS_SIGNALS, *LOG_SIGNALS):
             signal.signal(sig, _recorded_by_the_pipe)
-        threading.Thread(target=self._read_signals, args=(r,), name="signals", daemon=True).start()
+        threads.spawn(self._read_signals, r, name="signals")
 
     def finish(self) -> None:
         """Everything is stopped: from now on a stop signal changes nothing (and cannot kill the exiting
@@ -133,6 +138,38 @@ class Signals:
         """Wait ``seconds``; raise :class:`Terminated` as soon as a stop is requested."""
         if self.stopping.wait(seconds):
             raise Terminated(self.signum)
+
+
+class Stack:
+    """What has started, stopped the other way round. Each part registers its stop as soon as it has started
+    (``push``); ``close()`` runs every registered stop, last first, each once, whatever the one before did (a
+    failing stop is logged with what it was stopping). The appliance's start-up and its stop share one
+    ``Stack``: a failed start unwinds what it started so far, a finished run all of it."""
+
+    def __init__(self) -> None:
+        self._stops: list[tuple[str, Callable[[], object]]] = []
+        self._lock = threading.Lock()
+
+    def push(self, what: str, stop: Callable[[], object]) -> None:
+        """Run ``stop`` at ``close()``, before every stop pushed earlier; ``what`` names it in the log."""
+        with self._lock:
+            self._stops.append((what, stop))
+
+    def close(self) -> None:
+        """Run the stops, last pushed first; a stop that raises is logged and the next one runs."""
+        while True:
+            with self._lock:
+                if not self._stops:
+                    return
+                what, stop = self._stops.pop()
+            try:
+                stop()
+            except Exception:
+                log.exception("stopping the %s failed", what)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._stops)
 
 
 def _recorded_by_the_pipe(signum: int, frame: object) -> None:

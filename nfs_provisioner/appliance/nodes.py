@@ -37,21 +37,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
+from nfs_provisioner import threads
 from nfs_provisioner.controller import events, watching
+from nfs_provisioner.errors import NFSProvisionerError
 from nfs_provisioner.ganesha import errors as ganesha_errors
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors as kube_errors
+from nfs_provisioner.kube.objects import Object
 
 log = logging.getLogger(__name__)
-
-Object = dict[str, Any]
 ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 Apply = Callable[[tuple[str, ...]], None]
 
 
-class NodesError(RuntimeError):
+class NodesError(NFSProvisionerError, RuntimeError):
     """The Nodes could not be listed at start (the message is one line for the user)."""
 
 
@@ -206,17 +206,20 @@ class NodeClients:
         """From now on hand every changed list to ``apply`` (in a thread of its own). ``apply`` raises when the
         list is not live (e.g. Ganesha refused it for some exports): it is then handed again, with backoff."""
         self._apply = apply
-        self._thread = threading.Thread(target=self._run, name="node-clients", daemon=True)
-        self._thread.start()
+        self._thread = threads.spawn(self._run, name="node-clients")
         self._dirty.set()  # catch changes between start() and now
 
-    def stop(self) -> None:
+    def stop_following(self) -> None:
+        """Hand no more lists to ``apply`` (before what it applies to stops); ``stop()`` does it too."""
         self._stop.set()
         self._dirty.set()
-        self.informer.stop()
-        self.informer.join(5)  # its last log lines come before whatever the caller says next
         if self._thread is not None:
             self._thread.join(10)
+
+    def stop(self) -> None:
+        self.stop_following()
+        self.informer.stop()
+        self.informer.join(5)  # its last log lines come before whatever the caller says next
         if self._own_recorder:
             self.recorder.stop()
 

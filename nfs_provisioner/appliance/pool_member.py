@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
 from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry
@@ -24,12 +23,12 @@ from nfs_provisioner.controller import decisions, leadership
 from nfs_provisioner.controller.interface import DataSource
 from nfs_provisioner.controller.pool import Demand, Pool, Status
 from nfs_provisioner.kube import client as kube
+from nfs_provisioner.kube import objects
 from nfs_provisioner.kube.errors import KubeError
+from nfs_provisioner.kube.objects import Object
 from nfs_provisioner.volumes import params, quantity
 
 log = logging.getLogger(__name__)
-
-Object = dict[str, Any]
 
 
 def status(provisioner: prov.NFSProvisioner, *, server: Callable[[], str], quota: bool) -> Status:
@@ -62,7 +61,7 @@ def demand(claim: Object, storage_class: Object, *, sources: clones.Sources) -> 
     src = sources.claim(source.namespace or ns, source.name)
     pv_name = str(((src or {}).get("spec") or {}).get("volumeName") or "")
     pv = sources.volume(pv_name) if pv_name else None
-    owner = decisions.annotations_of(pv).get(prov.ANN_IDENTITY) if pv is not None else None
+    owner = decisions.annotations_of(pv).get(objects.ANN_IDENTITY) if pv is not None else None
     if owner is None:  # not bound (yet), or not ours: the member it lands on refuses it with the reason
         return Demand(requested=size, needs=needs)
     return Demand(requested=size, needs=needs, home=owner,

@@ -31,6 +31,8 @@ from nfs_provisioner.appliance import clones as clones_mod
 from nfs_provisioner.appliance import golayout
 from nfs_provisioner.controller.interface import (
     PVC_KIND,
+    DeleteError,
+    DeleteRefused,
     IgnoredError,
     InProgress,
     Notice,
@@ -41,6 +43,13 @@ from nfs_provisioner.controller.interface import (
     ProvisionOptions,
 )
 from nfs_provisioner.kube.errors import KubeError
+from nfs_provisioner.kube.objects import (
+    ANN_EXPORT_BLOCK,
+    ANN_EXPORT_ID,
+    ANN_IDENTITY,
+    ANN_PROJECT_BLOCK,
+    ANN_PROJECT_ID,
+)
 from nfs_provisioner.volumes import copying, ondelete, params, quantity, space
 from nfs_provisioner.volumes import filesystems as fs_mod
 from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
@@ -48,12 +57,7 @@ from nfs_provisioner.volumes.records import RecordError, VolumeRecords, new_reco
 
 log = logging.getLogger(__name__)
 
-# PV annotations, compatible with the Go appliance where it had them.
-ANN_IDENTITY = "Provisioner_Id"
-ANN_EXPORT_ID = "Export_Id"
-ANN_EXPORT_BLOCK = "EXPORT_block"
-ANN_PROJECT_ID = "Project_Id"
-ANN_PROJECT_BLOCK = "Project_block"
+# PV annotations (the ones shared with other modules: ``kube.objects``).
 ANN_CREATED_BY = "kubernetes.io/createdby"
 CREATED_BY = "nfs-dynamic-provisioner"
 ANN_GID = "pv.beta.kubernetes.io/gid"
@@ -545,7 +549,7 @@ class NFSProvisioner(Provisioner):
         ann = meta.get("annotations") or {}
         owner = ann.get(ANN_IDENTITY)
         if not owner:
-            raise RuntimeError(f"volume {name}: identity annotation {ANN_IDENTITY} not found; refusing to delete")
+            raise DeleteRefused(f"volume {name}: identity annotation {ANN_IDENTITY} not found; refusing to delete")
         if owner != self.config.identity:
             raise IgnoredError(f"identity annotation on PV {owner} does not match ours {self.config.identity}")
         path = self.directories.path_for(name)  # raises for names that are not ours to touch
@@ -559,12 +563,12 @@ class NFSProvisioner(Provisioner):
             if not self.directories.exists(name) and not self.exporter.has(name):
                 log.info("volume %s: no record, no directory, no export: nothing to delete", name)
                 return None  # e.g. a crash after the record was removed, before the PV was
-            raise RuntimeError(f"this appliance has no record of creating volume {name} (claim uid "
-                               f"{claim_uid or '(none)'}); refusing to delete {path}")
+            raise DeleteRefused(f"this appliance has no record of creating volume {name} (claim uid "
+                                f"{claim_uid or '(none)'}); refusing to delete {path}")
         why = record.mismatch(pv_name=name, claim_uid=claim_uid, identity=owner, path=str(path))
         if why is not None:
-            raise RuntimeError(f"PV {name} does not match the volume this appliance made at {path} ({why}); "
-                               "refusing to delete it")
+            raise DeleteRefused(f"PV {name} does not match the volume this appliance made at {path} ({why}); "
+                                "refusing to delete it")
         recorded = str(((volume.get("spec") or {}).get("nfs") or {}).get("path", ""))
         if recorded and recorded != str(path):
             log.warning("volume %s: spec.nfs.path %r is not %s; deleting by name only", name, recorded, path)
@@ -617,8 +621,8 @@ class NFSProvisioner(Provisioner):
         on_delete = decision.action
         filesystems = self.filesystems
         if filesystems is None:
-            raise RuntimeError(f"volume {name} is a filesystem volume, but this appliance has no filesystem volumes; "
-                               "keeping it")
+            raise DeleteRefused(f"volume {name} is a filesystem volume, but this appliance has no filesystem volumes; "
+                                "keeping it")
         try:
             self.exporter.unexport(name)
         except Exception as e:
@@ -631,7 +635,7 @@ class NFSProvisioner(Provisioner):
             try:
                 filesystems.delete(name)
             except fs_mod.FilesystemError as again:
-                raise RuntimeError(f"{e}; freeing the export root by removing the image failed: {again}") from e
+                raise DeleteError(f"{e}; freeing the export root by removing the image failed: {again}") from e
             self.exporter.unexport(name)
         try:
             if on_delete == "delete":
@@ -642,7 +646,7 @@ class NFSProvisioner(Provisioner):
             else:
                 done = f"image kept as {filesystems.retain(name)} (unmounted; no longer a volume)"
         except fs_mod.FilesystemError as e:
-            raise RuntimeError(str(e)) from e
+            raise DeleteError(str(e)) from e
         self._let_go(name, on_delete)
         if decision.warning is None:
             log.info("volume %s: onDelete=%s, %s", name, on_delete, done)

@@ -42,10 +42,17 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
+from nfs_provisioner import threads
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.kube import client as kube
+from nfs_provisioner.kube.objects import (
+    ANN_BETA_PROVISIONED_BY,
+    ANN_EXPORT_ID,
+    ANN_IDENTITY,
+    ANN_PROVISIONED_BY,
+    Object,
+)
 from nfs_provisioner.volumes import loops, ondelete, params
 from nfs_provisioner.volumes.directories import VolumeDirectories
 from nfs_provisioner.volumes.filesystems import MOUNTS_DIR, FilesystemError, FilesystemVolumes
@@ -62,10 +69,6 @@ SHOWN = 3
 """Volumes named in a failing /readyz answer (the rest are counted)."""
 WHY_CHARS = 300
 """Characters of each reason in a /readyz answer."""
-ANN_PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
-ANN_BETA_PROVISIONED_BY = "volume.beta.kubernetes.io/provisioned-by"
-Object = dict[str, Any]
-
 
 @dataclass
 class Report:
@@ -121,8 +124,7 @@ class ServingWatch:
     def start(self) -> None:
         """Look once (so the first /readyz answer is real), then keep looking in a thread."""
         self.check()
-        self._thread = threading.Thread(target=self._loop, name="serving-watch", daemon=True)
-        self._thread.start()
+        self._thread = threads.spawn(self._loop, name="serving-watch")
 
     def stop(self) -> None:
         self._stop.set()
@@ -235,7 +237,7 @@ class Recovery:
         return report
 
     def _mine(self, pv: Object) -> bool:
-        return self._provisioned_here(pv) and _ann(pv).get(prov.ANN_IDENTITY) == self.identity
+        return self._provisioned_here(pv) and _ann(pv).get(ANN_IDENTITY) == self.identity
 
     def _bound_mine(self, names: Collection[str]) -> set[str]:
         """Which of ``names`` are Bound PVs of this identity (one pass over the PVs)."""
@@ -332,7 +334,7 @@ class Recovery:
             if self.filesystems is None:
                 raise FilesystemError(f"{path} is a filesystem volume and this appliance has no filesystem volumes")
             self.filesystems.mount(name, fs_type=record.filesystem)  # never export the bare mount point
-        wanted = _int(_ann(pv).get(prov.ANN_EXPORT_ID))
+        wanted = _int(_ann(pv).get(ANN_EXPORT_ID))
         export_id, _ = self.exporter.export(name=name, path=path, root_squash=record.root_squash, export_id=wanted)
         report.rebuilt.append(name)
         log.warning("volume %s: its export was missing; rebuilt from its record and PV (id %d%s)", name, export_id,

@@ -24,11 +24,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from nfs_provisioner import tempdirs
+from nfs_provisioner.errors import NFSProvisionerError
 
 LOCK_FILE = ".nfs-provisioner.lock"
 
 
-class StateError(RuntimeError):
+class StateError(NFSProvisionerError, RuntimeError):
     """The export root's own state is unusable; the message is one line for the user."""
 
 

@@ -24,6 +24,8 @@ Layering (imports only go downwards)::
 from nfs_provisioner.controller.controller import ProvisionController
 from nfs_provisioner.controller.interface import (
     DataSource,
+    DeleteError,
+    DeleteRefused,
     IgnoredError,
     InProgress,
     Notice,
@@ -46,6 +48,8 @@ __all__ = [
     "ClientSettings",
     "ControllerSettings",
     "DataSource",
+    "DeleteError",
+    "DeleteRefused",
     "IgnoredError",
     "InProgress",
     "LeaderElectionSettings",

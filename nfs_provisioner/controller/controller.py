@@ -15,10 +15,10 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from nfs_provisioner import threads
 from nfs_provisioner.controller import decisions, deleting, events, leadership, outcomes, provisioning
 from nfs_provisioner.controller.interface import Provisioner
 from nfs_provisioner.controller.metrics import Metrics, Server
@@ -27,10 +27,9 @@ from nfs_provisioner.controller.queueing import RateLimiter, ShutDown, WorkQueue
 from nfs_provisioner.controller.settings import ControllerSettings
 from nfs_provisioner.controller.watching import Informer
 from nfs_provisioner.kube import client as kube
+from nfs_provisioner.kube.objects import Object
 
 log = logging.getLogger(__name__)
-
-Object = dict[str, Any]
 
 
 class ProvisionController:
@@ -136,12 +135,11 @@ class ProvisionController:
         self.watch()
         if self.server is not None:
             self.server.start()
-        threading.Thread(target=self._resync_loop, name="resync", daemon=True).start()
+        threads.spawn(self._resync_loop, name="resync")
         if self.pool is not None:
             self.pool.start()
         if self.elector is not None:
-            self._elector_thread = threading.Thread(target=self.elector.run, name="leader-election", daemon=True)
-            self._elector_thread.start()
+            self._elector_thread = threads.spawn(self.elector.run, name="leader-election")
         else:
             self._start_workers()
 
@@ -216,21 +214,15 @@ class ProvisionController:
                          self.provisioning.give_up, "claim"),
                         (self.volume_queue, self.deleting.sync, self.settings.retry.failed_delete_threshold,
                          None, "volume")):
-                    t = threading.Thread(target=self._work, args=(queue, sync, threshold, give_up, stop),
-                                         name=f"{kind}-worker-{i}", daemon=True)
-                    self._workers.append(t)
-            for t in self._workers:
-                t.start()
-        threading.Thread(target=self._enqueue_all, name="initial-sync", daemon=True).start()
+                    self._workers.append(threads.spawn(self._work, queue, sync, threshold, give_up, stop,
+                                                       name=f"{kind}-worker-{i}"))
+        threads.spawn(self._enqueue_all, name="initial-sync")
 
     def _stop_workers(self) -> None:
         with self._workers_lock:
             self._work_stop.set()
             workers, self._workers = self._workers, []
-        deadline = time.monotonic() + self.settings.shutdown_grace
-        for t in workers:
-            t.join(max(0.0, deadline - time.monotonic()))
-        stuck = [t.name for t in workers if t.is_alive()]
+        stuck = threads.join(workers, self.settings.shutdown_grace)
         if stuck:
             log.warning("abandoning running operations in %s; their in-flight records keep them for the next run",
                         ", ".join(stuck))
@@ -291,10 +283,16 @@ class ProvisionController:
 
     def _resync_loop(self) -> None:
         while not self._stopping.wait(kube.jitter(self.settings.resync_period, 0.1)):
-            if self.leading:
-                self._enqueue_all()
-            self.provisioning.forget_saved(max(self.settings.resync_period, 300.0))
-            self.deleting.forget_deleted(max(self.settings.resync_period, 300.0))
+            try:
+                self._resync()
+            except Exception:  # a bug in one round must not end the resyncs (the next round tries again)
+                log.exception("resync failed; the next one in about %.0fs", self.settings.resync_period)
+
+    def _resync(self) -> None:
+        if self.leading:
+            self._enqueue_all()
+        self.provisioning.forget_saved(max(self.settings.resync_period, 300.0))
+        self.deleting.forget_deleted(max(self.settings.resync_period, 300.0))
 
     def healthy(self) -> tuple[bool, str]:
         """Liveness: every watch thread runs and has heard from the API server recently."""

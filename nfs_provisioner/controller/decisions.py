@@ -9,18 +9,20 @@ from __future__ import annotations
 import copy
 import enum
 from collections.abc import Collection
-from typing import Any
 
 from nfs_provisioner.controller.interface import DataSource
+from nfs_provisioner.kube.objects import (
+    ANN_BETA_STORAGE_CLASS,
+    ANN_BETA_STORAGE_PROVISIONER,
+    ANN_MIGRATED_TO,
+    ANN_PROVISIONED_BY,
+    ANN_STORAGE_PROVISIONER,
+    Object,
+)
+from nfs_provisioner.kube.objects import (
+    ANN_SELECTED_NODE as ANN_SELECTED_NODE,  # named through this module by its users
+)
 
-Object = dict[str, Any]
-
-ANN_STORAGE_PROVISIONER = "volume.kubernetes.io/storage-provisioner"
-ANN_BETA_STORAGE_PROVISIONER = "volume.beta.kubernetes.io/storage-provisioner"
-ANN_SELECTED_NODE = "volume.kubernetes.io/selected-node"
-ANN_BETA_STORAGE_CLASS = "volume.beta.kubernetes.io/storage-class"
-ANN_PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
-ANN_MIGRATED_TO = "pv.kubernetes.io/migrated-to"
 PV_FINALIZER = "external-provisioner.volume.kubernetes.io/finalizer"
 """The Go library's PV finalizer: the asset still exists while the PV carries it."""
 CLAIM_FINALIZER_PREFIX = "provisioning.nfs-provisioner.io/"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from nfs_provisioner.controller import decisions, events, outcomes
 from nfs_provisioner.controller.interface import IgnoredError, Provisioner
@@ -23,10 +22,9 @@ from nfs_provisioner.controller.settings import ControllerSettings
 from nfs_provisioner.controller.watching import Informer
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors
+from nfs_provisioner.kube.objects import Object
 
 log = logging.getLogger(__name__)
-
-Object = dict[str, Any]
 
 ADD = {"metadata": {"finalizers": [decisions.PV_FINALIZER]}}
 REMOVE = {"metadata": {"$deleteFromPrimitiveList/finalizers": [decisions.PV_FINALIZER]}}

@@ -15,14 +15,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
+from nfs_provisioner import threads
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors
+from nfs_provisioner.kube.objects import Object
 
 log = logging.getLogger(__name__)
-
-Object = dict[str, Any]
 
 NORMAL = "Normal"
 WARNING = "Warning"
@@ -53,8 +52,8 @@ class EventRecorder:
         self._queue: queue.Queue[Object | None] = queue.Queue(max_queued)
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._send_loop, name=f"events-{i}", daemon=True)
-                         for i in range(senders)]
+        self._senders = senders
+        self._threads: list[threading.Thread] = []
         self._started = False
         self.posted = 0
         self.dropped = 0
@@ -62,8 +61,7 @@ class EventRecorder:
     def start(self) -> None:
         if not self._started:
             self._started = True
-            for t in self._threads:
-                t.start()
+            self._threads = [threads.spawn(self._send_loop, name=f"events-{i}") for i in range(self._senders)]
 
     def stop(self, timeout: float = 5.0) -> None:
         """Post what is queued (up to ``timeout`` seconds), then stop the senders."""
@@ -74,9 +72,7 @@ class EventRecorder:
                 self._queue.put(None, timeout=timeout)
             except queue.Full:
                 break
-        deadline = time.monotonic() + timeout
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+        threads.join(self._threads, timeout)
 
     def _allow(self, uid: str) -> bool:
         now = self._clock()

@@ -26,15 +26,13 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from nfs_provisioner.controller import decisions
 from nfs_provisioner.fileio import atomic_write, private_dir, read_limited
 from nfs_provisioner.kube import errors
+from nfs_provisioner.kube.objects import Object
 
 log = logging.getLogger(__name__)
-
-Object = dict[str, Any]
 PatchClaim = Callable[[Object, Object], Object]
 """Sends a PATCH for a claim and returns the updated claim."""
 

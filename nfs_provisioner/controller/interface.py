@@ -13,7 +13,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-Object = dict[str, Any]
+from nfs_provisioner.errors import NFSProvisionerError, Permanent
+from nfs_provisioner.kube.objects import Object as Object
+
 """A Kubernetes object as a ``dict`` (``apiVersion``, ``kind``, ``metadata``, ``spec``, ...)."""
 
 
@@ -107,6 +109,16 @@ class ProvisioningError(Exception):
     def __init__(self, message: str, state: ProvisioningState = ProvisioningState.FINISHED) -> None:
         super().__init__(message)
         self.state = state
+
+
+class DeleteError(NFSProvisionerError, RuntimeError):
+    """``delete`` could not finish; the controller retries it with backoff. The message becomes the
+    ``VolumeFailedDelete`` event: write it for the user. (Any other exception is handled the same way.)"""
+
+
+class DeleteRefused(DeleteError, Permanent):
+    """``delete`` refuses to touch the volume (e.g. not provably made by this provisioner for this PV); nothing was
+    touched, and a retry refuses again until the PV or the volume changes."""
 
 
 class InProgress(ProvisioningError):

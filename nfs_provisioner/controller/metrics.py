@@ -17,15 +17,17 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
+
+from nfs_provisioner import threads
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +59,23 @@ class Metrics:
             "controller_persistentvolume_delete_duration_seconds",
             "Latency in seconds to delete persistent volumes. Failed deletion attempts are ignored. Broken down by "
             "storage class name.", ["class"], registry=registry)
+        registry.register(_ThreadCrashes())  # the process's background threads, the appliance's included
 
     def track_queues(self, depths: Callable[[], dict[str, int]]) -> None:
         """Export ``workqueue_depth{name}`` computed at scrape time."""
         self.registry.register(_QueueDepth(depths))
+
+
+class _ThreadCrashes(Collector):
+    """``nfs_provisioner_thread_crashes_total{thread}``: background threads (``nfs_provisioner.threads.spawn``)
+    ended by an exception, by kind."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("nfs_provisioner_thread_crashes", "Background threads ended by an exception "
+                                     "(each logged with the thread's name), by thread kind.", labels=["thread"])
+        for kind, n in sorted(threads.crashes().items()):
+            family.add_metric([kind], n)
+        yield family
 
 
 class _QueueDepth(Collector):
@@ -120,7 +135,7 @@ class Server:
         self._pool = ThreadPoolExecutor(max_workers=self.limits.workers, thread_name_prefix="metrics-render")
         self._conns: dict[_Connection, None] = {}
         """Open connections, oldest first (a dict keeps insertion order)."""
-        self._thread = threading.Thread(target=self._run, name="metrics-http", daemon=True)
+        self._thread: threading.Thread | None = None
         self._started = threading.Event()
 
     @property
@@ -133,11 +148,11 @@ class Server:
         return len(self._conns)
 
     def start(self) -> None:
-        self._thread.start()
+        self._thread = threads.spawn(self._run, name="metrics-http")
         self._started.wait(10)
 
     def stop(self) -> None:
-        if not self._thread.is_alive():  # never started (or already stopped)
+        if self._thread is None or not self._thread.is_alive():  # never started (or already stopped)
             self._sock.close()
             self._pool.shutdown(wait=False)
             if not self._loop.is_closed() and not self._loop.is_running():

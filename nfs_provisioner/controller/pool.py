@@ -34,20 +34,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from nfs_provisioner import threads
 from nfs_provisioner.controller import decisions, outcomes, placement
 from nfs_provisioner.controller.outcomes import Outcome
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors
+from nfs_provisioner.kube.objects import Object
 
 log = logging.getLogger(__name__)
-
-Object = dict[str, Any]
 
 ANN_MEMBER = "nfs-provisioner.io/pool-member"
 """On a claim: the member that provisions it. On a PV: the member that serves it (its identity)."""
@@ -155,8 +154,7 @@ class Pool:
     def start(self) -> None:
         """Publish and list once (so the first claims are routed with a view), then keep doing it."""
         self._tick()
-        self._thread = threading.Thread(target=self._loop, name="pool", daemon=True)
-        self._thread.start()
+        self._thread = threads.spawn(self._loop, name="pool")
 
     def stop(self) -> None:
         """Stop renewing and delete our Lease: the others route around this member at once."""

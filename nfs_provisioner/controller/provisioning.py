@@ -14,7 +14,6 @@ asset is never deleted because of a failed write.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +58,11 @@ class Attempt:
 
 
 class Provisioning:
+    """The provisioning state machine of claims (``sync(uid)``, run by the claim workers). No lock: ``_attempts``,
+    ``_versions``, ``_settled``, ``_saved`` are per-uid memories used by the one worker the queue gives that uid;
+    the resync thread only drops whole entries (each loss costs one more look: tests/test_threads_unit.py::
+    test_memories_forgotten_by_the_resync_cost_no_second_volume); the class watch only sets ``_known_classes``."""
+
     def __init__(self, *, api: kube.Client, provisioner: Provisioner, settings: ControllerSettings,
                  claims: Informer, volumes: Informer, classes: Informer, recorder: events.EventRecorder,
                  metrics: Metrics, volume_name: Callable[[Object], str], pool: Pool | None = None) -> None:
@@ -86,7 +90,6 @@ class Provisioning:
         self._settled: dict[str, set[str]] = {}
         """uid -> those versions, for claims ignored or given up: events about our own writes (which may
         arrive late) must not trigger another attempt; a change by anyone else does, as in the Go library."""
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ filters
 

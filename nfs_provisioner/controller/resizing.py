@@ -27,17 +27,17 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
+from nfs_provisioner import threads
 from nfs_provisioner.controller import decisions, events
 from nfs_provisioner.controller.queueing import RateLimiter, ShutDown, WorkQueue
 from nfs_provisioner.controller.settings import RetrySettings
 from nfs_provisioner.controller.watching import Informer, OnChange
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors
+from nfs_provisioner.kube.objects import Object
 from nfs_provisioner.volumes import quantity
 
 log = logging.getLogger(__name__)
-
-Object = dict[str, Any]
 
 RESIZING = "Resizing"
 RESIZE_SUCCESSFUL = "VolumeResizeSuccessful"
@@ -111,10 +111,9 @@ class Resizer:
             self.queue.add(str(new["metadata"]["uid"]))
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name="resize-worker", daemon=True)
-        self._thread.start()
+        self._thread = threads.spawn(self._work, name="resize-worker")
         # Claims that asked for more while nobody was watching.
-        threading.Thread(target=self._enqueue_all, name="resize-initial-sync", daemon=True).start()
+        threads.spawn(self._enqueue_all, name="resize-initial-sync")
 
     def stop(self) -> None:
         self.queue.shut_down()

@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from nfs_provisioner import threads
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors
+from nfs_provisioner.kube.objects import Object
 
 log = logging.getLogger(__name__)
-
-Object = dict[str, Any]
 OnChange = Callable[[Object | None, Object | None], None]
 
 
@@ -58,8 +58,7 @@ class Informer:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"informer-{self.name}", daemon=True)
-        self._thread.start()
+        self._thread = threads.spawn(self._run, name=f"informer-{self.name}")
 
     def stop(self) -> None:
         self._stop.set()

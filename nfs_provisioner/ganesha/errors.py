@@ -21,13 +21,16 @@
     └── ServerError             a process could not be started / stopped in time
         └── StartCancelled      the caller cancelled the start (a stop signal)
 
-Retryable versus permanent is a type (``DBusRetryable``), not a flag.
+Retryable versus permanent is a type (``DBusRetryable`` is an :class:`nfs_provisioner.errors.Retryable`), not a
+flag; the root is an :class:`nfs_provisioner.errors.NFSProvisionerError`.
 """
 
 from __future__ import annotations
 
+from nfs_provisioner.errors import NFSProvisionerError, Retryable
 
-class GaneshaError(Exception):
+
+class GaneshaError(NFSProvisionerError):
     """Base class of every error raised by ``nfs_provisioner.ganesha``."""
 
 
@@ -79,7 +82,7 @@ class DBusError(GaneshaError):
         self.message = message
 
 
-class DBusRetryable(DBusError):
+class DBusRetryable(DBusError, Retryable):
     """Ganesha is busy with another export admin operation; try again."""
 
 

@@ -37,7 +37,7 @@ from typing import TypeVar
 
 import psutil
 
-from nfs_provisioner import fileio
+from nfs_provisioner import fileio, threads
 from nfs_provisioner.ganesha import errors
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,7 @@ class ChildLog:
         r, w = os.pipe()
         with contextlib.suppress(OSError):
             fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_BYTES)
-        self._thread = threading.Thread(target=self._read, args=(r,), name=f"log-{self.what}", daemon=True)
-        self._thread.start()
+        self._thread = threads.spawn(self._read, r, name=f"log-{self.what}", kind="log-reader")
         return w
 
     def seen(self, mark: str) -> bool:
@@ -374,9 +373,7 @@ class Launcher:
             except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread below
                 failure.append(e)
 
-        t = threading.Thread(target=enter_and_call, name="netns-call", daemon=True)
-        t.start()
-        t.join()
+        threads.spawn(enter_and_call, name="netns-call").join()
         if failure:
             raise failure[0]
         return result[0]

@@ -24,10 +24,9 @@ import urllib3
 
 from nfs_provisioner.kube import credentials, errors
 from nfs_provisioner.kube.credentials import Credentials
+from nfs_provisioner.kube.objects import Object as Object
 
 log = logging.getLogger(__name__)
-
-Object = dict[str, Any]
 """A Kubernetes object as the API server serialises it (``json.loads`` of the body)."""
 
 JSON_PATCH = "application/json-patch+json"

@@ -14,28 +14,32 @@
         ├── TooManyRequests        429 (server-side throttling): retryable
         └── ServerError            5xx: retryable
 
-``retryable`` tells callers whether trying again unchanged can succeed.
+The retryable ones are also :class:`nfs_provisioner.errors.Retryable` (``retryable`` says the same); the root
+is an :class:`nfs_provisioner.errors.NFSProvisionerError`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from nfs_provisioner.errors import NFSProvisionerError, Retryable
 
-class KubeError(Exception):
+
+class KubeError(NFSProvisionerError):
     """Base of every error raised while talking to the API server."""
 
-    retryable: bool = True
+    @property
+    def retryable(self) -> bool:
+        """Whether trying again unchanged can succeed: the type says it (:class:`Retryable`)."""
+        return isinstance(self, Retryable)
 
 
-class TransportError(KubeError):
+class TransportError(KubeError, Retryable):
     """The request got no HTTP answer (network error or timeout)."""
 
 
 class ApiError(KubeError):
     """The API server answered with a non-2xx status."""
-
-    retryable = False
 
     def __init__(self, status: int, reason: str, message: str, body: dict[str, Any] | None = None) -> None:
         super().__init__(f"{status} {reason}: {message}")
@@ -69,12 +73,12 @@ class Invalid(ApiError):
     pass
 
 
-class TooManyRequests(ApiError):
-    retryable = True
+class TooManyRequests(ApiError, Retryable):
+    pass
 
 
-class ServerError(ApiError):
-    retryable = True
+class ServerError(ApiError, Retryable):
+    pass
 
 
 def from_status(status: int, body: dict[str, Any] | None) -> ApiError:

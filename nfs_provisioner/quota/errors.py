@@ -15,7 +15,8 @@
     ├── ProjectIdsExhausted         no free project id left
     └── QuotaStateError             the projects file or xfs_quota's report is unreadable
 
-Invalid requests are also ``ValueError``s. Nothing here is retryable by type:
+The root is an :class:`nfs_provisioner.errors.NFSProvisionerError`. Invalid requests are also ``ValueError``s.
+Nothing here is retryable by type:
 a ``QuotaCommandError`` carries the command, exit code and stderr for the log.
 """
 
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from nfs_provisioner.errors import NFSProvisionerError
 
-class QuotaError(Exception):
+
+class QuotaError(NFSProvisionerError):
     """Base class of every error raised by ``nfs_provisioner.quota``."""
 
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from nfs_provisioner.errors import NFSProvisionerError
 from nfs_provisioner.volumes import directories, walking
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ _NO_SHARE = frozenset({errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL
 _NO_XATTR = frozenset({errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.ENODATA, errno.E2BIG})
 
 
-class CopyError(RuntimeError):
+class CopyError(NFSProvisionerError, RuntimeError):
     """The copy failed; the message names the file and why."""
 
 

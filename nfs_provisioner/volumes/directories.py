@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nfs_provisioner.errors import NFSProvisionerError
 from nfs_provisioner.volumes import identity, space, walking
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ MODE_OPEN = 0o777 | stat.S_ISGID
 MODE_GROUP = 0o071 | stat.S_ISGID
 
 
-class DirectoryError(RuntimeError):
+class DirectoryError(NFSProvisionerError, RuntimeError):
     """A volume directory could not be created, checked or removed; the message says why."""
 
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Protocol
 
 from nfs_provisioner import fileio
+from nfs_provisioner.errors import NFSProvisionerError
 from nfs_provisioner.volumes import containment, copying, loops
 from nfs_provisioner.volumes.directories import ARCHIVE_DIR, remove_tree, set_top_mode, validate_name
 
@@ -84,7 +85,7 @@ class Runner(Protocol):
     def __call__(self, argv: Sequence[str], *, ok: tuple[int, ...] = (0,)) -> None: ...
 
 
-class FilesystemError(RuntimeError):
+class FilesystemError(NFSProvisionerError, RuntimeError):
     """A filesystem volume could not be made, mounted, grown or removed; the message says why."""
 
 

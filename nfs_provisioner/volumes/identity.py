@@ -10,10 +10,12 @@ import os
 import uuid
 from pathlib import Path
 
+from nfs_provisioner.errors import NFSProvisionerError
+
 FILENAME = "nfs-provisioner.identity"
 
 
-class IdentityError(RuntimeError):
+class IdentityError(NFSProvisionerError, RuntimeError):
     pass
 
 

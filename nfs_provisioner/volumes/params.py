@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from nfs_provisioner.errors import Permanent
+
 OnDelete = Literal["delete", "retain", "archive"]
 ON_DELETE: tuple[OnDelete, ...] = ("delete", "retain", "archive")
 Isolation = Literal["directory", "filesystem"]
@@ -40,7 +42,7 @@ _ASCII_DIGITS = re.compile(r"[0-9]{1,10}")
 """A numeric parameter: ASCII digits only (``str.isdigit`` also takes ``²`` and ``١٢٣``), short enough for int()."""
 
 
-class InvalidParameter(ValueError):
+class InvalidParameter(Permanent, ValueError):
     """A StorageClass parameter the appliance cannot honour; the message names it."""
 
 

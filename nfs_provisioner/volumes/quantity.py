@@ -6,6 +6,8 @@ import math
 import re
 from decimal import Decimal, InvalidOperation
 
+from nfs_provisioner.errors import Permanent
+
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1), "k": Decimal(10**3),
             "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12), "P": Decimal(10**15),
@@ -14,7 +16,7 @@ _QUANTITY = re.compile(r"([+-]?[0-9.]+)([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE]?)"
 MAX_BYTES = 2**63 - 1
 
 
-class InvalidQuantity(ValueError):
+class InvalidQuantity(Permanent, ValueError):
     pass
 
 

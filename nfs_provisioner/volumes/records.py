@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from nfs_provisioner import fileio
+from nfs_provisioner.errors import NFSProvisionerError
 from nfs_provisioner.volumes.directories import validate_name
 from nfs_provisioner.volumes.params import OnDelete
 
@@ -47,7 +48,7 @@ MAX_BYTES = 64 * 1024
 """A record is a few hundred bytes; a bigger file is not one and is not read (``fileio.read_limited``)."""
 
 
-class RecordError(RuntimeError):
+class RecordError(NFSProvisionerError, RuntimeError):
     """A record could not be read or written; the message says which and why."""
 
 
