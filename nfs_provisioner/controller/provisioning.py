@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from nfs_provisioner.controller import decisions, events, inflight, outcomes
 from nfs_provisioner.controller import pool as pool_mod
@@ -37,10 +36,10 @@ from nfs_provisioner.controller.settings import ControllerSettings
 from nfs_provisioner.controller.watching import Informer
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors
+from nfs_provisioner.kube.objects import Object
 
 log = logging.getLogger(__name__)
 
-Object = dict[str, Any]
 
 
 @dataclass

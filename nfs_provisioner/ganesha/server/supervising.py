@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 
+from nfs_provisioner import threads
 from nfs_provisioner.ganesha import errors
 from nfs_provisioner.ganesha.exports import ExportManager
 from nfs_provisioner.ganesha.metrics import GaneshaMetrics
@@ -45,8 +46,7 @@ class Supervisor:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="ganesha-supervisor", daemon=True)
-        self._thread.start()
+        self._thread = threads.spawn(self._run, name="ganesha-supervisor")
 
     def join(self, timeout: float) -> None:
         """Wait for the thread to end (``stopping`` set first); a call from the thread itself returns at once."""
