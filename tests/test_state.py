@@ -44,9 +44,16 @@ def pv_gone(core: client.CoreV1Api, name: str) -> bool:
 
 
 def remove_pv(core: client.CoreV1Api, name: str) -> None:
-    if not pv_gone(core, name):
-        core.patch_persistent_volume(name, {"metadata": {"finalizers": None}})
-        core.delete_persistent_volume(name)
+    """The PV ``name`` gone for good: deleted, then its finalizers dropped (in that order, so a finalizer added
+    meanwhile, e.g. by the appliance, cannot leave it Terminating), each step tolerating that it is gone already."""
+    for step in (lambda: core.delete_persistent_volume(name),
+                 lambda: core.patch_persistent_volume(name, {"metadata": {"finalizers": None}})):
+        try:
+            step()
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+    wait.until(lambda: pv_gone(core, name), timeout=30, what=f"PV {name} gone")
 
 
 def events_for(core: client.CoreV1Api, obj: str) -> list[client.CoreV1Event]:
