@@ -9,6 +9,7 @@ One appliance serves the whole module (it is killed and started again by the SIG
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import subprocess
@@ -24,7 +25,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from nfs_provisioner.volumes import copying
+from nfs_provisioner.volumes import copying, filesystems
 from tests import filesystem_env, kubecluster, nfsraw, wait
 from tests.appliance_env import Appliance
 from tests.test_clones import fill_source, fill_tree
@@ -112,6 +113,8 @@ def env(cluster: kubecluster.Cluster, core: client.CoreV1Api, storage: client.St
         yield e
     finally:
         a.close()
+        for mount in filesystem_env.mounts_under(tmp / "export" / ".filesystems"):
+            thaw(mount)
         filesystem_env.clean(tmp)
         core.delete_namespace(namespace)
         for c in storage.list_storage_class().items:
@@ -309,9 +312,26 @@ def part_copying(e: Env, pv: str) -> bool:
         return False
 
 
-def frozen_writer(path: Path) -> subprocess.Popen[bytes]:
-    """A process creating ``path``: it waits while the filesystem is frozen."""
-    return subprocess.Popen([sys.executable, "-c", f"open({str(path)!r}, 'w').write('after the kill')"])
+def thaw(mount: Path) -> None:
+    """Thaw a filesystem a failed test may have left frozen (a process blocked on it would stay so for good)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.ioctl(fd, filesystems.FITHAW, 0)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def frozen_writer(path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A process creating ``path``: it waits while the filesystem is frozen (thawed if it still waits at the end)."""
+    writer = subprocess.Popen([sys.executable, "-c", f"open({str(path)!r}, 'w').write('after the kill')"])
+    try:
+        yield writer
+    finally:
+        if writer.poll() is None:
+            thaw(path.parent)
+            writer.wait(30)
 
 
 def test_sigkill_in_the_middle_of_an_image_copy_thaws_the_source_and_clones_again(env: Env) -> None:
@@ -342,13 +362,13 @@ def test_sigkill_in_the_middle_of_an_image_copy_thaws_the_source_and_clones_agai
                    what=lambda: f"the image copy under way\n{e.a.log()}")
         e.a.kill()
         assert (e.root / ".images" / f".{pv}.img.part").exists() and not (e.root / ".images" / f"{pv}.img").exists()
-        writer = frozen_writer(src / f"after-kill-{name}")
-        time.sleep(1)
-        assert writer.poll() is None, "the source is frozen: a crash in the middle of the copy left it so"
-        if delete:
-            e.delete_claim(name)
-        e.a.start()
-        assert writer.wait(30) == 0, "thawed at the start"
+        with frozen_writer(src / f"after-kill-{name}") as writer:
+            time.sleep(1)
+            assert writer.poll() is None, "the source is frozen: a crash in the middle of the copy left it so"
+            if delete:
+                e.delete_claim(name)
+            e.a.start()
+            assert writer.wait(30) == 0, "thawed at the start"
         assert f"volume {src_pv}: its filesystem was frozen (a clone interrupted); thawed" in e.a.text()
         if delete:
             wait.until(lambda pv=pv: not e.leftovers(pv), timeout=60,  # type: ignore[misc]
