@@ -409,9 +409,13 @@ class NFSProvisioner(Provisioner):
             # Not a refusal: whatever an earlier attempt made (a half copy after a restart) stays recorded.
             raise ProvisioningError(f"cannot read the clone source {source.describe()}: {e}",
                                     ProvisioningState.NO_CHANGE) from e
-        if checked.filesystem is not None and (self.filesystems is None
-                                               or self.filesystems.mounted(checked.pv_name) is None):
-            raise clones_mod.refuse(f"the source volume {checked.pv_name} is a filesystem volume that is not mounted")
+        if checked.filesystem is not None:
+            try:
+                if self.filesystems is None or self.filesystems.mounted(checked.pv_name) is None:
+                    raise clones_mod.refuse(f"the source volume {checked.pv_name} is a filesystem volume that is not "
+                                            "mounted")
+            except fs_mod.FilesystemError as e:
+                raise clones_mod.refuse(f"the source volume {checked.pv_name}: {e}") from e
         image = p.fs_type is not None and checked.filesystem == p.fs_type
         if p.fs_type is not None and not image and checked.usage.allocated_bytes > fs_mod.image_bytes(size):
             raise clones_mod.refuse(f"the source volume {checked.pv_name} holds {checked.usage.allocated_bytes} "
