@@ -115,6 +115,44 @@ def test_copy_refuses_a_symlinked_source_or_a_non_empty_target_and_can_be_cancel
         copying.copy_tree(real, dst, cancel=cancel)
 
 
+def test_a_target_filesystems_own_directories_are_kept_and_a_source_of_the_same_name_copied_into_them(
+        tmp_path: Path) -> None:
+    """``keep`` (a new ext4's lost+found in a clone's target): the target may hold it, a source directory of that
+    name is copied into it, and emptying the target for a new start empties it but keeps it; anything else in the
+    target (or a kept name that is not a directory) is still refused."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (dst / "lost+found").mkdir(parents=True)
+    (src / "f").write_text("data")
+    keep = frozenset({"lost+found"})
+    copying.copy_tree(src, dst, keep=keep)
+    assert sorted(os.listdir(dst)) == ["f", "lost+found"] and os.listdir(dst / "lost+found") == []
+
+    (src / "lost+found").mkdir(mode=0o700)
+    (src / "lost+found" / "#12").write_text("found by e2fsck")
+    assert copying.empty_dir(dst, keep=keep) == 2
+    assert os.listdir(dst) == ["lost+found"]
+    copying.copy_tree(src, dst, keep=keep)
+    assert (dst / "lost+found" / "#12").read_text() == "found by e2fsck"
+    assert stat.S_IMODE(os.stat(dst / "lost+found").st_mode) == 0o700
+    assert copying.empty_dir(dst, keep=keep) == 2 and os.listdir(dst) == ["lost+found"]
+    assert os.listdir(dst / "lost+found") == []
+
+    (dst / "other").mkdir()
+    with pytest.raises(copying.CopyError, match="not empty"):
+        copying.copy_tree(src, dst, keep=keep)
+    (dst / "other").rmdir()
+    with pytest.raises(copying.CopyError, match="not empty"):
+        copying.copy_tree(src, dst)  # without keep, lost+found is an entry like any other
+    (dst / "lost+found").rmdir()
+    (dst / "lost+found").write_text("a file, not the filesystem's directory")
+    with pytest.raises(copying.CopyError, match="not empty"):
+        copying.copy_tree(src, dst, keep=keep)
+    (dst / "sub" / "deeper").mkdir(parents=True)
+    os.symlink("/", dst / "link")
+    assert copying.empty_dir(dst, keep=keep) == 3 and os.listdir(dst) == []
+
+
 def test_shares_blocks_is_false_on_ext4(tmp_path: Path) -> None:
     import subprocess
 

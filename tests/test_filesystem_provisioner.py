@@ -5,15 +5,17 @@ and every state a crash between two steps of provision, expand and delete leaves
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nfs_provisioner.appliance import clones
 from nfs_provisioner.appliance import provisioner as prov
 from nfs_provisioner.appliance.exporters import GaneshaExporter
-from nfs_provisioner.controller.interface import ProvisioningError
+from nfs_provisioner.controller.interface import InProgress, ProvisioningError
 from nfs_provisioner.volumes.directories import VolumeDirectories
 from nfs_provisioner.volumes.filesystems import FilesystemVolumes
 from nfs_provisioner.volumes.records import RECORDS_DIR, VolumeRecords
@@ -206,3 +208,46 @@ def test_expand_finishes_what_a_crash_left(a: Appliance, left: str) -> None:
     st = os.statvfs(a.fs.path_for("pvc-1"))
     assert st.f_blocks * st.f_frsize > 20 * MiB
     assert (a.fs.path_for("pvc-1") / "f").read_text() == "kept"
+
+
+class OneSource:
+    """The source claim ``ns/src`` Bound to PV ``pvc-src`` of this appliance (the uid its record holds)."""
+
+    def claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return None if name != "src" else {
+            "metadata": {"namespace": namespace, "name": name, "uid": "src"},
+            "spec": {"volumeName": "pvc-src", "storageClassName": "example-nfs"}, "status": {"phase": "Bound"}}
+
+    def volume(self, name: str) -> dict[str, Any] | None:
+        return {"metadata": {"name": name, "annotations": {prov.ANN_IDENTITY: IDENTITY}},
+                "spec": {"capacity": {"storage": "8Mi"}}}
+
+
+def test_a_directory_clone_of_a_filesystem_volume_copies_its_mounted_tree_and_refuses_an_unmounted_one(
+        a: Appliance) -> None:
+    """The tree is read from the source's mount, never from the bare mount point: a source not mounted (its
+    remount failed at start) is refused with one event and nothing is made; mounted again, the clone copies it."""
+    a.p.provision(options("pvc-src", params=FS, size="8Mi"))
+    (a.fs.path_for("pvc-src") / "f").write_text("in the source's filesystem")
+    a.server.exports.remove("pvc-src")  # as a failed remount at start withdraws it
+    a.fs.unmount("pvc-src")
+    a.p.sources = OneSource()
+    a.p.clones = clones.Clones(a.root / clones.CLONES_DIR, poll=0.05)
+    source = {"dataSource": {"kind": "PersistentVolumeClaim", "name": "src"}, "storageClassName": "example-nfs"}
+    clone = options("pvc-2", size="8Mi", claim_spec=source)
+    with pytest.raises(ProvisioningError, match=r"^cannot clone: the source volume pvc-src is a filesystem volume that "
+                                                r"is not mounted; no volume is provisioned$"):
+        a.p.provision(clone)
+    assert not (a.root / "pvc-2").exists() and not (a.root / RECORDS_DIR / "pvc-2.json").exists()
+    a.fs.mount("pvc-src", fs_type="ext4")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            pv = a.p.provision(clone)
+            break
+        except InProgress:
+            assert time.monotonic() < deadline, "the copy did not end"
+            time.sleep(0.05)
+    assert pv["spec"]["nfs"]["path"] == str(a.root / "pvc-2")
+    assert (a.root / "pvc-2" / "f").read_text() == "in the source's filesystem"
+    assert (a.root / "pvc-2" / "lost+found").is_dir(), "the source's tree as it is"

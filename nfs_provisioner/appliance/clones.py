@@ -13,6 +13,7 @@ volume directory (its own, recorded) and copies again from the start.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -45,6 +46,23 @@ class Paths(Protocol):
     def path_for(self, name: str) -> Path: ...
 
 
+@dataclass(frozen=True)
+class RecordedPaths:
+    """Where a recorded volume lives, as its record says: a filesystem volume's mount (``filesystems``), else
+    its directory. A clone's source may be of the other kind than the clone (a class recreated with another
+    ``isolation``): its tree is then copied from there."""
+
+    records: VolumeRecords
+    directories: Paths
+    filesystems: Paths | None
+
+    def path_for(self, name: str) -> Path:
+        record = self.records.read(name)
+        if record is not None and record.filesystem is not None and self.filesystems is not None:
+            return self.filesystems.path_for(name)
+        return self.directories.path_for(name)
+
+
 class Sources(Protocol):
     """Reads the source claim and its volume (fresh, not from a cache)."""
 
@@ -75,6 +93,8 @@ class Source:
     pv_name: str
     path: Path
     usage: copying.Usage
+    filesystem: str | None = None
+    """The source's filesystem type when it is a filesystem volume (``isolation: filesystem``), else None."""
 
     def describe(self) -> str:
         return f"claim {self.claim_key} (volume {self.pv_name})"
@@ -137,7 +157,8 @@ def check(*, claim: Object, source: DataSource, requested_bytes: int, sources: S
         usage = copying.measure(path)
     except OSError as e:
         raise refuse(f"cannot read the source volume {pv_name}: {e.strerror or e} ({e.filename})") from e
-    return Source(claim_key=key, pv_name=pv_name, path=path, usage=usage)
+    assert record is not None
+    return Source(claim_key=key, pv_name=pv_name, path=path, usage=usage, filesystem=record.filesystem)
 
 
 def reserve(*, name: str, source: Source, directories: VolumeDirectories,
@@ -157,6 +178,7 @@ def reserve(*, name: str, source: Source, directories: VolumeDirectories,
 class _Job:
     source: Source
     reservation: space.Reservation | None = None
+    keep: frozenset[str] = frozenset()
     thread: threading.Thread | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.monotonic)
@@ -173,7 +195,7 @@ class Copy(Protocol):
 
     def __call__(self, source: Path, target: Path, *, on_bytes: Callable[[int], None] | None = None,
                  on_written: Callable[[int], None] | None = None,
-                 cancel: threading.Event | None = None) -> copying.Stats: ...
+                 cancel: threading.Event | None = None, keep: frozenset[str] = frozenset()) -> copying.Stats: ...
 
 
 class Clones:
@@ -212,13 +234,14 @@ class Clones:
             return name in self._jobs
 
     def fill(self, *, name: str, target: Path, source: Source | None,
-             reservation: space.Reservation | None = None) -> None:
+             reservation: space.Reservation | None = None, keep: frozenset[str] = frozenset()) -> None:
         """Return once ``target`` holds the finished copy; until then raise :class:`InProgress` (or
         :class:`ProvisioningError` when the copy failed, whatever made it fail: the caller rolls the volume
         back).
 
         ``source`` is needed only to start a copy (None: a copy must be running or done); ``reservation``: the
-        space held for it, released when the copy ends (done, failed, stopped)."""
+        space held for it, released when the copy ends (done, failed, stopped); ``keep``: the target
+        filesystem's own directories at its top (``copying.copy_tree``)."""
         if self.done(name):
             return
         with self._lock:
@@ -226,7 +249,7 @@ class Clones:
         if job is None:
             if source is None:
                 raise ProvisioningError(f"volume {name}: its copy is neither running nor done")
-            self._start(name, target, source, reservation)
+            self._start(name, target, source, reservation, keep)
             raise InProgress(f"Cloning {source.describe()} into volume {name}: {source.usage.apparent_bytes} bytes "
                              f"in {source.usage.entries} entries to copy", retry_after=self.poll, report=True)
         if job.error is not None:
@@ -263,14 +286,16 @@ class Clones:
                           f"{job.source.usage.apparent_bytes} bytes) after {now - job.started:.0f} s",
                           retry_after=self.poll, report=report)
 
-    def _start(self, name: str, target: Path, source: Source, reservation: space.Reservation | None) -> None:
+    def _start(self, name: str, target: Path, source: Source, reservation: space.Reservation | None,
+               keep: frozenset[str]) -> None:
         self.ensure_dir()
-        if os.path.lexists(self._marker(name, "copying")) or os.listdir(target):
-            removed = copying.empty_dir(target)
+        if os.path.lexists(self._marker(name, "copying")) or set(os.listdir(target)) - keep:
+            removed = copying.empty_dir(target, keep=keep)
             log.warning("volume %s: a copy was cut short (a restart); removed %d entries of the half copy, copying "
                         "again from the start", name, removed)
         fileio.atomic_write(self._marker(name, "copying"), f"{source.pv_name}\n", mode=0o600)
-        job = _Job(source=source, reservation=reservation, reported_at=time.monotonic(), reported_tenth=0)
+        job = _Job(source=source, reservation=reservation, keep=keep, reported_at=time.monotonic(),
+                   reported_tenth=0)
         with self._lock:
             self._jobs[name] = job
         log.info("volume %s: cloning %s (%d bytes, %d entries)", name, source.describe(),
@@ -296,12 +321,16 @@ class Clones:
         stats: copying.Stats | None = None
         try:
             stats = self.copy(source.path, target, on_bytes=count,
-                              on_written=reservation.use if reservation is not None else None, cancel=job.cancel)
+                              on_written=reservation.use if reservation is not None else None, cancel=job.cancel,
+                              keep=job.keep)
         except copying.Cancelled as e:
             error = str(e)
             log.info("volume %s: copy from %s stopped: %s", name, source.describe(), e)
         except (OSError, copying.CopyError) as e:
             error = str(e)
+            if _no_space(e):
+                error += ("; the new volume has no room for the source's data (ask for a larger claim), or the "
+                          "export root is full")
             log.error("volume %s: copy from %s failed: %s", name, source.describe(), e)
         except BaseException as e:  # a bug, RecursionError, MemoryError, SystemExit: the claim fails, never stalls
             error = f"unexpected {type(e).__name__}: {str(e)[:300] or '(no message)'}"
@@ -329,3 +358,12 @@ class Clones:
             job.reservation.release()  # the thread did already, unless it never ran
         for kind in ("copying", "done"):
             self._marker(name, kind).unlink(missing_ok=True)
+
+
+def _no_space(e: BaseException | None) -> bool:
+    """Whether ENOSPC (or EDQUOT) made ``e`` (itself or what it was raised from)."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__
+    return False

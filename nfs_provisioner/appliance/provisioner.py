@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -50,8 +51,8 @@ from nfs_provisioner.kube.objects import (
     ANN_PROJECT_BLOCK,
     ANN_PROJECT_ID,
 )
-from nfs_provisioner.volumes import copying, ondelete, params, quantity, space
 from nfs_provisioner.volumes import filesystems as fs_mod
+from nfs_provisioner.volumes import ondelete, params, quantity, space
 from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
 from nfs_provisioner.volumes.records import RecordError, VolumeRecords, new_record
 
@@ -195,7 +196,7 @@ class NFSProvisioner(Provisioner):
             if p.fs_type is not None and self.filesystems is not None:
                 path = self.filesystems.path_for(name)
             if options.rolling_back and options.source is not None and self.clones is not None \
-                    and p.fs_type is None and not self.clones.done(name):  # the claim is gone: never copy for nobody
+                    and not self.clones.done(name):  # the claim is gone: never copy for nobody
                 log.info("volume %s: clone cancelled, its claim is deleted; removing any half copy", name)
                 raise ProvisioningError(f"volume {name}: clone cancelled, its claim is deleted; any half copy is "
                                         "removed")
@@ -204,14 +205,10 @@ class NFSProvisioner(Provisioner):
         except DirectoryError as e:
             raise ProvisioningError(str(e)) from e
         # Refused (FINISHED): nothing of this clone may stay (provision() discards what an earlier attempt left).
-        fs_clone, reservation = (self._filesystem_clone_source(options, p, name, size) if p.fs_type is not None
-                                 else (None, None))
-        clone_source = None
-        if p.fs_type is None:
-            clone_source, reservation = self._clone_source(options, name, size)
-        clones = self.clones if options.source is not None and p.fs_type is None else None
-        """Set for a clone: its record and directory are this claim's (checked below), so a failed copy
-        rolls back all of them, on whichever poll it fails."""
+        image_of, clone_source, reservation = self._clone_source(options, p, name, size)
+        clones = self.clones if options.source is not None and image_of is None else None
+        """Set for a clone whose tree is copied: its record and directory (or filesystem) are this claim's
+        (checked below), so a failed copy rolls back all of them, on whichever poll it fails."""
 
         undo: list[tuple[str, Callable[[], object]]] = []
         if reservation is not None:  # held by the copy once it runs; until then, released by any failure
@@ -248,15 +245,17 @@ class NFSProvisioner(Provisioner):
                 if p.fs_type is not None and filesystems is not None:
                     fs_type = p.fs_type
                     existed = filesystems.image_for(name).exists()
-                    if not existed:
+                    if not existed or clones is not None:
                         undo.append(("remove the volume's filesystem", lambda: filesystems.delete(name)))
                     try:
-                        filesystems.create(name, size=size, fs_type=fs_type, gid=p.gid, clone_of=fs_clone)
+                        filesystems.create(name, size=size, fs_type=fs_type, gid=p.gid, clone_of=image_of)
                     finally:
-                        if reservation is not None:  # the image copy is made within this call
+                        if reservation is not None and image_of is not None:  # the image copy is made in this call
                             reservation.release()
                     if filesystems.mounted(name) is None:  # never export the mount point's own directory
                         raise ProvisioningError(f"volume {name}: its filesystem is not mounted at {path}")
+                    if clone_source is not None and not existed:
+                        _check_room(path, clone_source, fs_type)
                 else:
                     existed = path.exists()
                     self.directories.create(name, gid=p.gid)
@@ -270,7 +269,8 @@ class NFSProvisioner(Provisioner):
                 if clones is not None:
                     undo.append(("stop the copy", lambda: clones.forget(name)))
                     # Never exported before the whole copy is done (InProgress until then).
-                    clones.fill(name=name, target=path, source=clone_source, reservation=reservation)
+                    clones.fill(name=name, target=path, source=clone_source, reservation=reservation,
+                                keep=fs_mod.OWN_DIRS if p.fs_type is not None else frozenset())
                 export_id, block = self.exporter.export(name=name, path=path, root_squash=p.root_squash)
                 undo.append(("remove export", lambda: self.exporter.unexport(name)))
         except InProgress:
@@ -344,35 +344,6 @@ class NFSProvisioner(Provisioner):
         except fs_mod.TooSmall as e:
             raise ProvisioningError(f"StorageClass {klass}: {e}") from e
 
-    def _filesystem_clone_source(self, options: ProvisionOptions, p: params.ClassParameters, name: str,
-                                 size: int) -> tuple[str | None, space.Reservation | None]:
-        """The source volume of a clone into filesystem volume ``name`` (None: not a clone), a filesystem volume
-        of this appliance of the same type under the same rules as directory clones (``clones.check``), and the
-        export root's space reserved for the image copy (None where blocks are shared). The image is copied
-        within the provisioning call (a reflink where blocks are shared, else a sparse copy) while the source is
-        frozen; the caller releases the reservation when that copy ends."""
-        source = options.source
-        filesystems = self.filesystems
-        if source is None:
-            return None, None
-        if not source.is_claim or self.sources is None or filesystems is None:
-            raise ProvisioningError(f"data source {source.describe()} is not supported; no volume is provisioned")
-        root = self.directories.export_root
-        shares = self.clones.shares_blocks(root) if self.clones is not None else copying.shares_blocks(root)
-        try:
-            src = clones_mod.check(claim=options.claim, source=source, requested_bytes=size, sources=self.sources,
-                                   identity=self.config.identity, records=self.records, directories=filesystems)
-        except KubeError as e:
-            raise ProvisioningError(f"cannot read the clone source {source.describe()}: {e}",
-                                    ProvisioningState.NO_CHANGE) from e
-        record = self.records.read(src.pv_name)
-        if record is None or record.filesystem != p.fs_type:
-            kind = "directory" if record is None or record.filesystem is None else record.filesystem
-            raise clones_mod.refuse(f"the source volume {src.pv_name} is a {kind} volume; a {p.fs_type} volume is "
-                                    f"cloned only from a {p.fs_type} volume")
-        return src.pv_name, clones_mod.reserve(name=name, source=src, directories=self.directories,
-                                               shares_blocks=shares)
-
     def supports_data_source(self, kind: str, api_group: str) -> bool:
         """Clones (a PersistentVolumeClaim source) when a source reader and the copier are given."""
         return kind == PVC_KIND and api_group == "" and self.sources is not None and self.clones is not None
@@ -413,29 +384,49 @@ class NFSProvisioner(Provisioner):
                  record.claim_name, path)
         self._rollback(name, steps)
 
-    def _clone_source(self, options: ProvisionOptions, name: str,
-                      size: int) -> tuple[clones_mod.Source | None, space.Reservation | None]:
-        """The validated source of a clone that must start now and the space reserved for its copy (None: not
-        a clone, or its copy is running or done; no reservation where blocks are shared); raises
-        ProvisioningError when the clone is refused (its copy would not fit beside the copies in progress)."""
+    def _clone_source(self, options: ProvisionOptions, p: params.ClassParameters, name: str,
+                      size: int) -> tuple[str | None, clones_mod.Source | None, space.Reservation | None]:
+        """How a clone is made (all None: not a clone, or its tree copy is running or done), under the rules of
+        ``clones.check``: from a filesystem volume of the claim's own filesystem type, its image is copied within
+        the provisioning call (``FilesystemVolumes.copy_image``; its name comes first); from any other volume
+        (a directory volume, or a filesystem volume into a directory or another filesystem type), its tree is
+        copied by ``clones`` in the background (the validated source comes second). Last, the export root's
+        space reserved for the copy (None where blocks are shared). Raises ProvisioningError (FINISHED) when the
+        clone is refused."""
         source = options.source
         if source is None:
-            return None, None
+            return None, None, None
         if not source.is_claim or self.sources is None or self.clones is None:
             raise ProvisioningError(f"data source {source.describe()} is not supported; no volume is provisioned")
         if self.clones.running(name) or self.clones.done(name):
-            return None, None
+            return None, None, None
+        paths = clones_mod.RecordedPaths(self.records, self.directories, self.filesystems)
         try:
             checked = clones_mod.check(claim=options.claim, source=source, requested_bytes=size,
                                        sources=self.sources, identity=self.config.identity, records=self.records,
-                                       directories=self.directories)
+                                       directories=paths)
         except KubeError as e:
             # Not a refusal: whatever an earlier attempt made (a half copy after a restart) stays recorded.
             raise ProvisioningError(f"cannot read the clone source {source.describe()}: {e}",
                                     ProvisioningState.NO_CHANGE) from e
-        shares = self.clones.shares_blocks(self.directories.export_root)
-        return checked, clones_mod.reserve(name=name, source=checked, directories=self.directories,
-                                           shares_blocks=shares)
+        if checked.filesystem is not None:
+            try:
+                if self.filesystems is None or self.filesystems.mounted(checked.pv_name) is None:
+                    raise clones_mod.refuse(f"the source volume {checked.pv_name} is a filesystem volume that is not "
+                                            "mounted")
+            except fs_mod.FilesystemError as e:
+                raise clones_mod.refuse(f"the source volume {checked.pv_name}: {e}") from e
+        image = p.fs_type is not None and checked.filesystem == p.fs_type
+        if p.fs_type is not None and not image and checked.usage.allocated_bytes > fs_mod.image_bytes(size):
+            raise clones_mod.refuse(f"the source volume {checked.pv_name} holds {checked.usage.allocated_bytes} "
+                                    f"bytes, more than a {p.fs_type} filesystem of the claim's {size} bytes can hold "
+                                    "(ask for a larger claim)")
+        # A tree copy into or out of a filesystem volume crosses filesystems: its blocks are never shared.
+        shares = (image or (p.fs_type is None and checked.filesystem is None)) \
+            and self.clones.shares_blocks(self.directories.export_root)
+        reservation = clones_mod.reserve(name=name, source=checked, directories=self.directories,
+                                         shares_blocks=shares)
+        return (checked.pv_name, None, reservation) if image else (None, checked, reservation)
 
     @staticmethod
     def _rollback(name: str, undo: list[tuple[str, Callable[[], object]]]) -> None:
@@ -671,3 +662,15 @@ def _no_space(e: BaseException | None) -> bool:
         e = e.__cause__ or e.__context__
         seen += 1
     return False
+
+
+def _check_room(path: Path, source: clones_mod.Source, fs_type: str) -> None:
+    """Refuse a tree copy into the new filesystem at ``path`` when the source's data or entries are known not to
+    fit (a copy that fails later for want of space fails the clone all the same)."""
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    usage = source.usage
+    if usage.allocated_bytes > free or usage.entries > st.f_favail:
+        raise clones_mod.refuse(f"the source volume {source.pv_name} holds {usage.allocated_bytes} bytes in "
+                                f"{usage.entries} entries; the claim's new {fs_type} filesystem has room for {free} "
+                                f"bytes and {st.f_favail} entries (ask for a larger claim)")

@@ -159,9 +159,13 @@ def syncfs(path: Path) -> None:
 
 
 def copy_tree(source: Path, target: Path, *, on_bytes: Callable[[int], None] | None = None,
-              on_written: Callable[[int], None] | None = None, cancel: threading.Event | None = None) -> Stats:
+              on_written: Callable[[int], None] | None = None, cancel: threading.Event | None = None,
+              keep: frozenset[str] = frozenset()) -> Stats:
     """Copy the contents and metadata of directory ``source`` into the existing, empty directory ``target``
     (whose own owner, mode, times and xattrs become the source's too).
+
+    ``keep``: directories the target may hold at its top already, its filesystem's own (a new ext4's
+    ``lost+found``); they stay, and a source directory of the same name is copied into them.
 
     Without recursion and with bounded descriptors, whatever the tree's depth and breadth
     (:mod:`~nfs_provisioner.volumes.walking`). ``on_bytes``: apparent bytes done (progress, holes included);
@@ -169,26 +173,41 @@ def copy_tree(source: Path, target: Path, *, on_bytes: Callable[[int], None] | N
     reserved for the copy). Raises :class:`CopyError` naming the entry (relative to ``source``), or OSError
     naming ``source`` or ``target`` when they cannot be opened."""
     nothing: Callable[[int], None] = lambda n: None  # noqa: E731
-    copier = _Copier(on_bytes or nothing, on_written or nothing, cancel or threading.Event())
+    copier = _Copier(on_bytes or nothing, on_written or nothing, cancel or threading.Event(), keep)
     with walking.OpenPath(source) as src, walking.OpenPath(target) as dst:
         with dst.naming():
-            if os.listdir(dst.fd):
+            if any(name not in keep or not _is_dir(dst.fd, name) for name in os.listdir(dst.fd)):
                 raise CopyError(f"{target} is not empty; refusing to copy into it")
         copier.run(src, dst)
     return copier.stats
 
 
-def empty_dir(path: Path) -> int:
+def empty_dir(path: Path, *, keep: frozenset[str] = frozenset()) -> int:
     """Remove everything inside directory ``path`` (never following symlinks, without recursion, with bounded
     descriptors: :func:`~nfs_provisioner.volumes.directories.remove_tree`), keeping ``path`` itself (and with
-    it its quota project); returns the number of entries there were directly in ``path``."""
+    it its quota project); returns the number of entries there were directly in ``path``. ``keep``: directories
+    at the top that are emptied, not removed (a filesystem's own ``lost+found``: see :func:`copy_tree`)."""
     fd = open_dir(path)
     try:
-        count = len(os.listdir(fd))
+        names = os.listdir(fd)
+        kept = [name for name in names if name in keep and _is_dir(fd, name)]
     finally:
         os.close(fd)
-    directories.remove_tree(path, keep_top=True)
-    return count
+    if not kept:
+        directories.remove_tree(path, keep_top=True)
+        return len(names)
+    for name in names:
+        if name in kept:
+            directories.remove_tree(path / name, keep_top=True)
+        elif os.path.isdir(path / name) and not os.path.islink(path / name):
+            directories.remove_tree(path / name)
+        else:
+            os.unlink(path / name)
+    return len(names)
+
+
+def _is_dir(dir_fd: int, name: str) -> bool:
+    return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
 
 
 def _shown(path: str, limit: int = 200) -> str:
@@ -198,10 +217,12 @@ def _shown(path: str, limit: int = 200) -> str:
 
 class _Copier:
     def __init__(self, on_bytes: Callable[[int], None], on_written: Callable[[int], None],
-                 cancel: threading.Event) -> None:
+                 cancel: threading.Event, keep: frozenset[str] = frozenset()) -> None:
         self.on_bytes = on_bytes
         self.on_written = on_written
         self.cancel = cancel
+        self.keep = keep
+        """Directories at the target's top that exist already (copy_tree's ``keep``)."""
         self.stats = Stats()
         self.links: dict[tuple[int, int], str] = {}
         """(st_dev, st_ino) of a multiply-linked source file -> its first copy's path relative to the target."""
@@ -253,7 +274,11 @@ class _Copier:
         st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
         mode = st.st_mode
         if stat.S_ISDIR(mode):
-            os.mkdir(name, 0o700, dir_fd=dfd)
+            try:
+                os.mkdir(name, 0o700, dir_fd=dfd)
+            except FileExistsError:
+                if src.depth or name not in self.keep:
+                    raise
             src.enter(name)
             try:
                 dst.enter(name)

@@ -78,6 +78,8 @@ SMALL_JOURNAL_BELOW = 128 * MiB
 BLOCK = 4096
 """Images are a whole number of these (claims in decimal units, e.g. 100M, are rounded up)."""
 TOOLS = {"ext4": ("mkfs.ext4", "resize2fs"), "xfs": ("mkfs.xfs", "xfs_growfs")}
+OWN_DIRS = frozenset({"lost+found"})
+"""Directories a new filesystem has at its root (ext4's): a tree copied into it leaves them (``copy_tree``)."""
 
 class Runner(Protocol):
     """Runs a command and raises :class:`FilesystemError` with its output when its exit code is not in ``ok``."""
