@@ -188,7 +188,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
             grace_period=s.grace_period,
             device_based_fsids=s.device_based_fsids, template_dir=s.ganesha_templates, clients=clients,
             dbus_address=None if s.run_server else environ.get("DBUS_SYSTEM_BUS_ADDRESS"),
-        )
+        ).defaults_from(environ)
         ganesha = GaneshaServer(gsettings, metrics=GaneshaMetrics(registry=registry))
         if s.run_server:
             stops.push("Ganesha", ganesha.stop)  # safe on a server that never or only half started

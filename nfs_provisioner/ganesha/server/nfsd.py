@@ -63,7 +63,7 @@ class Nfsd:
 
     def find(self) -> None:
         """Which Ganesha (installed, or an unpacked tree) and its version; an old one is refused with one line."""
-        self.binary = binary.locate(self.settings.ganesha_tree)
+        self.binary = binary.locate(self.settings.ganesha_root)
 
         def run(argv: Sequence[str]) -> tuple[int, str]:
             done = self.launcher.run(argv)

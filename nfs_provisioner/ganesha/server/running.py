@@ -43,7 +43,7 @@ class GaneshaServer:
     ) -> None:
         self.settings = settings
         self.metrics = metrics if metrics is not None else unscraped()
-        self.templates = templates or config.Templates(override_dir=settings.templates_override)
+        self.templates = templates or config.Templates(override_dir=settings.template_dir)
         self.run_dir = settings.run_dir
         self.config_dir = settings.config_path
         self.launcher = launcher or processes.Launcher(netns=settings.netns, mountns=settings.mountns,
