@@ -221,11 +221,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
     pool = pool_member.build(s, api=api, identity=ident, provisioner=provisioner, server=lambda: server,
                              registry=registry, environ=environ)
     controller = ctl.ProvisionController(provisioner, csettings, api=api, registry=registry, pool=pool)
-    resizer = resizing.Resizer(api=api, expander=provisioner, names=(s.provisioner,), claims=controller.claims,
-                               volumes=controller.volumes, classes=controller.classes,
-                               recorder=controller.recorder, retry=csettings.retry,
-                               leading=lambda: controller.leading, owns=provisioner.owns)
-    controller.claims.on_change = resizing.chain(controller.claims.on_change, resizer.on_claim)
+    resizer = controller.resize_with(provisioner, owns=provisioner.owns)
     # The claims and PVs are listed while ganesha.nfsd starts (10,000 of each take seconds, and so does
     # Ganesha with 10,000 exports), after the export files are loaded (the lists would slow that down:
     # one interpreter); nothing acts on them before the state check below and the workers.
@@ -378,8 +374,6 @@ def _run(s: settings_mod.Settings, environ: Mapping[str, str], signals: lifecycl
                  signals.name, e)
         return 0
     try:
-        parts.stops.push("resizer", parts.resizer.stop)
-        parts.resizer.start()
         signals.on_stop(parts.controller.stop)
         parts.controller.run(handle_signals=False)
     finally:
