@@ -175,7 +175,7 @@ class Harness:
             "restart_backoff": 0.1,
         }
         kwargs.update(overrides)
-        return ServerSettings(**kwargs)
+        return ServerSettings(**kwargs).defaults_from(os.environ)
 
     def server(self, *, start: bool = True, id_range: tuple[int, int] | None = None, **overrides: Any) -> GaneshaServer:
         extra: dict[str, Any] = {"id_range": id_range} if id_range else {}

@@ -34,11 +34,11 @@ def test_version_is_read_from_the_release_line(text: str, version: tuple[int, in
 def test_older_than_6_2_is_refused_with_one_line() -> None:
     binary.check_version((6, 5, 0))
     binary.check_version((6, 2, 0))
-    with pytest.raises(errors.ServerError) as e:
+    with pytest.raises(errors.GaneshaServerError) as e:
         binary.check_version((6, 1, 0))
     assert "NFS-Ganesha 6.1 is too old" in str(e.value) and "#1188" in str(e.value)
     assert "\n" not in str(e.value)
-    with pytest.raises(errors.ServerError, match="cannot tell the NFS-Ganesha version"):
+    with pytest.raises(errors.GaneshaServerError, match="cannot tell the NFS-Ganesha version"):
         binary.parse_version("ganesha.nfsd: unknown option -- v")
 
 
@@ -47,7 +47,7 @@ def test_an_incomplete_tree_is_refused_naming_what_is_missing(tmp_path: Path) ->
     assert binary.locate(None) == binary.Ganesha(command=("ganesha.nfsd",), plugins_dir=None)
     (tmp_path / binary.TREE_LIB).mkdir(parents=True)
     (tmp_path / binary.TREE_LIB / binary.LOADER).write_bytes(b"")
-    with pytest.raises(errors.ServerError, match=r"ganesha.nfsd \(.*usr/bin/ganesha.nfsd\) is missing"):
+    with pytest.raises(errors.GaneshaServerError, match=r"ganesha.nfsd \(.*usr/bin/ganesha.nfsd\) is missing"):
         binary.locate(tmp_path)
 
 

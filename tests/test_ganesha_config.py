@@ -168,9 +168,9 @@ def test_override_directory_from_the_environment(tmp_path: Path, monkeypatch: py
     override.mkdir()
     (override / "ganesha.conf.j2").write_text("# operator main config {{ ports.nfs }}\n")
     monkeypatch.setenv("NFS_PROVISIONER_GANESHA_TEMPLATES", str(override))
-    s = settings(tmp_path)
-    assert s.templates_override == override
-    t = config.Templates(override_dir=s.templates_override)
+    s = settings(tmp_path).defaults_from(os.environ)
+    assert s.template_dir == override
+    t = config.Templates(override_dir=s.template_dir)
     assert t.render_main(s, export_index=Path("/i")) == "# operator main config 2049\n"
     with pytest.raises(errors.TemplateError, match="does not exist"):
         config.Templates(override_dir=tmp_path / "missing")

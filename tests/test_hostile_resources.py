@@ -278,7 +278,7 @@ def test_d7_ganesha_start_up_errors_still_reach_the_error_message(h: Harness, tm
     assert "allow_set_io_flusher_fail = true;" in shipped
     (templates / "ganesha.conf.j2").write_text(shipped.replace("allow_set_io_flusher_fail = true;",
                                                                "allow_set_io_flusher_fail = false;"))
-    with pytest.raises(ganesha_errors.ServerError) as e:
+    with pytest.raises(ganesha_errors.GaneshaServerError) as e:
         h.server(template_dir=templates)  # no CAP_SYS_RESOURCE here: Ganesha exits at once
     assert "ganesha.nfsd exited with code 2 while starting; log tail:" in str(e.value)
     assert "Failed to PR_SET_IO_FLUSHER with EPERM" in str(e.value)

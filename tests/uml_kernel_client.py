@@ -86,7 +86,8 @@ def main() -> int:
     seen_config = "CONFIG_NFS_V4_2_READ_PLUS=y" in config.splitlines()
 
     run_dir = Path(tempfile.mkdtemp(prefix="g", dir="/run/tmp"))
-    srv = GaneshaServer(ServerSettings(export_root=root, run_dir=run_dir, nfsv3=True, grace_period=0))
+    srv = GaneshaServer(ServerSettings(export_root=root, run_dir=run_dir, nfsv3=True, grace_period=0)
+                        .defaults_from(os.environ))
     seen: dict[str, object] = {"kernel": os.uname().release, "read_plus_built": seen_config}
     try:
         srv.start()

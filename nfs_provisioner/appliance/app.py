@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -39,16 +39,15 @@ from nfs_provisioner.appliance import (
     state,
 )
 from nfs_provisioner.appliance import provisioner as prov
+from nfs_provisioner.appliance.derived import IN_FLIGHT_DIR, client_settings, controller_settings, ganesha_settings
 from nfs_provisioner.appliance.kernel_exports import KernelExporter
 from nfs_provisioner.controller import controller as ctl
 from nfs_provisioner.controller import metrics as ctl_metrics
 from nfs_provisioner.controller import resizing
-from nfs_provisioner.controller import settings as ctl_settings
 from nfs_provisioner.controller.watching import Informer
 from nfs_provisioner.errors import NFSProvisionerError, Permanent
 from nfs_provisioner.ganesha.metrics import GaneshaMetrics
 from nfs_provisioner.ganesha.server import GaneshaServer
-from nfs_provisioner.ganesha.settings import Ports, ServerSettings
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube.errors import ApiError, KubeError, TransportError
 from nfs_provisioner.quota.manager import ProjectQuotas
@@ -58,10 +57,6 @@ from nfs_provisioner.volumes.directories import ARCHIVE_DIR, RESERVED, VolumeDir
 from nfs_provisioner.volumes.records import RECORDS_DIR, VolumeRecords
 
 log = logging.getLogger(__name__)
-
-IN_FLIGHT_DIR = ".provisioning"
-"""Under the export root: one record per provision in flight (see ``nfs_provisioner.controller.inflight``)."""
-
 
 class StartupError(Permanent, RuntimeError):
     """The appliance cannot start; the message is one line for the user."""
@@ -95,23 +90,6 @@ class Parts:
     """Follows the Nodes' addresses into every export's client list (None: a fixed ``--export-subnet``)."""
     ganesha_health: health.BackgroundHealth | None = None
     """Ganesha's health, checked in the background (None: no Ganesha)."""
-
-
-def controller_settings(s: settings_mod.Settings, *, identity: str) -> ctl_settings.ControllerSettings:
-    le = s.leader_election
-    return ctl_settings.ControllerSettings(
-        provisioner_name=s.provisioner,
-        # Provisions in flight are journaled beside the volumes (no claim writes); appliances sharing a class
-        # each have their own root, and name their own legacy finalizer.
-        instance_name=identity,
-        in_flight_journal=s.export_root / IN_FLIGHT_DIR,
-        threadiness=s.threadiness,
-        client=kube.ClientSettings(qps=s.kube_api_qps, burst=s.kube_api_burst),
-        leader_election=ctl_settings.LeaderElectionSettings(
-            enabled=le.enabled, namespace=le.namespace, lease_duration=le.lease_duration,
-            renew_deadline=le.renew_deadline, retry_period=le.retry_period),
-        serving=ctl_settings.ServingSettings(address=None),  # the appliance serves its own, Ganesha included
-    )
 
 
 def build(s: settings_mod.Settings, environ: Mapping[str, str], signals: lifecycle.Signals | None = None) -> Parts:
@@ -169,8 +147,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
                                   ready=lambda: checks.ready())
         stops.push("metrics endpoint", http.stop)
         http.start()
-    api = kube.Client.load(str(s.kubeconfig) if s.kubeconfig else None,
-                           settings=kube.ClientSettings(qps=s.kube_api_qps, burst=s.kube_api_burst))
+    api = kube.Client.load(str(s.kubeconfig) if s.kubeconfig else None, settings=client_settings(s))
     if s.master:
         api = api.with_host(s.master)
     wait_for_api(api, checks, signals)
@@ -182,13 +159,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
     signals.check()
     exporter: prov.Exporter
     if s.use_ganesha:
-        gsettings = ServerSettings(
-            export_root=root, run_dir=run_dir, ports=replace(Ports(), nfs=s.nfs_port),
-            bind_addr=s.nfs_bind_address, nfsv3=s.nfsv3, nlm=s.nfsv3_locking,
-            grace_period=s.grace_period,
-            device_based_fsids=s.device_based_fsids, template_dir=s.ganesha_templates, clients=clients,
-            dbus_address=None if s.run_server else environ.get("DBUS_SYSTEM_BUS_ADDRESS"),
-        )
+        gsettings = ganesha_settings(s, run_dir=run_dir, clients=clients, environ=environ)
         ganesha = GaneshaServer(gsettings, metrics=GaneshaMetrics(registry=registry))
         if s.run_server:
             stops.push("Ganesha", ganesha.stop)  # safe on a server that never or only half started
@@ -221,11 +192,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
     pool = pool_member.build(s, api=api, identity=ident, provisioner=provisioner, server=lambda: server,
                              registry=registry, environ=environ)
     controller = ctl.ProvisionController(provisioner, csettings, api=api, registry=registry, pool=pool)
-    resizer = resizing.Resizer(api=api, expander=provisioner, names=(s.provisioner,), claims=controller.claims,
-                               volumes=controller.volumes, classes=controller.classes,
-                               recorder=controller.recorder, retry=csettings.retry,
-                               leading=lambda: controller.leading, owns=provisioner.owns)
-    controller.claims.on_change = resizing.chain(controller.claims.on_change, resizer.on_claim)
+    resizer = controller.resize_with(provisioner, owns=provisioner.owns)
     # The claims and PVs are listed while ganesha.nfsd starts (10,000 of each take seconds, and so does
     # Ganesha with 10,000 exports), after the export files are loaded (the lists would slow that down:
     # one interpreter); nothing acts on them before the state check below and the workers.
@@ -378,8 +345,6 @@ def _run(s: settings_mod.Settings, environ: Mapping[str, str], signals: lifecycl
                  signals.name, e)
         return 0
     try:
-        parts.stops.push("resizer", parts.resizer.stop)
-        parts.resizer.start()
         signals.on_stop(parts.controller.stop)
         parts.controller.run(handle_signals=False)
     finally:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 
 from nfs_provisioner import threads
-from nfs_provisioner.controller import decisions, deleting, events, leadership, outcomes, provisioning
+from nfs_provisioner.controller import decisions, deleting, events, leadership, outcomes, provisioning, resizing
 from nfs_provisioner.controller.interface import Provisioner
 from nfs_provisioner.controller.metrics import Metrics, Server
 from nfs_provisioner.controller.pool import Pool
@@ -90,6 +90,8 @@ class ProvisionController:
         self._started = False
         self._watching = False
         self.elector: leadership.LeaderElector | None = None
+        self.resizer: resizing.Resizer | None = None
+        """Set by :meth:`resize_with`; started and stopped with the controller."""
         self._elector_thread: threading.Thread | None = None
         self.server: Server | None = None
         if settings.serving.address:
@@ -124,6 +126,21 @@ class ProvisionController:
                 if decisions.claim_class(claim) == name and self.provisioning.interesting(claim):
                     self.claim_queue.add(str(claim["metadata"]["uid"]))
 
+    def resize_with(self, expander: resizing.Expander, *,
+                    owns: Callable[[Object], bool | None] = lambda volume: None) -> resizing.Resizer:
+        """Also finish expansions (:mod:`nfs_provisioner.controller.resizing`): a bound claim of ours asking for more
+        than it has, in a class allowing expansion, is grown by ``expander.expand`` while this instance leads.
+        ``owns`` (e.g. ``Provisioner.owns``): ``False`` for a volume another instance made, left to it. Call once,
+        before :meth:`start`; the resizer starts and stops with the controller."""
+        if self.resizer is not None or self._started:
+            raise RuntimeError("resize_with: call it once, before start()")
+        self.resizer = resizing.Resizer(
+            api=self.api, expander=expander, names=self.provisioning.names, claims=self.claims,
+            volumes=self.volumes, classes=self.classes, recorder=self.recorder, retry=self.settings.retry,
+            leading=lambda: self.leading, owns=owns)
+        self.claims.on_change = resizing.chain(self._claim_changed, self.resizer.on_claim)
+        return self.resizer
+
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
@@ -132,6 +149,8 @@ class ProvisionController:
             return
         self._started = True
         self.recorder.start()
+        if self.resizer is not None:
+            self.resizer.start()
         self.watch()
         if self.server is not None:
             self.server.start()
@@ -185,6 +204,8 @@ class ProvisionController:
         self.claim_queue.shut_down()
         self.volume_queue.shut_down()
         self._stop_workers()
+        if self.resizer is not None and self._started:
+            self.resizer.stop()
         if self.pool is not None and self._started:
             self.pool.stop()  # after the workers: the others route around this member from now on
         for informer in self.informers:

@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nfsv3=args.nfsv3,
         device_based_fsids=args.device_based_fsids,
         template_dir=args.ganesha_templates,
-    )
+    ).defaults_from(os.environ)
     metrics = GaneshaMetrics()
     if args.metrics_port:
         from prometheus_client import start_http_server

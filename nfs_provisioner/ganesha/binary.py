@@ -62,7 +62,7 @@ def locate(root: Path | None) -> Ganesha:
     }
     for what, path in wanted.items():
         if not path.is_file():
-            raise errors.ServerError(f"{root} is not an unpacked NFS-Ganesha: {what} ({path}) is missing")
+            raise errors.GaneshaServerError(f"{root} is not an unpacked NFS-Ganesha: {what} ({path}) is missing")
     library_path = f"{lib}:{root / TREE_GANESHA_LIB}"
     return Ganesha(
         command=(str(lib / LOADER), "--library-path", library_path, str(root / TREE_BINARY)),
@@ -74,7 +74,7 @@ def parse_version(text: str) -> tuple[int, int, int]:
     """``NFS-Ganesha Release = V6.5`` -> (6, 5, 0)."""
     m = _RELEASE.search(text)
     if m is None:
-        raise errors.ServerError(f"cannot tell the NFS-Ganesha version from {text.strip()[:200]!r}")
+        raise errors.GaneshaServerError(f"cannot tell the NFS-Ganesha version from {text.strip()[:200]!r}")
     return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
 
 
@@ -84,9 +84,9 @@ def version(ganesha: Ganesha, *, run: Runner) -> tuple[int, int, int]:
     try:
         code, out = run(argv)
     except OSError as e:
-        raise errors.ServerError(f"cannot run {ganesha.command[-1]}: {e}") from e
+        raise errors.GaneshaServerError(f"cannot run {ganesha.command[-1]}: {e}") from e
     if code != 0:
-        raise errors.ServerError(f"{' '.join(argv)} exited with code {code}: {out.strip()[:200]}")
+        raise errors.GaneshaServerError(f"{' '.join(argv)} exited with code {code}: {out.strip()[:200]}")
     return parse_version(out)
 
 
@@ -94,7 +94,7 @@ def check_version(found: tuple[int, int, int]) -> None:
     if found[:2] < MIN_VERSION:
         have = ".".join(map(str, found[:2]))
         need = ".".join(map(str, MIN_VERSION))
-        raise errors.ServerError(
+        raise errors.GaneshaServerError(
             f"NFS-Ganesha {have} is too old: nfs-provisioner needs {need} or newer (older releases break "
             f"NFSv4.2 READ_PLUS for Linux >= 6.6 clients, nfs-ganesha #1188); use the image, Debian trixie's "
             f"nfs-ganesha, or an unpacked one named by NFS_PROVISIONER_GANESHA_ROOT"

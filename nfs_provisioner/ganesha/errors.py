@@ -18,7 +18,7 @@
     │   ├── ExportAlreadyActive re-add of a live Export_Id
     │   ├── ExportNotFound      "Export id not found"
     │   └── DBusUnavailable     no connection, or Ganesha is not on the bus
-    └── ServerError             a process could not be started / stopped in time
+    └── GaneshaServerError      a process could not be started / stopped in time
         └── StartCancelled      the caller cancelled the start (a stop signal)
 
 Retryable versus permanent is a type (``DBusRetryable`` is an :class:`nfs_provisioner.errors.Retryable`), not a
@@ -98,9 +98,9 @@ class DBusUnavailable(DBusError):
     """The bus cannot be reached or Ganesha's name is not on it."""
 
 
-class ServerError(GaneshaError):
+class GaneshaServerError(GaneshaError):
     """A managed process failed to start, become ready, or stop."""
 
 
-class StartCancelled(ServerError):
+class StartCancelled(GaneshaServerError):
     """``GaneshaServer.start`` was cancelled by its caller (a stop signal); what it started is stopped."""

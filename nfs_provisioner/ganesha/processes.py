@@ -338,7 +338,7 @@ class Launcher:
                 preexec_fn=preexec,
             )
         except OSError as e:
-            raise errors.ServerError(f"cannot start {full[0]}: {e}") from e
+            raise errors.GaneshaServerError(f"cannot start {full[0]}: {e}") from e
         finally:
             if out != subprocess.DEVNULL:
                 os.close(out)  # the child has its copy; the reader sees the end once the child's is closed
@@ -393,7 +393,7 @@ def stop(proc: subprocess.Popen[bytes] | None, *, what: str, timeout: float) -> 
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired as e:
-                raise errors.ServerError(f"{what} (pid {proc.pid}) survived SIGKILL for {timeout}s") from e
+                raise errors.GaneshaServerError(f"{what} (pid {proc.pid}) survived SIGKILL for {timeout}s") from e
     log.info("%s (pid %d) stopped with exit code %s", what, proc.pid, proc.returncode)
     return proc.returncode
 

@@ -2,14 +2,15 @@
 
 Every field has a default and says what it is for. The appliance maps its
 flags (``--grace-period``, ``--device-based-fsids``, ``--export-subnet``, ...)
-and environment variables onto these; tests build them on temp directories.
+and environment variables onto these (:meth:`ServerSettings.defaults_from` for the two variables
+below: the caller hands over its environment, nothing here reads it); tests build them on temp directories.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from nfs_provisioner.volumes.records import RECORDS_DIR
@@ -84,12 +85,13 @@ class ServerSettings:
     never given to Ganesha. Without the directory (Ganesha managed on its own) every export file is served."""
     template_dir: Path | None = None
     """Directory of operator templates overriding the shipped ones (any subset).
-    Default: the ``NFS_PROVISIONER_GANESHA_TEMPLATES`` environment variable, if set."""
+    Default: the ``NFS_PROVISIONER_GANESHA_TEMPLATES`` environment variable, if set
+    (:meth:`defaults_from`)."""
     ganesha_root: Path | None = None
     """An unpacked NFS-Ganesha (``dpkg -x`` of nfs-ganesha, nfs-ganesha-vfs and their libraries,
     e.g. Debian trixie's 6.5 on a bookworm host) to run through its own loader, with
     ``Plugins_Dir`` at its FSALs. Default: the ``NFS_PROVISIONER_GANESHA_ROOT`` environment
-    variable, if set; else the installed ``ganesha.nfsd`` on PATH (the image)."""
+    variable, if set (:meth:`defaults_from`); else the installed ``ganesha.nfsd`` on PATH (the image)."""
     ports: Ports = Ports()
     bind_addr: str | None = None
     """Address Ganesha binds; None = all (the appliance). Tests use 127.0.0.1."""
@@ -166,19 +168,15 @@ class ServerSettings:
     def log_path(self) -> Path:
         return self.log_file or self.config_path / "ganesha.log"
 
-    @property
-    def templates_override(self) -> Path | None:
-        if self.template_dir is not None:
-            return self.template_dir
-        env = os.environ.get(TEMPLATES_ENV)
-        return Path(env) if env else None
-
-    @property
-    def ganesha_tree(self) -> Path | None:
-        if self.ganesha_root is not None:
-            return self.ganesha_root
-        env = os.environ.get(GANESHA_ROOT_ENV)
-        return Path(env) if env else None
+    def defaults_from(self, environ: Mapping[str, str]) -> ServerSettings:
+        """These settings with ``template_dir`` and ``ganesha_root``, where unset, taken from
+        ``NFS_PROVISIONER_GANESHA_TEMPLATES`` and ``NFS_PROVISIONER_GANESHA_ROOT`` in ``environ`` (an empty
+        value counts as unset): a field given wins over its variable. Pure: the caller (the appliance,
+        ``python -m nfs_provisioner.ganesha``, the tests' harness) passes its environment."""
+        found = {field: Path(environ[env]) for field, env in (("template_dir", TEMPLATES_ENV),
+                                                              ("ganesha_root", GANESHA_ROOT_ENV))
+                 if getattr(self, field) is None and environ.get(env)}
+        return dataclasses.replace(self, **found) if found else self  # type: ignore[arg-type]
 
     @property
     def bus_name(self) -> str:

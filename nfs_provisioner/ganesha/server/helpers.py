@@ -123,7 +123,7 @@ class Helpers:
                                  output=statd_log)
             except errors.StartCancelled:
                 raise
-            except errors.ServerError as e:
+            except errors.GaneshaServerError as e:
                 if proc.poll() is not None or attempt == STATD_ATTEMPTS:
                     raise
                 log.warning("%s; starting it again (%d/%d)", e, attempt, STATD_ATTEMPTS)
@@ -135,7 +135,7 @@ class Helpers:
             log.info("rpc.statd took port %s, which Ganesha needs; starting it again (%d/%d)",
                      ",".join(map(str, sorted(clash))), attempt, STATD_ATTEMPTS)
             processes.stop(proc, what="rpc.statd", timeout=self.settings.stop_timeout)
-        raise errors.ServerError(f"rpc.statd took a port Ganesha needs in {STATD_ATTEMPTS} starts in a row")
+        raise errors.GaneshaServerError(f"rpc.statd took a port Ganesha needs in {STATD_ATTEMPTS} starts in a row")
 
     def _registrations(self) -> set[tuple[int, int, str, int]]:
         """What rpcbind on 127.0.0.1 has registered (portmap.PortmapError if it does not answer)."""
@@ -157,15 +157,15 @@ class Helpers:
 
     # --- stop --------------------------------------------------------------------------------------------------
 
-    def stop(self) -> list[errors.ServerError]:
+    def stop(self) -> list[errors.GaneshaServerError]:
         """Stop statd, rpcbind and the bus, in that order, each with a bounded wait; what failed (every one is
         tried)."""
-        failed: list[errors.ServerError] = []
+        failed: list[errors.GaneshaServerError] = []
         for helper, what in ((self.statd_proc, "rpc.statd"), (self.rpcbind_proc, "rpcbind"),
                              (self.bus_proc, "dbus-daemon")):
             try:
                 processes.stop(helper, what=what, timeout=self.settings.stop_timeout)
-            except errors.ServerError as e:  # keep stopping the others
+            except errors.GaneshaServerError as e:  # keep stopping the others
                 log.error("%s", e)
                 failed.append(e)
         return failed

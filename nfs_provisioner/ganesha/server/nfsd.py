@@ -63,7 +63,7 @@ class Nfsd:
 
     def find(self) -> None:
         """Which Ganesha (installed, or an unpacked tree) and its version; an old one is refused with one line."""
-        self.binary = binary.locate(self.settings.ganesha_tree)
+        self.binary = binary.locate(self.settings.ganesha_root)
 
         def run(argv: Sequence[str]) -> tuple[int, str]:
             done = self.launcher.run(argv)
@@ -130,7 +130,7 @@ class Nfsd:
             try:
                 self.start()
                 return
-            except errors.ServerError as e:
+            except errors.GaneshaServerError as e:
                 busy = [line for line in str(e).splitlines() if "Address already in use" in line]
                 if not busy or time.monotonic() - started + delay > BIND_WINDOW:
                     raise
@@ -187,7 +187,7 @@ class Nfsd:
 
     # --- stop --------------------------------------------------------------------------------------------------
 
-    def stop(self) -> errors.ServerError | None:
+    def stop(self) -> errors.GaneshaServerError | None:
         """Admin shutdown over D-Bus, then signals, under :attr:`lock`; the error if it would not stop (logged)."""
         timeout = self.settings.stop_timeout
         with self.lock:
@@ -200,7 +200,7 @@ class Nfsd:
                     log.warning("Ganesha did not shut down over D-Bus (%s); signalling it", e)
             try:
                 processes.stop(proc, what="ganesha.nfsd", timeout=timeout)
-            except errors.ServerError as e:
+            except errors.GaneshaServerError as e:
                 log.error("%s", e)
                 return e
         return None

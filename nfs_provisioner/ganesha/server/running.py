@@ -43,7 +43,7 @@ class GaneshaServer:
     ) -> None:
         self.settings = settings
         self.metrics = metrics if metrics is not None else unscraped()
-        self.templates = templates or config.Templates(override_dir=settings.templates_override)
+        self.templates = templates or config.Templates(override_dir=settings.template_dir)
         self.run_dir = settings.run_dir
         self.config_dir = settings.config_path
         self.launcher = launcher or processes.Launcher(netns=settings.netns, mountns=settings.mountns,
@@ -177,7 +177,7 @@ class GaneshaServer:
     def _prepare_dirs(self) -> None:
         s = self.settings
         if not s.export_root.is_dir():
-            raise errors.ServerError(f"export root {s.export_root} is not a directory")
+            raise errors.GaneshaServerError(f"export root {s.export_root} is not a directory")
         for d in (self.run_dir, self.config_dir, s.recovery_path, s.log_path.parent):
             if d.is_relative_to(s.export_root):
                 fileio.private_dir(d)  # NFS clients reach the export root (docs/security.md)

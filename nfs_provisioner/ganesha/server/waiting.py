@@ -39,15 +39,16 @@ class Waits:
         timeout: float,
         output: processes.ChildLog | None = None,
     ) -> None:
-        """Return once ``check()`` is true. ``errors.ServerError`` (with ``output``'s last lines) if ``proc`` exits
-        first or ``timeout`` seconds pass; a ``GaneshaError`` from ``check`` counts as not ready yet."""
+        """Return once ``check()`` is true. ``errors.GaneshaServerError`` (with ``output``'s last lines) if
+        ``proc`` exits first or ``timeout`` seconds pass; a ``GaneshaError`` from ``check`` counts as not ready
+        yet."""
         deadline = time.monotonic() + timeout
         delay = 0.005
         while True:
             if self.cancel.is_set():
                 raise errors.StartCancelled(f"{what}: start cancelled")
             if proc is not None and proc.poll() is not None:
-                raise errors.ServerError(
+                raise errors.GaneshaServerError(
                     f"{what} exited with code {proc.returncode} while starting; log tail:\n{final_tail(proc, output)}")
             try:
                 if check():
@@ -55,7 +56,7 @@ class Waits:
             except errors.GaneshaError as e:
                 log.debug("%s not ready yet: %s", what, e)
             if time.monotonic() >= deadline:
-                raise errors.ServerError(f"{what} not ready after {timeout}s"
+                raise errors.GaneshaServerError(f"{what} not ready after {timeout}s"
                                          + (f"; log tail:\n{output.tail()}" if output else ""))
             self.cancel.wait(delay)
             delay = min(delay * 2, 0.1)
