@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support import nfsraw
+from tests.support.xdr import Packer, Unpacker, read_record, record
 
 NFS_PROGRAM, NFS_V4, COMPOUND = 100003, 4, 1
 OP_LOOKUP, OP_OPEN, OP_PUTROOTFH = 15, 18, 24
@@ -30,52 +30,6 @@ class NfsError(RuntimeError):
     def __init__(self, op: int, status: int) -> None:
         super().__init__(f"NFSv4 op {op} failed with status {status}")
         self.op, self.status = op, status
-
-
-class Packer:
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def u32(self, v: int) -> Packer:
-        self.parts.append(struct.pack(">I", v))
-        return self
-
-    def u64(self, v: int) -> Packer:
-        self.parts.append(struct.pack(">Q", v))
-        return self
-
-    def fixed(self, b: bytes) -> Packer:
-        self.parts.append(b + b"\0" * (-len(b) % 4))
-        return self
-
-    def opaque(self, b: bytes) -> Packer:
-        return self.u32(len(b)).fixed(b)
-
-    def bytes(self) -> bytes:
-        return b"".join(self.parts)
-
-
-class Unpacker:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def u32(self) -> int:
-        (v,) = struct.unpack_from(">I", self.data, self.pos)
-        self.pos += 4
-        return int(v)
-
-    def u64(self) -> int:
-        (v,) = struct.unpack_from(">Q", self.data, self.pos)
-        self.pos += 8
-        return int(v)
-
-    def fixed(self, n: int) -> bytes:
-        b = self.data[self.pos:self.pos + n]
-        self.pos += n + (-n % 4)
-        return b
-
-    def opaque(self) -> bytes:
-        return self.fixed(self.u32())
 
 
 def _channel_attrs(p: Packer) -> None:
@@ -113,14 +67,8 @@ class Client:
         cred = Packer().u32(0).opaque(b"nfsp-test").u32(0).u32(0).u32(0).bytes()  # AUTH_SYS root
         call = (Packer().u32(self.xid).u32(0).u32(2).u32(NFS_PROGRAM).u32(NFS_V4).u32(COMPOUND)
                 .u32(1).opaque(cred).u32(0).opaque(b"").bytes() + body)
-        self.sock.sendall(struct.pack(">I", 0x80000000 | len(call)) + call)
-        reply = b""
-        while True:
-            (mark,) = struct.unpack(">I", self._recv(4))
-            reply += self._recv(mark & 0x7FFFFFFF)
-            if mark & 0x80000000:
-                break
-        u = Unpacker(reply)
+        self.sock.sendall(record(call))
+        u = Unpacker(read_record(self._recv))
         xid, mtype, stat = u.u32(), u.u32(), u.u32()
         assert xid == self.xid and mtype == 1 and stat == 0, (xid, mtype, stat)
         u.u32()

@@ -18,10 +18,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-import struct
 import threading
 from pathlib import Path
 from typing import Any, TypeVar
+
+from tests.support.xdr import Packer, Unpacker, read_record, record
 
 NFS_PROGRAM, MOUNT_PROGRAM = 100003, 100005
 AUTH_SYS = 1
@@ -60,61 +61,6 @@ class RpcError(RuntimeError):
 
 def nfs4_status_name(status: int) -> str:
     return NFS4ERR_NAMES.get(status, "NFS4_OK" if status == 0 else f"NFS4ERR_{status}")
-
-
-# --- XDR ---------------------------------------------------------------------------------------------------------
-
-
-class Packer:
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def u32(self, v: int) -> Packer:
-        self.parts.append(struct.pack(">I", v))
-        return self
-
-    def u64(self, v: int) -> Packer:
-        self.parts.append(struct.pack(">Q", v))
-        return self
-
-    def fixed(self, data: bytes) -> Packer:
-        self.parts.append(data + b"\0" * (-len(data) % 4))
-        return self
-
-    def opaque(self, data: bytes) -> Packer:
-        return self.u32(len(data)).fixed(data)
-
-    def string(self, s: str) -> Packer:
-        return self.opaque(s.encode())
-
-    def bytes(self) -> bytes:
-        return b"".join(self.parts)
-
-
-class Unpacker:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def u32(self) -> int:
-        (v,) = struct.unpack_from(">I", self.data, self.pos)
-        self.pos += 4
-        return int(v)
-
-    def u64(self) -> int:
-        (v,) = struct.unpack_from(">Q", self.data, self.pos)
-        self.pos += 8
-        return int(v)
-
-    def fixed(self, n: int) -> bytes:
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n + (-n % 4)
-        return out
-
-    def opaque(self) -> bytes:
-        return self.fixed(self.u32())
-
-    def skip(self, n: int) -> None:
-        self.pos += n
 
 
 # --- RPC over TCP with record marking ------------------------------------------------------------------------------
@@ -179,8 +125,8 @@ class RpcClient:
         self.xid = (self.xid + 1) & 0xFFFFFFFF
         head = Packer().u32(self.xid).u32(0).u32(2).u32(self.program).u32(self.version).u32(proc).bytes()
         msg = head + self._cred() + Packer().u32(0).u32(0).bytes() + args
-        self.sock.sendall(struct.pack(">I", 0x80000000 | len(msg)) + msg)
-        reply = self._read_record()
+        self.sock.sendall(record(msg))
+        reply = read_record(self._recv)
         u = Unpacker(reply)
         if u.u32() != self.xid or u.u32() != 1:
             raise RpcError("reply does not match the call")
@@ -192,14 +138,6 @@ class RpcClient:
         if accept != 0:
             raise RpcError(f"RPC call not accepted (accept_stat {accept})")
         return u
-
-    def _read_record(self) -> bytes:
-        out = b""
-        while True:
-            (mark,) = struct.unpack(">I", self._recv(4))
-            out += self._recv(mark & 0x7FFFFFFF)
-            if mark & 0x80000000:
-                return out
 
     def _recv(self, n: int) -> bytes:
         buf = b""
