@@ -12,30 +12,22 @@ from kubernetes import client
 
 from tests.support import kubecluster, wait
 from tests.support.appliance_env import Appliance
+from tests.support.builders import NFS41, make_claim, make_class
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
 
 
-def make_class(storage: client.StorageV1Api, name: str, provisioner: str, **kw: Any) -> None:
-    storage.create_storage_class(client.V1StorageClass(
-        metadata=client.V1ObjectMeta(name=name), provisioner=provisioner, mount_options=["vers=4.1"], **kw))
 
 
 
-def make_claim(core: client.CoreV1Api, namespace: str, cls: str, name: str = "nfs", size: str = "1Mi") -> None:
-    core.create_namespaced_persistent_volume_claim(namespace, client.V1PersistentVolumeClaim(
-        metadata=client.V1ObjectMeta(name=name),
-        spec=client.V1PersistentVolumeClaimSpec(
-            access_modes=["ReadWriteMany"], storage_class_name=cls,
-            resources=client.V1VolumeResourceRequirements(requests={"storage": size}))))
 
 
 def test_classic_flow(appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api,
                       namespace: str, unique: str) -> None:
     cls = f"example-nfs-{unique}"
-    make_class(storage, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, mount_options=NFS41, api=storage)
     appliance.start()
-    make_claim(core, namespace, cls)
+    make_claim(namespace, "nfs", cls, api=core)
 
     wait.until(lambda: core.read_namespaced_persistent_volume_claim("nfs", namespace).status.phase == "Bound",
                timeout=60, what="claim Bound")
@@ -80,9 +72,9 @@ def test_expansion_is_finished_the_way_kubernetes_expects(appliance: Appliance, 
                                                           storage: client.StorageV1Api, namespace: str,
                                                           unique: str) -> None:
     cls = f"expand-{unique}"
-    make_class(storage, cls, appliance.provisioner, allow_volume_expansion=True)
+    make_class(cls, appliance.provisioner, expansion=True, mount_options=NFS41, api=storage)
     appliance.start()
-    make_claim(core, namespace, cls)
+    make_claim(namespace, "nfs", cls, api=core)
     wait.until(lambda: core.read_namespaced_persistent_volume_claim("nfs", namespace).status.phase == "Bound",
                timeout=60, what="claim Bound")
     pv_name = core.read_namespaced_persistent_volume_claim("nfs", namespace).spec.volume_name
@@ -129,13 +121,13 @@ def test_two_appliances_on_one_class_each_delete_only_their_own(
     pool = [Appliance(kubeconfig=cluster.kubeconfig, export_root=tmp_path / f"export-{i}", provisioner=provisioner,
                       log_dir=tmp_path) for i in range(2)]
     cls = f"pool-{unique}"
-    make_class(storage, cls, provisioner)
+    make_class(cls, provisioner, mount_options=NFS41, api=storage)
     try:
         for a in pool:
             a.start()
         names = [f"c{i}" for i in range(12)]
         for n in names:
-            make_claim(core, namespace, cls, name=n)
+            make_claim(namespace, n, cls, api=core)
         wait.until(lambda: all(core.read_namespaced_persistent_volume_claim(n, namespace).status.phase == "Bound"
                                for n in names), timeout=90, what="12 claims Bound")
         identities = [(a.export_root / "nfs-provisioner.identity").read_text().strip() for a in pool]

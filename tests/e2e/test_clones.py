@@ -16,27 +16,15 @@ import pytest
 from nfs_provisioner.kube import client as kube
 from tests.support import kubecluster, smallfs, wait
 from tests.support.appliance_env import Appliance
+from tests.support.builders import make_claim, make_class
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
 
 Object = dict[str, Any]
 
 
-def make_class(api: kube.Client, name: str, provisioner: str) -> None:
-    api.create(kube.classes_path(), {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-                                     "metadata": {"name": name}, "provisioner": provisioner,
-                                     "reclaimPolicy": "Delete"})
 
 
-def make_claim(api: kube.Client, namespace: str, name: str, cls: str, *, size: str = "1Mi",
-               source: str | None = None, **spec: Any) -> Object:
-    body: Object = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
-                    "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": cls,
-                             "resources": {"requests": {"storage": size}}, **spec}}
-    if source is not None:
-        body["spec"]["dataSource"] = {"kind": "PersistentVolumeClaim", "name": source}
-    created: Object = api.create(kube.claims_path(namespace), body)
-    return created
 
 
 def claim(api: kube.Client, namespace: str, name: str) -> Object:
@@ -87,10 +75,10 @@ def leftovers(root: Path, pv: str) -> list[str]:
 def test_clone_is_a_byte_for_byte_copy_served_over_nfs(appliance: Appliance, kapi: kube.Client, namespace: str,
                                                        unique: str) -> None:
     cls = f"clone-{unique}"
-    make_class(kapi, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, api=kapi)
     appliance.start()
     try:
-        make_claim(kapi, namespace, "live", cls)
+        make_claim(namespace, "live", cls, api=kapi)
         src_pv = bound(kapi, namespace, "live")["spec"]["volumeName"]
         src = appliance.export_root / src_pv
         files = fill_source(src)
@@ -99,7 +87,7 @@ def test_clone_is_a_byte_for_byte_copy_served_over_nfs(appliance: Appliance, kap
         assert nfs.put(b"written over NFS", src / "over-nfs.txt").returncode == 0
 
         t0 = time.monotonic()
-        make_claim(kapi, namespace, "copy", cls, size="2Mi", source="live")
+        make_claim(namespace, "copy", cls, size="2Mi", source="live", api=kapi)
         c = bound(kapi, namespace, "copy", what=lambda: f"clone Bound\n{appliance.log()}")
         took = time.monotonic() - t0
         pv = kapi.get(kube.volumes_path(c["spec"]["volumeName"]))
@@ -150,14 +138,14 @@ def test_clone_is_a_byte_for_byte_copy_served_over_nfs(appliance: Appliance, kap
 def test_every_refusal_says_why_and_leaves_nothing_behind(appliance: Appliance, kapi: kube.Client,
                                                           namespace: str, unique: str) -> None:
     cls, other = f"clone-{unique}", f"other-{unique}"
-    make_class(kapi, cls, appliance.provisioner)
-    make_class(kapi, other, appliance.provisioner)
+    make_class(cls, appliance.provisioner, api=kapi)
+    make_class(other, appliance.provisioner, api=kapi)
     appliance.start()
     hand_pv, other_pv = f"hand-{unique}", f"twin-{unique}"
     try:
-        make_claim(kapi, namespace, "live", cls, size="2Mi")
-        make_claim(kapi, namespace, "elsewhere", other)
-        make_claim(kapi, namespace, "pending", cls, selector={"matchLabels": {"never": "matches"}})
+        make_claim(namespace, "live", cls, size="2Mi", api=kapi)
+        make_claim(namespace, "elsewhere", other, api=kapi)
+        make_claim(namespace, "pending", cls, selector={"matchLabels": {"never": "matches"}}, api=kapi)
         # A volume this appliance did not make, bound to a claim of the class. Both hand-made PVs are pre-bound
         # (claimRef) as well as named by their claims: an Available PV of the class would otherwise match the
         # controller-manager's search for claim "dying" (1Mi, same class) first, and "foreign" would never bind
@@ -167,7 +155,7 @@ def test_every_refusal_says_why_and_leaves_nothing_behind(appliance: Appliance, 
             "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteMany"], "storageClassName": cls,
                      "claimRef": {"namespace": namespace, "name": "foreign"},
                      "persistentVolumeReclaimPolicy": "Retain", "nfs": {"server": "127.0.0.1", "path": "/x"}}})
-        make_claim(kapi, namespace, "foreign", cls, volumeName=hand_pv)
+        make_claim(namespace, "foreign", cls, volumeName=hand_pv, api=kapi)
         # One that names another instance of the same provisioner (a PV of another identity).
         kapi.create(kube.volumes_path(), {
             "apiVersion": "v1", "kind": "PersistentVolume",
@@ -177,8 +165,8 @@ def test_every_refusal_says_why_and_leaves_nothing_behind(appliance: Appliance, 
             "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteMany"], "storageClassName": cls,
                      "claimRef": {"namespace": namespace, "name": "twin"},
                      "persistentVolumeReclaimPolicy": "Retain", "nfs": {"server": "127.0.0.1", "path": "/y"}}})
-        make_claim(kapi, namespace, "twin", cls, volumeName=other_pv)
-        make_claim(kapi, namespace, "dying", cls)
+        make_claim(namespace, "twin", cls, volumeName=other_pv, api=kapi)
+        make_claim(namespace, "dying", cls, api=kapi)
         for n in ("live", "elsewhere", "foreign", "twin", "dying"):
             bound(kapi, namespace, n)
         kapi.patch(kube.claims_path(namespace, "dying"), {"metadata": {"finalizers": ["test.example.com/hold"]}})
@@ -194,7 +182,8 @@ def test_every_refusal_says_why_and_leaves_nothing_behind(appliance: Appliance, 
             "c-small": ("live", cls, "1Mi", "the claim requests 1048576 bytes, less than the source's capacity 2Mi"),
             "c-dying": ("dying", cls, "1Mi", f"the source claim {namespace}/dying is being deleted"),
         }
-        made = {n: make_claim(kapi, namespace, n, c, size=size, source=src) for n, (src, c, size, _) in cases.items()}
+        made = {n: make_claim(namespace, n, c, size=size, source=src, api=kapi)
+                for n, (src, c, size, _) in cases.items()}
         for n, (_, _, _, why) in cases.items():
             wait.until(lambda n=n: failures(kapi, namespace, n), timeout=30,
                        what=lambda n=n: f"refusal of {n}\n{appliance.log()}")
@@ -228,13 +217,13 @@ def test_no_room_for_a_full_copy_is_refused(cluster: kubecluster.Cluster, kapi: 
     a = Appliance(kubeconfig=cluster.kubeconfig, export_root=small_export_root,
                   provisioner=f"example.com/full-{unique}", log_dir=tmp_path)
     cls = f"full-{unique}"
-    make_class(kapi, cls, a.provisioner)
+    make_class(cls, a.provisioner, api=kapi)
     a.start()
     try:
-        make_claim(kapi, namespace, "live", cls)
+        make_claim(namespace, "live", cls, api=kapi)
         src = a.export_root / bound(kapi, namespace, "live")["spec"]["volumeName"]
         (src / "big.bin").write_bytes(os.urandom(30 << 20))  # more than half of the filesystem
-        c = make_claim(kapi, namespace, "copy", cls, source="live")
+        c = make_claim(namespace, "copy", cls, source="live", api=kapi)
         wait.until(lambda: failures(kapi, namespace, "copy"), timeout=30, what=lambda: f"refusal\n{a.log()}")
         msg = failures(kapi, namespace, "copy")[0]
         assert "a full copy of" in msg and "only" in msg and "cannot share blocks" in msg, msg
@@ -256,16 +245,16 @@ def fill_tree(src: Path, *, dirs: int, files: int, content: Callable[[int, int],
 def test_sigkill_mid_copy_copies_again_and_never_exports_a_half_copy(appliance: Appliance, kapi: kube.Client,
                                                                      namespace: str, unique: str) -> None:
     cls = f"kill-{unique}"
-    make_class(kapi, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, api=kapi)
     appliance.start()
     try:
-        make_claim(kapi, namespace, "live", cls)
+        make_claim(namespace, "live", cls, api=kapi)
         src_pv = bound(kapi, namespace, "live")["spec"]["volumeName"]
         src = appliance.export_root / src_pv
         # 45 000 small files: several seconds of copying on this host
         fill_tree(src, dirs=150, files=300, content=lambda d, i: b"%d/%d\n" % (d, i) * 20)
         (src / "last.txt").write_bytes(b"the last file")
-        c = make_claim(kapi, namespace, "copy", cls, source="live")
+        c = make_claim(namespace, "copy", cls, source="live", api=kapi)
         pv = f"pvc-{c['metadata']['uid']}"
         dst = appliance.export_root / pv
         marker = appliance.export_root / ".clones" / f"{pv}.copying"
@@ -298,13 +287,13 @@ def test_sigkill_mid_copy_copies_again_and_never_exports_a_half_copy(appliance: 
 def test_claim_deleted_mid_copy_stops_the_copy_and_leaves_nothing(appliance: Appliance, kapi: kube.Client,
                                                                   namespace: str, unique: str) -> None:
     cls = f"cancel-{unique}"
-    make_class(kapi, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, api=kapi)
     appliance.start()
     try:
-        make_claim(kapi, namespace, "live", cls)
+        make_claim(namespace, "live", cls, api=kapi)
         src = appliance.export_root / bound(kapi, namespace, "live")["spec"]["volumeName"]
         fill_tree(src, dirs=100, files=300, content=lambda d, i: b"x" * 100)
-        c = make_claim(kapi, namespace, "copy", cls, source="live")
+        c = make_claim(namespace, "copy", cls, source="live", api=kapi)
         pv = f"pvc-{c['metadata']['uid']}"
         dst = appliance.export_root / pv
         wait.until(lambda: dst.is_dir() and len(os.listdir(dst)) >= 3, timeout=60,

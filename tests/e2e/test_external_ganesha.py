@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.e2e.test_appliance_e2e import make_claim, make_class
 from tests.e2e.test_stalls import check_health_follows_a_stopped_ganesha
 from tests.support import kubecluster, wait
 from tests.support.appliance_env import Appliance
+from tests.support.builders import NFS41, make_claim, make_class
 from tests.support.ganesha_env import Client, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
@@ -44,9 +44,9 @@ def test_appliance_with_an_external_ganesha(cluster: kubecluster.Cluster, core: 
         assert server.stdout is not None
         ready = json.loads(server.stdout.readline())
         assert ready["ready"] is True, ready
-        make_class(storage, cls, a.provisioner)
+        make_class(cls, a.provisioner, mount_options=NFS41, api=storage)
         a.start()
-        make_claim(core, namespace, cls)
+        make_claim(namespace, "nfs", cls, api=core)
         wait.until(lambda: core.read_namespaced_persistent_volume_claim("nfs", namespace).status.phase == "Bound",
                    timeout=60, what=lambda: f"claim Bound\n{a.log()}")
         pv = core.read_persistent_volume(core.read_namespaced_persistent_volume_claim("nfs", namespace)

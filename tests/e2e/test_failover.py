@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.e2e.test_appliance_e2e import make_claim, make_class
 from tests.support import kubecluster, nfs42_client, nfsraw, wait
 from tests.support.appliance_env import Appliance
+from tests.support.builders import NFS41, make_claim, make_class
 from tests.support.controller_helpers import PausableProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
@@ -44,11 +44,11 @@ class Setup:
         unique = uuid.uuid4().hex[:8]
         self.ns, self.cls = f"failover-{unique}", f"failover-{unique}"
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=self.ns)))
-        make_class(storage, self.cls, a.provisioner)
+        make_class(self.cls, a.provisioner, mount_options=NFS41, api=storage)
 
     def volume(self) -> Path:
         """A Bound claim's volume holding a file."""
-        make_claim(self.core, self.ns, self.cls)
+        make_claim(self.ns, "nfs", self.cls, api=self.core)
         wait.until(lambda: self.core.read_namespaced_persistent_volume_claim("nfs", self.ns).status.phase == "Bound",
                    timeout=180, what=lambda: f"claim Bound\n{self.a.log()}")
         vol = self.a.export_root / self.core.read_namespaced_persistent_volume_claim("nfs", self.ns).spec.volume_name

@@ -16,9 +16,9 @@ import psutil
 import pytest
 from kubernetes import client
 
-from tests.e2e.test_appliance_e2e import make_class
 from tests.support import kubecluster, wait
 from tests.support.appliance_env import Appliance
+from tests.support.builders import NFS41, make_class
 
 pytestmark = [pytest.mark.fault, pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
 
@@ -51,7 +51,7 @@ def ganesha_pid(a: Appliance) -> int:
 def test_sigkill_ganesha_under_the_appliance(appliance: Appliance, core: client.CoreV1Api,
                                              storage: client.StorageV1Api, namespace: str, unique: str) -> None:
     cls = f"fault-{unique}"
-    make_class(storage, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, mount_options=NFS41, api=storage)
     appliance.start()
     names = claims(core, namespace, cls, 5)
     wait.until(lambda: len(bound(core, namespace)) == 5, timeout=60, what="5 claims Bound")
@@ -87,7 +87,7 @@ def test_sigkill_the_appliance_mid_burst_loses_and_duplicates_nothing(
         unique: str) -> None:
     n = 200
     cls = f"burst-{unique}"
-    make_class(storage, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, mount_options=NFS41, api=storage)
     appliance.start()
     names = claims(core, namespace, cls, n)
     wait.until(lambda: volumes_made(appliance) >= 20, timeout=60, what="the burst under way")
@@ -123,7 +123,7 @@ def test_stale_in_flight_records_never_delete_a_volume_whose_pv_exists(
     policy decides), and nothing else is left."""
     n = 100
     cls = f"retain-{unique}"
-    make_class(storage, cls, appliance.provisioner, reclaim_policy="Retain")
+    make_class(cls, appliance.provisioner, reclaim="Retain", mount_options=NFS41, api=storage)
     appliance.start()
     claims(core, namespace, cls, n)
     wait.until(lambda: volumes_made(appliance) >= 30, timeout=60, what="the burst under way")
@@ -174,7 +174,7 @@ def test_claims_deleted_while_being_provisioned_leave_nothing(
         unique: str) -> None:
     n = 60
     cls = f"churn-{unique}"
-    make_class(storage, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, mount_options=NFS41, api=storage)
     appliance.start()
     names = claims(core, namespace, cls, n)
     with cf.ThreadPoolExecutor(16) as pool:  # delete them at once, most before or during their provision
@@ -200,7 +200,7 @@ def test_leader_election_one_provisions_and_the_other_takes_over(
     pair = [Appliance(kubeconfig=cluster.kubeconfig, export_root=tmp_path / f"export-{i}", provisioner=provisioner,
                       log_dir=tmp_path / f"log-{i}", extra=le) for i in range(2)]
     cls = f"ha-{unique}"
-    make_class(storage, cls, provisioner)
+    make_class(cls, provisioner, mount_options=NFS41, api=storage)
     try:
         for a in pair:
             a.log_dir.mkdir()
@@ -253,7 +253,7 @@ def test_api_server_restart_during_a_burst(tmp_path: Path, unique: str) -> None:
         a = Appliance(kubeconfig=own.kubeconfig, export_root=tmp_path / "export",
                       provisioner=f"example.com/restart-{unique}", log_dir=tmp_path)
         cls = f"restart-{unique}"
-        make_class(storage, cls, a.provisioner)
+        make_class(cls, a.provisioner, mount_options=NFS41, api=storage)
         a.start()
         claims(core, "default", cls, 100)
         wait.until(lambda: volumes_made(a) >= 10, timeout=60, what="the burst under way")
@@ -298,7 +298,7 @@ def test_export_root_full(cluster: kubecluster.Cluster, core: client.CoreV1Api, 
     a = Appliance(kubeconfig=cluster.kubeconfig, export_root=small_export_root,
                   provisioner=f"example.com/full-{unique}", log_dir=tmp_path)
     cls = f"full-{unique}"
-    make_class(storage, cls, a.provisioner)
+    make_class(cls, a.provisioner, mount_options=NFS41, api=storage)
     try:
         a.start()
         claims(core, namespace, cls, 1)

@@ -18,6 +18,7 @@ from nfs_provisioner.volumes import loops
 from nfs_provisioner.volumes.filesystems import FilesystemVolumes
 from tests.support import filesystem_env, nfsraw, wait
 from tests.support.appliance_env import Appliance
+from tests.support.builders import make_claim, make_class
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
 MiB = 2**20
@@ -35,18 +36,8 @@ def fs_appliance(appliance: Appliance, tmp_path: Path) -> Iterator[Appliance]:
         filesystem_env.clean(tmp_path)
 
 
-def make_class(storage: client.StorageV1Api, name: str, provisioner: str, **parameters: str) -> None:
-    storage.create_storage_class(client.V1StorageClass(
-        metadata=client.V1ObjectMeta(name=name), provisioner=provisioner, allow_volume_expansion=True,
-        parameters={"isolation": "filesystem", **parameters}))
 
 
-def make_claim(core: client.CoreV1Api, namespace: str, cls: str, size: str, name: str = "data") -> None:
-    core.create_namespaced_persistent_volume_claim(namespace, client.V1PersistentVolumeClaim(
-        metadata=client.V1ObjectMeta(name=name),
-        spec=client.V1PersistentVolumeClaimSpec(
-            access_modes=["ReadWriteMany"], storage_class_name=cls,
-            resources=client.V1VolumeResourceRequirements(requests={"storage": size}))))
 
 
 def bound_volume(core: client.CoreV1Api, namespace: str, a: Appliance, name: str = "data") -> Any:
@@ -86,9 +77,10 @@ def test_a_filesystem_volume_is_served_sized_and_deleted(fs_appliance: Appliance
                                                          fs_type: str, size: str, df_at_least: float) -> None:
     a = fs_appliance
     cls = f"fs-{fs_type}-{unique}"
-    make_class(storage, cls, a.provisioner, fsType=fs_type, gid="2345")
+    make_class(cls, a.provisioner, expansion=True, api=storage,
+               parameters={"isolation": "filesystem", "fsType": fs_type, "gid": "2345"})
     a.start()
-    make_claim(core, namespace, cls, size)
+    make_claim(namespace, "data", cls, size=size, api=core)
     pv = bound_volume(core, namespace, a)
     path = a.export_root / ".filesystems" / pv.metadata.name
     assert pv.spec.nfs.path == str(path) and pv.spec.capacity == {"storage": size}
@@ -130,9 +122,10 @@ def test_archive_and_retain_keep_the_image_unmounted(fs_appliance: Appliance, co
                                                      on_delete: str) -> None:
     a = fs_appliance
     cls = f"fs-{on_delete}-{unique}"
-    make_class(storage, cls, a.provisioner, onDelete=on_delete)
+    make_class(cls, a.provisioner, expansion=True, api=storage,
+               parameters={"isolation": "filesystem", "onDelete": on_delete})
     a.start()
-    make_claim(core, namespace, cls, "8Mi")
+    make_claim(namespace, "data", cls, size="8Mi", api=core)
     pv = bound_volume(core, namespace, a)
     path = Path(pv.spec.nfs.path)
     assert a.client().put(b"keep me\n", path / "kept").returncode == 0
@@ -163,9 +156,10 @@ def test_expansion_is_seen_through_nfs_with_handles_kept(fs_appliance: Appliance
     exported again with the same id on the same loop device). A handle the client held before still works."""
     a = fs_appliance
     cls = f"fs-grow-{unique}"
-    make_class(storage, cls, a.provisioner, fsType=fs_type)
+    make_class(cls, a.provisioner, expansion=True, api=storage,
+               parameters={"isolation": "filesystem", "fsType": fs_type})
     a.start()
-    make_claim(core, namespace, cls, size)
+    make_claim(namespace, "data", cls, size=size, api=core)
     pv = bound_volume(core, namespace, a)
     path = Path(pv.spec.nfs.path)
     assert a.client().put(b"before\n", path / "f").returncode == 0
@@ -196,10 +190,10 @@ def test_after_sigkill_and_a_fresh_mount_namespace_volumes_are_mounted_and_serve
     program attached one meanwhile (Ganesha's filesystem id in a handle is the device number)."""
     a = fs_appliance
     cls = f"fs-restart-{unique}"
-    make_class(storage, cls, a.provisioner)
+    make_class(cls, a.provisioner, parameters={"isolation": "filesystem"}, expansion=True, api=storage)
     a.start()
     for n in ("one", "two"):
-        make_claim(core, namespace, cls, "8Mi", name=n)
+        make_claim(namespace, n, cls, size="8Mi", api=core)
     pvs = [bound_volume(core, namespace, a, n) for n in ("one", "two")]
     paths = [Path(pv.spec.nfs.path) for pv in pvs]
     for p in paths:
@@ -246,10 +240,10 @@ def test_bad_filesystem_claims_get_one_clear_event_and_leave_nothing(
         parameters: dict[str, str], size: str, message: str) -> None:
     a = fs_appliance
     cls = f"fs-bad-{unique}"
-    make_class(storage, cls, a.provisioner, **parameters)
+    make_class(cls, a.provisioner, parameters={"isolation": "filesystem", **parameters}, expansion=True, api=storage)
     a.start()
     before = sorted(p.name for p in a.export_root.iterdir())
-    make_claim(core, namespace, cls, size)
+    make_claim(namespace, "data", cls, size=size, api=core)
     text = wait.until(lambda: next((e.message for e in events(core, namespace)
                                     if e.reason == "ProvisioningFailed" and message in e.message), None),
                       timeout=30, what=lambda: f"ProvisioningFailed with {message!r}\n{a.log()}")
@@ -275,11 +269,11 @@ def test_an_appliance_that_cannot_make_filesystems_says_so_and_makes_no_director
     assert shutil.which("mkfs.ext4", path=str(bin_dir)) is None
     a.env["PATH"] = str(bin_dir)
     cls = f"fs-cannot-{unique}"
-    make_class(storage, cls, a.provisioner)
+    make_class(cls, a.provisioner, parameters={"isolation": "filesystem"}, expansion=True, api=storage)
     a.start()
     assert "filesystem volumes (ext4): not possible here: mkfs.ext4 not found in PATH (install e2fsprogs)" \
         in a.text(), a.log()
-    make_claim(core, namespace, cls, "8Mi")
+    make_claim(namespace, "data", cls, size="8Mi", api=core)
     want = "asks for isolation: filesystem (ext4), which this appliance cannot provide: mkfs.ext4 not found in PATH"
     wait.until(lambda: any(e.reason == "ProvisioningFailed" and want in e.message for e in events(core, namespace)),
                timeout=30, what=lambda: f"ProvisioningFailed naming mkfs.ext4\n{a.log()}")
@@ -295,9 +289,9 @@ def test_a_clone_of_a_filesystem_volume_is_its_data_in_a_filesystem_of_its_own(
         unique: str) -> None:
     a = fs_appliance
     cls = f"fs-clone-{unique}"
-    make_class(storage, cls, a.provisioner)
+    make_class(cls, a.provisioner, parameters={"isolation": "filesystem"}, expansion=True, api=storage)
     a.start()
-    make_claim(core, namespace, cls, "8Mi", name="source")
+    make_claim(namespace, "source", cls, size="8Mi", api=core)
     src = bound_volume(core, namespace, a, "source")
     src_path = Path(src.spec.nfs.path)
     nfs = a.client()
@@ -329,11 +323,11 @@ def test_sigkill_while_provisioning_and_deleting_leaves_no_orphan(
     left."""
     a = fs_appliance
     cls = f"fs-kill-{unique}"
-    make_class(storage, cls, a.provisioner)
+    make_class(cls, a.provisioner, parameters={"isolation": "filesystem"}, expansion=True, api=storage)
     a.start()
     names = [f"c{i}" for i in range(8)]
     for n in names:
-        make_claim(core, namespace, cls, "8Mi", name=n)
+        make_claim(namespace, n, cls, size="8Mi", api=core)
     wait.until(lambda: "mounted at" in a.text(), timeout=30, what="a first volume mounted")
     a.kill()
     a.start()
@@ -368,9 +362,9 @@ def test_a_bound_volume_whose_image_is_lost_fails_readiness_and_is_not_served(
     """Never the bare mount point instead: its export is withdrawn and /readyz names the volume."""
     a = fs_appliance
     cls = f"fs-lost-{unique}"
-    make_class(storage, cls, a.provisioner)
+    make_class(cls, a.provisioner, parameters={"isolation": "filesystem"}, expansion=True, api=storage)
     a.start()
-    make_claim(core, namespace, cls, "8Mi")
+    make_claim(namespace, "data", cls, size="8Mi", api=core)
     pv = bound_volume(core, namespace, a)
     path = Path(pv.spec.nfs.path)
     assert a.client().put(b"data", path / "f").returncode == 0

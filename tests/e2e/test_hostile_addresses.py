@@ -23,9 +23,9 @@ from kubernetes import client
 
 from nfs_provisioner.appliance import nodes
 from nfs_provisioner.ganesha.exports import HEADER
-from tests.e2e.test_appliance_e2e import make_claim, make_class
 from tests.support import wait
 from tests.support.appliance_env import Appliance
+from tests.support.builders import NFS41, make_claim, make_class
 from tests.support.hostile_addresses import STRANGER, covers, read_from
 from tests.support.node_clients import CONTENT, Nodes, cluster_nodes, export_clients, readable
 
@@ -34,7 +34,7 @@ __all__ = ["cluster_nodes"]  # the fixture, used by name below
 
 def bound(a: Appliance, core: client.CoreV1Api, namespace: str, cls: str, name: str) -> Path:
     """A claim of ``cls``, Bound; its volume directory, holding CONTENT in ``f``."""
-    make_claim(core, namespace, cls, name=name)
+    make_claim(namespace, name, cls, api=core)
     wait.until(lambda: core.read_namespaced_persistent_volume_claim(name, namespace).status.phase == "Bound",
                timeout=60, what=lambda: f"claim {name} Bound\n{a.log()}")
     vol = a.export_root / core.read_namespaced_persistent_volume_claim(name, namespace).spec.volume_name
@@ -93,7 +93,7 @@ def test_d4_a_zone_id_node_is_left_out_claims_go_on_and_a_restart_serves(
     appliance.extra.append("--export-subnet=nodes")
     appliance.start()
     cls = f"zone-{unique}"
-    make_class(storage, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, mount_options=NFS41, api=storage)
     one = bound(appliance, core, namespace, cls, "one")
 
     # A Node whose InternalIP has a zone id, and a good one beside it: the good one counts, the bad one is
@@ -135,7 +135,7 @@ def test_d5_a_network_node_is_left_out_and_the_list_stays_current(
     appliance.extra.append("--export-subnet=nodes")
     appliance.start()
     cls = f"net-{unique}"
-    make_class(storage, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, mount_options=NFS41, api=storage)
     one = bound(appliance, core, namespace, cls, "one")
     assert read_from("127.0.33.3", appliance.nfs_port, one / "f") == CONTENT
 
@@ -165,7 +165,7 @@ def test_d8_a_node_address_written_as_a_network_lets_no_stranger_in(
     appliance.extra.append("--export-subnet=nodes")  # no loopback by default: only the Nodes
     appliance.start()
     cls = f"cidr-{unique}"
-    make_class(storage, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, mount_options=NFS41, api=storage)
     vol = bound(appliance, core, namespace, cls, "one")
     # The same client: from a Node's address it reads, from anywhere else Ganesha refuses it. Before, the two
     # "addresses" let every local process in.
@@ -199,7 +199,7 @@ def test_d16_made_up_class_names_and_kinds_add_no_metric_series(
         appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
         unique: str) -> None:
     served = f"served-{unique}"
-    make_class(storage, served, appliance.provisioner)
+    make_class(served, appliance.provisioner, mount_options=NFS41, api=storage)
     appliance.start()
     made_up = 100
     for i in range(made_up):  # classes nobody made, asked of us by annotation; half with a made-up source kind

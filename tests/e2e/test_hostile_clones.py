@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 
 from nfs_provisioner.kube import client as kube
-from tests.e2e.test_clones import bound, claim, events, failures, leftovers, make_claim, make_class
+from tests.e2e.test_clones import bound, claim, events, failures, leftovers
 from tests.support import kubecluster, smallfs, wait
 from tests.support.appliance_env import Appliance
+from tests.support.builders import make_claim, make_class
 from tests.support.hostile_clones import deep_tmp, nest, read_nested, wide
 
 __all__ = ['deep_tmp']  # the shared fixtures (tests/support/hostile_clones.py)
@@ -51,13 +52,13 @@ def test_d2_clone_of_a_deep_volume_is_bound_and_served(cluster: kubecluster.Clus
     root.mkdir()
     a = appliance_on(cluster, root, tmp_path, unique, "deep")
     cls = f"deep-{unique}"
-    make_class(kapi, cls, a.provisioner)
+    make_class(cls, a.provisioner, api=kapi)
     a.start()
     try:
-        make_claim(kapi, namespace, "live", cls)
+        make_claim(namespace, "live", cls, api=kapi)
         src = root / bound(kapi, namespace, "live")["spec"]["volumeName"]
         nest(src, depth=600)
-        make_claim(kapi, namespace, "copy", cls, source="live")
+        make_claim(namespace, "copy", cls, source="live", api=kapi)
         c = bound(kapi, namespace, "copy", timeout=60, what=lambda: f"clone Bound\n{a.log()}")
         dst = root / c["spec"]["volumeName"]
         assert read_nested(dst, depth=600) == read_nested(src, depth=600)
@@ -86,13 +87,13 @@ def test_d3_clone_of_many_sibling_directories_at_1024_descriptors(cluster: kubec
     root.mkdir()
     a = appliance_on(cluster, root, tmp_path, unique, "wide", wrapper=under_nofile(1024))
     cls = f"wide-{unique}"
-    make_class(kapi, cls, a.provisioner)
+    make_class(cls, a.provisioner, api=kapi)
     a.start()
     try:
-        make_claim(kapi, namespace, "live", cls)
+        make_claim(namespace, "live", cls, api=kapi)
         src = root / bound(kapi, namespace, "live")["spec"]["volumeName"]
         wide(src, dirs=1500)
-        make_claim(kapi, namespace, "copy", cls, source="live")
+        make_claim(namespace, "copy", cls, source="live", api=kapi)
         c = bound(kapi, namespace, "copy", timeout=90, what=lambda: f"clone Bound\n{a.log()}")
         dst = root / c["spec"]["volumeName"]
         assert sorted(os.listdir(dst)) == sorted(os.listdir(src))
@@ -122,10 +123,10 @@ def test_d10_concurrent_clones_that_do_not_fit_are_refused_before_copying(
     the disk under the other tenants)."""
     a = appliance_on(cluster, root_96m, tmp_path, unique, "room")
     cls = f"room-{unique}"
-    make_class(kapi, cls, a.provisioner)
+    make_class(cls, a.provisioner, api=kapi)
     a.start()
     try:
-        make_claim(kapi, namespace, "live", cls)
+        make_claim(namespace, "live", cls, api=kapi)
         src = root_96m / bound(kapi, namespace, "live")["spec"]["volumeName"]
         for i in range(20):  # 20 MiB in 20 files: copies take a while and overlap
             (src / f"part{i:02}").write_bytes(os.urandom(1 << 20))
@@ -136,7 +137,7 @@ def test_d10_concurrent_clones_that_do_not_fit_are_refused_before_copying(
 
         def create(n: str) -> None:
             start.wait()
-            made[n] = make_claim(kapi, namespace, n, cls, source="live")
+            made[n] = make_claim(namespace, n, cls, source="live", api=kapi)
 
         threads = [threading.Thread(target=create, args=(n,)) for n in names]
         for t in threads:
@@ -192,10 +193,10 @@ def test_d17_failed_delete_of_a_record_that_is_a_directory_names_it(
     root.mkdir()
     a = appliance_on(cluster, root, tmp_path, unique, "record")
     cls = f"record-{unique}"
-    make_class(kapi, cls, a.provisioner)
+    make_class(cls, a.provisioner, api=kapi)
     a.start()
     try:
-        make_claim(kapi, namespace, "vol", cls)
+        make_claim(namespace, "vol", cls, api=kapi)
         pv = bound(kapi, namespace, "vol")["spec"]["volumeName"]
         (root / pv / "data").write_text("keep me")
         record = root / ".volumes" / f"{pv}.json"

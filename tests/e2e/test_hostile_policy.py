@@ -18,15 +18,12 @@ from kubernetes import client
 from nfs_provisioner.volumes.directories import ARCHIVE_DIR
 from tests.support import wait
 from tests.support.appliance_env import Appliance
+from tests.support.builders import make_class
 from tests.support.hostile_policy import ANN, volumes, where
 
 __all__ = ['volumes']  # the shared fixtures (tests/support/hostile_policy.py)
 
 
-def make_class(storage: client.StorageV1Api, name: str, provisioner: str, on_delete: str) -> None:
-    storage.create_storage_class({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-                                  "metadata": {"name": name}, "provisioner": provisioner,
-                                  "parameters": {"onDelete": on_delete}})
 
 
 def bound_volume(core: client.CoreV1Api, namespace: str, cls: str, claim: str) -> str:
@@ -76,7 +73,7 @@ def test_d1_stripped_annotation_keeps_retained_and_archived_data(
         unique: str) -> None:
     classes = {policy: f"d1-{policy}-{unique}" for policy in ("retain", "archive", "delete")}
     for policy, cls in classes.items():
-        make_class(storage, cls, appliance.provisioner, policy)
+        make_class(cls, appliance.provisioner, parameters={"onDelete": policy}, api=storage)
     try:
         appliance.start()
         root = appliance.export_root
@@ -118,7 +115,7 @@ def test_d1_records_of_older_versions_get_their_policy_at_start_and_unknown_keep
         unique: str) -> None:
     classes = {policy: f"d1-old-{policy}-{unique}" for policy in ("archive", "delete")}
     for policy, cls in classes.items():
-        make_class(storage, cls, appliance.provisioner, policy)
+        make_class(cls, appliance.provisioner, parameters={"onDelete": policy}, api=storage)
     try:
         appliance.start()
         root = appliance.export_root

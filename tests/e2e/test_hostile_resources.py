@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.e2e.test_appliance_e2e import make_class
 from tests.support import kubecluster, wait
 from tests.support.appliance_env import Appliance
+from tests.support.builders import NFS41, make_class
 from tests.support.hostile_resources import files_containing, get, idle_connections, private_tmp
 
 __all__ = ['private_tmp']  # the shared fixtures (tests/support/hostile_resources.py)
@@ -70,7 +70,7 @@ def test_d6_the_appliance_at_1024_open_files_survives_1100_idle_connections(
                   extra=["--export-subnet=127.0.0.1"],  # not the shared cluster's Nodes, whatever tests made them
                   wrapper=lambda argv: ["prlimit", "--nofile=1024:1024", *argv])
     cls = f"d6-{unique}"
-    make_class(storage, cls, a.provisioner)
+    make_class(cls, a.provisioner, mount_options=NFS41, api=storage)
     socks: list[socket.socket] = []
     try:
         a.start()

@@ -19,9 +19,10 @@ import pytest
 from kubernetes import client
 
 from tests.e2e.test_faults import ganesha_pid
-from tests.e2e.test_state import bound_volume, events_for, make_class, pv_gone, remove_pv
+from tests.e2e.test_state import bound_volume, events_for, pv_gone, remove_pv
 from tests.support import kubecluster, wait
 from tests.support.appliance_env import Appliance
+from tests.support.builders import make_class
 from tests.support.hostile_state import GiB, sparse
 
 
@@ -66,7 +67,7 @@ def test_d9_readyz_fails_while_a_bound_volume_is_not_served_until_fixed_or_delet
         appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
         unique: str, tmp_path: Path) -> None:
     cls = f"state-{unique}"
-    make_class(storage, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, api=storage)
     appliance.extra = [LOOPBACK]
     appliance.start()
     try:
@@ -112,7 +113,7 @@ def test_d11_gigabyte_state_files_are_refused_at_start_without_reading_them(
         appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
         unique: str, tmp_path: Path) -> None:
     cls = f"state-{unique}"
-    make_class(storage, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, api=storage)
     root = appliance.export_root
     appliance.extra = [LOOPBACK]
     appliance.start()
@@ -156,7 +157,7 @@ def test_d12_sigkill_between_directory_and_pv_then_a_final_failure_leaves_nothin
         appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
         unique: str) -> None:
     cls = f"state-{unique}"
-    make_class(storage, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, api=storage)
     root = appliance.export_root
     appliance.extra = [LOOPBACK, "--max-exports=2"]
     appliance.start()
@@ -209,7 +210,7 @@ def test_d13_an_export_root_through_a_symlink_is_resolved_and_serves(
     a = Appliance(kubeconfig=cluster.kubeconfig, export_root=given, provisioner=f"example.com/nfs-{unique}",
                   log_dir=tmp_path, extra=[LOOPBACK])
     cls = f"state-{unique}"
-    make_class(storage, cls, a.provisioner)
+    make_class(cls, a.provisioner, api=storage)
     try:
         a.start()
         assert f"--export-root {given} goes through a symlink; using {real}" in a.text()
@@ -234,7 +235,7 @@ def test_d14_an_export_file_nobody_recorded_is_not_served_at_any_start(
         appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
         unique: str) -> None:
     cls = f"state-{unique}"
-    make_class(storage, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, api=storage)
     root = appliance.export_root
     appliance.extra = [LOOPBACK]
     appliance.start()
@@ -269,7 +270,7 @@ def test_d15_a_claim_whose_cross_namespace_source_was_dropped_gets_no_empty_volu
         appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
         unique: str) -> None:
     cls = f"state-{unique}"
-    make_class(storage, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, api=storage)
     appliance.extra = [LOOPBACK]
     appliance.start()
     try:

@@ -18,9 +18,9 @@ import pytest
 from kubernetes import client
 
 from nfs_provisioner.appliance.kernel_exports import MARK
-from tests.e2e.test_appliance_e2e import make_claim, make_class
 from tests.support import kubecluster, wait
 from tests.support.appliance_env import Appliance
+from tests.support.builders import NFS41, make_claim, make_class
 from tests.support.kernel_exports import OPERATOR_DIR, OPERATOR_LINE
 
 CACHE = Path(os.environ.get("NFSP_CACHE_DIR", Path.home() / ".cache" / "nfs-provisioner"))
@@ -73,9 +73,9 @@ def test_kernel_exports_flow(kernel_appliance: tuple[Appliance, Namespace], core
                              storage: client.StorageV1Api, namespace: str, unique: str) -> None:
     a, ns = kernel_appliance
     cls = f"kernel-{unique}"
-    make_class(storage, cls, a.provisioner, parameters={"rootSquash": "true"})
+    make_class(cls, a.provisioner, parameters={"rootSquash": "true"}, mount_options=NFS41, api=storage)
     a.start()
-    make_claim(core, namespace, cls)
+    make_claim(namespace, "nfs", cls, api=core)
     wait.until(lambda: core.read_namespaced_persistent_volume_claim("nfs", namespace).status.phase == "Bound",
                timeout=60, what="claim Bound")
     pv = core.read_persistent_volume(core.read_namespaced_persistent_volume_claim("nfs", namespace).spec.volume_name)

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.e2e.test_appliance_e2e import make_claim, make_class
 from tests.support import kubecluster, nfs42_client, nfsraw, wait
 from tests.support.appliance_env import Appliance
+from tests.support.builders import NFS41, make_claim, make_class
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
 
@@ -116,9 +116,9 @@ def served(cluster: kubecluster.Cluster, core: client.CoreV1Api, storage: client
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
     session: Renewing | None = None
     try:
-        make_class(storage, cls, a.provisioner)
+        make_class(cls, a.provisioner, mount_options=NFS41, api=storage)
         a.start()
-        make_claim(core, ns, cls)
+        make_claim(ns, "nfs", cls, api=core)
         wait.until(lambda: core.read_namespaced_persistent_volume_claim("nfs", ns).status.phase == "Bound",
                    timeout=60, what=lambda: f"claim Bound\n{a.log()}")
         vol = a.export_root / core.read_namespaced_persistent_volume_claim("nfs", ns).spec.volume_name
@@ -140,7 +140,7 @@ def served(cluster: kubecluster.Cluster, core: client.CoreV1Api, storage: client
 def test_storage_class_changes_do_not_restart_ganesha(served: Served, storage: client.StorageV1Api) -> None:
     a, unique = served.a, uuid.uuid4().hex[:8]
     for name, provisioner in ((f"nr-mine-{unique}", a.provisioner), (f"nr-other-{unique}", "example.com/other")):
-        make_class(storage, name, provisioner, parameters={"gid": "1234"})
+        make_class(name, provisioner, parameters={"gid": "1234"}, mount_options=NFS41, api=storage)
         storage.patch_storage_class(name, {"metadata": {"labels": {"changed": "yes"}}})
         storage.delete_storage_class(name)
     wait.until(lambda: "classes" in a.text(), timeout=5, what="the class informer")

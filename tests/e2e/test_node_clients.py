@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.e2e.test_appliance_e2e import make_claim, make_class
 from tests.support import wait
 from tests.support.appliance_env import Appliance
+from tests.support.builders import NFS41, make_claim, make_class
 from tests.support.node_clients import CONTENT, Nodes, cluster_nodes, export_clients, readable
 
 __all__ = ["cluster_nodes"]  # the fixture (tests/support/node_clients.py)
@@ -27,8 +27,8 @@ def bound_volume(a: Appliance, core: client.CoreV1Api, storage: client.StorageV1
                  unique: str) -> Path:
     """A claim of a fresh class, Bound; returns its volume directory (holding a file)."""
     cls = f"nodes-{unique}"
-    make_class(storage, cls, a.provisioner)
-    make_claim(core, namespace, cls)
+    make_class(cls, a.provisioner, mount_options=NFS41, api=storage)
+    make_claim(namespace, "nfs", cls, api=core)
     wait.until(lambda: core.read_namespaced_persistent_volume_claim("nfs", namespace).status.phase == "Bound",
                timeout=60, what=lambda: f"claim Bound\n{a.log()}")
     pv = core.read_namespaced_persistent_volume_claim("nfs", namespace).spec.volume_name

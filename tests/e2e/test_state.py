@@ -16,16 +16,13 @@ from kubernetes import client
 
 from tests.support import kubecluster, treesnap, wait
 from tests.support.appliance_env import Appliance
+from tests.support.builders import make_class
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
 
 VOLATILE = ("ganesha.log", "recovery")
 
 
-def make_class(storage: client.StorageV1Api, name: str, provisioner: str, **parameters: str) -> None:
-    storage.create_storage_class({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-                                  "metadata": {"name": name}, "provisioner": provisioner,
-                                  "parameters": parameters})
 
 
 def bound_volume(core: client.CoreV1Api, namespace: str, cls: str, name: str) -> client.V1PersistentVolume:
@@ -68,8 +65,8 @@ def test_hand_made_pvs_never_delete_directories_that_are_not_their_volumes(
         appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
         unique: str) -> None:
     cls, kept_cls = f"state-{unique}", f"state-retain-{unique}"
-    make_class(storage, cls, appliance.provisioner)
-    make_class(storage, kept_cls, appliance.provisioner, onDelete="retain")
+    make_class(cls, appliance.provisioner, api=storage)
+    make_class(kept_cls, appliance.provisioner, parameters={"onDelete": "retain"}, api=storage)
     appliance.start()
     root = appliance.export_root
     normal = bound_volume(core, namespace, cls, "normal")
@@ -129,7 +126,7 @@ def test_volumes_made_before_records_are_adopted_and_still_deleted(
         appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
         unique: str) -> None:
     cls = f"state-{unique}"
-    make_class(storage, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, api=storage)
     appliance.start()
     pv = bound_volume(core, namespace, cls, "old")
     record = appliance.export_root / ".volumes" / f"{pv.metadata.name}.json"
@@ -154,7 +151,7 @@ def test_a_tampered_export_file_is_served_as_its_header_says(
         appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
         unique: str) -> None:
     cls = f"state-{unique}"
-    make_class(storage, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, api=storage)
     appliance.start()
     pv = bound_volume(core, namespace, cls, "nfs")
     path = Path(pv.spec.nfs.path)
@@ -223,7 +220,7 @@ def test_a_lost_ganesha_directory_is_rebuilt_with_the_same_export_ids(
         appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
         unique: str) -> None:
     cls = f"state-{unique}"
-    make_class(storage, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, api=storage)
     appliance.start()
     pvs = [bound_volume(core, namespace, cls, n) for n in ("a", "b")]
     nfs = appliance.client()
@@ -263,7 +260,7 @@ def test_a_changed_export_root_is_reported_at_start(
         cluster: kubecluster.Cluster, appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api,
         namespace: str, unique: str, tmp_path: Path) -> None:
     cls = f"state-{unique}"
-    make_class(storage, cls, appliance.provisioner)
+    make_class(cls, appliance.provisioner, api=storage)
     appliance.start()
     pv = bound_volume(core, namespace, cls, "nfs")
     assert appliance.stop() == 0

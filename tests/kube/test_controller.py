@@ -27,6 +27,7 @@ from nfs_provisioner.controller import (
 )
 from nfs_provisioner.kube import client as kube
 from tests.support import kubecluster, wait
+from tests.support.builders import make_claim, make_class
 from tests.support.controller_helpers import (
     FAST_RETRY,
     HOSTPATH_SCRIPT,
@@ -35,8 +36,6 @@ from tests.support.controller_helpers import (
     delete_claim,
     get_claim,
     get_volume,
-    make_claim,
-    make_class,
     provisioner_fixture,
     purge,
     pv_name,
@@ -104,9 +103,9 @@ def test_guide_flow_end_to_end_with_the_hostpath_example(
 def test_claim_of_another_provisioner_is_ignored(kapi: kube.Client, namespace: str, name: str, unique: str,
                                                  tmp_path: Path) -> None:
     p = Recording(tmp_path)
-    make_class(kapi, f"other-{unique}", f"other.example/x-{unique}")
+    make_class(f"other-{unique}", f"other.example/x-{unique}", api=kapi)
     with controller(kapi, p, settings(name)):
-        make_claim(kapi, namespace, "c", f"other-{unique}")
+        make_claim(namespace, "c", f"other-{unique}", api=kapi)
         claim = wait.until(lambda: (c := get_claim(kapi, namespace, "c")) and
                            decisions.ANN_STORAGE_PROVISIONER in decisions.annotations_of(c) and c,
                            timeout=30, what="kube-controller-manager annotating the claim")
@@ -122,11 +121,11 @@ def test_both_storage_provisioner_annotations_are_honoured(kapi: kube.Client, na
     """kube-controller-manager writes the GA and the beta annotation; the class is named in spec or the beta
     annotation. Both claims are provisioned (the precedence rules are unit-tested)."""
     p = Recording(tmp_path)
-    make_class(kapi, f"c-{unique}", name)
+    make_class(f"c-{unique}", name, api=kapi)
     with controller(kapi, p, settings(name)):
-        make_claim(kapi, namespace, "spec-class", f"c-{unique}")
-        beta = make_claim(kapi, namespace, "beta-class", "", annotations={
-            decisions.ANN_BETA_STORAGE_CLASS: f"c-{unique}"})
+        make_claim(namespace, "spec-class", f"c-{unique}", api=kapi)
+        beta = make_claim(namespace, "beta-class", "", annotations={
+            decisions.ANN_BETA_STORAGE_CLASS: f"c-{unique}"}, api=kapi)
         for claim_name in ("spec-class", "beta-class"):
             claim = wait_bound(kapi, namespace, claim_name)
             ann = decisions.annotations_of(claim)
@@ -140,13 +139,13 @@ def test_wait_for_first_consumer_needs_a_selected_node(kapi: kube.Client, namesp
                                                        unique: str, tmp_path: Path) -> None:
     p = Recording(tmp_path)
     cls = f"wffc-{unique}"
-    make_class(kapi, cls, name, binding="WaitForFirstConsumer")
+    make_class(cls, name, binding="WaitForFirstConsumer", api=kapi)
     node = f"node-{unique}"
     kapi.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
     try:
         with controller(kapi, p, settings(name)):
             # Without selected-node nothing happens, even if the claim names us.
-            claim = make_claim(kapi, namespace, "c", cls, annotations={decisions.ANN_STORAGE_PROVISIONER: name})
+            claim = make_claim(namespace, "c", cls, annotations={decisions.ANN_STORAGE_PROVISIONER: name}, api=kapi)
             time.sleep(2)
             assert p.provisions == []
             # The scheduler's annotation arrives: provisioned for that node.
@@ -157,8 +156,8 @@ def test_wait_for_first_consumer_needs_a_selected_node(kapi: kube.Client, namesp
             assert p.provisions[0].selected_node is not None
 
             # A selected node that does not exist: reschedule (annotation removed), ProvisioningFailed.
-            claim2 = make_claim(kapi, namespace, "c2", cls, annotations={
-                decisions.ANN_STORAGE_PROVISIONER: name, decisions.ANN_SELECTED_NODE: "no-such-node"})
+            claim2 = make_claim(namespace, "c2", cls, annotations={
+                decisions.ANN_STORAGE_PROVISIONER: name, decisions.ANN_SELECTED_NODE: "no-such-node"}, api=kapi)
             wait.until(lambda: decisions.ANN_SELECTED_NODE not in decisions.annotations_of(
                 get_claim(kapi, namespace, "c2") or {}), timeout=30, what="selected-node removed")
             assert get_volume(kapi, pv_name(claim2)) is None
@@ -170,8 +169,8 @@ def test_wait_for_first_consumer_needs_a_selected_node(kapi: kube.Client, namesp
                 if o.claim["metadata"]["name"] == "c3":
                     raise ProvisioningError("node is full", ProvisioningState.RESCHEDULE)
             p.on_provision = refuse
-            claim3 = make_claim(kapi, namespace, "c3", cls, annotations={
-                decisions.ANN_STORAGE_PROVISIONER: name, decisions.ANN_SELECTED_NODE: node})
+            claim3 = make_claim(namespace, "c3", cls, annotations={
+                decisions.ANN_STORAGE_PROVISIONER: name, decisions.ANN_SELECTED_NODE: node}, api=kapi)
             wait.until(lambda: decisions.ANN_SELECTED_NODE not in decisions.annotations_of(
                 get_claim(kapi, namespace, "c3") or {}), timeout=30, what="selected-node removed on Reschedule")
             c3 = get_claim(kapi, namespace, "c3") or {}
@@ -184,9 +183,9 @@ def test_wait_for_first_consumer_needs_a_selected_node(kapi: kube.Client, namesp
 def test_block_claim_without_support_fails_once(kapi: kube.Client, namespace: str, name: str, unique: str,
                                                tmp_path: Path) -> None:
     p = Recording(tmp_path)
-    make_class(kapi, f"c-{unique}", name)
+    make_class(f"c-{unique}", name, api=kapi)
     with controller(kapi, p, settings(name)):
-        claim = make_claim(kapi, namespace, "blk", f"c-{unique}", block=True)
+        claim = make_claim(namespace, "blk", f"c-{unique}", block=True, api=kapi)
         wait.until(lambda: "ProvisioningFailed" in reasons(kapi, namespace, "blk", name), timeout=30,
                    what="ProvisioningFailed for Block")
         ev = [e for e in kube_events(kapi, namespace, "blk") if e["reason"] == "ProvisioningFailed"]
@@ -198,7 +197,7 @@ def test_block_claim_without_support_fails_once(kapi: kube.Client, namespace: st
         assert get_volume(kapi, pv_name(claim)) is None
         # With support the same kind of claim is provisioned.
         p.block = True
-        c2 = make_claim(kapi, namespace, "blk2", f"c-{unique}", block=True)
+        c2 = make_claim(namespace, "blk2", f"c-{unique}", block=True, api=kapi)
         wait.until(lambda: get_volume(kapi, pv_name(c2)), timeout=30, what="Block PV when supported")
 
 
@@ -211,9 +210,9 @@ def kube_events(api: kube.Client, namespace: str, obj: str) -> list[dict[str, ob
 def test_retain_volume_is_never_deleted(kapi: kube.Client, namespace: str, name: str, unique: str,
                                         tmp_path: Path) -> None:
     p = Recording(tmp_path)
-    make_class(kapi, f"keep-{unique}", name, reclaim="Retain")
+    make_class(f"keep-{unique}", name, reclaim="Retain", api=kapi)
     with controller(kapi, p, settings(name)):
-        claim = make_claim(kapi, namespace, "c", f"keep-{unique}")
+        claim = make_claim(namespace, "c", f"keep-{unique}", api=kapi)
         wait_bound(kapi, namespace, "c")
         pv = kapi.get(kube.volumes_path(pv_name(claim)))
         assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
@@ -257,9 +256,9 @@ def test_ignored_error_is_silent_and_not_retried(kapi: kube.Client, namespace: s
     def not_mine(o: ProvisionOptions) -> None:
         raise IgnoredError("another instance serves this claim")
     p.on_provision = not_mine
-    make_class(kapi, f"c-{unique}", name)
+    make_class(f"c-{unique}", name, api=kapi)
     with controller(kapi, p, settings(name)):
-        claim = make_claim(kapi, namespace, "c", f"c-{unique}")
+        claim = make_claim(namespace, "c", f"c-{unique}", api=kapi)
         wait.until(lambda: len(p.provisions) == 1, timeout=30, what="one provision call")
         time.sleep(2)
         assert len(p.provisions) == 1
@@ -271,7 +270,7 @@ def test_ignored_error_is_silent_and_not_retried(kapi: kube.Client, namespace: s
         # delete(): IgnoredError leaves the PV alone, without an event.
         p.on_provision = None
         p.identity = "node-a"
-        claim2 = make_claim(kapi, namespace, "d", f"c-{unique}")
+        claim2 = make_claim(namespace, "d", f"c-{unique}", api=kapi)
         wait_bound(kapi, namespace, "d")
         p.identity = "node-b"  # the PV now belongs to "another instance"
         delete_claim(kapi, namespace, "d")
@@ -293,13 +292,13 @@ def test_failure_thresholds_stop_retries(kapi: kube.Client, namespace: str, name
     def broken(o: ProvisionOptions) -> None:
         raise RuntimeError("backend unavailable: check the storage server")
     p.on_provision = broken
-    make_class(kapi, f"c-{unique}", name)
+    make_class(f"c-{unique}", name, api=kapi)
     registry = CollectorRegistry()
     s = settings(name)
     s = type(s)(**{**s.__dict__, "retry": type(s.retry)(**{**s.retry.__dict__, "failed_provision_threshold": 2,
                                                            "failed_delete_threshold": 1})})
     with controller(kapi, p, s, registry) as c:
-        claim = make_claim(kapi, namespace, "c", f"c-{unique}")
+        claim = make_claim(namespace, "c", f"c-{unique}", api=kapi)
         wait.until(lambda: len(p.provisions) >= 3, timeout=30, what="3 provision attempts")
         time.sleep(2.5)
         assert len(p.provisions) == 3  # the first attempt + threshold retries, like the Go library
@@ -320,7 +319,7 @@ def test_failure_thresholds_stop_retries(kapi: kube.Client, namespace: str, name
         def undeletable(v: dict[str, object]) -> None:
             raise RuntimeError("directory is busy")
         p.on_delete = undeletable
-        claim2 = make_claim(kapi, namespace, "d", f"c-{unique}")
+        claim2 = make_claim(namespace, "d", f"c-{unique}", api=kapi)
         wait_bound(kapi, namespace, "d")
         delete_claim(kapi, namespace, "d")
         wait.until(lambda: len(p.deletes) >= 2, timeout=30, what="2 delete attempts")
@@ -350,10 +349,10 @@ def test_a_failing_claim_backs_off_although_its_finalizer_comes_and_goes(kapi: k
     def broken(o: ProvisionOptions) -> None:
         raise RuntimeError("backend unavailable")
     p.on_provision = broken
-    make_class(kapi, f"c-{unique}", name)
+    make_class(f"c-{unique}", name, api=kapi)
     slow = replace(FAST_RETRY, base_delay=1.0, max_delay=1.0, failed_provision_threshold=0)
     with controller(kapi, p, settings(name, retry=slow)):
-        make_claim(kapi, namespace, "c", f"c-{unique}")
+        make_claim(namespace, "c", f"c-{unique}", api=kapi)
         wait.until(lambda: len(p.provisions) >= 1, timeout=30, what="a first provision attempt")
         time.sleep(4.0)
         assert 2 <= len(p.provisions) <= 7, len(p.provisions)  # one attempt a second, not one per patch
@@ -371,9 +370,9 @@ def test_claim_finalizer_is_held_while_provisioning_and_pv_finalizer_until_delet
         seen.append(decisions.finalizers(get_claim(kapi, namespace, o.claim["metadata"]["name"]) or {}))
         release.wait(20)
     p.after_provision = hold
-    make_class(kapi, f"c-{unique}", name)
+    make_class(f"c-{unique}", name, api=kapi)
     with controller(kapi, p, settings(name)):
-        claim = make_claim(kapi, namespace, "c", f"c-{unique}")
+        claim = make_claim(namespace, "c", f"c-{unique}", api=kapi)
         wait.until(lambda: seen, timeout=30, what="provision running")
         assert decisions.claim_finalizer("default") in seen[0]  # recorded before provision was called
         release.set()
@@ -389,7 +388,7 @@ def test_claim_finalizer_is_held_while_provisioning_and_pv_finalizer_until_delet
     # add_finalizer=False: the PV is created without it and still deleted cleanly.
     p2 = Recording(tmp_path / "nofin")
     with controller(kapi, p2, settings(name, add_finalizer=False)):
-        claim = make_claim(kapi, namespace, "n", f"c-{unique}")
+        claim = make_claim(namespace, "n", f"c-{unique}", api=kapi)
         wait_bound(kapi, namespace, "n")
         assert decisions.PV_FINALIZER not in decisions.finalizers(kapi.get(kube.volumes_path(pv_name(claim))))
         delete_claim(kapi, namespace, "n")
@@ -401,7 +400,7 @@ def test_metrics_and_health_are_served(kapi: kube.Client, namespace: str, name: 
                                        tmp_path: Path) -> None:
     p = Recording(tmp_path)
     cls = f"c-{unique}"
-    make_class(kapi, cls, name)
+    make_class(cls, name, api=kapi)
     fail_once = {"f"}
 
     def flaky(o: ProvisionOptions) -> None:
@@ -412,7 +411,7 @@ def test_metrics_and_health_are_served(kapi: kube.Client, namespace: str, name: 
     registry = CollectorRegistry()
     with controller(kapi, p, settings(name, serving=ServingSettings(address="127.0.0.1:0")), registry) as c:
         for n in ("a", "b", "f"):
-            make_claim(kapi, namespace, n, cls)
+            make_claim(namespace, n, cls, api=kapi)
         for n in ("a", "b", "f"):
             wait_bound(kapi, namespace, n)
         labels = {"class": cls, "source": ""}
@@ -444,11 +443,11 @@ def test_no_change_on_a_first_attempt_is_not_in_progress(kapi: kube.Client, name
     def unchanged(o: ProvisionOptions) -> None:
         raise ProvisioningError("backend busy, nothing done", ProvisioningState.NO_CHANGE)
     p.on_provision = unchanged
-    make_class(kapi, f"c-{unique}", name)
+    make_class(f"c-{unique}", name, api=kapi)
     s = settings(name)
     s = type(s)(**{**s.__dict__, "retry": type(s.retry)(**{**s.retry.__dict__, "failed_provision_threshold": 2})})
     with controller(kapi, p, s):
-        make_claim(kapi, namespace, "nc", f"c-{unique}")
+        make_claim(namespace, "nc", f"c-{unique}", api=kapi)
         wait.until(lambda: len(p.provisions) >= 3, timeout=30, what="3 provision attempts")
         time.sleep(2.5)
         assert len(p.provisions) == 3  # the first attempt + threshold retries: given up
@@ -473,9 +472,9 @@ def test_in_background_provision_is_finished_and_rolled_back_after_the_claim_is_
         if fail_delete:
             raise RuntimeError(f"directory is {fail_delete.pop()}")
     p.on_delete = flaky_delete
-    make_class(kapi, f"c-{unique}", name)
+    make_class(f"c-{unique}", name, api=kapi)
     with controller(kapi, p, settings(name)):
-        claim = make_claim(kapi, namespace, "bg", f"c-{unique}")
+        claim = make_claim(namespace, "bg", f"c-{unique}", api=kapi)
         pv = pv_name(claim)
         wait.until(lambda: len(p.provisions) >= 2, timeout=30, what="provision retried while in background")
         assert (tmp_path / pv).is_dir()
@@ -501,10 +500,10 @@ def test_volume_name_hook_and_deletion_guard(kapi: kube.Client, namespace: str, 
             return volume["metadata"]["name"] not in self.keep  # type: ignore[index]
 
     p = Guarded(tmp_path)
-    make_class(kapi, f"c-{unique}", name)
+    make_class(f"c-{unique}", name, api=kapi)
     with controller(kapi, p, settings(name), volume_name=lambda c: f"{unique}-{c['metadata']['name']}"):
-        make_claim(kapi, namespace, "a", f"c-{unique}")
-        make_claim(kapi, namespace, "b", f"c-{unique}")
+        make_claim(namespace, "a", f"c-{unique}", api=kapi)
+        make_claim(namespace, "b", f"c-{unique}", api=kapi)
         assert wait_bound(kapi, namespace, "a")["spec"]["volumeName"] == f"{unique}-a"
         assert wait_bound(kapi, namespace, "b")["spec"]["volumeName"] == f"{unique}-b"
         assert sorted(os.listdir(tmp_path)) == [f"{unique}-a", f"{unique}-b"]
@@ -546,8 +545,8 @@ def test_data_sources_the_provisioner_does_not_declare_are_never_provisioned_emp
     def mine(claim: str) -> list[dict[str, object]]:
         return [e for e in kube_events(kapi, namespace, claim)
                 if (e.get("source") or {}).get("component") == name]  # type: ignore[union-attr]
-    make_class(kapi, f"c-{unique}", name)
-    make_claim(kapi, namespace, "live", f"c-{unique}")
+    make_class(f"c-{unique}", name, api=kapi)
+    make_claim(namespace, "live", f"c-{unique}", api=kapi)
     with controller(kapi, p, settings(name)):
         wait_bound(kapi, namespace, "live")
         clone = _claim_with_source(kapi, namespace, "clone", f"c-{unique}",
@@ -590,8 +589,8 @@ def test_declared_data_source_reaches_provision_in_typed_form(kapi: kube.Client,
             return (kind, api_group) == ("PersistentVolumeClaim", "")
 
     p = Cloning(tmp_path)
-    make_class(kapi, f"c-{unique}", name)
-    make_claim(kapi, namespace, "live", f"c-{unique}")
+    make_class(f"c-{unique}", name, api=kapi)
+    make_claim(namespace, "live", f"c-{unique}", api=kapi)
     with controller(kapi, p, settings(name)):
         wait_bound(kapi, namespace, "live")
         _claim_with_source(kapi, namespace, "clone", f"c-{unique}",
@@ -621,10 +620,10 @@ def test_in_progress_is_polled_without_backoff_or_failure_events(kapi: kube.Clie
         if len(polls) < 6:
             raise InProgress(f"step {len(polls)} of 6", retry_after=0.3, report=len(polls) % 2 == 1)
     p.on_provision = working
-    make_class(kapi, f"c-{unique}", name)
+    make_class(f"c-{unique}", name, api=kapi)
     slow_backoff = replace(FAST_RETRY, base_delay=30.0, max_delay=30.0, failed_provision_threshold=1)
     with controller(kapi, p, settings(name, retry=slow_backoff)):
-        make_claim(kapi, namespace, "c", f"c-{unique}")
+        make_claim(namespace, "c", f"c-{unique}", api=kapi)
         wait_bound(kapi, namespace, "c", timeout=30)
         assert len(polls) == 6
         assert polls[-1] - polls[0] < 10  # polled every 0.3 s, not after the 30 s backoff

@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 from nfs_provisioner.controller import ClientSettings, ProvisionController, decisions
 from nfs_provisioner.kube import client as kube
 from tests.support import kubecluster, wait
-from tests.support.controller_helpers import Recording, make_claim, make_class, purge, settings
+from tests.support.builders import make_claim, make_class
+from tests.support.controller_helpers import Recording, purge, settings
 from tests.support.paths import REPO
 
 pytestmark = pytest.mark.kube
@@ -27,9 +28,9 @@ def test_hostpath_provisions_200_claims_fast(cluster: kubecluster.Cluster, kapi:
                                              unique: str, tmp_path: Path) -> None:
     name = f"example.com/bench-{unique}"
     cls = f"bench-{unique}"
-    make_class(kapi, cls, name)
+    make_class(cls, name, api=kapi)
     with ThreadPoolExecutor(THREADS) as pool:
-        list(pool.map(lambda i: make_claim(kapi, namespace, f"c{i}", cls), range(CLAIMS)))
+        list(pool.map(lambda i: make_claim(namespace, f"c{i}", cls, api=kapi), range(CLAIMS)))
 
     def annotated() -> bool:
         items = kapi.get(kube.claims_path(namespace))["items"]

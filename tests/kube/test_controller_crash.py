@@ -31,6 +31,7 @@ from nfs_provisioner.controller import (
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors
 from tests.support import kubecluster, wait
+from tests.support.builders import make_claim, make_class
 from tests.support.controller_helpers import (
     CRASHY_SCRIPT,
     PausableProxy,
@@ -39,8 +40,6 @@ from tests.support.controller_helpers import (
     delete_claim,
     get_claim,
     get_volume,
-    make_claim,
-    make_class,
     provisioner_fixture,
     pv_name,
     settings,
@@ -124,11 +123,11 @@ def recorded(record: str, tmp: Path, kapi: kube.Client, namespace: str, claim: d
 def test_killed_between_provision_and_pv_save_finishes_after_restart(
         cluster: kubecluster.Cluster, kapi: kube.Client, namespace: str, name: str, unique: str,
         tmp_path: Path, procs: list[Proc], record: str) -> None:
-    make_class(kapi, f"c-{unique}", name)
+    make_class(f"c-{unique}", name, api=kapi)
     (tmp_path / "hang-provision").touch()
     extra = record_args(record, tmp_path)
     procs.append(Proc(cluster, tmp_path, name, extra=extra))
-    claim = make_claim(kapi, namespace, "c", f"c-{unique}")
+    claim = make_claim(namespace, "c", f"c-{unique}", api=kapi)
     pv = pv_name(claim)
     wait.until(lambda: (procs[0].markers / f"provisioned-{pv}").exists(), timeout=30, what="asset created")
     assert recorded(record, tmp_path, kapi, namespace, claim)
@@ -155,11 +154,11 @@ def test_killed_between_provision_and_pv_save_finishes_after_restart(
 def test_claim_deleted_while_controller_dead_mid_provision_leaves_no_orphan(
         cluster: kubecluster.Cluster, kapi: kube.Client, namespace: str, name: str, unique: str,
         tmp_path: Path, procs: list[Proc], record: str) -> None:
-    make_class(kapi, f"c-{unique}", name)
+    make_class(f"c-{unique}", name, api=kapi)
     (tmp_path / "hang-provision").touch()
     extra = record_args(record, tmp_path)
     procs.append(Proc(cluster, tmp_path, name, extra=extra))
-    claim = make_claim(kapi, namespace, "c", f"c-{unique}")
+    claim = make_claim(namespace, "c", f"c-{unique}", api=kapi)
     pv = pv_name(claim)
     wait.until(lambda: (procs[0].markers / f"provisioned-{pv}").exists(), timeout=30, what="asset created")
     procs[0].kill()
@@ -186,9 +185,9 @@ def test_claim_deleted_while_controller_dead_mid_provision_leaves_no_orphan(
 def test_killed_mid_delete_and_pv_deleted_meanwhile_still_removes_the_asset(
         cluster: kubecluster.Cluster, kapi: kube.Client, namespace: str, name: str, unique: str,
         tmp_path: Path, procs: list[Proc]) -> None:
-    make_class(kapi, f"c-{unique}", name)
+    make_class(f"c-{unique}", name, api=kapi)
     procs.append(Proc(cluster, tmp_path, name, env={"CRASHY_HANG_DELETE_BEFORE": "1"}))
-    claim = make_claim(kapi, namespace, "c", f"c-{unique}")
+    claim = make_claim(namespace, "c", f"c-{unique}", api=kapi)
     pv = pv_name(claim)
     wait_bound(kapi, namespace, "c")
     (tmp_path / "hang-delete").touch()
@@ -215,7 +214,7 @@ def test_pv_save_failure_keeps_the_asset_and_retries_until_saved(
     """A ValidatingAdmissionPolicy makes the API server refuse our PV: the Go library would delete the
     asset after N failures; we keep it and keep trying."""
     cls = f"c-{unique}"
-    make_class(kapi, cls, name)
+    make_class(cls, name, api=kapi)
     policy = f"deny-pv-{unique}"
     kapi.create("/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies", {
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
@@ -246,7 +245,7 @@ def test_pv_save_failure_keeps_the_asset_and_retries_until_saved(
     p = Recording(tmp_path)
     try:
         with controller(kapi, p, settings(name)):
-            claim = make_claim(kapi, namespace, "c", cls)
+            claim = make_claim(namespace, "c", cls, api=kapi)
             pv = pv_name(claim)
             wait.until(lambda: any("could not be saved" in e["message"] for e in kapi.get(
                 kube.events_path(namespace), fieldSelector="involvedObject.name=c")["items"]),
@@ -273,7 +272,7 @@ def test_leader_election_only_the_leader_provisions_and_failover(
         cluster: kubecluster.Cluster, kapi: kube.Client, namespace: str, name: str, unique: str,
         tmp_path: Path) -> None:
     cls = f"c-{unique}"
-    make_class(kapi, cls, name)
+    make_class(cls, name, api=kapi)
     le = LeaderElectionSettings(enabled=True, namespace=namespace, lease_duration=3, renew_deadline=2,
                                 retry_period=0.3)
     a, b = Recording(tmp_path / "a"), Recording(tmp_path / "b")
@@ -287,7 +286,7 @@ def test_leader_election_only_the_leader_provisions_and_failover(
     try:
         lease = kapi.get(kube.leases_path(namespace, name.replace("/", "-")))
         assert lease["spec"]["holderIdentity"] == "a"
-        claim = make_claim(kapi, namespace, "one", cls)
+        claim = make_claim(namespace, "one", cls, api=kapi)
         wait_bound(kapi, namespace, "one")
         assert [o.pv_name for o in a.provisions] == [pv_name(claim)]
         time.sleep(1)
@@ -295,7 +294,7 @@ def test_leader_election_only_the_leader_provisions_and_failover(
 
         ca.stop(wait=True)  # graceful: releases the lease
         wait.until(lambda: cb.leading, timeout=10, what="b takes over")
-        claim2 = make_claim(kapi, namespace, "two", cls)
+        claim2 = make_claim(namespace, "two", cls, api=kapi)
         wait_bound(kapi, namespace, "two")
         assert [o.pv_name for o in b.provisions] == [pv_name(claim2)]
         assert len(a.provisions) == 1
@@ -309,7 +308,7 @@ def test_leader_killed_standby_takes_over_after_lease_expiry(
         cluster: kubecluster.Cluster, kapi: kube.Client, namespace: str, name: str, unique: str,
         tmp_path: Path, procs: list[Proc]) -> None:
     cls = f"c-{unique}"
-    make_class(kapi, cls, name)
+    make_class(cls, name, api=kapi)
     lease_args = ("--leader-elect", "--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.3")
     env = {"POD_NAMESPACE": namespace}
     (tmp_path / "one").mkdir()
@@ -318,14 +317,14 @@ def test_leader_killed_standby_takes_over_after_lease_expiry(
     lease_path = kube.leases_path(namespace, name.replace("/", "-"))
     wait.until(lambda: kapi.get(lease_path)["spec"]["holderIdentity"] == "one", timeout=30, what="one leads")
     procs.append(Proc(cluster, tmp_path / "two", name, extra=(*lease_args, "--identity", "two"), env=env))
-    c1 = make_claim(kapi, namespace, "first", cls)
+    c1 = make_claim(namespace, "first", cls, api=kapi)
     wait_bound(kapi, namespace, "first")
     assert os.listdir(tmp_path / "one" / "pv") == [pv_name(c1)]
     assert not (tmp_path / "two" / "pv").exists()
 
     procs[0].kill()
     killed_at = time.monotonic()
-    c2 = make_claim(kapi, namespace, "second", cls)
+    c2 = make_claim(namespace, "second", cls, api=kapi)
     wait_bound(kapi, namespace, "second", timeout=60)
     assert time.monotonic() - killed_at >= 2.0  # not before the lease could expire
     assert os.listdir(tmp_path / "two" / "pv") == [pv_name(c2)]
@@ -347,7 +346,7 @@ def test_informer_resumes_each_watch_from_the_last_resource_version(kapi: kube.C
     try:
         assert inf.synced.wait(30)
         for i in range(4):
-            make_claim(kapi, namespace, f"c{i}", f"none-{unique}")
+            make_claim(namespace, f"c{i}", f"none-{unique}", api=kapi)
             time.sleep(0.8)  # the server ends each watch after ~1 s; the next one resumes where it stopped
         wait.until(lambda: len(inf.cache) == 4, timeout=10, what="all claims seen")
         wait.until(lambda: inf.watches >= 3, timeout=10, what="three watch renewals")
@@ -380,7 +379,7 @@ def test_informer_relists_after_410_gone(kapi: kube.Client, namespace: str, uniq
     from "1" is 410 Gone (100 updates were enough, measured). On a cluster that ran a while it is 410 at once.
     (The unit tests cover both 410 shapes deterministically.)"""
     path = kube.claims_path(namespace)
-    make_claim(kapi, namespace, "churn", f"none-{unique}")
+    make_claim(namespace, "churn", f"none-{unique}", api=kapi)
     if not _watch_is_gone(kapi, path, "1"):
         time.sleep(76)
         deadline, updates = time.monotonic() + 120, 0
@@ -389,7 +388,7 @@ def test_informer_relists_after_410_gone(kapi: kube.Client, namespace: str, uniq
             for _ in range(50):
                 kapi.patch(f"{path}/churn", {"metadata": {"labels": {"n": str(updates)}}})
                 updates += 1
-    make_claim(kapi, namespace, "seen", f"none-{unique}")
+    make_claim(namespace, "seen", f"none-{unique}", api=kapi)
     inf = watching.Informer(kapi, name="test-claims", path=kube.claims_path(namespace), kind="PersistentVolumeClaim",
                             api_version="v1", key=lambda o: o["metadata"]["name"], on_change=lambda old, new: None)
     inf.resource_version = "1"
@@ -398,7 +397,7 @@ def test_informer_relists_after_410_gone(kapi: kube.Client, namespace: str, uniq
         assert inf.synced.wait(30)
         assert inf.relists == 1
         assert "seen" in inf.cache
-        make_claim(kapi, namespace, "later", f"none-{unique}")
+        make_claim(namespace, "later", f"none-{unique}", api=kapi)
         wait.until(lambda: "later" in inf.cache, timeout=10, what="watch resumed after the re-list")
     finally:
         inf.stop()
@@ -410,7 +409,7 @@ def test_unreachable_api_server_makes_the_leader_step_down_then_lead_again(
         tmp_path: Path) -> None:
     """No crash loop: losing the lease stops the workers, the process stays, and it campaigns again."""
     cls = f"c-{unique}"
-    make_class(kapi, cls, name)
+    make_class(cls, name, api=kapi)
     proxy = PausableProxy(cluster.api_url)
     api = kube.Client(dataclasses.replace(kapi.credentials, host=proxy.url), kube.ClientSettings(timeout=5))
     le = LeaderElectionSettings(enabled=True, namespace=namespace, identity="flaky", lease_duration=3,
@@ -428,7 +427,7 @@ def test_unreachable_api_server_makes_the_leader_step_down_then_lead_again(
         proxy.paused.clear()
         wait.until(lambda: c.leading, timeout=30, what="leading again")
         assert c.elector.transitions == 2
-        claim = make_claim(kapi, namespace, "after", cls)
+        claim = make_claim(namespace, "after", cls, api=kapi)
         wait_bound(kapi, namespace, "after")
         assert [o.pv_name for o in p.provisions] == [pv_name(claim)]
     finally:
@@ -468,10 +467,10 @@ def test_health_endpoint_reflects_watch_health(cluster: kubecluster.Cluster, kap
 def test_sigterm_hands_back_a_running_provision_to_the_next_run(
         cluster: kubecluster.Cluster, kapi: kube.Client, namespace: str, name: str, unique: str,
         tmp_path: Path, procs: list[Proc]) -> None:
-    make_class(kapi, f"c-{unique}", name)
+    make_class(f"c-{unique}", name, api=kapi)
     (tmp_path / "hang-provision").touch()
     procs.append(Proc(cluster, tmp_path, name, extra=("--shutdown-grace", "1")))
-    claim = make_claim(kapi, namespace, "c", f"c-{unique}")
+    claim = make_claim(namespace, "c", f"c-{unique}", api=kapi)
     pv = pv_name(claim)
     wait.until(lambda: (procs[0].markers / f"provisioned-{pv}").exists(), timeout=30, what="provision running")
     began = time.monotonic()

@@ -23,14 +23,13 @@ from nfs_provisioner.kube import client as kube
 from nfs_provisioner.volumes.directories import VolumeDirectories
 from nfs_provisioner.volumes.records import RECORDS_DIR, VolumeRecords
 from tests.support import wait
+from tests.support.builders import make_claim, make_class
 from tests.support.controller_helpers import (
     FAST_RETRY,
     controller,
     delete_claim,
     events_about,
     get_claim,
-    make_claim,
-    make_class,
     provisioner_fixture,
     pv_name,
     settings,
@@ -56,18 +55,18 @@ def test_no_free_export_id_is_a_clear_event_with_backoff_and_leaves_nothing(
                             directories=VolumeDirectories(root), records=VolumeRecords(root / RECORDS_DIR),
                             exporter=GaneshaExporter(srv.exports))
     cls = f"ids-{unique}"
-    make_class(kapi, cls, name)
+    make_class(cls, name, api=kapi)
     # As the appliance runs it (provisions in flight journaled beside the volumes), retried for as long as it
     # takes (threshold 0): the claim must get the id a deleted volume frees.
     s = settings(name, retry=replace(FAST_RETRY, failed_provision_threshold=0), instance_name=IDENTITY,
                  in_flight_journal=root / IN_FLIGHT_DIR)
     with controller(kapi, p, s):
-        first = [wait_bound(kapi, namespace, make_claim(kapi, namespace, f"c{i}", cls)["metadata"]["name"])
+        first = [wait_bound(kapi, namespace, make_claim(namespace, f"c{i}", cls, api=kapi)["metadata"]["name"])
                  for i in range(2)]
         before = snapshot(root)
         caplog.clear()
         with caplog.at_level(logging.INFO):
-            third = make_claim(kapi, namespace, "c2", cls)
+            third = make_claim(namespace, "c2", cls, api=kapi)
             failed = wait.until(lambda: [e for e in events_about(kapi, namespace, "c2")
                                          if e["reason"] == "ProvisioningFailed"] or None,
                                 timeout=30, what="a ProvisioningFailed event for c2")

@@ -101,24 +101,8 @@ def controller(api: kube.Client, provisioner: Any, s: ControllerSettings,
 # ---------------------------------------------------------------------- objects
 
 
-def make_class(api: kube.Client, name: str, provisioner: str, *, binding: str = "Immediate",
-               reclaim: str = "Delete", parameters: dict[str, str] | None = None) -> Object:
-    body: Object = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name},
-                    "provisioner": provisioner, "volumeBindingMode": binding, "reclaimPolicy": reclaim}
-    if parameters:
-        body["parameters"] = parameters
-    return api.create(kube.classes_path(), body)
 
 
-def make_claim(api: kube.Client, namespace: str, name: str, cls: str, *, size: str = "1Mi",
-               modes: tuple[str, ...] = ("ReadWriteMany",), block: bool = False,
-               annotations: dict[str, str] | None = None) -> Object:
-    spec: Object = {"accessModes": list(modes), "storageClassName": cls, "resources": {"requests": {"storage": size}}}
-    if block:
-        spec["volumeMode"] = "Block"
-    body: Object = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                    "metadata": {"name": name, "annotations": annotations or {}}, "spec": spec}
-    return api.create(kube.claims_path(namespace), body)
 
 
 def get_claim(api: kube.Client, namespace: str, name: str) -> Object | None:
