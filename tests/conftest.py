@@ -16,6 +16,9 @@ from nfs_provisioner.kube import client as kube
 from tests.support import ganesha_env, kubecluster, kubenode, uml
 from tests.support.appliance_env import Appliance
 from tests.support.ganesha_env import Harness
+from tests.support.image import image
+
+__all__ = ["image"]  # the session fixture: the image in the node's containerd (tests/support/image.py)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -123,7 +126,6 @@ def unique() -> str:
     return uuid.uuid4().hex[:8]
 
 
-
 @pytest.fixture(scope="session")
 def kapi(cluster: kubecluster.Cluster) -> Iterator[kube.Client]:
     """The project's own API client (plain dicts), for tests of the controller library."""
@@ -152,7 +154,3 @@ def appliance(cluster: kubecluster.Cluster, tmp_path: Path, unique: str) -> Iter
     finally:
         a.close()
 
-
-from tests.node.test_incluster import image  # noqa: E402 - the session fixture: the image in the node's containerd
-
-__all__ = ["image"]

@@ -17,11 +17,6 @@ from tests.support.builders import NFS41, make_claim, make_class
 pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
 
 
-
-
-
-
-
 def test_classic_flow(appliance: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api,
                       namespace: str, unique: str) -> None:
     cls = f"example-nfs-{unique}"

@@ -9,7 +9,6 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,33 +16,9 @@ from nfs_provisioner.kube import client as kube
 from tests.support import kubecluster, smallfs, wait
 from tests.support.appliance_env import Appliance
 from tests.support.builders import make_claim, make_class
+from tests.support.clones import bound, claim, events, failures, leftovers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
-
-Object = dict[str, Any]
-
-
-
-
-
-
-def claim(api: kube.Client, namespace: str, name: str) -> Object:
-    got: Object = api.get(kube.claims_path(namespace, name))
-    return got
-
-
-def bound(api: kube.Client, namespace: str, name: str, timeout: float = 60, what: Any = None) -> Object:
-    return wait.until(lambda: (c := claim(api, namespace, name))["status"].get("phase") == "Bound" and c,
-                      timeout=timeout, what=what or f"claim {name} Bound")
-
-
-def events(api: kube.Client, namespace: str, name: str) -> list[tuple[str, str, str]]:
-    items = api.get(kube.events_path(namespace), fieldSelector=f"involvedObject.name={name}")["items"]
-    return [(e["type"], e["reason"], e["message"]) for e in sorted(items, key=lambda e: e["metadata"]["name"])]
-
-
-def failures(api: kube.Client, namespace: str, name: str) -> list[str]:
-    return [m for t, r, m in events(api, namespace, name) if r == "ProvisioningFailed"]
 
 
 def fill_source(path: Path) -> dict[str, bytes]:
@@ -64,12 +39,6 @@ def fill_source(path: Path) -> dict[str, bytes]:
     os.chmod(path / "hello.txt", 0o640)
     os.setxattr(path / "hello.txt", "user.origin", b"source")
     return files
-
-
-def leftovers(root: Path, pv: str) -> list[str]:
-    """What the appliance keeps of a volume ``pv``: directory, record, export file, clone markers."""
-    found = [str(p.relative_to(root)) for p in root.rglob(f"*{pv}*")]
-    return sorted(found)
 
 
 def test_clone_is_a_byte_for_byte_copy_served_over_nfs(appliance: Appliance, kapi: kube.Client, namespace: str,

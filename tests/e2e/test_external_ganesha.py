@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.e2e.test_stalls import check_health_follows_a_stopped_ganesha
 from tests.support import kubecluster, wait
 from tests.support.appliance_env import Appliance
 from tests.support.builders import NFS41, make_claim, make_class
 from tests.support.ganesha_env import Client, free_port
+from tests.support.health_checks import check_health_follows_a_stopped_ganesha
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
 

@@ -17,7 +17,7 @@ import pytest
 from kubernetes import client
 
 from tests.support import kubecluster, wait
-from tests.support.appliance_env import Appliance
+from tests.support.appliance_env import Appliance, ganesha_pid
 from tests.support.builders import NFS41, make_class
 
 pytestmark = [pytest.mark.fault, pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
@@ -38,14 +38,6 @@ def claims(core: client.CoreV1Api, namespace: str, cls: str, n: int) -> list[str
 def bound(core: client.CoreV1Api, namespace: str) -> dict[str, str]:
     return {c.metadata.name: c.spec.volume_name for c in core.list_namespaced_persistent_volume_claim(namespace).items
             if c.status.phase == "Bound"}
-
-
-def ganesha_pid(a: Appliance) -> int:
-    # "started [<loader> --library-path <libs> ]<...>ganesha.nfsd -F ... (pid N)"
-    pids = re.findall(r"started \S*?(?: --library-path \S+ \S+)?ganesha\.nfsd -F .* \(pid (\d+)\)",
-                      a.log_file.read_text(errors="replace"))
-    assert pids, a.log()
-    return int(pids[-1])
 
 
 def test_sigkill_ganesha_under_the_appliance(appliance: Appliance, core: client.CoreV1Api,

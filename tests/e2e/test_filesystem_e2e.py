@@ -36,10 +36,6 @@ def fs_appliance(appliance: Appliance, tmp_path: Path) -> Iterator[Appliance]:
         filesystem_env.clean(tmp_path)
 
 
-
-
-
-
 def bound_volume(core: client.CoreV1Api, namespace: str, a: Appliance, name: str = "data") -> Any:
     wait.until(lambda: core.read_namespaced_persistent_volume_claim(name, namespace).status.phase == "Bound",
                timeout=60, what=lambda: f"claim Bound\n{a.log()}")
@@ -281,7 +277,6 @@ def test_an_appliance_that_cannot_make_filesystems_says_so_and_makes_no_director
     assert not [p for p in a.export_root.iterdir() if p.name.startswith("pvc-")], "no directory volume instead"
     assert not [p for p in core.list_persistent_volume().items if p.spec.storage_class_name == cls]
     storage.delete_storage_class(cls)
-
 
 
 def test_a_clone_of_a_filesystem_volume_is_its_data_in_a_filesystem_of_its_own(

@@ -25,13 +25,13 @@ from typing import Any
 import pytest
 
 from nfs_provisioner.kube import client as kube
-from tests.e2e.test_clones import bound, claim, events, failures, leftovers
 from tests.support import kubecluster, smallfs, wait
 from tests.support.appliance_env import Appliance
 from tests.support.builders import make_claim, make_class
+from tests.support.clones import bound, claim, events, failures, leftovers
 from tests.support.hostile_clones import deep_tmp, nest, read_nested, wide
 
-__all__ = ['deep_tmp']  # the shared fixtures (tests/support/hostile_clones.py)
+__all__ = ["deep_tmp"]  # the shared fixtures (tests/support/hostile_clones.py)
 
 
 def appliance_on(cluster: kubecluster.Cluster, root: Path, tmp_path: Path, unique: str, tag: str,

@@ -21,9 +21,7 @@ from tests.support.appliance_env import Appliance
 from tests.support.builders import make_class
 from tests.support.hostile_policy import ANN, volumes, where
 
-__all__ = ['volumes']  # the shared fixtures (tests/support/hostile_policy.py)
-
-
+__all__ = ["volumes"]  # the shared fixtures (tests/support/hostile_policy.py)
 
 
 def bound_volume(core: client.CoreV1Api, namespace: str, cls: str, claim: str) -> str:

@@ -20,7 +20,7 @@ from tests.support.appliance_env import Appliance
 from tests.support.builders import NFS41, make_class
 from tests.support.hostile_resources import files_containing, get, idle_connections, private_tmp
 
-__all__ = ['private_tmp']  # the shared fixtures (tests/support/hostile_resources.py)
+__all__ = ["private_tmp"]  # the shared fixtures (tests/support/hostile_resources.py)
 
 
 @pytest.mark.fault

@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.e2e.test_faults import ganesha_pid
-from tests.e2e.test_state import bound_volume, events_for, pv_gone, remove_pv
 from tests.support import kubecluster, wait
-from tests.support.appliance_env import Appliance
+from tests.support.appliance_env import Appliance, ganesha_pid
 from tests.support.builders import make_class
 from tests.support.hostile_state import GiB, sparse
+from tests.support.state import bound_volume, events_for, pv_gone, remove_pv
 
 
 def e2e(test: Callable[..., None]) -> Callable[..., None]:

@@ -20,9 +20,6 @@ from tests.support.node_clients import CONTENT, Nodes, cluster_nodes, export_cli
 __all__ = ["cluster_nodes"]  # the fixture (tests/support/node_clients.py)
 
 
-
-
-
 def bound_volume(a: Appliance, core: client.CoreV1Api, storage: client.StorageV1Api, namespace: str,
                  unique: str) -> Path:
     """A claim of a fresh class, Bound; returns its volume directory (holding a file)."""
@@ -35,10 +32,6 @@ def bound_volume(a: Appliance, core: client.CoreV1Api, storage: client.StorageV1
     vol = a.export_root / pv
     (vol / "f").write_bytes(CONTENT)
     return vol
-
-
-
-
 
 
 def until_access(a: Appliance, vol: Path, allowed: bool, *, since: float) -> float:

@@ -22,9 +22,8 @@ import pytest
 from kubernetes import client
 
 from nfs_provisioner.controller import pool as pool_mod
-from tests.e2e.test_faults import ganesha_pid
 from tests.support import kubecluster, wait
-from tests.support.appliance_env import Appliance
+from tests.support.appliance_env import Appliance, ganesha_pid
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha, pytest.mark.fault]
 

@@ -19,6 +19,7 @@ from nfs_provisioner.ganesha import processes
 from nfs_provisioner.ganesha.server import PID_FILE
 from tests.support import smallfs, wait
 from tests.support.appliance_env import Appliance
+from tests.support.health_checks import check_health_follows_a_stopped_ganesha
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
 
@@ -120,35 +121,6 @@ def test_a_start_stops_what_the_previous_run_left_and_nothing_else(appliance: Ap
             if p.poll() is None:
                 p.kill()
                 p.wait()
-
-
-def timed_get(a: Appliance, path: str) -> tuple[int, str, float]:
-    start = time.monotonic()
-    code, body = a.get(path)
-    return code, body, time.monotonic() - start
-
-
-def check_health_follows_a_stopped_ganesha(a: Appliance, ganesha_pid: int) -> None:
-    """SIGSTOP Ganesha: /healthz and /readyz answer 503 with the reason, each in well under a second; SIGCONT:
-    200 again."""
-    assert a.get("/healthz")[0] == 200
-    os.kill(ganesha_pid, signal.SIGSTOP)
-    try:
-        answers = []
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            answers.append(timed_get(a, "/healthz"))
-            if answers[-1][0] == 503:
-                break
-            time.sleep(0.1)
-        assert max(t for _, _, t in answers) < 0.5, answers
-        code, body, _ = answers[-1]
-        assert code == 503 and "NFS-Ganesha" in body, answers
-        code, body, took = timed_get(a, "/readyz")
-        assert code == 503 and "NFS-Ganesha" in body and took < 0.5, (code, body, took)
-    finally:
-        os.kill(ganesha_pid, signal.SIGCONT)
-    wait.until(lambda: a.get("/healthz")[0] == 200, timeout=10, what="healthy again after SIGCONT")
 
 
 def test_healthz_answers_at_once_when_ganesha_is_stopped(appliance: Appliance) -> None:

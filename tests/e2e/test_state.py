@@ -17,37 +17,11 @@ from kubernetes import client
 from tests.support import kubecluster, treesnap, wait
 from tests.support.appliance_env import Appliance
 from tests.support.builders import make_class
+from tests.support.state import bound_volume, events_for, pv_gone, remove_pv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
 
 VOLATILE = ("ganesha.log", "recovery")
-
-
-
-
-def bound_volume(core: client.CoreV1Api, namespace: str, cls: str, name: str) -> client.V1PersistentVolume:
-    core.create_namespaced_persistent_volume_claim(namespace, {
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
-        "spec": {"storageClassName": cls, "accessModes": ["ReadWriteMany"],
-                 "resources": {"requests": {"storage": "1Mi"}}}})
-    wait.until(lambda: core.read_namespaced_persistent_volume_claim(name, namespace).status.phase == "Bound",
-               timeout=60, what=f"claim {name} Bound")
-    return core.read_persistent_volume(core.read_namespaced_persistent_volume_claim(name, namespace)
-                                       .spec.volume_name)
-
-
-def pv_gone(core: client.CoreV1Api, name: str) -> bool:
-    return not core.list_persistent_volume(field_selector=f"metadata.name={name}").items
-
-
-def remove_pv(core: client.CoreV1Api, name: str) -> None:
-    if not pv_gone(core, name):
-        core.patch_persistent_volume(name, {"metadata": {"finalizers": None}})
-        core.delete_persistent_volume(name)
-
-
-def events_for(core: client.CoreV1Api, obj: str) -> list[client.CoreV1Event]:
-    return core.list_event_for_all_namespaces(field_selector=f"involvedObject.name={obj}").items
 
 
 def exited_with_one_line(a: Appliance) -> str:

@@ -17,9 +17,9 @@ from nfs_provisioner.controller.interface import ProvisioningError
 from nfs_provisioner.volumes.directories import VolumeDirectories
 from nfs_provisioner.volumes.filesystems import FilesystemVolumes
 from nfs_provisioner.volumes.records import RECORDS_DIR, VolumeRecords
-from tests.ganesha.test_appliance_provisioner import IDENTITY, claimed, options, small_root
 from tests.support import filesystem_env, smallfs
 from tests.support.ganesha_env import Harness
+from tests.support.provisioner_env import IDENTITY, claimed, options, small_root
 
 pytestmark = pytest.mark.ganesha
 __all__ = ["small_root"]  # the fixture, shared with tests/ganesha/test_appliance_provisioner.py

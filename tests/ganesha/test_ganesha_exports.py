@@ -29,8 +29,6 @@ from tests.support.paths import REPO
 pytestmark = pytest.mark.ganesha
 
 
-
-
 def test_add_write_read_remove_then_client_is_refused(h: Harness) -> None:
     srv = h.server()
     vol = h.volume("pvc-1", content={"hello.txt": b"hello from the server\n"})

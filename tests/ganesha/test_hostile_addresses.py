@@ -24,9 +24,7 @@ from nfs_provisioner.ganesha import errors
 from nfs_provisioner.ganesha.exports import ExportRequest
 from tests.support.ganesha_env import Harness
 from tests.support.hostile_addresses import STRANGER, read_from
-from tests.support.node_clients import CONTENT, cluster_nodes
-
-__all__ = ["cluster_nodes"]  # the fixture, used by name below
+from tests.support.node_clients import CONTENT
 
 
 @pytest.mark.ganesha

@@ -20,7 +20,7 @@ from nfs_provisioner.controller.interface import Notice
 from nfs_provisioner.volumes.records import RECORDS_DIR
 from tests.support.hostile_policy import ANN, Volumes, volumes
 
-__all__ = ['volumes']  # the shared fixtures (tests/support/hostile_policy.py)
+__all__ = ["volumes"]  # the shared fixtures (tests/support/hostile_policy.py)
 
 
 def annotated(pv: dict[str, Any], value: str | None) -> dict[str, Any]:

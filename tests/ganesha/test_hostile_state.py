@@ -20,10 +20,10 @@ from nfs_provisioner.appliance.exporters import GaneshaExporter
 from nfs_provisioner.controller.interface import ProvisioningError, ProvisioningState
 from nfs_provisioner.ganesha.exports import Export, ExportRequest
 from nfs_provisioner.ganesha.settings import AccessType, Squash
-from tests.ganesha.test_appliance_provisioner import Appliance as ProvAppliance
-from tests.ganesha.test_appliance_provisioner import options
 from tests.support.ganesha_env import Harness
 from tests.support.hostile_state import GiB, max_rss_mib, pv, sparse
+from tests.support.provisioner_env import Appliance as ProvAppliance
+from tests.support.provisioner_env import options
 
 
 @pytest.mark.ganesha

@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.node.test_helm_install import bound, claim, local_pv
-from tests.node.test_incluster import describe_pod, figure, pod_ready
 from tests.support import kubecluster, nfs42_client, wait
 from tests.support.helm_env import CHART, Helm
+from tests.support.helm_node import bound, claim, local_pv
+from tests.support.incluster import describe_pod, figure, pod_ready
 from tests.support.kubenode import Node
 
 pytestmark = [pytest.mark.node, pytest.mark.kube, pytest.mark.container, pytest.mark.ganesha, pytest.mark.helm]

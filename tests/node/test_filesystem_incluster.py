@@ -23,9 +23,12 @@ import pytest
 from kubernetes import client
 
 from nfs_provisioner.volumes import loops
-from tests.node.test_helm_install import claim as helm_claim
-from tests.node.test_helm_install import local_pv
-from tests.node.test_incluster import (
+from tests.support import kubecluster, nfsraw, wait
+from tests.support.ganesha_env import Client
+from tests.support.helm_env import CHART, Helm
+from tests.support.helm_node import claim as helm_claim
+from tests.support.helm_node import local_pv
+from tests.support.incluster import (
     NAMESPACE,
     appliance_ns,
     describe_pod,
@@ -37,9 +40,6 @@ from tests.node.test_incluster import (
     pod_log,
     wait_ready,
 )
-from tests.support import kubecluster, nfsraw, wait
-from tests.support.ganesha_env import Client
-from tests.support.helm_env import CHART, Helm
 from tests.support.kubenode import Node
 from tests.support.paths import REPO
 

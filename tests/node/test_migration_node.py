@@ -30,10 +30,10 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.node.test_incluster import docs, kubectl_apply, namespace_gone, only_pod, pod_log
 from tests.support import go_fixture, kubecluster, wait
 from tests.support.container_env import Podman
 from tests.support.go_objects import Legacy
+from tests.support.incluster import docs, kubectl_apply, namespace_gone, only_pod, pod_log
 from tests.support.kubenode import Node
 from tests.support.paths import FIXTURES
 

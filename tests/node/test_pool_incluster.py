@@ -19,11 +19,11 @@ import pytest
 from kubernetes import client
 
 from nfs_provisioner.controller.pool import ANN_ADDRESS, ANN_MEMBER, LABEL_POOL, lease_name
-from tests.node.test_helm_install import claim, local_pv, manifest_objects, uninstall_removes_everything
-from tests.node.test_incluster import describe_pod, figure, nfs_roundtrip, pod_log, pod_ready
 from tests.support import kubecluster, wait
 from tests.support.ganesha_env import Client
 from tests.support.helm_env import CHART, Helm
+from tests.support.helm_node import claim, local_pv, manifest_objects, uninstall_removes_everything
+from tests.support.incluster import describe_pod, figure, nfs_roundtrip, pod_log, pod_ready
 from tests.support.kubenode import Node
 
 pytestmark = [pytest.mark.node, pytest.mark.kube, pytest.mark.container, pytest.mark.ganesha, pytest.mark.helm]

@@ -161,3 +161,12 @@ class Appliance:
             # Ganesha and its bus run in the appliance's session; never leave one behind.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def ganesha_pid(a: Appliance) -> int:
+    """The PID of the Ganesha the appliance started last, from its log."""
+    # "started [<loader> --library-path <libs> ]<...>ganesha.nfsd -F ... (pid N)"
+    pids = re.findall(r"started \S*?(?: --library-path \S+ \S+)?ganesha\.nfsd -F .* \(pid (\d+)\)",
+                      a.log_file.read_text(errors="replace"))
+    assert pids, a.log()
+    return int(pids[-1])

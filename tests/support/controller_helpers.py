@@ -101,10 +101,6 @@ def controller(api: kube.Client, provisioner: Any, s: ControllerSettings,
 # ---------------------------------------------------------------------- objects
 
 
-
-
-
-
 def get_claim(api: kube.Client, namespace: str, name: str) -> Object | None:
     try:
         return api.get(kube.claims_path(namespace, name))

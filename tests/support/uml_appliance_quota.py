@@ -65,7 +65,6 @@ spec:
         return self.sh("xfs_quota", "-x", "-D", "/dev/null", "-c", "report -p -b -n", str(self.xfs)).stdout
 
 
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--xfs", type=Path, required=True)

@@ -16,8 +16,6 @@ from tests.support.paths import REPO
 pytestmark = pytest.mark.unit
 
 
-
-
 def test_a_filesystem_without_handles_is_named() -> None:
     line = containment.handle_problem(Path("/proc"))
     assert line is not None and "\n" not in line

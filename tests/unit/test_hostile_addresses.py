@@ -21,9 +21,6 @@ import pytest
 
 from nfs_provisioner.appliance import nodes
 from nfs_provisioner.ganesha import config, errors
-from tests.support.node_clients import cluster_nodes
-
-__all__ = ["cluster_nodes"]  # the fixture, used by name below
 
 
 @pytest.mark.unit

@@ -38,9 +38,7 @@ from nfs_provisioner.volumes.records import RecordError, VolumeRecords
 from tests.support.hostile_clones import deep_tmp, nest, read_nested, wide
 from tests.support.paths import REPO
 
-__all__ = ['deep_tmp']  # the shared fixtures (tests/support/hostile_clones.py)
-
-
+__all__ = ["deep_tmp"]  # the shared fixtures (tests/support/hostile_clones.py)
 
 
 @pytest.mark.unit

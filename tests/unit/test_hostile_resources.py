@@ -26,7 +26,7 @@ from tests.support import wait
 from tests.support.hostile_resources import files_containing, get, idle_connections, on_disk, private_tmp
 from tests.support.paths import REPO
 
-__all__ = ['private_tmp']  # the shared fixtures (tests/support/hostile_resources.py)
+__all__ = ["private_tmp"]  # the shared fixtures (tests/support/hostile_resources.py)
 
 
 def fds() -> int:

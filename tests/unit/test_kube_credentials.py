@@ -19,7 +19,6 @@ from tests.support.paths import REPO
 pytestmark = pytest.mark.unit
 
 
-
 def library(kubeconfig: Path, context: str | None = None) -> credentials.Credentials:
     return credentials._library_loader(str(kubeconfig), context)
 
