@@ -31,7 +31,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.support import kubecluster, nfsraw, wait
+from tests.support import go_objects, kubecluster, nfsraw, wait
 from tests.support.appliance_env import Appliance
 from tests.support.paths import FIXTURES, REPO
 
@@ -94,11 +94,8 @@ class Legacy:
 
     def create_classes(self) -> None:
         for c in _items("classes.yaml"):
-            body = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-                    "metadata": {"name": self.cls(c["metadata"]["name"])}, "provisioner": self.provisioner,
-                    "parameters": c.get("parameters"), "reclaimPolicy": c["reclaimPolicy"],
-                    "mountOptions": c.get("mountOptions"), "volumeBindingMode": c["volumeBindingMode"],
-                    "allowVolumeExpansion": True}  # for the expansion test; the Go classes had none
+            body = go_objects.class_body(c, self.cls(c["metadata"]["name"]), self.provisioner)
+            body["allowVolumeExpansion"] = True  # for the expansion test; the Go classes had none
             self.storage.create_storage_class(body)
         self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=self.namespace)))
 
@@ -107,18 +104,11 @@ class Legacy:
         wait.until(lambda: not any(_exists(self.core, pv["metadata"]["name"]) for pv in FIXTURE_PVS.values()),
                    timeout=600, what="the fixture's PV names free (another run holds them)")
         for claim, old in FIXTURE_PVS.items():
-            c = self.core.create_namespaced_persistent_volume_claim(self.namespace, {
-                "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
-                "spec": {"accessModes": old["spec"]["accessModes"], "storageClassName": self.cls(
-                    old["spec"]["storageClassName"]), "volumeName": old["metadata"]["name"],
-                    "resources": {"requests": {"storage": old["spec"]["capacity"]["storage"]}}}})
-            pv = copy.deepcopy(old)
-            pv["metadata"] = {"name": old["metadata"]["name"], "annotations": {
-                **old["metadata"]["annotations"], "pv.kubernetes.io/provisioned-by": self.provisioner}}
-            pv["spec"]["claimRef"] = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": claim,
-                                      "namespace": self.namespace, "uid": c.metadata.uid}
-            pv["spec"]["storageClassName"] = self.cls(old["spec"]["storageClassName"])
-            pv.pop("status", None)
+            cls = self.cls(old["spec"]["storageClassName"])
+            c = self.core.create_namespaced_persistent_volume_claim(self.namespace,
+                                                                    go_objects.claim_body(claim, old, cls))
+            pv = go_objects.pv_body(claim, old, claim_uid=c.metadata.uid, namespace=self.namespace, cls=cls,
+                                    provisioner=self.provisioner)
             change(claim, pv)
             _create_pv(self.core, pv)
         wait.until(lambda: all(self.core.read_namespaced_persistent_volume_claim(c, self.namespace).status.phase

@@ -21,7 +21,8 @@ from nfs_provisioner.volumes import filesystems, loops, usage_metrics
 from nfs_provisioner.volumes.filesystems import FilesystemError, FilesystemVolumes
 from nfs_provisioner.volumes.records import VolumeRecords, new_record
 from tests.support import filesystem_env, smallfs
-from tests.support.filesystem_volumes import MiB
+
+MiB = 2**20
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""What the lanes of test_fake_api.py share (split by what each test needs)."""
+"""What tests/{kube,unit}/test_fake_api.py share (one module per lane: the tests of one module
+needed different things)."""
 
 from __future__ import annotations
 

@@ -31,6 +31,35 @@ def _exists(core: client.CoreV1Api, pv: str) -> bool:
     return bool(core.list_persistent_volume(field_selector=f"metadata.name={pv}").items)
 
 
+def class_body(c: dict[str, Any], name: str, provisioner: str) -> dict[str, Any]:
+    """The fixture's class ``c`` as ``name``, for ``provisioner``."""
+    return {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name},
+            "provisioner": provisioner, "parameters": c.get("parameters"), "reclaimPolicy": c["reclaimPolicy"],
+            "mountOptions": c.get("mountOptions"), "volumeBindingMode": c["volumeBindingMode"]}
+
+
+def claim_body(claim: str, old: dict[str, Any], cls: str) -> dict[str, Any]:
+    """The claim ``claim`` of the fixture's PV ``old``, bound to it by name (``spec.volumeName``)."""
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+            "spec": {"accessModes": old["spec"]["accessModes"], "storageClassName": cls,
+                     "volumeName": old["metadata"]["name"],
+                     "resources": {"requests": {"storage": old["spec"]["capacity"]["storage"]}}}}
+
+
+def pv_body(claim: str, old: dict[str, Any], *, claim_uid: str, namespace: str, cls: str,
+            provisioner: str) -> dict[str, Any]:
+    """The fixture's PV ``old`` as it is recreated: its name and annotations (``provisioned-by`` the appliance's
+    provisioner), its ``claimRef`` naming the new claim by uid, no status."""
+    pv = copy.deepcopy(old)
+    pv["metadata"] = {"name": old["metadata"]["name"], "annotations": {
+        **old["metadata"]["annotations"], "pv.kubernetes.io/provisioned-by": provisioner}}
+    pv["spec"]["claimRef"] = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": claim,
+                              "namespace": namespace, "uid": claim_uid}
+    pv["spec"]["storageClassName"] = cls
+    pv.pop("status", None)
+    return pv
+
+
 @dataclass
 class Legacy:
     core: client.CoreV1Api
@@ -54,28 +83,15 @@ class Legacy:
         """Classes, then the claims bound by name, then the PVs; returns once every claim is Bound."""
         wait.until(self._free, timeout=900, interval=1, what="the fixture's PV names free (another run holds them)")
         for c in items("classes.yaml"):
-            self.storage.create_storage_class({
-                "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-                "metadata": {"name": self.cls(c["metadata"]["name"])}, "provisioner": self.provisioner,
-                "parameters": c.get("parameters"), "reclaimPolicy": c["reclaimPolicy"],
-                "mountOptions": c.get("mountOptions"), "volumeBindingMode": c["volumeBindingMode"]})
+            self.storage.create_storage_class(class_body(c, self.cls(c["metadata"]["name"]), self.provisioner))
         with contextlib.suppress(client.ApiException):
             self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=self.namespace)))
         for claim, old in FIXTURE_PVS.items():
-            c = self.core.create_namespaced_persistent_volume_claim(self.namespace, {
-                "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
-                "spec": {"accessModes": old["spec"]["accessModes"],
-                         "storageClassName": self.cls(old["spec"]["storageClassName"]),
-                         "volumeName": old["metadata"]["name"],
-                         "resources": {"requests": {"storage": old["spec"]["capacity"]["storage"]}}}})
-            pv = copy.deepcopy(old)
-            pv["metadata"] = {"name": old["metadata"]["name"], "annotations": {
-                **old["metadata"]["annotations"], "pv.kubernetes.io/provisioned-by": self.provisioner}}
-            pv["spec"]["claimRef"] = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": claim,
-                                      "namespace": self.namespace, "uid": c.metadata.uid}
-            pv["spec"]["storageClassName"] = self.cls(old["spec"]["storageClassName"])
+            cls = self.cls(old["spec"]["storageClassName"])
+            c = self.core.create_namespaced_persistent_volume_claim(self.namespace, claim_body(claim, old, cls))
+            pv = pv_body(claim, old, claim_uid=c.metadata.uid, namespace=self.namespace, cls=cls,
+                         provisioner=self.provisioner)
             pv["spec"]["nfs"]["server"] = self.server
-            pv.pop("status", None)
             self.made[old["metadata"]["name"]] = self.core.create_persistent_volume(pv).metadata.uid
         wait.until(lambda: all(self.core.read_namespaced_persistent_volume_claim(c, self.namespace).status.phase
                                == "Bound" for c in FIXTURE_PVS), timeout=180, what=self.describe)

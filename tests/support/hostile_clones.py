@@ -1,4 +1,5 @@
-"""What the lanes of test_hostile_clones.py share (split by what each test needs)."""
+"""What tests/{e2e,root,unit}/test_hostile_clones.py share (one module per lane: the tests of one module
+needed different things)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""What the lanes of test_hostile_state.py share (split by what each test needs)."""
+"""What tests/{e2e,ganesha,unit}/test_hostile_state.py share (one module per lane: the tests of one module
+needed different things)."""
 
 from __future__ import annotations
 

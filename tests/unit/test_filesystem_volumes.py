@@ -11,8 +11,9 @@ import pytest
 
 from nfs_provisioner.volumes import filesystems, params
 from nfs_provisioner.volumes.records import VolumeRecords, new_record
-from tests.support.filesystem_volumes import MiB
 from tests.support.paths import REPO
+
+MiB = 2**20
 
 
 @pytest.mark.unit
