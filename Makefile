@@ -11,7 +11,7 @@ help:
 	@echo "make bench      provisioning + Ganesha benchmarks (prints a table, writes bench/results.json)"
 	@echo "make lint       ruff + mypy (strict on nfs_provisioner/) + the layer contracts (hack/check_layers.py)"
 	@echo "make test-fast  the fast lane: unit tests, no root, no servers, under 90 s (after make deps once)"
-	@echo "make coverage-fast  the fast lane under coverage.py: line coverage of controller/ and ganesha/exports*"
+	@echo "make coverage-fast  the fast lane under coverage.py: line coverage of controller/ and ganesha/exports/"
 	@echo "make test-unit | test-kube   one marker group only"
 
 deps:
@@ -19,7 +19,7 @@ deps:
 
 lint: deps
 	$(VENV)/bin/ruff check nfs_provisioner tests bench hack/cluster hack/helm hack/cluster_node.py hack/node_host.py hack/node_image.py hack/check_layers.py examples
-	$(VENV)/bin/mypy --strict examples/hostpath/hostpath_provisioner.py hack/check_layers.py bench/provision_bench.py bench/delete_bench.py bench/backlog_bench.py bench/step_timer.py bench/scale_bench.py bench/failover_bench.py bench/filesystem_bench.py
+	$(VENV)/bin/mypy --strict examples/hostpath/hostpath_provisioner.py hack/check_layers.py bench/provision_bench.py bench/harness.py bench/pool_bench.py bench/delete_bench.py bench/backlog_bench.py bench/step_timer.py bench/scale_bench.py bench/failover_bench.py bench/filesystem_bench.py bench/flame.py bench/fsync_bench.py
 	$(VENV)/bin/mypy
 	$(PY) hack/check_layers.py
 
@@ -37,7 +37,7 @@ coverage-fast:
 	@test -x $(VENV)/bin/coverage || { echo "make coverage-fast: no coverage in $(VENV); run make deps once"; exit 1; }
 	$(VENV)/bin/coverage erase
 	$(VENV)/bin/coverage run --source=nfs_provisioner -m pytest $(FAST)
-	$(VENV)/bin/coverage report --include='nfs_provisioner/controller/*,nfs_provisioner/ganesha/exports*,nfs_provisioner/ganesha/clientlists.py' --omit='*/testing.py'
+	$(VENV)/bin/coverage report --include='nfs_provisioner/controller/*,nfs_provisioner/ganesha/exports/*' --omit='*/testing.py'
 
 test-unit: deps
 	$(PYTEST) -m unit tests

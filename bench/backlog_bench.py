@@ -23,7 +23,7 @@ from typing import Any
 
 from bench import step_timer
 from bench.delete_bench import average_profile, cpu_by_role, cpu_diff, cpu_seconds, show_cpu_and_profile
-from bench.provision_bench import (
+from bench.harness import (
     WORKERS,
     Bench,
     NullProvisioner,

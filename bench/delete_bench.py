@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 
 from bench import step_timer
-from bench.provision_bench import (
+from bench.harness import (
     WORKERS,
     Bench,
     NullProvisioner,

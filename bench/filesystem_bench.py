@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.provision_bench import Bench, cold_restart, own_rss_mb, provision_run, put, stop, tree_rss, wait_for
+from bench.harness import Bench, cold_restart, fmt, own_rss_mb, provision_run, put, stop, tree_rss, wait_for
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors as kube_errors
 from nfs_provisioner.volumes import copying, loops
@@ -215,8 +215,6 @@ def mark(ok: bool) -> str:
 
 
 def show_filesystems(r: dict[str, Any]) -> None:
-    from bench.provision_bench import fmt
-
     f = r["filesystems"]
     print(f"filesystem volumes (ext4, {f['size']} each; appliance in a mount namespace of its own)")
     for key, row in f.items():

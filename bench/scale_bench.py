@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import failover_bench
-from bench.provision_bench import Bench, claim_body, cold_restart, metric, own_rss_mb, pct, provision_run
+from bench.harness import Bench, claim_body, cold_restart, metric, own_rss_mb, pct, provision_run
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube.errors import NotFound
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """The layer contracts the package docstrings state, checked on every import (run by ``make lint``).
 
-Reads every ``import`` of ``nfs_provisioner/**.py`` with :mod:`ast` (also imports inside functions and
-``importlib.import_module("...")``/``__import__("...")`` with a literal name) and checks it against
-:data:`LAYERS`, :data:`CONTROLLER_LAYERS` and :data:`ONLY`. Prints one line per violation and exits 1,
-or prints nothing and exits 0. ``python hack/check_layers.py [ROOT]`` checks ``ROOT/nfs_provisioner``
-(default: this repository).
+Reads every ``import`` of ``nfs_provisioner/**.py`` with :mod:`ast` (also imports inside functions, under
+``if TYPE_CHECKING:``, and ``importlib.import_module("...")``/``__import__("...")`` with a literal name) and
+checks it against :data:`LAYERS`, :data:`CONTROLLER_LAYERS` and :data:`ONLY`, and that no modules of one unit
+(e.g. ``nfs_provisioner.ganesha`` and its subpackages) import each other in a cycle (:func:`cycles`). Prints one
+line per violation and exits 1, or prints nothing and exits 0. ``python hack/check_layers.py [ROOT]`` checks
+``ROOT/nfs_provisioner`` (default: this repository).
 
 import-linter would do the same with its contracts; this keeps ``make lint`` free of another tool.
 """
@@ -13,8 +14,9 @@ import-linter would do the same with its contracts; this keeps ``make lint`` fre
 from __future__ import annotations
 
 import ast
+import itertools
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,9 +80,9 @@ def _is_module(root: Path, name: str) -> bool:
     return p.with_suffix(".py").is_file() or (p / "__init__.py").is_file()
 
 
-def imports(root: Path) -> Iterator[Import]:
-    """Every import of every module under ``root/nfs_provisioner``; ``root`` is the directory holding it."""
-    for path in sorted((root / PACKAGE).rglob("*.py")):
+def imports(root: Path, package: str = PACKAGE) -> Iterator[Import]:
+    """Every import of every module under ``root/<package>``; ``root`` is the directory holding it."""
+    for path in sorted((root / package).rglob("*.py")):
         module = module_name(root, path)
         is_package = path.name == "__init__.py"
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -154,14 +156,103 @@ def violation(imp: Import) -> str | None:
     return _order(src[2], dst[2], CONTROLLER_LAYERS, f"{PACKAGE}.controller")
 
 
-def check(root: Path) -> list[str]:
-    """One line per violation: ``path:line: importer imports target: why``."""
+def cycles(root: Path, package: str = PACKAGE, *, reported: Collection[Import] = ()) -> list[str]:
+    """One line per import cycle among the modules of one unit of ``package`` (``package.<unit>`` and everything
+    under it; the modules directly in ``package``, such as all of ``bench``, are one unit too). Every import
+    counts, also one inside a function or under ``if TYPE_CHECKING:``. A package's ``__init__`` is the node of the
+    package's own name; importing a submodule is not counted as importing its parent package. ``reported``:
+    imports already reported as violations, left out here (one line per bad import)."""
+    edges: dict[str, dict[str, Import]] = {}
+    for imp in imports(root, package):
+        src, dst = imp.module.split("."), imp.target.split(".")
+        if (dst[0] != package or imp.module == imp.target or _unit(root, src) != _unit(root, dst)
+                or imp in reported):
+            continue
+        edges.setdefault(imp.module, {}).setdefault(imp.target, imp)
     out = []
+    for component in _strongly_connected(edges):
+        if len(component) < 2:
+            continue
+        loop = _loop(edges, sorted(component))
+        steps = (edges[a][b] for a, b in itertools.pairwise(loop))
+        where = ", ".join(f"{imp.path.relative_to(root)}:{imp.line}" for imp in steps)
+        out.append(f"import cycle among {', '.join(sorted(component))}: {' -> '.join(loop)} ({where}): modules of "
+                   "one package import one another only one way")
+    return out
+
+
+def _unit(root: Path, parts: list[str]) -> list[str]:
+    """The unit a module belongs to: its top-level subpackage (``nfs_provisioner.ganesha`` for
+    ``nfs_provisioner.ganesha.exports.index``), or the package itself for a module directly in it."""
+    return parts[:2] if len(parts) > 1 and (root / parts[0] / parts[1]).is_dir() else parts[:1]
+
+
+def _strongly_connected(edges: dict[str, dict[str, Import]]) -> list[set[str]]:
+    """Tarjan's strongly connected components of the import graph (iterative: no recursion limit)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[set[str]] = []
+    for start in sorted(edges):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(edges.get(start, {}))))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(edges.get(child, {})))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                found.append(component)
+    return found
+
+
+def _loop(edges: dict[str, dict[str, Import]], component: list[str]) -> list[str]:
+    """One closed path through ``component`` from its first module back to it (breadth-first: a shortest one)."""
+    first, members = component[0], set(component)
+    paths = {first: [first]}
+    queue = [first]
+    while queue:
+        node = queue.pop(0)
+        for nxt in sorted(edges.get(node, {})):
+            if nxt == first:
+                return paths[node] + [first]
+            if nxt in members and nxt not in paths:
+                paths[nxt] = paths[node] + [nxt]
+                queue.append(nxt)
+    raise AssertionError(f"no loop through {first}")
+
+
+def check(root: Path) -> list[str]:
+    """One line per violation: ``path:line: importer imports target: why``, then one per import cycle."""
+    out, bad = [], []
     for imp in imports(root):
         why = violation(imp)
         if why:
             out.append(f"{imp.path.relative_to(root)}:{imp.line}: {imp.module} imports {imp.target}: {why}")
-    return out
+            bad.append(imp)
+    return out + cycles(root, reported=bad)
 
 
 def main(argv: list[str]) -> int:

@@ -9,8 +9,11 @@ is *down*.
 A claim is bound to a member by one write on the claim: the annotation :data:`ANN_MEMBER`, set by a merge
 patch that carries the claim's ``resourceVersion``: the API server applies the first such write and refuses
 every other one made from the same version (409), so of members racing to assign a claim exactly one wins and
-the others see the winner's choice. Any member may assign (every member computes the same placement, see
-``placement``); only the named member provisions. A claim whose member is down and which has no PV yet is
+the others see the winner's choice. Every member computes the same placement (see ``placement``); the member
+chosen writes the assignment to itself and provisions at once, the others wait ``heartbeat`` seconds for it and
+only then write the same assignment themselves (the chosen member is slow, or down and not yet counted down, or
+sees the pool otherwise): one write per claim in the usual case, not one per member, and never a claim left
+unassigned. Only the named member provisions. A claim whose member is down and which has no PV yet is
 reassigned the same way (the PV is read from the API server first, not from a cache).
 
 A member that was down and comes back still finds the claims it had begun in its in-flight record: the
@@ -136,6 +139,8 @@ class Pool:
         """member -> (its Lease's resourceVersion, local time it was first seen with it)."""
         self._renewed = -1e18
         """Local time of our last successful renewal."""
+        self._deferred: dict[str, float] = {}
+        """claim uid -> local time this member first left its assignment to the member placed (see :meth:`_defer`)."""
         self._listed = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -263,6 +268,10 @@ class Pool:
         """Whether this member provisions ``claim`` now; assigns it (or reassigns it from a member that is down)
         when needed, by one conditional write on the claim."""
         assigned = decisions.annotations_of(claim).get(ANN_MEMBER)
+        uid = str(decisions.meta(claim).get("uid", ""))
+        if assigned:
+            with self._lock:
+                self._deferred.pop(uid, None)
         if assigned == self.identity:
             if not self.fresh():
                 return Route(False, claim, outcomes.retry_after(
@@ -284,7 +293,6 @@ class Pool:
         if demand.refusal is not None:
             return self._refused(claim, demand.refusal, list(members.values()))
         pinned = str((storage_class.get("parameters") or {}).get(PARAM_MEMBER) or "") or None
-        uid = str(decisions.meta(claim).get("uid", ""))
         if demand.home is not None and pinned is not None and pinned not in (
                 demand.home, members.get(demand.home, placement.Member(demand.home, 0)).address):
             return self._refused(claim, f"{demand.home_why} is served by member {demand.home}, but the class pins "
@@ -295,7 +303,23 @@ class Pool:
                                  pinned_by=demand.home_why if demand.home else "the class's poolMember")
         if chosen.member is None:
             return self._refused(claim, f"pool {self.pool}: {chosen.reason}", list(members.values()))
+        if chosen.member != self.identity and (wait := self._defer(uid)) > 0:
+            return Route(False, claim, outcomes.retry_after(
+                wait, f"pool {self.pool}: placed on member {chosen.member}, which assigns it to itself"))
         return self._assign(claim, chosen.member, previous=assigned)
+
+    def _defer(self, uid: str) -> float:
+        """Seconds this member still leaves the assignment of claim ``uid`` to the member placement chose (one
+        ``heartbeat`` from the first time it did); 0: write it now. The entry of a claim is dropped once the claim
+        names a member (:meth:`route`, :meth:`_assign`); entries of claims deleted unassigned, once more than 1024
+        are kept and they are a member timeout old."""
+        now = self._clock()
+        with self._lock:
+            first = self._deferred.setdefault(uid, now)
+            if len(self._deferred) > 1024:
+                self._deferred = {u: t for u, t in self._deferred.items() if now - t < self.member_timeout}
+                self._deferred.setdefault(uid, first)
+        return max(0.0, first + self.heartbeat - now)
 
     def _refused(self, claim: Object, reason: str, members: list[placement.Member]) -> Route:
         up = sorted(m.name for m in members if m.up)
@@ -310,6 +334,8 @@ class Pool:
             return Route(False, claim)
         except errors.Conflict:  # another member assigned it first (or the claim changed): look again
             return Route(False, claim, outcomes.retry_after(0.2, "claim changed while assigning it"))
+        with self._lock:
+            self._deferred.pop(str(m.get("uid", "")), None)
         updated.setdefault("kind", "PersistentVolumeClaim")
         updated.setdefault("apiVersion", "v1")
         kind = "reassigned" if previous else "assigned"

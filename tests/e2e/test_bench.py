@@ -33,6 +33,9 @@ def required_keys() -> list[str]:
     keys += [f"filesystems.{N}.created_per_s", f"filesystems.{N}.p50_s", f"filesystems.{N}.p99_s",
              "filesystems.cold_restart_s", "filesystems.remount_s", "filesystems.rss_mb",
              "filesystems.clone_reflink_s", "filesystems.clone_sparse_s"]
+    keys += [f"pool.{N}.created_per_s", f"pool.{N}.one_created_per_s", f"pool.{N}.ratio", f"pool.{N}.routing_p50_s",
+             f"pool.{N}.assign_p50_s", f"pool.{N}.cpu_ms_per_claim", "pool.stranded", "pool.reassigned_first_s",
+             "pool.route_around_s"]
     return keys
 
 
@@ -55,6 +58,17 @@ def test_every_section_writes_its_figures_under_the_stable_keys(tmp_path: Path) 
     for key in required_keys():
         value = lookup(results, key)
         assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (key, value)
+    # the pool: each claim of a burst saved by exactly one member; those first assigned to the killed member went
+    # to another only once it could be counted down (its last renewal was up to a heartbeat, and a slow tick,
+    # before the kill)
+    pool = results["pool"]
+    assert [sum(counts) for counts in lookup(results, f"pool.{N}.distribution_runs")] == [N]
+    assert pool["reassigned_first_s"] >= pool["lease_duration_s"] - 2 * pool["heartbeat_s"], pool
+    # a flame graph of the appliance per section (bench/flame.py: py-spy, a development dependency)
+    for section in ("sizes", "delete", "backlog", "filesystems", "scale"):
+        stacks = (tmp_path / f"flame-{section}.txt").read_text()
+        assert "nfs_provisioner" in stacks, (section, stacks[:500])
+        assert (tmp_path / f"flame-{section}.svg").read_text().startswith("<svg"), section
     # the printed table has every section
-    for title in ("created+exported", "delete", "backlog", "scale", "failover", "filesystem volumes"):
+    for title in ("created+exported", "delete", "backlog", "scale", "failover", "filesystem volumes", "pool of 3"):
         assert title in run.stdout, run.stdout

@@ -151,19 +151,19 @@ def test_statd_that_does_not_register_is_started_again(
     """A statd still running but not registered with rpcbind after its time (seen twice in one CI run, cause not
     found: statd logged to syslog then) is stopped and started again, with what it logged, not a failed start.
     The first statd is made to look unregistered for its 1 s."""
-    from nfs_provisioner.ganesha import server as server_module
+    from nfs_provisioner.ganesha.server import helpers
 
-    monkeypatch.setattr(server_module, "STATD_REGISTER_TIMEOUT", 1.0)
-    real = server_module.GaneshaServer._statd_registered
+    monkeypatch.setattr(helpers, "STATD_REGISTER_TIMEOUT", 1.0)
+    real = helpers.Helpers._statd_registered
     pids: list[int] = []
 
-    def second_registers(self: server_module.GaneshaServer) -> bool:
-        assert self._statd_proc is not None
-        if self._statd_proc.pid not in pids:
-            pids.append(self._statd_proc.pid)
+    def second_registers(self: helpers.Helpers) -> bool:
+        assert self.statd_proc is not None
+        if self.statd_proc.pid not in pids:
+            pids.append(self.statd_proc.pid)
         return len(pids) > 1 and real(self)
 
-    monkeypatch.setattr(server_module.GaneshaServer, "_statd_registered", second_registers)
+    monkeypatch.setattr(helpers.Helpers, "_statd_registered", second_registers)
     ns = h.make_netns(addresses=(f"{ALLOWED}/24",))
     caplog.set_level("INFO", logger="nfs_provisioner.ganesha.server")
     srv = h.server(netns=ns.path, mountns=ns.mountns, nfsv3=True, bind_addr=None, ports=Ports())

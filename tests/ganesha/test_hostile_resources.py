@@ -38,7 +38,7 @@ def test_d7_garbage_rpc_from_an_unlisted_address_leaves_ganesha_log_bounded(h: H
     # Before: ganesha.log grew by 27 MB in 20 s (the issue), by 41-70 MB here.
     assert size <= 2 * (cap + chunk), f"{size} bytes of Ganesha's log on the export root after {took:.0f}s"
     assert srv.settings.log_max_bytes == cap
-    glog = srv._ganesha_log
+    glog = srv.ganesha_log
     assert glog is not None
     print(f"Ganesha wrote {glog.received} bytes of log in {took:.1f}s; on disk: {size} bytes")
     assert glog.received > 4 * cap, "the flood made Ganesha log too little to test the cap"

@@ -97,6 +97,19 @@ def test_a_failed_add_export_leaves_nothing_and_a_failed_remove_keeps_everything
     assert env.m.get("a") == ok and env.m.index_entries() == [ok.config_file] and env.live() == {1: str(ok.path)}
 
 
+def test_a_remove_that_fails_after_removeexport_keeps_the_index_line_and_a_retry_finishes(env: Env) -> None:
+    """The remove's undo list: its file cannot be deleted (a directory in its place), so the export stays known and
+    in its index shard, and the remove's own pending mark is gone (a retry does not wait forever)."""
+    e = env.m.add(ExportRequest(name="a", path=env.volume("a")))
+    e.config_file.unlink()
+    e.config_file.mkdir()
+    with pytest.raises(IsADirectoryError):
+        env.m.remove("a")
+    assert env.m.get("a") == e and env.m.index_entries() == [e.config_file] and env.live() == {}
+    e.config_file.rmdir()
+    assert env.m.remove("a") and env.m.get("a") is None and env.m.index_entries() == []
+
+
 def test_already_active_is_success_only_for_the_same_path(env: Env) -> None:
     """Real: test_already_active_is_success_only_for_the_same_path."""
     vol = env.volume("a")

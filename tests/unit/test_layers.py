@@ -98,3 +98,40 @@ def test_a_violating_import_is_reported(tree: Path, module: str, source: str, me
     assert problems[0].startswith(f"nfs_provisioner/{module}:") or "newpkg" in problems[0]
     r = subprocess.run([sys.executable, str(CHECKER), str(tree)], capture_output=True, text=True)
     assert (r.returncode, r.stdout) == (1, problems[0] + "\n")
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "members"),
+    [
+        # an import only for type checking is an import (the cycle clientlists <-> exports had one)
+        ("ganesha/exports/registry.py",
+         "from typing import TYPE_CHECKING\n"
+         "if TYPE_CHECKING:\n    from nfs_provisioner.ganesha.exports import manager\n",
+         ("exports.manager", "exports.registry")),
+        # inside a function
+        ("ganesha/server/helpers.py", "def f():\n    from nfs_provisioner.ganesha.server import running\n",
+         ("server.helpers", "server.running")),
+        # between a module of a unit and a module of its subpackage
+        ("ganesha/dbus.py", "from nfs_provisioner.ganesha.exports import manager\n",
+         ("dbus", "exports.manager")),
+    ],
+)
+def test_an_import_cycle_inside_a_package_is_reported(tree: Path, module: str, source: str,
+                                                      members: tuple[str, ...]) -> None:
+    checker = load_checker()
+    with (tree / "nfs_provisioner" / module).open("a") as f:
+        f.write("\n" + source)
+    problems = checker.check(tree)
+    assert len(problems) == 1 and problems[0].startswith("import cycle among "), problems
+    listed = problems[0].split(":", 1)[0]
+    assert all(f"nfs_provisioner.ganesha.{m}" in listed for m in members), problems
+    assert f"nfs_provisioner/{module}:" in problems[0], "the added import is named with its line"
+    r = subprocess.run([sys.executable, str(CHECKER), str(tree)], capture_output=True, text=True)
+    assert (r.returncode, r.stdout) == (1, problems[0] + "\n")
+
+
+def test_bench_cycles_are_found_the_same_way() -> None:
+    """bench/ is not under the lint's contract (bench/provision_bench.py imports the benches that import it), but
+    the same check reads it."""
+    problems = load_checker().cycles(REPO, "bench")
+    assert all(p.startswith("import cycle among ") for p in problems)
