@@ -1,7 +1,7 @@
 """Clone times: 1 GiB of data copied by the appliance's clone copy on real XFS inside User-Mode Linux,
 with reflink (``reflink=1``), without (``reflink=0``: a full copy), and with reflink across XFS project
 quotas (the appliance's layout). Printed as a table and written to bench/clone_results.json; not a
-pass/fail test (tests/test_clone_uml.py checks the same copy at 64 MiB).
+pass/fail test (tests/uml/test_clone_uml.py checks the same copy at 64 MiB).
 
     python -m bench.clone_bench [--size-mb 1024]
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests import test_clone_uml  # noqa: E402
+from tests.uml import test_clone_uml  # noqa: E402
 
 
 def main() -> int:

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests import nfsraw
-from tests.appliance_env import Appliance
+from tests.support import nfsraw
+from tests.support.appliance_env import Appliance
 
 PROBE = b"read after a kill\n"
 POLL = 0.02

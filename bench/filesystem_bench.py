@@ -35,8 +35,8 @@ from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors as kube_errors
 from nfs_provisioner.volumes import copying, loops
 from nfs_provisioner.volumes.filesystems import FilesystemVolumes
-from tests import filesystem_env
-from tests.appliance_env import Appliance
+from tests.support import filesystem_env
+from tests.support.appliance_env import Appliance
 
 FS_CLASS = "bench-fs"
 SIZE = "64Mi"

@@ -24,8 +24,8 @@ import psutil
 
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors as kube_errors
-from tests import kubecluster
-from tests.appliance_env import Appliance
+from tests.support import kubecluster
+from tests.support.appliance_env import Appliance
 
 REPO = Path(__file__).resolve().parent.parent
 ANN_STORAGE_PROVISIONER = "volume.kubernetes.io/storage-provisioner"

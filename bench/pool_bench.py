@@ -19,7 +19,7 @@ against the bench's one appliance, in the same control plane and on the same mac
   after each repeat (a different member each time).
 
 Members: each its own export root, Ganesha port and server address 127.0.0.2-4 (what its PVs name), a heartbeat
-every :data:`HEARTBEAT` s, down after :data:`LEASE_DURATION` s without one (as tests/test_pool.py). Both sides run
+every :data:`HEARTBEAT` s, down after :data:`LEASE_DURATION` s without one (as tests/e2e/test_pool.py). Both sides run
 throughout (the idle side's cost: one appliance's informers; three members' Lease PATCH + list per heartbeat).
 """
 
@@ -49,13 +49,13 @@ from bench.harness import (
 from nfs_provisioner.controller.pool import ANN_MEMBER
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors as kube_errors
-from tests.appliance_env import Appliance
+from tests.support.appliance_env import Appliance
 
 PROVISIONER, CLASS, POOL = "bench.example.com/pool", "bench-pool", "bench"
 MEMBERS = 3
 HEARTBEAT, LEASE_DURATION = 1, 6
 """Seconds: --leader-elect-retry-period (a member's heartbeat) and --leader-elect-lease-duration (a member silent
-that long is down), as tests/test_pool.py runs its pool (the defaults are 2 and 15)."""
+that long is down), as tests/e2e/test_pool.py runs its pool (the defaults are 2 and 15)."""
 MAX_N = 300
 """Largest ``--sizes`` burst the section runs (make bench: 100 of its 100,1000)."""
 ROUTE_CLAIMS = 30

@@ -55,7 +55,7 @@ from bench.harness import (
     wait_for,
 )
 from nfs_provisioner.kube import client as kube
-from tests import ganesha_env, kubecluster
+from tests.support import ganesha_env, kubecluster
 
 
 def pipeline_run(api: kube.Client, pool: cf.ThreadPoolExecutor, *, n: int, cls: str, provisioner: str,

@@ -65,7 +65,7 @@ class Node:
         self.record = self.root / "record.json"  # copy of the host's state before the first node (host.json)
 
     def info(self, *, pause_image: str, pause_tar: Path, ctr: Path) -> dict[str, Any]:
-        """What tests/kubenode.py reads (STATE/node/node.json)."""
+        """What tests/support/kubenode.py reads (STATE/node/node.json)."""
         return {"name": NODE_NAME, "netns": str(self.netns), "ip": NODE_IP, "pod_cidr": POD_CIDR,
                 "containerd_socket": str(self.sock), "ctr": str(ctr), "pause_image": pause_image,
                 "pause_tar": str(pause_tar),

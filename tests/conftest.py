@@ -1,5 +1,5 @@
 """Shared fixtures: one real local control plane per test run (hack/cluster),
-one namespace per test."""
+one namespace per test; and the markers of the folders (docs/development.md, "The tests")."""
 
 from __future__ import annotations
 
@@ -13,14 +13,37 @@ import pytest
 from kubernetes import client, config
 
 from nfs_provisioner.kube import client as kube
-from tests import ganesha_env, kubecluster, kubenode, uml
-from tests.appliance_env import Appliance
-from tests.ganesha_env import Harness
+from tests.support import ganesha_env, kubecluster, kubenode, uml
+from tests.support.appliance_env import Appliance
+from tests.support.ganesha_env import Harness
+from tests.support.image import image
+
+__all__ = ["image"]  # the session fixture: the image in the node's containerd (tests/support/image.py)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Every Ganesha the tests start (servers, appliances, UML boots) is the one the image ships."""
     ganesha_env.select_ganesha()
+
+
+LANES = {
+    "unit": "unit", "root": "root", "ganesha": "ganesha", "kube": "kube", "e2e": "e2e", "helm": "helm",
+    "container": "container", "node": "node", "uml": "uml",
+}
+"""tests/<folder>/ -> the marker every test in it carries (it may carry more: what else it needs)."""
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers follow the folders: a test in tests/kube/ is marked ``kube`` whether it says so or not."""
+    for item in items:
+        try:
+            folder = item.path.relative_to(TESTS).parts[0]
+        except ValueError:
+            continue
+        lane = LANES.get(folder)
+        if lane and not item.get_closest_marker(lane):
+            item.add_marker(lane)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -103,7 +126,6 @@ def unique() -> str:
     return uuid.uuid4().hex[:8]
 
 
-
 @pytest.fixture(scope="session")
 def kapi(cluster: kubecluster.Cluster) -> Iterator[kube.Client]:
     """The project's own API client (plain dicts), for tests of the controller library."""
@@ -132,7 +154,3 @@ def appliance(cluster: kubecluster.Cluster, tmp_path: Path, unique: str) -> Iter
     finally:
         a.close()
 
-
-from tests.test_incluster import image  # noqa: E402 - the session fixture: the image in the node's containerd
-
-__all__ = ["image"]

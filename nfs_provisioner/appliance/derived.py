@@ -6,7 +6,7 @@ every field documented there). The parts have their own, documented where they a
 :class:`~nfs_provisioner.controller.settings.ControllerSettings` and Ganesha's
 :class:`~nfs_provisioner.ganesha.settings.ServerSettings`. This module is the only place the appliance fills
 them in; each function's docstring lists every field it sets and where the value comes from. A field not
-listed keeps its part's default. ``tests/test_settings_derived.py`` checks the lists against the code.
+listed keeps its part's default. ``tests/unit/test_settings_derived.py`` checks the lists against the code.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ class Attempt:
 class Provisioning:
     """The provisioning state machine of claims (``sync(uid)``, run by the claim workers). No lock: ``_attempts``,
     ``_versions``, ``_settled``, ``_saved`` are per-uid memories used by the one worker the queue gives that uid;
-    the resync thread only drops whole entries (each loss costs one more look: tests/test_threads_unit.py::
+    the resync thread only drops whole entries (each loss costs one more look: tests/unit/test_threads_unit.py::
     test_memories_forgotten_by_the_resync_cost_no_second_volume); the class watch only sets ``_known_classes``."""
 
     def __init__(self, *, api: kube.Client, provisioner: Provisioner, settings: ControllerSettings,

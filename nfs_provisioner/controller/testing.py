@@ -9,7 +9,7 @@ finalizers only marks it (``deletionTimestamp``), the write that empties them re
 ``ADDED``/``MODIFIED``/``DELETED`` in version order and end after ``timeoutSeconds``. :meth:`FakeApi.fail` makes
 requests fail, :meth:`FakeApi.expire_watches` and :meth:`FakeApi.compact` inject 410 Gone in its two shapes. It is
 not kube-controller-manager (:meth:`FakeApi.bind`/:meth:`FakeApi.release` play the PV binder when a test says
-so), nor admission (no ``pvc-protection`` finalizers), nor a JSON-patch server; tests/test_fake_api.py holds it
+so), nor admission (no ``pvc-protection`` finalizers), nor a JSON-patch server; tests/kube/test_fake_api.py holds it
 to the real API server's contract. :class:`MemoryProvisioner` is a :class:`Provisioner` over a dict.
 """
 

@@ -311,7 +311,7 @@ def claims_path(namespace: str | None = None, name: str | None = None) -> str:
 
 def read_claim(api: Client, namespace: str, name: str) -> Object | None:
     """The claim as it is now, or None. A list by name: the appliance's RBAC grants claims list/watch/patch,
-    not get (tests/test_rbac.py proves every verb it uses is granted)."""
+    not get (tests/e2e/test_rbac.py proves every verb it uses is granted)."""
     items = api.get(claims_path(namespace), fieldSelector=f"metadata.name={name}").get("items") or []
     return dict(items[0]) if items else None
 

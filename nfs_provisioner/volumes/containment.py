@@ -4,7 +4,7 @@ NFS-Ganesha's VFS backend opens a client's file handle with ``open_by_handle_at`
 on the filesystem the handle names: no subtree check, so any handle of a
 filesystem that holds an export opens any file of that filesystem, and
 ``LOOKUPP`` walks up from a volume's directory. Measured with Ganesha 4.3
-(docs/security.md, tests/test_forged_handles.py):
+(docs/security.md, tests/ganesha/test_forged_handles.py):
 
 - the export root is a directory of a larger filesystem (a hostPath, the
   node's disk): forged handles read and create files anywhere on it;
