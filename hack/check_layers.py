@@ -40,7 +40,7 @@ CONTROLLER_LAYERS: tuple[tuple[str, ...], ...] = (
     ("controller", "testing"),  # testing: the in-memory fakes (FakeApi, MemoryProvisioner), for tests
     ("provisioning", "deleting", "leadership", "resizing"),
     ("inflight", "watching", "queueing", "events", "metrics", "pool"),
-    ("decisions",),
+    ("decisions", "failures"),  # failures: what a failed attempt means, the refusals' texts (plain data)
     ("interface", "settings", "outcomes", "placement"),
 )
 """``nfs_provisioner.controller``'s own order (its docstring: "imports only go downwards"); units of one layer

@@ -13,27 +13,25 @@ identity and path; export by name, quota project by directory); the PV's
 annotations are never trusted to say *what* to delete, only to say whose it is.
 Whether the data is deleted, kept or archived is the policy recorded when the
 volume was made (``nfs_provisioner.volumes.ondelete``: a missing or unreadable
-policy never means delete).
+policy never means delete). The deletion and expansion paths live in ``appliance.removal`` and
+``appliance.expansion``; the interfaces and config in ``appliance.parts``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
 
 from nfs_provisioner.appliance import clones as clones_mod
-from nfs_provisioner.appliance import golayout
+from nfs_provisioner.appliance import expansion, golayout, removal
+from nfs_provisioner.appliance.parts import ApplianceConfig, Exporter, Quotas, VolumeParts
 from nfs_provisioner.controller.interface import (
     PVC_KIND,
-    DeleteError,
-    DeleteRefused,
     IgnoredError,
     InProgress,
     Notice,
@@ -52,7 +50,7 @@ from nfs_provisioner.kube.objects import (
     ANN_PROJECT_ID,
 )
 from nfs_provisioner.volumes import filesystems as fs_mod
-from nfs_provisioner.volumes import ondelete, params, quantity, space
+from nfs_provisioner.volumes import params, quantity, space
 from nfs_provisioner.volumes.directories import DirectoryError, VolumeDirectories
 from nfs_provisioner.volumes.records import RecordError, VolumeRecords, new_record
 
@@ -62,72 +60,12 @@ log = logging.getLogger(__name__)
 ANN_CREATED_BY = "kubernetes.io/createdby"
 CREATED_BY = "nfs-dynamic-provisioner"
 ANN_GID = "pv.beta.kubernetes.io/gid"
-ANN_ON_DELETE = ondelete.ANNOTATION
-ON_DELETE_POLICY = "OnDeletePolicy"
-"""The reason of the Warning event on a deleted PV whose data was not handled as its annotation says."""
+ANN_ON_DELETE = removal.ANN_ON_DELETE
+ON_DELETE_POLICY = removal.ON_DELETE_POLICY
 ANN_ISOLATION = "nfs-provisioner.io/isolation"
 ANN_FS_TYPE = "nfs-provisioner.io/fs-type"
 
-
-class Exporter(Protocol):
-    """What the provisioner needs from an NFS server (Ganesha, or the kernel's exportfs)."""
-
-    def export(self, *, name: str, path: Path, root_squash: bool, export_id: int | None = None) -> tuple[int, str]:
-        """Export ``path`` as ``name`` (idempotent); returns (export id, a description of the block).
-
-        ``export_id``: the id to reuse if it is free (rebuilding a lost export), where ids are chosen."""
-
-    def unexport(self, name: str) -> bool:
-        """Withdraw export ``name``; False if there was none."""
-
-    def set_clients(self, clients: tuple[str, ...]) -> None:
-        """Who may mount every export, from now on (``nfs_provisioner.appliance.nodes``); empty = nobody. Raises
-        when the list is not in force for every export (the caller calls again with backoff)."""
-
-    def count(self) -> int:
-        """Volumes exported now (the pseudo root does not count)."""
-
-    def has(self, name: str) -> bool:
-        """Whether export ``name`` exists."""
-
-    def root_squash(self, name: str) -> bool | None:
-        """Whether export ``name`` squashes root (None: no such export)."""
-
-    def path_of(self, name: str) -> Path | None:
-        """The directory export ``name`` serves (None: no such export)."""
-
-    def unserved(self) -> dict[str, str]:
-        """Exports that exist but the NFS server does not serve now, each with why (no I/O: asked often)."""
-
-    def serve_again(self, name: str) -> str | None:
-        """Serve export ``name`` if it is unserved and its cause is gone; None: served (or no such export), else
-        why it still is not."""
-
-
-class Quotas(Protocol):
-    """What the provisioner needs from the XFS project quota manager."""
-
-    def add(self, directory: Path, limit_bytes: int) -> int:
-        """Give ``directory`` a project with a hard block limit (idempotent); returns the project id."""
-
-    def remove_directory(self, directory: Path) -> bool:
-        """Remove the project of ``directory``, if any."""
-
-    def project_of(self, directory: Path) -> int | None:
-        """The project id recorded for ``directory``."""
-
-    def set_limit(self, project_id: int, limit_bytes: int) -> None:
-        """Change a project's hard block limit (refuses going below its usage)."""
-
-
-@dataclass(frozen=True)
-class ApplianceConfig:
-    identity: str
-    """This instance's UUID (stored on every PV as ``Provisioner_Id``)."""
-    server: Callable[[], str]
-    """The NFS server address to put into PVs (resolved lazily, may depend on the cluster)."""
-    max_exports: int = -1
-    """-1 = no limit; counts volumes only."""
+__all__ = ["ApplianceConfig", "Exporter", "NFSProvisioner", "Quotas"]  # the interfaces live in appliance.parts
 
 
 class NFSProvisioner(Provisioner):
@@ -463,7 +401,7 @@ class NFSProvisioner(Provisioner):
     # ------------------------------------------------------------------ expand
 
     def expand(self, volume: Object, new_bytes: int) -> None:
-        """Raise the volume's quota to ``new_bytes`` (without quotas there is nothing to enforce)."""
+        """Raise the volume's quota to ``new_bytes``, or grow its filesystem (``appliance.expansion``)."""
         name = str((volume.get("metadata") or {}).get("name", ""))
         owner = ((volume.get("metadata") or {}).get("annotations") or {}).get(ANN_IDENTITY)
         if owner != self.config.identity:
@@ -471,197 +409,21 @@ class NFSProvisioner(Provisioner):
         if not self.should_delete(volume):
             raise RuntimeError(f"volume {name} is the Go nfs-provisioner's and was not adopted (see its "
                                "AdoptionRefused event); it is left as it is")
-        path = self.directories.path_for(name)
-        record = self.records.read(name)
-        if record is not None and record.filesystem is not None:
-            self._grow_filesystem(volume, name, record.filesystem, new_bytes, record.root_squash)
-            return
-        if self.quotas is None:
-            log.info("volume %s: no quotas enabled; recording the new size %d only", name, new_bytes)
-            return
-        project_id = self.quotas.project_of(path)
-        if project_id is None:
-            raise RuntimeError(f"volume {name} has no quota project to raise")
-        self.quotas.set_limit(project_id, new_bytes)
-        log.info("volume %s: quota project %d raised to %d bytes", name, project_id, new_bytes)
-
-    def _grow_filesystem(self, volume: Object, name: str, fs_type: str, new_bytes: int, root_squash: bool) -> None:
-        """Grow a filesystem volume: online where the filesystem can (XFS; ext4 with CAP_SYS_RESOURCE), else
-        unexported for the few milliseconds of an offline resize, then exported again with the same id on the
-        same loop device (clients' handles stay valid; their calls wait or are retried meanwhile)."""
-        filesystems = self.filesystems
-        if filesystems is None:
-            raise RuntimeError(f"volume {name} is a filesystem volume, but this appliance has no filesystem volumes")
-        try:
-            try:
-                filesystems.grow(name, size=new_bytes, fs_type=fs_type)
-                return
-            except fs_mod.OfflineOnly as e:
-                filesystems.check_growth(name, new_bytes)
-                if not filesystems.needs_growth(name, new_bytes, fs_type):
-                    log.info("volume %s: already %d bytes", name, new_bytes)
-                    return
-                log.info("%s: growing it offline (unexported meanwhile)", e)
-            wanted = _int_or_none(((volume.get("metadata") or {}).get("annotations") or {}).get(ANN_EXPORT_ID))
-            self.exporter.unexport(name)
-            try:
-                filesystems.unmount(name)
-                filesystems.grow_offline(name, size=new_bytes, fs_type=fs_type)
-            finally:
-                # Whatever happened: mounted and exported again (a failed resize leaves the old size).
-                path = filesystems.mount(name, fs_type=fs_type)
-                self.exporter.export(name=name, path=path, root_squash=root_squash, export_id=wanted)
-        except fs_mod.FilesystemError as e:
-            raise RuntimeError(str(e)) from e
+        expansion.expand(self._parts(), volume, name, new_bytes)
 
     # ------------------------------------------------------------------ delete
 
-    def _freeing_space(self, name: str, on_delete: params.OnDelete, step: Callable[[], object]) -> None:
-        """Run a bookkeeping step of a deletion (they rewrite files on the export root); if it fails with ENOSPC
-        and the volume is to be deleted anyway, remove its data first (the directory stays, still exported,
-        until the step succeeds) and run the step again: a full export root can always be freed."""
-        try:
-            step()
-        except Exception as e:
-            if on_delete != "delete" or not _no_space(e):
-                raise
-            log.warning("volume %s: no space left on the export root (%s); removing the volume's data first", name,
-                        e)
-            self.directories.empty(name)
-            step()
-
     def delete(self, volume: Object) -> Notice | None:
-        """Remove only what this appliance made for *this* PV: its record must match the PV (name, claim uid,
-        identity, path); anything else raises (a ``VolumeFailedDelete`` event) and touches nothing. The data is
-        deleted, kept or archived as :func:`ondelete.decide` says; when that is not what the PV's annotation says
-        (missing, unknown, overruled), a Notice (a Warning event on the PV) says what was done and why."""
-        meta = volume.get("metadata") or {}
-        name = str(meta.get("name", ""))
-        ann = meta.get("annotations") or {}
-        owner = ann.get(ANN_IDENTITY)
-        if not owner:
-            raise DeleteRefused(f"volume {name}: identity annotation {ANN_IDENTITY} not found; refusing to delete")
-        if owner != self.config.identity:
-            raise IgnoredError(f"identity annotation on PV {owner} does not match ours {self.config.identity}")
-        path = self.directories.path_for(name)  # raises for names that are not ours to touch
-        claim_uid = str(((volume.get("spec") or {}).get("claimRef") or {}).get("uid") or "")
-        record = self.records.read(name)
-        if record is not None and record.filesystem is not None and self.filesystems is not None:
-            path = self.filesystems.path_for(name)
-        if record is None:
-            if self._retired(name, claim_uid=claim_uid, identity=owner):
-                return None  # a crash after the data was kept, before the PV was deleted
-            if not self.directories.exists(name) and not self.exporter.has(name):
-                log.info("volume %s: no record, no directory, no export: nothing to delete", name)
-                return None  # e.g. a crash after the record was removed, before the PV was
-            raise DeleteRefused(f"this appliance has no record of creating volume {name} (claim uid "
-                                f"{claim_uid or '(none)'}); refusing to delete {path}")
-        why = record.mismatch(pv_name=name, claim_uid=claim_uid, identity=owner, path=str(path))
-        if why is not None:
-            raise DeleteRefused(f"PV {name} does not match the volume this appliance made at {path} ({why}); "
-                                "refusing to delete it")
-        recorded = str(((volume.get("spec") or {}).get("nfs") or {}).get("path", ""))
-        if recorded and recorded != str(path):
-            log.warning("volume %s: spec.nfs.path %r is not %s; deleting by name only", name, recorded, path)
-        if self.clones is not None:
-            self.clones.forget(name)
-        decision = ondelete.decide(recorded=record.on_delete, annotation=ann.get(ANN_ON_DELETE))
-        on_delete = decision.action
-        if record.filesystem is not None:
-            return self._delete_filesystem(name, decision)
-        self._freeing_space(name, on_delete, lambda: self.exporter.unexport(name))
-        quotas = self.quotas
-        if quotas is not None:
-            self._freeing_space(name, on_delete, lambda: quotas.remove_directory(path))
-        if on_delete == "retain":
-            done = f"kept {path} (no longer a volume: its export and record are removed)"
-        elif on_delete == "archive":
-            target = self.directories.archive(name)
-            done = f"moved to {target}" if target is not None else f"{path} was already moved aside"
-        else:
-            self.directories.delete(name)
-            done = f"deleted {path}"
-        self._let_go(name, on_delete)  # last: until the directory is gone (or kept aside), it proves it is a volume
-        if decision.warning is None:
-            log.info("volume %s: onDelete=%s, %s", name, on_delete, done)
-            return None
-        log.warning("volume %s: %s; %s", name, decision.warning, done)
-        return Notice(ON_DELETE_POLICY, f"{decision.warning}; {done}")
+        """Remove only what this appliance made for *this* PV (``appliance.removal``): its record must match the
+        PV (name, claim uid, identity, path); anything else raises (a ``VolumeFailedDelete`` event) and touches
+        nothing. The data is deleted, kept or archived as :func:`ondelete.decide` says; when that is not what the
+        PV's annotation says, a Notice (a Warning event on the PV) says what was done and why."""
+        return removal.delete(self._parts(), volume)
 
+    def _parts(self) -> VolumeParts:
+        return VolumeParts(config=self.config, directories=self.directories, records=self.records,
+                           exporter=self.exporter, quotas=self.quotas, clones=self.clones, filesystems=self.filesystems)
 
-    def _let_go(self, name: str, on_delete: str) -> None:
-        """The last step of a deletion: the record goes, or, when the data was kept (``retain``), moves aside
-        (:meth:`VolumeRecords.retire`) so that a retry of this deletion knows the data is no longer a volume."""
-        if on_delete == "retain":
-            self.records.retire(name)
-        else:
-            self.records.remove(name)
-
-    def _retired(self, name: str, *, claim_uid: str, identity: str) -> bool:
-        """Whether this PV's volume was already deleted here with its data kept (its retired record matches)."""
-        retired = self.records.read_retired(name)
-        if retired is None or retired.mismatch(pv_name=name, claim_uid=claim_uid, identity=identity,
-                                               path=retired.path) is not None:
-            return False
-        log.info("volume %s: already deleted with its data kept at %s (retain); nothing more to do", name, retired.path)
-        return True
-
-    def _delete_filesystem(self, name: str, decision: ondelete.Decision) -> Notice | None:
-        """Unexport, then unmount and delete, retain or archive the image as ``decision`` says (the one rule of
-        :mod:`~nfs_provisioner.volumes.ondelete`); the record goes last."""
-        on_delete = decision.action
-        filesystems = self.filesystems
-        if filesystems is None:
-            raise DeleteRefused(f"volume {name} is a filesystem volume, but this appliance has no filesystem volumes; "
-                                "keeping it")
-        try:
-            self.exporter.unexport(name)
-        except Exception as e:
-            # The export index rewrite needs space on the export root. Ganesha has let go of the volume already
-            # (RemoveExport comes first), so a volume to be deleted can be unmounted and its image removed first.
-            if on_delete != "delete" or not _no_space(e):
-                raise
-            log.warning("volume %s: no space left on the export root (%s); removing the volume's image first",
-                        name, e)
-            try:
-                filesystems.delete(name)
-            except fs_mod.FilesystemError as again:
-                raise DeleteError(f"{e}; freeing the export root by removing the image failed: {again}") from e
-            self.exporter.unexport(name)
-        try:
-            if on_delete == "delete":
-                filesystems.delete(name)
-                done = "deleted its image"
-            elif on_delete == "archive":
-                done = f"image moved to {filesystems.archive(name)} (unmounted)"
-            else:
-                done = f"image kept as {filesystems.retain(name)} (unmounted; no longer a volume)"
-        except fs_mod.FilesystemError as e:
-            raise DeleteError(str(e)) from e
-        self._let_go(name, on_delete)
-        if decision.warning is None:
-            log.info("volume %s: onDelete=%s, %s", name, on_delete, done)
-            return None
-        log.warning("volume %s: %s; %s", name, decision.warning, done)
-        return Notice(ON_DELETE_POLICY, f"{decision.warning}; {done}")
-
-
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _no_space(e: BaseException | None) -> bool:
-    """Whether ENOSPC (or EDQUOT) is what made ``e`` (itself or the errors it was raised from)."""
-    seen = 0
-    while e is not None and seen < 20:
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        e = e.__cause__ or e.__context__
-        seen += 1
-    return False
 
 
 def _check_room(path: Path, source: clones_mod.Source, fs_type: str) -> None:

@@ -16,7 +16,7 @@ Layering (imports only go downwards)::
     controller      ProvisionController: lifecycle, workers, wiring
     provisioning, deleting, leadership        one operation each
     inflight, watching, queueing, events, metrics  mechanisms
-    decisions                                 the rules (on the data below: a claim's data source, ...)
+    decisions, failures                       the rules (on the data below: a claim's data source, a failure)
     interface, settings, outcomes             pure data
     ..kube                                    the only package that talks to Kubernetes
 """

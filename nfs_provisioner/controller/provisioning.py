@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nfs_provisioner.controller import decisions, events, inflight, outcomes
+from nfs_provisioner.controller import decisions, events, failures, inflight, outcomes
 from nfs_provisioner.controller import pool as pool_mod
 from nfs_provisioner.controller.interface import (
     DataSource,
@@ -39,7 +39,6 @@ from nfs_provisioner.kube import errors
 from nfs_provisioner.kube.objects import Object
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -247,15 +246,9 @@ class Provisioning:
         a volume populator (KEP 1495), which provisions a claim of its own (PVC') without a data source and
         rebinds the volume: as the CSI external-provisioner does, one ``Normal`` event and nothing else. Either
         way the claim is settled: looked at again only when someone else changes it."""
-        key, me = decisions.claim_key(claim), self.settings.provisioner_name
-        if source.is_snapshot:
-            msg = (f"cannot restore {source.describe()}: volume snapshots need a CSI driver, which {me} is not; "
-                   "no volume is provisioned")
-        elif source.is_claim:
-            msg = f"{me} does not support cloning volumes (data source {source.describe()}); no volume is provisioned"
-        else:
-            msg = (f"Assuming an external populator will provision the volume: data source {source.describe()} "
-                   f"is not handled by {me}")
+        key = decisions.claim_key(claim)
+        msg = failures.unsupported_source(source, self.settings.provisioner_name)
+        if not failures.refuses(source):
             self.recorder.event(claim, events.NORMAL, events.PROVISIONING, msg)
             log.info("claim %s: %s", key, msg)
             return self._release(claim, settle=True)
@@ -268,10 +261,7 @@ class Provisioning:
         """The claim asked for a data source in another namespace and the API server dropped it (see
         ``decisions.dropped_source``): never an empty volume that looks like a copy. One ``ProvisioningFailed``
         event, settled (``spec.dataSourceRef`` cannot change: the claim must be made again)."""
-        msg = (f"the claim's spec.dataSourceRef named another namespace (set by {manager}, as its managedFields "
-               "show) and the API server dropped it: data sources in another namespace need the "
-               "CrossNamespaceVolumeDataSource feature gate; no volume is provisioned (an empty one would pass for "
-               "a copy): create the claim again with a data source in its own namespace, or none")
+        msg = failures.dropped_source(manager)
         self._failed(claim)
         self.recorder.event(claim, events.WARNING, events.PROVISIONING_FAILED, msg)
         log.warning("claim %s: %s", decisions.claim_key(claim), msg)
@@ -285,15 +275,10 @@ class Provisioning:
                 self.recorder.event(claim, events.NORMAL, events.PROVISIONING, str(e))
             log.info("claim %s: provision in progress: %s", decisions.claim_key(claim), e)
             return outcomes.retry_after(e.retry_after, str(e))
-        state = e.state if isinstance(e, ProvisioningError) else ProvisioningState.FINISHED
-        msg = str(e) or type(e).__name__
         previous = self._attempts.get(uid)
-        if state is ProvisioningState.NO_CHANGE and previous is not None:
-            state = previous.state or ProvisioningState.IN_BACKGROUND
-        elif state is ProvisioningState.NO_CHANGE:
-            # No earlier attempt in this process: not in progress, as in the Go library (the claim is not in its
-            # claimsInProgress) -- unless an earlier run recorded it in flight, which may have left an asset.
-            state = ProvisioningState.IN_BACKGROUND if recorded_before else ProvisioningState.FINISHED
+        state = failures.state_after(e, previous=None if previous is None else previous.state,
+                                     known=previous is not None, recorded_before=recorded_before)
+        msg = str(e) or type(e).__name__
         self._failed(claim)
         self.recorder.event(claim, events.WARNING, events.PROVISIONING_FAILED, msg)
         log.warning("claim %s: provision failed (%s): %s", decisions.claim_key(claim), state.value, msg)

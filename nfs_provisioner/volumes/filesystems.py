@@ -23,6 +23,9 @@ removed first):
 
 Nothing here knows about exports: the caller exports a volume only once :meth:`FilesystemVolumes.mounted`
 says so, and withdraws the export before :meth:`FilesystemVolumes.unmount`.
+
+Beside this module: ``fstypes`` (per filesystem type: sizes, ``mkfs``, growth, the probe; the errors),
+``imagecopy`` (a frozen image's copy for a clone) and ``loopnumbers`` (the loop device number kept per image).
 """
 
 from __future__ import annotations
@@ -30,24 +33,39 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import logging
 import os
-import shutil
 import stat
-import subprocess
-import tempfile
 import threading
 import time
-import zlib
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
-from nfs_provisioner import fileio
-from nfs_provisioner.errors import NFSProvisionerError
-from nfs_provisioner.volumes import containment, copying, loops
+from nfs_provisioner.volumes import containment, fstypes, imagecopy, loopnumbers, loops
 from nfs_provisioner.volumes.directories import ARCHIVE_DIR, remove_tree, set_top_mode, validate_name
+from nfs_provisioner.volumes.fstypes import (
+    BLOCK,
+    CAP_SYS_RESOURCE,
+    MIN_BYTES,
+    SMALL_JOURNAL_BELOW,
+    TOOLS,
+    FilesystemError,
+    MiB,
+    OfflineOnly,
+    Runner,
+    TooSmall,
+    check_size,
+    ext4_bytes,
+    image_bytes,
+    mkfs_argv,
+    run,
+)
+from nfs_provisioner.volumes.imagecopy import FIFREEZE, FITHAW
+
+__all__ = [  # what moved to fstypes and imagecopy stays importable from here
+    "BLOCK", "CAP_SYS_RESOURCE", "FIFREEZE", "FITHAW", "MIN_BYTES", "SMALL_JOURNAL_BELOW", "TOOLS", "FilesystemError",
+    "FilesystemVolumes", "MiB", "OfflineOnly", "Runner", "TooSmall", "Usage", "check_size", "ext4_bytes",
+    "image_bytes", "mkfs_argv", "run",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,79 +77,10 @@ MOUNTS_OPTIONS = "size=16m,mode=0755"
 """The tmpfs holds empty directories only (mount points)."""
 SUFFIX = ".img"
 PART = ".part"
-DEVICE = ".loop"
-"""``.images/<name>.loop``: the loop device number the image was last attached to, taken again when free (so a
-remount keeps the device number, and NFS-Ganesha, which derives file handles from it, keeps clients' handles)."""
-CAP_SYS_RESOURCE = 24
-FIFREEZE, FITHAW = 0xC0045877, 0xC0045878
 MOUNT_DATA = {"xfs": "nouuid"}
 """A clone of an XFS volume has its source's UUID, which XFS would otherwise refuse to mount twice."""
-PREFERRED_BASE, PREFERRED_SPAN = 4096, 2**19
-"""Loop device numbers asked for first: 4096 to 4096 + 2**19 (the kernel allows minors up to 2**20)."""
-MiB = 2**20
-MIN_BYTES = {"ext4": 4 * MiB, "xfs": 300 * MiB}
-"""The smallest claim per filesystem: mke2fs 1.47 makes no journal below 3 MiB (a margin is kept for other
-versions); mkfs.xfs (xfsprogs >= 5.19) refuses filesystems under 300 MiB ("Filesystem must be larger than
-300MB"; measured with xfsprogs 6.1: 300 MiB is accepted, 300 MiB - 4 KiB refused)."""
-SMALL_JOURNAL_BELOW = 128 * MiB
-"""ext4 volumes below this get a 1 MiB journal (mke2fs would give 4 MiB, 6% of a 64 MiB volume)."""
-BLOCK = 4096
-"""Images are a whole number of these (claims in decimal units, e.g. 100M, are rounded up)."""
-TOOLS = {"ext4": ("mkfs.ext4", "resize2fs"), "xfs": ("mkfs.xfs", "xfs_growfs")}
 OWN_DIRS = frozenset({"lost+found"})
 """Directories a new filesystem has at its root (ext4's): a tree copied into it leaves them (``copy_tree``)."""
-
-class Runner(Protocol):
-    """Runs a command and raises :class:`FilesystemError` with its output when its exit code is not in ``ok``."""
-
-    def __call__(self, argv: Sequence[str], *, ok: tuple[int, ...] = (0,)) -> None: ...
-
-
-class FilesystemError(NFSProvisionerError, RuntimeError):
-    """A filesystem volume could not be made, mounted, grown or removed; the message says why."""
-
-
-class TooSmall(FilesystemError):
-    """The claim is smaller than the filesystem type's minimum (named in the message)."""
-
-
-class OfflineOnly(FilesystemError):
-    """The filesystem cannot grow while mounted here (ext4 without CAP_SYS_RESOURCE); :meth:`grow_offline`."""
-
-
-def run(argv: Sequence[str], *, ok: tuple[int, ...] = (0,)) -> None:
-    try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=600, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise FilesystemError(f"{argv[0]}: {e}") from e
-    if done.returncode not in ok:
-        out = " ".join((done.stderr or done.stdout).split())[:500]
-        raise FilesystemError(f"{' '.join(argv)} failed (exit {done.returncode}): {out}")
-
-
-def image_bytes(size: int) -> int:
-    """The image size for a claim of ``size`` bytes: rounded up to :data:`BLOCK`."""
-    return -(-size // BLOCK) * BLOCK
-
-
-def check_size(fs_type: str, size: int) -> None:
-    """Raise :class:`TooSmall` when ``size`` is below what ``fs_type`` can be made in."""
-    least = MIN_BYTES[fs_type]
-    if size < least:
-        raise TooSmall(f"a {fs_type} volume needs at least {least // MiB}Mi; the claim requests {size} bytes "
-                       f"(ask for {least // MiB}Mi or more{', or use fsType: ext4' if fs_type == 'xfs' else ''})")
-
-
-def mkfs_argv(fs_type: str, image: Path, size: int) -> list[str]:
-    """``mkfs`` for a fresh sparse image: no discard (nothing to discard), and for ext4 no zeroing of the
-    journal (the image reads as zeroes already), no blocks reserved for root, a small journal when small."""
-    if fs_type == "ext4":
-        journal = ["-J", "size=1"] if size < SMALL_JOURNAL_BELOW else []
-        return ["mkfs.ext4", "-q", "-F", "-E", "nodiscard,lazy_journal_init=1", "-m", "0", *journal, str(image)]
-    if fs_type == "xfs":
-        return ["mkfs.xfs", "-q", "-f", "-K", str(image)]
-    raise FilesystemError(f"unknown filesystem type {fs_type!r}")
-
 
 @dataclasses.dataclass(frozen=True)
 class Usage:
@@ -263,28 +212,10 @@ class FilesystemVolumes:
 
     def copy_image(self, source: str, fd: int) -> str:
         """Copy the image of the mounted volume ``source`` into ``fd``, with the source's filesystem frozen
-        (FIFREEZE: its writers wait, none fails; the frozen filesystem's journal is clean, so the copy is a whole,
-        consistent filesystem). A reflink (FICLONE, constant time) where the export root's filesystem shares
-        blocks, else a sparse copy of the image's data extents. Returns which."""
+        (:func:`imagecopy.copy_frozen`: a reflink or a sparse copy). Returns which."""
         if self.mounted(source) is None:
             raise FilesystemError(f"the clone source {source} is not mounted")
-        src = os.open(self.image_for(source), os.O_RDONLY | os.O_CLOEXEC)
-        frozen = os.open(self.path_for(source), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.ioctl(frozen, FIFREEZE, 0)
-            try:
-                try:
-                    fcntl.ioctl(fd, copying.FICLONE, src)
-                    how = "reflink"
-                except OSError:
-                    _sparse_copy(src, fd)
-                    how = "sparse copy"
-            finally:
-                fcntl.ioctl(frozen, FITHAW, 0)
-            os.fsync(fd)
-        finally:
-            os.close(frozen)
-            os.close(src)
+        how = imagecopy.copy_frozen(self.image_for(source), self.path_for(source), fd)
         log.info("volume image of %s copied (%s)", source, how)
         return how
 
@@ -298,15 +229,8 @@ class FilesystemVolumes:
 
     def thaw(self, name: str) -> bool:
         """Thaw the volume's filesystem if a crash left it frozen during a clone; whether it was frozen."""
-        fd = os.open(self.path_for(name), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.ioctl(fd, FITHAW, 0)
-        except OSError as e:
-            if e.errno == errno.EINVAL:  # not frozen
-                return False
-            raise
-        finally:
-            os.close(fd)
+        if not imagecopy.thaw(self.path_for(name)):
+            return False
         log.warning("volume %s: its filesystem was frozen (a clone interrupted); thawed", name)
         return True
 
@@ -345,7 +269,7 @@ class FilesystemVolumes:
             if not loops.wait_device_detached(device, image, timeout=2.0):
                 raise FilesystemError(f"volume {name}: its image {image} is attached to {device}, which is in use "
                                       "(mounted in another mount namespace?); refusing to mount it twice")
-        device, fd = loops.attach(image, prefer=self._last_device(name))
+        device, fd = loops.attach(image, prefer=loopnumbers.last_device(self.images, name))
         try:
             loops.mount(device, path, fs_type, data=MOUNT_DATA.get(fs_type, ""))
         except OSError as e:
@@ -353,32 +277,8 @@ class FilesystemVolumes:
         finally:
             os.close(fd)  # mounted: the mount holds the device; not mounted: the device detaches itself
         log.info("volume %s: %s mounted at %s (%s)", name, image, path, device)
-        self._remember_device(name, device)
+        loopnumbers.remember_device(self.images, name, device)
         return path
-
-    def _last_device(self, name: str) -> int:
-        """The loop device number to ask for: the one the image had last, else one derived from the name, far
-        above the numbers ``LOOP_CTL_GET_FREE`` hands out (the lowest free ones), so that after a restart it is
-        still free (measured: with first-free numbers, another program took the number meanwhile and the
-        clients' handles went stale)."""
-        try:
-            return int((self.images / f"{name}{DEVICE}").read_text())
-        except (FileNotFoundError, ValueError):
-            return PREFERRED_BASE + zlib.crc32(name.encode()) % PREFERRED_SPAN
-
-    def _forget_device(self, name: str) -> None:
-        """After the volume is unmounted for good: remove its loop device from the kernel when it is one of the
-        numbers this module asks for (a device made for it), and the remembered number."""
-        number = self._last_device(name)
-        if PREFERRED_BASE <= number < PREFERRED_BASE + PREFERRED_SPAN and not loops.backing_file(f"loop{number}"):
-            loops.remove(number)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.images / f"{name}{DEVICE}")
-
-    def _remember_device(self, name: str, device: Path) -> None:
-        if not (self.images / f"{name}{DEVICE}").exists() or self._last_device(name) != loops.device_number(device):
-            fileio.atomic_write(self.images / f"{name}{DEVICE}", f"{loops.device_number(device)}\n", mode=0o600,
-                               durable=False)  # a hint
 
     def _mount_point(self, path: Path) -> None:
         """The directory the image is mounted on: root's only (0700) underneath the mount."""
@@ -415,16 +315,7 @@ class FilesystemVolumes:
             return True  # xfs_growfs on a grown filesystem changes nothing, online
         return ext4_bytes(self.image_for(name)) < target
 
-    @staticmethod
-    def grows_online(fs_type: str, *, status: Path = Path("/proc/self/status")) -> bool:
-        """Whether a mounted ``fs_type`` can grow here: XFS always; ext4's online resize needs CAP_SYS_RESOURCE
-        (the kernel's ext4_resize_begin), which containers and this project's hosts lack by default."""
-        if fs_type != "ext4":
-            return True
-        for line in status.read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
-        return False
+    grows_online = staticmethod(fstypes.grows_online)
 
     def grow(self, name: str, *, size: int, fs_type: str) -> None:
         """Grow the mounted volume to ``size`` bytes online (image, loop device, then the filesystem); running it
@@ -508,7 +399,7 @@ class FilesystemVolumes:
             os.unlink(image)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.images / f".{name}{SUFFIX}{PART}")
-        self._forget_device(name)
+        loopnumbers.forget_device(self.images, name)
         self._remove_mount_point(name)
         return found
 
@@ -540,7 +431,7 @@ class FilesystemVolumes:
                 n += 1
             os.rename(image, target)
             _fsync_dir(where)
-        self._forget_device(name)
+        loopnumbers.forget_device(self.images, name)
         self._remove_mount_point(name)
         return target
 
@@ -557,79 +448,13 @@ class FilesystemVolumes:
     def probe(self) -> dict[str, str | None]:
         """Whether filesystem volumes can be made here, per filesystem type: None = yes, else what is missing
         (one line). Attaches and mounts a 4 MiB ext4 image in a temporary directory of ``.images`` and removes
-        it again."""
+        it again (:func:`fstypes.probe`)."""
         try:
             self.ensure_dir()
         except OSError as e:
-            problem: str | None = f"cannot make {self.images}: {e}"
-            return dict.fromkeys(TOOLS, problem)
-        problem = self._probe_mount()
-        found: dict[str, str | None] = {}
-        for fs_type, tools in TOOLS.items():
-            missing = [t for t in tools if shutil.which(t) is None]
-            found[fs_type] = problem or (f"{', '.join(missing)} not found in PATH (install "
-                                         f"{'e2fsprogs' if fs_type == 'ext4' else 'xfsprogs'})" if missing else None)
-        return found
+            return dict.fromkeys(TOOLS, f"cannot make {self.images}: {e}")
+        return fstypes.probe(self.images, self.run)
 
-    def _probe_mount(self) -> str | None:
-        if not loops.LOOP_CONTROL.exists():
-            return (f"{loops.LOOP_CONTROL} is missing: filesystem volumes need loop devices (in Kubernetes a "
-                    "privileged pod: deploy/kube-config/statefulset-isolated.yaml or Helm isolation=filesystem)")
-        if shutil.which("mkfs.ext4") is None:
-            return "mkfs.ext4 not found in PATH (install e2fsprogs)"
-        where = Path(tempfile.mkdtemp(prefix=".probe-", dir=self.images))
-        image, mnt = where / "probe.img", where / "mnt"
-        mnt.mkdir()
-        try:
-            with open(image, "wb") as f:
-                f.truncate(MIN_BYTES["ext4"])
-            self.run(mkfs_argv("ext4", image, MIN_BYTES["ext4"]))
-            try:
-                device, fd = loops.attach(image)
-            except OSError as e:
-                return f"cannot attach a loop device ({e}): filesystem volumes need CAP_SYS_ADMIN and /dev/loop*"
-            try:
-                loops.mount(device, mnt, "ext4")
-            except OSError as e:
-                return f"cannot mount a filesystem ({e}): filesystem volumes need CAP_SYS_ADMIN"
-            finally:
-                os.close(fd)
-            loops.unmount(mnt)
-            loops.wait_detached(image)
-            return None
-        except (OSError, FilesystemError) as e:
-            return f"probe failed: {e}"
-        finally:
-            with contextlib.suppress(OSError):
-                if os.path.ismount(mnt):
-                    loops.unmount(mnt)
-            shutil.rmtree(where, ignore_errors=True)
-
-
-def ext4_bytes(image: Path) -> int:
-    """The size of the ext4 filesystem in ``image`` from its superblock (offset 1024: s_blocks_count_lo at 4,
-    s_log_block_size at 24, s_feature_incompat at 96 with 64bit = 0x80, s_blocks_count_hi at 336)."""
-    with open(image, "rb") as f:
-        sb = os.pread(f.fileno(), 1024, 1024)
-    if len(sb) < 340 or int.from_bytes(sb[56:58], "little") != 0xEF53:
-        raise FilesystemError(f"{image} holds no ext4 superblock")
-    blocks = int.from_bytes(sb[4:8], "little")
-    if int.from_bytes(sb[96:100], "little") & 0x80:
-        blocks |= int.from_bytes(sb[336:340], "little") << 32
-    return blocks * (1024 << int.from_bytes(sb[24:28], "little"))
-
-
-def _sparse_copy(src: int, dst: int) -> None:
-    """Copy the data extents of ``src`` into ``dst`` at the same offsets (holes stay holes)."""
-    size = os.fstat(src).st_size
-    os.ftruncate(dst, size)
-    for start, end in copying.data_extents(src, size):
-        position = start
-        while position < end:
-            n = os.copy_file_range(src, dst, end - position, position, position)
-            if n == 0:
-                break
-            position += n
 
 
 def _exists(path: Path) -> bool:
