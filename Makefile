@@ -31,7 +31,7 @@ FAST := -m "unit and not root" -q -p no:cacheprovider tests
 
 test-fast:
 	@test -x $(PY) || { echo "make test-fast: no $(PY); run make deps once"; exit 1; }
-	$(PYTEST) $(FAST)
+	$(PYTEST) $(FAST) -n auto --maxprocesses=4
 
 coverage-fast:
 	@test -x $(VENV)/bin/coverage || { echo "make coverage-fast: no coverage in $(VENV); run make deps once"; exit 1; }
