@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench import step_timer
 from bench.delete_bench import average_profile, cpu_by_role, cpu_diff, cpu_seconds, show_cpu_and_profile
 from bench.harness import (
@@ -140,26 +142,32 @@ def appliance_run(b: Bench, n: int, times: Path) -> dict[str, Any]:
     return {"drain_per_s": n / (t_end - t0), "start_to_ready_s": ready - t0, "first_pv_s": min(seen) - t0,
             "last_pv_s": t_end - t0, "after_first_per_s": (n - 1) / max(1e-9, t_end - min(seen)),
             "p50_pv_s": pct([s - t0 for s in seen], 50),
-            "cpu_appliance_ms_per_pv": cpu["appliance"] * 1000 / n, "cpu_ganesha_ms_per_pv": cpu["children"] * 1000 / n,
+            "cpu_appliance_ms_per_pv": cpu["appliance"] * 1000 / n,
+            "cpu_appliance_system_ms_per_pv": cpu["appliance_system"] * 1000 / n,
+            "cpu_ganesha_ms_per_pv": cpu["children"] * 1000 / n,
             "cpu_appliance_fraction_of_core": cpu["appliance"] / (t_end - t0),
             "events_per_claim": events / n, **startup, "steps": steps,
             "cpu_ms_per_pv_by_thread": roles}
 
 
-def null_run(b: Bench, n: int, events: int) -> float:
+def null_run(b: Bench, n: int, events: int) -> tuple[float, float]:
+    """The null provisioner's drain rate of the same backlog, and its CPU (the bench process's, ms per PV)."""
     ns, uids = make_backlog(b, n, b.null_cls, "bench-nullbacklog")
     with cf.ThreadPoolExecutor(WORKERS) as answers:
+        cpu0 = psutil.Process().cpu_times()
         t0 = time.monotonic()
         w = NullProvisioner(b.api, ns, provisioner=b.null_provisioner, cls=b.null_cls, events=events, pool=answers,
                             initial_list=True)
         w.start()
         wait_for(lambda: all(f"pvc-{uid}" in w.pv_seen for uid in uids), 600, f"{n} null PVs")
         rate = n / (max(w.pv_seen[f"pvc-{uid}"] for uid in uids) - t0)
+        cpu1 = psutil.Process().cpu_times()
         w.stop()
+    cpu_ms = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) * 1000 / n
     list(b.pool.map(lambda i: b.api.delete(kube.claims_path(ns, f"c{i}")), range(n)))
     list(b.pool.map(lambda uid: b.api.delete(kube.volumes_path(f"pvc-{uid}")), uids))
     b.api.delete(f"/api/v1/namespaces/{ns}")
-    return rate
+    return rate, cpu_ms
 
 
 def backlog_section(b: Bench) -> dict[str, Any]:
@@ -167,17 +175,21 @@ def backlog_section(b: Bench) -> dict[str, Any]:
     b.replace_appliance(b.new_appliance(step_times=times))
     results: dict[str, Any] = {}
     for n in b.sizes:
-        runs, rates = [], []
+        runs, rates, null_cpu = [], [], []
         for r in range(b.repeats):  # alternating, so a noisy neighbour hits both alike
             runs.append(appliance_run(b, n, times))
             x = runs[-1]
             print(f"backlog N={n} run {r + 1}: {x['drain_per_s']:.0f} PVC/s from process start (ready at "
                   f"{x['start_to_ready_s']:.2f}s, first PV {x['first_pv_s']:.2f}s, last {x['last_pv_s']:.2f}s; "
                   f"{x['after_first_per_s']:.0f}/s after the first), appliance CPU "
-                  f"{x['cpu_appliance_ms_per_pv']:.1f} ms/PV", file=sys.stderr)
+                  f"{x['cpu_appliance_ms_per_pv']:.1f} ms/PV ({x['cpu_appliance_system_ms_per_pv']:.1f} in the kernel)",
+                  file=sys.stderr)
             stop(b.appliance)
-            rates.append(null_run(b, n, max(1, round(x["events_per_claim"]))))
-            print(f"backlog N={n} null provisioner: {rates[-1]:.0f} PVC/s", file=sys.stderr)
+            rate, cpu_ms = null_run(b, n, max(1, round(x["events_per_claim"])))
+            rates.append(rate)
+            null_cpu.append(cpu_ms)
+            print(f"backlog N={n} null provisioner: {rate:.0f} PVC/s, CPU {cpu_ms:.1f} ms/PV (the bench process)",
+                  file=sys.stderr)
         row: dict[str, Any] = {k: statistics.median([x[k] for x in runs]) for k in runs[0]
                                if k not in ("steps", "cpu_ms_per_pv_by_thread")}
         row["cpu_ms_per_pv_by_thread"] = runs[len(runs) // 2]["cpu_ms_per_pv_by_thread"]
@@ -185,6 +197,7 @@ def backlog_section(b: Bench) -> dict[str, Any]:
         row["profile"] = average_profile(runs)
         row["null_drain_per_s"] = statistics.median(rates)
         row["null_drain_per_s_runs"] = rates
+        row["null_cpu_ms_per_pv"] = statistics.median(null_cpu)
         row["fraction_of_null"] = row["drain_per_s"] / row["null_drain_per_s"]
         results[str(n)] = row
     b.appliance.close()
@@ -200,6 +213,10 @@ def show_backlog(r: dict[str, Any]) -> None:
               f"{', '.join(f'{x:.0f}' for x in row['drain_per_s_runs'])}")
         print(f"  null provisioner    {row['null_drain_per_s']:8.1f} PVC/s")
         print(f"  appliance/null      {row['fraction_of_null'] * 100:8.1f} %")
+        if "null_cpu_ms_per_pv" in row:
+            print(f"  CPU per PV: appliance {row['cpu_appliance_ms_per_pv']:.1f} ms "
+                  f"({row['cpu_appliance_system_ms_per_pv']:.1f} in the kernel), null provisioner "
+                  f"{row['null_cpu_ms_per_pv']:.1f} ms (the bench process)")
         marks = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {row[k]:.2f}s" for k in STARTUP_MARKS if k in row)
         print(f"  start-up: {marks}")
         print(f"  ready at {row['start_to_ready_s']:.2f}s, first PV at {row['first_pv_s']:.2f}s, last at "

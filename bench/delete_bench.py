@@ -69,7 +69,7 @@ def cpu_seconds(pid: int) -> dict[str, float]:
             children += t.user + t.system
         except psutil.Error:
             pass
-    return {"appliance": own.user + own.system, "children": children}
+    return {"appliance": own.user + own.system, "appliance_system": own.system, "children": children}
 
 
 def cpu_by_role(pid: int, times: Path) -> dict[str, float]:

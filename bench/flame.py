@@ -48,8 +48,8 @@ def py_spy() -> str:
 class _Follower:
     """Starts one py-spy per appliance process seen, until stopped."""
 
-    def __init__(self, current_pid: Callable[[], int | None], out: Path) -> None:
-        self.current_pid, self.out = current_pid, out
+    def __init__(self, current_pid: Callable[[], int | None], out: Path, *, idle: bool = True) -> None:
+        self.current_pid, self.out, self.idle = current_pid, out, idle
         self.exe = py_spy()
         self.recorders: list[subprocess.Popen[bytes]] = []
         self.cpu_s = 0.0
@@ -71,8 +71,8 @@ class _Follower:
         raw = self.out.with_name(f"{self.out.name}.{pid}.raw")
         deadline = time.monotonic() + 5
         while not self._stop.is_set() and _alive(pid) and time.monotonic() < deadline:
-            proc = subprocess.Popen([self.exe, "record", "--pid", str(pid), "--idle", "--nonblocking",
-                                     "--rate", str(RATE), "--format", "raw", "--output", str(raw)],
+            proc = subprocess.Popen([self.exe, "record", "--pid", str(pid), *(["--idle"] if self.idle else ["--gil"]),
+                                     "--nonblocking", "--rate", str(RATE), "--format", "raw", "--output", str(raw)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(0.5)
@@ -183,12 +183,15 @@ def svg(stacks: dict[str, int], title: str, width: int = 1800, row: int = 16) ->
 
 
 @contextlib.contextmanager
-def recording(current_pid: Callable[[], int | None], out: Path, *, enabled: bool = True) -> Iterator[None]:
-    """Sample every appliance process ``current_pid()`` names while the block runs; write ``out``.txt/.svg."""
+def recording(current_pid: Callable[[], int | None], out: Path, *, enabled: bool = True,
+              idle: bool = True) -> Iterator[None]:
+    """Sample every appliance process ``current_pid()`` names while the block runs; write ``out``.txt/.svg.
+    ``idle=False``: only the thread holding the GIL is sampled (where the interpreter's CPU time goes, not the
+    wall time; a thread in a system call has released the GIL, so kernel time is not in such a graph)."""
     if not enabled:
         yield
         return
-    follower = _Follower(current_pid, out)
+    follower = _Follower(current_pid, out, idle=idle)
     follower.start()
     try:
         yield

@@ -194,6 +194,9 @@ def main() -> int:
                         help="size of the filesystem volume the filesystems section clones (a quarter of it data)")
     parser.add_argument("--no-flames", dest="flames", action="store_false",
                         help="no py-spy flame graph per section (flame-<section>.svg/.txt beside --out)")
+    parser.add_argument("--flames-cpu", action="store_true",
+                        help="flame graphs of the interpreter's CPU time (the thread holding the GIL; "
+                             "default: wall time)")
     parser.add_argument("--appliance-args", default="", help="extra flags for the appliance, space separated")
     args = parser.parse_args()
     chosen = args.sections.split(",")
@@ -229,7 +232,8 @@ def main() -> int:
             for i, name in enumerate(chosen):
                 b.later_sections = chosen[i + 1:]
                 t = time.monotonic()
-                with flame.recording(b.appliance_pid, args.out.parent / f"flame-{name}", enabled=args.flames):
+                with flame.recording(b.appliance_pid, args.out.parent / f"flame-{name}", enabled=args.flames,
+                                     idle=not args.flames_cpu):
                     results.update(sections()[name].run(b))
                 print(f"section {name}: {time.monotonic() - t:.0f}s", file=sys.stderr)
             appliance = b.appliance
