@@ -159,7 +159,8 @@ F_SETPIPE_SZ = 1031
 class ChildLog:
     """A child's stdout and stderr, read through a pipe by a thread of this process into a size-capped file.
 
-    The file is rotated to ``<name>.old`` (replacing the previous one) whenever it reaches ``max_bytes``, so
+    The file is rotated to ``<name>.old`` (replacing the previous one) before a write would take it past
+    ``max_bytes`` (never after, so the file exists and ends with the child's last output), so
     the child's log never takes more than about twice that, whatever it writes: a client that makes Ganesha
     log a line per garbage RPC record fills nothing. A write that fails (a full filesystem) drops that part
     of the log (one WARNING line per failing stretch), never blocks the child. The last ``TAIL_BYTES`` stay
@@ -228,9 +229,11 @@ class ChildLog:
     def _write(self, chunk: bytes) -> None:
         try:
             fd = self._current()
-            os.write(fd, chunk)
-            if os.fstat(fd).st_size >= self.max_bytes:
+            size = os.fstat(fd).st_size
+            if size and size + len(chunk) > self.max_bytes:  # rotate before, so the file always holds the latest
                 self._rotate()
+                fd = self._current()
+            os.write(fd, chunk)
         except OSError as e:
             if self._fd is not None:
                 os.close(self._fd)

@@ -166,6 +166,23 @@ def test_d7_a_helpers_output_is_capped_on_disk_and_its_marks_and_tail_kept(tmp_p
 
 
 @pytest.mark.unit
+def test_a_write_that_fills_the_log_to_its_cap_leaves_the_file_in_place(tmp_path: Path) -> None:
+    """A chunk that takes the file exactly to ``max_bytes`` stays in the file (rotation comes before the next
+    write, not after this one: the file once went missing until the child wrote again)."""
+    log = tmp_path / "statd.log"
+    out = processes.ChildLog(log, what="statd", max_bytes=100)
+    proc = processes.Launcher().spawn([sys.executable, "-c", "import os; os.write(1, b'y' * 99 + b'\\n')"], output=out)
+    assert proc.wait(10) == 0
+    out.join(10)
+    assert log.read_bytes() == b"y" * 99 + b"\n"
+    assert not (tmp_path / "statd.log.old").exists()
+    proc = processes.Launcher().spawn(["echo", "next"], output=out)
+    assert proc.wait(10) == 0
+    out.join(10)
+    assert log.read_bytes() == b"next\n" and (tmp_path / "statd.log.old").read_bytes() == b"y" * 99 + b"\n"
+
+
+@pytest.mark.unit
 def test_d7_an_unbounded_log_left_by_an_older_version_is_cut_to_the_cap(tmp_path: Path) -> None:
     log = tmp_path / "ganesha.log"
     log.write_bytes(b"an unbounded log of an older version\n" * 150_000 + b"its last line\n")  # 5.5 MB
