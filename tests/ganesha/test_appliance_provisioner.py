@@ -20,7 +20,7 @@ from nfs_provisioner.volumes.directories import InvalidVolumeName, VolumeDirecto
 from nfs_provisioner.volumes.records import RECORDS_DIR
 from tests.support import nfsraw, smallfs
 from tests.support.ganesha_env import Harness
-from tests.support.provisioner_env import IDENTITY, Appliance, claimed, options, small_root
+from tests.support.provisioner_env import IDENTITY, InProcessAppliance, claimed, options, small_root
 from tests.support.treesnap import snapshot
 
 __all__ = ["small_root"]  # the fixtures (tests/support/provisioner_env.py)
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.ganesha
 
 
 def test_provision_serves_data_over_nfs_and_delete_cleans_up(h: Harness) -> None:
-    a = Appliance(h)
+    a = InProcessAppliance(h)
     pv = a.p.provision(options(mount_options=["vers=4.1"], reclaim="Retain"))
     path = a.root / "pvc-1"
     assert pv["metadata"]["name"] == "pvc-1"
@@ -61,7 +61,7 @@ def test_provision_serves_data_over_nfs_and_delete_cleans_up(h: Harness) -> None
 
 
 def test_gid_parameter_sets_group_mode_and_annotation(h: Harness) -> None:
-    a = Appliance(h)
+    a = InProcessAppliance(h)
     pv = a.p.provision(options(params={"gid": "2345", "rootSquash": "true"}))
     path = a.root / "pvc-1"
     assert path.stat().st_gid == 2345
@@ -72,7 +72,7 @@ def test_gid_parameter_sets_group_mode_and_annotation(h: Harness) -> None:
 
 @pytest.mark.parametrize(("on_delete", "kept"), [("retain", "pvc-1"), ("archive", ".archive")])
 def test_on_delete_retain_and_archive_keep_the_data(h: Harness, on_delete: str, kept: str) -> None:
-    a = Appliance(h)
+    a = InProcessAppliance(h)
     pv = a.p.provision(options(params={"onDelete": on_delete}))
     (a.root / "pvc-1" / "f").write_text("data")
     a.p.delete(claimed(pv))
@@ -86,7 +86,7 @@ def test_deletion_retried_after_its_last_step_finds_it_done(h: Harness, on_delet
     """A crash after the deletion's last step (the record removed, or retired for ``retain``) and before the PV
     is deleted makes the controller call delete again: that must succeed and change nothing (it used to raise
     "no record" forever for a retained volume, whose directory stays: VolumeFailedDelete on every retry)."""
-    a = Appliance(h)
+    a = InProcessAppliance(h)
     pv = claimed(a.p.provision(options(params={"onDelete": on_delete})))
     (a.root / "pvc-1" / "f").write_text("data")
     a.p.delete(pv)
@@ -118,7 +118,7 @@ def test_deletion_retried_after_its_last_step_finds_it_done(h: Harness, on_delet
     ],
 )
 def test_rejections_leave_nothing_behind(h: Harness, opts: ProvisionOptions, message: str) -> None:
-    a = Appliance(h)
+    a = InProcessAppliance(h)
     before = snapshot(a.root)
     with pytest.raises(ProvisioningError, match=message):
         a.p.provision(opts)
@@ -127,7 +127,7 @@ def test_rejections_leave_nothing_behind(h: Harness, opts: ProvisionOptions, mes
 
 
 def test_max_exports_counts_volumes_only(h: Harness) -> None:
-    a = Appliance(h, max_exports=2)
+    a = InProcessAppliance(h, max_exports=2)
     a.p.provision(options("pvc-1"))
     pv2 = a.p.provision(options("pvc-2"))
     with pytest.raises(ProvisioningError, match=r"maximum number of exports \(2\) is reached"):
@@ -139,7 +139,7 @@ def test_max_exports_counts_volumes_only(h: Harness) -> None:
 
 
 def test_failed_export_rolls_back_the_directory(h: Harness) -> None:
-    a = Appliance(h)
+    a = InProcessAppliance(h)
     a.p.provision(options("pvc-1"))
     a.server.stop()  # D-Bus AddExport now fails
     before = snapshot(a.root)
@@ -149,7 +149,7 @@ def test_failed_export_rolls_back_the_directory(h: Harness) -> None:
 
 
 def test_tampered_volumes_never_touch_anything_else(h: Harness) -> None:
-    a = Appliance(h)
+    a = InProcessAppliance(h)
     victim = a.p.provision(options("pvc-victim"))
     (a.root / "pvc-victim" / "precious").write_text("keep")
     mine = claimed(a.p.provision(options("pvc-mine")))
@@ -188,7 +188,7 @@ def test_tampered_volumes_never_touch_anything_else(h: Harness) -> None:
 
 
 def test_unknown_on_delete_annotation_keeps_the_data(h: Harness) -> None:
-    a = Appliance(h)
+    a = InProcessAppliance(h)
     pv = a.p.provision(options())
     (a.root / "pvc-1" / "f").write_text("data")
     pv["metadata"]["annotations"][prov.ANN_ON_DELETE] = "rm -rf /"
@@ -199,7 +199,7 @@ def test_unknown_on_delete_annotation_keeps_the_data(h: Harness) -> None:
 
 def test_rollback_failure_asks_to_be_called_again(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     # Not a mock of Ganesha: the real server is stopped; only the directory removal is made to fail.
-    a = Appliance(h)
+    a = InProcessAppliance(h)
     a.server.stop()
 
     def refuse(name: str) -> bool:
@@ -213,7 +213,7 @@ def test_rollback_failure_asks_to_be_called_again(h: Harness, monkeypatch: pytes
 
 
 def test_delete_removes_only_what_this_appliance_made_for_that_pv(h: Harness) -> None:
-    a = Appliance(h)
+    a = InProcessAppliance(h)
     victim = claimed(a.p.provision(options("pvc-victim")))
     (a.root / "pvc-victim" / "precious").write_text("keep")
     (a.root / "victimdir").mkdir()
@@ -249,7 +249,7 @@ def test_delete_removes_only_what_this_appliance_made_for_that_pv(h: Harness) ->
 def test_delete_frees_a_full_export_root(small_root: Path, h: Harness) -> None:
     """A client fills the export root through its volume: deleting the claim must free the space (the export
     index rewrite needs space itself) and leave the root usable for new volumes."""
-    a = Appliance(h)
+    a = InProcessAppliance(h)
     pv = claimed(a.p.provision(options("pvc-full")))
     keep = claimed(a.p.provision(options("pvc-keep")))
     assert smallfs.fill(a.root / "pvc-full") > 4 * 2**20
@@ -273,7 +273,7 @@ def test_delete_frees_a_full_export_root(small_root: Path, h: Harness) -> None:
 def test_delete_a_volume_nested_1100_deep_over_nfs(h: Harness) -> None:
     """What a client does in half a second: 1100 nested directories (CREATE over NFSv4, 50 per COMPOUND).
     Deleting the volume used to fail with 'maximum recursion depth exceeded' forever."""
-    a = Appliance(h)
+    a = InProcessAppliance(h)
     pv = claimed(a.p.provision(options("pvc-deep")))
     with nfsraw.Nfs4(host="127.0.0.1", port=h.port) as c:
         fh = c.path_fh(*(a.root / "pvc-deep").parts[1:])

@@ -18,10 +18,10 @@ from nfs_provisioner.appliance.exporters import GaneshaExporter
 from nfs_provisioner.controller.interface import InProgress, ProvisioningError
 from nfs_provisioner.volumes.directories import VolumeDirectories
 from nfs_provisioner.volumes.filesystems import FilesystemVolumes
-from nfs_provisioner.volumes.records import RECORDS_DIR, VolumeRecords
+from nfs_provisioner.volumes.records import RECORDS_DIR
 from tests.support import filesystem_env, smallfs
 from tests.support.ganesha_env import Harness
-from tests.support.provisioner_env import IDENTITY, claimed, options, small_root
+from tests.support.provisioner_env import IDENTITY, InProcessAppliance, claimed, options, small_root
 
 pytestmark = pytest.mark.ganesha
 __all__ = ["small_root"]  # the fixture, shared with tests/ganesha/test_appliance_provisioner.py
@@ -38,17 +38,14 @@ class FailingExporter(GaneshaExporter):
         return super().export(name=name, path=path, root_squash=root_squash, export_id=export_id)
 
 
-class Appliance:
+class Appliance(InProcessAppliance):
+    """Filesystem volumes on real loop devices, behind an exporter that can be told to fail."""
+
+    fs: FilesystemVolumes
+    exporter: FailingExporter
+
     def __init__(self, h: Harness) -> None:
-        self.h = h
-        self.server = h.server()
-        self.root = h.export_root
-        self.fs = FilesystemVolumes(self.root)
-        self.exporter = FailingExporter(self.server.exports)
-        self.p = prov.NFSProvisioner(
-            config=prov.ApplianceConfig(identity=IDENTITY, server=lambda: "127.0.0.1"),
-            directories=VolumeDirectories(self.root), records=VolumeRecords(self.root / RECORDS_DIR),
-            exporter=self.exporter, filesystems=self.fs)
+        super().__init__(h, exporter=FailingExporter, filesystems=True)
 
     def nothing_left(self, name: str) -> None:
         assert not self.fs.image_for(name).exists() and not self.fs.path_for(name).exists()

@@ -22,8 +22,7 @@ from nfs_provisioner.ganesha.exports import Export, ExportRequest
 from nfs_provisioner.ganesha.settings import AccessType, Squash
 from tests.support.ganesha_env import Harness
 from tests.support.hostile_state import GiB, max_rss_mib, pv, sparse
-from tests.support.provisioner_env import Appliance as ProvAppliance
-from tests.support.provisioner_env import options
+from tests.support.provisioner_env import InProcessAppliance, options
 
 
 @pytest.mark.ganesha
@@ -88,7 +87,7 @@ def test_d9_an_export_whose_directory_is_gone_or_a_symlink_is_unserved_until_it_
 @pytest.mark.ganesha
 def test_d14_an_export_file_without_a_record_is_kept_but_never_served(
         h: Harness, caplog: pytest.LogCaptureFixture) -> None:
-    a = ProvAppliance(h)
+    a = InProcessAppliance(h)
     a.p.provision(options("pvc-1"))
     a.server.stop()
     # A file with a valid header (as the manager writes it) for a directory nobody recorded.
@@ -110,7 +109,7 @@ def test_d14_an_export_file_without_a_record_is_kept_but_never_served(
     assert len(lines) == 2 and all(f"its file {planted} is kept" in line for line in lines), lines
 
 
-def leftovers(a: ProvAppliance, name: str, *, claim_uid: str) -> None:
+def leftovers(a: InProcessAppliance, name: str, *, claim_uid: str) -> None:
     """The record (as the appliance writes them: the one of pvc-1, renamed) and the directory of ``name``."""
     record = a.p.records.read("pvc-1")
     assert record is not None
@@ -120,7 +119,7 @@ def leftovers(a: ProvAppliance, name: str, *, claim_uid: str) -> None:
 
 @pytest.mark.ganesha
 def test_d12_a_retry_that_fails_finally_removes_what_a_crashed_attempt_left(h: Harness) -> None:
-    a = ProvAppliance(h, max_exports=1)
+    a = InProcessAppliance(h, max_exports=1)
     a.p.provision(options("pvc-1"))
     # What a SIGKILL between the directory's creation and the PV's save leaves (before the export): the
     # record, then the directory (the e2e test below makes it with a real SIGKILL).
@@ -136,7 +135,7 @@ def test_d12_a_retry_that_fails_finally_removes_what_a_crashed_attempt_left(h: H
 
 @pytest.mark.ganesha
 def test_a_retry_never_removes_what_another_claim_left(h: Harness) -> None:
-    a = ProvAppliance(h, max_exports=1)
+    a = InProcessAppliance(h, max_exports=1)
     a.p.provision(options("pvc-1"))
     leftovers(a, "pvc-2", claim_uid="someone-else")
     with pytest.raises(ProvisioningError, match="maximum number of exports"):
@@ -147,7 +146,7 @@ def test_a_retry_never_removes_what_another_claim_left(h: Harness) -> None:
 @pytest.mark.ganesha
 def test_d9_readiness_fails_while_a_bound_volume_is_not_served_and_recovers(
         h: Harness, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    a = ProvAppliance(h)
+    a = InProcessAppliance(h)
     for name in ("pvc-gone", "pvc-fine", "pvc-released"):
         a.p.provision(options(name))
     a.server.stop()

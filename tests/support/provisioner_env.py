@@ -15,6 +15,7 @@ from nfs_provisioner.appliance.exporters import GaneshaExporter
 from nfs_provisioner.controller.interface import ProvisionOptions
 from nfs_provisioner.ganesha.server import GaneshaServer
 from nfs_provisioner.volumes.directories import VolumeDirectories
+from nfs_provisioner.volumes.filesystems import FilesystemVolumes
 from nfs_provisioner.volumes.records import RECORDS_DIR, VolumeRecords
 from tests.support import smallfs
 from tests.support.ganesha_env import Harness
@@ -22,16 +23,23 @@ from tests.support.ganesha_env import Harness
 IDENTITY = "6f1c1c1e-0000-4000-8000-000000000001"
 
 
-class Appliance:
-    def __init__(self, h: Harness, *, max_exports: int = -1, identity: str = IDENTITY) -> None:
+class InProcessAppliance:
+    """The appliance's provisioner in this process on ``h``'s real Ganesha (not the appliance process, which is
+    tests/support/appliance_env.py's ``Appliance``); ``filesystems``: filesystem volumes too, on real loop
+    devices; ``exporter``: the Exporter class wrapping Ganesha's export manager (a failing one in some tests)."""
+
+    def __init__(self, h: Harness, *, max_exports: int = -1, identity: str = IDENTITY,
+                 exporter: type[GaneshaExporter] = GaneshaExporter, filesystems: bool = False) -> None:
         self.h = h
         self.server: GaneshaServer = h.server()
         self.root = h.export_root
+        self.exporter = exporter(self.server.exports)
+        self.fs = FilesystemVolumes(self.root) if filesystems else None
         self.p = prov.NFSProvisioner(
             config=prov.ApplianceConfig(identity=identity, server=lambda: "127.0.0.1", max_exports=max_exports),
             directories=VolumeDirectories(self.root),
             records=VolumeRecords(self.root / RECORDS_DIR),
-            exporter=GaneshaExporter(self.server.exports),
+            exporter=self.exporter, filesystems=self.fs,
         )
 
 
