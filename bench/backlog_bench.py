@@ -28,11 +28,13 @@ from bench.delete_bench import average_profile, cpu_by_role, cpu_diff, cpu_secon
 from bench.harness import (
     WORKERS,
     Bench,
+    MachineCpu,
     NullProvisioner,
     Watcher,
     claim_body,
     new_namespace,
     pct,
+    show_machine_cpu,
     stop,
     wait_for,
 )
@@ -107,6 +109,8 @@ def appliance_run(b: Bench, n: int, times: Path) -> dict[str, Any]:
     w.start()
     time.sleep(0.3)
     before = step_timer.read(times)  # the previous process's last snapshot: a new process starts from zero
+    machine = MachineCpu()
+    machine.start()
     t0, wall0 = time.monotonic(), time.time()
     b.appliance.start(wait_ready=False)
     assert b.appliance.proc is not None
@@ -126,6 +130,8 @@ def appliance_run(b: Bench, n: int, times: Path) -> dict[str, Any]:
     seen = [w.pv_seen[f"pvc-{uid}"] for uid in uids]
     t_end = max(seen)
     cpu = cpu_seconds(b.appliance.proc.pid)
+    used = machine.stop()
+    used["appliance"] = (cpu["appliance"] + cpu["children"]) / (time.monotonic() - t0)
     roles = cpu_diff(cpu_by_role(b.appliance.proc.pid, times), {}, n)
     time.sleep(0.6)
     steps = step_timer.read(times)
@@ -147,14 +153,17 @@ def appliance_run(b: Bench, n: int, times: Path) -> dict[str, Any]:
             "cpu_ganesha_ms_per_pv": cpu["children"] * 1000 / n,
             "cpu_appliance_fraction_of_core": cpu["appliance"] / (t_end - t0),
             "events_per_claim": events / n, **startup, "steps": steps,
-            "cpu_ms_per_pv_by_thread": roles}
+            "cpu_ms_per_pv_by_thread": roles, "machine_cpu": used}
 
 
-def null_run(b: Bench, n: int, events: int) -> tuple[float, float]:
-    """The null provisioner's drain rate of the same backlog, and its CPU (the bench process's, ms per PV)."""
+def null_run(b: Bench, n: int, events: int) -> tuple[float, float, dict[str, float]]:
+    """The null provisioner's drain rate of the same backlog, its CPU (the bench process's, ms per PV) and the
+    machine's (cores used, by process group)."""
     ns, uids = make_backlog(b, n, b.null_cls, "bench-nullbacklog")
     with cf.ThreadPoolExecutor(WORKERS) as answers:
         cpu0 = psutil.Process().cpu_times()
+        machine = MachineCpu()
+        machine.start()
         t0 = time.monotonic()
         w = NullProvisioner(b.api, ns, provisioner=b.null_provisioner, cls=b.null_cls, events=events, pool=answers,
                             initial_list=True)
@@ -162,12 +171,13 @@ def null_run(b: Bench, n: int, events: int) -> tuple[float, float]:
         wait_for(lambda: all(f"pvc-{uid}" in w.pv_seen for uid in uids), 600, f"{n} null PVs")
         rate = n / (max(w.pv_seen[f"pvc-{uid}"] for uid in uids) - t0)
         cpu1 = psutil.Process().cpu_times()
+        used = machine.stop()
         w.stop()
     cpu_ms = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) * 1000 / n
     list(b.pool.map(lambda i: b.api.delete(kube.claims_path(ns, f"c{i}")), range(n)))
     list(b.pool.map(lambda uid: b.api.delete(kube.volumes_path(f"pvc-{uid}")), uids))
     b.api.delete(f"/api/v1/namespaces/{ns}")
-    return rate, cpu_ms
+    return rate, cpu_ms, used
 
 
 def backlog_section(b: Bench) -> dict[str, Any]:
@@ -176,6 +186,7 @@ def backlog_section(b: Bench) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for n in b.sizes:
         runs, rates, null_cpu = [], [], []
+        null_machine: list[dict[str, float]] = []
         for r in range(b.repeats):  # alternating, so a noisy neighbour hits both alike
             runs.append(appliance_run(b, n, times))
             x = runs[-1]
@@ -185,19 +196,25 @@ def backlog_section(b: Bench) -> dict[str, Any]:
                   f"{x['cpu_appliance_ms_per_pv']:.1f} ms/PV ({x['cpu_appliance_system_ms_per_pv']:.1f} in the kernel)",
                   file=sys.stderr)
             stop(b.appliance)
-            rate, cpu_ms = null_run(b, n, max(1, round(x["events_per_claim"])))
+            print(f"  machine: {show_machine_cpu(x['machine_cpu'])}", file=sys.stderr)
+            rate, cpu_ms, used = null_run(b, n, max(1, round(x["events_per_claim"])))
             rates.append(rate)
             null_cpu.append(cpu_ms)
-            print(f"backlog N={n} null provisioner: {rate:.0f} PVC/s, CPU {cpu_ms:.1f} ms/PV (the bench process)",
-                  file=sys.stderr)
+            null_machine.append(used)
+            print(f"backlog N={n} null provisioner: {rate:.0f} PVC/s, CPU {cpu_ms:.1f} ms/PV (the bench process)\n"
+                  f"  machine: {show_machine_cpu(used)}", file=sys.stderr)
         row: dict[str, Any] = {k: statistics.median([x[k] for x in runs]) for k in runs[0]
-                               if k not in ("steps", "cpu_ms_per_pv_by_thread")}
+                               if k not in ("steps", "cpu_ms_per_pv_by_thread", "machine_cpu")}
         row["cpu_ms_per_pv_by_thread"] = runs[len(runs) // 2]["cpu_ms_per_pv_by_thread"]
         row["drain_per_s_runs"] = [x["drain_per_s"] for x in runs]
         row["profile"] = average_profile(runs)
         row["null_drain_per_s"] = statistics.median(rates)
         row["null_drain_per_s_runs"] = rates
         row["null_cpu_ms_per_pv"] = statistics.median(null_cpu)
+        row["machine_cpu"] = {k: statistics.median([x["machine_cpu"].get(k, 0.0) for x in runs])
+                              for k in runs[0]["machine_cpu"]}
+        row["null_machine_cpu"] = {k: statistics.median([u.get(k, 0.0) for u in null_machine])
+                                   for k in null_machine[0]}
         row["fraction_of_null"] = row["drain_per_s"] / row["null_drain_per_s"]
         results[str(n)] = row
     b.appliance.close()
@@ -217,6 +234,8 @@ def show_backlog(r: dict[str, Any]) -> None:
             print(f"  CPU per PV: appliance {row['cpu_appliance_ms_per_pv']:.1f} ms "
                   f"({row['cpu_appliance_system_ms_per_pv']:.1f} in the kernel), null provisioner "
                   f"{row['null_cpu_ms_per_pv']:.1f} ms (the bench process)")
+            print(f"  machine while the appliance drained: {show_machine_cpu(row['machine_cpu'])}")
+            print(f"  machine while the null provisioner drained: {show_machine_cpu(row['null_machine_cpu'])}")
         marks = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {row[k]:.2f}s" for k in STARTUP_MARKS if k in row)
         print(f"  start-up: {marks}")
         print(f"  ready at {row['start_to_ready_s']:.2f}s, first PV at {row['first_pv_s']:.2f}s, last at "
