@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import os
 import re
 import statistics
 import threading
@@ -96,6 +97,34 @@ class MachineCpu:
         used = {k: (v - self._before.get(k, 0.0)) / elapsed for k, v in after.items()}
         used["cores"] = float(psutil.cpu_count() or 1)
         return used
+
+
+def split_cpus(work: Path) -> str:
+    """Give the control plane started under ``work`` (its processes name files there) the first half of the
+    machine's CPUs and this bench process (so every provisioner it runs or starts: the appliance, its Ganesha,
+    the null provisioner's threads) the other half, as in a cluster, where the API server does not share a node's
+    cores with a provisioner. Every thread of each process is moved (Go runtimes already run several; threads
+    made later inherit it). Returns what was done, for the output."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("bench: --split-cpus needs at least 2 CPUs")
+    plane, rest = set(cpus[:len(cpus) // 2]), set(cpus[len(cpus) // 2:])
+    moved = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if proc.info["name"] in CONTROL_PLANE and str(work) in " ".join(proc.info["cmdline"] or ()):
+                _pin(proc.pid, plane)
+                moved.append(proc.info["name"])
+        except (psutil.Error, OSError):
+            continue
+    _pin(os.getpid(), rest)
+    return f"control plane ({', '.join(sorted(moved))}) on CPUs {sorted(plane)}, provisioners on {sorted(rest)}"
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cpus)
 
 
 def _tree_cpu(pid: int) -> float:

@@ -50,6 +50,7 @@ from bench.harness import (
     provision_run,
     put,
     pv_body,
+    split_cpus,
     stop,
     tree_rss,
     wait_for,
@@ -197,6 +198,9 @@ def main() -> int:
     parser.add_argument("--flames-cpu", action="store_true",
                         help="flame graphs of the interpreter's CPU time (the thread holding the GIL; "
                              "default: wall time)")
+    parser.add_argument("--split-cpus", action="store_true",
+                        help="the control plane on half the CPUs, the appliance and the null provisioner on the "
+                             "other half (as on separate nodes); default: all share all CPUs")
     parser.add_argument("--appliance-args", default="", help="extra flags for the appliance, space separated")
     args = parser.parse_args()
     chosen = args.sections.split(",")
@@ -213,6 +217,9 @@ def main() -> int:
         t = time.monotonic()
         cluster.up()
         print(f"control plane up in {time.monotonic() - t:.1f}s", file=sys.stderr)
+        if args.split_cpus:
+            results["split_cpus"] = split_cpus(work)
+            print(f"CPUs split: {results['split_cpus']}", file=sys.stderr)
         api = kube.Client.load(str(cluster.kubeconfig), settings=kube.ClientSettings(qps=0, burst=1,
                                                                                      pool_size=WORKERS + 4))
         for name, prov in (("bench-nfs", "bench.example.com/nfs"), (NULL_CLASS, NULL_PROVISIONER)):
