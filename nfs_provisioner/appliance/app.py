@@ -168,7 +168,7 @@ def _build(s: settings_mod.Settings, environ: Mapping[str, str], lock: state.Roo
         exporter = KernelExporter(clients=clients)
         log.info("exporting through the kernel NFS server (/etc/exports, exportfs -r)")
     server = address.resolve(environ=environ, api=api, out_of_cluster=s.out_of_cluster,
-                             server_hostname=s.server_hostname, nfs_port=s.nfs_port)
+                             server_hostname=s.server_hostname, nfs_port=s.nfs_port, pause=signals.sleep)
     log.info("NFS server address in PVs: %s", server)
     directories = VolumeDirectories(root)
     records = VolumeRecords(root / RECORDS_DIR)

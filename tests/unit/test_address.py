@@ -60,3 +60,50 @@ def test_a_pool_member_s_lease_is_owned_by_its_service_in_its_namespace(env: dic
         assert api.paths == ["/api/v1/namespaces/ns/services/nfs-0"]
     else:
         assert got is None and api.paths == []
+
+
+class _LateEndpoints:
+    """A Service whose EndpointSlice lists the pod only from the ``listed_from``-th look (as the EndpointSlice
+    controller does a moment after a recreated pod has its address)."""
+
+    def __init__(self, listed_from: int | None) -> None:
+        self.listed_from, self.looks = listed_from, 0
+
+    def get(self, path: str, **query: object) -> dict[str, object]:
+        if path.endswith("/endpointslices"):
+            self.looks += 1
+            listed = self.listed_from is not None and self.looks >= self.listed_from
+            return {"items": [{"endpoints": [{"addresses": ["10.244.0.6"] if listed else ["10.244.0.5"]}]}]}
+        return {"spec": {"clusterIP": "10.0.0.40", "ports": [{"port": 2049, "protocol": "TCP"}]}}
+
+
+SERVICE_ENV = {"SERVICE_NAME": "nfs-provisioner", "POD_NAMESPACE": "ns", "POD_IP": "10.244.0.6"}
+
+
+def test_a_pod_started_before_its_endpoint_is_listed_waits_for_it() -> None:
+    api, pauses = _LateEndpoints(listed_from=4), []
+    got = address.resolve(environ=SERVICE_ENV, api=api, out_of_cluster=False, server_hostname=None,
+                          pause=pauses.append)
+    assert got == "10.0.0.40" and api.looks == 4 and pauses == [address.ENDPOINT_POLL] * 3
+
+
+def test_a_service_that_never_lists_the_pod_is_one_clear_error_after_the_wait() -> None:
+    api = _LateEndpoints(listed_from=None)
+    with pytest.raises(address.AddressError) as e:
+        address.service_address(api, namespace="ns", service="nfs-provisioner", pod_ip="10.244.0.6", nfs_port=2049,
+                                pause=lambda s: None, patience=0.05)
+    assert str(e.value).startswith("Service ns/nfs-provisioner has no endpoint for this pod (10.244.0.6) after 0s;")
+    assert len(str(e.value).splitlines()) == 1 and api.looks >= 1
+
+
+def test_a_stop_ends_the_wait_for_the_endpoint() -> None:
+    class Stopped(Exception):
+        pass
+
+    def pause(seconds: float) -> None:
+        raise Stopped
+
+    api = _LateEndpoints(listed_from=None)
+    with pytest.raises(Stopped):
+        address.resolve(environ=SERVICE_ENV, api=api, out_of_cluster=False, server_hostname=None, pause=pause)
+    assert api.looks == 1
