@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from bench import step_timer
 from bench.delete_bench import average_profile, cpu_by_role, cpu_diff, cpu_seconds, show_cpu_and_profile
 from bench.harness import (
@@ -131,7 +129,7 @@ def appliance_run(b: Bench, n: int, times: Path) -> dict[str, Any]:
     t_end = max(seen)
     cpu = cpu_seconds(b.appliance.proc.pid)
     used = machine.stop()
-    used["appliance"] = (cpu["appliance"] + cpu["children"]) / (time.monotonic() - t0)
+    used["appliance"] = (cpu["appliance"] + cpu["children"]) / used["seconds"]
     roles = cpu_diff(cpu_by_role(b.appliance.proc.pid, times), {}, n)
     time.sleep(0.6)
     steps = step_timer.read(times)
@@ -161,7 +159,6 @@ def null_run(b: Bench, n: int, events: int) -> tuple[float, float, dict[str, flo
     machine's (cores used, by process group)."""
     ns, uids = make_backlog(b, n, b.null_cls, "bench-nullbacklog")
     with cf.ThreadPoolExecutor(WORKERS) as answers:
-        cpu0 = psutil.Process().cpu_times()
         machine = MachineCpu()
         machine.start()
         t0 = time.monotonic()
@@ -170,10 +167,9 @@ def null_run(b: Bench, n: int, events: int) -> tuple[float, float, dict[str, flo
         w.start()
         wait_for(lambda: all(f"pvc-{uid}" in w.pv_seen for uid in uids), 600, f"{n} null PVs")
         rate = n / (max(w.pv_seen[f"pvc-{uid}"] for uid in uids) - t0)
-        cpu1 = psutil.Process().cpu_times()
         used = machine.stop()
         w.stop()
-    cpu_ms = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) * 1000 / n
+    cpu_ms = used["bench"] * used["seconds"] * 1000 / n
     list(b.pool.map(lambda i: b.api.delete(kube.claims_path(ns, f"c{i}")), range(n)))
     list(b.pool.map(lambda uid: b.api.delete(kube.volumes_path(f"pvc-{uid}")), uids))
     b.api.delete(f"/api/v1/namespaces/{ns}")

@@ -63,10 +63,9 @@ CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-sche
 
 class MachineCpu:
     """Where the machine's CPU went between :meth:`start` and :meth:`stop`: cores busy in all, and by the control
-    plane's processes, the appliance's process tree and this bench process (ptrace-free: /proc through psutil)."""
+    plane's processes and this bench process (ptrace-free: /proc through psutil)."""
 
-    def __init__(self, appliance_pid: int | None = None) -> None:
-        self.appliance_pid = appliance_pid
+    def __init__(self) -> None:
         self._t0 = 0.0
         self._before: dict[str, float] = {}
 
@@ -84,18 +83,18 @@ class MachineCpu:
                 continue
         me = psutil.Process().cpu_times()
         out["bench"] = me.user + me.system
-        if self.appliance_pid is not None:
-            out["appliance"] = _tree_cpu(self.appliance_pid)
         return out
 
     def start(self) -> None:
         self._before, self._t0 = self._sample(), time.monotonic()
 
     def stop(self) -> dict[str, float]:
-        """Cores used on average over the interval, by key (``machine``: all of it; ``cores``: how many exist)."""
+        """Cores used on average over the interval, by key (``machine``: all of it; ``cores``: how many exist;
+        ``seconds``: the interval)."""
         after, elapsed = self._sample(), max(1e-9, time.monotonic() - self._t0)
         used = {k: (v - self._before.get(k, 0.0)) / elapsed for k, v in after.items()}
         used["cores"] = float(psutil.cpu_count() or 1)
+        used["seconds"] = elapsed
         return used
 
 
@@ -127,25 +126,9 @@ def _pin(pid: int, cpus: set[int]) -> None:
             os.sched_setaffinity(int(tid), cpus)
 
 
-def _tree_cpu(pid: int) -> float:
-    try:
-        p = psutil.Process(pid)
-        procs = [p, *p.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    total = 0.0
-    for q in procs:
-        try:
-            c = q.cpu_times()
-            total += c.user + c.system
-        except psutil.Error:
-            continue
-    return total
-
-
 def show_machine_cpu(used: dict[str, float]) -> str:
     """One line: cores busy in all (of how many), then by process group, largest first."""
-    parts = sorted(((k, v) for k, v in used.items() if k not in ("machine", "cores")), key=lambda kv: -kv[1])
+    parts = sorted(((k, v) for k, v in used.items() if k not in ("machine", "cores", "seconds")), key=lambda kv: -kv[1])
     return (f"{used['machine']:.2f} of {used['cores']:.0f} cores busy: "
             + ", ".join(f"{k} {v:.2f}" for k, v in parts if v >= 0.005))
 
