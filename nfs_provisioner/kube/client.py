@@ -3,9 +3,10 @@
 ``Client`` is the only object in the project that sends requests to
 Kubernetes. Credentials come from :mod:`nfs_provisioner.kube.credentials`
 (the service account and plain kubeconfigs read directly, everything else by
-the ``kubernetes`` library's loader); the requests themselves go through urllib3
-with plain ``dict`` bodies, because the generated models cost more CPU than the
-rest of a provision (and ~30 MB of memory once imported).
+the ``kubernetes`` library's loader); the requests themselves go through
+:mod:`nfs_provisioner.kube.transport` with plain ``dict`` bodies, because the
+generated models cost more CPU than the rest of a provision (and ~30 MB of
+memory once imported), and urllib3 half of a provision's API work.
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import urllib3
-
-from nfs_provisioner.kube import credentials, errors
+from nfs_provisioner.kube import credentials, errors, transport
 from nfs_provisioner.kube.credentials import Credentials
 from nfs_provisioner.kube.objects import Object as Object
 
@@ -87,23 +86,16 @@ class Client:
         self.host = credentials.host.rstrip("/")
         self._credentials = credentials
         self._bucket = TokenBucket(self.settings.qps, self.settings.burst)
-        kwargs: dict[str, Any] = {}
-        if self.host.startswith("https"):
-            kwargs["cert_reqs"] = "CERT_REQUIRED" if credentials.verify else "CERT_NONE"
-            if credentials.ca_file:
-                kwargs["ca_certs"] = credentials.ca_file
-            if credentials.cert_file:
-                kwargs["cert_file"] = credentials.cert_file
-                kwargs["key_file"] = credentials.key_file
-        # Only connection failures are retried here (nothing was sent, so safe for every method);
+        # Only connections that cannot be opened are retried there (nothing was sent, so safe for every method);
         # anything later is the caller's decision.
-        retries = urllib3.Retry(total=2, connect=2, read=0, redirect=0, status=0, other=0)
-        self._pool = urllib3.PoolManager(num_pools=2, maxsize=self.settings.pool_size, block=False,
-                                         retries=retries, **kwargs)
+        self._transport = transport.Transport(self.host, ca_file=credentials.ca_file, cert_file=credentials.cert_file,
+                                              key_file=credentials.key_file, verify=credentials.verify,
+                                              pool_size=self.settings.pool_size)
+        self._fixed = (f"Accept: application/json\r\nUser-Agent: {_header_value(self.settings.user_agent)}\r\n")
         self._token: str | None = None
         self._token_at = 0.0
         self._token_lock = threading.Lock()
-        self._streams: set[urllib3.BaseHTTPResponse] = set()
+        self._streams: set[transport.Stream] = set()
         self._streams_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
@@ -124,28 +116,29 @@ class Client:
 
     def close(self) -> None:
         self.close_streams()
-        self._pool.clear()
+        self._transport.clear()
 
     # ------------------------------------------------------------------ requests
 
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": self.settings.user_agent}
+    def _headers(self, content_type: str | None = None) -> str:
+        """The request's header lines but ``Host`` and ``Content-Length``."""
+        headers = self._fixed
         if content_type:
-            headers["Content-Type"] = content_type
+            headers += f"Content-Type: {content_type}\r\n"
         if self._credentials.token is not None:
             with self._token_lock:
                 if time.monotonic() - self._token_at > 60 or self._token is None:
-                    self._token = self._credentials.token()
+                    self._token = _header_value(self._credentials.token() or "")
                     self._token_at = time.monotonic()
                 if self._token:
-                    headers["Authorization"] = self._token
+                    headers += f"Authorization: {self._token}\r\n"
         return headers
 
-    def _url(self, path: str, query: Mapping[str, Any] | None) -> str:
-        url = self.host + path
+    @staticmethod
+    def _target(path: str, query: Mapping[str, Any] | None) -> str:
         if query:
-            url += "?" + urlencode({k: _q(v) for k, v in query.items() if v is not None})
-        return url
+            path += "?" + urlencode({k: _q(v) for k, v in query.items() if v is not None})
+        return path
 
     def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
                 body: Any = None, content_type: str = "application/json",
@@ -154,13 +147,12 @@ class Client:
         self._bucket.acquire()
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         try:
-            resp = self._pool.request(method, self._url(path, query), body=data,
-                                      headers=self._headers(content_type if data is not None else None),
-                                      timeout=urllib3.Timeout(connect=10, read=timeout or self.settings.timeout),
-                                      preload_content=True)
-        except urllib3.exceptions.HTTPError as e:
-            raise errors.TransportError(f"{method} {path}: {e}") from e
-        return _decode(resp, method, path)
+            status, answer = self._transport.request(
+                method, self._target(path, query), headers=self._headers(content_type if data is not None else None),
+                body=data, timeout=timeout or self.settings.timeout)
+        except OSError as e:
+            raise errors.TransportError(f"{method} {path}: {e or type(e).__name__}") from e
+        return _decode(status, answer, method, path)
 
     def get(self, path: str, **query: Any) -> Object:
         result: Object = self.request("GET", path, query=query)
@@ -197,32 +189,33 @@ class Client:
             query.update(extra)
         return WatchStream(self, path, query, timeout_seconds)
 
-    def _open_stream(self, path: str, query: Mapping[str, Any], timeout_seconds: int) -> urllib3.BaseHTTPResponse:
+    def _open_stream(self, path: str, query: Mapping[str, Any], timeout_seconds: int) -> transport.Stream:
         self._bucket.acquire()
         try:
-            resp = self._pool.request("GET", self._url(path, query), headers=self._headers(),
-                                      timeout=urllib3.Timeout(connect=10, read=timeout_seconds + 30),
-                                      preload_content=False)
-        except urllib3.exceptions.HTTPError as e:
-            raise errors.TransportError(f"WATCH {path}: {e}") from e
-        if resp.status >= 300:
-            resp.read()
-            _decode(resp, "WATCH", path)
+            stream = self._transport.stream(self._target(path, query), headers=self._headers(),
+                                            timeout=timeout_seconds + 30)
+            if stream.status >= 300:
+                try:
+                    _decode(stream.status, stream.read(), "WATCH", path)
+                finally:
+                    stream.close()
+        except OSError as e:
+            raise errors.TransportError(f"WATCH {path}: {e or type(e).__name__}") from e
         with self._streams_lock:
-            self._streams.add(resp)
-        return resp
+            self._streams.add(stream)
+        return stream
 
-    def _closed_stream(self, resp: urllib3.BaseHTTPResponse) -> None:
+    def _closed_stream(self, stream: transport.Stream) -> None:
         with self._streams_lock:
-            self._streams.discard(resp)
-        resp.release_conn()
+            self._streams.discard(stream)
+        stream.close()
 
     def close_streams(self) -> None:
         """Abort every open watch stream of this client (used on shutdown)."""
         with self._streams_lock:
             streams = list(self._streams)
-        for resp in streams:
-            _shutdown(resp)
+        for stream in streams:
+            stream.shutdown()
 
 
 class WatchStream:
@@ -233,43 +226,36 @@ class WatchStream:
         self._path = path
         self._query = query
         self._timeout = timeout_seconds
-        self._resp: urllib3.BaseHTTPResponse | None = None
+        self._resp: transport.Stream | None = None
         self._closed = False
 
     def close(self) -> None:
         self._closed = True
         if self._resp is not None:
-            _shutdown(self._resp)
+            self._resp.shutdown()
 
     def __iter__(self) -> Iterator[Object]:
         if self._closed:
             return
         resp = self._resp = self._client._open_stream(self._path, self._query, self._timeout)
-        buf = b""
         try:
-            for chunk in resp.stream(65536):
-                buf += chunk
-                while True:
-                    nl = buf.find(b"\n")
-                    if nl < 0:
-                        break
-                    line, buf = buf[:nl], buf[nl + 1:]
-                    if line.strip():
-                        yield json.loads(line)
+            for line in resp.lines():
                 if self._closed:
                     return
-        except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+                if line.strip():
+                    yield json.loads(line)
+        except (OSError, ValueError) as e:
             # Closed by close() or dropped by the network: the caller resumes from its last version.
-            log.debug("watch %s ended: %s", self._path, e)
+            log.debug("watch %s ended: %s", self._path, e or type(e).__name__)
         finally:
             self._client._closed_stream(resp)
 
 
-def _shutdown(resp: urllib3.BaseHTTPResponse) -> None:
-    try:
-        resp.shutdown()
-    except Exception:
-        log.debug("closing a watch stream failed", exc_info=True)
+def _header_value(value: str) -> str:
+    """``value`` for a header line; a CR or LF in it (a token file's, say) would start another header."""
+    if "\r" in value or "\n" in value:
+        raise errors.TransportError("a header value (user agent or token) holds a line break")
+    return value
 
 
 def _q(value: Any) -> Any:
@@ -278,16 +264,15 @@ def _q(value: Any) -> Any:
     return value
 
 
-def _decode(resp: urllib3.BaseHTTPResponse, method: str, path: str) -> Any:
-    data = resp.data
-    if resp.status >= 300:
+def _decode(status: int, data: bytes, method: str, path: str) -> Any:
+    if status >= 300:
         try:
             body = json.loads(data) if data else {}
         except ValueError:
             body = {"message": data[:500].decode(errors="replace")}
         if not isinstance(body, dict):
             body = {"message": str(body)}
-        err = errors.from_status(resp.status, body)
+        err = errors.from_status(status, body)
         log.debug("%s %s -> %s", method, path, err)
         raise err
     if not data:
