@@ -15,7 +15,9 @@ COPY nfs_provisioner /src/nfs_provisioner
 RUN python3 -m venv /opt/nfs-provisioner \
  && /opt/nfs-provisioner/bin/pip install --no-cache-dir --disable-pip-version-check /src \
  && /opt/nfs-provisioner/bin/pip uninstall -y pip setuptools >/dev/null \
- && find /opt/nfs-provisioner -name '__pycache__' -prune -exec rm -rf {} +
+ && find /opt/nfs-provisioner -name '__pycache__' -prune -exec rm -rf {} + \
+ && /opt/nfs-provisioner/bin/python -m compileall -q --invalidation-mode unchecked-hash -x '/site-packages/kubernetes/' \
+      /opt/nfs-provisioner/lib
 
 FROM docker.io/library/debian:trixie-slim
 # netbase: /etc/services, without which rpcbind cannot start. /etc/mtab: Ganesha's AddExport
@@ -33,6 +35,9 @@ RUN set -e; \
       nfs-ganesha nfs-ganesha-vfs \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
  && ln -sfn /proc/self/mounts /etc/mtab
+# The bytecode is compiled above (never checked against the sources: they never change in the image; the `kubernetes`
+# library, imported only for kubeconfigs the appliance cannot read itself, is left out), so a start imports
+# instead of compiling every module (0.15 s of CPU at each start); PYTHONDONTWRITEBYTECODE keeps the rootfs unwritten.
 COPY --from=build /opt/nfs-provisioner /opt/nfs-provisioner
 ENV PATH=/opt/nfs-provisioner/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1

@@ -246,7 +246,7 @@ def post_events(api: kube.Client, ns: str, involved: dict[str, str], *, count: i
             "apiVersion": "v1", "kind": "Event", "metadata": {"name": f"{involved['name']}.{tag}{e}", "namespace": ns},
             "involvedObject": {"apiVersion": "v1", **involved},
             "reason": "ProvisioningSucceeded", "message": f"Successfully provisioned volume {pv}",
-            "type": "Normal", "source": {"component": component}})
+            "type": "Normal", "source": {"component": component}}, answer=False)
 
 
 def provision_run(api: kube.Client, pool: cf.ThreadPoolExecutor, *, n: int, cls: str, provisioner: str,
@@ -326,12 +326,12 @@ class NullProvisioner(Watcher):
             self.pool.submit(self._delete, m["name"])
 
     def _delete(self, name: str) -> None:
-        self.api.delete(kube.volumes_path(name))
-        if not self.finalizer:
+        self.api.delete(kube.volumes_path(name), answer=False)  # as the appliance: answers it has no use for are
+        if not self.finalizer:                                 # not decoded
             return
         with contextlib.suppress(kube_errors.NotFound):
             self.api.patch(kube.volumes_path(name),
-                           {"metadata": {"$deleteFromPrimitiveList/finalizers": [PV_FINALIZER]}})
+                           {"metadata": {"$deleteFromPrimitiveList/finalizers": [PV_FINALIZER]}}, answer=False)
 
     def _claim(self, kind: str, obj: dict[str, Any]) -> None:
         super()._claim(kind, obj)
@@ -348,7 +348,7 @@ class NullProvisioner(Watcher):
                        claim_ref={"namespace": ns, "name": name, "uid": uid})
         if self.finalizer:
             body["metadata"]["finalizers"] = [PV_FINALIZER]
-        self.api.create(kube.volumes_path(), body)
+        self.api.create(kube.volumes_path(), body, answer=False)
         post_events(self.api, ns, {"kind": "PersistentVolumeClaim", "name": name, "namespace": ns, "uid": uid},
                     count=self.events, pv=pv, component=self.provisioner, tag=uid[:8])
 

@@ -85,14 +85,14 @@ class Deleting:
         if notice is not None:
             self.recorder.event(volume, events.WARNING, notice.reason, notice.message)
         try:
-            self.api.delete(kube.volumes_path(name))
+            self.api.delete(kube.volumes_path(name), answer=False)
         except errors.NotFound:
             pass
         except errors.KubeError as e:
             self.metrics.delete_failed_total.labels(cls).inc()
             return outcomes.retry(f"asset of {name} deleted but the PV object could not be: {e}")
         try:
-            self._patch(name, REMOVE)
+            self.api.patch(kube.volumes_path(name), REMOVE, answer=False)
         except errors.NotFound:
             pass
         except errors.Invalid:

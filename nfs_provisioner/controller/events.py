@@ -118,7 +118,7 @@ class EventRecorder:
             if ev is None:
                 return
             try:
-                self.api.create(kube.events_path(ev["metadata"]["namespace"]), ev)
+                self.api.create(kube.events_path(ev["metadata"]["namespace"]), ev, answer=False)
                 self.posted += 1
             except errors.KubeError as e:
                 self.dropped += 1

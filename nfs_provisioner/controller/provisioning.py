@@ -299,7 +299,7 @@ class Provisioning:
         uid = decisions.meta(claim)["uid"]
         name = pv["metadata"]["name"]
         try:
-            self.api.create(kube.volumes_path(), pv)
+            self.api.create(kube.volumes_path(), pv, answer=False)
         except errors.AlreadyExists:
             try:
                 existing = self.volumes.get(name) or self.api.get(kube.volumes_path(name))

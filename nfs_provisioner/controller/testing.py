@@ -227,7 +227,7 @@ class FakeApi(kube.Client):
 
     def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
                 body: Any = None, content_type: str = "application/json",
-                timeout: float | None = None) -> Any:
+                timeout: float | None = None, answer: bool = True) -> Any:
         target = parse_path(path)
         with self._cond:
             self.requests.append((method, path))
@@ -246,7 +246,7 @@ class FakeApi(kube.Client):
                 raise _status(errors.ApiError, 405, "MethodNotAllowed", f"{method} {path}")
             if rule is not None:
                 raise rule.error
-            return copy.deepcopy(result)
+            return copy.deepcopy(result) if answer else None
 
     def watch(self, path: str, *, resource_version: str, timeout_seconds: int = 300,
               bookmarks: bool = True, extra: Mapping[str, Any] | None = None) -> FakeWatch:

@@ -5,6 +5,7 @@ API server: every test marked ``kube``."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import threading
@@ -199,7 +200,7 @@ def test_watch_lines_split_across_chunks_and_a_watch_stopped_from_another_thread
         with conn:
             server.read_request(conn)
             conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-            for a, b in zip(cuts, cuts[1:], strict=False):
+            for a, b in itertools.pairwise(cuts):
                 conn.sendall(f"{b - a:x}\r\n".encode() + stream[a:b] + b"\r\n")
                 time.sleep(0.01)
             time.sleep(5)  # then silent: the watch is stopped by close()

@@ -40,9 +40,7 @@ class ShardedIndex:
 
     def _files(self, shard: int) -> list[Path]:
         """The export files shard ``shard`` includes, from the registry (its lock held by the caller)."""
-        ids = range(shard or INDEX_SHARDS, config.EXPORT_ID_MAX + 1, INDEX_SHARDS)
-        exports = (self.registry.by_id.get(i) for i in ids)
-        return [e.config_file for e in exports if e is not None and self.registry.indexed(e)]
+        return [e.config_file for e in self.registry.by_shard[shard].values() if self.registry.indexed(e)]
 
     def write_shard(self, export_id: int, *, only_if_changed: bool = False) -> None:
         """Rewrite the shard of ``export_id``; the caller holds the registry's lock (``load``)."""

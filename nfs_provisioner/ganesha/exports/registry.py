@@ -44,6 +44,8 @@ class Registry:
         self.by_name: dict[str, Export] = {}
         self.by_id: dict[int, Export] = {}
         self.by_path: dict[Path, Export] = {}
+        self.by_shard: list[dict[int, Export]] = [{} for _ in range(shards)]
+        """Index shard ``i``'s exports (``export_id % shards == i``) by id, for a shard's rewrite."""
         self.ids = ids.IdAllocator(low=id_range[0], high=id_range[1], reserved=RESERVED_EXPORT_IDS)
         self.foreign: set[int] = set()
         """Ids that Ganesha serves for exports that are not ours. They are kept reserved and never reused."""
@@ -68,12 +70,14 @@ class Registry:
         self.by_name[export.name] = export
         self.by_id[export.export_id] = export
         self.by_path[export.path] = export
+        self.by_shard[export.export_id % len(self.by_shard)][export.export_id] = export
         self.ids.take(export.export_id)
 
     def forget(self, export: Export) -> None:
         self.by_name.pop(export.name, None)
         self.by_id.pop(export.export_id, None)
         self.by_path.pop(export.path, None)
+        self.by_shard[export.export_id % len(self.by_shard)].pop(export.export_id, None)  # as by_id
         self.ids.release(export.export_id)
 
     def clear(self) -> None:
@@ -81,6 +85,8 @@ class Registry:
         self.by_name.clear()
         self.by_id.clear()
         self.by_path.clear()
+        for shard in self.by_shard:
+            shard.clear()
         self.held.clear()
         self.refused.clear()
         self.ids.reset(self.foreign)
