@@ -44,7 +44,9 @@ class Deleting:
         """Volumes this process finished deleting (stale cache events about them are ignored)."""
 
     def interesting(self, volume: Object) -> bool:
-        return decisions.is_ours(volume, self.names)
+        """Whether a PV event needs a sync (runs in the watch thread): not for a PV this process finished deleting
+        (its sync would end at once; the events of its DELETE and finalizer removal no longer wake a worker)."""
+        return decisions.is_ours(volume, self.names) and decisions.meta(volume).get("name") not in self._deleted
 
     def sync(self, name: str) -> Outcome:
         volume = self.volumes.get(name)

@@ -92,8 +92,12 @@ class Provisioning:
     # ------------------------------------------------------------------ filters
 
     def interesting(self, claim: Object) -> bool:
-        """Whether a claim event needs a sync (cheap; runs in the watch thread)."""
-        return decisions.requested_by_us(claim, self.names) or self.inflight.holds(claim)
+        """Whether a claim event needs a sync (cheap; runs in the watch thread). Not for a claim whose PV this
+        process saved and whose in-flight record is gone: its sync would end at once (the binder's changes after
+        the save, two per claim, no longer wake a worker)."""
+        if self.inflight.holds(claim):
+            return True
+        return decisions.requested_by_us(claim, self.names) and decisions.meta(claim).get("uid") not in self._saved
 
     def remember_class(self, cls: Object) -> None:
         self._known_classes[decisions.meta(cls).get("name", "")] = cls
