@@ -52,6 +52,9 @@ class Informer:
         self.watches = 0
         """Watch requests made (each renewal resumes from ``resource_version``)."""
         self._stop = threading.Event()
+        self._uncompacted: set[str] = set()
+        """Keys whose cached object came from a watch event and is not compacted yet (see :meth:`_compact_some`)."""
+        self._compacted_at = time.monotonic()
         self._stream: kube.WatchStream | None = None
         self._thread: threading.Thread | None = None
 
@@ -153,6 +156,12 @@ class Informer:
                                                timeout_seconds=max(1, round(kube.jitter(self.watch_timeout))))
         if self._stop.is_set():
             return
+        try:
+            self._events(stream)
+        finally:
+            self._compact_some(force=True)
+
+    def _events(self, stream: kube.WatchStream) -> None:
         for event in stream:
             if self._stop.is_set():
                 return
@@ -169,18 +178,35 @@ class Informer:
                 if rv:
                     self.resource_version = rv
                 continue
-            obj = _compact(self._normalise(obj))
+            obj = self._normalise(obj)
             k = self.key(obj)
             if etype == "DELETED":
                 old = self.cache.pop(k, None)
+                self._uncompacted.discard(k)
                 self._notify(old or obj, None)
             elif etype in ("ADDED", "MODIFIED"):
                 old = self.cache.get(k)
                 self.cache[k] = obj
+                self._uncompacted.add(k)
                 self._notify(old, obj)
             if rv:
                 self.resource_version = rv
+            self._compact_some()
         self.last_ok = self._clock()  # the server ended the watch normally
+
+    def _compact_some(self, *, force: bool = False) -> None:
+        """Compact (:func:`_compact`) the cached objects that watch events brought, at most once a second (and when
+        a watch ends): in a burst an object changes several times within a second (a claim: handed over,
+        provisioned, bound), and only its last version stays cached. Runs in the watch thread, the cache's only
+        writer; an object is replaced by an equal one."""
+        if not self._uncompacted or (not force and time.monotonic() - self._compacted_at < COMPACT_EVERY):
+            return
+        for k in self._uncompacted:
+            obj = self.cache.get(k)
+            if obj is not None:
+                self.cache[k] = _compact(obj)
+        self._uncompacted.clear()
+        self._compacted_at = time.monotonic()
 
     def _notify(self, old: Object | None, new: Object | None) -> None:
         try:
@@ -189,11 +215,15 @@ class Informer:
             log.exception("%s: change handler failed", self.name)
 
 
+COMPACT_EVERY = 1.0
+"""Seconds between two compactions of the objects watch events brought into the cache."""
+
+
 def _compact(value: Any) -> Any:
     """``value`` with its keys and short strings interned. An object decoded from one watch event has its own copy
     of every key and value ("metadata", "ReadWriteMany", its claim's uid...), where a list page shares them across
     its items: interned, a cached PV or claim takes about half the memory (2.7 KB instead of 5.5 KB, measured),
-    for ~30 us per event."""
+    for ~17 us per object (once a second per changed object: ``Informer._compact_some``)."""
     if isinstance(value, dict):
         return {sys.intern(k): _compact(v) for k, v in value.items()}
     if isinstance(value, list):

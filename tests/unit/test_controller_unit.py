@@ -297,3 +297,30 @@ def test_retry_policy_thresholds_zero_forever_and_give_up() -> None:
     q.limiter.when("k")
     ProvisionController._handle(q, "k", outcomes.DONE, 2, None)
     assert q.num_requeues("k") == 0
+
+
+def test_watched_objects_are_compacted_once_the_watch_has_brought_them() -> None:
+    """Objects from watch events share their strings in the cache (compacted when the watch ends, or a second
+    after the last compaction), as a list page's do; what the handlers saw is equal to what is cached."""
+    import json as json_mod
+
+    from nfs_provisioner.controller.watching import Informer
+
+    lines = [json_mod.dumps({"type": "ADDED", "object": {"metadata": {"name": f"pv-{i}", "resourceVersion": str(i)},
+                                                          "spec": {"accessModes": ["ReadWriteMany"]}}})
+             for i in range(3)]
+
+    class Api:
+        def watch(self, path: str, **kw: object) -> list[dict[str, object]]:
+            return [json_mod.loads(line) for line in lines]  # each its own strings, as decoded events are
+
+    seen: list[dict[str, object]] = []
+    informer = Informer(Api(), name="volumes", path="/api/v1/persistentvolumes",  # type: ignore[arg-type]
+                        kind="PersistentVolume", api_version="v1", key=lambda o: o["metadata"]["name"],
+                        on_change=lambda old, new: seen.append(new) if new is not None else None)
+    informer._watch()
+    cached = [informer.cache[f"pv-{i}"] for i in range(3)]
+    assert cached == seen
+    modes = [c["spec"]["accessModes"][0] for c in cached]
+    assert modes[0] is modes[1] is modes[2]
+    assert informer.resource_version == "2"
