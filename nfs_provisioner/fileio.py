@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
+import errno
 import os
 import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from nfs_provisioner.errors import Permanent
 
@@ -52,6 +55,72 @@ def atomic_write(path: Path, text: str, *, durable: bool = True, mode: int = 0o6
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+SPARE_SUFFIX = ".spare"
+
+
+def swap_write(path: Path, text: str, *, mode: int = 0o644) -> None:
+    """Replace the content of ``path``, a small file rewritten again and again (an index shard), as
+    :func:`atomic_write` with ``durable=False`` does, without a new inode each time.
+
+    The text goes into a spare file beside it (``.<name>.spare``, the previous content's inode), then the two
+    names are exchanged in one step (``renameat2(RENAME_EXCHANGE)``): readers see the old or the new content,
+    never a mix, and the old content becomes the next spare. Creating a file is the costly part of a rewrite
+    on ext4 (0.27 ms of kernel CPU per inode on the bench machine against 0.06 ms for the whole swap). Where
+    names cannot be exchanged (another kernel or filesystem) or ``path`` does not exist yet, the spare is renamed
+    onto ``path`` instead (the next rewrite makes a new spare). A spare that is not a plain file of its own (a
+    symlink, a directory, a hard link: written by no one but this function) is never written: the rewrite is an
+    :func:`atomic_write` then. One writer of ``path`` at a time (the caller's lock)."""
+    spare = path.with_name(f".{path.name}{SPARE_SUFFIX}")
+    try:
+        fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    except OSError:
+        atomic_write(path, text, durable=False, mode=mode)
+        return
+    try:
+        st = os.fstat(fd)
+        usable = stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+        if usable:
+            with naming(path):
+                os.ftruncate(fd, 0)
+                view = memoryview(text.encode())
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    if not usable:
+        atomic_write(path, text, durable=False, mode=mode)
+        return
+    with naming(path):
+        if not _exchange(spare, path):
+            os.replace(spare, path)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_renameat2: list[Any] = []
+"""libc's renameat2, once looked up (empty: not looked up yet; [None]: this libc has none)."""
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names ``a`` and ``b`` atomically; False where this libc, kernel or filesystem cannot (or ``b`` is
+    missing), OSError for anything else."""
+    if not _renameat2:
+        try:
+            _renameat2.append(ctypes.CDLL(None, use_errno=True).renameat2)
+        except (OSError, AttributeError):
+            _renameat2.append(None)
+    call = _renameat2[0]
+    if call is None:
+        return False
+    if call(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOENT):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(b))
 
 
 class Refused(Permanent, ValueError):

@@ -6,8 +6,8 @@
     exports.idx/NNN.conf    shard NNN = Export_Id % 256: one %include per export file
 
 An add or a remove rewrites one small shard (a few lines), not an index of every export. The index is derived
-data: ``load()`` rebuilds it from ``exports.d`` after a crash. So its files are renamed into place atomically but
-not fsynced (the export files themselves are).
+data: ``load()`` rebuilds it from ``exports.d`` after a crash. So its files are replaced atomically but not fsynced
+(the export files themselves are), each through a spare file beside it (``fileio.swap_write``).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _write_if(path: Path, text: str, *, only_if_changed: bool) -> None:
         with contextlib.suppress(OSError, ValueError):  # a file too big to be this text: rewritten
             if fileio.read_limited(path, len(text.encode())) == text.encode():
                 return
-    config.atomic_write(path, text, durable=False)
+    fileio.swap_write(path, text)  # rewritten at every add and remove: no new inode each time
 
 
 def _includes(index: Path) -> list[Path]:
