@@ -73,29 +73,40 @@ def swap_write(path: Path, text: str, *, mode: int = 0o644) -> None:
     symlink, a directory, a hard link: written by no one but this function) is never written: the rewrite is an
     :func:`atomic_write` then. One writer of ``path`` at a time (the caller's lock)."""
     spare = path.with_name(f".{path.name}{SPARE_SUFFIX}")
-    try:
-        fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
-    except OSError:
-        atomic_write(path, text, durable=False, mode=mode)
-        return
-    try:
-        st = os.fstat(fd)
-        usable = stat.S_ISREG(st.st_mode) and st.st_nlink == 1
-        if usable:
-            with naming(path):
-                os.ftruncate(fd, 0)
-                view = memoryview(text.encode())
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
-    if not usable:
+    if not fill_spare(spare, text, mode=mode, durable=False, create=True, naming_path=path):
         atomic_write(path, text, durable=False, mode=mode)
         return
     with naming(path):
         if not _exchange(spare, path):
             os.replace(spare, path)
+
+
+def fill_spare(spare: Path, text: str, *, mode: int, durable: bool, create: bool = False,
+               naming_path: Path | None = None) -> bool:
+    """Write ``text`` over the content of the file ``spare`` (kept to be renamed onto another name), fsynced if
+    ``durable``; ``create``: make it if missing. False, with nothing written, when ``spare`` is missing, cannot be
+    opened, or is not a plain file of its own: a symlink is not followed, a hard link (another name of some other
+    file) or a directory is not written. Errors while writing name ``naming_path``."""
+    flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(spare, flags, 0o600)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return False
+        with naming(naming_path or spare):
+            os.ftruncate(fd, 0)
+            view = memoryview(text.encode())
+            while view:
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+            os.fchmod(fd, mode)
+        return True
+    finally:
+        os.close(fd)
 
 
 _RENAME_EXCHANGE = 2

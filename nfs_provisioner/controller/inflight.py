@@ -23,12 +23,13 @@ import abc
 import contextlib
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from nfs_provisioner.controller import decisions
-from nfs_provisioner.fileio import atomic_write, private_dir, read_limited
+from nfs_provisioner.fileio import atomic_write, fill_spare, naming, private_dir, read_limited
 from nfs_provisioner.kube import errors
 from nfs_provisioner.kube.objects import Object
 
@@ -86,9 +87,14 @@ class LocalJournal(InFlight):
     """``<directory>/<claim uid>.json`` per provision in flight, holding the claim as it was then.
 
     Written to a temporary name, synced and renamed, so a record is either whole or absent (like the
-    Ganesha export files; the directory entry is not synced separately)."""
+    Ganesha export files; the directory entry is not synced separately). A dropped record's file is renamed to a
+    spare name (``.spare-<n>``, up to ``SPARES``) and the next record is written into it: a new file costs more
+    kernel CPU than the rest of a record's life (an inode: 0.27 ms on the bench machine's ext4)."""
 
     SUFFIX = ".json"
+    SPARE_PREFIX = ".spare-"
+    SPARES = 64
+    """Spare files kept for the next records (about the provisions in flight at once)."""
     MAX_BYTES = 1024 * 1024
     """A record is the claim's spec and metadata (annotations are at most 256 KiB): a bigger file is not one
     and is never read whole (a sparse file of gigabytes costs nothing on disk); it is reported and left."""
@@ -98,10 +104,17 @@ class LocalJournal(InFlight):
         self.legacy = legacy
         private_dir(directory)  # under the export root, which NFS clients reach (docs/security.md)
         self._lock = threading.Lock()
-        self._uids = {p.name[:-len(self.SUFFIX)] for p in directory.iterdir()
-                      if p.name.endswith(self.SUFFIX) and not p.name.startswith(".")}
+        self._uids = {name[:-len(self.SUFFIX)] for name in self.record_names(directory)}
         for stale in directory.glob(".*.tmp"):  # an atomic_write cut short by a crash
             stale.unlink(missing_ok=True)
+        self._spares = sorted(p.name for p in directory.iterdir() if p.name.startswith(self.SPARE_PREFIX))
+        self._next_spare = 1 + max((int(n[len(self.SPARE_PREFIX):]) for n in self._spares
+                                    if n[len(self.SPARE_PREFIX):].isdigit()), default=0)
+
+    @classmethod
+    def record_names(cls, directory: Path) -> list[str]:
+        """The file names of the records in ``directory`` (``<claim uid>.json``; spares and temp files are not)."""
+        return sorted(p.name for p in directory.iterdir() if p.name.endswith(cls.SUFFIX) and not p.name.startswith("."))
 
     def _path(self, uid: str) -> Path:
         if not uid or "/" in uid or uid.startswith("."):
@@ -119,7 +132,14 @@ class LocalJournal(InFlight):
         m = decisions.meta(claim)
         record = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "spec": claim.get("spec") or {},
                   "metadata": {k: m[k] for k in ("name", "namespace", "uid", "annotations", "labels") if k in m}}
-        atomic_write(path, json.dumps(record, separators=(",", ":")), mode=0o600)
+        text = json.dumps(record, separators=(",", ":"))
+        with self._lock:
+            spare = self.directory / self._spares.pop() if self._spares else None
+        if spare is not None and fill_spare(spare, text, mode=0o600, durable=True, naming_path=path):
+            with naming(path):
+                os.rename(spare, path)
+        else:  # none left, or one that is not a plain file of its own (left as it is)
+            atomic_write(path, text, mode=0o600)
         with self._lock:
             self._uids.add(uid)
         return claim
@@ -128,7 +148,22 @@ class LocalJournal(InFlight):
         uid = str(decisions.meta(claim).get("uid", ""))
         self.legacy.end(claim)
         if uid in self._uids:
-            self._path(uid).unlink(missing_ok=True)
+            path = self._path(uid)
+            with self._lock:
+                spare = None
+                if len(self._spares) < self.SPARES:
+                    spare = f"{self.SPARE_PREFIX}{self._next_spare}"
+                    self._next_spare += 1
+            if spare is None:
+                path.unlink(missing_ok=True)
+            else:
+                try:
+                    os.rename(path, self.directory / spare)
+                except FileNotFoundError:
+                    spare = None
+                if spare is not None:
+                    with self._lock:
+                        self._spares.append(spare)
             with self._lock:
                 self._uids.discard(uid)
 

@@ -16,6 +16,7 @@ import psutil
 import pytest
 from kubernetes import client
 
+from nfs_provisioner.controller.inflight import LocalJournal
 from tests.support import kubecluster, wait
 from tests.support.appliance_env import Appliance, ganesha_pid
 from tests.support.builders import NFS41, make_class
@@ -101,7 +102,7 @@ def test_sigkill_the_appliance_mid_burst_loses_and_duplicates_nothing(
     for c in core.list_namespaced_persistent_volume_claim(namespace).items:
         assert not [f for f in c.metadata.finalizers or [] if f.startswith("provisioning.nfs-provisioner.io/")]
     assert len(names) == n and partial >= 20
-    wait.until(lambda: not list((appliance.export_root / ".provisioning").iterdir()), timeout=30,
+    wait.until(lambda: not LocalJournal.record_names(appliance.export_root / ".provisioning"), timeout=30,
                what="no in-flight record left")
     storage.delete_storage_class(cls)
 
@@ -149,7 +150,7 @@ def test_stale_in_flight_records_never_delete_a_volume_whose_pv_exists(
                what="every claim gone while the appliance is down")
 
     appliance.start()
-    wait.until(lambda: not list(journal.iterdir()), timeout=60, what="every in-flight record handled")
+    wait.until(lambda: not LocalJournal.record_names(journal), timeout=60, what="every in-flight record handled")
     kept = {p.metadata.name for p in core.list_persistent_volume().items if p.spec.storage_class_name == cls}
     assert kept == {p.metadata.name for p in pvs}, "a PV appeared or vanished"
     for name in kept:
@@ -225,7 +226,7 @@ def test_leader_election_one_provisions_and_the_other_takes_over(
                                 if any(f.startswith("provisioning.nfs-provisioner.io/")
                                        for f in c.metadata.finalizers or [])],
                    timeout=60, what="no in-flight finalizer left")
-        wait.until(lambda: not list((leader.export_root / ".provisioning").iterdir()), timeout=30,
+        wait.until(lambda: not LocalJournal.record_names(leader.export_root / ".provisioning"), timeout=30,
                    what="no in-flight record left on the old leader")
     finally:
         for a in pair:
@@ -325,9 +326,9 @@ def test_export_root_full(cluster: kubecluster.Cluster, core: client.CoreV1Api, 
         assert nfs.cat(small_export_root / pv / "before").stdout == data  # the existing volume is still served
         assert a.get("/healthz")[0] == 200
         # A failed attempt leaves nothing, so no in-flight record stays between the retries either.
-        assert [p.name for p in journal.iterdir()] in ([], [f"{more.metadata.uid}.json"])
+        assert LocalJournal.record_names(journal) in ([], [f"{more.metadata.uid}.json"])
         core.delete_namespaced_persistent_volume_claim("more", namespace)
-        wait.until(lambda: not list(journal.iterdir()), timeout=30, what="the in-flight record dropped")
+        wait.until(lambda: not LocalJournal.record_names(journal), timeout=30, what="the in-flight record dropped")
     finally:
         a.close()
         storage.delete_storage_class(cls)

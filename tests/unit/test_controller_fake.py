@@ -162,7 +162,7 @@ def test_claim_deleted_mid_provision_is_finished_then_rolled_back(record: str, t
         calls.append(o)
         if len(calls) == 1:
             if record == "journal":
-                assert [f.name for f in journal.iterdir()] == [f"{o.claim['metadata']['uid']}.json"]
+                assert inflight.LocalJournal.record_names(journal) == [f"{o.claim['metadata']['uid']}.json"]
             api.delete(kube.claims_path(NS, "gone"))
             # The retry must see the deletion (the worker's backoff is shorter than a busy machine's event delivery)
             uid = o.claim["metadata"]["uid"]
@@ -181,7 +181,7 @@ def test_claim_deleted_mid_provision_is_finished_then_rolled_back(record: str, t
     assert p.assets == {} and api.objects("persistentvolumes") == []
     claim_writes = [m for m, path in api.requests if m in ("PATCH", "PUT") and "persistentvolumeclaims" in path]
     if record == "journal":
-        assert claim_writes == [] and list(journal.iterdir()) == []
+        assert claim_writes == [] and inflight.LocalJournal.record_names(journal) == []
     else:
         assert claim_writes == ["PATCH", "PATCH"]  # finalizer added, then removed (which deletes the claim)
 
@@ -198,7 +198,7 @@ def test_a_journal_record_left_by_a_dead_run_is_rolled_back_on_start(tmp_path: P
     inflight.LocalJournal(journal, legacy=inflight.ClaimFinalizer(CLAIM_FINALIZER, lambda c, _: c)).begin(claim)
     p.assets[pv_name(claim)] = {"metadata": {"name": pv_name(claim)}}
     with running(api, p, in_flight_journal=journal):
-        wait.until(lambda: not list(journal.iterdir()), timeout=5, what="the record dropped")
+        wait.until(lambda: not inflight.LocalJournal.record_names(journal), timeout=5, what="the record dropped")
     assert p.deleted == [pv_name(claim)] and p.assets == {}
     assert api.objects("persistentvolumes") == []
 

@@ -1,5 +1,6 @@
-"""``fileio.swap_write``: a small file rewritten again and again through a spare beside it, its two inodes
-exchanged instead of a new one made per rewrite; a spare it did not make is never written through."""
+"""Files written through spares instead of new inodes: ``fileio.swap_write`` (an index shard rewritten again and
+again: its two inodes exchanged) and the in-flight journal (a dropped record's file holds the next record). A spare
+they did not make is never written through."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from nfs_provisioner import fileio
+from nfs_provisioner.controller import inflight
 
 pytestmark = pytest.mark.unit
 
@@ -62,3 +64,46 @@ def _can_exchange(directory: Path) -> bool:
     finally:
         a.unlink()
         b.unlink()
+
+
+def _claim(i: int) -> dict[str, object]:
+    return {"metadata": {"name": f"c{i}", "namespace": "ns", "uid": f"0b5e6f1c-0000-4000-8000-{i:012d}"},
+            "spec": {"storageClassName": "nfs"}}
+
+
+def _journal(d: Path) -> inflight.LocalJournal:
+    return inflight.LocalJournal(d, legacy=inflight.ClaimFinalizer("f", lambda c, p: c))
+
+
+def test_a_dropped_journal_record_holds_the_next_one_across_restarts(tmp_path: Path) -> None:
+    d = tmp_path / "journal"
+    journal = _journal(d)
+    journal.begin(_claim(1))
+    first = (d / f"{_claim(1)['metadata']['uid']}.json").stat().st_ino  # type: ignore[index]
+    journal.end(_claim(1))
+    assert [p.name for p in d.iterdir()] == [".spare-1"]
+    journal = _journal(d)  # a restart finds the spare
+    assert journal.pending() == []
+    journal.begin(_claim(2))
+    record = d / f"{_claim(2)['metadata']['uid']}.json"  # type: ignore[index]
+    assert record.stat().st_ino == first, "written into the spare, not a new file"
+    assert oct(record.stat().st_mode & 0o777) == oct(0o600)
+    assert journal.last_known(str(_claim(2)["metadata"]["uid"])) is not None  # type: ignore[index]
+    assert journal.pending() == [_claim(2)["metadata"]["uid"]]  # type: ignore[index]
+    journal.end(_claim(2))
+    assert [p.name for p in d.iterdir()] == [".spare-2"]
+
+
+def test_a_spare_planted_in_the_journal_is_never_written_through(tmp_path: Path) -> None:
+    d = tmp_path / "journal"
+    d.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.symlink(victim, d / ".spare-1")
+    os.link(victim, d / ".spare-2")
+    journal = _journal(d)
+    for i in (1, 2, 3):
+        journal.begin(_claim(i))
+    assert victim.read_text() == "precious\n"
+    assert len(journal.pending()) == 3
+    assert (d / ".spare-1").is_symlink() and (d / ".spare-2").stat().st_nlink == 2  # left as they are
