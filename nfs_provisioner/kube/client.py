@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal, overload
 from urllib.parse import quote, urlencode
 
 from nfs_provisioner.kube import credentials, errors, transport
@@ -160,16 +160,31 @@ class Client:
         result: Object = self.request("GET", path, query=query)
         return result
 
-    def create(self, path: str, obj: Object, *, answer: bool = True) -> Object:
-        result: Object = self.request("POST", path, body=obj, answer=answer)
+    @overload
+    def create(self, path: str, obj: Object) -> Object: ...
+    @overload
+    def create(self, path: str, obj: Object, *, answer: Literal[True]) -> Object: ...
+    @overload
+    def create(self, path: str, obj: Object, *, answer: Literal[False]) -> None: ...
+
+    def create(self, path: str, obj: Object, *, answer: bool = True) -> Object | None:
+        result: Object | None = self.request("POST", path, body=obj, answer=answer)
         return result
 
     def replace(self, path: str, obj: Object) -> Object:
         result: Object = self.request("PUT", path, body=obj)
         return result
 
-    def patch(self, path: str, patch: Any, *, patch_type: str = STRATEGIC_MERGE_PATCH, answer: bool = True) -> Object:
-        result: Object = self.request("PATCH", path, body=patch, content_type=patch_type, answer=answer)
+    @overload
+    def patch(self, path: str, patch: Any, *, patch_type: str = ...) -> Object: ...
+    @overload
+    def patch(self, path: str, patch: Any, *, patch_type: str = ..., answer: Literal[True]) -> Object: ...
+    @overload
+    def patch(self, path: str, patch: Any, *, patch_type: str = ..., answer: Literal[False]) -> None: ...
+
+    def patch(self, path: str, patch: Any, *, patch_type: str = STRATEGIC_MERGE_PATCH,
+              answer: bool = True) -> Object | None:
+        result: Object | None = self.request("PATCH", path, body=patch, content_type=patch_type, answer=answer)
         return result
 
     def delete(self, path: str, *, body: Object | None = None, answer: bool = True) -> Object | None:

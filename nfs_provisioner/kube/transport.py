@@ -29,6 +29,8 @@ from nfs_provisioner.errors import NFSProvisionerError
 MAX_LINE = 64 * 1024
 """Longest status or header line accepted."""
 MAX_HEADERS = 200
+MAX_INTERIM = 8
+"""Interim (1xx) answers skipped before the final one (none is asked for: no ``Expect`` is sent)."""
 CONNECT_TRIES = 3
 CONNECT_TIMEOUT = 10.0
 
@@ -159,10 +161,11 @@ class Transport:
         conn.sock.settimeout(timeout)
         data = (head + "\r\n").encode("latin-1")
         conn.sock.sendall(data + body if body else data)
-        while True:
+        for _ in range(MAX_INTERIM):
             parsed = _read_head(conn.rfile)
             if not 100 <= parsed.status < 200:
                 return parsed
+        raise ProtocolError(f"more than {MAX_INTERIM} interim (1xx) answers")
 
     def request(self, method: str, target: str, *, headers: str, body: bytes | None,
                 timeout: float) -> tuple[int, bytes]:
