@@ -42,12 +42,7 @@ def atomic_write(path: Path, text: str, *, durable: bool = True, mode: int = 0o6
     try:
         with naming(path):
             try:
-                view = memoryview(text.encode())
-                while view:
-                    view = view[os.write(fd, view):]
-                if durable:
-                    os.fsync(fd)
-                os.fchmod(fd, mode)
+                _fill(fd, text, durable=durable, mode=mode)
             finally:
                 os.close(fd)
         os.replace(tmp, path)
@@ -55,6 +50,16 @@ def atomic_write(path: Path, text: str, *, durable: bool = True, mode: int = 0o6
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _fill(fd: int, text: str, *, durable: bool, mode: int) -> None:
+    """Write all of ``text`` at ``fd``'s offset, fsync it if ``durable``, give the file ``mode``."""
+    view = memoryview(text.encode())
+    while view:
+        view = view[os.write(fd, view):]
+    if durable:
+        os.fsync(fd)
+    os.fchmod(fd, mode)
 
 
 SPARE_SUFFIX = ".spare"
@@ -98,12 +103,7 @@ def fill_spare(spare: Path, text: str, *, mode: int, durable: bool, create: bool
             return False
         with naming(naming_path or spare):
             os.ftruncate(fd, 0)
-            view = memoryview(text.encode())
-            while view:
-                view = view[os.write(fd, view):]
-            if durable:
-                os.fsync(fd)
-            os.fchmod(fd, mode)
+            _fill(fd, text, durable=durable, mode=mode)
         return True
     finally:
         os.close(fd)

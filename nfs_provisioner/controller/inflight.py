@@ -150,21 +150,18 @@ class LocalJournal(InFlight):
         if uid in self._uids:
             path = self._path(uid)
             with self._lock:
-                spare = None
-                if len(self._spares) < self.SPARES:
-                    spare = f"{self.SPARE_PREFIX}{self._next_spare}"
-                    self._next_spare += 1
+                spare = f"{self.SPARE_PREFIX}{self._next_spare}" if len(self._spares) < self.SPARES else None
+                self._next_spare += 1
+            kept = False
             if spare is None:
                 path.unlink(missing_ok=True)
             else:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.rename(path, self.directory / spare)
-                except FileNotFoundError:
-                    spare = None
-                if spare is not None:
-                    with self._lock:
-                        self._spares.append(spare)
+                    kept = True
             with self._lock:
+                if kept and spare is not None:
+                    self._spares.append(spare)
                 self._uids.discard(uid)
 
     def pending(self) -> list[str]:

@@ -219,19 +219,13 @@ class Stream:
             yield from _read_exactly(rfile, head.length).splitlines()
             return
         partial = b""
-        while True:
-            size = _chunk_size(rfile)
-            if size == 0:
-                _skip_trailers(rfile)
-                if partial:
-                    yield partial
-                return
-            data = _read_exactly(rfile, size)
-            _chunk_end(rfile)
+        for data in _chunks(rfile):
             if partial:
                 data = partial + data
             *complete, partial = data.split(b"\n")
             yield from complete
+        if partial:
+            yield partial
 
     def shutdown(self) -> None:
         self._conn.shutdown()
@@ -313,14 +307,18 @@ def _skip_trailers(rfile: io.BufferedReader) -> None:
     raise ProtocolError("too many trailer lines")
 
 
+def _chunks(rfile: io.BufferedReader) -> Iterator[bytes]:
+    """The data of each chunk of a chunked body, as it arrives; the trailers after the last are skipped."""
+    while (size := _chunk_size(rfile)) > 0:
+        data = _read_exactly(rfile, size)
+        _chunk_end(rfile)
+        yield data
+    _skip_trailers(rfile)
+
+
 def _read_body(rfile: io.BufferedReader, head: _Head) -> bytes:
     if head.chunked:
-        parts = []
-        while (size := _chunk_size(rfile)) > 0:
-            parts.append(_read_exactly(rfile, size))
-            _chunk_end(rfile)
-        _skip_trailers(rfile)
-        return b"".join(parts)
+        return b"".join(_chunks(rfile))
     if head.length is not None:
         return _read_exactly(rfile, head.length)
     return rfile.read()  # up to the end of the connection
