@@ -31,7 +31,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.support import go_objects, kubecluster, nfsraw, wait
+from tests.support import go_fixture, go_objects, kubecluster, nfsraw, wait
 from tests.support.appliance_env import Appliance
 from tests.support.paths import FIXTURES, REPO
 
@@ -39,10 +39,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.kube, pytest.mark.ganesha]
 
 FIXTURE = Path(os.environ.get("NFSP_GO_FIXTURE", FIXTURES / "go-nfs-provisioner"))
 IDENTITY = "edc408b1-fe92-41bd-a6ca-0a96628c453b"
-EXPORT = Path("/export")
+EXPORT = go_fixture.GO_EXPORT_ROOT
 OURS = (".nfs-provisioner.lock", ".ganesha", ".volumes", ".provisioning", ".archive", ".clones", ".images",
         ".mounts")
 NF4LNK = 5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def export_mountpoint() -> Iterator[Path]:
+    """/export exists while this module runs (a new machine has none; see go_fixture.export_mountpoint)."""
+    with go_fixture.export_mountpoint() as path:
+        yield path
 
 
 def _items(name: str) -> list[dict[str, Any]]:

@@ -8,11 +8,14 @@ Every process started here is stopped by PID in ``close()``."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.support import nfsraw
@@ -22,6 +25,27 @@ from tests.support.paths import FIXTURES
 FIXTURE = FIXTURES / "go-nfs-provisioner"
 GO_EXPORT_ROOT = Path("/export")
 """Where the Go provisioner's pod had its export root: every path in its vfs.conf and PVs starts with it."""
+@contextlib.contextmanager
+def export_mountpoint() -> Iterator[Path]:
+    """:data:`GO_EXPORT_ROOT` as a directory to bind-mount on inside private mount namespaces. A new machine has
+    no /export: it is made here (empty, 0755) and removed again at the end if it was made here and is still
+    empty, so the host keeps no trace. The suite runs serially; two suites at once on one machine could remove
+    it under the other's mounts."""
+    made = False
+    try:
+        GO_EXPORT_ROOT.mkdir(mode=0o755)
+        made = True
+    except FileExistsError:
+        if not GO_EXPORT_ROOT.is_dir():
+            raise
+    try:
+        yield GO_EXPORT_ROOT
+    finally:
+        if made:
+            with contextlib.suppress(OSError):
+                os.rmdir(GO_EXPORT_ROOT)
+
+
 GO_MNT_PORT = 20048
 """``MNT_Port`` of the Go provisioner's vfs.conf (NFS itself on Ganesha's default 2049)."""
 CLIENT_UID, CLIENT_GID = 1000, 1234
@@ -156,6 +180,8 @@ class GoGanesha:
 
     def __init__(self, root: Path, work: Path) -> None:
         self.root, self.work = root, work
+        self._mountpoint = contextlib.ExitStack()
+        self._mountpoint.enter_context(export_mountpoint())
         self.ns = Netns()
         self.procs: list[subprocess.Popen[bytes]] = []
         self.log = work / "ganesha-4.3.log"
@@ -164,6 +190,7 @@ class GoGanesha:
             self._enter(["mount", "-t", "tmpfs", "-o", "mode=0755", "nfsp-go-recovery", "/var/lib/nfs"], check=True)
         except BaseException:
             self.ns.close()
+            self._mountpoint.close()
             raise
 
     def _argv(self, argv: list[str]) -> list[str]:
@@ -208,8 +235,11 @@ class GoGanesha:
         self.procs.clear()
 
     def close(self) -> None:
-        self.stop()
-        self.ns.close()
+        try:
+            self.stop()
+            self.ns.close()
+        finally:
+            self._mountpoint.close()
 
 
 def version_of_host_ganesha() -> str:
