@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import datetime
 import re
+import shutil
 import statistics
 import sys
 import time
@@ -154,16 +155,17 @@ def appliance_run(b: Bench, n: int, times: Path) -> dict[str, Any]:
             "cpu_ms_per_pv_by_thread": roles, "machine_cpu": used}
 
 
-def null_run(b: Bench, n: int, events: int) -> tuple[float, float, dict[str, float]]:
+def null_run(b: Bench, n: int, events: int, *, files: Path | None = None) -> tuple[float, float, dict[str, float]]:
     """The null provisioner's drain rate of the same backlog, its CPU (the bench process's, ms per PV) and the
-    machine's (cores used, by process group)."""
+    machine's (cores used, by process group). ``files``: it also writes each volume's files there (see
+    ``NullProvisioner``), removed afterwards."""
     ns, uids = make_backlog(b, n, b.null_cls, "bench-nullbacklog")
     with cf.ThreadPoolExecutor(WORKERS) as answers:
         machine = MachineCpu()
         machine.start()
         t0 = time.monotonic()
         w = NullProvisioner(b.api, ns, provisioner=b.null_provisioner, cls=b.null_cls, events=events, pool=answers,
-                            initial_list=True)
+                            initial_list=True, files=files)
         w.start()
         wait_for(lambda: all(f"pvc-{uid}" in w.pv_seen for uid in uids), 600, f"{n} null PVs")
         rate = n / (max(w.pv_seen[f"pvc-{uid}"] for uid in uids) - t0)
@@ -173,6 +175,8 @@ def null_run(b: Bench, n: int, events: int) -> tuple[float, float, dict[str, flo
     list(b.pool.map(lambda i: b.api.delete(kube.claims_path(ns, f"c{i}")), range(n)))
     list(b.pool.map(lambda uid: b.api.delete(kube.volumes_path(f"pvc-{uid}")), uids))
     b.api.delete(f"/api/v1/namespaces/{ns}")
+    if files is not None:
+        shutil.rmtree(files)
     return rate, cpu_ms, used
 
 
@@ -181,7 +185,7 @@ def backlog_section(b: Bench) -> dict[str, Any]:
     b.replace_appliance(b.new_appliance(step_times=times))
     results: dict[str, Any] = {}
     for n in b.sizes:
-        runs, rates, null_cpu = [], [], []
+        runs, rates, null_cpu, files_rates, files_cpu = [], [], [], [], []
         null_machine: list[dict[str, float]] = []
         for r in range(b.repeats):  # alternating, so a noisy neighbour hits both alike
             runs.append(appliance_run(b, n, times))
@@ -199,6 +203,14 @@ def backlog_section(b: Bench) -> dict[str, Any]:
             null_machine.append(used)
             print(f"backlog N={n} null provisioner: {rate:.0f} PVC/s, CPU {cpu_ms:.1f} ms/PV (the bench process)\n"
                   f"  machine: {show_machine_cpu(used)}", file=sys.stderr)
+            # The same with each volume's files written (on the export root's filesystem): the ceiling of a
+            # provisioner that keeps its volumes' state in files, on this machine.
+            f_rate, f_cpu, f_used = null_run(b, n, max(1, round(x["events_per_claim"])),
+                                             files=b.work / "null-volume-files")
+            files_rates.append(f_rate)
+            files_cpu.append(f_cpu)
+            print(f"backlog N={n} null provisioner writing each volume's files: {f_rate:.0f} PVC/s, CPU "
+                  f"{f_cpu:.1f} ms/PV\n  machine: {show_machine_cpu(f_used)}", file=sys.stderr)
         row: dict[str, Any] = {k: statistics.median([x[k] for x in runs]) for k in runs[0]
                                if k not in ("steps", "cpu_ms_per_pv_by_thread", "machine_cpu")}
         row["cpu_ms_per_pv_by_thread"] = runs[len(runs) // 2]["cpu_ms_per_pv_by_thread"]
@@ -212,6 +224,10 @@ def backlog_section(b: Bench) -> dict[str, Any]:
         row["null_machine_cpu"] = {k: statistics.median([u.get(k, 0.0) for u in null_machine])
                                    for k in null_machine[0]}
         row["fraction_of_null"] = row["drain_per_s"] / row["null_drain_per_s"]
+        row["null_files_drain_per_s"] = statistics.median(files_rates)
+        row["null_files_drain_per_s_runs"] = files_rates
+        row["null_files_cpu_ms_per_pv"] = statistics.median(files_cpu)
+        row["null_files_fraction_of_null"] = row["null_files_drain_per_s"] / row["null_drain_per_s"]
         results[str(n)] = row
     b.appliance.close()
     b.appliance = b.new_appliance()
@@ -226,6 +242,10 @@ def show_backlog(r: dict[str, Any]) -> None:
               f"{', '.join(f'{x:.0f}' for x in row['drain_per_s_runs'])}")
         print(f"  null provisioner    {row['null_drain_per_s']:8.1f} PVC/s")
         print(f"  appliance/null      {row['fraction_of_null'] * 100:8.1f} %")
+        if "null_files_drain_per_s" in row:
+            print(f"  null + volume files {row['null_files_drain_per_s']:8.1f} PVC/s "
+                  f"({row['null_files_fraction_of_null'] * 100:.1f} % of null; directory, record, export file "
+                  f"per claim, no export: the ceiling of a file-backed provisioner here)")
         if "null_cpu_ms_per_pv" in row:
             print(f"  CPU per PV: appliance {row['cpu_appliance_ms_per_pv']:.1f} ms "
                   f"({row['cpu_appliance_system_ms_per_pv']:.1f} in the kernel), null provisioner "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import statistics
 import sys
 import time
@@ -145,15 +146,16 @@ def appliance_run(b: Bench, n: int, times: Path) -> dict[str, Any]:
     return res
 
 
-def null_run(b: Bench, n: int, *, finalizer: bool = True) -> dict[str, Any]:
+def null_run(b: Bench, n: int, *, finalizer: bool = True, files: Path | None = None) -> dict[str, Any]:
     """The null provisioner's delete rate on the same burst (reclaim Delete; its PVs carry the finalizer,
-    as the appliance's do, unless ``finalizer=False``: then as the Go library's default, one PV DELETE)."""
+    as the appliance's do, unless ``finalizer=False``: then as the Go library's default, one PV DELETE).
+    ``files``: each volume's files are made there and removed before its PV DELETE (see ``NullProvisioner``)."""
     import concurrent.futures as cf
 
     ns = new_namespace(b.api, "bench-nulldel")
     with cf.ThreadPoolExecutor(WORKERS) as answers:
         w = NullProvisioner(b.api, ns, provisioner=b.null_provisioner, cls=b.null_cls, events=1, pool=answers,
-                            reclaim="Delete", finalizer=finalizer)
+                            reclaim="Delete", finalizer=finalizer, files=files)
         w.start()
         time.sleep(0.3)
         uids = list(b.pool.map(lambda i: str(b.api.create(kube.claims_path(ns), claim_body(f"c{i}", b.null_cls))
@@ -162,6 +164,8 @@ def null_run(b: Bench, n: int, *, finalizer: bool = True) -> dict[str, Any]:
         res = burst_delete(b, ns, w)
         w.stop()
     b.api.delete(f"/api/v1/namespaces/{ns}")
+    if files is not None:
+        shutil.rmtree(files)
     return res
 
 
@@ -197,7 +201,7 @@ def delete_section(b: Bench) -> dict[str, Any]:
     b.replace_appliance(b.new_appliance(step_times=times))
     results: dict[str, Any] = {}
     for n in b.sizes:
-        runs, rates, nulls, bare = [], [], [], []
+        runs, rates, nulls, bare, with_files = [], [], [], [], []
         for r in range(b.repeats):  # alternating, so a noisy neighbour hits both alike
             runs.append(appliance_run(b, n, times))
             x = runs[-1]
@@ -213,6 +217,9 @@ def delete_section(b: Bench) -> dict[str, Any]:
                   f"{nulls[-1]['released_last_s']:.1f}s", file=sys.stderr)
             bare.append(null_run(b, n, finalizer=False)["per_s"])
             print(f"delete N={n} null provisioner without the PV finalizer: {bare[-1]:.0f} PV/s", file=sys.stderr)
+            with_files.append(null_run(b, n, files=b.work / "null-volume-files")["per_s"])
+            print(f"delete N={n} null provisioner removing each volume's files: {with_files[-1]:.0f} PV/s",
+                  file=sys.stderr)
             b.appliance.start()
         row: dict[str, Any] = {k: statistics.median([x[k] for x in runs]) for k in runs[0]
                                if k not in ("steps", "cpu_ms_per_pv_by_thread")}
@@ -227,6 +234,9 @@ def delete_section(b: Bench) -> dict[str, Any]:
         for k in ("released_last_s", "released_p50_s", "released_to_gone_p50_s", "released_to_gone_p99_s"):
             row[f"null_{k}"] = statistics.median([x[k] for x in nulls])
         row["fraction_of_null"] = row["per_s"] / row["null_per_s"]
+        row["null_files_per_s"] = statistics.median(with_files)
+        row["null_files_per_s_runs"] = with_files
+        row["null_files_fraction_of_null"] = row["null_files_per_s"] / row["null_per_s"]
         results[str(n)] = row
     stop(b.appliance)
     b.appliance.close()
@@ -246,6 +256,10 @@ def show_delete(r: dict[str, Any]) -> None:
         if "null_no_finalizer_per_s" in row:
             print(f"  null, no finalizer  {row['null_no_finalizer_per_s']:8.1f} PV/s  (one PV DELETE, as the Go "
                   "library's default)")
+        if "null_files_per_s" in row:
+            print(f"  null + volume files {row['null_files_per_s']:8.1f} PV/s  "
+                  f"({row['null_files_fraction_of_null'] * 100:.1f} % of null; removes a directory, record and "
+                  "export file per PV, no export)")
         print(f"  created, same burst {row['created_per_s']:8.1f} PVC/s"
               + (f"; sizes section: {fmt(sized, 'created_per_s', unit=' PVC/s')}" if sized else ""))
         print(f"  claim DELETE -> Released p50 {row['released_p50_s'] * 1000:.0f} ms, p99 "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import json
 import os
 import re
 import statistics
@@ -23,6 +24,7 @@ from typing import Any
 
 import psutil
 
+from nfs_provisioner import fileio
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors as kube_errors
 from tests.support import kubecluster
@@ -302,14 +304,24 @@ class NullProvisioner(Watcher):
 
     With ``reclaim="Delete"`` its PVs carry the provisioner finalizer (as the appliance's do) and a
     Released PV of its class is deleted at once: PV DELETE, then the finalizer PATCH, no storage work
-    (the most any provisioner's deletion gets through this pipeline)."""
+    (the most any provisioner's deletion gets through this pipeline).
+
+    With ``files`` (a directory on the export root's filesystem) each claim also gets the files every volume
+    of the appliance is made of, written as the appliance writes them (``fileio.atomic_write``, fsynced)
+    before its PV is posted: its directory, a volume record and an export file; no export is added. Its drain
+    is the most a provisioner that keeps a volume's state in files could reach on this machine; with
+    ``reclaim="Delete"`` a Released PV's files are removed before its PV DELETE."""
 
     def __init__(self, api: kube.Client, namespace: str, *, provisioner: str, cls: str, events: int,
                  pool: cf.ThreadPoolExecutor, reclaim: str = "Retain", initial_list: bool = False,
-                 finalizer: bool = True) -> None:
+                 finalizer: bool = True, files: Path | None = None) -> None:
         super().__init__(api, namespace, initial_list=initial_list)
         self.provisioner, self.cls, self.events, self.pool = provisioner, cls, events, pool
         self.reclaim = reclaim
+        self.files = files
+        if files is not None:
+            for sub in ("records", "exports.d"):
+                (files / sub).mkdir(parents=True, exist_ok=True)
         self.finalizer = finalizer and reclaim == "Delete"
         """Its Delete PVs carry the provisioner finalizer (as the appliance's); False: as the Go library's
         default (no finalizer: the delete is one PV DELETE)."""
@@ -326,6 +338,11 @@ class NullProvisioner(Watcher):
             self.pool.submit(self._delete, m["name"])
 
     def _delete(self, name: str) -> None:
+        if self.files is not None:  # as the appliance: export file, directory, then the record
+            for gone in (self.files / "exports.d" / f"{name}.conf", self.files / name,
+                         self.files / "records" / f"{name}.json"):
+                with contextlib.suppress(FileNotFoundError):
+                    (os.rmdir if gone.name == name else os.unlink)(gone)
         self.api.delete(kube.volumes_path(name), answer=False)  # as the appliance: answers it has no use for are
         if not self.finalizer:                                 # not decoded
             return
@@ -343,6 +360,8 @@ class NullProvisioner(Watcher):
 
     def _provision(self, ns: str, name: str, uid: str) -> None:
         pv = f"pvc-{uid}"
+        if self.files is not None:
+            self._volume_files(pv, ns, name, uid)
         body = pv_body(pv, cls=self.cls, reclaim=self.reclaim,
                        annotations={"pv.kubernetes.io/provisioned-by": self.provisioner},
                        claim_ref={"namespace": ns, "name": name, "uid": uid})
@@ -351,6 +370,22 @@ class NullProvisioner(Watcher):
         self.api.create(kube.volumes_path(), body, answer=False)
         post_events(self.api, ns, {"kind": "PersistentVolumeClaim", "name": name, "namespace": ns, "uid": uid},
                     count=self.events, pv=pv, component=self.provisioner, tag=uid[:8])
+
+    def _volume_files(self, pv: str, ns: str, name: str, uid: str) -> None:
+        """A volume's record (the size of the appliance's), its directory, its export file (the same order)."""
+        assert self.files is not None
+        record = json.dumps({"pv_name": pv, "claim_namespace": ns, "claim_name": name, "claim_uid": uid,
+                             "identity": "00000000-0000-4000-8000-000000000000", "path": str(self.files / pv),
+                             "root_squash": False, "created": time.time(), "adopted": False, "on_delete": "delete",
+                             "filesystem": None},
+                            sort_keys=True) + "\n"
+        fileio.atomic_write(self.files / "records" / f"{pv}.json", record, mode=0o600)
+        (self.files / pv).mkdir()
+        os.chmod(self.files / pv, 0o2777)
+        export = (f"EXPORT {{\n  Export_Id = 1;\n  Path = \"{self.files / pv}\";\n  Pseudo = \"/{pv}\";\n"
+                  "  Filesystem_Id = 1.1;\n  Protocols = 4;\n  Transports = TCP;\n  Squash = No_Root_Squash;\n"
+                  "  Access_Type = RW;\n  FSAL {\n    Name = VFS;\n  }\n}\n")
+        fileio.atomic_write(self.files / "exports.d" / f"{pv}.conf", export)
 
 
 

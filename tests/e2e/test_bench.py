@@ -28,7 +28,9 @@ def required_keys() -> list[str]:
     for n in (N,):
         keys += [f"sizes.{n}.created_per_s", f"sizes.{n}.fraction_of_pipeline", f"backlog.{n}.drain_per_s",
                  f"backlog.{n}.fraction_of_null", f"backlog.{n}.cpu_appliance_system_ms_per_pv",
-                 f"backlog.{n}.null_cpu_ms_per_pv", f"delete.{n}.per_s", f"delete.{n}.fraction_of_null"]
+                 f"backlog.{n}.null_cpu_ms_per_pv", f"backlog.{n}.null_files_drain_per_s",
+                 f"backlog.{n}.null_files_fraction_of_null", f"delete.{n}.per_s", f"delete.{n}.fraction_of_null",
+                 f"delete.{n}.null_files_per_s"]
     keys += [f"scale.{SCALE}.add_p99_ms", f"scale.{SCALE}.failover_first_io_s", f"scale.{SCALE}.failover_listed_s",
              f"scale.{SCALE}.failover_ready_s"]
     keys += [f"filesystems.{N}.created_per_s", f"filesystems.{N}.p50_s", f"filesystems.{N}.p99_s",
