@@ -206,7 +206,7 @@ def backlog_section(b: Bench) -> dict[str, Any]:
             # The same with each volume's files written (on the export root's filesystem): the ceiling of a
             # provisioner that keeps its volumes' state in files, on this machine.
             f_rate, f_cpu, f_used = null_run(b, n, max(1, round(x["events_per_claim"])),
-                                             files=b.work / "null-volume-files")
+                                             files=b.null_files)
             files_rates.append(f_rate)
             files_cpu.append(f_cpu)
             print(f"backlog N={n} null provisioner writing each volume's files: {f_rate:.0f} PVC/s, CPU "

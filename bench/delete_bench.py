@@ -217,7 +217,7 @@ def delete_section(b: Bench) -> dict[str, Any]:
                   f"{nulls[-1]['released_last_s']:.1f}s", file=sys.stderr)
             bare.append(null_run(b, n, finalizer=False)["per_s"])
             print(f"delete N={n} null provisioner without the PV finalizer: {bare[-1]:.0f} PV/s", file=sys.stderr)
-            with_files.append(null_run(b, n, files=b.work / "null-volume-files")["per_s"])
+            with_files.append(null_run(b, n, files=b.null_files)["per_s"])
             print(f"delete N={n} null provisioner removing each volume's files: {with_files[-1]:.0f} PV/s",
                   file=sys.stderr)
             b.appliance.start()

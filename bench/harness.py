@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import json
 import os
 import re
 import statistics
@@ -27,6 +26,7 @@ import psutil
 from nfs_provisioner import fileio
 from nfs_provisioner.kube import client as kube
 from nfs_provisioner.kube import errors as kube_errors
+from nfs_provisioner.volumes.records import RECORDS_DIR, VolumeRecords, new_record
 from tests.support import kubecluster
 from tests.support.appliance_env import Appliance
 
@@ -319,9 +319,11 @@ class NullProvisioner(Watcher):
         self.provisioner, self.cls, self.events, self.pool = provisioner, cls, events, pool
         self.reclaim = reclaim
         self.files = files
+        self.records: VolumeRecords | None = None
         if files is not None:
-            for sub in ("records", "exports.d"):
-                (files / sub).mkdir(parents=True, exist_ok=True)
+            (files / "exports.d").mkdir(parents=True, exist_ok=True)
+            self.records = VolumeRecords(files / RECORDS_DIR)
+            self.records.ensure_dir()
         self.finalizer = finalizer and reclaim == "Delete"
         """Its Delete PVs carry the provisioner finalizer (as the appliance's); False: as the Go library's
         default (no finalizer: the delete is one PV DELETE)."""
@@ -338,11 +340,12 @@ class NullProvisioner(Watcher):
             self.pool.submit(self._delete, m["name"])
 
     def _delete(self, name: str) -> None:
-        if self.files is not None:  # as the appliance: export file, directory, then the record
-            for gone in (self.files / "exports.d" / f"{name}.conf", self.files / name,
-                         self.files / "records" / f"{name}.json"):
-                with contextlib.suppress(FileNotFoundError):
-                    (os.rmdir if gone.name == name else os.unlink)(gone)
+        if self.files is not None and self.records is not None:  # as the appliance: export file, directory, record
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.files / "exports.d" / f"{name}.conf")
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(self.files / name)
+            self.records.remove(name)
         self.api.delete(kube.volumes_path(name), answer=False)  # as the appliance: answers it has no use for are
         if not self.finalizer:                                 # not decoded
             return
@@ -372,17 +375,15 @@ class NullProvisioner(Watcher):
                     count=self.events, pv=pv, component=self.provisioner, tag=uid[:8])
 
     def _volume_files(self, pv: str, ns: str, name: str, uid: str) -> None:
-        """A volume's record (the size of the appliance's), its directory, its export file (the same order)."""
-        assert self.files is not None
-        record = json.dumps({"pv_name": pv, "claim_namespace": ns, "claim_name": name, "claim_uid": uid,
-                             "identity": "00000000-0000-4000-8000-000000000000", "path": str(self.files / pv),
-                             "root_squash": False, "created": time.time(), "adopted": False, "on_delete": "delete",
-                             "filesystem": None},
-                            sort_keys=True) + "\n"
-        fileio.atomic_write(self.files / "records" / f"{pv}.json", record, mode=0o600)
-        (self.files / pv).mkdir()
-        os.chmod(self.files / pv, 0o2777)
-        export = (f"EXPORT {{\n  Export_Id = 1;\n  Path = \"{self.files / pv}\";\n  Pseudo = \"/{pv}\";\n"
+        """A volume's record (the appliance's code), its directory, its export file (the same order)."""
+        assert self.files is not None and self.records is not None
+        path = self.files / pv
+        claim = {"metadata": {"namespace": ns, "name": name, "uid": uid}}
+        self.records.write(new_record(pv_name=pv, claim=claim, identity="00000000-0000-4000-8000-000000000000",
+                                      path=path, root_squash=False, on_delete="delete"))
+        path.mkdir()
+        os.chmod(path, 0o2777)
+        export = (f"EXPORT {{\n  Export_Id = 1;\n  Path = \"{path}\";\n  Pseudo = \"/{pv}\";\n"
                   "  Filesystem_Id = 1.1;\n  Protocols = 4;\n  Transports = TCP;\n  Squash = No_Root_Squash;\n"
                   "  Access_Type = RW;\n  FSAL {\n    Name = VFS;\n  }\n}\n")
         fileio.atomic_write(self.files / "exports.d" / f"{pv}.conf", export)
@@ -415,6 +416,12 @@ class Bench:
     """Size of the filesystem volume the ``filesystems`` section clones (a quarter of it data)."""
     later_sections: list[str] = field(default_factory=list)
     """The sections still to run after the current one (none: it need not clean up after itself)."""
+
+    @property
+    def null_files(self) -> Path:
+        """Where the null provisioner writes its volumes' files (``NullProvisioner(files=...)``), beside the export
+        root on the same filesystem; each run removes it."""
+        return self.work / "null-volume-files"
 
     def new_appliance(self, export_root: Path | None = None, extra: list[str] | None = None,
                       step_times: Path | None = None,

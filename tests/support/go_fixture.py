@@ -25,6 +25,18 @@ from tests.support.paths import FIXTURES
 FIXTURE = FIXTURES / "go-nfs-provisioner"
 GO_EXPORT_ROOT = Path("/export")
 """Where the Go provisioner's pod had its export root: every path in its vfs.conf and PVs starts with it."""
+GO_MNT_PORT = 20048
+"""``MNT_Port`` of the Go provisioner's vfs.conf (NFS itself on Ganesha's default 2049)."""
+CLIENT_UID, CLIENT_GID = 1000, 1234
+"""Who wrote the fixture's files: every one of them is readable by this user (the squashed volume's root-owned
+``hello.txt`` is mode 0660 owner 1000; the ``gid`` volume's top directory is ``d---rws--x`` group 1234)."""
+FILES = ("hello.txt", "app/logs/app.log")
+DIRS = ("", "app", "app/logs")
+SYMLINK = "app/current"
+# What each directory's handle is checked with: a LOOKUP from it and a READ of that file.
+FILE_BELOW = {"": "hello.txt", "app": "logs/app.log", "app/logs": "app.log"}
+
+
 @contextlib.contextmanager
 def export_mountpoint() -> Iterator[Path]:
     """:data:`GO_EXPORT_ROOT` as a directory to bind-mount on inside private mount namespaces. A new machine has
@@ -44,18 +56,6 @@ def export_mountpoint() -> Iterator[Path]:
         if made:
             with contextlib.suppress(OSError):
                 os.rmdir(GO_EXPORT_ROOT)
-
-
-GO_MNT_PORT = 20048
-"""``MNT_Port`` of the Go provisioner's vfs.conf (NFS itself on Ganesha's default 2049)."""
-CLIENT_UID, CLIENT_GID = 1000, 1234
-"""Who wrote the fixture's files: every one of them is readable by this user (the squashed volume's root-owned
-``hello.txt`` is mode 0660 owner 1000; the ``gid`` volume's top directory is ``d---rws--x`` group 1234)."""
-FILES = ("hello.txt", "app/logs/app.log")
-DIRS = ("", "app", "app/logs")
-SYMLINK = "app/current"
-# What each directory's handle is checked with: a LOOKUP from it and a READ of that file.
-FILE_BELOW = {"": "hello.txt", "app": "logs/app.log", "app/logs": "app.log"}
 
 
 @dataclasses.dataclass(frozen=True)
